@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint typecheck check demo bench bench-setup clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy middleware/astm drivers middleware/decode.py middleware/cli.py middleware/transport
+
+check: lint typecheck test
+
+demo: install
+	@echo "make demo will run the daemon with the bundled analyser and LIS simulators on the"
+	@echo "embedded defaults (SQLite state directory, no broker). The simulators are not built yet;"
+	@echo "until they are, try the capture decoder on a real analyser capture:"
+	$(BIN)/lis-middleware decode ../shared/corpus/astm/vitros-3600_raw_censored-values.bin --format text
+
+# The reference codec for bench/codec.py (python-astm 0.5.0) needs a compatibility shim on 3.11.
+bench-setup: install
+	$(BIN)/python -m pip install --quiet wheel setuptools
+	PYTHONPATH=bench/compat $(BIN)/python -m pip install --quiet --no-build-isolation astm==0.5.0
+
+bench: bench-setup
+	PYTHONPATH=bench/compat $(BIN)/python bench/codec.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,61 @@
+"""The ``lis-middleware`` command (also ``python -m middleware``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import drivers
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from middleware.decode import decode_capture, render_json, render_text
+
+    try:
+        data = sys.stdin.buffer.read() if args.path == "-" else Path(args.path).read_bytes()
+    except OSError as exc:
+        print(f"lis-middleware decode: cannot read {args.path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        report = decode_capture(data, args.driver, args.tolerate)
+    except (KeyError, ValueError) as exc:
+        print(f"lis-middleware decode: {exc.args[0]}", file=sys.stderr)
+        return 2
+    print(render_json(report) if args.format == "json" else render_text(report))
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lis-middleware",
+        description="Instrument middleware between laboratory analysers and the LIS.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    decode = sub.add_parser(
+        "decode",
+        help="decode an ASTM capture (wire bytes, frames, records or a monitor log)",
+        description="Decode an ASTM capture and list its messages and results. "
+        "Exit status 0 when nothing was wrong, 1 when problems were found, 2 on usage errors.",
+    )
+    decode.add_argument("path", help="capture file, or - for standard input")
+    decode.add_argument(
+        "--driver", help=f"instrument driver ({', '.join(drivers.names())}); generic by default"
+    )
+    decode.add_argument("--format", choices=("json", "text"), default="json")
+    decode.add_argument(
+        "--tolerate",
+        metavar="LIST",
+        help="comma-separated link tolerances: long_frames, no_frame_numbers, no_checksum, "
+        "line_feeds_in_text, records_span_frames",
+    )
+    decode.set_defaults(handler=_decode)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = args.handler
+    return int(handler(args))

@@ -1,0 +1,117 @@
+"""``lis-middleware decode``: what a capture holds, as JSON or text, for lab IT."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import drivers
+from middleware.astm.capture import CaptureError, read_capture
+from middleware.astm.frames import FrameTolerances
+from middleware.astm.records import decode_message
+
+
+@dataclass(slots=True)
+class DecodeReport:
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and all(not m["errors"] for m in self.messages)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"messages": self.messages, "errors": self.errors}
+
+
+def parse_tolerances(names: str | None, base: FrameTolerances) -> FrameTolerances:
+    """``long_frames,no_checksum`` (dashes or underscores) switched on over ``base``."""
+    if not names:
+        return base
+    known = FrameTolerances.names()
+    chosen: dict[str, bool] = {}
+    for raw in names.split(","):
+        name = raw.strip().replace("-", "_")
+        if not name:
+            continue
+        if name not in known:
+            raise ValueError(f"unknown tolerance {raw.strip()!r}; known: {', '.join(known)}")
+        chosen[name] = True
+    values = {n: getattr(base, n) for n in known} | chosen
+    return FrameTolerances(**values)
+
+
+def decode_capture(
+    data: bytes, driver_name: str | None = None, tolerate: str | None = None
+) -> DecodeReport:
+    driver = drivers.get(driver_name)
+    tolerances = parse_tolerances(tolerate, driver.tolerances)
+    capture = read_capture(data, tolerances)
+    report = DecodeReport(errors=[e.as_dict() for e in capture.errors])
+    for captured in capture.messages:
+        decoded = decode_message(captured.lines)
+        reading = driver.read(decoded.records)
+        errors = [e.as_dict() for e in captured.errors] + [
+            CaptureError(
+                "syntax",
+                str(err),
+                captured.offsets[err.index] if err.index is not None else captured.offsets[0],
+            ).as_dict()
+            for err in decoded.errors
+        ]
+        report.messages.append(
+            {
+                "sender": reading.sender,
+                "records": len(decoded.records),
+                "results": [
+                    {
+                        "specimen_id": r.specimen_id,
+                        "test_code": r.test_code,
+                        "value": r.value,
+                        "units": r.units,
+                        "reference_range": r.reference_range,
+                        "flags": list(r.flags),
+                        "status": r.status,
+                        "completed_at": r.completed_at.isoformat() if r.completed_at else None,
+                        "control": r.control,
+                        "patient_id": r.patient_id,
+                        "sequence": r.sequence,
+                    }
+                    for r in reading.results
+                ],
+                "errors": errors,
+                "offset": captured.offsets[0],
+            }
+        )
+    if not capture.messages and not capture.errors:
+        report.errors.append({"kind": "empty", "detail": "no records found", "offset": 0})
+    return report
+
+
+def render_text(report: DecodeReport) -> str:
+    lines: list[str] = []
+    for n, message in enumerate(report.messages, start=1):
+        sender = message["sender"] or "unknown sender"
+        lines.append(
+            f"message {n} from {sender}: {message['records']} records, "
+            f"{len(message['results'])} results (offset {message['offset']})"
+        )
+        for r in message["results"]:
+            flags = ",".join(r["flags"])
+            tag = " [control]" if r["control"] else ""
+            lines.append(
+                f"  {r['specimen_id'] or '-':<16} {r['test_code']:<16} {r['value']:>12} "
+                f"{r['units']:<10} {r['reference_range']:<14} {flags:<6} {r['status']:<2} "
+                f"{r['completed_at'] or ''}{tag}"
+            )
+        for e in message["errors"]:
+            lines.append(f"  error {e['kind']} at {e['offset']}: {e['detail']}")
+    for e in report.errors:
+        lines.append(f"error {e['kind']} at {e['offset']}: {e['detail']}")
+    lines.append("ok" if report.ok else "problems found")
+    return "\n".join(lines)
+
+
+def render_json(report: DecodeReport) -> str:
+    return json.dumps(report.as_dict(), indent=2, ensure_ascii=False)
