@@ -195,6 +195,7 @@ class Link:
         self._last_frame: Frame | None = None
         self._record = bytearray()
         self._interrupt_requested = False
+        self._before_decision: tuple[int, Frame | None] = (1, None)
 
     # --- what the shell reads ------------------------------------------------------------
 
@@ -238,11 +239,23 @@ class Link:
 
     def acknowledge(self, now: float) -> None:
         """Reply to a final frame held under ``defer_final_ack``: ACK, or EOT if interrupting."""
-        if self.state is not State.AWAITING_DECISION:
-            raise RuntimeError(f"nothing awaits acknowledgement in state {self.state.value}")
-        self.state = State.RECEIVING
+        self._decided()
         self._reply_to_frame(now)
         self._parse(now)
+
+    def refuse(self, now: float) -> None:
+        """NAK a final frame held under ``defer_final_ack`` (it could not be kept): the
+        sender sends it again and its text is delivered again."""
+        self._decided()
+        self._expected, self._last_frame = self._before_decision
+        self._out.append(NAK)
+        self._deadline = now + self.settings.frame_timeout
+        self._parse(now)
+
+    def _decided(self) -> None:
+        if self.state is not State.AWAITING_DECISION:
+            raise RuntimeError(f"nothing awaits a reply in state {self.state.value}")
+        self.state = State.RECEIVING
 
     def handle_timer(self, now: float) -> None:
         if self.state is State.NEUTRAL:
@@ -409,8 +422,8 @@ class Link:
             if len(buf) > _MAX_BODY:
                 self._reject(FrameProblem("syntax", "no ETB/ETX in a frame"), len(buf), now)
             return False
-        if buf[end] in (STX, EOT, ENQ):
-            # A new frame or a control started before this one ended: the sender abandoned it.
+        if buf[end] in (STX, EOT):
+            # A new frame or EOT came before this one ended: the sender abandoned it.
             self._consume(end, now)
             return True
         tolerant = self.settings.tolerances.no_checksum
@@ -440,7 +453,7 @@ class Link:
     def _find_terminator(self) -> int | None:
         for i in range(1, len(self._buffer)):
             byte = self._buffer[i]
-            if byte in (ETX, ETB, STX, EOT, ENQ):
+            if byte in (ETX, ETB, STX, EOT):
                 return i
         return None
 
@@ -453,6 +466,7 @@ class Link:
 
     def _accept_frame(self, frame: Frame, now: float) -> None:
         self._deadline = now + self.settings.frame_timeout
+        before = (self._expected, self._last_frame)
         if frame.number is not None:
             previous = self._last_frame
             if frame.number != self._expected:
@@ -481,6 +495,7 @@ class Link:
             self._record.clear()
             if self.settings.defer_final_ack:
                 self.state = State.AWAITING_DECISION
+                self._before_decision = before
                 self._deadline = None
                 return
         self._reply_to_frame(now)

@@ -1,0 +1,113 @@
+"""ASTM over TCP: a server analysers connect to, and a client that connects out to them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from middleware.astm.link import LinkSettings
+from middleware.transport.channel import EventHandler, LinkChannel
+from middleware.transport.reconnect import Backoff, ChannelCallback, Reconnecting
+
+log = structlog.get_logger("middleware.transport")
+
+
+class TcpServer:
+    """Accepts analyser connections; each gets its own link channel."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        settings: LinkSettings | None = None,
+        handler: EventHandler | None = None,
+        *,
+        name: str = "tcp-server",
+        on_connect: ChannelCallback | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.settings = settings
+        self.handler = handler
+        self.name = name
+        self.on_connect = on_connect
+        self.channels: set[LinkChannel] = set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually listened on (useful when asked for port 0)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("server not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        log.info("listening", connection=self.name, host=self.host, port=self.bound_port)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        channel = LinkChannel(
+            reader, writer, self.settings, self.handler, name=f"{self.name}/{where}"
+        )
+        channel.log.info("analyser connected")
+        self.channels.add(channel)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            if self.on_connect is not None:
+                result = self.on_connect(channel)
+                if result is not None:
+                    await result
+            await channel.run()
+        finally:
+            self.channels.discard(channel)
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def __aenter__(self) -> TcpServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+
+class TcpClient(Reconnecting):
+    """Connects out to an analyser (or its terminal server) and keeps reconnecting."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        settings: LinkSettings | None = None,
+        handler: EventHandler | None = None,
+        *,
+        name: str = "tcp-client",
+        backoff: Backoff | None = None,
+        on_connect: ChannelCallback | None = None,
+    ) -> None:
+        super().__init__(name, settings, handler, backoff=backoff, on_connect=on_connect)
+        self.host = host
+        self.port = port
+
+    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(self.host, self.port)
+
+    def describe(self) -> dict[str, object]:
+        return {"host": self.host, "port": self.port}

@@ -1,0 +1,290 @@
+"""The asyncio shells over real loopback sockets and a real pseudo-terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from middleware.astm.frames import FrameTolerances
+from middleware.astm.link import Event, LinkSettings, TextReceived, TransferEnded
+from middleware.transport.channel import LinkChannel, SendError
+from middleware.transport.reconnect import Backoff
+from middleware.transport.serial import SerialConnection, SerialSettings
+from middleware.transport.tcp import TcpClient, TcpServer
+from tests.peer import (
+    ACK,
+    ENQ,
+    EOT,
+    NAK,
+    PtyPeer,
+    StreamPeer,
+    frame,
+    receive_message,
+    send_message,
+)
+
+RECORDS = [
+    b"H|\\^&|||XN-550^00-22^1234|||||||P|LIS2-A2|20240101120000",
+    b"P|1||PID42",
+    b"O|1|S0001||^^^^WBC\\^^^^RBC|R",
+    b"R|1|^^^^WBC^1|7.25|10*3/uL|4.0-10.0|N||F||||20240101115900",
+    b"R|2|^^^^RBC^1|" + b"4.8" * 100 + b"|10*6/uL||N||F",
+    b"L|1|N",
+]
+
+
+class Collector:
+    """An event handler that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.texts: list[bytes] = []
+        self.ended = asyncio.Event()
+        self.events: list[Event] = []
+
+    async def __call__(self, channel: LinkChannel, event: Event) -> None:
+        self.events.append(event)
+        if isinstance(event, TextReceived):
+            self.texts.append(event.text.rstrip(b"\r"))
+        elif isinstance(event, TransferEnded):
+            self.ended.set()
+
+
+@contextlib.asynccontextmanager
+async def tcp_server(
+    collector: Collector, settings: LinkSettings | None = None
+) -> AsyncIterator[tuple[TcpServer, StreamPeer]]:
+    server = TcpServer("127.0.0.1", 0, settings, collector)
+    await server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.bound_port)
+    peer = StreamPeer(reader, writer)
+    try:
+        yield server, peer
+    finally:
+        await peer.close()
+        await server.close()
+
+
+async def wait_for_channel(server: TcpServer) -> LinkChannel:
+    for _ in range(200):
+        if server.channels:
+            return next(iter(server.channels))
+        await asyncio.sleep(0.01)
+    raise AssertionError("no channel")
+
+
+async def test_tcp_server_receives_a_message() -> None:
+    collector = Collector()
+    async with tcp_server(collector) as (_, peer):
+        await send_message(peer, RECORDS)
+        await asyncio.wait_for(collector.ended.wait(), 5)
+    assert collector.texts == RECORDS
+
+
+async def test_tcp_server_naks_a_bad_frame_and_takes_the_resend() -> None:
+    collector = Collector()
+    async with tcp_server(collector) as (_, peer):
+        await peer.write(ENQ)
+        assert await peer.read(1) == ACK
+        good = frame(1, b"P|1\r")
+        await peer.write(good[:-4] + b"00\r\n")
+        assert await peer.read(1) == NAK
+        await peer.write(good)
+        assert await peer.read(1) == ACK
+        await peer.write(EOT)
+        await asyncio.wait_for(collector.ended.wait(), 5)
+    assert collector.texts == [b"P|1"]
+
+
+async def test_tcp_server_sends_a_message_to_the_analyser() -> None:
+    collector = Collector()
+    async with tcp_server(collector) as (server, peer):
+        channel = await wait_for_channel(server)
+        order = [b"H|\\^&", b"O|1|S0001||^^^GLU|R", b"L|1|N"]
+        sending = asyncio.create_task(channel.send(order))
+        assert await receive_message(peer) == order
+        await asyncio.wait_for(sending, 5)
+
+
+async def test_send_fails_when_the_analyser_never_answers() -> None:
+    settings = LinkSettings(reply_timeout=0.2)
+    async with tcp_server(Collector(), settings) as (server, peer):
+        channel = await wait_for_channel(server)
+        with pytest.raises(SendError, match="no reply to ENQ"):
+            await asyncio.wait_for(channel.send([b"H|\\^&", b"L|1|N"]), 5)
+        assert await peer.read(2) == ENQ + EOT
+
+
+async def test_frame_timer_over_tcp_returns_to_neutral() -> None:
+    collector = Collector()
+    async with tcp_server(collector, LinkSettings(frame_timeout=0.2)) as (_, peer):
+        await peer.write(ENQ)
+        assert await peer.read(1) == ACK
+        await asyncio.sleep(0.5)
+        # The middleware gave up on this transfer: a fresh one is accepted from frame 1.
+        await send_message(peer, [b"H|\\^&", b"L|1|N"])
+        await asyncio.wait_for(collector.ended.wait(), 5)
+    assert any(type(e).__name__ == "TimedOut" for e in collector.events)
+    assert collector.texts == [b"H|\\^&", b"L|1|N"]
+
+
+async def test_final_ack_waits_for_the_handler_and_a_failure_is_naked() -> None:
+    release = asyncio.Event()
+    calls = 0
+
+    async def handler(channel: LinkChannel, event: Event) -> None:
+        nonlocal calls
+        if isinstance(event, TextReceived):
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("store unavailable")
+            await release.wait()
+
+    server = TcpServer("127.0.0.1", 0, LinkSettings(defer_final_ack=True), handler)
+    async with server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.bound_port)
+        peer = StreamPeer(reader, writer)
+        await peer.write(ENQ)
+        assert await peer.read(1) == ACK
+        data = frame(1, b"L|1|N\r")
+        await peer.write(data)
+        assert await peer.read(1) == NAK  # the handler failed: not kept, not acknowledged
+        await peer.write(data)
+        with pytest.raises(TimeoutError):
+            await peer.read(1, timeout=0.3)  # held while the handler works
+        release.set()
+        assert await peer.read(1) == ACK
+        await peer.close()
+
+
+async def test_tcp_client_connects_out_and_reconnects() -> None:
+    peers: asyncio.Queue[StreamPeer] = asyncio.Queue()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await peers.put(StreamPeer(reader, writer))
+
+    listener = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    collector = Collector()
+    client = TcpClient("127.0.0.1", port, None, collector, backoff=Backoff(0.05, 0.2))
+    task = asyncio.create_task(client.run())
+    try:
+        first = await asyncio.wait_for(peers.get(), 5)
+        await send_message(first, [b"H|\\^&", b"L|1|N"])
+        await first.close()  # the analyser drops the line
+        second = await asyncio.wait_for(peers.get(), 5)
+        await send_message(second, [b"H|\\^&|||again", b"L|1|N"])
+        for _ in range(100):
+            if len(collector.texts) == 4:
+                break
+            await asyncio.sleep(0.02)
+        assert collector.texts == [b"H|\\^&", b"L|1|N", b"H|\\^&|||again", b"L|1|N"]
+        assert client.connections == 2
+        await second.close()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        listener.close()
+        await listener.wait_closed()
+
+
+async def test_tcp_client_retries_until_the_analyser_listens() -> None:
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    client = TcpClient("127.0.0.1", port, backoff=Backoff(0.05, 0.1))
+    task = asyncio.create_task(client.run())
+    try:
+        await asyncio.sleep(0.3)  # refused meanwhile
+        assert client.connections == 0
+        accepted = asyncio.Event()
+
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.set()
+
+        listener = await asyncio.start_server(accept, "127.0.0.1", port)
+        await asyncio.wait_for(accepted.wait(), 5)
+        listener.close()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def serial_connection(
+    collector: Collector, settings: LinkSettings | None = None
+) -> tuple[PtyPeer, SerialConnection, asyncio.Task[None]]:
+    peer = PtyPeer()
+    connection = SerialConnection(SerialSettings(peer.path, baudrate=9600), settings, collector)
+    task = asyncio.create_task(connection.run())
+    await asyncio.wait_for(connection.connected.wait(), 5)
+    return peer, connection, task
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_serial_line_receives_a_message_over_a_pty() -> None:
+    collector = Collector()
+    peer, _, task = await serial_connection(collector)
+    try:
+        await send_message(peer, RECORDS)
+        await asyncio.wait_for(collector.ended.wait(), 5)
+        assert collector.texts == RECORDS
+    finally:
+        await stop(task)
+        await peer.close()
+
+
+async def test_serial_line_sends_a_message_over_a_pty() -> None:
+    peer, connection, task = await serial_connection(Collector())
+    try:
+        assert connection.channel is not None
+        order = [b"H|\\^&", b"O|1|S0002||^^^CRP|R", b"L|1|N"]
+        sending = asyncio.create_task(connection.channel.send(order))
+        assert await receive_message(peer) == order
+        await asyncio.wait_for(sending, 5)
+    finally:
+        await stop(task)
+        await peer.close()
+
+
+async def test_serial_line_with_analyser_tolerances() -> None:
+    collector = Collector()
+    tolerances = FrameTolerances(no_frame_numbers=True, no_checksum=True)
+    peer, _, task = await serial_connection(collector, LinkSettings(tolerances=tolerances))
+    try:
+        await peer.write(ENQ)
+        assert await peer.read(1) == ACK
+        await peer.write(b"\x02H|\\^&\rP|1\rL|1|N\r\x03")
+        assert await peer.read(1) == ACK
+        await peer.write(EOT)
+        await asyncio.wait_for(collector.ended.wait(), 5)
+        assert collector.texts == [b"H|\\^&\rP|1\rL|1|N"]
+    finally:
+        await stop(task)
+        await peer.close()
+
+
+def test_serial_settings_are_checked() -> None:
+    with pytest.raises(ValueError):
+        SerialSettings("/dev/null", parity="sideways")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        SerialSettings("/dev/null", bytesize=9)  # type: ignore[arg-type]
+    options = SerialSettings("/dev/ttyS0", 19200, 7, "even", 2, rtscts=True).pyserial_options()
+    assert options == {
+        "baudrate": 19200,
+        "bytesize": 7,
+        "parity": "E",
+        "stopbits": 2,
+        "xonxoff": False,
+        "rtscts": True,
+        "dsrdtr": False,
+    }
