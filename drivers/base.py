@@ -1,60 +1,356 @@
-"""What every driver offers: link tolerances and a reading of decoded records."""
+"""What a driver is: the tables and hooks that make one analyser family's records
+into the laboratory's objects.
+
+The base class is the CLSI LIS2-A2 (E1394) reading. A driver for an instrument family
+overrides the tables (test codes, flags, control pattern, timers, tolerances) and, where
+its records differ from the standard, a hook or two. See docs/drivers.md.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
+from typing import ClassVar
 
 from middleware.astm.frames import FrameTolerances
+from middleware.astm.link import LinkSettings
 from middleware.astm.records import Record
-
-
-@dataclass(frozen=True, slots=True)
-class ReadResult:
-    """One result as an analyser reported it, before any mapping to the lab's codes."""
-
-    specimen_id: str
-    test_code: str
-    value: str
-    units: str
-    reference_range: str
-    flags: tuple[str, ...]
-    status: str
-    completed_at: datetime | None
-    control: bool
-    patient_id: str = ""
-    sequence: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class MessageReading:
-    sender: str | None
-    results: list[ReadResult] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-
-class Driver:
-    """Base class; a driver overrides the tables and hooks that differ for its family."""
-
-    name = "base"
-    tolerances = FrameTolerances()
-    frame_timeout = 30.0
-
-    def read(self, records: tuple[Record, ...]) -> MessageReading:
-        raise NotImplementedError
+from middleware.domain import (
+    Comment,
+    ControlResult,
+    HostQuery,
+    InstrumentMessage,
+    Measurement,
+    Order,
+    ReagentUse,
+    Result,
+    Specimen,
+)
 
 
 def parse_timestamp(text: str) -> datetime | None:
     """E1394 date and time (YYYYMMDD[HH[MM[SS]]]); None when absent or not a date."""
-    digits = text.strip()
-    if len(digits) < 8 or not digits[:14].isdigit():
+    digits = text.strip()[:14]
+    if len(digits) < 8 or not digits.isdigit():
         return None
-    digits = digits[:14]
-    parts = [int(digits[0:4]), int(digits[4:6]), int(digits[6:8])]
-    for start in (8, 10, 12):
-        chunk = digits[start : start + 2]
-        parts.append(int(chunk) if len(chunk) == 2 else 0)
+    hour, minute, second = (
+        int(digits[i : i + 2]) if len(digits) >= i + 2 else 0 for i in (8, 10, 12)
+    )
     try:
-        return datetime(*parts)  # type: ignore[arg-type]
+        return datetime(int(digits[0:4]), int(digits[4:6]), int(digits[6:8]), hour, minute, second)
     except ValueError:
         return None
+
+
+def parse_date(text: str) -> date | None:
+    stamp = parse_timestamp(text)
+    return stamp.date() if stamp else None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlInfo:
+    material: str
+    lot: str = ""
+    level: str = ""
+
+
+@dataclass(slots=True)
+class Context:
+    """Where a record stands in its message: the records above it."""
+
+    header: Record | None = None
+    patient: Record | None = None
+    order: Record | None = None
+    specimen_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecords:
+    """An R record and the C and M records that follow it."""
+
+    result: Record
+    comments: tuple[Record, ...] = ()
+    manufacturer: tuple[Record, ...] = ()
+    index: int = 0
+
+
+@dataclass(slots=True)
+class DriverOptions:
+    """What configuration may change in a driver, per instrument."""
+
+    test_map: dict[str, str] = field(default_factory=dict)
+    control_pattern: str | None = None
+
+
+class Driver:
+    """The LIS2-A2 reading; subclasses override tables and hooks."""
+
+    name: ClassVar[str] = "generic"
+    description: ClassVar[str] = "any analyser following CLSI LIS2-A2 (ASTM E1394)"
+    #: Matched (search) against the H record's sender field (H.5, as text).
+    sender_pattern: ClassVar[re.Pattern[str] | None] = None
+    tolerances: ClassVar[FrameTolerances] = FrameTolerances()
+    reply_timeout: ClassVar[float] = 15.0
+    frame_timeout: ClassVar[float] = 30.0
+    #: Analyser test code -> laboratory test code; unmapped codes pass through.
+    test_map: ClassVar[Mapping[str, str]] = {}
+    #: Analyser abnormal flag -> laboratory flag (L, H, LL, HH, N, A, AA...).
+    flag_map: ClassVar[Mapping[str, str]] = {}
+    #: A specimen id matching this marks a control sample.
+    control_pattern: ClassVar[re.Pattern[str] | None] = None
+
+    def __init__(self, options: DriverOptions | None = None, instrument: str = "") -> None:
+        options = options or DriverOptions()
+        self.instrument = instrument or self.name
+        self.codes = {**self.test_map, **options.test_map}
+        self.control_re = (
+            re.compile(options.control_pattern) if options.control_pattern else self.control_pattern
+        )
+
+    # --- link ------------------------------------------------------------------------------
+
+    def link_settings(self, **overrides: object) -> LinkSettings:
+        base = LinkSettings(
+            reply_timeout=self.reply_timeout,
+            frame_timeout=self.frame_timeout,
+            tolerances=self.tolerances,
+        )
+        return replace(base, **overrides)  # type: ignore[arg-type]
+
+    @classmethod
+    def recognises(cls, header: Record) -> bool:
+        return cls.sender_pattern is not None and bool(cls.sender_pattern.search(header.text(5)))
+
+    # --- hooks -----------------------------------------------------------------------------
+
+    def specimen_id(self, context: Context, order: Record) -> str:
+        """O.3 (specimen id), else the first component of O.4 (instrument specimen id)."""
+        return order.value(3) or order.value(4)
+
+    def specimen(self, context: Context, order: Record) -> Specimen:
+        patient = context.patient
+        return Specimen(
+            specimen_id=context.specimen_id,
+            patient_id=self.patient_id(patient) if patient else "",
+            specimen_type=order.value(16),
+            collected_at=parse_timestamp(order.value(8)),
+            received_at=parse_timestamp(order.value(18)),
+        )
+
+    def patient_id(self, patient: Record) -> str:
+        return patient.value(3) or patient.value(4) or patient.value(5)
+
+    def instrument_test_code(self, result: Record) -> str:
+        """The manufacturer's component (4th) of the universal test id, else the first
+        non-empty one."""
+        components = result.components(3)
+        if len(components) > 3 and components[3]:
+            return components[3]
+        return next((c for c in components if c), "")
+
+    def value_text(self, result: Record) -> str:
+        """R.4: the value alone, or all its parts when several are given."""
+        components = result.components(4)
+        if not any(components[1:]):
+            return components[0]
+        return result.text(4)
+
+    def flags(self, result: Record) -> tuple[str, ...]:
+        raw = [rep[0] for rep in result.repeats(7) if rep and rep[0]]
+        return tuple(self.flag_map.get(f, f) for f in raw)
+
+    def instrument_flags(self, group: ResultRecords) -> tuple[str, ...]:
+        """Comments of type I (instrument flags) after the result."""
+        return tuple(c.text(4) for c in group.comments if c.value(5) == "I" and c.text(4))
+
+    def comments(self, group: ResultRecords) -> tuple[Comment, ...]:
+        return tuple(
+            Comment(c.text(4), "instrument", c.value(5)) for c in group.comments if c.text(4)
+        )
+
+    def reagents(self, context: Context, group: ResultRecords, code: str) -> tuple[ReagentUse, ...]:
+        """Reagent lots the standard has no place for: none by default."""
+        return ()
+
+    def control_info(self, context: Context, group: ResultRecords) -> ControlInfo | None:
+        """A control when the message is a QC message (H.12 = Q), the order's action code
+        is Q, or the specimen id matches the control pattern."""
+        header, order = context.header, context.order
+        is_control = (
+            (header is not None and header.value(12) == "Q")
+            or (order is not None and order.value(12) == "Q")
+            or (self.control_re is not None and bool(self.control_re.search(context.specimen_id)))
+        )
+        if not is_control:
+            return None
+        return ControlInfo(material=context.specimen_id)
+
+    def operator(self, result: Record) -> str:
+        return result.value(11)
+
+    def module(self, result: Record) -> str:
+        return result.value(14)
+
+    def lab_code(self, code: str) -> str:
+        return self.codes.get(code, code)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def read(self, records: Sequence[Record]) -> InstrumentMessage:
+        message = InstrumentMessage(instrument=self.instrument)
+        context = Context()
+        for index, record, trailing in _with_trailing(records):
+            kind = record.type
+            if kind == "H":
+                context = Context(header=record)
+                message.sender = record.text(5)
+            elif kind == "P":
+                context.patient, context.order, context.specimen_id = record, None, ""
+            elif kind == "O":
+                context.order = record
+                context.specimen_id = self.specimen_id(context, record)
+                message.specimens.append(self.specimen(context, record))
+                self._order(context, record, message)
+            elif kind == "R":
+                group = ResultRecords(
+                    record,
+                    tuple(r for r in trailing if r.type == "C"),
+                    tuple(r for r in trailing if r.type == "M"),
+                    index,
+                )
+                self._result(context, group, message)
+            elif kind == "Q":
+                message.queries.append(self.query(record))
+            elif kind == "C" and context.order is None and record.text(4):
+                message.comments.append(Comment(record.text(4), "instrument", record.value(5)))
+        return message
+
+    def _order(self, context: Context, order: Record, message: InstrumentMessage) -> None:
+        codes = tuple(
+            self.lab_code(self._test_code_of(rep)) for rep in order.repeats(5) if any(rep)
+        )
+        message.orders.append(
+            Order(
+                specimen_id=context.specimen_id,
+                test_codes=tuple(c for c in codes if c),
+                priority=order.value(6) or "R",
+                action_code=order.value(12),
+                ordered_at=parse_timestamp(order.value(7)),
+                patient_id=self.patient_id(context.patient) if context.patient else "",
+            )
+        )
+
+    @staticmethod
+    def _test_code_of(components: tuple[str, ...]) -> str:
+        if len(components) > 3 and components[3]:
+            return components[3]
+        return next((c for c in components if c), "")
+
+    def _result(self, context: Context, group: ResultRecords, message: InstrumentMessage) -> None:
+        record = group.result
+        code = self.instrument_test_code(record)
+        if not code:
+            message.problems.append(f"result {record.value(2) or '?'} has no test code")
+            return
+        try:
+            sequence = int(record.value(2))
+        except ValueError:
+            sequence = 0
+        result = Result(
+            specimen_id=context.specimen_id,
+            test_code=self.lab_code(code),
+            instrument_test_code=code,
+            value=Measurement.parse(self.value_text(record)),
+            units=record.value(5),
+            reference_range=record.value(6),
+            abnormal_flags=self.flags(record),
+            instrument_flags=self.instrument_flags(group),
+            status=record.value(9),
+            operator=self.operator(record),
+            completed_at=parse_timestamp(record.value(13)),
+            instrument=self.instrument,
+            module=self.module(record),
+            patient_id=self.patient_id(context.patient) if context.patient else "",
+            sequence=sequence,
+            comments=self.comments(group),
+            reagents=self.reagents(context, group, code),
+            record_index=group.index,
+        )
+        control = self.control_info(context, group)
+        if control is None:
+            message.results.append(result)
+        else:
+            message.controls.append(
+                ControlResult(result, control.material, control.lot, control.level)
+            )
+
+    def query(self, record: Record) -> HostQuery:
+        """Q.3 holds the specimen ids (2nd component of each repeat), Q.5 the tests."""
+        ids = tuple(rep[1] for rep in record.repeats(3) if len(rep) > 1 and rep[1])
+        if not ids:
+            ids = tuple(rep[0] for rep in record.repeats(3) if rep and rep[0])
+        tests = tuple(
+            self._test_code_of(rep) for rep in record.repeats(5) if self._test_code_of(rep)
+        )
+        all_tests = not tests or tests == ("ALL",)
+        return HostQuery(
+            specimen_ids=ids,
+            test_codes=() if all_tests else tuple(self.lab_code(t) for t in tests),
+            all_tests=all_tests,
+            request_status=record.value(13) or "O",
+        )
+
+    # --- answering -------------------------------------------------------------------------
+
+    def analyser_code(self, lab_code: str) -> str:
+        for analyser, lab in self.codes.items():
+            if lab == lab_code:
+                return analyser
+        return lab_code
+
+    def answer_query(
+        self, query: HostQuery, orders: Iterable[Order], now: datetime
+    ) -> list[Record]:
+        """Records answering a host query: the orders held for each specimen asked about,
+        or an order marked 'no order' (O.26 = Y) when there are none."""
+        stamp = now.strftime("%Y%m%d%H%M%S")
+        by_specimen: dict[str, list[Order]] = {}
+        for order in orders:
+            by_specimen.setdefault(order.specimen_id, []).append(order)
+        records = [Record.of("H", "\\^&", "", "", "LIS", "", "", "", "", "", "", "P", "1", stamp)]
+        for number, specimen_id in enumerate(query.specimen_ids, start=1):
+            held = by_specimen.get(specimen_id, [])
+            codes = [
+                self.analyser_code(c)
+                for o in held
+                for c in o.test_codes
+                if query.all_tests or c in query.test_codes
+            ]
+            patient = held[0].patient_id if held else ""
+            priority = held[0].priority if held else "R"
+            records.append(Record.of("P", str(number), patient))
+            tests = tuple(("", "", "", code) for code in codes) or (("", "", "", ""),)
+            fields: list[str] = [""] * 26
+            fields[0] = "1"
+            fields[1] = specimen_id
+            fields[4] = priority
+            fields[10] = "N" if codes else ""
+            fields[24] = "Q" if codes else "Y"
+            plain = Record.of("O", *fields)
+            records.append(Record((*plain.fields[:4], tests, *plain.fields[5:])))
+        records.append(Record.of("L", "1", "N"))
+        return records
+
+
+def _with_trailing(
+    records: Sequence[Record],
+) -> Iterable[tuple[int, Record, tuple[Record, ...]]]:
+    """Each record with the C and M records that directly follow it."""
+    n = len(records)
+    for i, record in enumerate(records):
+        j = i + 1
+        while j < n and records[j].type in ("C", "M"):
+            j += 1
+        yield i, record, tuple(records[i + 1 : j])

@@ -10,6 +10,7 @@ import drivers
 from middleware.astm.capture import CaptureError, read_capture
 from middleware.astm.frames import FrameTolerances
 from middleware.astm.records import decode_message
+from middleware.domain import ControlResult, Result
 
 
 @dataclass(slots=True)
@@ -62,23 +63,10 @@ def decode_capture(
         ]
         report.messages.append(
             {
-                "sender": reading.sender,
+                "sender": reading.sender or None,
                 "records": len(decoded.records),
                 "results": [
-                    {
-                        "specimen_id": r.specimen_id,
-                        "test_code": r.test_code,
-                        "value": r.value,
-                        "units": r.units,
-                        "reference_range": r.reference_range,
-                        "flags": list(r.flags),
-                        "status": r.status,
-                        "completed_at": r.completed_at.isoformat() if r.completed_at else None,
-                        "control": r.control,
-                        "patient_id": r.patient_id,
-                        "sequence": r.sequence,
-                    }
-                    for r in reading.results
+                    _result_row(result, control) for result, control in reading.measurements()
                 ],
                 "errors": errors,
                 "offset": captured.offsets[0],
@@ -87,6 +75,37 @@ def decode_capture(
     if not capture.messages and not capture.errors:
         report.errors.append({"kind": "empty", "detail": "no records found", "offset": 0})
     return report
+
+
+def _result_row(result: Result, control: ControlResult | None) -> dict[str, Any]:
+    return {
+        "specimen_id": result.specimen_id,
+        "test_code": result.instrument_test_code,
+        "value": result.value.text,
+        "units": result.units,
+        "reference_range": result.reference_range,
+        "flags": list(result.abnormal_flags),
+        "status": result.status,
+        "completed_at": result.completed_at.isoformat() if result.completed_at else None,
+        "control": control is not None,
+        "patient_id": result.patient_id,
+        "sequence": str(result.sequence or ""),
+        "lab_test_code": result.test_code,
+        "numeric_value": str(result.value.number) if result.value.number is not None else None,
+        "censor": result.value.censor or None,
+        "instrument_flags": list(result.instrument_flags),
+        "reagents": [
+            {
+                "reagent": r.reagent,
+                "lot": r.lot,
+                "expiry": r.expiry.isoformat() if r.expiry else None,
+            }
+            for r in result.reagents
+        ],
+        "control_material": control.control_material if control else None,
+        "control_lot": control.lot if control else None,
+        "control_level": control.level if control else None,
+    }
 
 
 def render_text(report: DecodeReport) -> str:

@@ -1,0 +1,180 @@
+"""The laboratory's objects, in the laboratory's words.
+
+Drivers turn decoded records into these; the store keeps them; the rules engine reasons
+about them. They know nothing of ASTM, HL7 or databases.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """An analyser as configured: its name in the lab, its driver, and where it is."""
+
+    name: str
+    driver: str
+    serial_number: str = ""
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Specimen:
+    """A sample tube as the analyser saw it."""
+
+    specimen_id: str
+    patient_id: str = ""
+    specimen_type: str = ""  # serum, plasma, whole blood, urine...
+    container: str = ""
+    collected_at: datetime | None = None
+    received_at: datetime | None = None
+    analysed_at: datetime | None = None
+    rack: str = ""
+    position: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """Tests asked for a specimen (from the LIS, or echoed by the analyser)."""
+
+    specimen_id: str
+    test_codes: tuple[str, ...]
+    priority: str = "R"  # R routine, S stat (E1394 O.6)
+    action_code: str = ""  # E1394 O.12: N new, Q control, A add...
+    ordered_at: datetime | None = None
+    patient_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReagentUse:
+    """A reagent (or calibrator) lot that took part in producing a result."""
+
+    reagent: str
+    lot: str
+    test_code: str = ""
+    expiry: date | None = None
+    calibration_id: str = ""
+    serial: str = ""
+    kind: str = "reagent"  # reagent, calibrator, diluent
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    text: str
+    source: str = "instrument"  # instrument, lis, middleware
+    kind: str = ""  # E1394 C.5 comment type (G generic, I instrument flag...)
+
+
+_NUMBER = re.compile(r"^\s*([<>]=?|=)?\s*([-+]?(?:\d+(?:[.,]\d*)?|[.,]\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """A value as the analyser wrote it, and as a number when it is one.
+
+    Censored values (``<15``, ``>8``) keep their sign in ``censor`` and their limit in
+    ``number``: the number alone would be a different, wrong, result.
+    """
+
+    text: str
+    number: Decimal | None = None
+    censor: str = ""  # "", "<", ">", "<=", ">="
+
+    @classmethod
+    def parse(cls, text: str) -> Measurement:
+        match = _NUMBER.match(text)
+        if not match:
+            return cls(text)
+        sign, digits = match.group(1) or "", match.group(2).replace(",", ".")
+        try:
+            number = Decimal(digits)
+        except InvalidOperation:
+            return cls(text)
+        return cls(text, number, "" if sign == "=" else sign)
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.number is not None and not self.censor
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One patient (or control) result, with everything needed to trace it."""
+
+    specimen_id: str
+    test_code: str  # the laboratory's code, after the driver's map
+    instrument_test_code: str  # what the analyser called it
+    value: Measurement
+    units: str = ""
+    reference_range: str = ""
+    abnormal_flags: tuple[str, ...] = ()
+    instrument_flags: tuple[str, ...] = ()
+    status: str = ""  # E1394 R.9: F final, C correction, P preliminary, X cannot be done...
+    operator: str = ""
+    completed_at: datetime | None = None
+    instrument: str = ""
+    module: str = ""
+    patient_id: str = ""
+    sequence: int = 0
+    comments: tuple[Comment, ...] = ()
+    reagents: tuple[ReagentUse, ...] = ()
+    dilution: str = ""
+    record_index: int = 0
+    """Position of the R record in its message, to keep the analyser's order."""
+
+
+@dataclass(frozen=True, slots=True)
+class ControlResult:
+    """A quality-control measurement: a result on a control material of a known lot."""
+
+    result: Result
+    control_material: str
+    lot: str = ""
+    level: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HostQuery:
+    """An analyser asking the host what to run on specimens (E1394 Q record)."""
+
+    specimen_ids: tuple[str, ...]
+    test_codes: tuple[str, ...] = ()
+    all_tests: bool = True
+    request_status: str = "O"
+
+
+@dataclass(slots=True)
+class InstrumentMessage:
+    """What one message from an analyser said, once read by its driver."""
+
+    instrument: str
+    sender: str = ""
+    specimens: list[Specimen] = field(default_factory=list)
+    results: list[Result] = field(default_factory=list)
+    controls: list[ControlResult] = field(default_factory=list)
+    queries: list[HostQuery] = field(default_factory=list)
+    orders: list[Order] = field(default_factory=list)
+    comments: list[Comment] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    """Things the driver could not map; a message with problems and nothing else is
+    quarantined, otherwise the problems travel with it."""
+
+    def measurements(self) -> list[tuple[Result, ControlResult | None]]:
+        """Patient and control results together, in the order the analyser sent them."""
+        both = [(r, None) for r in self.results] + [(c.result, c) for c in self.controls]
+        return sorted(both, key=lambda pair: pair[0].record_index)
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """Something received that could not be decoded or mapped, kept raw with the reason."""
+
+    connection: str
+    reason: str
+    raw: bytes
+    received_at: datetime
+    instrument: str = ""
