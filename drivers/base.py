@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from middleware.astm.frames import FrameTolerances
 from middleware.astm.link import LinkSettings
-from middleware.astm.records import Record
+from middleware.astm.records import DEFAULT_DELIMITERS, Delimiters, Record
 from middleware.domain import (
     Comment,
     ControlResult,
@@ -100,6 +100,8 @@ class Driver:
     flag_map: ClassVar[Mapping[str, str]] = {}
     #: A specimen id matching this marks a control sample.
     control_pattern: ClassVar[re.Pattern[str] | None] = None
+    #: Delimiters of what we send the analyser (host-query answers, orders).
+    delimiters: ClassVar[Delimiters] = DEFAULT_DELIMITERS
 
     def __init__(self, options: DriverOptions | None = None, instrument: str = "") -> None:
         options = options or DriverOptions()

@@ -27,6 +27,22 @@ def _decode(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from middleware.daemon import configure_logging, serve
+    from middleware.settings import ConfigError, load_settings
+
+    try:
+        settings = load_settings(Path(args.config) if args.config else None)
+    except ConfigError as exc:
+        print(f"lis-middleware run: configuration refused:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log.level, settings.log.format)
+    asyncio.run(serve(settings))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lis-middleware",
@@ -52,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
         "line_feeds_in_text, records_span_frames",
     )
     decode.set_defaults(handler=_decode)
+
+    run = sub.add_parser(
+        "run",
+        help="run the daemon: every configured analyser connection",
+        description="Run the middleware daemon. Settings come from the YAML file and "
+        "MIDDLEWARE_* environment variables (which win).",
+    )
+    run.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    run.set_defaults(handler=_run)
     return parser
 
 

@@ -190,18 +190,40 @@ def decode_record(line: str, d: Delimiters = DEFAULT_DELIMITERS) -> Record:
     if len(line) > 1 and line[1] != d.field:
         raise RecordError(f"record type {line[0]!r} not followed by the field delimiter")
     raw_fields = line.split(d.field)
+    repeat = d.repeat
+    component = d.component
+    escape = d.escape
     fields: list[Field] = [((record_type,),)]
-    for position, raw in enumerate(raw_fields[1:], start=2):
-        if record_type == "H" and position == 2:
-            # H.2 is the delimiter definition itself, kept as written.
-            fields.append(((raw,),))
-            continue
-        fields.append(
-            tuple(
-                tuple(unescape(comp, d) for comp in rep.split(d.component))
-                for rep in raw.split(d.repeat)
-            )
-        )
+    if record_type == "H" and len(raw_fields) > 1:
+        # H.2 is the delimiter definition itself, kept as written; the rest may hold
+        # anything, so each field is looked at on its own.
+        fields.append(((raw_fields[1],),))
+        del raw_fields[:2]
+        plain = False
+    else:
+        del raw_fields[0]
+        # The type letter and the field delimiter are neither, so this covers all fields.
+        plain = escape not in line and repeat not in line
+    if plain:
+        # The usual record: no escapes, no repeats; most fields have no components either.
+        fields += [
+            (tuple(raw.split(component)),) if component in raw else ((raw,),) for raw in raw_fields
+        ]
+    else:
+        for raw in raw_fields:
+            if escape in raw:
+                fields.append(
+                    tuple(
+                        tuple([unescape(comp, d) for comp in rep.split(component)])
+                        for rep in raw.split(repeat)
+                    )
+                )
+            elif repeat in raw:
+                fields.append(tuple([tuple(rep.split(component)) for rep in raw.split(repeat)]))
+            elif component in raw:
+                fields.append((tuple(raw.split(component)),))
+            else:
+                fields.append(((raw,),))
     return Record(tuple(fields))
 
 

@@ -59,7 +59,14 @@ class LinkChannel:
         self.log = log.bind(connection=name)
         self._wake = asyncio.Event()
         self._sent: dict[int, asyncio.Future[None]] = {}
+        self._received = bytearray()
         self.closed = False
+
+    def take_received(self) -> bytes:
+        """The bytes read since the last call, exactly as they came off the wire."""
+        data = bytes(self._received)
+        self._received.clear()
+        return data
 
     async def send(self, records: Sequence[bytes]) -> None:
         """Send one message (records without terminators); returns once the peer has it.
@@ -98,6 +105,7 @@ class LinkChannel:
                     if not data:
                         self.log.info("peer closed the connection")
                         return
+                    self._received += data
                     self.link.receive_data(data, self.clock())
                 else:
                     self.link.handle_timer(self.clock())

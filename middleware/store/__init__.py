@@ -1,0 +1,42 @@
+"""Durable storage: SQLite by default, PostgreSQL by URL, always through the repository."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy import Connection, Engine
+
+from middleware.store.database import migrate, open_engine
+from middleware.store.writer import StoreWriter
+
+T = TypeVar("T")
+
+
+class Store:
+    """The database of one daemon: migrated on open, written by one committing thread."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = open_engine(url)
+        migrate(self.engine)
+        self.writer = StoreWriter(self.engine)
+        self.writer.start()
+
+    async def write(self, work: Callable[[Connection], T]) -> T:
+        return await self.writer.submit(work)
+
+    def read(self, work: Callable[[Connection], T]) -> T:
+        with self.engine.connect() as conn:
+            return work(conn)
+
+    async def read_async(self, work: Callable[[Connection], T]) -> T:
+        return await asyncio.to_thread(self.read, work)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.engine.dispose()
+
+
+__all__ = ["Store"]

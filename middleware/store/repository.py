@@ -1,0 +1,394 @@
+"""Repository functions: the only way the rest of the code reads or writes the database.
+
+Each takes an open SQLAlchemy ``Connection`` inside a transaction that the caller (the
+store writer, or a reader) owns, so several writes can share one commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from middleware.domain import InstrumentMessage, Order, ReagentUse, Result
+from middleware.store.schema import (
+    audit_log,
+    control_results,
+    messages,
+    orders,
+    quarantine,
+    raw_transmissions,
+    reagent_lots,
+    reagent_uses,
+    results,
+    specimens,
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message as it arrived on one connection, read or not."""
+
+    connection: str
+    instrument: str
+    raw: bytes
+    received_at: datetime
+    text: str
+    """The message's records, CR-separated, as the link delivered them."""
+    record_count: int = 0
+    reading: InstrumentMessage | None = None
+    """What the driver made of it; None when it could not be read at all."""
+    problems: list[str] = field(default_factory=list)
+    """Why (part of) it goes to quarantine."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    raw_id: int
+    message_id: int | None
+    duplicate: bool = False
+    quarantined: bool = False
+    results: int = 0
+    controls: int = 0
+
+
+def content_hash(instrument: str, text: str) -> str:
+    """Identifies a message's content: the same records from the same instrument are the
+    same message, however often they are sent."""
+    normalised = "\r".join(line for line in text.replace("\n", "\r").split("\r") if line)
+    return hashlib.sha256(f"{instrument}\x00{normalised}".encode()).hexdigest()
+
+
+def _insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT that can say ON CONFLICT DO NOTHING in this database's dialect."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _raw(conn: Connection, d: Delivery, message_id: int | None, duplicate: bool) -> int:
+    return int(
+        conn.execute(
+            raw_transmissions.insert().returning(raw_transmissions.c.id),
+            {
+                "connection": d.connection,
+                "instrument": d.instrument,
+                "direction": "in",
+                "received_at": d.received_at,
+                "data": d.raw,
+                "sha256": hashlib.sha256(d.raw).hexdigest(),
+                "size": len(d.raw),
+                "message_id": message_id,
+                "duplicate": duplicate,
+            },
+        ).scalar_one()
+    )
+
+
+def _quarantine(
+    conn: Connection, d: Delivery, raw_id: int, message_id: int | None, reason: str
+) -> None:
+    conn.execute(
+        quarantine.insert(),
+        {
+            "raw_id": raw_id,
+            "message_id": message_id,
+            "connection": d.connection,
+            "instrument": d.instrument,
+            "reason": reason,
+            "data": d.raw,
+            "received_at": d.received_at,
+        },
+    )
+
+
+def store_delivery(conn: Connection, d: Delivery) -> Stored:
+    """Keep a delivery: its raw bytes always; its message and results once; what could not
+    be read or mapped in quarantine with the reason."""
+    reading = d.reading
+    if reading is None:
+        raw_id = _raw(conn, d, None, False)
+        _quarantine(conn, d, raw_id, None, "; ".join(d.problems) or "unreadable")
+        return Stored(raw_id, None, quarantined=True)
+
+    digest = content_hash(d.instrument, d.text)
+    existing = conn.execute(
+        select(messages.c.id).where(
+            messages.c.instrument == d.instrument, messages.c.content_sha256 == digest
+        )
+    ).scalar_one_or_none()
+    if existing is not None:
+        raw_id = _raw(conn, d, existing, True)
+        return Stored(raw_id, existing, duplicate=True)
+
+    message_id = int(
+        conn.execute(
+            messages.insert().returning(messages.c.id),
+            {
+                "instrument": d.instrument,
+                "connection": d.connection,
+                "sender": reading.sender,
+                "content_sha256": digest,
+                "record_count": d.record_count,
+                "text": d.text,
+                "received_at": d.received_at,
+                "problems": "\n".join([*d.problems, *reading.problems]),
+            },
+        ).scalar_one()
+    )
+    raw_id = _raw(conn, d, message_id, False)
+    _specimens(conn, reading, message_id)
+    stored_at = utcnow()
+    patient_ids = _insert_results(
+        conn, results, [(r, {}) for r in reading.results], message_id, stored_at
+    )
+    control_ids = _insert_results(
+        conn,
+        control_results,
+        [
+            (c.result, {"control_material": c.control_material, "lot": c.lot, "level": c.level})
+            for c in reading.controls
+        ],
+        message_id,
+        stored_at,
+    )
+    _reagent_uses(conn, reading.results, patient_ids, "result_id", d.received_at)
+    _reagent_uses(
+        conn, [c.result for c in reading.controls], control_ids, "control_result_id",
+        d.received_at,
+    )  # fmt: skip
+    nothing = not (reading.results or reading.controls or reading.queries or reading.orders)
+    quarantined = bool(d.problems) or (nothing and bool(reading.problems))
+    if quarantined:
+        reasons = d.problems or reading.problems
+        _quarantine(conn, d, raw_id, message_id, "; ".join(reasons))
+    return Stored(
+        raw_id,
+        message_id,
+        quarantined=quarantined,
+        results=len(reading.results),
+        controls=len(reading.controls),
+    )
+
+
+def _specimens(conn: Connection, reading: InstrumentMessage, message_id: int) -> None:
+    rows = {
+        s.specimen_id: {
+            "specimen_id": s.specimen_id,
+            "patient_id": s.patient_id,
+            "specimen_type": s.specimen_type,
+            "container": s.container,
+            "collected_at": s.collected_at,
+            "received_at": s.received_at,
+            "analysed_at": s.analysed_at,
+            "first_message_id": message_id,
+        }
+        for s in reading.specimens
+        if s.specimen_id
+    }
+    if rows:
+        conn.execute(
+            _insert(conn, specimens).on_conflict_do_nothing(index_elements=["specimen_id"]),
+            list(rows.values()),
+        )
+
+
+def _result_row(r: Result, message_id: int, stored_at: datetime) -> dict[str, Any]:
+    return {
+        "message_id": message_id,
+        "specimen_id": r.specimen_id,
+        "patient_id": r.patient_id,
+        "test_code": r.test_code,
+        "instrument_test_code": r.instrument_test_code,
+        "value_text": r.value.text,
+        "value_number": r.value.number,
+        "censor": r.value.censor,
+        "units": r.units,
+        "reference_range": r.reference_range,
+        "abnormal_flags": ",".join(r.abnormal_flags),
+        "instrument_flags": "\n".join(r.instrument_flags),
+        "status": r.status,
+        "operator": r.operator,
+        "instrument": r.instrument,
+        "module": r.module,
+        "comments": "\n".join(c.text for c in r.comments),
+        "dilution": r.dilution,
+        "sequence": r.sequence,
+        "completed_at": r.completed_at,
+        "stored_at": stored_at,
+    }
+
+
+def _insert_results(
+    conn: Connection,
+    table: Table,
+    items: Sequence[tuple[Result, dict[str, Any]]],
+    message_id: int,
+    stored_at: datetime,
+) -> list[int]:
+    if not items:
+        return []
+    rows = [_result_row(r, message_id, stored_at) | extra for r, extra in items]
+    # RETURNING over many rows comes back in insertion order with sort_by_parameter_order.
+    returned = conn.execute(
+        table.insert().returning(table.c.id, sort_by_parameter_order=True), rows
+    )
+    return [int(row[0]) for row in returned]
+
+
+def _lot_id(conn: Connection, use: ReagentUse) -> int:
+    found = conn.execute(
+        select(reagent_lots.c.id).where(
+            reagent_lots.c.reagent == use.reagent, reagent_lots.c.lot == use.lot
+        )
+    ).scalar_one_or_none()
+    if found is not None:
+        return int(found)
+    conn.execute(
+        _insert(conn, reagent_lots).on_conflict_do_nothing(index_elements=["reagent", "lot"]),
+        {
+            "reagent": use.reagent,
+            "lot": use.lot,
+            "kind": use.kind,
+            "serial": use.serial,
+            "expiry": use.expiry,
+            "first_seen_at": utcnow(),
+        },
+    )
+    return int(
+        conn.execute(
+            select(reagent_lots.c.id).where(
+                reagent_lots.c.reagent == use.reagent, reagent_lots.c.lot == use.lot
+            )
+        ).scalar_one()
+    )
+
+
+def _reagent_uses(
+    conn: Connection,
+    produced: Sequence[Result],
+    ids: Sequence[int],
+    column: str,
+    received_at: datetime,
+) -> None:
+    rows = [
+        {
+            "reagent_lot_id": _lot_id(conn, use),
+            column: result_id,
+            "instrument": result.instrument,
+            "test_code": use.test_code or result.test_code,
+            "calibration_id": use.calibration_id,
+            "used_at": result.completed_at or received_at,
+        }
+        for result, result_id in zip(produced, ids, strict=True)
+        for use in result.reagents
+        if use.lot
+    ]
+    if rows:
+        conn.execute(reagent_uses.insert(), rows)
+
+
+def quarantine_raw(
+    conn: Connection, connection: str, instrument: str, raw: bytes, reason: str,
+    received_at: datetime | None = None,
+) -> Stored:  # fmt: skip
+    """Keep bytes that never made a message (a transfer cut short, a timeout)."""
+    d = Delivery(connection, instrument, raw, received_at or utcnow(), "", problems=[reason])
+    return store_delivery(conn, d)
+
+
+# --- orders (the worklist host queries are answered from) -------------------------------
+
+
+def add_order(conn: Connection, order: Order, source: str = "lis") -> int:
+    return int(
+        conn.execute(
+            orders.insert().returning(orders.c.id),
+            {
+                "specimen_id": order.specimen_id,
+                "patient_id": order.patient_id,
+                "test_codes": ",".join(order.test_codes),
+                "priority": order.priority,
+                "source": source,
+                "ordered_at": order.ordered_at,
+                "created_at": utcnow(),
+            },
+        ).scalar_one()
+    )
+
+
+def orders_for(conn: Connection, specimen_ids: Iterable[str]) -> list[Order]:
+    rows = conn.execute(
+        select(orders).where(orders.c.specimen_id.in_(list(specimen_ids))).order_by(orders.c.id)
+    )
+    return [
+        Order(
+            specimen_id=row.specimen_id,
+            test_codes=tuple(c for c in row.test_codes.split(",") if c),
+            priority=row.priority,
+            ordered_at=row.ordered_at,
+            patient_id=row.patient_id,
+        )
+        for row in rows
+    ]
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+def audit(
+    conn: Connection, actor: str, action: str, subject: str = "", detail: object = ""
+) -> None:
+    text = detail if isinstance(detail, str) else json.dumps(detail, default=str)
+    conn.execute(
+        audit_log.insert(),
+        {"at": utcnow(), "actor": actor, "action": action, "subject": subject, "detail": text},
+    )
+
+
+# --- reading back --------------------------------------------------------------------------
+
+
+def results_for_specimen(conn: Connection, specimen_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(results).where(results.c.specimen_id == specimen_id).order_by(results.c.id)
+    )
+    return [dict(row._mapping) for row in rows]
+
+
+def results_with_lot(conn: Connection, lot: str) -> list[dict[str, Any]]:
+    """Every patient and control result produced with a reagent lot."""
+    out: list[dict[str, Any]] = []
+    for table, column in ((results, "result_id"), (control_results, "control_result_id")):
+        query = (
+            select(table, reagent_lots.c.reagent, reagent_lots.c.lot.label("reagent_lot"))
+            .join(reagent_uses, reagent_uses.c[column] == table.c.id)
+            .join(reagent_lots, reagent_lots.c.id == reagent_uses.c.reagent_lot_id)
+            .where(reagent_lots.c.lot == lot)
+            .order_by(table.c.id)
+        )
+        kind = "control" if table is control_results else "patient"
+        out.extend(dict(row._mapping) | {"kind": kind} for row in conn.execute(query))
+    return out
+
+
+def counts(conn: Connection) -> dict[str, int]:
+    tables = (raw_transmissions, messages, specimens, results, control_results, quarantine)
+    return {
+        t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one()) for t in tables
+    }
+
+
+def quarantined(conn: Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(select(quarantine).order_by(quarantine.c.id))
+    return [dict(row._mapping) for row in rows]

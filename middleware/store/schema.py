@@ -1,0 +1,185 @@
+"""Tables. The migrations in ``migrations/`` create them; this module describes them for
+queries. Times are stored in UTC."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# Every transmission as it came off the wire; never updated or deleted (triggers refuse it).
+raw_transmissions = Table(
+    "raw_transmissions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("connection", String(200), nullable=False),
+    Column("instrument", String(100), nullable=False),
+    Column("direction", String(3), nullable=False, default="in"),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("message_id", Integer, ForeignKey("messages.id"), nullable=True),
+    Column("duplicate", Boolean, nullable=False, default=False),
+)
+Index("ix_raw_transmissions_message", raw_transmissions.c.message_id)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("instrument", String(100), nullable=False),
+    Column("connection", String(200), nullable=False),
+    Column("sender", String(200), nullable=False, default=""),
+    Column("content_sha256", String(64), nullable=False),
+    Column("record_count", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("problems", Text, nullable=False, default=""),
+    UniqueConstraint("instrument", "content_sha256", name="uq_messages_content"),
+)
+
+specimens = Table(
+    "specimens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("specimen_id", String(100), nullable=False),
+    Column("patient_id", String(100), nullable=False, default=""),
+    Column("specimen_type", String(60), nullable=False, default=""),
+    Column("container", String(60), nullable=False, default=""),
+    Column("collected_at", DateTime(timezone=True)),
+    Column("received_at", DateTime(timezone=True)),
+    Column("analysed_at", DateTime(timezone=True)),
+    Column("first_message_id", Integer, ForeignKey("messages.id"), nullable=False),
+    UniqueConstraint("specimen_id", name="uq_specimens_specimen_id"),
+)
+
+_result_columns = (
+    ("specimen_id", String(100)),
+    ("patient_id", String(100)),
+    ("test_code", String(60)),
+    ("instrument_test_code", String(120)),
+    ("value_text", Text),
+    ("units", String(60)),
+    ("reference_range", String(120)),
+    ("abnormal_flags", String(120)),
+    ("instrument_flags", Text),
+    ("status", String(4)),
+    ("operator", String(100)),
+    ("instrument", String(100)),
+    ("module", String(100)),
+    ("comments", Text),
+    ("dilution", String(40)),
+)
+
+
+def _result_table(name: str, *extra: Column[object]) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("message_id", Integer, ForeignKey("messages.id"), nullable=False),
+        *(Column(col, kind, nullable=False, default="") for col, kind in _result_columns),
+        Column("value_number", Numeric(24, 8)),
+        Column("censor", String(2), nullable=False, default=""),
+        Column("sequence", Integer, nullable=False, default=0),
+        Column("completed_at", DateTime(timezone=True)),
+        Column("stored_at", DateTime(timezone=True), nullable=False),
+        *extra,
+    )
+
+
+results = _result_table("results")
+Index("ix_results_specimen", results.c.specimen_id)
+Index("ix_results_test", results.c.instrument, results.c.test_code)
+
+control_results = _result_table(
+    "control_results",
+    Column("control_material", String(120), nullable=False),
+    Column("lot", String(60), nullable=False, default=""),
+    Column("level", String(30), nullable=False, default=""),
+)
+Index("ix_control_results_test", control_results.c.instrument, control_results.c.test_code)
+
+reagent_lots = Table(
+    "reagent_lots",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("reagent", String(120), nullable=False),
+    Column("lot", String(60), nullable=False),
+    Column("kind", String(20), nullable=False, default="reagent"),
+    Column("manufacturer", String(120), nullable=False, default=""),
+    Column("serial", String(60), nullable=False, default=""),
+    Column("expiry", Date),
+    Column("first_seen_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("reagent", "lot", name="uq_reagent_lots"),
+)
+
+reagent_uses = Table(
+    "reagent_uses",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("reagent_lot_id", Integer, ForeignKey("reagent_lots.id"), nullable=False),
+    Column("result_id", Integer, ForeignKey("results.id")),
+    Column("control_result_id", Integer, ForeignKey("control_results.id")),
+    Column("instrument", String(100), nullable=False),
+    Column("test_code", String(60), nullable=False, default=""),
+    Column("calibration_id", String(120), nullable=False, default=""),
+    Column("used_at", DateTime(timezone=True)),
+)
+Index("ix_reagent_uses_lot", reagent_uses.c.reagent_lot_id)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("specimen_id", String(100), nullable=False),
+    Column("patient_id", String(100), nullable=False, default=""),
+    Column("test_codes", Text, nullable=False),
+    Column("priority", String(2), nullable=False, default="R"),
+    Column("source", String(40), nullable=False, default="lis"),
+    Column("ordered_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_orders_specimen", orders.c.specimen_id)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("raw_id", Integer, ForeignKey("raw_transmissions.id")),
+    Column("message_id", Integer, ForeignKey("messages.id")),
+    Column("connection", String(200), nullable=False),
+    Column("instrument", String(100), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("resolved_by", String(100)),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("action", String(60), nullable=False),
+    Column("subject", String(200), nullable=False, default=""),
+    Column("detail", Text, nullable=False, default=""),
+)
