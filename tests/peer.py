@@ -132,3 +132,30 @@ async def receive_message(peer: Peer) -> list[bytes]:
             texts.append(current.rstrip(b"\r"))
             current = b""
         await peer.write(ACK)
+
+
+def wire_units(data: bytes) -> list[bytes]:
+    """Cut a raw capture into what an analyser writes one at a time: ENQ, each frame
+    (STX to its CR LF), EOT. Anything else between them is dropped."""
+    units: list[bytes] = []
+    i = 0
+    while i < len(data):
+        byte = data[i : i + 1]
+        if byte in (ENQ, EOT):
+            units.append(byte)
+            i += 1
+        elif byte == STX:
+            end = data.index(b"\n", i) + 1
+            units.append(data[i:end])
+            i = end
+        else:
+            i += 1
+    return units
+
+
+async def replay(peer: Peer, data: bytes) -> None:
+    """Send a raw capture as the analyser did, waiting for the reply to ENQ and each frame."""
+    for unit in wire_units(data):
+        await peer.write(unit)
+        if unit != EOT:
+            assert await peer.read(1) == ACK

@@ -1,0 +1,115 @@
+"""The daemon, as a separate process, against analyser peers over TCP and a serial line."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CORPUS
+from tests.daemon import DaemonProcess, connect, free_port
+from tests.peer import ACK, ENQ, EOT, PtyPeer, StreamPeer, frame, replay, send_message
+
+ASTM = CORPUS / "astm"
+
+
+def rows(database: Path, query: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(database) as conn:
+        return conn.execute(query).fetchall()
+
+
+@pytest.fixture
+def ports() -> Iterator[tuple[int, int]]:
+    yield free_port(), free_port()
+
+
+async def _run_analysers(daemon: DaemonProcess, pty: PtyPeer, ports: tuple[int, int]) -> None:
+    yumizen = StreamPeer(*await connect(ports[0]))
+    chemistry = StreamPeer(*await connect(ports[1]))
+    await asyncio.gather(
+        replay(yumizen, (ASTM / "yumizen-h500_raw_multi-frame.bin").read_bytes()),
+        replay(chemistry, (ASTM / "vitros-3600_raw_censored-values.bin").read_bytes()),
+        replay(pty, (ASTM / "erba-xl_raw_backtick-repeat.bin").read_bytes()),
+    )
+    # A malformed message: nothing in it can be read. It is kept, and the line goes on.
+    await chemistry.write(ENQ)
+    assert await chemistry.read(1) == ACK
+    for number, text in enumerate((b"HELLO WORLD\r", b"L|1|N\r"), start=1):
+        await chemistry.write(frame(number, text))
+        assert await chemistry.read(1) == ACK
+    await chemistry.write(EOT)
+    await replay(chemistry, (ASTM / "vitros-3600_raw_results-reagent-lots.bin").read_bytes())
+    await asyncio.sleep(0.3)
+    await yumizen.close()
+    await chemistry.close()
+
+
+def test_analysers_over_tcp_and_serial_into_the_store(
+    tmp_path: Path, ports: tuple[int, int]
+) -> None:
+    async def scenario() -> None:
+        pty = PtyPeer()
+        daemon = DaemonProcess(
+            tmp_path,
+            [
+                {"name": "h500", "transport": "tcp-server", "host": "127.0.0.1", "port": ports[0]},
+                {
+                    "name": "vitros",
+                    "transport": "tcp-server",
+                    "host": "127.0.0.1",
+                    "port": ports[1],
+                },
+                {"name": "erba", "transport": "serial", "serial": {"port": pty.path}},
+            ],
+        )
+        daemon.start()
+        try:
+            await asyncio.sleep(0.5)  # the serial line opens
+            await _run_analysers(daemon, pty, ports)
+        finally:
+            assert daemon.stop() == 0
+            await pty.close()
+
+    asyncio.run(scenario())
+    db = tmp_path / "state" / "middleware.db"
+    per_instrument = dict(rows(db, "SELECT instrument, count(*) FROM results GROUP BY instrument"))
+    assert per_instrument == {"h500": 27, "vitros": 12, "erba": 1}
+    assert rows(db, "SELECT value_text, units FROM results WHERE instrument = 'erba'") == [
+        ("0.3", "mg/dl")
+    ]
+    censored = rows(
+        db, "SELECT value_text, value_number, censor FROM results WHERE value_text = '<15'"
+    )
+    assert censored == [("<15", 15, "<")]
+    # Every stored message has its raw bytes, byte for byte.
+    for instrument, name in (("h500", "yumizen-h500_raw_multi-frame.bin"),
+                             ("erba", "erba-xl_raw_backtick-repeat.bin")):  # fmt: skip
+        [(data,)] = rows(db, f"SELECT r.data FROM raw_transmissions r JOIN messages m "
+                             f"ON r.message_id = m.id WHERE m.instrument = '{instrument}'")  # fmt: skip
+        assert data == (ASTM / name).read_bytes().rstrip(b"\x04")
+    [(reason, instrument, data)] = rows(db, "SELECT reason, instrument, data FROM quarantine")
+    assert instrument == "vitros"
+    assert reason.startswith("record 1: unusable delimiter")
+    assert b"HELLO WORLD" in data
+    # the censored values, the malformed one, and the one after it: the line went on
+    assert rows(db, "SELECT count(*) FROM messages WHERE instrument = 'vitros'") == [(3,)]
+
+
+def test_daemon_refuses_a_bad_configuration(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "instruments:\n  - name: x\n    transport: tcp-server\n    driver: nope\n    port: 5\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "middleware", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"{config}:4: instruments.0.driver" in done.stderr
+    assert "unknown driver 'nope'" in done.stderr
