@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import CORPUS
 from tests.daemon import DaemonProcess, connect, free_port
-from tests.peer import ACK, ENQ, EOT, PtyPeer, StreamPeer, frame, replay, send_message
+from tests.peer import ACK, ENQ, EOT, PtyPeer, StreamPeer, frame, replay
 
 ASTM = CORPUS / "astm"
 
@@ -85,10 +85,15 @@ def test_analysers_over_tcp_and_serial_into_the_store(
     )
     assert censored == [("<15", 15, "<")]
     # Every stored message has its raw bytes, byte for byte.
-    for instrument, name in (("h500", "yumizen-h500_raw_multi-frame.bin"),
-                             ("erba", "erba-xl_raw_backtick-repeat.bin")):  # fmt: skip
-        [(data,)] = rows(db, f"SELECT r.data FROM raw_transmissions r JOIN messages m "
-                             f"ON r.message_id = m.id WHERE m.instrument = '{instrument}'")  # fmt: skip
+    raw_of = (
+        "SELECT r.data FROM raw_transmissions r JOIN messages m ON r.message_id = m.id "
+        "WHERE m.instrument = '{}'"
+    )
+    for instrument, name in (
+        ("h500", "yumizen-h500_raw_multi-frame.bin"),
+        ("erba", "erba-xl_raw_backtick-repeat.bin"),
+    ):
+        [(data,)] = rows(db, raw_of.format(instrument))
         assert data == (ASTM / name).read_bytes().rstrip(b"\x04")
     [(reason, instrument, data)] = rows(db, "SELECT reason, instrument, data FROM quarantine")
     assert instrument == "vitros"
