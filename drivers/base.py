@@ -321,7 +321,9 @@ class Driver:
         by_specimen: dict[str, list[Order]] = {}
         for order in orders:
             by_specimen.setdefault(order.specimen_id, []).append(order)
-        records = [Record.of("H", "\\^&", "", "", "LIS", "", "", "", "", "", "", "P", "1", stamp)]
+        records = [
+            Record.of("H", "\\^&", "", "", "LIS", "", "", "", "", "", "", "P", "LIS2-A2", stamp)
+        ]
         for number, specimen_id in enumerate(query.specimen_ids, start=1):
             held = by_specimen.get(specimen_id, [])
             codes = [
@@ -334,7 +336,7 @@ class Driver:
             priority = held[0].priority if held else "R"
             records.append(Record.of("P", str(number), patient))
             tests = tuple(("", "", "", code) for code in codes) or (("", "", "", ""),)
-            fields: list[str] = [""] * 26
+            fields: list[str] = [""] * 25  # O.2 to O.26
             fields[0] = "1"
             fields[1] = specimen_id
             fields[4] = priority

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 
@@ -65,6 +64,8 @@ class TcpServer:
                 if result is not None:
                     await result
             await channel.run()
+        except asyncio.CancelledError:
+            channel.log.info("connection closed at shutdown")
         finally:
             self.channels.discard(channel)
             if task is not None:
@@ -73,12 +74,16 @@ class TcpServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        # Closing the sockets ends each channel's loop; cancel only what does not end.
+        for channel in list(self.channels):
+            channel.writer.close()
+        pending = list(self._tasks)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=5)
+            for task in late:
+                task.cancel()
+        if self._server is not None:
             await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
     async def __aenter__(self) -> TcpServer:
         await self.start()

@@ -1,0 +1,142 @@
+"""The ingest pipeline in-process: a real TCP connection, a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+import drivers
+from drivers.base import Driver
+from middleware.astm.link import LinkSettings
+from middleware.astm.records import Record
+from middleware.domain import InstrumentMessage, Order
+from middleware.pipeline import ConnectionPipeline
+from middleware.store import Store
+from middleware.store import repository as repo
+from middleware.transport.tcp import TcpServer
+from tests.peer import ACK, ENQ, EOT, StreamPeer, frame, frames_for, receive_message, send_message
+
+MESSAGE = [
+    b"H|\\^&|||AN-1",
+    b"P|1||PAT1",
+    b"O|1|S100||^^^GLU|R",
+    b"R|1|^^^GLU|5.4|mmol/L||N||F",
+    b"L|1|N",
+]
+
+
+class BrokenDriver(Driver):
+    name = "broken"
+
+    def read(self, records: Sequence[Record]) -> InstrumentMessage:
+        raise ValueError("cannot read this")
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[tuple[Store, StreamPeer, ConnectionPipeline]]:
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    pipeline = ConnectionPipeline("an1", drivers.get("generic"), store)
+    settings = LinkSettings(defer_final_ack=True, frame_timeout=0.3)
+    server = TcpServer("127.0.0.1", 0, settings, pipeline, name="an1")
+    await server.start()
+    peer = StreamPeer(*await asyncio.open_connection("127.0.0.1", server.bound_port))
+    yield store, peer, pipeline
+    await peer.close()
+    await server.close()
+    store.close()
+
+
+async def settle(pipeline: ConnectionPipeline, count: int) -> None:
+    for _ in range(200):
+        if len(pipeline.stored) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(pipeline.stored)} of {count} deliveries kept")
+
+
+async def test_message_is_stored(setup: tuple[Store, StreamPeer, ConnectionPipeline]) -> None:
+    store, peer, pipeline = setup
+    await send_message(peer, MESSAGE)
+    await settle(pipeline, 1)
+    [row] = store.read(lambda conn: repo.results_for_specimen(conn, "S100"))
+    assert (row["test_code"], row["value_text"], row["patient_id"]) == ("GLU", "5.4", "PAT1")
+
+
+async def test_transfer_cut_before_l_is_quarantined(
+    setup: tuple[Store, StreamPeer, ConnectionPipeline],
+) -> None:
+    store, peer, pipeline = setup
+    await peer.write(ENQ)
+    assert await peer.read(1) == ACK
+    for data in frames_for(MESSAGE[:3]):
+        await peer.write(data)
+        assert await peer.read(1) == ACK
+    await peer.write(EOT)
+    await settle(pipeline, 1)
+    [entry] = store.read(repo.quarantined)
+    assert entry["reason"] == "transfer ended before the message's L record"
+    assert b"O|1|S100" in entry["data"]
+    await send_message(peer, MESSAGE)  # the line goes on
+    await settle(pipeline, 2)
+    assert store.read(repo.counts)["results"] == 1
+
+
+async def test_link_timeout_mid_message_is_quarantined(
+    setup: tuple[Store, StreamPeer, ConnectionPipeline],
+) -> None:
+    store, peer, pipeline = setup
+    await peer.write(ENQ)
+    assert await peer.read(1) == ACK
+    await peer.write(frame(1, MESSAGE[0] + b"\r"))
+    assert await peer.read(1) == ACK
+    await settle(pipeline, 1)  # the 0.3 s frame timer expires
+    [entry] = store.read(repo.quarantined)
+    assert entry["reason"].startswith("link timed out: no frame within")
+
+
+async def test_new_header_before_l_quarantines_the_unfinished_message(
+    setup: tuple[Store, StreamPeer, ConnectionPipeline],
+) -> None:
+    store, peer, pipeline = setup
+    await send_message(peer, MESSAGE[:3] + MESSAGE)
+    await settle(pipeline, 2)
+    [entry] = store.read(repo.quarantined)
+    assert entry["reason"] == "a new H record began before the L record"
+    assert store.read(repo.counts)["results"] == 1
+
+
+async def test_host_query_is_answered_from_the_orders(
+    setup: tuple[Store, StreamPeer, ConnectionPipeline],
+) -> None:
+    store, peer, _pipeline = setup
+    await store.write(
+        lambda conn: repo.add_order(conn, Order("S200", ("GLU", "CREA"), "S", patient_id="P7"))
+    )
+    await send_message(peer, [b"H|\\^&|||AN-1", b"Q|1|^S200||ALL||||||||O", b"L|1|N"])
+    answer = await receive_message(peer)
+    assert answer[1:] == [
+        b"P|1|P7",
+        b"O|1|S200||^^^GLU\\^^^CREA|S||||||N||||||||||||||Q",
+        b"L|1|N",
+    ]
+    assert answer[0].startswith(b"H|\\^&|||LIS|||||||P|LIS2-A2|")
+
+
+async def test_a_failing_driver_quarantines_and_the_line_goes_on(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    pipeline = ConnectionPipeline("an1", BrokenDriver(), store)
+    server = TcpServer("127.0.0.1", 0, LinkSettings(defer_final_ack=True), pipeline)
+    async with server:
+        peer = StreamPeer(*await asyncio.open_connection("127.0.0.1", server.bound_port))
+        await send_message(peer, MESSAGE)
+        await send_message(peer, MESSAGE)
+        await settle(pipeline, 2)
+        await peer.close()
+    entries = store.read(repo.quarantined)
+    assert [e["reason"] for e in entries] == [
+        "driver broken failed: ValueError('cannot read this')"
+    ] * 2
+    store.close()

@@ -1,0 +1,107 @@
+"""Daemon configuration: YAML plus environment, and clear refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import drivers
+from middleware.astm.frames import FrameTolerances
+from middleware.daemon import link_settings
+from middleware.settings import ConfigError, load_settings
+
+GOOD = """\
+state_dir: data
+instruments:
+  - name: xn-1
+    transport: tcp-server
+    port: 5001
+  - name: ia-1
+    transport: serial
+    serial:
+      port: /dev/ttyUSB0
+      baudrate: 19200
+      parity: even
+      bytesize: 7
+    frame_timeout: 15
+    tolerances:
+      long_frames: true
+    test_map:
+      TSH II: TSH
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "middleware.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MIDDLEWARE_DATABASE_URL", raising=False)
+    settings = load_settings(write(tmp_path, GOOD))
+    assert settings.state_dir == tmp_path / "data"  # relative to the file
+    assert settings.database == f"sqlite:///{(tmp_path / 'data' / 'middleware.db').resolve()}"
+    serial = settings.instruments[1]
+    assert serial.serial is not None and serial.serial.parity == "even"
+    assert serial.test_map == {"TSH II": "TSH"}
+
+
+def test_environment_wins_over_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIDDLEWARE_DATABASE_URL", "postgresql://lab@db/middleware")
+    monkeypatch.setenv("MIDDLEWARE_LOG__LEVEL", "debug")
+    settings = load_settings(write(tmp_path, GOOD + "database_url: sqlite:///x.db\n"))
+    assert settings.database == "postgresql://lab@db/middleware"
+    assert settings.log.level == "debug"
+
+
+def test_link_settings_combine_driver_and_configuration(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, GOOD))
+    config = settings.instruments[1]
+    link = link_settings(config, drivers.get(config.driver))
+    assert link.frame_timeout == 15 and link.reply_timeout == 15
+    assert link.tolerances == FrameTolerances(long_frames=True)
+    assert link.defer_final_ack  # persist before acknowledging, always
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "instruments:\n  - name: a\n    transport: tcp-server\n",
+            ":2: instruments.0: Value error, transport tcp-server needs a port",
+        ),
+        (
+            "instruments:\n  - name: a\n    transport: carrier-pigeon\n    port: 1\n",
+            ":3: instruments.0.transport",
+        ),
+        (
+            "instruments:\n  - name: a\n    transport: serial\n"
+            "    serial:\n      port: /dev/x\n      parity: sideways\n",
+            ":6: instruments.0.serial.parity",
+        ),
+        (
+            "instruments:\n  - {name: a, transport: tcp-server, port: 1}\n"
+            "  - {name: a, transport: tcp-server, port: 2}\n",
+            "used twice",
+        ),
+        ("log:\n  level: loud\n", ":2: log.level"),
+        ("colour: blue\n", ":1: colour: Extra inputs are not permitted"),
+        ("instruments: [\n", "not valid YAML"),
+        ("- just\n- a list\n", ":1: the configuration must be a mapping"),
+    ],
+)
+def test_bad_configuration_names_file_line_and_field(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert str(path) in str(caught.value)
+    assert expected in str(caught.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "nope.yaml")
