@@ -33,12 +33,15 @@ demo: install
 	$(BIN)/lis-middleware decode ../shared/corpus/astm/vitros-3600_raw_censored-values.bin --format text
 
 # The reference codec for bench/codec.py (python-astm 0.5.0) needs a compatibility shim on 3.11.
+# PYTHONPATH is absolute: pip runs the package's setup.py from a temporary directory.
+BENCH_PYTHONPATH := $(CURDIR)/bench/compat
+
 bench-setup: install
 	$(BIN)/python -m pip install --quiet wheel setuptools
-	PYTHONPATH=bench/compat $(BIN)/python -m pip install --quiet --no-build-isolation astm==0.5.0
+	PYTHONPATH=$(BENCH_PYTHONPATH) $(BIN)/python -m pip install --quiet --no-build-isolation astm==0.5.0
 
 bench: bench-setup
-	PYTHONPATH=bench/compat $(BIN)/python bench/codec.py
+	PYTHONPATH=$(BENCH_PYTHONPATH) $(BIN)/python bench/codec.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

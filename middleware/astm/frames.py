@@ -7,6 +7,7 @@ characters. Nothing here keeps state; the link layer and the capture reader shar
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 NUL = 0x00
@@ -29,6 +30,9 @@ ETB = 0x17
 
 #: Characters E1381 forbids inside frame text (LF is handled apart: a tolerance allows it).
 RESTRICTED = frozenset({SOH, STX, ETX, EOT, ENQ, ACK, DLE, NAK, SYN, ETB, DC1, DC2, DC3, DC4})
+
+_RESTRICTED_BUT_LF = re.compile(b"[" + re.escape(bytes(sorted(RESTRICTED))) + b"]")
+_RESTRICTED_AND_LF = re.compile(b"[" + re.escape(bytes(sorted(RESTRICTED | {LF}))) + b"]")
 
 #: Standard maximum of text characters in one frame.
 MAX_TEXT = 240
@@ -137,9 +141,11 @@ def check_frame(
             )
     if len(text) > max_text and not tolerances.long_frames:
         return FrameProblem("frame_too_long", f"{len(text)} text characters, limit {max_text}")
-    for i, byte in enumerate(text):
-        if byte in RESTRICTED or (byte == LF and not tolerances.line_feeds_in_text):
-            return FrameProblem(
-                "control_character", f"control character 0x{byte:02X} at text position {i}"
-            )
+    restricted = _RESTRICTED_BUT_LF if tolerances.line_feeds_in_text else _RESTRICTED_AND_LF
+    found = restricted.search(text)
+    if found:
+        return FrameProblem(
+            "control_character",
+            f"control character 0x{found.group()[0]:02X} at text position {found.start()}",
+        )
     return Frame(number, text, terminator == ETX, received_checksum)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import re
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from middleware.astm.frames import (
 
 #: A frame body longer than this without ETB/ETX is garbage, not a frame.
 _MAX_BODY = 1 << 20
+#: What ends a frame body: ETB/ETX, or STX/EOT when the sender abandoned it.
+_FRAME_END = re.compile(b"[" + re.escape(bytes((STX, ETX, EOT, ETB))) + b"]")
 
 
 class Role(enum.Enum):
@@ -451,11 +454,8 @@ class Link:
         return True
 
     def _find_terminator(self) -> int | None:
-        for i in range(1, len(self._buffer)):
-            byte = self._buffer[i]
-            if byte in (ETX, ETB, STX, EOT):
-                return i
-        return None
+        found = _FRAME_END.search(self._buffer, 1)
+        return found.start() if found else None
 
     def _reject(self, problem: FrameProblem, size: int, now: float) -> None:
         offset = self._offset

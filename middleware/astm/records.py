@@ -11,6 +11,7 @@ analysers use others (a backtick or ``@`` as repeat), so nothing assumes the usu
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -57,16 +58,20 @@ class Delimiters:
         if len(line) < 5 or line[0] != "H":
             raise RecordError("an H record starts with H and four delimiter characters")
         field = line[1]
-        rest = line[2:]
-        end = rest.find(field)
-        definition = rest if end < 0 else rest[:end]
-        # Some exports double the repeat backslash (H|\\^&); a repeated character is that.
-        deduplicated = "".join(
-            c for i, c in enumerate(definition) if i == 0 or c != definition[i - 1]
-        )
-        if len(deduplicated) < 3:
-            raise RecordError(f"H record delimiter definition too short: {definition!r}")
-        return cls(field, deduplicated[0], deduplicated[1], deduplicated[2])
+        end = line.find(field, 2)
+        definition = line[2:] if end < 0 else line[2:end]
+        d = _delimiters_from_definition(field, definition)
+        return d if cls is Delimiters else cls(d.field, d.repeat, d.component, d.escape)
+
+
+@functools.lru_cache(maxsize=64)
+def _delimiters_from_definition(field: str, definition: str) -> Delimiters:
+    # Cached: every message starts with an H record, nearly always with the same delimiters.
+    # Some exports double the repeat backslash (H|\\^&); a repeated character is that.
+    deduplicated = "".join(c for i, c in enumerate(definition) if i == 0 or c != definition[i - 1])
+    if len(deduplicated) < 3:
+        raise RecordError(f"H record delimiter definition too short: {definition!r}")
+    return Delimiters(field, deduplicated[0], deduplicated[1], deduplicated[2])
 
 
 DEFAULT_DELIMITERS = Delimiters()
@@ -210,21 +215,25 @@ def decode_record(line: str, d: Delimiters = DEFAULT_DELIMITERS) -> Record:
             (tuple(raw.split(component)),) if component in raw else ((raw,),) for raw in raw_fields
         ]
     else:
-        for raw in raw_fields:
-            if escape in raw:
-                fields.append(
-                    tuple(
-                        tuple([unescape(comp, d) for comp in rep.split(component)])
-                        for rep in raw.split(repeat)
-                    )
-                )
-            elif repeat in raw:
-                fields.append(tuple([tuple(rep.split(component)) for rep in raw.split(repeat)]))
-            elif component in raw:
-                fields.append((tuple(raw.split(component)),))
-            else:
-                fields.append(((raw,),))
+        # Each field read the cheapest way that is right for it: escapes undone only where
+        # the escape character is, repeats and components split only where they occur.
+        fields += [
+            _unescaped_field(raw, d)
+            if escape in raw
+            else tuple([tuple(rep.split(component)) for rep in raw.split(repeat)])
+            if repeat in raw
+            else (tuple(raw.split(component)),)
+            if component in raw
+            else ((raw,),)
+            for raw in raw_fields
+        ]
     return Record(tuple(fields))
+
+
+def _unescaped_field(raw: str, d: Delimiters) -> Field:
+    return tuple(
+        tuple([unescape(comp, d) for comp in rep.split(d.component)]) for rep in raw.split(d.repeat)
+    )
 
 
 def encode_record(record: Record, d: Delimiters = DEFAULT_DELIMITERS) -> str:
