@@ -96,6 +96,9 @@ def _looks_like_log(data: bytes) -> bool:
 def _translate_log(data: bytes) -> tuple[bytes, list[int]]:
     """Log text to bytes, with the offset in the log of every byte produced."""
     drops_breaks = re.search(rb"[<\[](CR|LF)[>\]]", data, re.IGNORECASE) is not None
+    # A log that names control characters (<STX>, [STX]) does not also write them in
+    # caret notation: there a line starting with ^B is data (a component such as ^B12II).
+    carets = _MNEMONIC.search(data) is None
     out = bytearray()
     where: list[int] = []
     pos = 0
@@ -105,13 +108,13 @@ def _translate_log(data: bytes) -> tuple[bytes, list[int]]:
         if line.startswith(b" - ") or line.strip(b" -\r\n") == b"":
             continue  # the other direction's replies, or a separator
         body = line.rstrip(b"\r\n")
-        caret_end = _CARET_END.search(body)
+        caret_end = _CARET_END.search(body) if carets else None
         tail = b""
         if caret_end:
             tail = bytes((_CARET[ord(caret_end.group(1))],)) + (caret_end.group(2) or b"")
             body = body[: caret_end.start()]
         head = b""
-        caret_start = _CARET_START.match(body)
+        caret_start = _CARET_START.match(body) if carets else None
         if caret_start:
             head = bytes(_CARET[c] for c in caret_start.group(1)[1::2])
             body = body[caret_start.end() :]
