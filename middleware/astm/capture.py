@@ -55,6 +55,10 @@ _CARET = {ord("B"): STX, ord("C"): ETX, ord("D"): EOT, ord("E"): ENQ,
           ord("F"): ACK, ord("U"): NAK, ord("W"): ETB}  # fmt: skip
 
 
+_CONTROL = re.compile(b"[" + re.escape(bytes((STX, ENQ, EOT))) + b"]")
+_FRAME_END = re.compile(b"[" + re.escape(bytes((ETX, ETB, STX, ENQ, EOT))) + b"]")
+
+
 @dataclass(frozen=True, slots=True)
 class CaptureError:
     kind: str
@@ -188,20 +192,18 @@ class _FrameReader:
 
     def run(self) -> None:
         data = self.data
-        i = 0
         n = len(data)
-        while i < n:
+        # Replies and line ends between frames are skipped in one search.
+        found = _CONTROL.search(data)
+        while found:
+            i = found.start()
             byte = data[i]
             if byte == STX:
                 i = self._frame(i)
-            elif byte == ENQ:
-                self._end_transmission(i, started=True)
-                i += 1
-            elif byte == EOT:
-                self._end_transmission(i, started=False)
-                i += 1
             else:
-                i += 1  # replies and line ends between frames
+                self._end_transmission(i, started=byte == ENQ)
+                i += 1
+            found = _CONTROL.search(data, i)
         self._end_transmission(n, started=False)
 
     def _end_transmission(self, i: int, started: bool) -> None:
@@ -216,9 +218,8 @@ class _FrameReader:
     def _frame(self, start: int) -> int:
         data = self.data
         n = len(data)
-        end = start + 1
-        while end < n and data[end] not in (ETX, ETB, STX, ENQ, EOT):
-            end += 1
+        stop = _FRAME_END.search(data, start + 1)
+        end = stop.start() if stop else n
         if end >= n or data[end] in (STX, ENQ, EOT):
             self.error("incomplete", "frame without ETB/ETX", start)
             return end
