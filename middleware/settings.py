@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 import drivers
 from middleware.astm.frames import FrameTolerances
+from middleware.yamlfile import FileError, describe, read_mapping
 
 
 class ConfigError(Exception):
@@ -149,60 +150,22 @@ class Settings(BaseSettings):
         return self.database_url or default_url(self.state_dir)
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """The line (1-based) in the YAML file of the value at ``loc``."""
-    line = None
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if k.value == key), None)
-            if match is None:
-                break
-            node = match
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
-            if key >= len(node.value):
-                break
-            node = node.value[key]
-        else:
-            break
-        line = node.start_mark.line + 1
-    if line is None and node is not None:
-        line = node.start_mark.line + 1
-    return line
-
-
 def load_settings(path: Path | None) -> Settings:
     """Settings from the YAML file at ``path`` (if any) and the environment."""
     data: dict[str, Any] = {}
     root: yaml.Node | None = None
     if path is not None:
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        try:
-            root = yaml.compose(text)
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{where}: not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}:1: the configuration must be a mapping")
-        data = loaded or {}
+            data, root = read_mapping(path)
+        except FileError as exc:
+            raise ConfigError(str(exc)) from None
         state_dir = data.get("state_dir")
         if isinstance(state_dir, str) and not Path(state_dir).is_absolute():
             data["state_dir"] = str(path.parent / state_dir)
     try:
         return Settings(**data)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            loc = tuple(error["loc"])
-            field = ".".join(str(p) for p in loc) or "(top level)"
-            line = _line_of(root, loc) if root is not None else None
-            where = f"{path}:{line}" if path and line else (str(path) if path else "environment")
-            lines.append(f"{where}: {field}: {error['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError("\n".join(describe(exc, path, root))) from None
 
 
 __all__ = ["ConfigError", "InstrumentConfig", "Settings", "load_settings"]

@@ -89,7 +89,7 @@ def test_link_settings_combine_driver_and_configuration(tmp_path: Path) -> None:
         ("log:\n  level: loud\n", ":2: log.level"),
         ("colour: blue\n", ":1: colour: Extra inputs are not permitted"),
         ("instruments: [\n", "not valid YAML"),
-        ("- just\n- a list\n", ":1: the configuration must be a mapping"),
+        ("- just\n- a list\n", ":1: the file must be a mapping"),
     ],
 )
 def test_bad_configuration_names_file_line_and_field(
