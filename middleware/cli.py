@@ -43,6 +43,32 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rules_check(args: argparse.Namespace) -> int:
+    from middleware.engine.rules import load_rules
+    from middleware.yamlfile import FileError
+
+    try:
+        rules = load_rules(Path(args.directory))
+    except FileError as exc:
+        for problem in exc.problems:
+            print(problem)
+        print(f"{len(exc.problems)} problem(s); rules refused")
+        return 1
+    print(f"rules ok: {rules.summary()}")
+    return 0
+
+
+def _rules_schema(args: argparse.Namespace) -> int:
+    from middleware.engine.rules import schema_text
+
+    text = schema_text()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lis-middleware",
@@ -77,6 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", metavar="FILE", help="YAML configuration file")
     run.set_defaults(handler=_run)
+
+    rules = sub.add_parser("rules", help="the laboratory's rule files")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_sub.add_parser(
+        "check",
+        help="validate a rules directory",
+        description="Validate every rule file of DIR together; print each problem with its "
+        "file, line and field. Exit status 0 when the rules are usable, 1 otherwise.",
+    )
+    check.add_argument("directory", nargs="?", default="rules", metavar="DIR")
+    check.set_defaults(handler=_rules_check)
+    schema = rules_sub.add_parser(
+        "schema", help="print the JSON Schema of a rule file (rules/schema.json)"
+    )
+    schema.add_argument("--output", metavar="FILE")
+    schema.set_defaults(handler=_rules_schema)
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from dataclasses import replace
@@ -15,11 +16,15 @@ import structlog
 import drivers
 from drivers import DriverOptions
 from middleware.astm.link import LinkSettings, Role
+from middleware.engine.rules import Rules, load_rules
+from middleware.engine.rules import diff as rules_diff
 from middleware.pipeline import ConnectionPipeline
 from middleware.settings import InstrumentConfig, Settings
 from middleware.store import Store
+from middleware.store.repository import audit
 from middleware.transport.serial import SerialConnection, SerialSettings
 from middleware.transport.tcp import TcpClient, TcpServer
+from middleware.yamlfile import FileError
 
 log = structlog.get_logger("middleware.daemon")
 
@@ -64,6 +69,7 @@ def link_settings(config: InstrumentConfig, driver: drivers.Driver) -> LinkSetti
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.rules: Rules | None = None
         self.store: Store | None = None
         self.servers: dict[str, TcpServer] = {}
         self.pipelines: dict[str, ConnectionPipeline] = {}
@@ -73,6 +79,8 @@ class Daemon:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = await asyncio.to_thread(Store, self.settings.database)
         log.info("store open", database=_safe_url(self.settings.database))
+        if self.settings.rules_dir is not None and not await self.reload_rules("daemon start"):
+            raise SystemExit(2)
         for config in self.settings.instruments:
             if config.enabled:
                 await self._start_instrument(config, self.store)
@@ -101,6 +109,28 @@ class Daemon:
             self._tasks.append(asyncio.create_task(serial.run()))
         log.info("instrument configured", instrument=config.name, driver=config.driver,
                  transport=config.transport)  # fmt: skip
+
+    async def reload_rules(self, actor: str) -> bool:
+        """Load the rule files again; keep the rules in force when they are refused.
+        An accepted change is recorded in the audit log with who, when and the diff."""
+        directory = self.settings.rules_dir
+        if directory is None or self.store is None:
+            return False
+        try:
+            rules = await asyncio.to_thread(load_rules, directory)
+        except FileError as exc:
+            log.error("rules refused; the rules in force stay", directory=str(directory),
+                      problems=exc.problems, kept=self.rules is not None)  # fmt: skip
+            return False
+        change = rules_diff(self.rules, rules)
+        if change:
+            detail = {"sources": rules.sources, "diff": change}
+            await self.store.write(
+                lambda conn: audit(conn, actor, "rules.load", str(directory), detail)
+            )
+        self.rules = rules
+        log.info("rules in force", summary=rules.summary(), changed=bool(change), by=actor)
+        return True
 
     async def stop(self) -> None:
         for server in self.servers.values():
@@ -131,6 +161,14 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hangup() -> None:
+        task = asyncio.create_task(daemon.reload_rules(f"SIGHUP to pid {os.getpid()}"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await daemon.start()
         await stopping.wait()

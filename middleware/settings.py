@@ -119,6 +119,8 @@ class Settings(BaseSettings):
 
     state_dir: Path = Path("state")
     database_url: str | None = None
+    rules_dir: Path | None = None
+    """The laboratory's rule files; none loaded when not given."""
     log: LogConfig = LogConfig()
     instruments: list[InstrumentConfig] = []
 
@@ -159,9 +161,10 @@ def load_settings(path: Path | None) -> Settings:
             data, root = read_mapping(path)
         except FileError as exc:
             raise ConfigError(str(exc)) from None
-        state_dir = data.get("state_dir")
-        if isinstance(state_dir, str) and not Path(state_dir).is_absolute():
-            data["state_dir"] = str(path.parent / state_dir)
+        for key in ("state_dir", "rules_dir"):
+            value = data.get(key)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                data[key] = str(path.parent / value)
     try:
         return Settings(**data)
     except ValidationError as exc:

@@ -61,7 +61,10 @@ class DaemonProcess:
             self._wait_for_log("daemon running", deadline)
 
     def _wait_for_log(self, text: str, deadline: float) -> None:
+        assert self.process is not None
         while text not in self.log.read_text():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daemon exited: {self.log.read_text()[-2000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"daemon never logged {text!r}")
             time.sleep(0.05)

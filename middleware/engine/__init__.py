@@ -1,0 +1,1 @@
+"""The rules engine: rule files, QC and Westgard, acceptance, reagents, autoverification."""

@@ -1,0 +1,362 @@
+"""The rule files lab IT edits, as pydantic models, and their loading.
+
+A rules directory holds YAML files; each file may hold any of the sections of
+:class:`RuleFile`, and the directory's files together make one :class:`Rules`. Every
+problem is reported with its file, line and field, and nothing is taken from a directory
+that has one; the daemon keeps the rules it had.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from datetime import date, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from middleware.yamlfile import FileError, describe, line_of, read_mapping
+
+RuleName = Literal[
+    "1-2s", "1-3s", "2-2s", "R-4s", "4-1s", "10x",
+    "2of3-2s", "3-1s", "6x", "8x", "9x", "12x", "7T",
+]  # fmt: skip
+TestCode = Annotated[str, Field(min_length=1, max_length=60)]
+Positive = Annotated[Decimal, Field(gt=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Target(_Model):
+    """A control's expected value for one test: the manufacturer's until the lab's own
+    20-run statistics are approved."""
+
+    mean: Decimal
+    sd: Positive
+    units: str = ""
+
+
+class ControlLot(_Model):
+    lot: str = Field(min_length=1)
+    level: str = Field(min_length=1, description="the level the lab calls it: 1, 2, low...")
+    expiry: date | None = None
+    targets: dict[TestCode, Target] = Field(min_length=1)
+
+
+class ControlMaterial(_Model):
+    name: str = Field(min_length=1)
+    manufacturer: str = ""
+    lots: list[ControlLot] = Field(min_length=1)
+
+
+class RuleSet(_Model):
+    """Which Westgard rules reject a run, which only warn, and how they are applied."""
+
+    rules: list[RuleName] = Field(min_length=1)
+    warnings: list[RuleName] = ["1-2s"]
+    traditional: bool = False
+    """1-2s screens: the other rules are looked at only when it fires."""
+    include_rejected: bool = False
+    """Keep results of rejected runs in later windows."""
+
+
+class SigmaStep(_Model):
+    """Methods whose sigma is at least ``min_sigma`` get ``rule_set``."""
+
+    min_sigma: Decimal
+    rule_set: str
+
+
+class Sigma(_Model):
+    """The method's performance, in percent: sigma = (TEa - |bias|) / CV."""
+
+    tea: Positive
+    bias: Decimal
+    cv: Positive
+
+    @property
+    def value(self) -> Decimal:
+        return (self.tea - abs(self.bias)) / self.cv
+
+
+class Westgard(_Model):
+    rule_sets: dict[str, RuleSet] = {}
+    sigma_map: list[SigmaStep] = []
+
+
+class QcPolicy(_Model):
+    """How QC gates release for some tests on some instruments."""
+
+    instruments: list[str] = ["*"]
+    tests: list[TestCode] = Field(min_length=1)
+    levels: list[str] = Field(min_length=1, description="control levels required")
+    validity_hours: Positive = Decimal(24)
+    mode: Literal["continuous", "bracketed"] = "continuous"
+    rule_set: str | None = None
+    sigma: Sigma | None = None
+    max_cv_percent: Positive | None = None
+    max_bias_percent: Positive | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_choose_rules(self) -> QcPolicy:
+        if self.rule_set and self.sigma:
+            raise ValueError("give either rule_set or sigma, not both")
+        return self
+
+
+class Acceptance(_Model):
+    """What a sample must be for some tests or sample types; what happens when it is not."""
+
+    name: str = Field(min_length=1)
+    tests: list[TestCode] = ["*"]
+    sample_types: list[str] = []
+    containers: list[str] = []
+    min_volume_ul: Positive | None = None
+    max_haemolysis: Annotated[Decimal, Field(ge=0)] | None = None
+    max_icterus: Annotated[Decimal, Field(ge=0)] | None = None
+    max_lipaemia: Annotated[Decimal, Field(ge=0)] | None = None
+    max_delay_minutes: Positive | None = None
+    temperature: Literal["ambient", "refrigerated", "frozen"] | None = None
+    require_identification: bool = True
+    on_failure: Literal["reject", "accept-with-comment"] = "reject"
+    comment: str = ""
+
+
+class ReagentLot(_Model):
+    reagent: str = Field(min_length=1)
+    lot: str = Field(min_length=1)
+    manufacturer: str = ""
+    serial: str = ""
+    kind: Literal["reagent", "calibrator", "control", "diluent"] = "reagent"
+    expiry: date
+    delivered: date | None = None
+    opened: date | None = None
+    stability_days: Annotated[int, Field(gt=0)] | None = None
+    recalled: bool = False
+    tests: list[TestCode] = []
+
+    @property
+    def effective_expiry(self) -> date:
+        """The earlier of the printed expiry and the end of stability once opened."""
+        if self.opened is not None and self.stability_days is not None:
+            return min(self.expiry, self.opened + timedelta(days=self.stability_days))
+        return self.expiry
+
+
+class Range(_Model):
+    """Reference, critical and measurable limits of a test, by sex and age."""
+
+    test: TestCode
+    units: str = ""
+    sex: Literal["M", "F", "*"] = "*"
+    age_min_years: Annotated[Decimal, Field(ge=0)] = Decimal(0)
+    age_max_years: Annotated[Decimal, Field(gt=0)] = Decimal(150)
+    low: Decimal | None = None
+    high: Decimal | None = None
+    critical_low: Decimal | None = None
+    critical_high: Decimal | None = None
+    measurable_low: Decimal | None = None
+    measurable_high: Decimal | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        pairs = (
+            ("low", "high"),
+            ("critical_low", "critical_high"),
+            ("measurable_low", "measurable_high"),
+            ("age_min_years", "age_max_years"),
+        )
+        for low, high in pairs:
+            a, b = getattr(self, low), getattr(self, high)
+            if a is not None and b is not None and a >= b:
+                raise ValueError(f"{low} ({a}) must be below {high} ({b})")
+        return self
+
+
+class DeltaCheck(_Model):
+    test: TestCode
+    absolute: Positive | None = None
+    percent: Positive | None = None
+    window_hours: Positive = Decimal(72)
+
+    @model_validator(mode="after")
+    def _a_limit(self) -> DeltaCheck:
+        if self.absolute is None and self.percent is None:
+            raise ValueError("a delta check needs an absolute or a percent limit")
+        return self
+
+
+class Autoverification(_Model):
+    enabled: bool = True
+    hold_instrument_flags: list[str] = ["*"]
+    """Instrument flags that hold a result (* = any flag the driver reports)."""
+    hold_abnormal_flags: list[str] = ["LL", "HH", "AA"]
+    hold_outside_measurable_range: bool = True
+    hold_failed_delta: bool = True
+
+
+class RuleFile(_Model):
+    """One YAML file of rules; every section is optional."""
+
+    control_materials: list[ControlMaterial] = []
+    westgard: Westgard = Westgard()
+    qc_policies: list[QcPolicy] = []
+    acceptance: list[Acceptance] = []
+    reagent_lots: list[ReagentLot] = []
+    ranges: list[Range] = []
+    delta_checks: list[DeltaCheck] = []
+    autoverification: Autoverification | None = None
+
+
+class Rules(_Model):
+    """All the rule files of a directory, checked together."""
+
+    control_materials: list[ControlMaterial] = []
+    rule_sets: dict[str, RuleSet] = {}
+    sigma_map: list[SigmaStep] = []
+    qc_policies: list[QcPolicy] = []
+    acceptance: list[Acceptance] = []
+    reagent_lots: list[ReagentLot] = []
+    ranges: list[Range] = []
+    delta_checks: list[DeltaCheck] = []
+    autoverification: Autoverification = Autoverification()
+    sources: list[str] = []
+
+    def rule_set_for(self, policy: QcPolicy) -> RuleSet:
+        """The policy's rule set, named or chosen from its sigma by the sigma map."""
+        if policy.rule_set:
+            return self.rule_sets[policy.rule_set]
+        if policy.sigma is not None:
+            sigma = policy.sigma.value
+            for step in sorted(self.sigma_map, key=lambda s: s.min_sigma, reverse=True):
+                if sigma >= step.min_sigma:
+                    return self.rule_sets[step.rule_set]
+        return self.rule_sets["default"]
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.sources)} files: {len(self.control_materials)} control materials, "
+            f"{len(self.rule_sets)} rule sets, {len(self.qc_policies)} QC policies, "
+            f"{len(self.acceptance)} acceptance criteria, {len(self.reagent_lots)} reagent "
+            f"lots, {len(self.ranges)} ranges, {len(self.delta_checks)} delta checks"
+        )
+
+
+def _cross_check(
+    rules: Rules, origin: dict[str, tuple[Path, Any, tuple[int | str, ...]]]
+) -> list[str]:
+    """Problems only visible across files, e.g. a policy naming a rule set nobody defines."""
+    problems: list[str] = []
+
+    def at(key: str, *field: str) -> str:
+        """``file:line: field`` of the item ``key`` of the merged rules."""
+        path, root, loc = origin[key]
+        line = line_of(root, loc)
+        where = f"{path}:{line}" if line else str(path)
+        return f"{where}: {'.'.join(str(p) for p in (*loc, *field))}"
+
+    if "default" not in rules.rule_sets:
+        where = at("rule_sets") if "rule_sets" in origin else "rules"
+        problems.append(f"{where}: no rule set named 'default' (used by policies that name none)")
+    for i, step in enumerate(rules.sigma_map):
+        if step.rule_set not in rules.rule_sets:
+            problems.append(
+                f"{at(f'sigma_map.{i}', 'rule_set')}: unknown rule set {step.rule_set!r}"
+            )
+    for i, policy in enumerate(rules.qc_policies):
+        if policy.rule_set and policy.rule_set not in rules.rule_sets:
+            problems.append(
+                f"{at(f'qc_policies.{i}', 'rule_set')}: unknown rule set {policy.rule_set!r}"
+            )
+    seen_lots: set[tuple[str, str]] = set()
+    for i, lot in enumerate(rules.reagent_lots):
+        if (lot.reagent, lot.lot) in seen_lots:
+            problems.append(
+                f"{at(f'reagent_lots.{i}')}: lot {lot.lot} of {lot.reagent} is listed twice"
+            )
+        seen_lots.add((lot.reagent, lot.lot))
+    return problems
+
+
+def load_rules(directory: Path) -> Rules:
+    """Read every ``*.yaml``/``*.yml`` file of ``directory``; raise FileError listing every
+    problem (file:line: field: message) if there is any."""
+    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+    if not directory.is_dir():
+        raise FileError([f"{directory}: not a directory"])
+    problems: list[str] = []
+    merged: dict[str, Any] = {
+        "control_materials": [], "rule_sets": {}, "sigma_map": [], "qc_policies": [],
+        "acceptance": [], "reagent_lots": [], "ranges": [], "delta_checks": [],
+    }  # fmt: skip
+    origin: dict[str, tuple[Path, Any, tuple[int | str, ...]]] = {}
+    autoverification: Autoverification | None = None
+    for path in files:
+        try:
+            data, root = read_mapping(path)
+            parsed = RuleFile.model_validate(data)
+        except FileError as exc:
+            problems.extend(exc.problems)
+            continue
+        except ValidationError as exc:
+            problems.extend(describe(exc, path, root))
+            continue
+        for section in ("control_materials", "qc_policies", "acceptance", "reagent_lots",
+                        "ranges", "delta_checks"):  # fmt: skip
+            items = getattr(parsed, section)
+            for i, _ in enumerate(items):
+                origin[f"{section}.{len(merged[section]) + i}"] = (path, root, (section, i))
+            merged[section].extend(items)
+        for i, _ in enumerate(parsed.westgard.sigma_map):
+            place = ("westgard", "sigma_map", i)
+            origin[f"sigma_map.{len(merged['sigma_map']) + i}"] = (path, root, place)
+        merged["sigma_map"].extend(parsed.westgard.sigma_map)
+        for name, rule_set in parsed.westgard.rule_sets.items():
+            if name in merged["rule_sets"]:
+                problems.append(f"{path}: westgard.rule_sets.{name}: defined in two files")
+            merged["rule_sets"][name] = rule_set
+            origin.setdefault("rule_sets", (path, root, ("westgard", "rule_sets")))
+        if parsed.autoverification is not None:
+            if autoverification is not None:
+                problems.append(f"{path}: autoverification: defined in two files")
+            autoverification = parsed.autoverification
+    if not files:
+        problems.append(f"{directory}: no rule files (*.yaml)")
+    if problems:
+        raise FileError(problems)
+    rules = Rules(
+        **merged,
+        autoverification=autoverification or Autoverification(),
+        sources=[str(p) for p in files],
+    )
+    problems = _cross_check(rules, origin)
+    if problems:
+        raise FileError(problems)
+    return rules
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema of one rule file, for editors."""
+    document = RuleFile.model_json_schema()
+    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    document["title"] = "Laboratory middleware rule file"
+    return document
+
+
+def schema_text() -> str:
+    return json.dumps(schema(), indent=2, sort_keys=True) + "\n"
+
+
+def diff(old: Rules | None, new: Rules) -> str:
+    """What a reload changes, as a unified diff of the rules in JSON, for the audit log."""
+    before = [] if old is None else _lines(old)
+    return "".join(difflib.unified_diff(before, _lines(new), "before", "after"))
+
+
+def _lines(rules: Rules) -> list[str]:
+    text = json.dumps(rules.model_dump(mode="json", exclude={"sources"}), indent=1, sort_keys=True)
+    return [line + "\n" for line in text.splitlines()]
