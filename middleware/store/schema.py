@@ -183,3 +183,72 @@ audit_log = Table(
     Column("subject", String(200), nullable=False, default=""),
     Column("detail", Text, nullable=False, default=""),
 )
+
+# Every decision the engine made about a result; a later decision (QC came in, a person
+# released it) is a new row: the history of why a result was held stays.
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("result_id", Integer, ForeignKey("results.id"), nullable=False),
+    Column("instrument", String(100), nullable=False),
+    Column("test_code", String(60), nullable=False),
+    Column("specimen_id", String(100), nullable=False),
+    Column("action", String(10), nullable=False),
+    Column("reasons", Text, nullable=False, default=""),
+    Column("findings", Text, nullable=False, default="[]"),
+    Column("urgent", Boolean, nullable=False, default=False),
+    Column("comments", Text, nullable=False, default=""),
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+    Column("decided_by", String(100), nullable=False, default="engine"),
+)
+Index("ix_decisions_result", decisions.c.result_id)
+Index("ix_decisions_test", decisions.c.instrument, decisions.c.test_code, decisions.c.action)
+
+# QC evaluations of control results, with the Westgard outcome.
+qc_evaluations = Table(
+    "qc_evaluations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("control_result_id", Integer, ForeignKey("control_results.id"), nullable=False),
+    Column("instrument", String(100), nullable=False),
+    Column("test_code", String(60), nullable=False),
+    Column("run", String(60), nullable=False),
+    Column("level", String(30), nullable=False),
+    Column("z", Numeric(12, 4)),
+    Column("target_mean", Numeric(24, 8)),
+    Column("target_sd", Numeric(24, 8)),
+    Column("provisional", Boolean, nullable=False, default=True),
+    Column("status", String(10), nullable=False),
+    Column("violations", String(200), nullable=False, default=""),
+    Column("warnings", String(200), nullable=False, default=""),
+    Column("evaluated_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_qc_evaluations_test", qc_evaluations.c.instrument, qc_evaluations.c.test_code)
+
+# A QC failure opens one; a person closes it with what was done and the QC re-run.
+corrective_actions = Table(
+    "corrective_actions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("instrument", String(100), nullable=False),
+    Column("test_code", String(60), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("closed_at", DateTime(timezone=True)),
+    Column("closed_by", String(100)),
+    Column("action_taken", Text),
+    Column("closing_evaluation_id", Integer, ForeignKey("qc_evaluations.id")),
+)
+
+# Results already released when a later QC failed: listed for review.
+qc_reviews = Table(
+    "qc_reviews",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("corrective_action_id", Integer, ForeignKey("corrective_actions.id"), nullable=False),
+    Column("result_id", Integer, ForeignKey("results.id"), nullable=False),
+    Column("listed_at", DateTime(timezone=True), nullable=False),
+    Column("reviewed_at", DateTime(timezone=True)),
+    Column("reviewed_by", String(100)),
+)
