@@ -69,6 +69,14 @@ def _rules_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _qc_evaluate(args: argparse.Namespace) -> int:
+    from middleware.engine.qc_cli import evaluate_command
+
+    return evaluate_command(
+        args.input, args.rules, args.warnings, args.traditional, args.include_rejected
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lis-middleware",
@@ -91,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerate",
         metavar="LIST",
         help="comma-separated link tolerances: long_frames, no_frame_numbers, no_checksum, "
-        "line_feeds_in_text, records_span_frames",
+        "line_feeds_in_text, records_span_frames, numbering_restarts",
     )
     decode.set_defaults(handler=_decode)
 
@@ -119,6 +127,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("--output", metavar="FILE")
     schema.set_defaults(handler=_rules_schema)
+
+    qc = sub.add_parser("qc", help="quality control tools")
+    qc_sub = qc.add_subparsers(dest="qc_command", required=True)
+    evaluate = qc_sub.add_parser(
+        "evaluate",
+        help="run Westgard rules over a CSV of QC results",
+        description="Evaluate QC results (CSV with header run,material,value,mean,sd; "
+        "optionally lot, instrument, test) in file order with the Westgard rules, and print "
+        "one JSON object per row. docs/westgard.md defines the rules. Exit status 0 when "
+        "evaluated, 2 on bad options or input.",
+    )
+    evaluate.add_argument("--input", required=True, metavar="FILE", help="CSV file, or -")
+    evaluate.add_argument(
+        "--rules",
+        default="1-3s,2-2s,R-4s,4-1s,10x",
+        metavar="LIST",
+        help="comma-separated rules that reject the run (default: %(default)s)",
+    )
+    evaluate.add_argument(
+        "--warnings",
+        default="1-2s",
+        metavar="LIST",
+        help="comma-separated rules that only warn (default: %(default)s; '' for none)",
+    )
+    evaluate.add_argument(
+        "--traditional",
+        action="store_true",
+        help="1-2s screens: the other rules are looked at only once it fires in a run",
+    )
+    evaluate.add_argument(
+        "--include-rejected",
+        action="store_true",
+        help="keep results of rejected runs in the windows of later runs",
+    )
+    evaluate.set_defaults(handler=_qc_evaluate)
     return parser
 
 

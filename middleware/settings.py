@@ -52,6 +52,7 @@ class Tolerances(BaseModel):
     no_checksum: bool | None = None
     line_feeds_in_text: bool | None = None
     records_span_frames: bool | None = None
+    numbering_restarts: bool | None = None
 
     def over(self, base: FrameTolerances) -> FrameTolerances:
         values = {name: getattr(base, name) for name in FrameTolerances.names()}

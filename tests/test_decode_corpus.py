@@ -768,3 +768,13 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["decode", path, "--tolerate", "no_such_thing"]) == 2
     assert "no_such_thing" in capsys.readouterr().err
     assert main(["decode", str(ASTM / "no-such-file.bin")]) == 2
+
+
+def test_mindray_numbering_restarts_tolerance_clears_the_frame_number_errors(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = str(CORPUS / "astm" / "mindray-bs240_log.txt")
+    main(["decode", path, "--tolerate", "long_frames,numbering_restarts"])
+    report = json.loads(capsys.readouterr().out)
+    kinds = {e["kind"] for e in report["errors"]}
+    assert kinds == {"checksum"}  # only the characters the log itself lost remain

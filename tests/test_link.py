@@ -559,3 +559,22 @@ def test_a_peer_link_pair_exchanges_messages_both_ways() -> None:
             break
     assert host.pending_messages == 0 and analyser.pending_messages == 0
     assert [r.rstrip(b"\r") for r in received] == [*records, b"H|\\^&", b"O|1|123", b"L|1|N"]
+
+
+def test_tolerance_numbering_restarts_for_each_message() -> None:
+    again = [build_frame(1, b"H|\\^&\r", True), build_frame(2, b"L|1|N\r", True)]
+    strict = receiving()
+    strict.receive_data(b"".join(again + again), 1.0)
+    # the second frame 1 is refused; its frame 2 then looks like a repeat of the first's
+    assert strict.data_to_send() == B_ACK + B_ACK + B_NAK + B_ACK
+    assert [e for e in events(strict) if isinstance(e, TextReceived)] == [
+        TextReceived(b"H|\\^&\r"),
+        TextReceived(b"L|1|N\r"),
+    ]
+    tolerant = receiving(LinkSettings(tolerances=FrameTolerances(numbering_restarts=True)))
+    tolerant.receive_data(b"".join(again + again), 1.0)
+    assert tolerant.data_to_send() == B_ACK * 4
+    assert len([e for e in events(tolerant) if isinstance(e, TextReceived)]) == 4
+    # Only a frame 1 that starts a message restarts the count.
+    tolerant.receive_data(build_frame(1, b"P|1\r", True), 2.0)
+    assert tolerant.data_to_send() == B_NAK

@@ -84,6 +84,9 @@ class FrameTolerances:
     """Accept CR LF (and lone LF) inside frame text."""
     records_span_frames: bool = False
     """A frame ending in ETX whose text does not end a record continues in the next frame."""
+    numbering_restarts: bool = False
+    """A frame 1 that starts an H record is taken even when another number was expected:
+    some analysers send several messages in one transfer, each numbered from 1."""
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

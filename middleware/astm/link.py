@@ -469,6 +469,13 @@ class Link:
         before = (self._expected, self._last_frame)
         if frame.number is not None:
             previous = self._last_frame
+            if (
+                frame.number == 1
+                and self.settings.tolerances.numbering_restarts
+                and frame.text[:1] in (b"H", b"h")
+                and not self._record
+            ):
+                self._expected = 1
             if frame.number != self._expected:
                 if (
                     previous is not None
