@@ -1,0 +1,162 @@
+"""QC before release: the gate between a patient result and the LIS."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from middleware.domain import ControlResult, Measurement, Result
+from middleware.engine.qc import QcGate
+from middleware.engine.rules import load_rules
+from tests.conftest import ROOT
+
+T0 = datetime(2026, 3, 1, 8, 0)
+LOT_1, LOT_2 = "CC-45781", "CC-45782"  # chemistry control levels 1 and 2 in rules/qc.yaml
+
+
+@pytest.fixture
+def gate() -> QcGate:
+    return QcGate(load_rules(ROOT / "rules"))
+
+
+def control(test: str, value: str, lot: str, instrument: str = "chem-1") -> ControlResult:
+    result = Result(specimen_id="QC", test_code=test, instrument_test_code=test,
+                    value=Measurement.parse(value), instrument=instrument)  # fmt: skip
+    return ControlResult(result, "Chemistry control", lot)
+
+
+def codes(gate: QcGate, test: str, at: datetime, measured: datetime | None = None) -> list[str]:
+    return [f.code for f in gate.findings("chem-1", test, at, measured)]
+
+
+def in_control(gate: QcGate, test: str, at: datetime, values: tuple[str, str]) -> None:
+    gate.note_patient("chem-1", test)
+    for value, lot in zip(values, (LOT_1, LOT_2), strict=True):
+        outcome = gate.record_control(control(test, value, lot), at)
+        assert outcome.evaluation is not None and outcome.evaluation.status == "accept"
+
+
+def test_every_required_level_must_have_a_result(gate: QcGate) -> None:
+    assert codes(gate, "GLU", T0) == ["qc-missing:1", "qc-missing:2"]
+    gate.record_control(control("GLU", "5.2", LOT_1), T0)
+    assert codes(gate, "GLU", T0) == ["qc-missing:2"]
+    gate.record_control(control("GLU", "15.6", LOT_2), T0)
+    assert codes(gate, "GLU", T0) == []
+
+
+def test_a_test_without_policy_is_held(gate: QcGate) -> None:
+    assert codes(gate, "AMY", T0) == ["qc-policy-missing"]
+    outcome = gate.record_control(control("AMY", "50", LOT_1), T0)
+    assert outcome.evaluation is None and outcome.problem == "no QC policy for AMY"
+
+
+def test_qc_expires_after_its_validity_window(gate: QcGate) -> None:
+    in_control(gate, "GLU", T0, ("5.2", "15.6"))
+    assert codes(gate, "GLU", T0 + timedelta(hours=24)) == []
+    assert codes(gate, "GLU", T0 + timedelta(hours=24, seconds=1)) == ["qc-expired"]
+
+
+def test_rejected_qc_holds_opens_a_corrective_action_and_lists_for_review(gate: QcGate) -> None:
+    in_control(gate, "GLU", T0, ("5.2", "15.6"))
+    gate.note_patient("chem-1", "GLU")
+    later = T0 + timedelta(hours=2)
+    outcome = gate.record_control(control("GLU", "5.66", LOT_1), later)  # z = +3.07
+    assert outcome.evaluation is not None and outcome.evaluation.violations == ("1-3s",)
+    assert outcome.opened_corrective_action
+    assert outcome.review_since == T0  # results released since the last good QC
+    assert codes(gate, "GLU", later) == ["corrective-action-open", "qc-rejected:1-3s"]
+
+
+def test_corrective_action_closes_only_after_a_good_rerun(gate: QcGate) -> None:
+    in_control(gate, "GLU", T0, ("5.2", "15.6"))
+    gate.note_patient("chem-1", "GLU")
+    failed_at = T0 + timedelta(hours=1)
+    gate.record_control(control("GLU", "5.66", LOT_1), failed_at)
+    with pytest.raises(ValueError, match="not in control again"):
+        gate.close_corrective_action("chem-1", "GLU", failed_at)
+    rerun = failed_at + timedelta(minutes=30)
+    in_control(gate, "GLU", rerun, ("5.25", "15.5"))
+    assert codes(gate, "GLU", rerun) == ["corrective-action-open"]  # held until closed
+    gate.close_corrective_action("chem-1", "GLU", rerun)
+    assert codes(gate, "GLU", rerun) == []
+    with pytest.raises(ValueError, match="no corrective action"):
+        gate.close_corrective_action("chem-1", "GLU", rerun)
+
+
+def test_two_levels_beyond_2sd_in_one_run_reject_by_2_2s(gate: QcGate) -> None:
+    gate.record_control(control("GLU", "5.51", LOT_1), T0)  # z = +2.07: warning
+    outcome = gate.record_control(control("GLU", "16.45", LOT_2), T0)  # z = +2.125
+    assert outcome.evaluation is not None and outcome.evaluation.violations == ("2-2s",)
+    assert "qc-rejected:2-2s" in codes(gate, "GLU", T0)
+
+
+def test_lot_change_voids_qc_until_new_qc(gate: QcGate) -> None:
+    in_control(gate, "GLU", T0, ("5.2", "15.6"))
+    changed = T0 + timedelta(hours=1)
+    gate.void("chem-1", "GLU", "reagent-lot-changed", changed)
+    assert codes(gate, "GLU", changed) == ["reagent-lot-changed"]
+    in_control(gate, "GLU", changed + timedelta(minutes=20), ("5.1", "15.7"))
+    assert codes(gate, "GLU", changed + timedelta(minutes=20)) == []
+
+
+def test_bracketed_results_wait_for_the_closing_qc(gate: QcGate) -> None:
+    in_control(gate, "K", T0, ("4.0", "6.2"))
+    measured = T0 + timedelta(minutes=30)
+    assert codes(gate, "K", measured, measured) == ["awaiting-closing-qc"]
+    closing = T0 + timedelta(hours=1)
+    in_control(gate, "K", closing, ("4.02", "6.18"))
+    assert codes(gate, "K", closing, measured) == []
+    # ...but a closing QC that fails keeps it held
+    in_control(gate, "NA", T0, ("138", "155"))
+    gate.note_patient("chem-1", "NA")
+    gate.record_control(control("NA", "142", LOT_1), closing)  # z = +3.3
+    assert "qc-rejected:1-3s" in codes(gate, "NA", closing, measured)
+
+
+def test_missing_target_is_reported_not_guessed(gate: QcGate) -> None:
+    outcome = gate.record_control(control("GLU", "5.2", "UNKNOWN-LOT"), T0)
+    assert outcome.evaluation is None
+    assert outcome.problem == "no target for Chemistry control lot UNKNOWN-LOT GLU"
+
+
+def test_own_limits_are_proposed_after_20_results_in_20_runs(gate: QcGate) -> None:
+    values = [Decimal("5.2") + Decimal(i % 5 - 2) / 20 for i in range(20)]
+    for i, value in enumerate(values[:19]):
+        gate.note_patient("chem-1", "GLU")
+        outcome = gate.record_control(control("GLU", str(value), LOT_1), T0 + timedelta(hours=i))
+        assert outcome.provisional
+    assert gate.proposals() == []
+    gate.note_patient("chem-1", "GLU")
+    gate.record_control(control("GLU", str(values[19]), LOT_1), T0 + timedelta(hours=19))
+    [proposal] = gate.proposals()
+    assert (proposal.test, proposal.lot, proposal.results) == ("GLU", LOT_1, 20)
+    assert proposal.mean == Decimal("5.2000")
+    gate.approve(proposal)
+    gate.note_patient("chem-1", "GLU")
+    outcome = gate.record_control(control("GLU", "5.2", LOT_1), T0 + timedelta(hours=20))
+    assert not outcome.provisional and outcome.target is not None
+    assert outcome.target.sd == proposal.sd
+    assert gate.proposals() == []
+
+
+def test_twenty_results_in_one_run_propose_nothing(gate: QcGate) -> None:
+    for i in range(25):
+        gate.record_control(control("GLU", "5.2", LOT_1), T0 + timedelta(minutes=i))
+    assert gate.proposals() == []
+
+
+def test_two_cycles_over_the_cv_and_bias_limits_lock_the_method(gate: QcGate) -> None:
+    # TP: max CV 5 %, max bias 5 % (rules/qc.yaml); target level 1 mean 52, SD 1.5.
+    biased = "55.0"  # bias 5.8 % (Westgard rejects these runs too; the lock is apart)
+    for cycle in range(2):
+        for i in range(20):
+            gate.note_patient("chem-1", "TP")
+            outcome = gate.record_control(
+                control("TP", biased, LOT_1), T0 + timedelta(hours=cycle * 20 + i)
+            )
+        assert bool(outcome.locked) == (cycle == 1)
+    assert codes(gate, "TP", T0 + timedelta(hours=40))[0] == "method-locked"
+    gate.unlock("chem-1", "TP")
+    assert "method-locked" not in codes(gate, "TP", T0 + timedelta(hours=40))
