@@ -10,7 +10,19 @@ import importlib
 
 from drivers.base import Driver, DriverOptions
 
-_MODULES = ("generic",)
+_MODULES = (
+    "generic",
+    "roche_cobas",
+    "ortho_vitros",
+    "erba_xl",
+    "mindray_bs",
+    "abbott_architect",
+    "sysmex_xn",
+    "horiba_yumizen",
+    "mindray_bc",
+    "snibe_maglumi",
+    "beckman_access",
+)
 
 
 def _load() -> dict[str, type[Driver]]:

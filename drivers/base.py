@@ -159,6 +159,10 @@ class Driver:
             return components[0]
         return result.text(4)
 
+    def reference_range(self, result: Record) -> str:
+        """R.6 as the standard writes it (``3.5 to 5.1``)."""
+        return result.value(6)
+
     def flags(self, result: Record) -> tuple[str, ...]:
         raw = [rep[0] for rep in result.repeats(7) if rep and rep[0]]
         return tuple(self.flag_map.get(f, f) for f in raw)
@@ -191,6 +195,14 @@ class Driver:
 
     def operator(self, result: Record) -> str:
         return result.value(11)
+
+    def completed_at(self, result: Record) -> datetime | None:
+        """R.13, the date and time the test was completed."""
+        return parse_timestamp(result.value(13))
+
+    def dilution(self, result: Record) -> str:
+        """The standard has no place for a dilution: none by default."""
+        return ""
 
     def module(self, result: Record) -> str:
         return result.value(14)
@@ -266,18 +278,19 @@ class Driver:
             instrument_test_code=code,
             value=Measurement.parse(self.value_text(record)),
             units=record.value(5),
-            reference_range=record.value(6),
+            reference_range=self.reference_range(record),
             abnormal_flags=self.flags(record),
             instrument_flags=self.instrument_flags(group),
             status=record.value(9),
             operator=self.operator(record),
-            completed_at=parse_timestamp(record.value(13)),
+            completed_at=self.completed_at(record),
             instrument=self.instrument,
             module=self.module(record),
             patient_id=self.patient_id(context.patient) if context.patient else "",
             sequence=sequence,
             comments=self.comments(group),
             reagents=self.reagents(context, group, code),
+            dilution=self.dilution(record),
             record_index=group.index,
         )
         control = self.control_info(context, group)

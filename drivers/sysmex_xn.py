@@ -1,0 +1,111 @@
+"""Sysmex XN series haematology analysers (XN-L: XN-350/450/550; XN-1000 to XN-9000),
+ASTM host interface.
+
+After the layout of Sysmex's XN / XN-L ASTM host interface specification (E1381-95 link,
+E1394-97 records):
+
+* H.5 = analyser name^software version^analyser number... (``XN-350^00-18^11001``).
+* O.4, the instrument's specimen id, is rack^tube position^sample no.^attribute, the
+  sample number right-aligned in its field, so padded with spaces in front
+  (``1^3^          1234567890^B``). O.3 stays empty in what the analyser sends; in what
+  the host sends (query answers) the same four components go in O.3.
+* R.3 = ``^^^^<parameter>^<dilution>`` (``^^^^WBC^1``): the parameter is the 5th
+  component. Its names are the laboratory's own (WBC, NEUT#, RDW-SD...).
+* R.7 is L, H or N, or W for a low-reliability value (shown with an asterisk on screen).
+* A host query's Q.3 is rack^tube position^sample no.^attribute, like O.4.
+* Control samples carry a QC sample number, ``QC-`` followed by the QC lot (or file)
+  they were measured as.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import datetime
+
+from drivers.base import Context, ControlInfo, Driver, ResultRecords
+from middleware.astm.records import Record
+from middleware.domain import HostQuery, Order, Specimen
+
+#: Width of the sample number component in O.3/O.4 and Q.3.
+_SAMPLE_NO_WIDTH = 22
+
+
+class SysmexXNDriver(Driver):
+    name = "sysmex_xn"
+    description = "Sysmex XN series haematology (XN-L, XN-1000 to XN-9000)"
+    sender_pattern = re.compile(r"^XN-")
+    # A named group ``lot`` (and ``level``) in the pattern, here or in the instrument's
+    # configuration, says where the control's lot (and level) stand in the sample number.
+    control_pattern = re.compile(r"^QC-(?P<lot>.+)$")
+    # The XN's parameter names are the laboratory's codes: nothing to map.
+
+    def specimen_id(self, context: Context, order: Record) -> str:
+        return order.value(4, 2).strip() or order.value(3, 2).strip() or order.value(3)
+
+    def specimen(self, context: Context, order: Record) -> Specimen:
+        specimen = super().specimen(context, order)
+        return replace(specimen, rack=order.value(4, 0), position=order.value(4, 1))
+
+    def instrument_test_code(self, result: Record) -> str:
+        return result.value(3, 4) or super().instrument_test_code(result)
+
+    @staticmethod
+    def _test_code_of(components: tuple[str, ...]) -> str:
+        if len(components) > 4 and components[4]:
+            return components[4]
+        return Driver._test_code_of(components)
+
+    def control_info(self, context: Context, group: ResultRecords) -> ControlInfo | None:
+        match = self.control_re.search(context.specimen_id) if self.control_re else None
+        if match is None:
+            return super().control_info(context, group)
+        found = match.groupdict()
+        return ControlInfo(
+            material=context.specimen_id,
+            lot=(found.get("lot") or "").strip(),
+            level=(found.get("level") or "").strip(),
+        )
+
+    def query(self, record: Record) -> HostQuery:
+        """Q.3 repeats rack^position^sample no.^attribute: the sample number is the id."""
+        query = super().query(record)
+        ids = tuple(rep[2].strip() for rep in record.repeats(3) if len(rep) > 2 and rep[2].strip())
+        return replace(query, specimen_ids=ids) if ids else query
+
+    def answer_query(
+        self, query: HostQuery, orders: Iterable[Order], now: datetime
+    ) -> list[Record]:
+        """One P and O per sample asked about: O.3 = ``^^<sample no.>^B``, the tests as
+        ``^^^^<parameter>``; an O without tests when nothing is held for the sample."""
+        stamp = now.strftime("%Y%m%d%H%M%S")
+        held: dict[str, list[Order]] = {}
+        for order in orders:
+            held.setdefault(order.specimen_id, []).append(order)
+        records = [Record.of("H", "\\^&", *[""] * 10, "E1394-97", stamp)]
+        for number, specimen_id in enumerate(query.specimen_ids, start=1):
+            found = held.get(specimen_id, [])
+            codes = list(
+                dict.fromkeys(
+                    self.analyser_code(c)
+                    for o in found
+                    for c in o.test_codes
+                    if query.all_tests or c in query.test_codes
+                )
+            )
+            patient = found[0].patient_id if found else ""
+            # P.5, where the XN puts the patient id, when there is one.
+            records.append(Record.of("P", str(number), *(("", "", patient) if patient else ())))
+            fields: list[str] = [""] * 25  # O.2 to O.26
+            fields[0] = "1"
+            fields[4] = (found[0].priority if found else "") or "R"
+            fields[10] = "N" if codes else ""
+            fields[24] = "Q" if codes else "Y"
+            plain = Record.of("O", *fields)
+            sample = ("", "", specimen_id.rjust(_SAMPLE_NO_WIDTH), "B")
+            tests = tuple(("", "", "", "", code) for code in codes) or (("",),)
+            placed = (*plain.fields[:2], (sample,), (("",),), tests, *plain.fields[5:])
+            records.append(Record(placed))
+        records.append(Record.of("L", "1", "N"))
+        return records

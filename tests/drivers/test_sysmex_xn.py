@@ -1,0 +1,161 @@
+"""Sysmex XN driver. The corpus has no XN capture: the messages below are written after the
+layout of Sysmex's XN / XN-L ASTM host interface specification (E1394-97 records):
+H.5 = analyser name^software version^analyser number; O.4 = rack^tube position^sample
+no.^attribute with the sample number right-aligned (space-padded); R.3 =
+``^^^^<parameter>^<dilution>``; R.7 = L/H/N, or W for low reliability; R.13 = completion
+time; Q.3 = rack^tube position^sample no.^attribute.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import drivers
+from drivers.base import DriverOptions
+from drivers.sysmex_xn import SysmexXNDriver
+from middleware.astm.records import decode_message, encode_record
+from middleware.decode import decode_capture
+from middleware.domain import HostQuery, InstrumentMessage, Order
+
+SAMPLE_NO = "1234567890".rjust(22)
+
+PATIENT = "\r".join(
+    [
+        "H|\\^&|||XN-350^00-18^11001^^^^12345678||||||||E1394-97",
+        "P|1|||100|^Jim^Brown||20010820|M|||||^Dr.1||||||||||||^^^WEST",
+        f"O|1||1^3^{SAMPLE_NO}^B|^^^^WBC\\^^^^RBC\\^^^^HGB\\^^^^PLT\\^^^^NEUT#\\^^^^LYMPH%"
+        "|||||||N||||||||||||||F",
+        "R|1|^^^^WBC^1|7.80|10*3/uL||N||||||20240315103000",
+        "R|2|^^^^RBC^1|4.65|10*6/uL||N||||||20240315103000",
+        "R|3|^^^^HGB^1|9.8|g/dL||L||||||20240315103000",
+        "R|4|^^^^PLT^1|112|10*3/uL||W||||||20240315103000",
+        "R|5|^^^^NEUT#^1|----|10*3/uL||||||||20240315103000",
+        "R|6|^^^^LYMPH%^1|45.1|%||H||||||20240315103000",
+        "L|1|N",
+    ]
+)
+
+CONTROL = "\r".join(
+    [
+        "H|\\^&|||XN-350^00-18^11001^^^^12345678||||||||E1394-97",
+        "P|1",
+        f"O|1||^^{'QC-12345601'.rjust(22)}^M|^^^^WBC\\^^^^HGB|||||||N||||||||||||||F",
+        "R|1|^^^^WBC^1|6.95|10*3/uL||N||||||20240315080000",
+        "R|2|^^^^HGB^1|12.1|g/dL||N||||||20240315080000",
+        "L|1|N",
+    ]
+)
+
+QUERY = "\r".join(
+    [
+        "H|\\^&|||XN-350^00-18^11001^^^^12345678||||||||E1394-97",
+        f"Q|1|2^1^{SAMPLE_NO}^B\\2^2^{'77'.rjust(22)}^B||||20240315103000||||||O",
+        "L|1|N",
+    ]
+)
+
+
+def read(text: str, driver: SysmexXNDriver | None = None) -> InstrumentMessage:
+    decoded = decode_message(text)
+    assert not decoded.errors
+    return (driver or SysmexXNDriver()).read(decoded.records)
+
+
+def test_registered_and_recognised_by_its_sender() -> None:
+    assert isinstance(drivers.get("sysmex_xn"), SysmexXNDriver)
+    assert drivers.identify("XN-350^00-18^11001^^^^12345678") is SysmexXNDriver
+    assert drivers.identify("XN-10^00-22^12345") is SysmexXNDriver
+    assert drivers.identify("XS-1000i^00-11") is None
+
+
+def test_sample_number_from_o4_without_its_padding() -> None:
+    message = read(PATIENT)
+    (specimen,) = message.specimens
+    assert (specimen.specimen_id, specimen.rack, specimen.position) == ("1234567890", "1", "3")
+    assert specimen.patient_id == "100"
+    assert {r.specimen_id for r in message.results} == {"1234567890"}
+    (order,) = message.orders
+    assert order.test_codes == ("WBC", "RBC", "HGB", "PLT", "NEUT#", "LYMPH%")
+
+
+def test_results_flags_and_low_reliability() -> None:
+    message = read(PATIENT)
+    assert message.controls == []
+    rows = {r.test_code: r for r in message.results}
+    assert list(rows) == ["WBC", "RBC", "HGB", "PLT", "NEUT#", "LYMPH%"]
+    wbc = rows["WBC"]
+    assert (wbc.instrument_test_code, wbc.value.number, wbc.units) == (
+        "WBC",
+        Decimal("7.80"),
+        "10*3/uL",
+    )
+    assert wbc.completed_at == datetime(2024, 3, 15, 10, 30)
+    assert rows["HGB"].abnormal_flags == ("L",)
+    assert rows["LYMPH%"].abnormal_flags == ("H",)
+    assert rows["PLT"].abnormal_flags == ("W",)
+    # a masked value stays as the analyser wrote it, with no number
+    neut = rows["NEUT#"].value
+    assert (neut.text, neut.number, neut.is_numeric) == ("----", None, False)
+
+
+def test_qc_sample_number_marks_a_control_with_its_lot() -> None:
+    message = read(CONTROL)
+    assert message.results == []
+    assert [(c.control_material, c.lot, c.level) for c in message.controls] == [
+        ("QC-12345601", "12345601", ""),
+        ("QC-12345601", "12345601", ""),
+    ]
+    assert message.controls[1].result.value.text == "12.1"
+
+
+def test_configured_control_pattern_with_a_level() -> None:
+    options = DriverOptions(control_pattern=r"^CTL(?P<level>[123])-(?P<lot>\d+)$")
+    patient = PATIENT.replace("1234567890", "CTL2-4711".rjust(10))
+    message = read(patient, SysmexXNDriver(options))
+    assert message.results == []
+    assert {(c.control_material, c.lot, c.level) for c in message.controls} == {
+        ("CTL2-4711", "4711", "2")
+    }
+    # the QC- prefix is the driver's default only
+    assert read(CONTROL, SysmexXNDriver(options)).controls == []
+
+
+def test_query_sample_numbers() -> None:
+    decoded = decode_message(QUERY)
+    (query,) = SysmexXNDriver().read(decoded.records).queries
+    assert query.specimen_ids == ("1234567890", "77")
+    assert query.all_tests
+
+
+def test_answer_query_records() -> None:
+    driver = SysmexXNDriver()
+    query = HostQuery(specimen_ids=("1234567890", "77"))
+    held = [Order("1234567890", ("WBC", "RBC", "HGB", "PLT"), patient_id="P-100")]
+    records = driver.answer_query(query, held, datetime(2024, 3, 15, 10, 30, 5))
+    assert [encode_record(r) for r in records] == [
+        "H|\\^&|||||||||||E1394-97|20240315103005",
+        "P|1|||P-100",
+        f"O|1|^^{SAMPLE_NO}^B||^^^^WBC\\^^^^RBC\\^^^^HGB\\^^^^PLT|R||||||N||||||||||||||Q",
+        "P|2",
+        f"O|1|^^{'77'.rjust(22)}^B|||R||||||||||||||||||||Y",
+        "L|1|N",
+    ]
+    # read back, the answer's O.3 is the sample number the analyser asked about
+    answered = decode_message("\r".join(encode_record(r) for r in records)).records
+    assert [r.value(3, 2).strip() for r in answered if r.type == "O"] == ["1234567890", "77"]
+    order = answered[2]
+    assert (order.value(6), order.value(12), order.value(26)) == ("R", "N", "Q")
+    assert [rep[4] for rep in order.repeats(5)] == ["WBC", "RBC", "HGB", "PLT"]
+    assert answered[0].value(13) == "E1394-97"
+    assert answered[4].value(26) == "Y"
+
+
+def test_decode_command_with_the_driver() -> None:
+    report = decode_capture(PATIENT.encode(), "sysmex_xn")
+    assert report.ok
+    rows = report.messages[0]["results"]
+    assert [(r["specimen_id"], r["lab_test_code"], r["flags"]) for r in rows[2:4]] == [
+        ("1234567890", "HGB", ["L"]),
+        ("1234567890", "PLT", ["W"]),
+    ]
