@@ -16,6 +16,7 @@ import structlog
 import drivers
 from drivers import DriverOptions
 from middleware.astm.link import LinkSettings, Role
+from middleware.engine.engine import Engine
 from middleware.engine.rules import Rules, load_rules
 from middleware.engine.rules import diff as rules_diff
 from middleware.pipeline import ConnectionPipeline
@@ -70,6 +71,7 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.rules: Rules | None = None
+        self.engine: Engine | None = None
         self.store: Store | None = None
         self.servers: dict[str, TcpServer] = {}
         self.pipelines: dict[str, ConnectionPipeline] = {}
@@ -90,7 +92,9 @@ class Daemon:
         options = DriverOptions(test_map=dict(config.test_map),
                                 control_pattern=config.control_pattern)  # fmt: skip
         driver = drivers.get(config.driver, options, config.name)
-        pipeline = ConnectionPipeline(config.name, driver, store, encoding=config.encoding)
+        pipeline = ConnectionPipeline(
+            config.name, driver, store, encoding=config.encoding, engine=self.engine
+        )
         self.pipelines[config.name] = pipeline
         settings = link_settings(config, driver)
         if config.transport == "tcp-server":
@@ -129,6 +133,12 @@ class Daemon:
                 lambda conn: audit(conn, actor, "rules.load", str(directory), detail)
             )
         self.rules = rules
+        if self.engine is None:
+            self.engine = Engine(rules)
+        else:
+            # Swapped in the writer's thread, between two messages, never during one.
+            engine = self.engine
+            await self.store.write(lambda _conn: engine.replace_rules(rules))
         log.info("rules in force", summary=rules.summary(), changed=bool(change), by=actor)
         return True
 

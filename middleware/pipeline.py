@@ -15,8 +15,10 @@ from collections.abc import Callable
 from datetime import datetime
 
 import structlog
+from sqlalchemy import Connection
 
 from drivers import Driver
+from middleware.assessment import assess_message
 from middleware.astm.link import (
     Event,
     FrameRejected,
@@ -27,6 +29,7 @@ from middleware.astm.link import (
 )
 from middleware.astm.records import decode_message, encode_record, split_records
 from middleware.domain import InstrumentMessage
+from middleware.engine.engine import Engine
 from middleware.store import Store
 from middleware.store.repository import Delivery, Stored, orders_for, store_delivery, utcnow
 from middleware.transport.channel import LinkChannel, SendError
@@ -49,10 +52,13 @@ class ConnectionPipeline:
         *,
         encoding: str = "latin-1",
         clock: Callable[[], datetime] = utcnow,
+        engine: Engine | None = None,
     ) -> None:
         self.instrument = instrument
         self.driver = driver
         self.store = store
+        self.engine = engine
+        """Decides about every result in the transaction that stores it; None: store only."""
         self.encoding = encoding
         self.clock = clock
         self.log = log.bind(instrument=instrument)
@@ -127,7 +133,15 @@ class ConnectionPipeline:
             await self._prepare_answers(reading)
 
     async def _keep(self, delivery: Delivery) -> Stored:
-        stored = await self.store.write(lambda conn: store_delivery(conn, delivery))
+        engine = self.engine
+
+        def work(conn: Connection) -> Stored:
+            stored = store_delivery(conn, delivery)
+            if engine is not None and delivery.reading is not None and not stored.duplicate:
+                assess_message(conn, engine, stored, delivery.reading, self.clock())
+            return stored
+
+        stored = await self.store.write(work)
         self.stored.append(stored)
         self.log.info(
             "message kept",

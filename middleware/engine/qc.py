@@ -124,6 +124,10 @@ class QcGate:
 
     # --- configuration ---------------------------------------------------------------------
 
+    def replace_rules(self, rules: Rules) -> None:
+        self.rules = rules
+        self._evaluators.clear()
+
     def policy(self, instrument: str, test: str) -> QcPolicy | None:
         return next(
             (p for p in self.rules.qc_policies if _policy_matches(p, instrument, test)), None
@@ -142,11 +146,13 @@ class QcGate:
         return evaluator
 
     def control_lot(self, control: ControlResult) -> tuple[ControlMaterial, ControlLot] | None:
-        """The rules' material and lot of a control result: by lot number, else by the
-        material's name when it has a single lot."""
+        """The rules' material and lot of a control result: by lot number (or a sample id
+        that is the lot number), else by the material's name when it has a single lot."""
+        # Analysers that send no lot often name the sample after it.
+        wanted = control.lot or control.control_material
         for material in self.rules.control_materials:
             for lot in material.lots:
-                if control.lot and lot.lot == control.lot:
+                if lot.lot == wanted:
                     return material, lot
         name = control.control_material.strip().lower()
         for material in self.rules.control_materials:

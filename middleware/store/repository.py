@@ -11,17 +11,31 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from middleware.domain import InstrumentMessage, Order, ReagentUse, Result
+from middleware.domain import (
+    ControlResult,
+    InstrumentMessage,
+    Measurement,
+    Order,
+    ReagentUse,
+    Result,
+)
+from middleware.engine.decision import Decision
+from middleware.engine.qc import QcOutcome
 from middleware.store.schema import (
     audit_log,
     control_results,
+    corrective_actions,
+    decisions,
     messages,
     orders,
+    qc_evaluations,
+    qc_reviews,
     quarantine,
     raw_transmissions,
     reagent_lots,
@@ -60,6 +74,8 @@ class Stored:
     quarantined: bool = False
     results: int = 0
     controls: int = 0
+    result_ids: tuple[int, ...] = ()
+    control_ids: tuple[int, ...] = ()
 
 
 def content_hash(instrument: str, text: str) -> str:
@@ -164,9 +180,12 @@ def store_delivery(conn: Connection, d: Delivery) -> Stored:
     )
     _reagent_uses(conn, reading.results, patient_ids, "result_id", d.received_at)
     _reagent_uses(
-        conn, [c.result for c in reading.controls], control_ids, "control_result_id",
+        conn,
+        [c.result for c in reading.controls],
+        control_ids,
+        "control_result_id",
         d.received_at,
-    )  # fmt: skip
+    )
     nothing = not (reading.results or reading.controls or reading.queries or reading.orders)
     quarantined = bool(d.problems) or (nothing and bool(reading.problems))
     if quarantined:
@@ -178,6 +197,8 @@ def store_delivery(conn: Connection, d: Delivery) -> Stored:
         quarantined=quarantined,
         results=len(reading.results),
         controls=len(reading.controls),
+        result_ids=tuple(patient_ids),
+        control_ids=tuple(control_ids),
     )
 
 
@@ -299,9 +320,13 @@ def _reagent_uses(
 
 
 def quarantine_raw(
-    conn: Connection, connection: str, instrument: str, raw: bytes, reason: str,
+    conn: Connection,
+    connection: str,
+    instrument: str,
+    raw: bytes,
+    reason: str,
     received_at: datetime | None = None,
-) -> Stored:  # fmt: skip
+) -> Stored:
     """Keep bytes that never made a message (a transfer cut short, a timeout)."""
     d = Delivery(connection, instrument, raw, received_at or utcnow(), "", problems=[reason])
     return store_delivery(conn, d)
@@ -391,4 +416,185 @@ def counts(conn: Connection) -> dict[str, int]:
 
 def quarantined(conn: Connection) -> list[dict[str, Any]]:
     rows = conn.execute(select(quarantine).order_by(quarantine.c.id))
+    return [dict(row._mapping) for row in rows]
+
+
+# --- what the engine needs, and what it decided -------------------------------------------
+
+
+def previous_result(
+    conn: Connection, patient_id: str, test_code: str, before_id: int
+) -> tuple[Decimal, datetime] | None:
+    """The patient's latest numeric result of a test stored before ``before_id``."""
+    if not patient_id:
+        return None
+    row = conn.execute(
+        select(results.c.value_number, results.c.completed_at, results.c.stored_at)
+        .where(
+            results.c.patient_id == patient_id,
+            results.c.test_code == test_code,
+            results.c.id < before_id,
+            results.c.value_number.is_not(None),
+            results.c.censor == "",
+        )
+        .order_by(results.c.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return Decimal(row.value_number), row.completed_at or row.stored_at
+
+
+def specimen_patients(conn: Connection, specimen_id: str) -> tuple[str, ...]:
+    """Every patient a specimen id was seen with."""
+    rows = conn.execute(
+        select(results.c.patient_id).where(results.c.specimen_id == specimen_id).distinct()
+    )
+    return tuple(sorted(row.patient_id for row in rows if row.patient_id))
+
+
+def record_decision(
+    conn: Connection,
+    result_id: int,
+    result: Result,
+    decision: Decision,
+    at: datetime,
+    by: str = "engine",
+) -> int:
+    return int(
+        conn.execute(
+            decisions.insert().returning(decisions.c.id),
+            {
+                "result_id": result_id,
+                "instrument": result.instrument,
+                "test_code": result.test_code,
+                "specimen_id": result.specimen_id,
+                "action": decision.action.value,
+                "reasons": ",".join(decision.reasons),
+                "findings": json.dumps(
+                    [
+                        {
+                            "code": f.code,
+                            "message": f.message,
+                            "action": f.action.value,
+                            "urgent": f.urgent,
+                            "comment": f.comment,
+                        }
+                        for f in decision.findings
+                    ]
+                ),
+                "urgent": decision.urgent,
+                "comments": "\n".join(decision.comments),
+                "decided_at": at,
+                "decided_by": by,
+            },
+        ).scalar_one()
+    )
+
+
+def record_evaluation(
+    conn: Connection, control_id: int, control: ControlResult, outcome: QcOutcome, at: datetime
+) -> int:
+    evaluation = outcome.evaluation
+    target = outcome.target
+    return int(
+        conn.execute(
+            qc_evaluations.insert().returning(qc_evaluations.c.id),
+            {
+                "control_result_id": control_id,
+                "instrument": control.result.instrument,
+                "test_code": control.result.test_code,
+                "run": outcome.run,
+                "level": outcome.level,
+                "z": Decimal(float(evaluation.z)).quantize(Decimal("0.0001"))
+                if evaluation
+                else None,
+                "target_mean": target.mean if target else None,
+                "target_sd": target.sd if target else None,
+                "provisional": outcome.provisional,
+                "status": evaluation.status if evaluation else "unevaluated",
+                "violations": ",".join(evaluation.violations) if evaluation else "",
+                "warnings": ",".join(evaluation.warnings) if evaluation else outcome.problem,
+                "evaluated_at": at,
+            },
+        ).scalar_one()
+    )
+
+
+def open_corrective_action(
+    conn: Connection,
+    instrument: str,
+    test_code: str,
+    reason: str,
+    at: datetime,
+    review_since: datetime | None,
+) -> int:
+    """Q9: open the record; list for review the results released since the last good QC."""
+    action_id = int(
+        conn.execute(
+            corrective_actions.insert().returning(corrective_actions.c.id),
+            {"instrument": instrument, "test_code": test_code, "reason": reason, "opened_at": at},
+        ).scalar_one()
+    )
+    released = select(decisions.c.result_id).where(
+        decisions.c.instrument == instrument,
+        decisions.c.test_code == test_code,
+        decisions.c.action == "release",
+    )
+    if review_since is not None:
+        released = released.where(decisions.c.decided_at >= review_since)
+    ids = sorted({row.result_id for row in conn.execute(released)})
+    if ids:
+        conn.execute(
+            qc_reviews.insert(),
+            [{"corrective_action_id": action_id, "result_id": i, "listed_at": at} for i in ids],
+        )
+    return action_id
+
+
+def held_results(conn: Connection, instrument: str, test_code: str) -> list[tuple[int, Result]]:
+    """Results of a test whose latest decision is a hold, oldest first."""
+    latest = (
+        select(func.max(decisions.c.id).label("id"))
+        .where(decisions.c.instrument == instrument, decisions.c.test_code == test_code)
+        .group_by(decisions.c.result_id)
+        .subquery()
+    )
+    rows = conn.execute(
+        select(results)
+        .join(decisions, decisions.c.result_id == results.c.id)
+        .join(latest, latest.c.id == decisions.c.id)
+        .where(decisions.c.action == "hold")
+        .order_by(results.c.id)
+    )
+    return [(row.id, _result_of(row)) for row in rows]
+
+
+def _result_of(row: Any) -> Result:
+    value = Measurement(row.value_text, row.value_number, row.censor)
+    return Result(
+        specimen_id=row.specimen_id,
+        test_code=row.test_code,
+        instrument_test_code=row.instrument_test_code,
+        value=value,
+        units=row.units,
+        reference_range=row.reference_range,
+        abnormal_flags=tuple(f for f in row.abnormal_flags.split(",") if f),
+        instrument_flags=tuple(f for f in row.instrument_flags.split("\n") if f),
+        status=row.status,
+        operator=row.operator,
+        completed_at=row.completed_at,
+        instrument=row.instrument,
+        module=row.module,
+        patient_id=row.patient_id,
+        sequence=row.sequence,
+    )
+
+
+def latest_decisions(conn: Connection) -> list[dict[str, Any]]:
+    """The current decision of every result, newest result first."""
+    latest = select(func.max(decisions.c.id)).group_by(decisions.c.result_id).scalar_subquery()
+    rows = conn.execute(
+        select(decisions).where(decisions.c.id.in_(latest)).order_by(decisions.c.result_id)
+    )
     return [dict(row._mapping) for row in rows]

@@ -1,0 +1,135 @@
+"""The engine inside ingest: every stored result gets a decision in the same transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+import drivers
+from middleware.astm.link import LinkSettings
+from middleware.engine.engine import Engine
+from middleware.engine.rules import load_rules
+from middleware.pipeline import ConnectionPipeline
+from middleware.store import Store
+from middleware.store import repository as repo
+from middleware.store.schema import corrective_actions, qc_evaluations, qc_reviews
+from middleware.transport.tcp import TcpServer
+from tests.conftest import ROOT
+from tests.peer import StreamPeer, send_message
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def patient(specimen: str, value: str, patient_id: str = "PAT1") -> list[bytes]:
+    return [
+        b"H|\\^&|||CHEM-1|||||||P|LIS2-A2",
+        b"P|1||" + patient_id.encode(),
+        b"O|1|" + specimen.encode() + b"||^^^GLU|R",
+        b"R|1|^^^GLU|" + value.encode() + b"|mmol/L||N||F",
+        b"L|1|N",
+    ]
+
+
+def qc(level_1: str, level_2: str) -> list[bytes]:
+    return [
+        b"H|\\^&|||CHEM-1|||||||Q|LIS2-A2",
+        b"P|1",
+        b"O|1|CC-45781||^^^GLU|R",
+        b"R|1|^^^GLU|" + level_1.encode() + b"|mmol/L||N||F",
+        b"O|2|CC-45782||^^^GLU|R",
+        b"R|1|^^^GLU|" + level_2.encode() + b"|mmol/L||N||F",
+        b"L|1|N",
+    ]
+
+
+@pytest.fixture
+async def line(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Store, StreamPeer, ConnectionPipeline, Clock]]:
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    clock = Clock()
+    engine = Engine(load_rules(ROOT / "rules"))
+    pipeline = ConnectionPipeline("chem-1", drivers.get("generic"), store, engine=engine,
+                                  clock=clock)  # fmt: skip
+    server = TcpServer("127.0.0.1", 0, LinkSettings(defer_final_ack=True), pipeline)
+    await server.start()
+    peer = StreamPeer(*await asyncio.open_connection("127.0.0.1", server.bound_port))
+    yield store, peer, pipeline, clock
+    await peer.close()
+    await server.close()
+    store.close()
+
+
+def current(store: Store) -> dict[str, tuple[str, str]]:
+    rows = store.read(repo.latest_decisions)
+    return {r["specimen_id"]: (r["action"], r["reasons"]) for r in rows}
+
+
+async def test_held_without_qc_then_released_when_qc_comes(
+    line: tuple[Store, StreamPeer, ConnectionPipeline, Clock],
+) -> None:
+    store, peer, _, clock = line
+    await send_message(peer, patient("S1", "5.0"))
+    assert current(store) == {"S1": ("hold", "qc-missing:1,qc-missing:2")}
+    clock.now += timedelta(minutes=10)
+    await send_message(peer, qc("5.2", "15.6"))
+    assert current(store) == {"S1": ("release", "")}
+    await send_message(peer, patient("S2", "5.1"))
+    assert current(store)["S2"] == ("release", "")
+    evaluations = store.read(lambda c: c.execute(select(qc_evaluations)).all())
+    assert [(e.level, e.status, e.provisional) for e in evaluations] == [
+        ("1", "accept", True),
+        ("2", "accept", True),
+    ]
+
+
+async def test_rejected_qc_holds_and_lists_released_results_for_review(
+    line: tuple[Store, StreamPeer, ConnectionPipeline, Clock],
+) -> None:
+    store, peer, _, clock = line
+    await send_message(peer, qc("5.2", "15.6"))
+    await send_message(peer, patient("S1", "5.0"))
+    clock.now += timedelta(hours=1)
+    await send_message(peer, qc("5.7", "15.6"))  # level 1 at z = +3.33
+    await send_message(peer, patient("S2", "5.0"))
+    decisions = current(store)
+    assert decisions["S1"] == ("release", "")  # already out: listed for review
+    assert decisions["S2"] == ("hold", "corrective-action-open,qc-rejected:1-3s")
+    [action] = store.read(lambda c: c.execute(select(corrective_actions)).all())
+    assert action.reason == "qc-rejected:1-3s" and action.closed_at is None
+    reviews = store.read(lambda c: c.execute(select(qc_reviews)).all())
+    assert [r.corrective_action_id for r in reviews] == [action.id]
+
+
+async def test_critical_value_is_held_urgent_with_all_findings(
+    line: tuple[Store, StreamPeer, ConnectionPipeline, Clock],
+) -> None:
+    store, peer, _, _ = line
+    await send_message(peer, qc("5.2", "15.6"))
+    await send_message(peer, patient("S9", "26"))
+    [row] = store.read(repo.latest_decisions)
+    assert row["action"] == "hold" and row["urgent"]
+    codes = [f["code"] for f in json.loads(row["findings"])]
+    assert codes == ["critical-high", "above-reference"]
+
+
+async def test_duplicate_message_is_not_decided_twice(
+    line: tuple[Store, StreamPeer, ConnectionPipeline, Clock],
+) -> None:
+    store, peer, pipeline, _ = line
+    await send_message(peer, patient("S1", "5.0"))
+    await send_message(peer, patient("S1", "5.0"))
+    assert [s.duplicate for s in pipeline.stored] == [False, True]
+    assert len(store.read(repo.latest_decisions)) == 1
