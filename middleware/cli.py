@@ -77,6 +77,51 @@ def _qc_evaluate(args: argparse.Namespace) -> int:
     )
 
 
+def _reagents_trace(args: argparse.Namespace) -> int:
+    import json
+
+    from middleware.settings import ConfigError, load_settings
+    from middleware.store import Store
+    from middleware.store.repository import results_with_lot
+
+    try:
+        settings = load_settings(Path(args.config) if args.config else None)
+    except ConfigError as exc:
+        print(f"lis-middleware reagents trace: configuration refused:\n{exc}", file=sys.stderr)
+        return 2
+    store = Store(settings.database)
+    try:
+        rows = store.read(lambda conn: results_with_lot(conn, args.lot))
+    finally:
+        store.close()
+    for row in rows:
+        if args.format == "json":
+            print(json.dumps({k: row[k] for k in _TRACE_FIELDS}, default=str))
+        else:
+            print(
+                f"{row['kind']:<8} {row['instrument']:<12} {row['specimen_id']:<16} "
+                f"{row['test_code']:<10} {row['value_text']:>10} {row['units']:<8} "
+                f"{row['completed_at'] or ''}  {row['reagent']}"
+            )
+    print(f"{len(rows)} result(s) produced with lot {args.lot}", file=sys.stderr)
+    return 0
+
+
+_TRACE_FIELDS = (
+    "kind",
+    "id",
+    "instrument",
+    "specimen_id",
+    "patient_id",
+    "test_code",
+    "value_text",
+    "units",
+    "completed_at",
+    "reagent",
+    "reagent_lot",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lis-middleware",
@@ -127,6 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("--output", metavar="FILE")
     schema.set_defaults(handler=_rules_schema)
+
+    reagents = sub.add_parser("reagents", help="reagent lots and the results they produced")
+    reagents_sub = reagents.add_subparsers(dest="reagents_command", required=True)
+    trace = reagents_sub.add_parser(
+        "trace",
+        help="list every result produced with a reagent lot",
+        description="List every patient and control result produced with LOT (e.g. for a "
+        "recall), from the database the configuration names.",
+    )
+    trace.add_argument("lot")
+    trace.add_argument("--config", metavar="FILE", help="the daemon's YAML configuration")
+    trace.add_argument("--format", choices=("text", "json"), default="text")
+    trace.set_defaults(handler=_reagents_trace)
 
     qc = sub.add_parser("qc", help="quality control tools")
     qc_sub = qc.add_subparsers(dest="qc_command", required=True)

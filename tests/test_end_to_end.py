@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,15 +57,13 @@ def test_analysers_over_tcp_and_serial_into_the_store(
         pty = PtyPeer()
         daemon = DaemonProcess(
             tmp_path,
-            [
-                {"name": "h500", "transport": "tcp-server", "host": "127.0.0.1", "port": ports[0]},
-                {
-                    "name": "vitros",
-                    "transport": "tcp-server",
-                    "host": "127.0.0.1",
-                    "port": ports[1],
-                },
-                {"name": "erba", "transport": "serial", "serial": {"port": pty.path}},
+            [  # fmt: skip
+                {"name": "h500", "driver": "horiba_yumizen", "transport": "tcp-server",
+                 "host": "127.0.0.1", "port": ports[0]},
+                {"name": "vitros", "driver": "ortho_vitros", "transport": "tcp-server",
+                 "host": "127.0.0.1", "port": ports[1]},
+                {"name": "erba", "driver": "erba_xl", "transport": "serial",
+                 "serial": {"port": pty.path}},
             ],
         )
         daemon.start()
@@ -75,6 +76,17 @@ def test_analysers_over_tcp_and_serial_into_the_store(
 
     asyncio.run(scenario())
     db = tmp_path / "state" / "middleware.db"
+    # Recall: every result the VITROS made with reagent lot 2365, found from the command line.
+    traced = subprocess.run(
+        [sys.executable, "-m", "middleware", "reagents", "trace", "2365",
+         "--config", str(tmp_path / "middleware.yaml"), "--format", "json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    lines = [json.loads(line) for line in traced.stdout.splitlines()]
+    assert {r["instrument"] for r in lines} == {"vitros"}
+    # the first result of that message has no M record: no lot is claimed for it
+    assert sorted(r["value_text"] for r in lines) == ["33.53", "34.09", "34.61", "34.81"]
+    assert "4 result(s) produced with lot 2365" in traced.stderr
     per_instrument = dict(rows(db, "SELECT instrument, count(*) FROM results GROUP BY instrument"))
     assert per_instrument == {"h500": 27, "vitros": 12, "erba": 1}
     assert rows(db, "SELECT value_text, units FROM results WHERE instrument = 'erba'") == [
@@ -104,9 +116,6 @@ def test_analysers_over_tcp_and_serial_into_the_store(
 
 
 def test_daemon_refuses_a_bad_configuration(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     config = tmp_path / "bad.yaml"
     config.write_text(
         "instruments:\n  - name: x\n    transport: tcp-server\n    driver: nope\n    port: 5\n"
