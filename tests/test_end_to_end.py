@@ -57,13 +57,27 @@ def test_analysers_over_tcp_and_serial_into_the_store(
         pty = PtyPeer()
         daemon = DaemonProcess(
             tmp_path,
-            [  # fmt: skip
-                {"name": "h500", "driver": "horiba_yumizen", "transport": "tcp-server",
-                 "host": "127.0.0.1", "port": ports[0]},
-                {"name": "vitros", "driver": "ortho_vitros", "transport": "tcp-server",
-                 "host": "127.0.0.1", "port": ports[1]},
-                {"name": "erba", "driver": "erba_xl", "transport": "serial",
-                 "serial": {"port": pty.path}},
+            [
+                {
+                    "name": "h500",
+                    "driver": "horiba_yumizen",
+                    "transport": "tcp-server",
+                    "host": "127.0.0.1",
+                    "port": ports[0],
+                },
+                {
+                    "name": "vitros",
+                    "driver": "ortho_vitros",
+                    "transport": "tcp-server",
+                    "host": "127.0.0.1",
+                    "port": ports[1],
+                },
+                {
+                    "name": "erba",
+                    "driver": "erba_xl",
+                    "transport": "serial",
+                    "serial": {"port": pty.path},
+                },
             ],
         )
         daemon.start()
