@@ -24,6 +24,7 @@ from middleware.domain import (
     InstrumentMessage,
     Measurement,
     Order,
+    Patient,
     ReagentUse,
     Result,
     Specimen,
@@ -141,6 +142,14 @@ class Driver:
             received_at=parse_timestamp(order.value(18)),
         )
 
+    def patient(self, record: Record) -> Patient | None:
+        """P.8 birth date and P.9 sex (M, F; anything else is unknown)."""
+        patient_id = self.patient_id(record)
+        if not patient_id:
+            return None
+        sex = record.value(9).upper()
+        return Patient(patient_id, sex if sex in ("M", "F") else "", parse_date(record.value(8)))
+
     def patient_id(self, patient: Record) -> str:
         return patient.value(3) or patient.value(4) or patient.value(5)
 
@@ -222,6 +231,9 @@ class Driver:
                 message.sender = record.text(5)
             elif kind == "P":
                 context.patient, context.order, context.specimen_id = record, None, ""
+                found = self.patient(record)
+                if found is not None:
+                    message.patients.append(found)
             elif kind == "O":
                 context.order = record
                 context.specimen_id = self.specimen_id(context, record)

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
-from middleware.domain import InstrumentMessage, Result, Specimen
+from middleware.domain import InstrumentMessage, Result
 from middleware.engine.context import PreviousResult, ResultContext
 from middleware.engine.decision import Action, Decision
 from middleware.engine.engine import Engine
@@ -29,13 +29,28 @@ class Assessment:
 
 
 def _context(
-    conn: Connection, result_id: int, result: Result, specimens: dict[str, Specimen], now: datetime
+    conn: Connection,
+    result_id: int,
+    result: Result,
+    reading: InstrumentMessage | None,
+    now: datetime,
 ) -> ResultContext:
     previous = repo.previous_result(conn, result.patient_id, result.test_code, result_id)
+    specimen = (
+        next((s for s in reading.specimens if s.specimen_id == result.specimen_id), None)
+        if reading
+        else None
+    )
+    patient = (
+        next((p for p in reading.patients if p.patient_id == result.patient_id), None)
+        if reading
+        else None
+    )
     return ResultContext(
         result,
         now,
-        specimen=specimens.get(result.specimen_id),
+        specimen=specimen,
+        patient=patient,
         previous=PreviousResult(*previous) if previous else None,
         other_patient_ids=repo.specimen_patients(conn, result.specimen_id),
     )
@@ -45,7 +60,6 @@ def assess_message(
     conn: Connection, engine: Engine, stored: repo.Stored, reading: InstrumentMessage, now: datetime
 ) -> Assessment:
     out = Assessment()
-    specimens = {s.specimen_id: s for s in reading.specimens}
     patient_ids = dict(zip((id(r) for r in reading.results), stored.result_ids, strict=True))
     control_ids = dict(zip((id(c) for c in reading.controls), stored.control_ids, strict=True))
     touched: set[tuple[str, str]] = set()
@@ -71,7 +85,7 @@ def assess_message(
                 )
             continue
         result_id = patient_ids[id(result)]
-        decision = engine.decide(_context(conn, result_id, result, specimens, now))
+        decision = engine.decide(_context(conn, result_id, result, reading, now))
         repo.record_decision(conn, result_id, result, decision, now)
         out.decisions.append((result_id, decision))
     for instrument, test in sorted(touched):
@@ -85,7 +99,7 @@ def redecide_held(
     """Look again at the held results of a test; record the decisions that changed."""
     released = []
     for result_id, result in repo.held_results(conn, instrument, test):
-        decision = engine.redecide(_context(conn, result_id, result, {}, now))
+        decision = engine.redecide(_context(conn, result_id, result, None, now))
         if decision.action is not Action.HOLD:
             repo.record_decision(conn, result_id, result, decision, now)
             released.append(result_id)

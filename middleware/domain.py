@@ -23,6 +23,21 @@ class Instrument:
 
 
 @dataclass(frozen=True, slots=True)
+class Patient:
+    """Who a specimen belongs to, as far as the middleware needs to know: reference ranges
+    depend on sex and age."""
+
+    patient_id: str
+    sex: str = ""  # M, F, or empty when unknown
+    birth_date: date | None = None
+
+    def age_years(self, on: date) -> Decimal | None:
+        if self.birth_date is None:
+            return None
+        return Decimal((on - self.birth_date).days) / Decimal("365.25")
+
+
+@dataclass(frozen=True, slots=True)
 class Specimen:
     """A sample tube as the analyser saw it."""
 
@@ -153,6 +168,7 @@ class InstrumentMessage:
 
     instrument: str
     sender: str = ""
+    patients: list[Patient] = field(default_factory=list)
     specimens: list[Specimen] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
     controls: list[ControlResult] = field(default_factory=list)

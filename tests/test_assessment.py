@@ -61,8 +61,9 @@ async def line(
     store = Store(f"sqlite:///{tmp_path / 'm.db'}")
     clock = Clock()
     engine = Engine(load_rules(ROOT / "rules"))
-    pipeline = ConnectionPipeline("chem-1", drivers.get("generic"), store, engine=engine,
-                                  clock=clock)  # fmt: skip
+    pipeline = ConnectionPipeline(
+        "chem-1", drivers.get("generic"), store, engine=engine, clock=clock
+    )
     server = TcpServer("127.0.0.1", 0, LinkSettings(defer_final_ack=True), pipeline)
     await server.start()
     peer = StreamPeer(*await asyncio.open_connection("127.0.0.1", server.bound_port))
@@ -133,3 +134,36 @@ async def test_duplicate_message_is_not_decided_twice(
     await send_message(peer, patient("S1", "5.0"))
     assert [s.duplicate for s in pipeline.stored] == [False, True]
     assert len(store.read(repo.latest_decisions)) == 1
+
+
+async def test_reference_range_follows_the_patients_sex_and_age(
+    line: tuple[Store, StreamPeer, ConnectionPipeline, Clock],
+) -> None:
+    store, peer, _, _ = line
+    control = qc("5.2", "15.6")
+    await send_message(
+        peer,
+        [r.replace(b"GLU", b"CREA") for r in control[:3]]
+        + [
+            b"R|1|^^^CREA|88|umol/L||N||F",
+            control[4].replace(b"GLU", b"CREA"),
+            b"R|1|^^^CREA|480|umol/L||N||F",
+            b"L|1|N",
+        ],
+    )
+    for specimen, sex in ((b"W1", b"F"), (b"M1", b"M")):
+        await send_message(
+            peer,
+            [
+                b"H|\\^&|||CHEM-1|||||||P|LIS2-A2",
+                b"P|1||PAT-" + specimen + b"||Doe^Sam||19800101|" + sex,
+                b"O|1|" + specimen + b"||^^^CREA|R",
+                b"R|1|^^^CREA|90|umol/L||N||F||||20260301075900",
+                b"L|1|N",
+            ],
+        )
+    rows = {r["specimen_id"]: r for r in store.read(repo.latest_decisions)}
+    woman = [f["code"] for f in json.loads(rows["W1"]["findings"])]
+    man = [f["code"] for f in json.loads(rows["M1"]["findings"])]
+    assert woman == ["above-reference"] and man == []
+    assert rows["W1"]["action"] == rows["M1"]["action"] == "release"

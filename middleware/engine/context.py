@@ -3,23 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 
-from middleware.domain import Result, Specimen
-
-
-@dataclass(frozen=True, slots=True)
-class Patient:
-    patient_id: str
-    sex: str = ""  # M, F, or empty when unknown
-    birth_date: date | None = None
-
-    def age_years(self, on: date) -> Decimal | None:
-        if self.birth_date is None:
-            return None
-        days = (on - self.birth_date).days
-        return Decimal(days) / Decimal("365.25")
+from middleware.domain import Patient, Result, Specimen
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +38,6 @@ class ResultContext:
     condition: SampleCondition = field(default_factory=SampleCondition)
     other_patient_ids: tuple[str, ...] = ()
     """Patients this specimen id was already seen with (one id, one patient)."""
+
+
+__all__ = ["Patient", "PreviousResult", "ResultContext", "SampleCondition"]
