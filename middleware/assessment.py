@@ -104,3 +104,22 @@ def redecide_held(
             repo.record_decision(conn, result_id, result, decision, now)
             released.append(result_id)
     return released
+
+
+def rebuild(conn: Connection, engine: Engine, since: datetime) -> int:
+    """Bring a new engine's QC state up to what the database holds: replay the control and
+    patient results stored since ``since`` in the order they came, and reopen the
+    corrective actions still open. Returns how many control results were replayed."""
+    replayed = 0
+    for result, control, stored_at in repo.measurements_since(conn, since):
+        if control is None:
+            engine.gate.note_patient(result.instrument, result.test_code)
+            engine.lot_changes.observe(result)
+        else:
+            engine.record_control(control, stored_at)
+            replayed += 1
+    for action in repo.open_corrective_actions(conn):
+        engine.gate.reopen_corrective_action(
+            action["instrument"], action["test_code"], action["reason"], action["opened_at"]
+        )
+    return replayed

@@ -9,12 +9,15 @@ import os
 import signal
 import sys
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import structlog
 
 import drivers
 from drivers import DriverOptions
+from middleware.assessment import rebuild
 from middleware.astm.link import LinkSettings, Role
 from middleware.engine.engine import Engine
 from middleware.engine.rules import Rules, load_rules
@@ -22,12 +25,16 @@ from middleware.engine.rules import diff as rules_diff
 from middleware.pipeline import ConnectionPipeline
 from middleware.settings import InstrumentConfig, Settings
 from middleware.store import Store
-from middleware.store.repository import audit
+from middleware.store.repository import audit, utcnow
 from middleware.transport.serial import SerialConnection, SerialSettings
 from middleware.transport.tcp import TcpClient, TcpServer
 from middleware.yamlfile import FileError
 
 log = structlog.get_logger("middleware.daemon")
+
+#: How far back the QC state is replayed at start: longer than any validity window in use,
+#: and enough for the Westgard windows of a test run a few times a day.
+REBUILD_WINDOW = timedelta(days=7)
 
 
 def configure_logging(level: str = "info", form: str = "json") -> None:
@@ -93,7 +100,12 @@ class Daemon:
                                 control_pattern=config.control_pattern)  # fmt: skip
         driver = drivers.get(config.driver, options, config.name)
         pipeline = ConnectionPipeline(
-            config.name, driver, store, encoding=config.encoding, engine=self.engine
+            config.name,
+            driver,
+            store,
+            encoding=config.encoding,
+            engine=self.engine,
+            timezone=ZoneInfo(config.timezone) if config.timezone else None,
         )
         self.pipelines[config.name] = pipeline
         settings = link_settings(config, driver)
@@ -134,7 +146,10 @@ class Daemon:
             )
         self.rules = rules
         if self.engine is None:
-            self.engine = Engine(rules)
+            engine = self.engine = Engine(rules)
+            since = utcnow() - REBUILD_WINDOW
+            replayed = await self.store.read_async(lambda conn: rebuild(conn, engine, since))
+            log.info("QC state rebuilt from the store", controls=replayed, since=since.isoformat())
         else:
             # Swapped in the writer's thread, between two messages, never during one.
             engine = self.engine

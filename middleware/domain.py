@@ -7,8 +7,8 @@ about them. They know nothing of ASTM, HL7 or databases.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from datetime import date, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal, InvalidOperation
 
 
@@ -178,6 +178,34 @@ class InstrumentMessage:
     problems: list[str] = field(default_factory=list)
     """Things the driver could not map; a message with problems and nothing else is
     quarantined, otherwise the problems travel with it."""
+
+    def in_timezone(self, zone: tzinfo) -> InstrumentMessage:
+        """The same message with the analyser's wall-clock times (which carry no zone)
+        read in ``zone`` and given in UTC, so they compare with the middleware's clock."""
+
+        def utc(moment: datetime | None) -> datetime | None:
+            if moment is None or moment.tzinfo is not None:
+                return moment
+            return moment.replace(tzinfo=zone).astimezone(UTC)
+
+        def result(r: Result) -> Result:
+            return replace(r, completed_at=utc(r.completed_at))
+
+        return replace(
+            self,
+            specimens=[
+                replace(
+                    s,
+                    collected_at=utc(s.collected_at),
+                    received_at=utc(s.received_at),
+                    analysed_at=utc(s.analysed_at),
+                )
+                for s in self.specimens
+            ],
+            results=[result(r) for r in self.results],
+            controls=[replace(c, result=result(c.result)) for c in self.controls],
+            orders=[replace(o, ordered_at=utc(o.ordered_at)) for o in self.orders],
+        )
 
     def measurements(self) -> list[tuple[Result, ControlResult | None]]:
         """Patient and control results together, in the order the analyser sent them."""

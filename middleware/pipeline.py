@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 
 import structlog
 from sqlalchemy import Connection
@@ -53,11 +53,14 @@ class ConnectionPipeline:
         encoding: str = "latin-1",
         clock: Callable[[], datetime] = utcnow,
         engine: Engine | None = None,
+        timezone: tzinfo | None = None,
     ) -> None:
         self.instrument = instrument
         self.driver = driver
         self.store = store
         self.engine = engine
+        # Analysers send wall-clock times without a zone: the site's local time by default.
+        self.timezone = timezone or datetime.now().astimezone().tzinfo or UTC
         """Decides about every result in the transaction that stores it; None: store only."""
         self.encoding = encoding
         self.clock = clock
@@ -112,7 +115,7 @@ class ConnectionPipeline:
         reading: InstrumentMessage | None = None
         if decoded.records:
             try:
-                reading = self.driver.read(decoded.records)
+                reading = self.driver.read(decoded.records).in_timezone(self.timezone)
             except Exception as exc:  # a driver must never take the connection down
                 self.log.exception("driver failed")
                 problems.append(f"driver {self.driver.name} failed: {exc!r}")

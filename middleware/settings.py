@@ -77,7 +77,21 @@ class InstrumentConfig(BaseModel):
     test_map: dict[str, str] = {}
     control_pattern: str | None = None
     encoding: str = "latin-1"
+    timezone: str | None = None
+    """IANA name (Europe/Paris) of the analyser's clock; the host's local zone by default."""
     enabled: bool = True
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r}") from None
+        return value
 
     @field_validator("driver")
     @classmethod

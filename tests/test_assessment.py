@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 import drivers
+from middleware.assessment import rebuild
 from middleware.astm.link import LinkSettings
 from middleware.engine.engine import Engine
 from middleware.engine.rules import load_rules
@@ -167,3 +168,31 @@ async def test_reference_range_follows_the_patients_sex_and_age(
     man = [f["code"] for f in json.loads(rows["M1"]["findings"])]
     assert woman == ["above-reference"] and man == []
     assert rows["W1"]["action"] == rows["M1"]["action"] == "release"
+
+
+async def test_a_restarted_engine_rebuilds_its_qc_state_from_the_store(
+    line: tuple[Store, StreamPeer, ConnectionPipeline, Clock],
+) -> None:
+    store, peer, pipeline, clock = line
+    await send_message(peer, qc("5.2", "15.6"))  # GLU in control
+    await send_message(peer, patient("S0", "5.0"))
+    urea = [r.replace(b"GLU", b"UREA") for r in qc("5.8", "21.0")]  # both within 2 SD
+    await send_message(peer, urea)
+    await send_message(
+        peer,
+        [
+            *[r.replace(b"GLU", b"CREA") for r in qc("5.2", "15.6")][:3],
+            b"R|1|^^^CREA|99|umol/L||N||F",
+            b"L|1|N",
+        ],
+    )  # CREA 1-3s: rejected
+    fresh = Engine(load_rules(ROOT / "rules"))
+    replayed = store.read(lambda conn: rebuild(conn, fresh, clock.now - timedelta(days=7)))
+    assert replayed == 5
+    pipeline.engine = fresh
+    await send_message(peer, patient("S1", "5.0"))
+    await send_message(peer, [r.replace(b"GLU", b"CREA") for r in patient("S2", "80")])
+    decisions = current(store)
+    assert decisions["S1"] == ("release", "")
+    # the rejection and its open corrective action came back from the store
+    assert decisions["S2"] == ("hold", "corrective-action-open,qc-rejected:1-3s,qc-missing:2")

@@ -230,7 +230,7 @@ class QcGate:
             if state.corrective_action_since is None:
                 opened = True
                 state.corrective_action_since = at
-                state.corrective_action_reason = "qc-rejected:" + ",".join(evaluation.violations)
+                state.corrective_action_reason = ",".join(evaluation.violations)
             review_since = state.last_in_control_at
         elif not self._level_findings(instrument, test, at):
             state.last_in_control_at = at
@@ -272,6 +272,14 @@ class QcGate:
         return state.locked
 
     # --- people's acts ---------------------------------------------------------------------
+
+    def reopen_corrective_action(
+        self, instrument: str, test: str, reason: str, since: datetime
+    ) -> None:
+        """An action still open in the records (after a restart)."""
+        state = self._state(instrument, test)
+        state.corrective_action_since = since
+        state.corrective_action_reason = reason.removeprefix("qc-rejected:")
 
     def close_corrective_action(self, instrument: str, test: str, at: datetime) -> None:
         """Q9: close the open corrective action; only once a QC re-run is in control."""
@@ -365,7 +373,8 @@ class QcGate:
             out.append(
                 Finding(
                     "corrective-action-open",
-                    f"QC failure ({state.corrective_action_reason}) awaits its corrective action",
+                    f"QC failure (qc-rejected:{state.corrective_action_reason}) awaits its "
+                    "corrective action",
                 )
             )
         out += self._level_findings(instrument, test, at)

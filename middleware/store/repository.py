@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -47,6 +47,13 @@ from middleware.store.schema import (
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """Times are stored in UTC; SQLite gives them back without their zone."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 @dataclass(slots=True)
@@ -442,7 +449,9 @@ def previous_result(
     ).first()
     if row is None:
         return None
-    return Decimal(row.value_number), row.completed_at or row.stored_at
+    moment = _utc(row.completed_at or row.stored_at)
+    assert moment is not None
+    return Decimal(row.value_number), moment
 
 
 def specimen_patients(conn: Connection, specimen_id: str) -> tuple[str, ...]:
@@ -583,7 +592,7 @@ def _result_of(row: Any) -> Result:
         instrument_flags=tuple(f for f in row.instrument_flags.split("\n") if f),
         status=row.status,
         operator=row.operator,
-        completed_at=row.completed_at,
+        completed_at=_utc(row.completed_at),
         instrument=row.instrument,
         module=row.module,
         patient_id=row.patient_id,
@@ -598,3 +607,52 @@ def latest_decisions(conn: Connection) -> list[dict[str, Any]]:
         select(decisions).where(decisions.c.id.in_(latest)).order_by(decisions.c.result_id)
     )
     return [dict(row._mapping) for row in rows]
+
+
+def measurements_since(
+    conn: Connection, since: datetime
+) -> list[tuple[Result, ControlResult | None, datetime]]:
+    """Patient and control results stored since ``since``, in the order they arrived, with
+    the reagent lots each used (for rebuilding the engine's state after a restart)."""
+    recent_patients = select(results.c.id).where(results.c.stored_at >= since)
+    recent_controls = select(control_results.c.id).where(control_results.c.stored_at >= since)
+    lots = (
+        select(
+            reagent_uses.c.result_id,
+            reagent_uses.c.control_result_id,
+            reagent_lots.c.reagent,
+            reagent_lots.c.lot,
+        )
+        .join(reagent_lots, reagent_lots.c.id == reagent_uses.c.reagent_lot_id)
+        .where(
+            reagent_uses.c.result_id.in_(recent_patients)
+            | reagent_uses.c.control_result_id.in_(recent_controls)
+        )
+    )
+    patient_lots: dict[int, list[ReagentUse]] = {}
+    control_lots: dict[int, list[ReagentUse]] = {}
+    for row in conn.execute(lots):
+        use = ReagentUse(row.reagent, row.lot)
+        if row.result_id is not None:
+            patient_lots.setdefault(row.result_id, []).append(use)
+        else:
+            control_lots.setdefault(row.control_result_id, []).append(use)
+    out: list[tuple[int, int, Result, ControlResult | None, datetime]] = []
+    for row in conn.execute(select(results).where(results.c.stored_at >= since)):
+        result = replace(_result_of(row), reagents=tuple(patient_lots.get(row.id, ())))
+        out.append((row.message_id, 1, result, None, _utc(row.stored_at) or since))
+    for row in conn.execute(select(control_results).where(control_results.c.stored_at >= since)):
+        result = replace(_result_of(row), reagents=tuple(control_lots.get(row.id, ())))
+        control = ControlResult(result, row.control_material, row.lot, row.level)
+        out.append((row.message_id, 0, result, control, _utc(row.stored_at) or since))
+    out.sort(key=lambda item: (item[0], item[1]))
+    return [(result, control, at) for _, _, result, control, at in out]
+
+
+def open_corrective_actions(conn: Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(corrective_actions)
+        .where(corrective_actions.c.closed_at.is_(None))
+        .order_by(corrective_actions.c.id)
+    )
+    return [dict(row._mapping) | {"opened_at": _utc(row.opened_at)} for row in rows]
