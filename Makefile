@@ -22,7 +22,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy middleware/astm drivers middleware/decode.py middleware/cli.py middleware/transport
+	$(BIN)/mypy middleware drivers
 
 check: lint typecheck test
 
