@@ -337,26 +337,37 @@ class Driver:
                 return analyser
         return lab_code
 
+    def requested(
+        self, query: HostQuery, orders: Iterable[Order]
+    ) -> list[tuple[str, list[Order], list[str]]]:
+        """For each specimen a query asks about: the orders held for it and the analyser's
+        codes of the tests to run (those asked for, once each, in order)."""
+        by_specimen: dict[str, list[Order]] = {}
+        for order in orders:
+            by_specimen.setdefault(order.specimen_id, []).append(order)
+        out = []
+        for specimen_id in query.specimen_ids:
+            held = by_specimen.get(specimen_id, [])
+            codes = dict.fromkeys(
+                self.analyser_code(c)
+                for o in held
+                for c in o.test_codes
+                if query.all_tests or c in query.test_codes
+            )
+            out.append((specimen_id, held, list(codes)))
+        return out
+
     def answer_query(
         self, query: HostQuery, orders: Iterable[Order], now: datetime
     ) -> list[Record]:
         """Records answering a host query: the orders held for each specimen asked about,
         or an order marked 'no order' (O.26 = Y) when there are none."""
         stamp = now.strftime("%Y%m%d%H%M%S")
-        by_specimen: dict[str, list[Order]] = {}
-        for order in orders:
-            by_specimen.setdefault(order.specimen_id, []).append(order)
         records = [
             Record.of("H", "\\^&", "", "", "LIS", "", "", "", "", "", "", "P", "LIS2-A2", stamp)
         ]
-        for number, specimen_id in enumerate(query.specimen_ids, start=1):
-            held = by_specimen.get(specimen_id, [])
-            codes = [
-                self.analyser_code(c)
-                for o in held
-                for c in o.test_codes
-                if query.all_tests or c in query.test_codes
-            ]
+        asked = self.requested(query, orders)
+        for number, (specimen_id, held, codes) in enumerate(asked, start=1):
             patient = held[0].patient_id if held else ""
             priority = held[0].priority if held else "R"
             records.append(Record.of("P", str(number), patient))

@@ -96,22 +96,10 @@ class ErbaXLDriver(Driver):
         """One P and O per specimen asked about that has tests waiting; the others are left
         out, and an answer with none ends in L termination code I (no information)."""
         stamp = now.strftime("%Y%m%d%H%M%S")
-        held: dict[str, list[Order]] = {}
-        for order in orders:
-            held.setdefault(order.specimen_id, []).append(order)
         records = [Record.of("H", self.delimiters.definition, "", "", "LIS", *[""] * 6, "P",
                              "E 1394-97", stamp)]  # fmt: skip
         number = 0
-        for specimen_id in query.specimen_ids:
-            found = held.get(specimen_id, [])
-            codes = list(
-                dict.fromkeys(
-                    self.analyser_code(c)
-                    for o in found
-                    for c in o.test_codes
-                    if query.all_tests or c in query.test_codes
-                )
-            )
+        for specimen_id, found, codes in self.requested(query, orders):
             if not codes:
                 continue
             number += 1

@@ -39,6 +39,7 @@ from drivers.base import (
     parse_date,
     parse_timestamp,
 )
+from drivers.codes import HAEMATOLOGY
 from middleware.astm.records import Record
 from middleware.domain import InstrumentMessage, ReagentUse, Result
 
@@ -91,33 +92,9 @@ class HoribaYumizenDriver(Driver):
     description = "Horiba Yumizen H500/H550 and ABX Pentra haematology (ASTM mode)"
     sender_pattern = re.compile(r"^(?:H500|H550|H1500|H2500|YUMIZEN|PENTRA|ABX)\b", re.I)
     test_map: ClassVar[Mapping[str, str]] = {
-        "WBC": "WBC",
-        "RBC": "RBC",
-        "HGB": "HGB",
-        "HCT": "HCT",
-        "PLT": "PLT",
-        "MCV": "MCV",
-        "MCH": "MCH",
-        "MCHC": "MCHC",
-        "RDW-CV": "RDW-CV",
+        **HAEMATOLOGY,
         # The Pentra's RDW is the coefficient of variation.
         "RDW": "RDW-CV",
-        "RDW-SD": "RDW-SD",
-        "MPV": "MPV",
-        "PCT": "PCT",
-        "PDW": "PDW",
-        "NEU#": "NEUT#",
-        "NEU%": "NEUT%",
-        "LYM#": "LYMPH#",
-        "LYM%": "LYMPH%",
-        "MON#": "MONO#",
-        "MON%": "MONO%",
-        "EOS#": "EO#",
-        "EOS%": "EO%",
-        "BAS#": "BASO#",
-        "BAS%": "BASO%",
-        "RET#": "RET#",
-        "RET%": "RET%",
     }
 
     def read(self, records: Sequence[Record]) -> InstrumentMessage:

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from drivers.base import Context, ControlInfo, Driver, ResultRecords
+from drivers.codes import HAEMATOLOGY
 from middleware.astm.records import Record
 
 _LOINC = re.compile(r"^\d{1,7}-\d$")
@@ -32,33 +33,7 @@ class MindrayBCDriver(Driver):
     name = "mindray_bc"
     description = "Mindray BC series haematology (BC-5xxx, BC-6xxx), ASTM mode"
     sender_pattern = re.compile(r"^BC-[56]\d{3}", re.I)
-    test_map: ClassVar[Mapping[str, str]] = {
-        "WBC": "WBC",
-        "RBC": "RBC",
-        "HGB": "HGB",
-        "HCT": "HCT",
-        "PLT": "PLT",
-        "MCV": "MCV",
-        "MCH": "MCH",
-        "MCHC": "MCHC",
-        "RDW-CV": "RDW-CV",
-        "RDW-SD": "RDW-SD",
-        "MPV": "MPV",
-        "PCT": "PCT",
-        "PDW": "PDW",
-        "NEU#": "NEUT#",
-        "NEU%": "NEUT%",
-        "LYM#": "LYMPH#",
-        "LYM%": "LYMPH%",
-        "MON#": "MONO#",
-        "MON%": "MONO%",
-        "EOS#": "EO#",
-        "EOS%": "EO%",
-        "BAS#": "BASO#",
-        "BAS%": "BASO%",
-        "RET#": "RET#",
-        "RET%": "RET%",
-    }
+    test_map: ClassVar[Mapping[str, str]] = HAEMATOLOGY
 
     def instrument_test_code(self, result: Record) -> str:
         named = [c for c in result.components(3) if c and not _LOINC.match(c)]

@@ -106,21 +106,9 @@ class OrthoVitrosDriver(Driver):
         """The reply the VITROS takes: P with placeholder patient id and name, one O per
         specimen asked about with tests in the VITROS's own form, report type O."""
         stamp = now.strftime("%Y%m%d%H%M%S")
-        held: dict[str, list[Order]] = {}
-        for order in orders:
-            held.setdefault(order.specimen_id, []).append(order)
         records = [Record.of("H", "\\^&", "", "", "LIS", *[""] * 7, "LIS2-A", stamp)]
         number = 0
-        for specimen_id in query.specimen_ids:
-            found = held.get(specimen_id, [])
-            assays = list(
-                dict.fromkeys(
-                    self.analyser_code(c)
-                    for o in found
-                    for c in o.test_codes
-                    if query.all_tests or c in query.test_codes
-                )
-            )
+        for specimen_id, found, assays in self.requested(query, orders):
             if not assays:
                 continue
             number += 1

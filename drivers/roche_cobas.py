@@ -151,22 +151,13 @@ class RocheCobasDriver(Driver):
         """A test selection download (TSDWN^REPLY): per sample asked about, its tests as
         ``^^^ACN^``, the tube's sequence no., rack, position and type as the query gave
         them, action code A; a sample without orders gets an O record without tests."""
-        held: dict[str, list[Order]] = {}
-        for order in orders:
-            held.setdefault(order.specimen_id, []).append(order)
         stamp = now.strftime("%Y%m%d%H%M%S")
         records = [
             Record.of("H", "\\^&", "", "", ["host", "1"], *[""] * 4, self._analyser,
                       ["TSDWN", "REPLY"], "P", "1", stamp)
         ]  # fmt: skip
-        for number, specimen_id in enumerate(query.specimen_ids, start=1):
-            found = held.get(specimen_id, [])
-            acns = dict.fromkeys(
-                self.analyser_code(c)
-                for o in found
-                for c in o.test_codes
-                if query.all_tests or c in query.test_codes
-            )
+        asked = self.requested(query, orders)
+        for number, (specimen_id, found, acns) in enumerate(asked, start=1):
             tube = self._asked.pop(specimen_id, ())
             sample_type = tube[4] if len(tube) > 4 else ""
             fields = [""] * 25  # O.2 to O.26

@@ -80,20 +80,9 @@ class SysmexXNDriver(Driver):
         """One P and O per sample asked about: O.3 = ``^^<sample no.>^B``, the tests as
         ``^^^^<parameter>``; an O without tests when nothing is held for the sample."""
         stamp = now.strftime("%Y%m%d%H%M%S")
-        held: dict[str, list[Order]] = {}
-        for order in orders:
-            held.setdefault(order.specimen_id, []).append(order)
         records = [Record.of("H", "\\^&", *[""] * 10, "E1394-97", stamp)]
-        for number, specimen_id in enumerate(query.specimen_ids, start=1):
-            found = held.get(specimen_id, [])
-            codes = list(
-                dict.fromkeys(
-                    self.analyser_code(c)
-                    for o in found
-                    for c in o.test_codes
-                    if query.all_tests or c in query.test_codes
-                )
-            )
+        asked = self.requested(query, orders)
+        for number, (specimen_id, found, codes) in enumerate(asked, start=1):
             patient = found[0].patient_id if found else ""
             # P.5, where the XN puts the patient id, when there is one.
             records.append(Record.of("P", str(number), *(("", "", patient) if patient else ())))
