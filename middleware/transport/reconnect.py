@@ -17,6 +17,15 @@ log = structlog.get_logger("middleware.transport")
 ChannelCallback = Callable[[LinkChannel], Awaitable[None] | None]
 
 
+async def serve(channel: LinkChannel, on_connect: ChannelCallback | None) -> None:
+    """Tell whoever wants to know about the new connection, then run it."""
+    if on_connect is not None:
+        result = on_connect(channel)
+        if result is not None:
+            await result
+    await channel.run()
+
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Reconnection delays: ``initial`` doubling up to ``maximum``, with some jitter."""
@@ -85,11 +94,7 @@ class Reconnecting:
             self.connected.set()
             channel.log.info("connected", **self.describe())
             try:
-                if self.on_connect is not None:
-                    result = self.on_connect(channel)
-                    if result is not None:
-                        await result
-                await channel.run()
+                await serve(channel, self.on_connect)
             except self.open_errors as exc:
                 channel.log.warning("connection failed", error=str(exc))
             finally:

@@ -8,7 +8,7 @@ import structlog
 
 from middleware.astm.link import LinkSettings
 from middleware.transport.channel import EventHandler, LinkChannel
-from middleware.transport.reconnect import Backoff, ChannelCallback, Reconnecting
+from middleware.transport.reconnect import Backoff, ChannelCallback, Reconnecting, serve
 
 log = structlog.get_logger("middleware.transport")
 
@@ -59,11 +59,7 @@ class TcpServer:
         if task is not None:
             self._tasks.add(task)
         try:
-            if self.on_connect is not None:
-                result = self.on_connect(channel)
-                if result is not None:
-                    await result
-            await channel.run()
+            await serve(channel, self.on_connect)
         except asyncio.CancelledError:
             channel.log.info("connection closed at shutdown")
         finally:
