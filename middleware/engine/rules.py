@@ -17,12 +17,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from middleware.engine.westgard import RuleName
 from middleware.yamlfile import FileError, describe, line_of, read_mapping
 
-RuleName = Literal[
-    "1-2s", "1-3s", "2-2s", "R-4s", "4-1s", "10x",
-    "2of3-2s", "3-1s", "6x", "8x", "9x", "12x", "7T",
-]  # fmt: skip
 TestCode = Annotated[str, Field(min_length=1, max_length=60)]
 Positive = Annotated[Decimal, Field(gt=0)]
 
