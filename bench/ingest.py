@@ -8,6 +8,7 @@ time to ACK an ordinary frame (which does not).
 
     .venv/bin/python bench/ingest.py [--analysers 10] [--messages 100] [--results 10]
         [--postgres postgresql://postgres@127.0.0.1:5432/test] [--only sqlite|postgresql]
+        [--rules rules/]
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ async def analyser(
 
 
 def start_daemon(
-    workdir: Path, ports: list[int], database_url: str | None
+    workdir: Path, ports: list[int], database_url: str | None, rules: Path | None
 ) -> subprocess.Popen[bytes]:
     config = {
         "state_dir": str(workdir / "state"),
@@ -88,6 +89,8 @@ def start_daemon(
     }
     if database_url:
         config["database_url"] = database_url
+    if rules is not None:
+        config["rules_dir"] = str(rules.resolve())
     path = workdir / "bench.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIDDLEWARE_")}
@@ -116,7 +119,7 @@ def percentile(values: list[float], q: float) -> float:
 def run(name: str, database_url: str | None, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ports = [free_port() for _ in range(args.analysers)]
-        daemon = start_daemon(Path(tmp), ports, database_url)
+        daemon = start_daemon(Path(tmp), ports, database_url, args.rules)
         frame_ack: list[float] = []
         final_ack: list[float] = []
 
@@ -176,8 +179,15 @@ def main() -> None:
     parser.add_argument("--results", type=int, default=10, help="per message")
     parser.add_argument("--postgres", default=os.environ.get("MIDDLEWARE_TEST_POSTGRES_URL"))
     parser.add_argument("--only", choices=("sqlite", "postgresql"))
+    parser.add_argument(
+        "--rules", type=Path, help="a rules directory: the engine decides about every result"
+    )
     args = parser.parse_args()
-    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} cores; daemon in its own process")
+    engine = f"rules from {args.rules}" if args.rules else "no rules (store only)"
+    print(
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} cores; daemon in its own process; "
+        f"{engine}"
+    )
     if args.only in (None, "sqlite"):
         run("sqlite", None, args)
     if args.only in (None, "postgresql"):

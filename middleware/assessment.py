@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import Connection
 
@@ -28,32 +29,52 @@ class Assessment:
     """Held results that a new QC released."""
 
 
-def _context(
-    conn: Connection,
-    result_id: int,
-    result: Result,
-    reading: InstrumentMessage | None,
-    now: datetime,
-) -> ResultContext:
-    previous = repo.previous_result(conn, result.patient_id, result.test_code, result_id)
-    specimen = (
-        next((s for s in reading.specimens if s.specimen_id == result.specimen_id), None)
-        if reading
-        else None
-    )
-    patient = (
-        next((p for p in reading.patients if p.patient_id == result.patient_id), None)
-        if reading
-        else None
-    )
-    return ResultContext(
-        result,
-        now,
-        specimen=specimen,
-        patient=patient,
-        previous=PreviousResult(*previous) if previous else None,
-        other_patient_ids=repo.specimen_patients(conn, result.specimen_id),
-    )
+@dataclass(slots=True)
+class _Lookups:
+    """What the checks need from earlier messages, fetched once for a whole batch."""
+
+    previous: dict[tuple[str, str], list[tuple[int, Decimal, datetime]]]
+    patients_of: dict[str, tuple[str, ...]]
+
+    @classmethod
+    def fetch(cls, conn: Connection, items: list[tuple[int, Result]]) -> _Lookups:
+        if not items:
+            return cls({}, {})
+        return cls(
+            repo.previous_results(
+                conn,
+                (r.patient_id for _, r in items),
+                (r.test_code for _, r in items),
+                max(i for i, _ in items),
+            ),
+            repo.specimen_patients(conn, (r.specimen_id for _, r in items)),
+        )
+
+    def context(
+        self, result_id: int, result: Result, reading: InstrumentMessage | None, now: datetime
+    ) -> ResultContext:
+        earlier = [
+            (value, moment)
+            for stored_id, value, moment in self.previous.get(
+                (result.patient_id, result.test_code), ()
+            )
+            if stored_id < result_id
+        ]
+        previous = earlier[-1] if earlier else None
+        specimen = patient = None
+        if reading is not None:
+            specimen = next(
+                (s for s in reading.specimens if s.specimen_id == result.specimen_id), None
+            )
+            patient = next((p for p in reading.patients if p.patient_id == result.patient_id), None)
+        return ResultContext(
+            result,
+            now,
+            specimen=specimen,
+            patient=patient,
+            previous=PreviousResult(*previous) if previous else None,
+            other_patient_ids=self.patients_of.get(result.specimen_id, ()),
+        )
 
 
 def assess_message(
@@ -62,6 +83,8 @@ def assess_message(
     out = Assessment()
     patient_ids = dict(zip((id(r) for r in reading.results), stored.result_ids, strict=True))
     control_ids = dict(zip((id(c) for c in reading.controls), stored.control_ids, strict=True))
+    lookups = _Lookups.fetch(conn, [(patient_ids[id(r)], r) for r in reading.results])
+    decided: list[tuple[int, Result, Decision]] = []
     touched: set[tuple[str, str]] = set()
     for result, control in reading.measurements():
         if control is not None:
@@ -85,9 +108,10 @@ def assess_message(
                 )
             continue
         result_id = patient_ids[id(result)]
-        decision = engine.decide(_context(conn, result_id, result, reading, now))
-        repo.record_decision(conn, result_id, result, decision, now)
+        decision = engine.decide(lookups.context(result_id, result, reading, now))
+        decided.append((result_id, result, decision))
         out.decisions.append((result_id, decision))
+    repo.record_decisions(conn, decided, now)
     for instrument, test in sorted(touched):
         out.released_later += redecide_held(conn, engine, instrument, test, now)
     return out
@@ -97,13 +121,15 @@ def redecide_held(
     conn: Connection, engine: Engine, instrument: str, test: str, now: datetime
 ) -> list[int]:
     """Look again at the held results of a test; record the decisions that changed."""
-    released = []
-    for result_id, result in repo.held_results(conn, instrument, test):
-        decision = engine.redecide(_context(conn, result_id, result, None, now))
+    held = repo.held_results(conn, instrument, test)
+    lookups = _Lookups.fetch(conn, held)
+    changed = []
+    for result_id, result in held:
+        decision = engine.redecide(lookups.context(result_id, result, None, now))
         if decision.action is not Action.HOLD:
-            repo.record_decision(conn, result_id, result, decision, now)
-            released.append(result_id)
-    return released
+            changed.append((result_id, result, decision))
+    repo.record_decisions(conn, changed, now)
+    return [result_id for result_id, _, _ in changed]
 
 
 def rebuild(conn: Connection, engine: Engine, since: datetime) -> int:

@@ -196,3 +196,17 @@ async def test_a_restarted_engine_rebuilds_its_qc_state_from_the_store(
     assert decisions["S1"] == ("release", "")
     # the rejection and its open corrective action came back from the store
     assert decisions["S2"] == ("hold", "corrective-action-open,qc-rejected:1-3s,qc-missing:2")
+
+
+async def test_delta_check_against_the_patients_previous_result(
+    line: tuple[Store, StreamPeer, ConnectionPipeline, Clock],
+) -> None:
+    store, peer, _, clock = line
+    await send_message(peer, [r.replace(b"GLU", b"CREA") for r in qc("88", "480")])
+    for specimen, value in (("D1", "80"), ("D2", "119"), ("D3", "180")):
+        clock.now += timedelta(hours=1)
+        await send_message(peer, [r.replace(b"GLU", b"CREA") for r in patient(specimen, value)])
+    decisions = current(store)
+    assert decisions["D1"] == ("release", "")
+    assert decisions["D2"] == ("release", "")  # +49 %: within the 50 % allowed
+    assert decisions["D3"] == ("hold", "delta")  # +51 % since 119

@@ -429,76 +429,94 @@ def quarantined(conn: Connection) -> list[dict[str, Any]]:
 # --- what the engine needs, and what it decided -------------------------------------------
 
 
-def previous_result(
-    conn: Connection, patient_id: str, test_code: str, before_id: int
-) -> tuple[Decimal, datetime] | None:
-    """The patient's latest numeric result of a test stored before ``before_id``."""
-    if not patient_id:
-        return None
-    row = conn.execute(
-        select(results.c.value_number, results.c.completed_at, results.c.stored_at)
+def previous_results(
+    conn: Connection, patient_ids: Iterable[str], test_codes: Iterable[str], before_id: int
+) -> dict[tuple[str, str], list[tuple[int, Decimal, datetime]]]:
+    """The patients' numeric results of the tests stored before ``before_id``, oldest
+    first, in one query for a whole batch of results."""
+    patients = sorted({p for p in patient_ids if p})
+    tests = sorted(set(test_codes))
+    if not patients or not tests:
+        return {}
+    rows = conn.execute(
+        select(
+            results.c.id,
+            results.c.patient_id,
+            results.c.test_code,
+            results.c.value_number,
+            results.c.completed_at,
+            results.c.stored_at,
+        )
         .where(
-            results.c.patient_id == patient_id,
-            results.c.test_code == test_code,
+            results.c.patient_id.in_(patients),
+            results.c.test_code.in_(tests),
             results.c.id < before_id,
             results.c.value_number.is_not(None),
             results.c.censor == "",
         )
-        .order_by(results.c.id.desc())
-        .limit(1)
-    ).first()
-    if row is None:
-        return None
-    moment = _utc(row.completed_at or row.stored_at)
-    assert moment is not None
-    return Decimal(row.value_number), moment
-
-
-def specimen_patients(conn: Connection, specimen_id: str) -> tuple[str, ...]:
-    """Every patient a specimen id was seen with."""
-    rows = conn.execute(
-        select(results.c.patient_id).where(results.c.specimen_id == specimen_id).distinct()
+        .order_by(results.c.id)
     )
-    return tuple(sorted(row.patient_id for row in rows if row.patient_id))
+    found: dict[tuple[str, str], list[tuple[int, Decimal, datetime]]] = {}
+    for row in rows:
+        moment = _utc(row.completed_at or row.stored_at)
+        assert moment is not None
+        found.setdefault((row.patient_id, row.test_code), []).append(
+            (row.id, Decimal(row.value_number), moment)
+        )
+    return found
 
 
-def record_decision(
+def specimen_patients(conn: Connection, specimen_ids: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Every patient each specimen id was seen with."""
+    wanted = sorted(set(specimen_ids))
+    seen: dict[str, set[str]] = {s: set() for s in wanted}
+    if wanted:
+        rows = conn.execute(
+            select(results.c.specimen_id, results.c.patient_id)
+            .where(results.c.specimen_id.in_(wanted))
+            .distinct()
+        )
+        for row in rows:
+            if row.patient_id:
+                seen[row.specimen_id].add(row.patient_id)
+    return {s: tuple(sorted(p)) for s, p in seen.items()}
+
+
+def record_decisions(
     conn: Connection,
-    result_id: int,
-    result: Result,
-    decision: Decision,
+    decided: Iterable[tuple[int, Result, Decision]],
     at: datetime,
     by: str = "engine",
-) -> int:
-    return int(
-        conn.execute(
-            decisions.insert().returning(decisions.c.id),
-            {
-                "result_id": result_id,
-                "instrument": result.instrument,
-                "test_code": result.test_code,
-                "specimen_id": result.specimen_id,
-                "action": decision.action.value,
-                "reasons": ",".join(decision.reasons),
-                "findings": json.dumps(
-                    [
-                        {
-                            "code": f.code,
-                            "message": f.message,
-                            "action": f.action.value,
-                            "urgent": f.urgent,
-                            "comment": f.comment,
-                        }
-                        for f in decision.findings
-                    ]
-                ),
-                "urgent": decision.urgent,
-                "comments": "\n".join(decision.comments),
-                "decided_at": at,
-                "decided_by": by,
-            },
-        ).scalar_one()
-    )
+) -> None:
+    rows = [
+        {
+            "result_id": result_id,
+            "instrument": result.instrument,
+            "test_code": result.test_code,
+            "specimen_id": result.specimen_id,
+            "action": decision.action.value,
+            "reasons": ",".join(decision.reasons),
+            "findings": json.dumps(
+                [
+                    {
+                        "code": f.code,
+                        "message": f.message,
+                        "action": f.action.value,
+                        "urgent": f.urgent,
+                        "comment": f.comment,
+                    }
+                    for f in decision.findings
+                ]
+            ),
+            "urgent": decision.urgent,
+            "comments": "\n".join(decision.comments),
+            "decided_at": at,
+            "decided_by": by,
+        }
+        for result_id, result, decision in decided
+    ]
+    if rows:
+        conn.execute(decisions.insert(), rows)
 
 
 def record_evaluation(

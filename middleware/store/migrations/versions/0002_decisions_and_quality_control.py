@@ -17,6 +17,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # Delta checks look up a patient's previous result of a test.
+    op.create_index("ix_results_patient_test", "results", ["patient_id", "test_code"])
     op.create_table(
         "decisions",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -106,6 +108,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_results_patient_test", table_name="results")
     op.drop_table("qc_reviews")
     op.drop_table("corrective_actions")
     with op.batch_alter_table("qc_evaluations", schema=None) as batch_op:
