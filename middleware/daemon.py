@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
+from sqlalchemy import Connection
 
 import drivers
 from drivers import DriverOptions
@@ -35,6 +36,12 @@ log = structlog.get_logger("middleware.daemon")
 #: How far back the QC state is replayed at start: longer than any validity window in use,
 #: and enough for the Westgard windows of a test run a few times a day.
 REBUILD_WINDOW = timedelta(days=7)
+
+
+def restore(conn: Connection, engine: Engine) -> int:
+    """The engine's QC state as the store holds it (at start, and after a rollback)."""
+    engine.forget()
+    return rebuild(conn, engine, utcnow() - REBUILD_WINDOW)
 
 
 def configure_logging(level: str = "info", form: str = "json") -> None:
@@ -147,9 +154,9 @@ class Daemon:
         self.rules = rules
         if self.engine is None:
             engine = self.engine = Engine(rules)
-            since = utcnow() - REBUILD_WINDOW
-            replayed = await self.store.read_async(lambda conn: rebuild(conn, engine, since))
-            log.info("QC state rebuilt from the store", controls=replayed, since=since.isoformat())
+            replayed = await self.store.read_async(lambda conn: restore(conn, engine))
+            log.info("QC state rebuilt from the store", controls=replayed)
+            self.store.writer.on_rollback = lambda conn: restore(conn, engine)
         else:
             # Swapped in the writer's thread, between two messages, never during one.
             engine = self.engine

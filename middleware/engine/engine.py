@@ -30,6 +30,12 @@ class Engine:
         self.lots = LotRegistry(rules.reagent_lots)
         self.lot_changes = LotChanges()
 
+    def forget(self) -> None:
+        """Drop all QC and lot history (before replaying it from the store)."""
+        self.gate = QcGate(self.rules)
+        self.lots = LotRegistry(self.rules.reagent_lots)
+        self.lot_changes = LotChanges()
+
     def replace_rules(self, rules: Rules) -> None:
         """New rules, same history: QC states stay; Westgard windows start again, since
         the rule sets that shaped them may have changed."""
