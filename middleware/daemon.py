@@ -8,7 +8,8 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,7 +19,7 @@ from sqlalchemy import Connection
 
 import drivers
 from drivers import DriverOptions
-from middleware.assessment import rebuild
+from middleware.assessment import rebuild, redecide_held
 from middleware.astm.link import LinkSettings, Role
 from middleware.engine.engine import Engine
 from middleware.engine.rules import Rules, load_rules
@@ -26,7 +27,12 @@ from middleware.engine.rules import diff as rules_diff
 from middleware.pipeline import ConnectionPipeline
 from middleware.settings import InstrumentConfig, Settings
 from middleware.store import Store
-from middleware.store.repository import audit, utcnow
+from middleware.store.repository import (
+    audit,
+    mark_corrective_action_closed,
+    open_corrective_action_by_id,
+    utcnow,
+)
 from middleware.transport.serial import SerialConnection, SerialSettings
 from middleware.transport.tcp import TcpClient, TcpServer
 from middleware.yamlfile import FileError
@@ -81,6 +87,15 @@ def link_settings(config: InstrumentConfig, driver: drivers.Driver) -> LinkSetti
     return replace(settings, **changes)
 
 
+@dataclass(frozen=True, slots=True)
+class CorrectiveActionClosed:
+    action_id: int
+    instrument: str
+    test: str
+    released: list[int]
+    """Held results that the closing released."""
+
+
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -95,7 +110,7 @@ class Daemon:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = await asyncio.to_thread(Store, self.settings.database)
         log.info("store open", database=_safe_url(self.settings.database))
-        if self.settings.rules_dir is not None and not await self.reload_rules("daemon start"):
+        if self.settings.rules_dir is not None and await self.reload_rules("daemon start"):
             raise SystemExit(2)
         for config in self.settings.instruments:
             if config.enabled:
@@ -103,8 +118,9 @@ class Daemon:
         log.info("daemon running", instruments=len(self.pipelines))
 
     async def _start_instrument(self, config: InstrumentConfig, store: Store) -> None:
-        options = DriverOptions(test_map=dict(config.test_map),
-                                control_pattern=config.control_pattern)  # fmt: skip
+        options = DriverOptions(
+            test_map=dict(config.test_map), control_pattern=config.control_pattern
+        )
         driver = drivers.get(config.driver, options, config.name)
         pipeline = ConnectionPipeline(
             config.name,
@@ -130,21 +146,31 @@ class Daemon:
             line = SerialSettings(**config.serial.model_dump())
             serial = SerialConnection(line, settings, pipeline, name=config.name)
             self._tasks.append(asyncio.create_task(serial.run()))
-        log.info("instrument configured", instrument=config.name, driver=config.driver,
-                 transport=config.transport)  # fmt: skip
+        log.info(
+            "instrument configured",
+            instrument=config.name,
+            driver=config.driver,
+            transport=config.transport,
+        )
 
-    async def reload_rules(self, actor: str) -> bool:
+    async def reload_rules(self, actor: str) -> list[str]:
         """Load the rule files again; keep the rules in force when they are refused.
-        An accepted change is recorded in the audit log with who, when and the diff."""
+        An accepted change is recorded in the audit log with who, when and the diff.
+        Returns the problems that refused them (none when accepted)."""
         directory = self.settings.rules_dir
         if directory is None or self.store is None:
-            return False
+            return ["no rules directory is configured (rules_dir)"]
         try:
             rules = await asyncio.to_thread(load_rules, directory)
         except FileError as exc:
-            log.error("rules refused; the rules in force stay", directory=str(directory),
-                      problems=exc.problems, kept=self.rules is not None)  # fmt: skip
-            return False
+            log.error(
+                "rules refused; the rules in force stay",
+                directory=str(directory),
+                problems=exc.problems,
+                kept=self.rules is not None,
+                by=actor,
+            )
+            return exc.problems
         change = rules_diff(self.rules, rules)
         if change:
             detail = {"sources": rules.sources, "diff": change}
@@ -162,7 +188,35 @@ class Daemon:
             engine = self.engine
             await self.store.write(lambda _conn: engine.replace_rules(rules))
         log.info("rules in force", summary=rules.summary(), changed=bool(change), by=actor)
-        return True
+        return []
+
+    async def close_corrective_action(
+        self, action_id: int, by: str, action_taken: str
+    ) -> CorrectiveActionClosed:
+        """Q9: a person closes a QC failure's corrective action, saying what was done; the
+        QC re-run that closes it must be in control. Held results of the test are then
+        decided again."""
+        if self.store is None or self.engine is None:
+            raise LookupError("the rules engine is not running (no rules_dir)")
+        engine = self.engine
+
+        def work(conn: Connection) -> CorrectiveActionClosed:
+            now = utcnow()
+            action = open_corrective_action_by_id(conn, action_id)
+            instrument, test = action["instrument"], action["test_code"]
+            engine.gate.close_corrective_action(instrument, test, now)
+            mark_corrective_action_closed(conn, action_id, by, action_taken, now)
+            audit(
+                conn,
+                by,
+                "qc.corrective_action.close",
+                f"{instrument}/{test}",
+                {"corrective_action": action_id, "action_taken": action_taken},
+            )
+            released = redecide_held(conn, engine, instrument, test, now)
+            return CorrectiveActionClosed(action_id, instrument, test, released)
+
+        return await self.store.write(work)
 
     async def stop(self) -> None:
         for server in self.servers.values():
@@ -193,7 +247,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    reloads: set[asyncio.Task[bool]] = set()
+    reloads: set[asyncio.Task[list[str]]] = set()
 
     def on_hangup() -> None:
         task = asyncio.create_task(daemon.reload_rules(f"SIGHUP to pid {os.getpid()}"))
@@ -201,8 +255,33 @@ async def serve(settings: Settings) -> None:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    api: asyncio.Task[None] | None = None
     try:
         await daemon.start()
+        if settings.api is not None:
+            api = asyncio.create_task(serve_api(daemon, settings.api.host, settings.api.port))
         await stopping.wait()
     finally:
+        if api is not None:
+            api.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await api
         await daemon.stop()
+
+
+async def serve_api(daemon: Daemon, host: str, port: int) -> None:
+    import uvicorn
+
+    from middleware.web.api import create_app
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # The daemon owns SIGTERM, SIGINT and SIGHUP; uvicorn must not take them.
+            yield
+
+    config = uvicorn.Config(
+        create_app(daemon), host=host, port=port, log_level="warning", lifespan="off"
+    )
+    log.info("control API listening", host=host, port=port)
+    await Server(config).serve()

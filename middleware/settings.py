@@ -127,6 +127,13 @@ class LogConfig(BaseModel):
     format: Literal["json", "console"] = "json"
 
 
+class ApiConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8470, ge=0, le=65535)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MIDDLEWARE_", env_nested_delimiter="__", extra="forbid"
@@ -137,6 +144,8 @@ class Settings(BaseSettings):
     rules_dir: Path | None = None
     """The laboratory's rule files; none loaded when not given."""
     log: LogConfig = LogConfig()
+    api: ApiConfig | None = None
+    """The control API (rules reload, corrective actions); off unless configured."""
     instruments: list[InstrumentConfig] = []
 
     @model_validator(mode="after")

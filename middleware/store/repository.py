@@ -674,3 +674,39 @@ def open_corrective_actions(conn: Connection) -> list[dict[str, Any]]:
         .order_by(corrective_actions.c.id)
     )
     return [dict(row._mapping) | {"opened_at": _utc(row.opened_at)} for row in rows]
+
+
+def open_corrective_action_by_id(conn: Connection, action_id: int) -> dict[str, Any]:
+    row = conn.execute(
+        select(corrective_actions).where(corrective_actions.c.id == action_id)
+    ).first()
+    if row is None:
+        raise LookupError(f"no corrective action {action_id}")
+    if row.closed_at is not None:
+        raise ValueError(f"corrective action {action_id} was closed by {row.closed_by}")
+    return dict(row._mapping)
+
+
+def mark_corrective_action_closed(
+    conn: Connection, action_id: int, by: str, action_taken: str, at: datetime
+) -> None:
+    """Who closed it, when, what was done, and the QC evaluation that showed it fixed."""
+    action = conn.execute(
+        select(corrective_actions.c.instrument, corrective_actions.c.test_code).where(
+            corrective_actions.c.id == action_id
+        )
+    ).one()
+    closing = conn.execute(
+        select(func.max(qc_evaluations.c.id)).where(
+            qc_evaluations.c.instrument == action.instrument,
+            qc_evaluations.c.test_code == action.test_code,
+            qc_evaluations.c.status != "reject",
+        )
+    ).scalar_one_or_none()
+    conn.execute(
+        corrective_actions.update()
+        .where(corrective_actions.c.id == action_id)
+        .values(
+            closed_at=at, closed_by=by, action_taken=action_taken, closing_evaluation_id=closing
+        )
+    )

@@ -1,0 +1,108 @@
+"""The control API of a running daemon: rules reload and closing corrective actions."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ROOT
+from tests.daemon import DaemonProcess, connect, free_port
+from tests.peer import StreamPeer, send_message
+
+
+def glucose_qc(level_1: str, level_2: str) -> list[bytes]:
+    return [
+        b"H|\\^&|||CHEM-1|||||||Q|LIS2-A2",
+        b"P|1",
+        b"O|1|CC-45781||^^^GLU|R",
+        b"R|1|^^^GLU|" + level_1.encode() + b"|mmol/L||N||F",
+        b"O|2|CC-45782||^^^GLU|R",
+        b"R|1|^^^GLU|" + level_2.encode() + b"|mmol/L||N||F",
+        b"L|1|N",
+    ]
+
+
+PATIENT = [
+    b"H|\\^&|||CHEM-1|||||||P|LIS2-A2",
+    b"P|1||PAT1",
+    b"O|1|S1||^^^GLU|R",
+    b"R|1|^^^GLU|5.0|mmol/L||N||F",
+    b"L|1|N",
+]
+
+
+def wait_until_listening(port: int) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1)
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_rules_reload_and_corrective_action_over_the_api(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    analyser_port, api_port = free_port(), free_port()
+    daemon = DaemonProcess(
+        tmp_path,
+        [{"name": "chem-1", "transport": "tcp-server", "host": "127.0.0.1", "port": analyser_port}],
+        rules_dir=str(rules),
+        api={"host": "127.0.0.1", "port": api_port},
+    )
+    daemon.start()
+    api = f"http://127.0.0.1:{api_port}/api"
+    try:
+        wait_until_listening(api_port)
+        assert httpx.get(f"{api}/health").json()["instruments"] == ["chem-1"]
+
+        # A refused reload says why and changes nothing.
+        westgard = rules / "westgard.yaml"
+        good = westgard.read_text()
+        westgard.write_text(good.replace("[1-3s, 2-2s, R-4s, 4-1s, 10x]", "[1-3s, R-5s]"))
+        refused = httpx.post(f"{api}/rules/reload", json={"by": "alice"})
+        assert refused.status_code == 422
+        assert "westgard.rule_sets.default.rules.1" in refused.json()["detail"]["problems"][0]
+        westgard.write_text(good)
+        assert httpx.post(f"{api}/rules/reload", json={"by": "alice"}).json()["accepted"]
+        assert httpx.post(f"{api}/rules/reload", json={}).status_code == 422  # who is required
+
+        async def analyser(*messages: list[bytes]) -> None:
+            peer = StreamPeer(*await connect(analyser_port))
+            for message in messages:
+                await send_message(peer, message)
+            await peer.close()
+
+        asyncio.run(analyser(glucose_qc("5.2", "15.6"), glucose_qc("5.7", "15.6"), PATIENT))
+        with sqlite3.connect(daemon.database) as conn:
+            [(action_id,)] = conn.execute("SELECT id FROM corrective_actions").fetchall()
+        close = f"{api}/corrective-actions/{action_id}/close"
+        body = {"by": "bob", "action_taken": "new calibration"}
+        early = httpx.post(close, json=body)
+        assert early.status_code == 409 and "not in control again" in early.json()["detail"]
+        asyncio.run(analyser(glucose_qc("5.25", "15.5")))  # the re-run, in control
+        closed = httpx.post(close, json=body)
+        assert closed.status_code == 200, closed.text
+        assert closed.json()["test"] == "GLU" and len(closed.json()["released"]) == 1
+        assert httpx.post(close, json=body).status_code == 409  # already closed
+        assert httpx.post(f"{api}/corrective-actions/999/close", json=body).status_code == 404
+    finally:
+        assert daemon.stop() == 0
+    with sqlite3.connect(daemon.database) as conn:
+        row = conn.execute(
+            "SELECT closed_by, action_taken, closing_evaluation_id FROM corrective_actions"
+        ).fetchone()
+        assert row[:2] == ("bob", "new calibration") and row[2] is not None
+        actions = [a for (a,) in conn.execute("SELECT action FROM decisions ORDER BY id")]
+        assert actions == ["hold", "release"]  # held for the failure, released at closing
+        audit = conn.execute("SELECT actor, action FROM audit_log ORDER BY id").fetchall()
+        assert ("bob", "qc.corrective_action.close") in audit
+        assert audit[0] == ("daemon start", "rules.load")
