@@ -136,7 +136,7 @@ def test_daemon_reloads_on_sighup_keeps_good_rules_and_audits(
         _wait_for(daemon.log, "rules refused; the rules in force stay")
         westgard.write_text(good.replace("[1-3s, 2-2s, R-4s, 4-1s, 10x]", "[1-3s, 2-2s]"))
         daemon.process.send_signal(signal.SIGHUP)
-        _wait_for(daemon.log, '"by": "SIGHUP')
+        _wait_for(daemon.log, '"event": "rules in force"', times=2)
     finally:
         assert daemon.stop() == 0
     with sqlite3.connect(daemon.database) as conn:
