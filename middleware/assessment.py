@@ -7,9 +7,12 @@ be looked at again. Decisions are appended, never overwritten.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -17,6 +20,7 @@ from middleware.domain import InstrumentMessage, Result
 from middleware.engine.context import PreviousResult, ResultContext
 from middleware.engine.decision import Action, Decision
 from middleware.engine.engine import Engine
+from middleware.engine.qc import LimitsProposal
 from middleware.store import repository as repo
 
 
@@ -133,19 +137,55 @@ def redecide_held(
 
 
 def rebuild(conn: Connection, engine: Engine, since: datetime) -> int:
-    """Bring a new engine's QC state up to what the database holds: replay the control and
-    patient results stored since ``since`` in the order they came, and reopen the
+    """Bring a new engine's QC state up to what the database holds: replay, in the order
+    they happened, the control and patient results stored since ``since``, the approvals of
+    the lab's own limits and the events that void QC or unlock a method; reopen the
     corrective actions still open. Returns how many control results were replayed."""
+    gate = engine.gate
+    happenings: list[tuple[datetime, int, Callable[[], object]]] = []
+    for limits in repo.approved_limits(conn):
+        proposal = LimitsProposal(
+            limits["instrument"],
+            limits["test_code"],
+            limits["lot"],
+            limits["mean"],
+            limits["sd"],
+            limits["results"],
+        )
+        happenings.append((limits["approved_at"], len(happenings), partial(gate.approve, proposal)))
+    for event in repo.qc_events_since(conn, since):
+        happenings.append((event["at"], len(happenings), partial(_replay_event, engine, event)))
     replayed = 0
     for result, control, stored_at in repo.measurements_since(conn, since):
         if control is None:
-            engine.gate.note_patient(result.instrument, result.test_code)
-            engine.lot_changes.observe(result)
+            happenings.append(
+                (stored_at, len(happenings), partial(_replay_patient, engine, result))
+            )
         else:
-            engine.record_control(control, stored_at)
+            happenings.append(
+                (
+                    stored_at,
+                    len(happenings),
+                    partial(engine.record_control, control, stored_at),
+                )
+            )
             replayed += 1
+    for _, _, happen in sorted(happenings, key=lambda h: (h[0], h[1])):
+        happen()
     for action in repo.open_corrective_actions(conn):
-        engine.gate.reopen_corrective_action(
+        gate.reopen_corrective_action(
             action["instrument"], action["test_code"], action["reason"], action["opened_at"]
         )
     return replayed
+
+
+def _replay_patient(engine: Engine, result: Result) -> None:
+    engine.gate.note_patient(result.instrument, result.test_code)
+    engine.lot_changes.observe(result)
+
+
+def _replay_event(engine: Engine, event: dict[str, Any]) -> None:
+    if event["kind"] == "unlock":
+        engine.gate.unlock(event["instrument"], event["test_code"])
+    else:
+        engine.gate.void(event["instrument"], event["test_code"], event["kind"], event["at"])

@@ -22,15 +22,18 @@ from drivers import DriverOptions
 from middleware.assessment import rebuild, redecide_held
 from middleware.astm.link import LinkSettings, Role
 from middleware.engine.engine import Engine
+from middleware.engine.qc import LimitsProposal
 from middleware.engine.rules import Rules, load_rules
 from middleware.engine.rules import diff as rules_diff
 from middleware.pipeline import ConnectionPipeline
 from middleware.settings import InstrumentConfig, Settings
 from middleware.store import Store
 from middleware.store.repository import (
+    approve_limits,
     audit,
     mark_corrective_action_closed,
     open_corrective_action_by_id,
+    record_qc_event,
     utcnow,
 )
 from middleware.transport.serial import SerialConnection, SerialSettings
@@ -190,15 +193,71 @@ class Daemon:
         log.info("rules in force", summary=rules.summary(), changed=bool(change), by=actor)
         return []
 
+    def _engine(self) -> tuple[Store, Engine]:
+        if self.store is None or self.engine is None:
+            raise LookupError("the rules engine is not running (no rules_dir)")
+        return self.store, self.engine
+
+    async def limits_proposals(self) -> list[LimitsProposal]:
+        store, engine = self._engine()
+        # Read in the writer's thread, where the engine's state changes.
+        return await store.write(lambda _conn: engine.gate.proposals())
+
+    async def approve_limits(self, instrument: str, test: str, lot: str, by: str) -> LimitsProposal:
+        """Q3: a biologist approves the lab's own mean and SD for a control lot."""
+        store, engine = self._engine()
+
+        def work(conn: Connection) -> LimitsProposal:
+            proposal = next(
+                (
+                    p
+                    for p in engine.gate.proposals()
+                    if (p.instrument, p.test, p.lot) == (instrument, test, lot)
+                ),
+                None,
+            )
+            if proposal is None:
+                raise LookupError(f"no limits proposed for lot {lot} of {test} on {instrument}")
+            now = utcnow()
+            approve_limits(
+                conn, instrument, test, lot, proposal.mean, proposal.sd, proposal.results, by, now
+            )
+            audit(
+                conn,
+                by,
+                "qc.limits.approve",
+                f"{instrument}/{test}/{lot}",
+                {"mean": str(proposal.mean), "sd": str(proposal.sd), "results": proposal.results},
+            )
+            engine.gate.approve(proposal)
+            return proposal
+
+        return await store.write(work)
+
+    async def record_qc_event(self, instrument: str, tests: list[str], kind: str, by: str) -> None:
+        """A calibration or maintenance voids the QC of these tests; ``unlock`` lifts a
+        method lock once the cause is fixed."""
+        store, engine = self._engine()
+
+        def work(conn: Connection) -> None:
+            now = utcnow()
+            for test in tests:
+                record_qc_event(conn, instrument, test, kind, now, by)
+                if kind == "unlock":
+                    engine.gate.unlock(instrument, test)
+                else:
+                    engine.gate.void(instrument, test, kind, now)
+            audit(conn, by, f"qc.{kind}", instrument, {"tests": tests})
+
+        await store.write(work)
+
     async def close_corrective_action(
         self, action_id: int, by: str, action_taken: str
     ) -> CorrectiveActionClosed:
         """Q9: a person closes a QC failure's corrective action, saying what was done; the
         QC re-run that closes it must be in control. Held results of the test are then
         decided again."""
-        if self.store is None or self.engine is None:
-            raise LookupError("the rules engine is not running (no rules_dir)")
-        engine = self.engine
+        store, engine = self._engine()
 
         def work(conn: Connection) -> CorrectiveActionClosed:
             now = utcnow()
@@ -216,7 +275,7 @@ class Daemon:
             released = redecide_held(conn, engine, instrument, test, now)
             return CorrectiveActionClosed(action_id, instrument, test, released)
 
-        return await self.store.write(work)
+        return await store.write(work)
 
     async def stop(self) -> None:
         for server in self.servers.values():

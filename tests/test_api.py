@@ -106,3 +106,66 @@ def test_rules_reload_and_corrective_action_over_the_api(tmp_path: Path) -> None
         audit = conn.execute("SELECT actor, action FROM audit_log ORDER BY id").fetchall()
         assert ("bob", "qc.corrective_action.close") in audit
         assert audit[0] == ("daemon start", "rules.load")
+
+
+def test_own_limits_approval_and_calibration_survive_a_restart(tmp_path: Path) -> None:
+    analyser_port, api_port = free_port(), free_port()
+    daemon = DaemonProcess(
+        tmp_path,
+        [{"name": "chem-1", "transport": "tcp-server", "host": "127.0.0.1", "port": analyser_port}],
+        rules_dir=str(ROOT / "rules"),
+        api={"host": "127.0.0.1", "port": api_port},
+    )
+    api = f"http://127.0.0.1:{api_port}/api"
+
+    async def analyser(*messages: list[bytes]) -> None:
+        peer = StreamPeer(*await connect(analyser_port))
+        for message in messages:
+            await send_message(peer, message)
+        await peer.close()
+
+    def patient(specimen: bytes) -> list[bytes]:
+        return [r.replace(b"S1", specimen) for r in PATIENT]
+
+    daemon.start()
+    try:
+        wait_until_listening(api_port)
+        runs = []
+        for i in range(20):  # 20 runs of both levels, a patient between runs
+            runs += [glucose_qc(f"5.{15 + i % 10}", f"15.{50 + i % 20}"), patient(b"R%d" % i)]
+        asyncio.run(analyser(*runs))
+        proposals = httpx.get(f"{api}/qc/proposals").json()
+        assert sorted(p["lot"] for p in proposals) == ["CC-45781", "CC-45782"]
+        assert all(p["results"] == 20 for p in proposals)
+        approve = {"instrument": "chem-1", "test": "GLU", "lot": "CC-45781", "by": "dr-lab"}
+        assert httpx.post(f"{api}/qc/proposals/approve", json=approve).status_code == 200
+        assert [p["lot"] for p in httpx.get(f"{api}/qc/proposals").json()] == ["CC-45782"]
+        assert httpx.post(f"{api}/qc/proposals/approve", json=approve).status_code == 404
+        event = {"instrument": "chem-1", "tests": ["GLU"], "kind": "calibration", "by": "tech"}
+        assert httpx.post(f"{api}/qc/events", json=event).status_code == 200
+        asyncio.run(analyser(patient(b"AFTER-CAL")))
+    finally:
+        assert daemon.stop() == 0
+    daemon.start()  # everything above must come back from the store
+    try:
+        wait_until_listening(api_port)
+        assert [p["lot"] for p in httpx.get(f"{api}/qc/proposals").json()] == ["CC-45782"]
+        asyncio.run(
+            analyser(patient(b"AFTER-RESTART"), glucose_qc("5.2", "15.6"), patient(b"AFTER-QC"))
+        )
+    finally:
+        assert daemon.stop() == 0
+    with sqlite3.connect(daemon.database) as conn:
+        history: dict[str, list[str]] = {}
+        for specimen, action, reasons in conn.execute(
+            "SELECT specimen_id, action, reasons FROM decisions ORDER BY id"
+        ):
+            history.setdefault(specimen, []).append(f"{action}:{reasons}")
+        evaluations = conn.execute(
+            "SELECT level, provisional FROM qc_evaluations ORDER BY id DESC LIMIT 2"
+        ).fetchall()
+    # held by the calibration, even after the restart, until the QC after it came
+    assert history["AFTER-CAL"] == ["hold:calibration", "release:"]
+    assert history["AFTER-RESTART"] == ["hold:calibration", "release:"]
+    assert history["AFTER-QC"] == ["release:"]
+    assert sorted(evaluations) == [("1", 0), ("2", 1)]  # level 1 now on the lab's own limits

@@ -29,12 +29,14 @@ from middleware.engine.decision import Decision
 from middleware.engine.qc import QcOutcome
 from middleware.store.schema import (
     audit_log,
+    control_limits,
     control_results,
     corrective_actions,
     decisions,
     messages,
     orders,
     qc_evaluations,
+    qc_events,
     qc_reviews,
     quarantine,
     raw_transmissions,
@@ -710,3 +712,54 @@ def mark_corrective_action_closed(
             closed_at=at, closed_by=by, action_taken=action_taken, closing_evaluation_id=closing
         )
     )
+
+
+def approve_limits(
+    conn: Connection,
+    instrument: str,
+    test_code: str,
+    lot: str,
+    mean: Decimal,
+    sd: Decimal,
+    results_count: int,
+    by: str,
+    at: datetime,
+) -> None:
+    conn.execute(
+        control_limits.insert(),
+        {
+            "instrument": instrument,
+            "test_code": test_code,
+            "lot": lot,
+            "mean": mean,
+            "sd": sd,
+            "results": results_count,
+            "approved_by": by,
+            "approved_at": at,
+        },
+    )
+
+
+def approved_limits(conn: Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(select(control_limits).order_by(control_limits.c.id))
+    return [dict(row._mapping) | {"approved_at": _utc(row.approved_at)} for row in rows]
+
+
+def record_qc_event(
+    conn: Connection, instrument: str, test_code: str, kind: str, at: datetime, by: str
+) -> None:
+    conn.execute(
+        qc_events.insert(),
+        {
+            "instrument": instrument,
+            "test_code": test_code,
+            "kind": kind,
+            "at": at,
+            "recorded_by": by,
+        },
+    )
+
+
+def qc_events_since(conn: Connection, since: datetime) -> list[dict[str, Any]]:
+    rows = conn.execute(select(qc_events).where(qc_events.c.at >= since).order_by(qc_events.c.id))
+    return [dict(row._mapping) | {"at": _utc(row.at)} for row in rows]

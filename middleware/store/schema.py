@@ -253,3 +253,37 @@ qc_reviews = Table(
     Column("reviewed_at", DateTime(timezone=True)),
     Column("reviewed_by", String(100)),
 )
+
+# Q3: the lab's own mean and SD for a control lot, once a biologist approved them.
+control_limits = Table(
+    "control_limits",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("instrument", String(100), nullable=False),
+    Column("test_code", String(60), nullable=False),
+    Column("lot", String(60), nullable=False),
+    Column("mean", Numeric(24, 8), nullable=False),
+    Column("sd", Numeric(24, 8), nullable=False),
+    Column("results", Integer, nullable=False),
+    Column("approved_by", String(100), nullable=False),
+    Column("approved_at", DateTime(timezone=True), nullable=False),
+)
+Index(
+    "ix_control_limits_lot",
+    control_limits.c.instrument,
+    control_limits.c.test_code,
+    control_limits.c.lot,
+)
+
+# Events after which a test's earlier QC no longer counts (calibration, maintenance).
+qc_events = Table(
+    "qc_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("instrument", String(100), nullable=False),
+    Column("test_code", String(60), nullable=False),
+    Column("kind", String(30), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("recorded_by", String(100), nullable=False),
+)
+Index("ix_qc_events_test", qc_events.c.instrument, qc_events.c.test_code)

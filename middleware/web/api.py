@@ -6,7 +6,7 @@ so it must not be exposed beyond the host until users and roles arrive.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
@@ -21,6 +21,18 @@ class Who(BaseModel):
 
 class Closing(Who):
     action_taken: str = Field(min_length=1, description="what was done about the failure")
+
+
+class Approval(Who):
+    instrument: str = Field(min_length=1)
+    test: str = Field(min_length=1)
+    lot: str = Field(min_length=1)
+
+
+class QcEvent(Who):
+    instrument: str = Field(min_length=1)
+    tests: list[str] = Field(min_length=1)
+    kind: Literal["calibration", "maintenance", "unlock"]
 
 
 def create_app(daemon: Daemon) -> FastAPI:
@@ -60,5 +72,43 @@ def create_app(daemon: Daemon) -> FastAPI:
             "test": closed.test,
             "released": closed.released,
         }
+
+    @app.get("/api/qc/proposals")
+    async def proposals() -> list[dict[str, Any]]:
+        """Q3: control lots with 20 results in 20 runs whose own limits await approval."""
+        try:
+            found = await daemon.limits_proposals()
+        except LookupError as exc:
+            raise HTTPException(status_code=404, detail=str(exc.args[0])) from None
+        return [
+            {
+                "instrument": p.instrument,
+                "test": p.test,
+                "lot": p.lot,
+                "mean": str(p.mean),
+                "sd": str(p.sd),
+                "results": p.results,
+            }
+            for p in found
+        ]
+
+    @app.post("/api/qc/proposals/approve")
+    async def approve(approval: Approval) -> dict[str, Any]:
+        try:
+            approved = await daemon.approve_limits(
+                approval.instrument, approval.test, approval.lot, approval.by
+            )
+        except LookupError as exc:
+            raise HTTPException(status_code=404, detail=str(exc.args[0])) from None
+        return {"approved": approval.lot, "mean": str(approved.mean), "sd": str(approved.sd)}
+
+    @app.post("/api/qc/events")
+    async def qc_event(event: QcEvent) -> dict[str, Any]:
+        """Calibration or maintenance (voids the tests' QC), or unlock (lifts a method lock)."""
+        try:
+            await daemon.record_qc_event(event.instrument, event.tests, event.kind, event.by)
+        except LookupError as exc:
+            raise HTTPException(status_code=404, detail=str(exc.args[0])) from None
+        return {"recorded": event.kind, "tests": event.tests}
 
     return app
