@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from middleware.domain import InstrumentMessage, Result
-from middleware.engine.context import PreviousResult, ResultContext
+from middleware.engine.context import PreviousResult, ResultContext, SampleCondition
 from middleware.engine.decision import Action, Decision
 from middleware.engine.engine import Engine
 from middleware.engine.qc import LimitsProposal
@@ -66,7 +66,11 @@ class _Lookups:
         ]
         previous = earlier[-1] if earlier else None
         specimen = patient = None
+        condition = SampleCondition()
         if reading is not None:
+            condition = SampleCondition.from_results(
+                r for r in reading.results if r.specimen_id == result.specimen_id
+            )
             specimen = next(
                 (s for s in reading.specimens if s.specimen_id == result.specimen_id), None
             )
@@ -77,6 +81,7 @@ class _Lookups:
             specimen=specimen,
             patient=patient,
             previous=PreviousResult(*previous) if previous else None,
+            condition=condition,
             other_patient_ids=self.patients_of.get(result.specimen_id, ()),
         )
 

@@ -250,3 +250,27 @@ def test_a_rolled_back_batch_leaves_the_engine_as_the_store_has_it(tmp_path: Pat
     assert held == once.gate._evaluator("chem-1").stored_results() > 0
     assert [f.code for f in engine.gate.findings("chem-1", "GLU", now)] == []
     store.close()
+
+
+async def test_haemolysis_index_reported_by_the_analyser_rejects_potassium(
+    line: tuple[Store, StreamPeer, ConnectionPipeline, Clock],
+) -> None:
+    store, peer, _, _ = line
+    for specimen, index in ((b"H1", b"80"), (b"H2", b"20")):
+        await send_message(
+            peer,
+            [
+                b"H|\\^&|||CHEM-1|||||||P|LIS2-A2",
+                b"P|1||PAT-" + specimen,
+                b"O|1|" + specimen + b"||^^^K\\^^^SI-H|R",
+                b"R|1|^^^K|5.9|mmol/L||N||F",
+                b"R|2|^^^SI-H|" + index + b"|||N||F",
+                b"L|1|N",
+            ],
+        )
+    rows = {(r["specimen_id"], r["test_code"]): r for r in store.read(repo.latest_decisions)}
+    haemolysed = rows[("H1", "K")]
+    assert haemolysed["action"] == "reject" and "haemolysed" in haemolysed["reasons"]
+    findings = json.loads(haemolysed["findings"])
+    assert any("index 80, limit 50" in f["message"] for f in findings)
+    assert "haemolysed" not in rows[("H2", "K")]["reasons"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -17,6 +18,12 @@ class PreviousResult:
     completed_at: datetime
 
 
+#: Laboratory codes of the serum indices an analyser reports as results of their own;
+#: a driver (or the instrument's test_map) maps the analyser's codes to these.
+HAEMOLYSIS_INDEX, ICTERUS_INDEX, LIPAEMIA_INDEX = "SI-H", "SI-I", "SI-L"
+SAMPLE_VOLUME = "SAMPLE-VOL"  # microlitres, where an analyser reports it
+
+
 @dataclass(frozen=True, slots=True)
 class SampleCondition:
     """What the analyser or the LIS reported about the tube."""
@@ -26,6 +33,17 @@ class SampleCondition:
     lipaemia: Decimal | None = None
     volume_ul: Decimal | None = None
     temperature: str = ""  # ambient, refrigerated, frozen; empty when unknown
+
+    @classmethod
+    def from_results(cls, results: Iterable[Result]) -> SampleCondition:
+        """The indices and volume a specimen's own results report."""
+        found = {r.test_code: r.value.number for r in results if r.value.is_numeric}
+        return cls(
+            haemolysis=found.get(HAEMOLYSIS_INDEX),
+            icterus=found.get(ICTERUS_INDEX),
+            lipaemia=found.get(LIPAEMIA_INDEX),
+            volume_ul=found.get(SAMPLE_VOLUME),
+        )
 
 
 @dataclass(frozen=True, slots=True)
