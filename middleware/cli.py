@@ -6,8 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import drivers
+
+if TYPE_CHECKING:
+    from middleware.settings import Settings
 
 
 def _decode(args: argparse.Namespace) -> int:
@@ -27,16 +31,25 @@ def _decode(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _settings(args: argparse.Namespace, command: str) -> Settings | None:
+    """The configuration named by --config (and the environment); None, said on stderr,
+    when it is refused."""
+    from middleware.settings import ConfigError, load_settings
+
+    try:
+        return load_settings(Path(args.config) if args.config else None)
+    except ConfigError as exc:
+        print(f"lis-middleware {command}: configuration refused:\n{exc}", file=sys.stderr)
+        return None
+
+
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from middleware.daemon import configure_logging, serve
-    from middleware.settings import ConfigError, load_settings
 
-    try:
-        settings = load_settings(Path(args.config) if args.config else None)
-    except ConfigError as exc:
-        print(f"lis-middleware run: configuration refused:\n{exc}", file=sys.stderr)
+    settings = _settings(args, "run")
+    if settings is None:
         return 2
     configure_logging(settings.log.level, settings.log.format)
     asyncio.run(serve(settings))
@@ -80,14 +93,11 @@ def _qc_evaluate(args: argparse.Namespace) -> int:
 def _reagents_trace(args: argparse.Namespace) -> int:
     import json
 
-    from middleware.settings import ConfigError, load_settings
     from middleware.store import Store
     from middleware.store.repository import results_with_lot
 
-    try:
-        settings = load_settings(Path(args.config) if args.config else None)
-    except ConfigError as exc:
-        print(f"lis-middleware reagents trace: configuration refused:\n{exc}", file=sys.stderr)
+    settings = _settings(args, "reagents trace")
+    if settings is None:
         return 2
     store = Store(settings.database)
     try:
