@@ -12,28 +12,10 @@ import httpx
 
 from tests.conftest import ROOT
 from tests.daemon import DaemonProcess, connect, free_port
+from tests.messages import patient, qc
 from tests.peer import StreamPeer, send_message
 
-
-def glucose_qc(level_1: str, level_2: str) -> list[bytes]:
-    return [
-        b"H|\\^&|||CHEM-1|||||||Q|LIS2-A2",
-        b"P|1",
-        b"O|1|CC-45781||^^^GLU|R",
-        b"R|1|^^^GLU|" + level_1.encode() + b"|mmol/L||N||F",
-        b"O|2|CC-45782||^^^GLU|R",
-        b"R|1|^^^GLU|" + level_2.encode() + b"|mmol/L||N||F",
-        b"L|1|N",
-    ]
-
-
-PATIENT = [
-    b"H|\\^&|||CHEM-1|||||||P|LIS2-A2",
-    b"P|1||PAT1",
-    b"O|1|S1||^^^GLU|R",
-    b"R|1|^^^GLU|5.0|mmol/L||N||F",
-    b"L|1|N",
-]
+PATIENT = patient("S1", "5.0")
 
 
 def wait_until_listening(port: int) -> None:
@@ -81,14 +63,14 @@ def test_rules_reload_and_corrective_action_over_the_api(tmp_path: Path) -> None
                 await send_message(peer, message)
             await peer.close()
 
-        asyncio.run(analyser(glucose_qc("5.2", "15.6"), glucose_qc("5.7", "15.6"), PATIENT))
+        asyncio.run(analyser(qc("5.2", "15.6"), qc("5.7", "15.6"), PATIENT))
         with sqlite3.connect(daemon.database) as conn:
             [(action_id,)] = conn.execute("SELECT id FROM corrective_actions").fetchall()
         close = f"{api}/corrective-actions/{action_id}/close"
         body = {"by": "bob", "action_taken": "new calibration"}
         early = httpx.post(close, json=body)
         assert early.status_code == 409 and "not in control again" in early.json()["detail"]
-        asyncio.run(analyser(glucose_qc("5.25", "15.5")))  # the re-run, in control
+        asyncio.run(analyser(qc("5.25", "15.5")))  # the re-run, in control
         closed = httpx.post(close, json=body)
         assert closed.status_code == 200, closed.text
         assert closed.json()["test"] == "GLU" and len(closed.json()["released"]) == 1
@@ -124,15 +106,12 @@ def test_own_limits_approval_and_calibration_survive_a_restart(tmp_path: Path) -
             await send_message(peer, message)
         await peer.close()
 
-    def patient(specimen: bytes) -> list[bytes]:
-        return [r.replace(b"S1", specimen) for r in PATIENT]
-
     daemon.start()
     try:
         wait_until_listening(api_port)
         runs = []
         for i in range(20):  # 20 runs of both levels, a patient between runs
-            runs += [glucose_qc(f"5.{15 + i % 10}", f"15.{50 + i % 20}"), patient(b"R%d" % i)]
+            runs += [qc(f"5.{15 + i % 10}", f"15.{50 + i % 20}"), patient(f"R{i}", "5.0")]
         asyncio.run(analyser(*runs))
         proposals = httpx.get(f"{api}/qc/proposals").json()
         assert sorted(p["lot"] for p in proposals) == ["CC-45781", "CC-45782"]
@@ -143,7 +122,7 @@ def test_own_limits_approval_and_calibration_survive_a_restart(tmp_path: Path) -
         assert httpx.post(f"{api}/qc/proposals/approve", json=approve).status_code == 404
         event = {"instrument": "chem-1", "tests": ["GLU"], "kind": "calibration", "by": "tech"}
         assert httpx.post(f"{api}/qc/events", json=event).status_code == 200
-        asyncio.run(analyser(patient(b"AFTER-CAL")))
+        asyncio.run(analyser(patient("AFTER-CAL", "5.0")))
     finally:
         assert daemon.stop() == 0
     daemon.start()  # everything above must come back from the store
@@ -151,7 +130,7 @@ def test_own_limits_approval_and_calibration_survive_a_restart(tmp_path: Path) -
         wait_until_listening(api_port)
         assert [p["lot"] for p in httpx.get(f"{api}/qc/proposals").json()] == ["CC-45782"]
         asyncio.run(
-            analyser(patient(b"AFTER-RESTART"), glucose_qc("5.2", "15.6"), patient(b"AFTER-QC"))
+            analyser(patient("AFTER-RESTART", "5.0"), qc("5.2", "15.6"), patient("AFTER-QC", "5.0"))
         )
     finally:
         assert daemon.stop() == 0

@@ -22,6 +22,7 @@ from middleware.store import repository as repo
 from middleware.store.schema import corrective_actions, qc_evaluations, qc_reviews
 from middleware.transport.tcp import TcpServer
 from tests.conftest import ROOT
+from tests.messages import patient, qc
 from tests.peer import StreamPeer, send_message
 
 
@@ -31,28 +32,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-def patient(specimen: str, value: str, patient_id: str = "PAT1") -> list[bytes]:
-    return [
-        b"H|\\^&|||CHEM-1|||||||P|LIS2-A2",
-        b"P|1||" + patient_id.encode(),
-        b"O|1|" + specimen.encode() + b"||^^^GLU|R",
-        b"R|1|^^^GLU|" + value.encode() + b"|mmol/L||N||F",
-        b"L|1|N",
-    ]
-
-
-def qc(level_1: str, level_2: str) -> list[bytes]:
-    return [
-        b"H|\\^&|||CHEM-1|||||||Q|LIS2-A2",
-        b"P|1",
-        b"O|1|CC-45781||^^^GLU|R",
-        b"R|1|^^^GLU|" + level_1.encode() + b"|mmol/L||N||F",
-        b"O|2|CC-45782||^^^GLU|R",
-        b"R|1|^^^GLU|" + level_2.encode() + b"|mmol/L||N||F",
-        b"L|1|N",
-    ]
 
 
 @pytest.fixture

@@ -1,0 +1,29 @@
+"""Messages a chemistry analyser sends, for the tests of the engine inside ingest.
+
+The control lots are those of the chemistry control in rules/qc.yaml."""
+
+from __future__ import annotations
+
+
+def patient(specimen: str, value: str, patient_id: str = "PAT1") -> list[bytes]:
+    """One glucose result of a patient."""
+    return [
+        b"H|\\^&|||CHEM-1|||||||P|LIS2-A2",
+        b"P|1||" + patient_id.encode(),
+        b"O|1|" + specimen.encode() + b"||^^^GLU|R",
+        b"R|1|^^^GLU|" + value.encode() + b"|mmol/L||N||F",
+        b"L|1|N",
+    ]
+
+
+def qc(level_1: str, level_2: str) -> list[bytes]:
+    """A QC message (H.12 = Q): both glucose control levels, the sample id being the lot."""
+    return [
+        b"H|\\^&|||CHEM-1|||||||Q|LIS2-A2",
+        b"P|1",
+        b"O|1|CC-45781||^^^GLU|R",
+        b"R|1|^^^GLU|" + level_1.encode() + b"|mmol/L||N||F",
+        b"O|2|CC-45782||^^^GLU|R",
+        b"R|1|^^^GLU|" + level_2.encode() + b"|mmol/L||N||F",
+        b"L|1|N",
+    ]
