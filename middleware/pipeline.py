@@ -98,15 +98,28 @@ class ConnectionPipeline:
         if not self._lines:
             return
         lines, self._lines = self._lines, []
-        delivery = Delivery(
+        await self._keep(self._delivery(channel, lines, problems=[reason]))
+
+    def _delivery(
+        self,
+        channel: LinkChannel,
+        lines: list[str],
+        *,
+        problems: list[str],
+        record_count: int = 0,
+        reading: InstrumentMessage | None = None,
+    ) -> Delivery:
+        """What this connection received since the last delivery, with its bytes."""
+        return Delivery(
             connection=channel.name,
             instrument=self.instrument,
             raw=channel.take_received(),
             received_at=self._started_at or self.clock(),
             text="\r".join(lines),
-            problems=[reason],
+            record_count=record_count,
+            reading=reading,
+            problems=problems,
         )
-        await self._keep(delivery)
 
     async def _complete(self, channel: LinkChannel) -> None:
         lines, self._lines = self._lines, []
@@ -121,15 +134,8 @@ class ConnectionPipeline:
                 problems.append(f"driver {self.driver.name} failed: {exc!r}")
         else:
             problems.append("no record could be read")
-        delivery = Delivery(
-            connection=channel.name,
-            instrument=self.instrument,
-            raw=channel.take_received(),
-            received_at=self._started_at or self.clock(),
-            text="\r".join(lines),
-            record_count=len(decoded.records),
-            reading=reading,
-            problems=problems,
+        delivery = self._delivery(
+            channel, lines, problems=problems, record_count=len(decoded.records), reading=reading
         )
         stored = await self._keep(delivery)
         if reading is not None and reading.queries and not stored.duplicate:
