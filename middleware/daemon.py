@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -36,6 +36,13 @@ from middleware.store.repository import (
     record_qc_event,
     utcnow,
 )
+from middleware.transport.channel import (
+    ChannelEvent,
+    ConnectionClosed,
+    EventHandler,
+    LinkChannel,
+)
+from middleware.transport.reconnect import Backoff
 from middleware.transport.serial import SerialConnection, SerialSettings
 from middleware.transport.tcp import TcpClient, TcpServer
 from middleware.yamlfile import FileError
@@ -80,8 +87,8 @@ def link_settings(config: InstrumentConfig, driver: drivers.Driver) -> LinkSetti
     changes: dict[str, Any] = {
         "role": Role.HOST,
         "tolerances": config.tolerances.over(settings.tolerances),
-        # Persist before acknowledging: the frame ending a message waits for the store.
-        "defer_final_ack": True,
+        "max_frame_bytes": config.max_frame_bytes,
+        "max_message_bytes": config.max_message_bytes,
     }
     if config.reply_timeout is not None:
         changes["reply_timeout"] = config.reply_timeout
@@ -106,8 +113,13 @@ class Daemon:
         self.engine: Engine | None = None
         self.store: Store | None = None
         self.servers: dict[str, TcpServer] = {}
-        self.pipelines: dict[str, ConnectionPipeline] = {}
+        self.connections: dict[str, dict[LinkChannel, ConnectionPipeline]] = {}
+        """Per instrument, its live connections, each with its own pipeline."""
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def pipelines(self) -> dict[str, list[ConnectionPipeline]]:
+        return {name: list(live.values()) for name, live in self.connections.items()}
 
     async def start(self) -> None:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -118,37 +130,73 @@ class Daemon:
         for config in self.settings.instruments:
             if config.enabled:
                 await self._start_instrument(config, self.store)
-        log.info("daemon running", instruments=len(self.pipelines))
+        log.info("daemon running", instruments=len(self.connections))
 
-    async def _start_instrument(self, config: InstrumentConfig, store: Store) -> None:
+    def _driver(self, config: InstrumentConfig) -> drivers.Driver:
         options = DriverOptions(
             test_map=dict(config.test_map), control_pattern=config.control_pattern
         )
-        driver = drivers.get(config.driver, options, config.name)
+        return drivers.get(config.driver, options, config.name)
+
+    def _attach(self, config: InstrumentConfig, store: Store, channel: LinkChannel) -> None:
+        """A new connection gets a pipeline of its own; nothing of another connection,
+        of this instrument or any other, is ever visible to it."""
+        live = self.connections.setdefault(config.name, {})
+        if config.connections == "newest":
+            for older in list(live):
+                # The analyser came back while its old socket looked open: the old one is
+                # closed, and what it left unfinished is kept as quarantined.
+                older.log.warning("replaced by a newer connection of the instrument")
+                older.close()
         pipeline = ConnectionPipeline(
             config.name,
-            driver,
+            self._driver(config),
             store,
             encoding=config.encoding,
             engine=self.engine,
             timezone=ZoneInfo(config.timezone) if config.timezone else None,
+            max_message_bytes=config.max_message_bytes,
         )
-        self.pipelines[config.name] = pipeline
-        settings = link_settings(config, driver)
+        channel.handler = self._forget_when_closed(config.name, channel, pipeline)
+        live[channel] = pipeline
+
+    def _forget_when_closed(
+        self, name: str, channel: LinkChannel, pipeline: ConnectionPipeline
+    ) -> EventHandler:
+        async def handler(ch: LinkChannel, event: ChannelEvent) -> None:
+            try:
+                await pipeline(ch, event)
+            finally:
+                if isinstance(event, ConnectionClosed):
+                    self.connections.get(name, {}).pop(channel, None)
+
+        return handler
+
+    async def _start_instrument(self, config: InstrumentConfig, store: Store) -> None:
+        settings = link_settings(config, self._driver(config))
+
+        def attach(channel: LinkChannel) -> None:
+            self._attach(config, store, channel)
+
+        self.connections.setdefault(config.name, {})
         if config.transport == "tcp-server":
             assert config.port is not None
-            server = TcpServer(config.host, config.port, settings, pipeline, name=config.name)
+            server = TcpServer(
+                config.host, config.port, settings, name=config.name, on_connect=attach
+            )
             await server.start()
             self.servers[config.name] = server
         elif config.transport == "tcp-client":
             assert config.port is not None
-            client = TcpClient(config.host, config.port, settings, pipeline, name=config.name)
-            self._tasks.append(asyncio.create_task(client.run()))
+            client = TcpClient(
+                config.host, config.port, settings, name=config.name, on_connect=attach
+            )
+            self._tasks.append(asyncio.create_task(_keep_running(config.name, client.run)))
         else:
             assert config.serial is not None
             line = SerialSettings(**config.serial.model_dump())
-            serial = SerialConnection(line, settings, pipeline, name=config.name)
-            self._tasks.append(asyncio.create_task(serial.run()))
+            serial = SerialConnection(line, settings, name=config.name, on_connect=attach)
+            self._tasks.append(asyncio.create_task(_keep_running(config.name, serial.run)))
         log.info(
             "instrument configured",
             instrument=config.name,
@@ -288,6 +336,26 @@ class Daemon:
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
         log.info("daemon stopped")
+
+
+async def _keep_running(
+    name: str, run: Callable[[], Awaitable[None]], backoff: Backoff | None = None
+) -> None:
+    """An instrument's connection task must not stop silently: whatever ends it is
+    logged, and it starts again after a growing delay."""
+    next_delay = (backoff or Backoff()).delays()
+    while True:
+        try:
+            await run()
+            reason = "ended"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("instrument task failed", instrument=name)
+            reason = repr(exc)
+        delay = next_delay()
+        log.error("instrument task restarts", instrument=name, reason=reason, retry_in=delay)
+        await asyncio.sleep(delay)
 
 
 def _safe_url(url: str) -> str:

@@ -1,10 +1,16 @@
 """Ingest, per connection: link events -> message -> records -> driver -> store.
 
-The pipeline is the link channel's event handler. The channel awaits it before replying
-to a frame that ends a record, and the pipeline returns from the frame that ends a
-message (its L record) only once the raw bytes and what the driver read are committed:
-no ACK ever precedes its commit. What cannot be read or mapped goes to quarantine with the
-reason, and the connection carries on.
+One pipeline serves one connection and nothing else: the message being assembled, the
+driver's reading and the bytes not yet stored belong to that connection alone, so two
+connections of one instrument can never mix their records.
+
+The channel awaits the pipeline on every text the link receives and answers the frame by
+the outcome: the frame that ends a message (its L record) is acknowledged only once the
+raw bytes and what the driver read are committed. When that commit fails, the pipeline's
+state is left as it was before the frame, so the analyser's repeat of it completes the
+same whole message. Every byte received is kept in exactly one raw row, with what became
+of it: a message, a duplicate, a quarantine (a transfer that ended unfinished, frames
+refused, what could not be read or mapped), control characters between transfers, noise.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from sqlalchemy import Connection
 
 from drivers import Driver
 from middleware.assessment import assess_message
+from middleware.astm.frames import ACK, ENQ, EOT, NAK
 from middleware.astm.link import (
-    Event,
     FrameRejected,
     TextReceived,
     TimedOut,
@@ -31,14 +37,52 @@ from middleware.astm.records import decode_message, encode_record, split_records
 from middleware.domain import InstrumentMessage
 from middleware.engine.engine import Engine
 from middleware.store import Store
-from middleware.store.repository import Delivery, Stored, orders_for, store_delivery, utcnow
-from middleware.transport.channel import LinkChannel, SendError
+from middleware.store.repository import (
+    Delivery,
+    RawSpan,
+    Stored,
+    keep_raw,
+    orders_for,
+    settle,
+    store_delivery,
+    utcnow,
+)
+from middleware.transport.channel import (
+    BytesPiling,
+    ChannelEvent,
+    ConnectionClosed,
+    LinkChannel,
+    SendError,
+)
+from middleware.transport.received import Span
 
 log = structlog.get_logger("middleware.pipeline")
+
+#: Bytes that carry no data between transfers: what a closing EOT and a refused ENQ leave.
+_CONTROL = frozenset({ACK, ENQ, EOT, NAK})
 
 
 def _record_type(line: str) -> str:
     return line[:1].upper()
+
+
+#: Raw bytes with their outcome, or an unfinished transfer whose write failed.
+Pending = tuple[RawSpan, str] | Delivery
+
+
+def _write_pending(
+    conn: Connection, pending: list[Pending], settled: list[int], now: datetime
+) -> None:
+    for item in pending:
+        if isinstance(item, Delivery):
+            store_delivery(conn, item)
+        else:
+            keep_raw(conn, *item)
+    settle(conn, settled, now)
+
+
+class MessageTooLong(Exception):
+    """The message grew past the connection's bound: its frame is refused."""
 
 
 class ConnectionPipeline:
@@ -54,104 +98,195 @@ class ConnectionPipeline:
         clock: Callable[[], datetime] = utcnow,
         engine: Engine | None = None,
         timezone: tzinfo | None = None,
+        max_message_bytes: int = 8 << 20,
     ) -> None:
         self.instrument = instrument
         self.driver = driver
         self.store = store
         self.engine = engine
+        """Decides about every result in the transaction that stores it; None: store only."""
         # Analysers send wall-clock times without a zone: the site's local time by default.
         self.timezone = timezone or datetime.now().astimezone().tzinfo or UTC
-        """Decides about every result in the transaction that stores it; None: store only."""
         self.encoding = encoding
         self.clock = clock
+        self.max_message_bytes = max_message_bytes
         self.log = log.bind(instrument=instrument)
+        self.channel: LinkChannel | None = None
+        self.kept = 0
+        """Messages and quarantines stored so far (for tests and status)."""
+        self.last: Stored | None = None
         self._lines: list[str] = []
+        self._size = 0
         self._started_at: datetime | None = None
+        self._rejections: list[str] = []
+        self._acknowledged: list[int] = []
+        """Messages we ACKed; settled once the analyser shows it had the ACK."""
+        self._last_ack_at = 0.0
+        self._pending: list[Pending] = []
+        """What waits for the next write: a transfer's EOT needs no commit of its own."""
         self._answers: list[list[bytes]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self.stored: list[Stored] = []
 
-    async def __call__(self, channel: LinkChannel, event: Event) -> None:
+    async def __call__(self, channel: LinkChannel, event: ChannelEvent) -> None:
+        if self.channel is None:
+            self.channel = channel
+            self.log = self.log.bind(connection=channel.name, connection_id=channel.id)
+        elif channel is not self.channel:
+            raise RuntimeError("a pipeline serves one connection only")
         if isinstance(event, TextReceived):
-            await self._text(channel, event.text)
+            await self._text(channel, event)
         elif isinstance(event, TransferStarted):
+            # What came before this ENQ (the previous transfer's EOT, noise, or a transfer
+            # the analyser abandoned by sending ENQ again) is kept apart from what follows.
+            await self._end_of_transfer(
+                channel, event.start, "a new transfer began before the L record"
+            )
             self._started_at = self.clock()
         elif isinstance(event, TransferEnded):
-            await self._unfinished(channel, "transfer ended before the message's L record")
+            # An EOT that follows our ACK within the analyser's reply timer shows it had
+            # the ACK; a later one may be the analyser giving up on an ACK it never saw.
+            prompt = channel.clock() - self._last_ack_at < channel.link.settings.reply_timeout
+            await self._end_of_transfer(
+                channel, event.end, "transfer ended before the message's L record", settled=prompt
+            )
             self._send_answers(channel)
         elif isinstance(event, TimedOut) and event.phase == "frame":
-            await self._unfinished(channel, f"link timed out: {event.detail}")
+            await self._end_of_transfer(channel, event.end, f"link timed out: {event.detail}")
         elif isinstance(event, FrameRejected):
+            self._rejections.append(f"{event.kind}: {event.detail}")
             self.log.warning("frame refused", kind=event.kind, detail=event.detail,
                              offset=event.offset)  # fmt: skip
+        elif isinstance(event, ConnectionClosed):
+            reason = f"connection ended before the L record ({event.reason})"
+            await self._end_of_transfer(channel, event.end, reason, at_close=True)
+        elif isinstance(event, BytesPiling):
+            self._cut(channel, event.end, "partial" if self._started_at else "noise")
+            self._flush_soon()
 
-    async def _text(self, channel: LinkChannel, text: bytes) -> None:
-        lines = split_records(text.decode(self.encoding, errors="replace"))
-        for line in lines:
-            if _record_type(line) == "H" and self._lines:
-                await self._unfinished(channel, "a new H record began before the L record")
-            self._lines.append(line)
+    # --- messages ---------------------------------------------------------------------------
+
+    async def _text(self, channel: LinkChannel, event: TextReceived) -> None:
+        """Take one text; raise when it could not be kept (the link then refuses it), and
+        leave the state as it was, so that its repeat is taken the same way."""
+        lines = list(self._lines)
+        size = self._size
+        for line in split_records(event.text.decode(self.encoding, errors="replace")):
+            if _record_type(line) == "H" and lines:
+                reason = "a new H record began before the L record"
+                await self._keep_unfinished(channel, lines, reason, event.start)
+                lines, size = [], 0
+                self._lines, self._size = [], 0
+            size += len(line) + 1
+            if size > self.max_message_bytes:
+                raise MessageTooLong(f"message longer than {self.max_message_bytes} bytes")
+            lines.append(line)
             if _record_type(line) == "L":
-                await self._complete(channel)
+                await self._complete(channel, lines, event.end)
+                lines, size = [], 0
+                self._lines, self._size = [], 0
+        self._lines, self._size = lines, size
 
-    async def _unfinished(self, channel: LinkChannel, reason: str) -> None:
-        if not self._lines:
-            return
-        lines, self._lines = self._lines, []
-        await self._keep(self._delivery(channel, lines, problems=[reason]))
-
-    def _delivery(
-        self,
-        channel: LinkChannel,
-        lines: list[str],
-        *,
-        problems: list[str],
-        record_count: int = 0,
-        reading: InstrumentMessage | None = None,
-    ) -> Delivery:
-        """What this connection received since the last delivery, with its bytes."""
-        return Delivery(
-            connection=channel.name,
-            instrument=self.instrument,
-            raw=channel.take_received(),
-            received_at=self._started_at or self.clock(),
-            text="\r".join(lines),
-            record_count=record_count,
-            reading=reading,
-            problems=problems,
-        )
-
-    async def _complete(self, channel: LinkChannel) -> None:
-        lines, self._lines = self._lines, []
+    async def _complete(self, channel: LinkChannel, lines: list[str], end: int) -> None:
         decoded = decode_message(lines)
         problems = [str(e) for e in decoded.errors]
+        notes: list[str] = []
+        if _record_type(lines[0]) != "H":
+            missing = "the message does not begin with an H record"
+            if self.driver.headerless_messages:
+                notes.append(f"{missing} (taken: the {self.driver.name} driver allows it)")
+            else:
+                problems.append(missing)
         reading: InstrumentMessage | None = None
-        if decoded.records:
+        if any("\x00" in line for line in lines):
+            # Kept raw; no text column (on PostgreSQL) can hold a NUL.
+            problems.append("NUL characters in the message text")
+            lines = [line.replace("\x00", "\ufffd") for line in lines]
+        elif decoded.records:
             try:
                 reading = self.driver.read(decoded.records).in_timezone(self.timezone)
             except Exception as exc:  # a driver must never take the connection down
                 self.log.exception("driver failed")
                 problems.append(f"driver {self.driver.name} failed: {exc!r}")
-        else:
+        if not decoded.records:
             problems.append("no record could be read")
         delivery = self._delivery(
-            channel, lines, problems=problems, record_count=len(decoded.records), reading=reading
+            channel,
+            lines,
+            end,
+            problems=problems,
+            notes=notes,
+            record_count=len(decoded.records),
+            reading=reading,
         )
-        stored = await self._keep(delivery)
+        stored = await self._keep(channel, delivery, end)
+        if stored.message_id is not None:
+            self._acknowledged.append(stored.message_id)
+            self._last_ack_at = channel.clock()
         if reading is not None and reading.queries and not stored.duplicate:
             await self._prepare_answers(reading)
 
-    async def _keep(self, delivery: Delivery) -> Stored:
+    async def _keep_unfinished(
+        self, channel: LinkChannel, lines: list[str], reason: str, end: int
+    ) -> None:
+        await self._keep(channel, self._delivery(channel, lines, end, problems=[reason]), end)
+
+    def _delivery(
+        self,
+        channel: LinkChannel,
+        lines: list[str],
+        end: int,
+        *,
+        problems: list[str],
+        notes: list[str] | None = None,
+        record_count: int = 0,
+        reading: InstrumentMessage | None = None,
+    ) -> Delivery:
+        span = self._span(channel, channel.received.peek(end, self.clock()))
+        return Delivery(
+            connection=channel.name,
+            instrument=self.instrument,
+            raw=span.data,
+            received_at=self._started_at or span.received_at,
+            text="\r".join(lines),
+            record_count=record_count,
+            reading=reading,
+            problems=problems,
+            notes=notes or [],
+            span=span,
+        )
+
+    def _span(self, channel: LinkChannel, span: Span) -> RawSpan:
+        return RawSpan(
+            connection=channel.name,
+            connection_id=channel.id,
+            instrument=self.instrument,
+            stream_offset=span.start,
+            data=span.data,
+            received_at=span.first_at,
+            last_received_at=span.last_at,
+        )
+
+    async def _keep(self, channel: LinkChannel, delivery: Delivery, end: int) -> Stored:
+        """Store a delivery with the raw rows waiting before it and the messages the
+        analyser has shown it received; nothing changes here unless that commits."""
         engine = self.engine
+        pending = list(self._pending)
+        settled = list(self._acknowledged)
+        now = self.clock()
 
         def work(conn: Connection) -> Stored:
+            _write_pending(conn, pending, settled, now)
             stored = store_delivery(conn, delivery)
             if engine is not None and delivery.reading is not None and not stored.duplicate:
-                assess_message(conn, engine, stored, delivery.reading, self.clock())
+                assess_message(conn, engine, stored, delivery.reading, now)
             return stored
 
         stored = await self.store.write(work)
-        self.stored.append(stored)
+        channel.received.release(end)
+        self._written(pending, settled)
+        self._rejections.clear()
+        self.kept += 1
+        self.last = stored
         self.log.info(
             "message kept",
             message_id=stored.message_id,
@@ -163,6 +298,93 @@ class ConnectionPipeline:
             problems=delivery.problems or None,
         )
         return stored
+
+    # --- what is not a message --------------------------------------------------------------
+
+    async def _end_of_transfer(
+        self,
+        channel: LinkChannel,
+        end: int,
+        reason: str,
+        *,
+        settled: bool = False,
+        at_close: bool = False,
+    ) -> None:
+        """The transfer is over: what it left unfinished is stored now, with its bytes."""
+        lines, self._lines, self._size = self._lines, [], 0
+        rejections, self._rejections = self._rejections, []
+        if rejections and not lines:
+            reason = f"frames refused ({'; '.join(dict.fromkeys(rejections))})"
+        if lines or rejections:
+            delivery = self._delivery(channel, lines, end, problems=[reason])
+            try:
+                await self._keep(channel, delivery, end)
+            except Exception as exc:
+                # Not lost: it waits, bytes and all, for the next write that succeeds.
+                self.log.error("unfinished transfer not stored yet", error=repr(exc))
+                channel.received.release(end)
+                self._pending.append(delivery)
+        else:
+            self._cut(channel, end, "control")
+        if not settled:
+            # Without its EOT we cannot know the analyser had our last ACK.
+            self._acknowledged.clear()
+        self._started_at = None
+        if at_close:
+            await self._flush()
+        else:
+            self._flush_soon()
+
+    def _cut(self, channel: LinkChannel, end: int, outcome: str) -> None:
+        """The bytes up to ``end`` that belong to no message wait for the next write."""
+        if end <= channel.received.base:
+            return
+        span = self._span(channel, channel.received.take(end, self.clock()))
+        if outcome == "control" and not set(span.data) <= _CONTROL:
+            outcome = "noise"
+        self._pending.append((span, outcome))
+
+    def _flush_soon(self) -> None:
+        """Write what waits, queued now (before any later write of this connection), but
+        without holding the link for it; what fails waits for the next write."""
+        if not self._pending and not self._acknowledged:
+            return
+        pending, settled, now = list(self._pending), list(self._acknowledged), self.clock()
+        self._written(pending, settled)
+
+        def done(future: asyncio.Future[None]) -> None:
+            error = None if future.cancelled() else future.exception()
+            if future.cancelled() or error is not None:
+                self.log.error("raw bytes not stored yet; kept for the next write",
+                               error=repr(error))  # fmt: skip
+                self._pending[:0] = pending
+                self._acknowledged[:0] = settled
+
+        future = self.store.write_soon(
+            functools.partial(_write_pending, pending=pending, settled=settled, now=now)
+        )
+        future.add_done_callback(done)
+
+    async def _flush(self) -> None:
+        if not self._pending and not self._acknowledged:
+            return
+        pending, settled, now = list(self._pending), list(self._acknowledged), self.clock()
+        try:
+            await self.store.write(
+                functools.partial(_write_pending, pending=pending, settled=settled, now=now)
+            )
+        except Exception as exc:
+            self.log.error("what the connection left was not stored",
+                           error=repr(exc), rows=len(pending))  # fmt: skip
+            return
+        self._written(pending, settled)
+
+    def _written(self, pending: list[Pending], settled: list[int]) -> None:
+        done = {id(item) for item in pending}
+        self._pending = [item for item in self._pending if id(item) not in done]
+        self._acknowledged = [m for m in self._acknowledged if m not in settled]
+
+    # --- host queries -----------------------------------------------------------------------
 
     async def _prepare_answers(self, reading: InstrumentMessage) -> None:
         for query in reading.queries:

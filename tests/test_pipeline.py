@@ -39,7 +39,7 @@ class BrokenDriver(Driver):
 async def setup(tmp_path: Path) -> AsyncIterator[tuple[Store, StreamPeer, ConnectionPipeline]]:
     store = Store(f"sqlite:///{tmp_path / 'm.db'}")
     pipeline = ConnectionPipeline("an1", drivers.get("generic"), store)
-    settings = LinkSettings(defer_final_ack=True, frame_timeout=0.3)
+    settings = LinkSettings(frame_timeout=0.3)
     server = TcpServer("127.0.0.1", 0, settings, pipeline, name="an1")
     await server.start()
     peer = StreamPeer(*await asyncio.open_connection("127.0.0.1", server.bound_port))
@@ -51,10 +51,10 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[Store, StreamPeer, Connec
 
 async def settle(pipeline: ConnectionPipeline, count: int) -> None:
     for _ in range(200):
-        if len(pipeline.stored) >= count:
+        if pipeline.kept >= count:
             return
         await asyncio.sleep(0.01)
-    raise AssertionError(f"{len(pipeline.stored)} of {count} deliveries kept")
+    raise AssertionError(f"{pipeline.kept} of {count} deliveries kept")
 
 
 async def test_message_is_stored(setup: tuple[Store, StreamPeer, ConnectionPipeline]) -> None:
@@ -128,7 +128,7 @@ async def test_host_query_is_answered_from_the_orders(
 async def test_a_failing_driver_quarantines_and_the_line_goes_on(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'm.db'}")
     pipeline = ConnectionPipeline("an1", BrokenDriver(), store)
-    server = TcpServer("127.0.0.1", 0, LinkSettings(defer_final_ack=True), pipeline)
+    server = TcpServer("127.0.0.1", 0, LinkSettings(), pipeline)
     async with server:
         peer = StreamPeer(*await asyncio.open_connection("127.0.0.1", server.bound_port))
         await send_message(peer, MESSAGE)

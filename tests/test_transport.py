@@ -142,7 +142,7 @@ async def test_final_ack_waits_for_the_handler_and_a_failure_is_naked() -> None:
                 raise RuntimeError("store unavailable")
             await release.wait()
 
-    server = TcpServer("127.0.0.1", 0, LinkSettings(defer_final_ack=True), handler)
+    server = TcpServer("127.0.0.1", 0, LinkSettings(), handler)
     async with server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.bound_port)
         peer = StreamPeer(reader, writer)

@@ -8,6 +8,19 @@ time, writes out :meth:`Link.data_to_send`, handles :meth:`Link.next_event`, and
 
 Phases follow the standard: neutral, establishment (ENQ answered by ACK, or NAK when
 busy), transfer (frames answered by ACK, NAK or EOT for an interrupt), termination (EOT).
+
+**No acknowledgement before a durable commit.** A frame that ends a message (ETX) is never
+answered on arrival: the link delivers its text in a :class:`TextReceived` event and waits,
+reading nothing more, until the shell reports the outcome of keeping it. On
+:meth:`Link.acknowledge` (the text is durable) it answers ACK; on :meth:`Link.refuse` (it is
+not) it answers NAK and keeps the text of the message's earlier ETB frames, so the sender's
+repeat of the final frame completes the same whole message. There is no way to turn this
+off: it is what lets an analyser trust our ACK.
+
+Every event that concerns received bytes carries the stream offset where they end, so the
+shell can account for each byte (the raw bytes of a message are the bytes up to the end of
+its final frame). Input is bounded: a frame longer than ``max_frame_bytes`` or a message
+longer than ``max_message_bytes`` is NAKed, and scanning is linear in the bytes received.
 """
 
 from __future__ import annotations
@@ -35,10 +48,13 @@ from middleware.astm.frames import (
     check_frame,
 )
 
-#: A frame body longer than this without ETB/ETX is garbage, not a frame.
-_MAX_BODY = 1 << 20
-#: What ends a frame body: ETB/ETX, or STX/EOT when the sender abandoned it.
-_FRAME_END = re.compile(b"[" + re.escape(bytes((STX, ETX, EOT, ETB))) + b"]")
+#: What ends a frame body: ETB/ETX, or STX/EOT/ENQ when the sender abandoned it.
+_FRAME_END = re.compile(b"[" + re.escape(bytes((STX, ETX, EOT, ENQ, ETB))) + b"]")
+#: What means something between frames: the next frame, EOT or ENQ.
+_BETWEEN_FRAMES = re.compile(b"[" + re.escape(bytes((STX, EOT, ENQ))) + b"]")
+#: Consumed bytes are dropped from the receive buffer in slices at least this large, so
+#: that taking bytes off its front costs nothing per byte.
+_COMPACT = 1 << 16
 
 
 class Role(enum.Enum):
@@ -53,7 +69,7 @@ class State(enum.Enum):
     ESTABLISHING = "establishing"  # we sent ENQ and wait for the reply
     SENDING = "sending"  # we sent a frame and wait for the reply
     RECEIVING = "receiving"  # the peer owns the link; we wait for frames or EOT
-    AWAITING_DECISION = "awaiting_decision"  # a final frame is in; the shell decides ACK/EOT
+    AWAITING_DECISION = "awaiting_decision"  # a final frame is in; waiting for the commit
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +86,10 @@ class LinkSettings:
     interrupt_holdoff: float = 15.0
     max_text: int = MAX_TEXT
     tolerances: FrameTolerances = field(default_factory=FrameTolerances)
-    defer_final_ack: bool = False
-    """Hold the reply to each final (ETX) frame until the shell calls acknowledge()."""
+    max_frame_bytes: int = 1 << 20
+    """A frame still without ETB/ETX after this many bytes is NAKed and discarded."""
+    max_message_bytes: int = 8 << 20
+    """A message (the text of ETB frames up to ETX) growing past this is NAKed."""
 
 
 # --- events -----------------------------------------------------------------------------
@@ -79,19 +97,29 @@ class LinkSettings:
 
 @dataclass(frozen=True, slots=True)
 class TransferStarted:
-    """The peer's ENQ was accepted; frames follow."""
+    """The peer's ENQ was accepted; frames follow. ``start`` is the ENQ's stream offset."""
+
+    start: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class TextReceived:
-    """A frame group ending in ETX arrived whole: normally one record, CR included."""
+    """A frame group ending in ETX arrived whole: normally one record, CR included.
+
+    It asks for a commit: the final frame is answered only once the shell calls
+    :meth:`Link.acknowledge` or :meth:`Link.refuse`. ``start`` is the stream offset of
+    its first frame, ``end`` the offset just past its final frame."""
 
     text: bytes
+    end: int = field(default=0, compare=False)
+    start: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class TransferEnded:
-    """The peer sent EOT: the link is neutral again."""
+    """The peer sent EOT: the link is neutral again. ``end`` is the offset past the EOT."""
+
+    end: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +140,12 @@ class DuplicateFrame:
 
 @dataclass(frozen=True, slots=True)
 class TimedOut:
-    """A timer expired; the link went back to neutral. ``phase`` names what was awaited."""
+    """A timer expired; the link went back to neutral. ``phase`` names what was awaited.
+    A frame half received when it expired is discarded: ``end`` is the offset past it."""
 
     phase: str
     detail: str
+    end: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,14 +221,17 @@ class Link:
         # sender side
         self._frame_index = 0
         self._attempts = 0
-        # receiver side
+        # receiver side: _buffer[_pos:] is unread; _offset is the stream offset of _buffer[0]
         self._buffer = bytearray()
-        self._offset = 0  # stream offset of _buffer[0]
+        self._pos = 0
+        self._offset = 0
+        self._scanned = 0  # stream offset up to which the current frame has no terminator
         self._expected = 1
         self._last_frame: Frame | None = None
         self._record = bytearray()
+        self._text_start = 0
         self._interrupt_requested = False
-        self._before_decision: tuple[int, Frame | None] = (1, None)
+        self._before_decision: tuple[int, Frame | None, int] = (1, None, 0)
 
     # --- what the shell reads ------------------------------------------------------------
 
@@ -208,6 +241,11 @@ class Link:
         if self.state is State.NEUTRAL:
             return self._not_before if self._queue else None
         return self._deadline
+
+    @property
+    def received(self) -> int:
+        """How many bytes the link has been given so far (the stream offset of the next)."""
+        return self._offset + len(self._buffer)
 
     def data_to_send(self) -> bytes:
         data = bytes(self._out)
@@ -241,16 +279,20 @@ class Link:
         self._interrupt_requested = True
 
     def acknowledge(self, now: float) -> None:
-        """Reply to a final frame held under ``defer_final_ack``: ACK, or EOT if interrupting."""
+        """The text of the last :class:`TextReceived` is durable: answer its final frame
+        with ACK (or EOT when an interrupt was asked for)."""
         self._decided()
+        self._record.clear()
         self._reply_to_frame(now)
         self._parse(now)
 
     def refuse(self, now: float) -> None:
-        """NAK a final frame held under ``defer_final_ack`` (it could not be kept): the
-        sender sends it again and its text is delivered again."""
+        """The text of the last :class:`TextReceived` could not be kept: NAK its final
+        frame. The text of the message's earlier frames stays, so the sender's repeat of
+        the final frame delivers the same whole text again."""
         self._decided()
-        self._expected, self._last_frame = self._before_decision
+        self._expected, self._last_frame, kept = self._before_decision
+        del self._record[kept:]
         self._out.append(NAK)
         self._deadline = now + self.settings.frame_timeout
         self._parse(now)
@@ -271,8 +313,13 @@ class Link:
         elif self.state is State.SENDING:
             self._abort_send(now, "no reply to frame", "reply")
         elif self.state is State.RECEIVING:
+            # What is buffered is a frame the sender gave up on: it must not be read as
+            # the start of anything that comes later.
+            self._skip(len(self._buffer) - self._pos)
             self._events.append(
-                TimedOut("frame", f"no frame within {self.settings.frame_timeout:g} s")
+                TimedOut(
+                    "frame", f"no frame within {self.settings.frame_timeout:g} s", self.received
+                )
             )
             self._to_neutral(now)
 
@@ -282,31 +329,39 @@ class Link:
 
     # --- internals -----------------------------------------------------------------------
 
+    @property
+    def _at(self) -> int:
+        """The stream offset of the next unread byte."""
+        return self._offset + self._pos
+
+    def _skip(self, n: int) -> None:
+        self._pos += n
+        if self._pos >= _COMPACT and self._pos * 2 >= len(self._buffer):
+            del self._buffer[: self._pos]
+            self._offset += self._pos
+            self._pos = 0
+
     def _parse(self, now: float) -> None:
-        while self._buffer and self.state is not State.AWAITING_DECISION:
+        while self._pos < len(self._buffer) and self.state is not State.AWAITING_DECISION:
             if self.state is State.RECEIVING:
                 if not self._parse_receiving(now):
                     return
+            elif self.state is State.NEUTRAL:
+                # Only ENQ means anything here; skip the rest in one step.
+                found = self._buffer.find(ENQ, self._pos)
+                if found < 0:
+                    self._skip(len(self._buffer) - self._pos)
+                    return
+                self._skip(found - self._pos + 1)
+                self._accept_enq(now)
             else:
-                self._consume(1, now)
-
-    def _consume(self, n: int, now: float) -> None:
-        """Take ``n`` bytes off the buffer; a single byte outside a frame is handled here."""
-        if n == 1:
-            byte = self._buffer[0]
-            del self._buffer[0]
-            self._offset += 1
-            self._on_byte(byte, now)
-        else:
-            del self._buffer[:n]
-            self._offset += n
+                byte = self._buffer[self._pos]
+                self._skip(1)
+                self._on_byte(byte, now)
 
     def _on_byte(self, byte: int, now: float) -> None:
         state = self.state
-        if state is State.NEUTRAL:
-            if byte == ENQ:
-                self._accept_enq(now)
-        elif state is State.ESTABLISHING:
+        if state is State.ESTABLISHING:
             if byte == ACK:
                 self.state = State.SENDING
                 self._frame_index = 0
@@ -319,7 +374,6 @@ class Link:
                 self._on_contention(now)
         elif state is State.SENDING:
             self._on_frame_reply(byte, now)
-        # RECEIVING is parsed frame-wise; AWAITING_DECISION does not read.
 
     def _accept_enq(self, now: float) -> None:
         if self.busy:
@@ -331,7 +385,7 @@ class Link:
         self._last_frame = None
         self._record.clear()
         self._deadline = now + self.settings.frame_timeout
-        self._events.append(TransferStarted())
+        self._events.append(TransferStarted(self._at - 1))
 
     def _on_contention(self, now: float) -> None:
         if self.settings.role is Role.HOST:
@@ -403,70 +457,90 @@ class Link:
     # --- receiving frames ----------------------------------------------------------------
 
     def _parse_receiving(self, now: float) -> bool:
-        """Handle what starts the buffer while receiving; False when more bytes are needed."""
+        """Handle what starts the unread bytes while receiving; False when more are needed."""
         buf = self._buffer
-        first = buf[0]
+        first = buf[self._pos]
         if first == EOT:
-            self._consume(1, now)  # neutral-state handling of EOT is nothing
-            self._events.append(TransferEnded())
+            self._skip(1)
+            self._events.append(TransferEnded(self._at))
             # An interrupting peer may send again at once.
             self._to_neutral(now, not_before=now)
             return True
         if first == ENQ:
             # The peer gave up on the transfer and starts anew.
-            self._consume(1, now)
+            self._skip(1)
+            self._record.clear()
             self._accept_enq(now)
             return True
         if first != STX:
-            self._consume(1, now)  # stray bytes between frames (e.g. a trailer) are ignored
+            # Stray bytes between frames (a trailer, the tail of a refused frame) are
+            # ignored, up to the next byte that means something.
+            found = _BETWEEN_FRAMES.search(buf, self._pos)
+            self._skip((found.start() if found else len(buf)) - self._pos)
             return True
         end = self._find_terminator()
         if end is None:
-            if len(buf) > _MAX_BODY:
-                self._reject(FrameProblem("syntax", "no ETB/ETX in a frame"), len(buf), now)
+            if len(buf) - self._pos > self.settings.max_frame_bytes:
+                self._reject(
+                    FrameProblem(
+                        "frame_too_long",
+                        f"no ETB/ETX within {self.settings.max_frame_bytes} bytes",
+                    ),
+                    len(buf) - self._pos,
+                    now,
+                )
             return False
-        if buf[end] in (STX, EOT):
-            # A new frame or EOT came before this one ended: the sender abandoned it.
-            self._consume(end, now)
+        if buf[end] in (STX, EOT, ENQ):
+            # A new frame, EOT or ENQ came before this one ended: the sender abandoned it.
+            self._skip(end - self._pos)
             return True
         tolerant = self.settings.tolerances.no_checksum
         trailer = bytes(buf[end + 1 : end + 5])
         if not tolerant and len(trailer) < 4:
             return False
-        body = bytes(buf[1 : end + 1])
+        body = bytes(buf[self._pos + 1 : end + 1])
         if tolerant:
             received = trailer[:2] if _is_hex(trailer[:2]) else None
-            size = end + 1
+            size = end + 1 - self._pos
         else:
             if trailer[2:] != b"\r\n":
                 self._reject(
-                    FrameProblem("syntax", "frame not closed by C1 C2 CR LF"), end + 5, now
+                    FrameProblem("syntax", "frame not closed by C1 C2 CR LF"),
+                    end + 5 - self._pos,
+                    now,
                 )
                 return True
             received = trailer[:2]
-            size = end + 5
+            size = end + 5 - self._pos
         result = check_frame(body, received, self.settings.tolerances, self.settings.max_text)
         if isinstance(result, FrameProblem):
             self._reject(result, size, now)
             return True
-        self._consume(size, now)
-        self._accept_frame(result, now)
+        start = self._at
+        self._skip(size)
+        self._accept_frame(result, start, now)
         return True
 
     def _find_terminator(self) -> int | None:
-        found = _FRAME_END.search(self._buffer, 1)
-        return found.start() if found else None
+        """The index of what ends the frame starting at ``_pos``; the bytes already found
+        to hold no terminator are not scanned again."""
+        begin = max(self._pos + 1, self._scanned - self._offset)
+        found = _FRAME_END.search(self._buffer, begin)
+        if found is None:
+            self._scanned = self._offset + len(self._buffer)
+            return None
+        return found.start()
 
     def _reject(self, problem: FrameProblem, size: int, now: float) -> None:
-        offset = self._offset
-        self._consume(size, now)
+        offset = self._at
+        self._skip(size)
         self._out.append(NAK)
         self._deadline = now + self.settings.frame_timeout
         self._events.append(FrameRejected(problem.kind, problem.detail, offset))
 
-    def _accept_frame(self, frame: Frame, now: float) -> None:
+    def _accept_frame(self, frame: Frame, start: int, now: float) -> None:
         self._deadline = now + self.settings.frame_timeout
-        before = (self._expected, self._last_frame)
+        before = (self._expected, self._last_frame, len(self._record))
         if frame.number is not None:
             previous = self._last_frame
             if (
@@ -489,22 +563,33 @@ class Link:
                     "frame_number", f"frame {frame.number} received, {self._expected} expected"
                 )
                 self._out.append(NAK)
-                self._events.append(FrameRejected(problem.kind, problem.detail, self._offset))
+                self._events.append(FrameRejected(problem.kind, problem.detail, start))
                 return
+        if len(self._record) + len(frame.text) > self.settings.max_message_bytes:
+            self._out.append(NAK)
+            self._events.append(
+                FrameRejected(
+                    "message_too_long",
+                    f"message longer than {self.settings.max_message_bytes} bytes",
+                    start,
+                )
+            )
+            return
+        if frame.number is not None:
             self._expected = (frame.number + 1) % 8
         self._last_frame = frame
+        if not self._record:
+            self._text_start = start
         self._record += frame.text
         if frame.final and not (
             self.settings.tolerances.records_span_frames
             and not self._record.endswith((b"\r", b"\n"))
         ):
-            self._events.append(TextReceived(bytes(self._record)))
-            self._record.clear()
-            if self.settings.defer_final_ack:
-                self.state = State.AWAITING_DECISION
-                self._before_decision = before
-                self._deadline = None
-                return
+            self._events.append(TextReceived(bytes(self._record), self._at, self._text_start))
+            self.state = State.AWAITING_DECISION
+            self._before_decision = before
+            self._deadline = None
+            return
         self._reply_to_frame(now)
 
     def _reply_to_frame(self, now: float) -> None:

@@ -27,6 +27,10 @@ class Store:
     async def write(self, work: Callable[[Connection], T]) -> T:
         return await self.writer.submit(work)
 
+    def write_soon(self, work: Callable[[Connection], T]) -> asyncio.Future[T]:
+        """Queue ``work`` at once, in order with later writes, without waiting for it."""
+        return self.writer.enqueue(work)
+
     def read(self, work: Callable[[Connection], T]) -> T:
         with self.engine.connect() as conn:
             return work(conn)

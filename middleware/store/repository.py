@@ -58,6 +58,25 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
+#: The longest identifier (specimen, patient, test code, reagent, lot) kept, in UTF-8
+#: bytes: PostgreSQL refuses index entries past about 2700 bytes, and an index may hold
+#: two of them. Nothing real comes near it; a message that does is quarantined.
+MAX_KEY_BYTES = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RawSpan:
+    """Bytes of one connection's stream, from ``stream_offset`` on, and when they came."""
+
+    connection: str
+    connection_id: str
+    instrument: str
+    stream_offset: int
+    data: bytes
+    received_at: datetime
+    last_received_at: datetime
+
+
 @dataclass(slots=True)
 class Delivery:
     """One message as it arrived on one connection, read or not."""
@@ -73,6 +92,10 @@ class Delivery:
     """What the driver made of it; None when it could not be read at all."""
     problems: list[str] = field(default_factory=list)
     """Why (part of) it goes to quarantine."""
+    notes: list[str] = field(default_factory=list)
+    """What is worth knowing about it but does not stop it (a tolerated departure)."""
+    span: RawSpan | None = None
+    """Where its bytes sit in the connection's stream (None for bytes from elsewhere)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +124,10 @@ def _insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert
     return sqlite.insert(table)
 
 
-def _raw(conn: Connection, d: Delivery, message_id: int | None, duplicate: bool) -> int:
+def _raw(
+    conn: Connection, d: Delivery, message_id: int | None, outcome: str, duplicate: bool = False
+) -> int:
+    span = d.span
     return int(
         conn.execute(
             raw_transmissions.insert().returning(raw_transmissions.c.id),
@@ -109,20 +135,63 @@ def _raw(conn: Connection, d: Delivery, message_id: int | None, duplicate: bool)
                 "connection": d.connection,
                 "instrument": d.instrument,
                 "direction": "in",
-                "received_at": d.received_at,
+                "received_at": span.received_at if span else d.received_at,
+                "last_received_at": span.last_received_at if span else d.received_at,
+                "connection_id": span.connection_id if span else None,
+                "stream_offset": span.stream_offset if span else None,
                 "data": d.raw,
                 "sha256": hashlib.sha256(d.raw).hexdigest(),
                 "size": len(d.raw),
                 "message_id": message_id,
                 "duplicate": duplicate,
+                "outcome": outcome,
             },
         ).scalar_one()
     )
 
 
+def keep_raw(conn: Connection, span: RawSpan, outcome: str) -> int:
+    """Keep bytes that made no message: a transfer's closing EOT, noise on the line."""
+    d = Delivery(span.connection, span.instrument, span.data, span.received_at, "", span=span)
+    return _raw(conn, d, None, outcome)
+
+
+def settle(conn: Connection, message_ids: Sequence[int], at: datetime) -> None:
+    """The analyser showed it had our ACK of these messages (EOT, or its next frame):
+    from now on an identical message from it is a new one."""
+    if message_ids:
+        conn.execute(
+            messages.update()
+            .where(messages.c.id.in_(list(message_ids)), messages.c.settled_at.is_(None))
+            .values(settled_at=at)
+        )
+
+
+def oversize_keys(reading: InstrumentMessage) -> list[str]:
+    """Identifiers too long to index: the message is kept raw and quarantined instead."""
+    found: list[str] = []
+
+    def check(what: str, value: str) -> None:
+        if len(value.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+            found.append(f"{what} longer than {MAX_KEY_BYTES} bytes ({value[:40]}...)")
+
+    produced = [*reading.results, *(c.result for c in reading.controls)]
+    for r in produced:
+        check("specimen id", r.specimen_id)
+        check("patient id", r.patient_id)
+        check("test code", r.test_code)
+        for use in r.reagents:
+            check("reagent", use.reagent)
+            check("reagent lot", use.lot)
+    for s in reading.specimens:
+        check("specimen id", s.specimen_id)
+    return sorted(set(found))
+
+
 def _quarantine(
     conn: Connection, d: Delivery, raw_id: int, message_id: int | None, reason: str
 ) -> None:
+    reason = reason or "unreadable"
     conn.execute(
         quarantine.insert(),
         {
@@ -141,20 +210,26 @@ def store_delivery(conn: Connection, d: Delivery) -> Stored:
     """Keep a delivery: its raw bytes always; its message and results once; what could not
     be read or mapped in quarantine with the reason."""
     reading = d.reading
+    if reading is not None and (oversize := oversize_keys(reading)):
+        d = replace(d, reading=None, problems=[*d.problems, *oversize])
+        reading = None
     if reading is None:
-        raw_id = _raw(conn, d, None, False)
-        _quarantine(conn, d, raw_id, None, "; ".join(d.problems) or "unreadable")
+        raw_id = _raw(conn, d, None, "quarantine")
+        _quarantine(conn, d, raw_id, None, "; ".join(d.problems))
         return Stored(raw_id, None, quarantined=True)
 
     digest = content_hash(d.instrument, d.text)
-    existing = conn.execute(
-        select(messages.c.id).where(
-            messages.c.instrument == d.instrument, messages.c.content_sha256 == digest
-        )
-    ).scalar_one_or_none()
-    if existing is not None:
-        raw_id = _raw(conn, d, existing, True)
-        return Stored(raw_id, existing, duplicate=True)
+    # The same content again is a re-send only while the analyser has not shown that it
+    # had our ACK of the earlier copy; after that it is a new measurement (a re-run).
+    earlier = conn.execute(
+        select(messages.c.id, messages.c.settled_at)
+        .where(messages.c.instrument == d.instrument, messages.c.content_sha256 == digest)
+        .order_by(messages.c.id.desc())
+        .limit(1)
+    ).one_or_none()
+    if earlier is not None and earlier.settled_at is None:
+        raw_id = _raw(conn, d, earlier.id, "duplicate", duplicate=True)
+        return Stored(raw_id, earlier.id, duplicate=True)
 
     message_id = int(
         conn.execute(
@@ -167,11 +242,13 @@ def store_delivery(conn: Connection, d: Delivery) -> Stored:
                 "record_count": d.record_count,
                 "text": d.text,
                 "received_at": d.received_at,
-                "problems": "\n".join([*d.problems, *reading.problems]),
+                "problems": "\n".join([*d.problems, *d.notes, *reading.problems]),
             },
         ).scalar_one()
     )
-    raw_id = _raw(conn, d, message_id, False)
+    nothing = not (reading.results or reading.controls or reading.queries or reading.orders)
+    quarantined = bool(d.problems) or (nothing and bool(reading.problems))
+    raw_id = _raw(conn, d, message_id, "quarantine" if quarantined else "message")
     _specimens(conn, reading, message_id)
     stored_at = utcnow()
     patient_ids = _insert_results(
@@ -195,8 +272,6 @@ def store_delivery(conn: Connection, d: Delivery) -> Stored:
         "control_result_id",
         d.received_at,
     )
-    nothing = not (reading.results or reading.controls or reading.queries or reading.orders)
-    quarantined = bool(d.problems) or (nothing and bool(reading.problems))
     if quarantined:
         reasons = d.problems or reading.problems
         _quarantine(conn, d, raw_id, message_id, "; ".join(reasons))
@@ -326,19 +401,6 @@ def _reagent_uses(
     ]
     if rows:
         conn.execute(reagent_uses.insert(), rows)
-
-
-def quarantine_raw(
-    conn: Connection,
-    connection: str,
-    instrument: str,
-    raw: bytes,
-    reason: str,
-    received_at: datetime | None = None,
-) -> Stored:
-    """Keep bytes that never made a message (a transfer cut short, a timeout)."""
-    d = Delivery(connection, instrument, raw, received_at or utcnow(), "", problems=[reason])
-    return store_delivery(conn, d)
 
 
 # --- orders (the worklist host queries are answered from) -------------------------------

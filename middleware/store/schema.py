@@ -1,9 +1,14 @@
 """Tables. The migrations in ``migrations/`` create them; this module describes them for
-queries. Times are stored in UTC."""
+queries. Times are stored in UTC.
+
+Text columns have no length limit: whatever an analyser sends is kept as sent, on SQLite
+and PostgreSQL alike. The only limit is PostgreSQL's on the size of an index entry, which
+``repository.MAX_KEY_BYTES`` keeps the indexed identifiers under."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Date,
@@ -14,7 +19,6 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     Numeric,
-    String,
     Table,
     Text,
     UniqueConstraint,
@@ -22,46 +26,60 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
-# Every transmission as it came off the wire; never updated or deleted (triggers refuse it).
+# Every byte a connection received, in consecutive spans: each row holds the bytes from
+# ``stream_offset`` on, and says what became of them (``outcome``: message, duplicate,
+# quarantine, control, noise). Never updated or deleted (triggers refuse it).
 raw_transmissions = Table(
     "raw_transmissions",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("connection", String(200), nullable=False),
-    Column("instrument", String(100), nullable=False),
-    Column("direction", String(3), nullable=False, default="in"),
+    Column("connection", Text, nullable=False),
+    Column("instrument", Text, nullable=False),
+    Column("direction", Text, nullable=False, default="in"),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("data", LargeBinary, nullable=False),
-    Column("sha256", String(64), nullable=False),
+    Column("sha256", Text, nullable=False),
     Column("size", Integer, nullable=False),
     Column("message_id", Integer, ForeignKey("messages.id"), nullable=True),
     Column("duplicate", Boolean, nullable=False, default=False),
+    Column("connection_id", Text),
+    Column("stream_offset", BigInteger),
+    Column("last_received_at", DateTime(timezone=True)),
+    Column("outcome", Text),
 )
 Index("ix_raw_transmissions_message", raw_transmissions.c.message_id)
+Index(
+    "ix_raw_transmissions_stream",
+    raw_transmissions.c.connection_id,
+    raw_transmissions.c.stream_offset,
+)
 
 messages = Table(
     "messages",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("instrument", String(100), nullable=False),
-    Column("connection", String(200), nullable=False),
-    Column("sender", String(200), nullable=False, default=""),
-    Column("content_sha256", String(64), nullable=False),
+    Column("instrument", Text, nullable=False),
+    Column("connection", Text, nullable=False),
+    Column("sender", Text, nullable=False, default=""),
+    Column("content_sha256", Text, nullable=False),
     Column("record_count", Integer, nullable=False),
     Column("text", Text, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("problems", Text, nullable=False, default=""),
-    UniqueConstraint("instrument", "content_sha256", name="uq_messages_content"),
+    Column("settled_at", DateTime(timezone=True)),
+    # When the analyser showed it had our ACK (EOT or its next frame): an identical
+    # message after that is a new one (a re-run), before it a re-send.
 )
+Index("ix_messages_content", messages.c.instrument, messages.c.content_sha256)
 
 specimens = Table(
     "specimens",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("specimen_id", String(100), nullable=False),
-    Column("patient_id", String(100), nullable=False, default=""),
-    Column("specimen_type", String(60), nullable=False, default=""),
-    Column("container", String(60), nullable=False, default=""),
+    Column("specimen_id", Text, nullable=False),
+    Column("patient_id", Text, nullable=False, default=""),
+    Column("specimen_type", Text, nullable=False, default=""),
+    Column("container", Text, nullable=False, default=""),
     Column("collected_at", DateTime(timezone=True)),
     Column("received_at", DateTime(timezone=True)),
     Column("analysed_at", DateTime(timezone=True)),
@@ -70,21 +88,21 @@ specimens = Table(
 )
 
 _result_columns = (
-    ("specimen_id", String(100)),
-    ("patient_id", String(100)),
-    ("test_code", String(60)),
-    ("instrument_test_code", String(120)),
+    ("specimen_id", Text),
+    ("patient_id", Text),
+    ("test_code", Text),
+    ("instrument_test_code", Text),
     ("value_text", Text),
-    ("units", String(60)),
-    ("reference_range", String(120)),
-    ("abnormal_flags", String(120)),
+    ("units", Text),
+    ("reference_range", Text),
+    ("abnormal_flags", Text),
     ("instrument_flags", Text),
-    ("status", String(4)),
-    ("operator", String(100)),
-    ("instrument", String(100)),
-    ("module", String(100)),
+    ("status", Text),
+    ("operator", Text),
+    ("instrument", Text),
+    ("module", Text),
     ("comments", Text),
-    ("dilution", String(40)),
+    ("dilution", Text),
 )
 
 
@@ -95,8 +113,8 @@ def _result_table(name: str, *extra: Column[object]) -> Table:
         Column("id", Integer, primary_key=True),
         Column("message_id", Integer, ForeignKey("messages.id"), nullable=False),
         *(Column(col, kind, nullable=False, default="") for col, kind in _result_columns),
-        Column("value_number", Numeric(24, 8)),
-        Column("censor", String(2), nullable=False, default=""),
+        Column("value_number", Numeric),
+        Column("censor", Text, nullable=False, default=""),
         Column("sequence", Integer, nullable=False, default=0),
         Column("completed_at", DateTime(timezone=True)),
         Column("stored_at", DateTime(timezone=True), nullable=False),
@@ -111,9 +129,9 @@ Index("ix_results_patient_test", results.c.patient_id, results.c.test_code)
 
 control_results = _result_table(
     "control_results",
-    Column("control_material", String(120), nullable=False),
-    Column("lot", String(60), nullable=False, default=""),
-    Column("level", String(30), nullable=False, default=""),
+    Column("control_material", Text, nullable=False),
+    Column("lot", Text, nullable=False, default=""),
+    Column("level", Text, nullable=False, default=""),
 )
 Index("ix_control_results_test", control_results.c.instrument, control_results.c.test_code)
 
@@ -121,11 +139,11 @@ reagent_lots = Table(
     "reagent_lots",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("reagent", String(120), nullable=False),
-    Column("lot", String(60), nullable=False),
-    Column("kind", String(20), nullable=False, default="reagent"),
-    Column("manufacturer", String(120), nullable=False, default=""),
-    Column("serial", String(60), nullable=False, default=""),
+    Column("reagent", Text, nullable=False),
+    Column("lot", Text, nullable=False),
+    Column("kind", Text, nullable=False, default="reagent"),
+    Column("manufacturer", Text, nullable=False, default=""),
+    Column("serial", Text, nullable=False, default=""),
     Column("expiry", Date),
     Column("first_seen_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("reagent", "lot", name="uq_reagent_lots"),
@@ -138,9 +156,9 @@ reagent_uses = Table(
     Column("reagent_lot_id", Integer, ForeignKey("reagent_lots.id"), nullable=False),
     Column("result_id", Integer, ForeignKey("results.id")),
     Column("control_result_id", Integer, ForeignKey("control_results.id")),
-    Column("instrument", String(100), nullable=False),
-    Column("test_code", String(60), nullable=False, default=""),
-    Column("calibration_id", String(120), nullable=False, default=""),
+    Column("instrument", Text, nullable=False),
+    Column("test_code", Text, nullable=False, default=""),
+    Column("calibration_id", Text, nullable=False, default=""),
     Column("used_at", DateTime(timezone=True)),
 )
 Index("ix_reagent_uses_lot", reagent_uses.c.reagent_lot_id)
@@ -149,11 +167,11 @@ orders = Table(
     "orders",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("specimen_id", String(100), nullable=False),
-    Column("patient_id", String(100), nullable=False, default=""),
+    Column("specimen_id", Text, nullable=False),
+    Column("patient_id", Text, nullable=False, default=""),
     Column("test_codes", Text, nullable=False),
-    Column("priority", String(2), nullable=False, default="R"),
-    Column("source", String(40), nullable=False, default="lis"),
+    Column("priority", Text, nullable=False, default="R"),
+    Column("source", Text, nullable=False, default="lis"),
     Column("ordered_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
@@ -165,13 +183,13 @@ quarantine = Table(
     Column("id", Integer, primary_key=True),
     Column("raw_id", Integer, ForeignKey("raw_transmissions.id")),
     Column("message_id", Integer, ForeignKey("messages.id")),
-    Column("connection", String(200), nullable=False),
-    Column("instrument", String(100), nullable=False),
+    Column("connection", Text, nullable=False),
+    Column("instrument", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("data", LargeBinary, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("resolved_at", DateTime(timezone=True)),
-    Column("resolved_by", String(100)),
+    Column("resolved_by", Text),
 )
 
 audit_log = Table(
@@ -179,9 +197,9 @@ audit_log = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("at", DateTime(timezone=True), nullable=False),
-    Column("actor", String(100), nullable=False),
-    Column("action", String(60), nullable=False),
-    Column("subject", String(200), nullable=False, default=""),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("subject", Text, nullable=False, default=""),
     Column("detail", Text, nullable=False, default=""),
 )
 
@@ -192,16 +210,16 @@ decisions = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("result_id", Integer, ForeignKey("results.id"), nullable=False),
-    Column("instrument", String(100), nullable=False),
-    Column("test_code", String(60), nullable=False),
-    Column("specimen_id", String(100), nullable=False),
-    Column("action", String(10), nullable=False),
+    Column("instrument", Text, nullable=False),
+    Column("test_code", Text, nullable=False),
+    Column("specimen_id", Text, nullable=False),
+    Column("action", Text, nullable=False),
     Column("reasons", Text, nullable=False, default=""),
     Column("findings", Text, nullable=False, default="[]"),
     Column("urgent", Boolean, nullable=False, default=False),
     Column("comments", Text, nullable=False, default=""),
     Column("decided_at", DateTime(timezone=True), nullable=False),
-    Column("decided_by", String(100), nullable=False, default="engine"),
+    Column("decided_by", Text, nullable=False, default="engine"),
 )
 Index("ix_decisions_result", decisions.c.result_id)
 Index("ix_decisions_test", decisions.c.instrument, decisions.c.test_code, decisions.c.action)
@@ -212,17 +230,17 @@ qc_evaluations = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("control_result_id", Integer, ForeignKey("control_results.id"), nullable=False),
-    Column("instrument", String(100), nullable=False),
-    Column("test_code", String(60), nullable=False),
-    Column("run", String(60), nullable=False),
-    Column("level", String(30), nullable=False),
-    Column("z", Numeric(12, 4)),
-    Column("target_mean", Numeric(24, 8)),
-    Column("target_sd", Numeric(24, 8)),
+    Column("instrument", Text, nullable=False),
+    Column("test_code", Text, nullable=False),
+    Column("run", Text, nullable=False),
+    Column("level", Text, nullable=False),
+    Column("z", Numeric),
+    Column("target_mean", Numeric),
+    Column("target_sd", Numeric),
     Column("provisional", Boolean, nullable=False, default=True),
-    Column("status", String(10), nullable=False),
-    Column("violations", String(200), nullable=False, default=""),
-    Column("warnings", String(200), nullable=False, default=""),
+    Column("status", Text, nullable=False),
+    Column("violations", Text, nullable=False, default=""),
+    Column("warnings", Text, nullable=False, default=""),
     Column("evaluated_at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_qc_evaluations_test", qc_evaluations.c.instrument, qc_evaluations.c.test_code)
@@ -232,12 +250,12 @@ corrective_actions = Table(
     "corrective_actions",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("instrument", String(100), nullable=False),
-    Column("test_code", String(60), nullable=False),
+    Column("instrument", Text, nullable=False),
+    Column("test_code", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("opened_at", DateTime(timezone=True), nullable=False),
     Column("closed_at", DateTime(timezone=True)),
-    Column("closed_by", String(100)),
+    Column("closed_by", Text),
     Column("action_taken", Text),
     Column("closing_evaluation_id", Integer, ForeignKey("qc_evaluations.id")),
 )
@@ -251,7 +269,7 @@ qc_reviews = Table(
     Column("result_id", Integer, ForeignKey("results.id"), nullable=False),
     Column("listed_at", DateTime(timezone=True), nullable=False),
     Column("reviewed_at", DateTime(timezone=True)),
-    Column("reviewed_by", String(100)),
+    Column("reviewed_by", Text),
 )
 
 # Q3: the lab's own mean and SD for a control lot, once a biologist approved them.
@@ -259,13 +277,13 @@ control_limits = Table(
     "control_limits",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("instrument", String(100), nullable=False),
-    Column("test_code", String(60), nullable=False),
-    Column("lot", String(60), nullable=False),
-    Column("mean", Numeric(24, 8), nullable=False),
-    Column("sd", Numeric(24, 8), nullable=False),
+    Column("instrument", Text, nullable=False),
+    Column("test_code", Text, nullable=False),
+    Column("lot", Text, nullable=False),
+    Column("mean", Numeric, nullable=False),
+    Column("sd", Numeric, nullable=False),
     Column("results", Integer, nullable=False),
-    Column("approved_by", String(100), nullable=False),
+    Column("approved_by", Text, nullable=False),
     Column("approved_at", DateTime(timezone=True), nullable=False),
 )
 Index(
@@ -280,10 +298,10 @@ qc_events = Table(
     "qc_events",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("instrument", String(100), nullable=False),
-    Column("test_code", String(60), nullable=False),
-    Column("kind", String(30), nullable=False),
+    Column("instrument", Text, nullable=False),
+    Column("test_code", Text, nullable=False),
+    Column("kind", Text, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
-    Column("recorded_by", String(100), nullable=False),
+    Column("recorded_by", Text, nullable=False),
 )
 Index("ix_qc_events_test", qc_events.c.instrument, qc_events.c.test_code)

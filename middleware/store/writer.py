@@ -48,10 +48,15 @@ class StoreWriter:
 
     async def submit(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a transaction; returns its value once that has committed."""
+        return await self.enqueue(work)
+
+    def enqueue(self, work: Callable[[Connection], T]) -> asyncio.Future[T]:
+        """Queue ``work`` now, behind everything queued before it; the future resolves
+        once its transaction has committed (or failed)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(work, future, loop))
-        return await future
+        return future
 
     def close(self, timeout: float = 10.0) -> None:
         """Finish what was submitted, then stop."""

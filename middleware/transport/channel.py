@@ -2,16 +2,22 @@
 
 TCP (either direction) and serial lines all come down to an asyncio reader and writer;
 this module reads, feeds the link, writes what it says, arms its timer and hands its
-events to a handler. The handler is awaited before the link replies to a final frame,
-so whatever it persists is durable before the analyser sees the ACK.
+events to a handler. A :class:`TextReceived` asks for a commit (see the link's rule): the
+shell awaits the handler and tells the link the outcome, ACK when it returned, NAK when it
+raised. Every byte read is kept in :attr:`LinkChannel.received` until the handler has
+stored it; when the connection ends, for whatever reason, the handler hears
+:class:`ConnectionClosed` so it can keep what is left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import structlog
 
@@ -21,20 +27,44 @@ from middleware.astm.link import (
     LinkSettings,
     MessageSent,
     SendFailed,
-    State,
+    TextReceived,
 )
+from middleware.transport.received import ReceivedBytes
 
 log = structlog.get_logger("middleware.transport")
 
-EventHandler = Callable[["LinkChannel", Event], Awaitable[None]]
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """Not from the link: the connection is gone (peer closed it, an error, shutdown).
+    ``end`` is the offset past the last byte received."""
+
+    reason: str
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class BytesPiling:
+    """Not from the link: more bytes than ``pile_limit`` are waiting for a row (noise that
+    never makes a frame, say); ``end`` is where they stop."""
+
+    end: int
+
+
+ChannelEvent = Event | ConnectionClosed | BytesPiling
+EventHandler = Callable[["LinkChannel", ChannelEvent], Awaitable[None]]
 
 
 class SendError(Exception):
     """A message could not be delivered (the peer refused it, timed out, or went away)."""
 
 
-async def _ignore(_channel: LinkChannel, _event: Event) -> None:
+async def _ignore(_channel: LinkChannel, _event: ChannelEvent) -> None:
     return None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class LinkChannel:
@@ -49,24 +79,34 @@ class LinkChannel:
         *,
         name: str = "astm",
         clock: Callable[[], float] = time.monotonic,
+        wallclock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.link = Link(settings)
         self.handler = handler or _ignore
         self.name = name
+        self.id = secrets.token_hex(8)
+        """Tells this connection from every other, across restarts too."""
         self.clock = clock
-        self.log = log.bind(connection=name)
+        self.wallclock = wallclock
+        self.log = log.bind(connection=name, connection_id=self.id)
+        self.received = ReceivedBytes()
+        """What was read and is not yet in a stored row, exactly as it came off the wire."""
+        # Twice the largest message the link takes, with its framing: a message never
+        # has to be cut, and a connection never holds much more than that.
+        self.pile_limit = 2 * self.link.settings.max_message_bytes + (1 << 16)
         self._wake = asyncio.Event()
         self._sent: dict[int, asyncio.Future[None]] = {}
-        self._received = bytearray()
+        self._closing = False
         self.closed = False
 
-    def take_received(self) -> bytes:
-        """The bytes read since the last call, exactly as they came off the wire."""
-        data = bytes(self._received)
-        self._received.clear()
-        return data
+    def close(self) -> None:
+        """End the connection from our side (the handler still hears ConnectionClosed)."""
+        self._closing = True
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        self._wake.set()
 
     async def send(self, records: Sequence[bytes]) -> None:
         """Send one message (records without terminators); returns once the peer has it.
@@ -85,8 +125,9 @@ class LinkChannel:
     async def run(self) -> None:
         """Serve the connection until the peer closes it or the task is cancelled."""
         reading: asyncio.Task[bytes] | None = None
+        reason = "closed by the middleware"
         try:
-            while True:
+            while not self._closing:
                 self._flush()
                 await self.writer.drain()
                 deadline = self.link.deadline
@@ -103,41 +144,54 @@ class LinkChannel:
                     data = reading.result()
                     reading = None
                     if not data:
-                        self.log.info("peer closed the connection")
+                        reason = "peer closed the connection"
+                        self.log.info(reason)
                         return
-                    self._received += data
+                    self.received.add(data, self.wallclock())
                     self.link.receive_data(data, self.clock())
-                else:
+                elif not self._closing:
                     self.link.handle_timer(self.clock())
                 await self._dispatch()
+                if len(self.received) > self.pile_limit:
+                    await self._handle(BytesPiling(self.link.received))
         except (ConnectionError, OSError) as exc:
+            reason = f"connection lost: {exc}"
             self.log.warning("connection lost", error=str(exc))
+        except asyncio.CancelledError:
+            reason = "closed at shutdown"
+            raise
         finally:
             if reading is not None:
                 reading.cancel()
             self._close()
+            # What this connection received and nobody kept yet is kept now.
+            await self._handle(ConnectionClosed(reason, self.link.received))
 
     async def _dispatch(self) -> None:
-        while True:
-            event = self.link.next_event()
-            if event is None:
-                if self.link.state is not State.AWAITING_DECISION:
-                    return
-                # The handler has seen (and kept) the text of the final frame: answer now.
-                self.link.acknowledge(self.clock())
-                continue
+        while (event := self.link.next_event()) is not None:
             if isinstance(event, MessageSent):
                 self._settle(event.message_id, None)
             elif isinstance(event, SendFailed):
                 self._settle(event.message_id, SendError(f"{self.name}: {event.reason}"))
-            try:
-                await self.handler(self, event)
-            except Exception:
-                self.log.exception("event handler failed", link_event=type(event).__name__)
-                if self.link.state is State.AWAITING_DECISION:
-                    # Not kept, so not acknowledged: the analyser sends it again.
+            if isinstance(event, TextReceived):
+                # The link waits for the commit's outcome: ACK once kept, NAK if not, so
+                # the analyser sends it again.
+                try:
+                    await self.handler(self, event)
+                except Exception:
+                    self.log.exception("text not kept; refused")
                     self.link.refuse(self.clock())
+                else:
+                    self.link.acknowledge(self.clock())
+            else:
+                await self._handle(event)
             self._flush()
+
+    async def _handle(self, event: ChannelEvent) -> None:
+        try:
+            await self.handler(self, event)
+        except Exception:
+            self.log.exception("event handler failed", link_event=type(event).__name__)
 
     def _settle(self, message_id: int, error: Exception | None) -> None:
         future = self._sent.pop(message_id, None)
@@ -155,6 +209,7 @@ class LinkChannel:
 
     def _close(self) -> None:
         self.closed = True
+        self._closing = True
         for message_id in list(self._sent):
             self._settle(message_id, SendError(f"{self.name}: connection closed"))
         with contextlib.suppress(Exception):
