@@ -123,7 +123,9 @@ class Daemon:
 
     async def start(self) -> None:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = await asyncio.to_thread(Store, self.settings.database)
+        self.store = await asyncio.to_thread(
+            Store, self.settings.database, self.settings.database_lock_timeout
+        )
         log.info("store open", database=_safe_url(self.settings.database))
         if self.settings.rules_dir is not None and await self.reload_rules("daemon start"):
             raise SystemExit(2)

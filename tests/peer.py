@@ -162,3 +162,23 @@ async def replay(peer: Peer, data: bytes) -> None:
         await peer.write(unit)
         if unit != EOT:
             assert await peer.read(1) == ACK
+
+
+async def send_frames_retrying(
+    peer: Peer, frames: list[bytes], attempts: int = 6, reply_timeout: float = 15.0
+) -> bool:
+    """Send one transfer as E1381 asks of a sender: each frame again on NAK, up to
+    ``attempts`` times, then EOT. True when every frame was ACKed (EOT sent after)."""
+    await peer.write(ENQ)
+    if await peer.read(1, reply_timeout) != ACK:
+        return False
+    for data in frames:
+        for _ in range(attempts):
+            await peer.write(data)
+            if await peer.read(1, reply_timeout) == ACK:
+                break
+        else:
+            await peer.write(EOT)
+            return False
+    await peer.write(EOT)
+    return True

@@ -17,9 +17,9 @@ T = TypeVar("T")
 class Store:
     """The database of one daemon: migrated on open, written by one committing thread."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, lock_timeout: float = 10.0) -> None:
         self.url = url
-        self.engine: Engine = open_engine(url)
+        self.engine: Engine = open_engine(url, lock_timeout)
         migrate(self.engine)
         self.writer = StoreWriter(self.engine)
         self.writer.start()

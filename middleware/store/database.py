@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +17,34 @@ def default_url(state_dir: Path) -> str:
     return f"sqlite:///{(state_dir / 'middleware.db').resolve()}"
 
 
-def _durable_sqlite(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL lets readers (the status page) work during writes; FULL makes each commit
-    # survive a power cut, not only a killed process.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
+def _durable_sqlite(lock_timeout: float) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers (the status page) work during writes; FULL makes each commit
+        # survive a power cut, not only a killed process.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
+        cursor.close()
+
+    return on_connect
 
 
-def open_engine(url: str) -> Engine:
+def open_engine(url: str, lock_timeout: float = 10.0) -> Engine:
+    """``lock_timeout``: how long a write waits for a lock another process holds before
+    it fails (and the analyser gets a NAK rather than a late ACK)."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False})
-        event.listen(engine, "connect", _durable_sqlite)
+        event.listen(engine, "connect", _durable_sqlite(lock_timeout))
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        connect_args={"options": f"-c lock_timeout={int(lock_timeout * 1000)}"},
+    )
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
