@@ -45,14 +45,28 @@ def _settings(args: argparse.Namespace, command: str) -> Settings | None:
 
 def _run(args: argparse.Namespace) -> int:
     import asyncio
+    import os
 
     from middleware.daemon import configure_logging, serve
+    from middleware.transport.tcp import ListenError
 
+    # Without either, the daemon would run with no analyser at all and say nothing about it.
+    if args.config is None and "MIDDLEWARE_INSTRUMENTS" not in os.environ:
+        print(
+            "lis-middleware run: no configuration: give --config FILE "
+            "(or the instruments as JSON in MIDDLEWARE_INSTRUMENTS)",
+            file=sys.stderr,
+        )
+        return 2
     settings = _settings(args, "run")
     if settings is None:
         return 2
     configure_logging(settings.log.level, settings.log.format)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except ListenError as exc:
+        print(f"lis-middleware run: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

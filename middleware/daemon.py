@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -371,6 +372,10 @@ def _safe_url(url: str) -> str:
 
 
 async def serve(settings: Settings) -> None:
+    from middleware.web.api import bind_api_socket
+
+    # Bound before any analyser connection opens: a port in use stops the start cleanly.
+    api_socket = bind_api_socket(settings.api.host, settings.api.port) if settings.api else None
     daemon = Daemon(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -387,18 +392,20 @@ async def serve(settings: Settings) -> None:
     api: asyncio.Task[None] | None = None
     try:
         await daemon.start()
-        if settings.api is not None:
-            api = asyncio.create_task(serve_api(daemon, settings.api.host, settings.api.port))
+        if api_socket is not None:
+            api = asyncio.create_task(serve_api(daemon, api_socket))
         await stopping.wait()
     finally:
         if api is not None:
             api.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await api
+        if api_socket is not None:
+            api_socket.close()
         await daemon.stop()
 
 
-async def serve_api(daemon: Daemon, host: str, port: int) -> None:
+async def serve_api(daemon: Daemon, sock: socket.socket) -> None:
     import uvicorn
 
     from middleware.web.api import create_app
@@ -409,8 +416,7 @@ async def serve_api(daemon: Daemon, host: str, port: int) -> None:
             # The daemon owns SIGTERM, SIGINT and SIGHUP; uvicorn must not take them.
             yield
 
-    config = uvicorn.Config(
-        create_app(daemon), host=host, port=port, log_level="warning", lifespan="off"
-    )
+    config = uvicorn.Config(create_app(daemon), log_level="warning", lifespan="off")
+    host, port = sock.getsockname()[:2]
     log.info("control API listening", host=host, port=port)
-    await Server(config).serve()
+    await Server(config).serve(sockets=[sock])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import structlog
 
@@ -11,6 +12,23 @@ from middleware.transport.channel import EventHandler, LinkChannel
 from middleware.transport.reconnect import Backoff, ChannelCallback, Reconnecting, serve
 
 log = structlog.get_logger("middleware.transport")
+
+
+class ListenError(OSError):
+    """A listening socket that could not be opened (port in use, address not on this host).
+
+    The message names what listens, where and why, for an operator to read as is.
+    """
+
+    def __init__(self, name: str, host: str, port: int, cause: OSError) -> None:
+        # asyncio's own message repeats the address; the bare reason reads better here.
+        reason = os.strerror(cause.errno) if cause.errno and cause.errno > 0 else cause.strerror
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(f"{name}: cannot listen on {where}: {reason or cause}")
+        self.errno = cause.errno
+        self.name = name
+        self.host = host
+        self.port = port
 
 
 class TcpServer:
@@ -44,7 +62,10 @@ class TcpServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        try:
+            self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        except OSError as exc:
+            raise ListenError(self.name, self.host, self.port, exc) from exc
         log.info("listening", connection=self.name, host=self.host, port=self.bound_port)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

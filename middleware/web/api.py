@@ -1,15 +1,20 @@
 """The control API: what lab IT and the QC officer do to a running daemon.
 
-It listens on the loopback address by default; it has no authentication of its own yet,
-so it must not be exposed beyond the host until users and roles arrive.
+It has no authentication of its own yet, so it listens on a loopback address only (the
+configuration refuses any other) until users and roles arrive.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+import socket
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Path
 from pydantic import BaseModel, Field
+
+from middleware.settings import ApiConfig
+from middleware.transport.tcp import ListenError
+from middleware.web.guards import BodyLimit, HostCheck, StrictJsonRoute
 
 if TYPE_CHECKING:
     from middleware.daemon import Daemon
@@ -35,8 +40,32 @@ class QcEvent(Who):
     kind: Literal["calibration", "maintenance", "unlock"]
 
 
+#: Row ids are 32-bit in the schema; a larger one would be an error of the database.
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+def bind_api_socket(host: str, port: int) -> socket.socket:
+    """The API's listening socket, to hand to uvicorn (``Server.serve(sockets=[...])``);
+    a port in use raises a :class:`ListenError` that names the API. ``localhost`` is
+    bound on IPv4."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise ListenError("control API", host, port, exc) from exc
+
+
 def create_app(daemon: Daemon) -> FastAPI:
+    config = daemon.settings.api or ApiConfig()
     app = FastAPI(title="lis-middleware control API", version="1")
+    app.router.route_class = StrictJsonRoute
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(HostCheck, allowed=[*config.allowed_hosts, config.host])
+
+    def configured(instrument: str) -> None:
+        """Refuse what names an instrument this daemon does not know, before recording it."""
+        if all(known.name != instrument for known in daemon.settings.instruments):
+            raise HTTPException(404, f"unknown instrument {instrument!r}: not in the configuration")
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:
@@ -56,7 +85,7 @@ def create_app(daemon: Daemon) -> FastAPI:
         return {"accepted": True, "summary": daemon.rules.summary()}
 
     @app.post("/api/corrective-actions/{action_id}/close")
-    async def close_corrective_action(action_id: int, closing: Closing) -> dict[str, Any]:
+    async def close_corrective_action(action_id: RowId, closing: Closing) -> dict[str, Any]:
         """Close a QC failure's corrective action (409 while QC is not in control again)."""
         try:
             closed = await daemon.close_corrective_action(
@@ -94,6 +123,7 @@ def create_app(daemon: Daemon) -> FastAPI:
 
     @app.post("/api/qc/proposals/approve")
     async def approve(approval: Approval) -> dict[str, Any]:
+        configured(approval.instrument)
         try:
             approved = await daemon.approve_limits(
                 approval.instrument, approval.test, approval.lot, approval.by
@@ -105,6 +135,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     @app.post("/api/qc/events")
     async def qc_event(event: QcEvent) -> dict[str, Any]:
         """Calibration or maintenance (voids the tests' QC), or unlock (lifts a method lock)."""
+        configured(event.instrument)
         try:
             await daemon.record_qc_event(event.instrument, event.tests, event.kind, event.by)
         except LookupError as exc:

@@ -1,0 +1,143 @@
+"""What the control API refuses before any endpoint runs: foreign Host headers, bodies
+over the size limit, and JSON that is not JSON (NaN, Infinity).
+
+The API shares its event loop with the analyser connections, whose frames must be
+acknowledged within seconds: nothing a client sends may make that loop wait long.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, NoReturn
+
+from fastapi import HTTPException, Request, Response
+from fastapi.routing import APIRoute
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# A name or a bracketed IPv6 address, then an optional port (RFC 9110 section 7.2).
+_HOST_HEADER = re.compile(r"(?:\[(?P<ipv6>[^\]]+)\]|(?P<name>[^:\[\]]+))(?::[0-9]*)?")
+
+
+def _normal(name: str) -> str:
+    """A host name compared without regard to case, or an address in its one spelling."""
+    try:
+        return ipaddress.ip_address(name).compressed
+    except ValueError:
+        return name.lower()
+
+
+class HostCheck:
+    """Refuses (400) HTTP requests whose Host header is not one of ``allowed``.
+
+    A page on another site whose name is made to resolve to 127.0.0.1 reaches the API
+    with that name in its Host header; that is how DNS rebinding is told apart.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: Iterable[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(_normal(name) for name in allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            header = Headers(scope=scope).get("host", "")
+            match = _HOST_HEADER.fullmatch(header)
+            name = match and (match["ipv6"] or match["name"])
+            if not name or _normal(name) not in self.allowed:
+                response = JSONResponse({"detail": f"host {header!r} not allowed"}, 400)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while a body is read, past the limit; the app answers it like any HTTP error.
+
+    The connection stays open: the server discards the rest of the body as it comes, and
+    a client that sends it all before reading gets the 413 rather than a reset.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over {limit} bytes")
+
+
+class BodyLimit:
+    """Refuses (413) request bodies over ``limit`` bytes, holding no more than that.
+
+    A declared Content-Length over the limit is refused before the app runs; a body of
+    unknown length (chunked) is counted as it arrives and refused once past the limit.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            declared = int(Headers(scope=scope).get("content-length", "0"))
+        except ValueError:
+            declared = 0  # the server refuses these; counting below still holds
+        if declared > self.limit:
+            refusal = BodyTooLarge(self.limit)
+            response = JSONResponse({"detail": refusal.detail}, refusal.status_code)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large a number")
+    return value
+
+
+def strict_json(data: bytes) -> Any:
+    """JSON as RFC 8259 defines it: Python's ``json`` would also take NaN and Infinity
+    (and 1e999 as infinity), which no field here can hold nor any answer echo back."""
+    return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite)
+
+
+class _StrictJsonRequest(Request):
+    async def json(self) -> Any:
+        try:
+            return strict_json(await self.body())
+        except json.JSONDecodeError:
+            raise  # the app reports where the syntax is wrong
+        except ValueError as exc:
+            raise HTTPException(422, f"request body: {exc}") from None
+
+
+class StrictJsonRoute(APIRoute):
+    """A route whose JSON body is read by :func:`strict_json`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(_StrictJsonRequest(request.scope, request.receive))
+
+        return strict
