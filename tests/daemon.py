@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy import text
+
+from middleware.store.database import open_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,3 +91,13 @@ class DaemonProcess:
 
 async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection("127.0.0.1", port)
+
+
+def query(url: str, sql: str, **params: Any) -> list[Any]:
+    """Rows of ``sql`` on the daemon's database (SQLite or PostgreSQL), as tuples."""
+    engine = open_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql), params)]
+    finally:
+        engine.dispose()

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
-from tests.daemon import DaemonProcess, connect, free_port
+from tests.daemon import DaemonProcess, connect, free_port, query
 from tests.peer import ACK, ENQ, EOT, StreamPeer, frames_for, send_message
 
 
@@ -33,10 +32,14 @@ async def send_until_killed(peer: StreamPeer, records: list[bytes], frames_sent:
             assert await peer.read(1) == ACK
 
 
-def test_sigkill_loses_nothing_acknowledged_and_stores_nothing_twice(tmp_path: Path) -> None:
+def test_sigkill_loses_nothing_acknowledged_and_stores_nothing_twice(
+    tmp_path: Path, database_url: str
+) -> None:
     port = free_port()
     daemon = DaemonProcess(
-        tmp_path, [{"name": "an1", "transport": "tcp-server", "host": "127.0.0.1", "port": port}]
+        tmp_path,
+        [{"name": "an1", "transport": "tcp-server", "host": "127.0.0.1", "port": port}],
+        database_url=database_url,
     )
     total = 12
     # Message number -> how the daemon dies while it is being sent: after some of its
@@ -77,18 +80,12 @@ def test_sigkill_loses_nothing_acknowledged_and_stores_nothing_twice(tmp_path: P
         daemon.stop()
 
     assert acknowledged == list(range(total))
-    with sqlite3.connect(daemon.database) as conn:
-        per_specimen = dict(
-            conn.execute("SELECT specimen_id, count(*) FROM results GROUP BY specimen_id")
-        )
-        assert per_specimen == {f"S{n:04d}": 3 for n in range(total)}
-        assert conn.execute("SELECT count(*) FROM messages").fetchone() == (total,)
-        duplicates = conn.execute(
-            "SELECT count(*) FROM raw_transmissions WHERE duplicate"
-        ).fetchone()[0]
-        # The message committed before the kill came again and was recognised.
-        assert duplicates >= 1
-        stored = conn.execute(
-            "SELECT count(*) FROM raw_transmissions WHERE message_id IS NOT NULL"
-        ).fetchone()[0]
-        assert stored == total + duplicates
+    db = database_url
+    per_specimen = dict(query(db, "SELECT specimen_id, count(*) FROM results GROUP BY specimen_id"))
+    assert per_specimen == {f"S{n:04d}": 3 for n in range(total)}
+    assert query(db, "SELECT count(*) FROM messages") == [(total,)]
+    [(duplicates,)] = query(db, "SELECT count(*) FROM raw_transmissions WHERE duplicate")
+    # The message committed before the kill came again and was recognised.
+    assert duplicates >= 1
+    [(stored,)] = query(db, "SELECT count(*) FROM raw_transmissions WHERE message_id IS NOT NULL")
+    assert stored == total + duplicates

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,15 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CORPUS
-from tests.daemon import DaemonProcess, connect, free_port
+from tests.daemon import DaemonProcess, connect, free_port, query
 from tests.peer import ACK, ENQ, EOT, PtyPeer, StreamPeer, frame, replay
 
 ASTM = CORPUS / "astm"
-
-
-def rows(database: Path, query: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(database) as conn:
-        return conn.execute(query).fetchall()
 
 
 @pytest.fixture
@@ -51,7 +45,7 @@ async def _run_analysers(daemon: DaemonProcess, pty: PtyPeer, ports: tuple[int, 
 
 
 def test_analysers_over_tcp_and_serial_into_the_store(
-    tmp_path: Path, ports: tuple[int, int]
+    tmp_path: Path, ports: tuple[int, int], database_url: str
 ) -> None:
     async def scenario() -> None:
         pty = PtyPeer()
@@ -79,6 +73,7 @@ def test_analysers_over_tcp_and_serial_into_the_store(
                     "serial": {"port": pty.path},
                 },
             ],
+            database_url=database_url,
         )
         daemon.start()
         try:
@@ -89,7 +84,7 @@ def test_analysers_over_tcp_and_serial_into_the_store(
             await pty.close()
 
     asyncio.run(scenario())
-    db = tmp_path / "state" / "middleware.db"
+    db = database_url
     # Recall: every result the VITROS made with reagent lot 2365, found from the command line.
     traced = subprocess.run(
         [sys.executable, "-m", "middleware", "reagents", "trace", "2365",
@@ -101,12 +96,12 @@ def test_analysers_over_tcp_and_serial_into_the_store(
     # the first result of that message has no M record: no lot is claimed for it
     assert sorted(r["value_text"] for r in lines) == ["33.53", "34.09", "34.61", "34.81"]
     assert "4 result(s) produced with lot 2365" in traced.stderr
-    per_instrument = dict(rows(db, "SELECT instrument, count(*) FROM results GROUP BY instrument"))
+    per_instrument = dict(query(db, "SELECT instrument, count(*) FROM results GROUP BY instrument"))
     assert per_instrument == {"h500": 27, "vitros": 12, "erba": 1}
-    assert rows(db, "SELECT value_text, units FROM results WHERE instrument = 'erba'") == [
+    assert query(db, "SELECT value_text, units FROM results WHERE instrument = 'erba'") == [
         ("0.3", "mg/dl")
     ]
-    censored = rows(
+    censored = query(
         db, "SELECT value_text, value_number, censor FROM results WHERE value_text = '<15'"
     )
     assert censored == [("<15", 15, "<")]
@@ -119,14 +114,14 @@ def test_analysers_over_tcp_and_serial_into_the_store(
         ("h500", "yumizen-h500_raw_multi-frame.bin"),
         ("erba", "erba-xl_raw_backtick-repeat.bin"),
     ):
-        [(data,)] = rows(db, raw_of.format(instrument))
+        [(data,)] = query(db, raw_of.format(instrument))
         assert data == (ASTM / name).read_bytes().rstrip(b"\x04")
-    [(reason, instrument, data)] = rows(db, "SELECT reason, instrument, data FROM quarantine")
+    [(reason, instrument, data)] = query(db, "SELECT reason, instrument, data FROM quarantine")
     assert instrument == "vitros"
     assert reason.startswith("record 1: unusable delimiter")
     assert b"HELLO WORLD" in data
     # the censored values, the malformed one, and the one after it: the line went on
-    assert rows(db, "SELECT count(*) FROM messages WHERE instrument = 'vitros'") == [(3,)]
+    assert query(db, "SELECT count(*) FROM messages WHERE instrument = 'vitros'") == [(3,)]
 
 
 def test_daemon_refuses_a_bad_configuration(tmp_path: Path) -> None:

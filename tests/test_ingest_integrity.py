@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
-from middleware.store.database import open_engine
-from tests.daemon import DaemonProcess, connect, free_port
+from tests.daemon import DaemonProcess, connect, free_port, query
 from tests.peer import (
     ACK,
     ENQ,
@@ -43,15 +41,6 @@ def message(specimen: str, patient: str, value: bytes = b"5.4") -> list[bytes]:
         b"R|1|^^^GLU|" + value + b"|mmol/L||N||F||||20260301075900",
         b"L|1|N",
     ]
-
-
-def query(url: str, sql: str, **params: Any) -> list[Any]:
-    engine = open_engine(url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(text(sql), params).all())
-    finally:
-        engine.dispose()
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
