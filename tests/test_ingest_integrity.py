@@ -268,17 +268,18 @@ def test_interleaved_connections_each_keep_their_own_records(
 # --- 4. a transfer that ends unfinished is kept at once, with its own bytes ----------------
 
 
-@pytest.mark.parametrize("ending", ["disconnect", "eot", "timeout"])
+@pytest.mark.parametrize("ending", ["disconnect", "eot", "timeout", "shutdown"])
 def test_an_unfinished_transfer_is_kept_at_once_with_its_own_bytes(
     database_url: str, start_daemon: Callable[..., DaemonProcess], ending: str
 ) -> None:
     port = free_port()
-    start_daemon(port, frame_timeout=0.5)
+    daemon = start_daemon(port, frame_timeout=0.5 if ending == "timeout" else 30)
     sent = bytearray()
     reasons = {
-        "disconnect": "connection ended before the L record",
+        "disconnect": "connection ended before the L record (peer closed the connection)",
         "eot": "transfer ended before the message's L record",
         "timeout": "link timed out",
+        "shutdown": "connection ended before the L record",
     }
 
     async def analyser() -> None:
@@ -293,7 +294,9 @@ def test_an_unfinished_transfer_is_kept_at_once_with_its_own_bytes(
         if ending == "eot":
             await peer.write(EOT)
             sent.extend(EOT)
-        if ending != "disconnect":
+        if ending == "shutdown":
+            assert await asyncio.to_thread(daemon.stop) == 0
+        elif ending != "disconnect":
             # Kept while the connection is still open: nothing waits for the next message.
             await asyncio.to_thread(
                 wait_for, lambda: query(database_url, "SELECT id FROM quarantine")

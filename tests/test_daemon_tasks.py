@@ -1,0 +1,39 @@
+"""An instrument's connection task never stops silently: it is logged and started again."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from middleware.daemon import _keep_running
+from middleware.transport.reconnect import Backoff
+
+
+async def test_a_failing_instrument_task_is_logged_and_restarted_with_backoff() -> None:
+    calls = 0
+    third_run = asyncio.Event()
+
+    async def run() -> None:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise RuntimeError(f"serial port vanished ({calls})")
+        third_run.set()
+        await asyncio.Event().wait()  # the third run serves until cancelled
+
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(
+            _keep_running("an1", run, Backoff(initial=0.01, maximum=0.02, jitter=0))
+        )
+        await asyncio.wait_for(third_run.wait(), 2)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    restarts = [entry for entry in logs if entry["event"] == "instrument task restarts"]
+    assert [r["reason"] for r in restarts] == [
+        "RuntimeError('serial port vanished (1)')",
+        "RuntimeError('serial port vanished (2)')",
+    ]
+    assert [r["retry_in"] for r in restarts] == [0.01, 0.02]
+    assert all(r["instrument"] == "an1" for r in restarts)
