@@ -119,9 +119,11 @@ class ConnectionPipeline:
         self._size = 0
         self._started_at: datetime | None = None
         self._rejections: list[str] = []
-        self._acknowledged: list[int] = []
-        """Messages we ACKed; settled once the analyser shows it had the ACK."""
+        self._unconfirmed: list[int] = []
+        """Messages of this transfer we ACKed, until the analyser shows it had the ACK."""
         self._last_ack_at = 0.0
+        self._acknowledged: list[int] = []
+        """Messages whose ACK the analyser had: to be marked settled with the next write."""
         self._pending: list[Pending] = []
         """What waits for the next write: a transfer's EOT needs no commit of its own."""
         self._answers: list[list[bytes]] = []
@@ -178,7 +180,9 @@ class ConnectionPipeline:
                 self._lines, self._size = [], 0
             size += len(line) + 1
             if size > self.max_message_bytes:
-                raise MessageTooLong(f"message longer than {self.max_message_bytes} bytes")
+                problem = f"message longer than {self.max_message_bytes} bytes"
+                self._rejections.append(f"message_too_long: {problem}")
+                raise MessageTooLong(problem)
             lines.append(line)
             if _record_type(line) == "L":
                 await self._complete(channel, lines, event.end)
@@ -218,9 +222,12 @@ class ConnectionPipeline:
             record_count=len(decoded.records),
             reading=reading,
         )
+        # The analyser sent this after our ACK of the previous message: it had that ACK.
+        self._acknowledged += self._unconfirmed
+        self._unconfirmed.clear()
         stored = await self._keep(channel, delivery, end)
         if stored.message_id is not None:
-            self._acknowledged.append(stored.message_id)
+            self._unconfirmed.append(stored.message_id)
             self._last_ack_at = channel.clock()
         if reading is not None and reading.queries and not stored.duplicate:
             await self._prepare_answers(reading)
@@ -313,8 +320,11 @@ class ConnectionPipeline:
         """The transfer is over: what it left unfinished is stored now, with its bytes."""
         lines, self._lines, self._size = self._lines, [], 0
         rejections, self._rejections = self._rejections, []
+        refused = "; ".join(dict.fromkeys(rejections))
         if rejections and not lines:
-            reason = f"frames refused ({'; '.join(dict.fromkeys(rejections))})"
+            reason = f"frames refused ({refused})"
+        elif rejections:
+            reason = f"{reason}; frames refused ({refused})"
         if lines or rejections:
             delivery = self._delivery(channel, lines, end, problems=[reason])
             try:
@@ -326,9 +336,10 @@ class ConnectionPipeline:
                 self._pending.append(delivery)
         else:
             self._cut(channel, end, "control")
-        if not settled:
-            # Without its EOT we cannot know the analyser had our last ACK.
-            self._acknowledged.clear()
+        if settled:
+            self._acknowledged += self._unconfirmed
+        # Otherwise we cannot know the analyser had our last ACK: it stays a re-send.
+        self._unconfirmed.clear()
         self._started_at = None
         if at_close:
             await self._flush()

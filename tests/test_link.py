@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from middleware.astm.frames import (
@@ -50,6 +52,25 @@ def receiving(settings: LinkSettings | None = None) -> Link:
     return link
 
 
+def commit(link: Link, now: float) -> bytes:
+    """Do what the shell does with a text that ends a message: keep it, then let the link
+    answer; returns the text."""
+    event = link.next_event()
+    assert isinstance(event, TextReceived), event
+    assert link.state is State.AWAITING_DECISION
+    link.acknowledge(now)
+    return event.text
+
+
+def feed_bytewise(link: Link, data: bytes, now: float) -> bytes:
+    """Feed ``data`` one byte at a time; returns what the link sent meanwhile."""
+    sent = b""
+    for i in range(len(data)):
+        link.receive_data(data[i : i + 1], now)
+        sent += link.data_to_send()
+    return sent
+
+
 # --- frames ----------------------------------------------------------------------------
 
 
@@ -80,8 +101,8 @@ def test_long_record_split_at_240_characters() -> None:
 def test_receives_a_record_and_acks_each_frame() -> None:
     link = receiving()
     link.receive_data(build_frame(1, b"H|\\^&\r", True), 1.0)
+    assert commit(link, 1.5) == b"H|\\^&\r"
     assert link.data_to_send() == B_ACK
-    assert events(link) == [TextReceived(b"H|\\^&\r")]
     link.receive_data(B_EOT, 2.0)
     assert events(link) == [TransferEnded()]
     assert link.state is State.NEUTRAL
@@ -92,10 +113,9 @@ def test_bytes_arriving_one_at_a_time() -> None:
     wire = build_frame(1, b"R|1|^^^GLU|5.4\r", True)
     for i in range(len(wire)):
         link.receive_data(wire[i : i + 1], 1.0)
-        if i < len(wire) - 1:
-            assert link.data_to_send() == b""
+        assert link.data_to_send() == b""
+    assert commit(link, 1.0) == b"R|1|^^^GLU|5.4\r"
     assert link.data_to_send() == B_ACK
-    assert events(link) == [TextReceived(b"R|1|^^^GLU|5.4\r")]
 
 
 def test_message_delivered_only_when_the_etx_frame_arrives() -> None:
@@ -106,8 +126,9 @@ def test_message_delivered_only_when_the_etx_frame_arrives() -> None:
     assert link.data_to_send() == B_ACK
     assert events(link) == []
     link.receive_data(second, 2.0)
+    assert commit(link, 2.0) == text
     assert link.data_to_send() == B_ACK
-    assert events(link) == [TextReceived(text)]
+    assert events(link) == []
 
 
 def test_bad_checksum_is_naked_and_the_resend_accepted() -> None:
@@ -120,14 +141,15 @@ def test_bad_checksum_is_naked_and_the_resend_accepted() -> None:
     assert isinstance(rejected, FrameRejected) and rejected.kind == "checksum"
     assert rejected.offset == 1  # the frame starts after the ENQ
     link.receive_data(good, 2.0)
+    assert commit(link, 2.0) == b"P|1\r"
     assert link.data_to_send() == B_ACK
-    assert events(link) == [TextReceived(b"P|1\r")]
 
 
 def test_checksum_in_lowercase_hex_is_accepted() -> None:
     link = receiving()
     frame = build_frame(1, b"P|1\r", True)
     link.receive_data(frame[:-4] + frame[-4:-2].lower() + b"\r\n", 1.0)
+    assert commit(link, 1.0) == b"P|1\r"
     assert link.data_to_send() == B_ACK
 
 
@@ -144,26 +166,26 @@ def test_repeated_frame_after_lost_ack_is_acked_not_delivered_twice() -> None:
     link = receiving()
     frame = build_frame(1, b"P|1\r", True)
     link.receive_data(frame, 1.0)
+    assert commit(link, 1.0) == b"P|1\r"
     assert link.data_to_send() == B_ACK
-    assert events(link) == [TextReceived(b"P|1\r")]
     link.receive_data(frame, 2.0)  # our ACK was lost; the sender tries again
     assert link.data_to_send() == B_ACK
     assert events(link) == [DuplicateFrame(1)]
     link.receive_data(build_frame(2, b"L|1|N\r", True), 3.0)
+    assert commit(link, 3.0) == b"L|1|N\r"
     assert link.data_to_send() == B_ACK
-    assert events(link) == [TextReceived(b"L|1|N\r")]
 
 
 def test_same_number_with_other_text_is_not_a_repeat() -> None:
     link = receiving()
     link.receive_data(build_frame(1, b"P|1\r", True), 1.0)
+    commit(link, 1.0)
     link.data_to_send()
-    events(link)
     link.receive_data(build_frame(1, b"P|2\r", True), 2.0)
     assert link.data_to_send() == B_NAK
 
 
-@pytest.mark.parametrize("char", [0x01, 0x02, 0x05, 0x06, 0x10, 0x15, 0x16, 0x11, 0x14, 0x0A])
+@pytest.mark.parametrize("char", [0x01, 0x02, 0x06, 0x10, 0x15, 0x16, 0x11, 0x14, 0x0A])
 def test_restricted_character_in_text_is_naked(char: int) -> None:
     link = receiving()
     link.receive_data(build_frame(1, b"P|" + bytes([char]) + b"1\r", True), 1.0)
@@ -172,6 +194,23 @@ def test_restricted_character_in_text_is_naked(char: int) -> None:
     assert isinstance(rejected, FrameRejected)
     # STX inside a frame abandons it (the sender restarted): what follows fails its checksum.
     assert rejected.kind == ("checksum" if char == 0x02 else "control_character")
+
+
+def test_enq_inside_a_frame_abandons_it_and_restarts_the_transfer() -> None:
+    link = receiving()
+    first, _ = build_frames(b"R|" + b"1" * 300 + b"\r", 1)
+    link.receive_data(first, 1.0)
+    assert link.data_to_send() == B_ACK
+    wire = build_frame(2, b"P|" + B_ENQ + b"1\r", True)
+    assert feed_bytewise(link, wire, 2.0) == B_ACK  # the ENQ's, not the frame's
+    [started] = events(link)
+    assert isinstance(started, TransferStarted)
+    assert started.start == len(B_ENQ + first) + wire.index(B_ENQ)
+    # The tail of the abandoned frame is noise; the restarted transfer numbers from 1 and
+    # the ETB frame before the ENQ is not part of its message.
+    assert feed_bytewise(link, build_frame(1, b"L|1|N\r", True), 3.0) == b""
+    assert commit(link, 3.0) == b"L|1|N\r"
+    assert link.data_to_send() == B_ACK
 
 
 def test_frame_longer_than_240_is_naked_by_default() -> None:
@@ -194,55 +233,106 @@ def test_frame_numbers_wrap_across_records() -> None:
     texts = [f"R|{i}\r".encode() for i in range(1, 11)]
     for i, text in enumerate(texts, start=1):
         link.receive_data(build_frame(i % 8, text, True), float(i))
+        assert commit(link, float(i)) == text
         assert link.data_to_send() == B_ACK
-    assert [e.text for e in events(link) if isinstance(e, TextReceived)] == texts
 
 
 def test_receiver_interrupt_answers_eot_instead_of_ack() -> None:
     link = receiving()
     link.interrupt()
     link.receive_data(build_frame(1, b"H|\\^&\r", True), 1.0)
+    assert commit(link, 1.0) == b"H|\\^&\r"
     assert link.data_to_send() == B_EOT
-    assert events(link) == [TextReceived(b"H|\\^&\r")]
     link.receive_data(B_EOT, 2.0)  # the sender honours it
     assert events(link) == [TransferEnded()]
 
 
-def test_deferred_final_ack_waits_for_the_shell() -> None:
-    link = receiving(LinkSettings(defer_final_ack=True))
+def test_final_frame_is_answered_only_after_the_commit() -> None:
+    link = receiving()
     link.receive_data(build_frame(1, b"L|1|N\r", True), 1.0)
     assert link.data_to_send() == b""
     assert events(link) == [TextReceived(b"L|1|N\r")]
     assert link.state is State.AWAITING_DECISION
-    link.receive_data(B_EOT, 1.5)  # nothing is read while the decision is pending
+    # A commit may take as long as it takes: no timer runs meanwhile.
+    assert link.deadline is None
+    link.handle_timer(1000.0)
+    assert link.state is State.AWAITING_DECISION
     assert events(link) == []
+    link.acknowledge(1000.0)
+    assert link.data_to_send() == B_ACK
+    assert link.state is State.RECEIVING
+    assert link.deadline == 1030.0
+
+
+def test_bytes_fed_while_awaiting_the_commit_are_read_after_it() -> None:
+    link = receiving()
+    link.receive_data(build_frame(1, b"P|1\r", True), 1.0)
+    assert events(link) == [TextReceived(b"P|1\r")]
+    later = build_frame(2, b"P|2\r", True) + B_EOT
+    assert feed_bytewise(link, later, 1.5) == b""
+    assert events(link) == []
+    assert link.state is State.AWAITING_DECISION
     link.acknowledge(2.0)
+    # The ACK goes out, then frame 2 is read and awaits its own commit.
+    assert link.data_to_send() == B_ACK
+    assert commit(link, 2.5) == b"P|2\r"
     assert link.data_to_send() == B_ACK
     assert events(link) == [TransferEnded()]
+    assert link.state is State.NEUTRAL
 
 
-def test_deferred_ack_only_for_final_frames() -> None:
-    link = receiving(LinkSettings(defer_final_ack=True))
+def test_etb_frames_are_acked_at_once_and_only_the_etx_frame_waits() -> None:
+    link = receiving()
     first, second = build_frames(b"R|" + b"1" * 300 + b"\r", 1)
     link.receive_data(first, 1.0)
     assert link.data_to_send() == B_ACK
+    assert events(link) == []
     link.receive_data(second, 1.0)
     assert link.data_to_send() == b""
-    link.acknowledge(1.1)
+    assert commit(link, 1.1) == b"R|" + b"1" * 300 + b"\r"
     assert link.data_to_send() == B_ACK
 
 
 def test_refused_final_frame_is_naked_and_taken_again() -> None:
-    link = receiving(LinkSettings(defer_final_ack=True))
+    link = receiving()
     frame = build_frame(1, b"L|1|N\r", True)
     link.receive_data(frame, 1.0)
     assert events(link) == [TextReceived(b"L|1|N\r")]
     link.refuse(1.1)  # e.g. the store could not commit it
     assert link.data_to_send() == B_NAK
+    assert link.state is State.RECEIVING
+    assert link.deadline == 31.1
     link.receive_data(frame, 2.0)  # the sender tries again: delivered again, not a repeat
     assert events(link) == [TextReceived(b"L|1|N\r")]
     link.acknowledge(2.1)
     assert link.data_to_send() == B_ACK
+
+
+def test_refuse_keeps_the_text_of_the_etb_frames_before() -> None:
+    link = receiving()
+    text = b"R|1|^^^WBC|" + b"8" * 300 + b"\r"
+    first, second = build_frames(text, 1)
+    assert first[-5] == 0x17 and second[-5] == 0x03
+    assert feed_bytewise(link, first, 1.0) == B_ACK
+    assert feed_bytewise(link, second, 2.0) == b""
+    assert events(link) == [TextReceived(text)]
+    link.refuse(2.5)
+    assert link.data_to_send() == B_NAK
+    assert feed_bytewise(link, second, 3.0) == b""  # only the final frame comes again
+    assert commit(link, 3.0) == text
+    assert link.data_to_send() == B_ACK
+
+
+def test_refuse_with_an_interrupt_asked_naks_and_interrupts_the_repeat() -> None:
+    link = receiving()
+    frame = build_frame(1, b"P|1\r", True)
+    link.receive_data(frame, 1.0)
+    link.interrupt()
+    link.refuse(1.5)
+    assert link.data_to_send() == B_NAK  # a NAK asks for the frame again; it is not lost
+    link.receive_data(frame, 2.0)
+    assert commit(link, 2.0) == b"P|1\r"
+    assert link.data_to_send() == B_EOT
 
 
 def test_acknowledge_without_pending_frame_is_an_error() -> None:
@@ -293,7 +383,8 @@ def test_enq_during_transfer_restarts_it() -> None:
     assert link.data_to_send() == B_ACK
     assert events(link) == [TransferStarted()]
     link.receive_data(build_frame(1, b"H|\\^&\r", True), 3.0)
-    assert events(link) == [TextReceived(b"H|\\^&\r")]
+    assert commit(link, 3.0) == b"H|\\^&\r"  # frame 1's text is not part of it
+    assert link.data_to_send() == B_ACK
 
 
 def test_stray_bytes_in_neutral_are_ignored() -> None:
@@ -304,12 +395,197 @@ def test_stray_bytes_in_neutral_are_ignored() -> None:
     assert link.state is State.NEUTRAL
 
 
+# --- robustness, bounds and offsets ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("before", "replies"),
+    [
+        # The second ENQ abandons the frame and restarts the transfer, so it is answered.
+        (b"\x05\x02\x05", B_ACK + B_ACK),
+        # An ENQ where the checksum belongs is part of the frame's trailer, not an ENQ.
+        (b"\x05\x021P\x03\x05", B_ACK),
+    ],
+)
+def test_frame_half_received_when_the_timer_expires_is_discarded(
+    before: bytes, replies: bytes
+) -> None:
+    link = Link()
+    assert feed_bytewise(link, before, 0.0) == replies
+    link.handle_timer(30.0)
+    assert link.state is State.NEUTRAL
+    [*_, timed_out] = events(link)
+    assert isinstance(timed_out, TimedOut) and timed_out.end == len(before)
+    assert link.data_to_send() == b""
+    # Exactly one ACK for the peer's next ENQ, and what follows is read as frames.
+    assert feed_bytewise(link, B_ENQ, 40.0) == B_ACK
+    [started] = events(link)
+    assert isinstance(started, TransferStarted) and started.start == len(before)
+    assert feed_bytewise(link, build_frame(1, b"H|\\^&\r", True), 41.0) == b""
+    assert commit(link, 41.0) == b"H|\\^&\r"
+    assert link.data_to_send() == B_ACK
+    assert feed_bytewise(link, B_EOT, 42.0) == b""
+    assert events(link) == [TransferEnded()]
+
+
+def test_frame_longer_than_max_frame_bytes_is_naked_and_the_link_goes_on() -> None:
+    link = receiving(LinkSettings(max_frame_bytes=100))
+    runaway = b"\x021" + b"x" * 200
+    sent = b""
+    for i in range(len(runaway)):
+        link.receive_data(runaway[i : i + 1], 1.0)
+        sent += link.data_to_send()
+        if i == 100:  # STX and 100 more bytes without ETB/ETX
+            assert sent == B_NAK
+    assert sent == B_NAK
+    [rejected] = events(link)
+    assert isinstance(rejected, FrameRejected) and rejected.kind == "frame_too_long"
+    assert rejected.offset == 1
+    # The rest of the refused frame, terminator included, is noise; the repeat is read.
+    assert feed_bytewise(link, b"x" * 50 + b"\x03AB\r\n", 2.0) == b""
+    assert events(link) == []
+    assert feed_bytewise(link, build_frame(1, b"P|1\r", True), 3.0) == b""
+    assert commit(link, 3.0) == b"P|1\r"
+    assert link.data_to_send() == B_ACK
+
+
+def test_message_longer_than_max_message_bytes_is_naked_and_the_link_goes_on() -> None:
+    text = b"R|1|" + b"7" * 400 + b"\r"
+    first, second = build_frames(text, 1)
+    link = receiving(LinkSettings(max_message_bytes=len(text) - 1))
+    assert feed_bytewise(link, first, 1.0) == B_ACK
+    for attempt in range(2):  # every repeat is refused alike
+        assert feed_bytewise(link, second, 2.0 + attempt) == B_NAK
+        [rejected] = events(link)
+        assert isinstance(rejected, FrameRejected) and rejected.kind == "message_too_long"
+        assert rejected.offset == 1 + len(first) + attempt * len(second)
+    assert feed_bytewise(link, B_EOT, 4.0) == b""  # the sender gives up
+    assert events(link) == [TransferEnded()]
+    assert feed_bytewise(link, B_ENQ + build_frame(1, b"L|1|N\r", True), 5.0) == B_ACK
+    assert events(link)[0] == TransferStarted()
+    assert link.state is State.AWAITING_DECISION
+    link.acknowledge(5.0)
+    assert link.data_to_send() == B_ACK
+    # A message of exactly the bound is taken.
+    exact = receiving(LinkSettings(max_message_bytes=len(text)))
+    assert feed_bytewise(exact, first + second, 1.0) == B_ACK
+    assert commit(exact, 1.0) == text
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        LinkSettings(),
+        LinkSettings(max_frame_bytes=8 << 20, tolerances=FrameTolerances(long_frames=True)),
+    ],
+    ids=["refused", "read"],
+)
+def test_huge_frame_in_small_reads_is_scanned_in_linear_time(settings: LinkSettings) -> None:
+    link = receiving(settings)
+    text = b"x" * (4 << 20)
+    wire = build_frame(1, text, True)
+    started = time.perf_counter()
+    for i in range(0, len(wire), 256):
+        link.receive_data(wire[i : i + 256], 1.0)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 2.0
+    if settings.max_frame_bytes < len(wire):
+        assert link.data_to_send() == B_NAK
+        [rejected] = events(link)
+        assert isinstance(rejected, FrameRejected) and rejected.kind == "frame_too_long"
+    else:
+        assert link.data_to_send() == b""
+        assert commit(link, 1.0) == text
+    assert link.received == 1 + len(wire)
+
+
+def test_events_carry_stream_offsets() -> None:
+    link = Link()
+    # More noise than the link keeps of consumed bytes, so offsets must survive that.
+    noise = b"\x06\x15" + b"noise\r\n" * 20_000
+    first, second = build_frames(b"R|" + b"5" * 300 + b"\r", 1)
+    bad = build_frame(2, b"P|1\r", True)[:-4] + b"00\r\n"
+    wire = noise + B_ENQ + first + b"\r\n" + bad + second + B_EOT
+    link.receive_data(noise, 0.0)
+    assert feed_bytewise(link, wire[len(noise) :], 1.0) == B_ACK + B_ACK + B_NAK
+    assert link.received == len(wire)
+    link.acknowledge(2.0)
+    assert link.data_to_send() == B_ACK
+    started, rejected, text, ended = events(link)
+    assert isinstance(started, TransferStarted) and started.start == len(noise)
+    assert isinstance(rejected, FrameRejected) and rejected.offset == wire.index(bad)
+    assert isinstance(text, TextReceived)
+    assert text.start == wire.index(first)  # its first frame, not the final one
+    assert text.end == wire.index(second) + len(second)  # just past its CR LF
+    assert isinstance(ended, TransferEnded) and ended.end == len(wire)
+    # A transfer that times out ends past the bytes it discarded.
+    link.receive_data(B_ENQ + first[:100], 3.0)
+    link.handle_timer(33.0)
+    started, timed_out = events(link)
+    assert isinstance(started, TransferStarted) and started.start == len(wire)
+    assert isinstance(timed_out, TimedOut) and timed_out.end == len(wire) + 101
+
+
+# --- corner cases found by the stateful test --------------------------------------------
+
+
+def test_etx_frame_like_the_previous_etb_frame_is_not_acked_as_a_repeat() -> None:
+    link = receiving()
+    link.receive_data(build_frame(1, b"P|1", False), 1.0)
+    assert link.data_to_send() == B_ACK
+    # Same number and text, but it ends the message: it is not the ETB frame again, so it
+    # must either be refused or wait for a commit; it must never be ACKed as it stands.
+    link.receive_data(build_frame(1, b"P|1", True), 2.0)
+    assert link.data_to_send() != B_ACK
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        # A long frame (long_frames tolerance) whose ETX comes in the same read.
+        build_frame(1, b"x" * 150 + b"\r", True),
+        # A runaway frame abandoned by the next frame's STX in the same read.
+        b"\x021" + b"x" * 150 + build_frame(1, b"P|1\r", True),
+    ],
+    ids=["terminated", "abandoned"],
+)
+def test_frame_longer_than_max_frame_bytes_is_refused_however_it_is_read(wire: bytes) -> None:
+    settings = LinkSettings(max_frame_bytes=100, tolerances=FrameTolerances(long_frames=True))
+    bytewise = receiving(settings)
+    assert feed_bytewise(bytewise, wire, 1.0) == B_NAK  # refused at its 101st byte
+    whole = receiving(settings)
+    whole.receive_data(wire, 1.0)
+    assert whole.data_to_send() == B_NAK
+
+
+def test_busy_enq_during_a_transfer_does_not_leave_half_a_message() -> None:
+    link = receiving()
+    link.receive_data(build_frame(1, b"R|1|", False), 1.0)
+    assert link.data_to_send() == B_ACK
+    link.busy = True
+    link.receive_data(B_ENQ, 2.0)  # the sender restarts; we cannot take a message now
+    assert link.data_to_send() == B_NAK
+    link.receive_data(build_frame(2, b"^^^GLU|5.4\r", True), 3.0)
+    # Frame 1's text is gone, so frame 2 must not complete a message on its own.
+    assert [e for e in events(link) if isinstance(e, TextReceived)] == []
+
+
+def test_text_starts_at_its_first_frame_even_an_empty_one() -> None:
+    link = receiving()
+    first, second = build_frame(1, b"", False), build_frame(2, b"L|1|N\r", True)
+    link.receive_data(first + second, 1.0)
+    assert link.data_to_send() == B_ACK
+    [text] = events(link)
+    assert isinstance(text, TextReceived) and text.start == 1
+
+
 # --- tolerances ---------------------------------------------------------------------------
 
 
 def test_tolerance_long_frames() -> None:
     link = receiving(LinkSettings(tolerances=FrameTolerances(long_frames=True)))
     link.receive_data(build_frame(1, b"x" * 2000 + b"\r", True), 1.0)
+    assert commit(link, 1.0) == b"x" * 2000 + b"\r"
     assert link.data_to_send() == B_ACK
 
 
@@ -317,8 +593,8 @@ def test_tolerance_no_frame_numbers_and_no_checksum() -> None:
     tolerances = FrameTolerances(no_frame_numbers=True, no_checksum=True)
     link = receiving(LinkSettings(tolerances=tolerances))
     link.receive_data(b"\x02H|\\^&\rP|1\rL|1|N\r\x03", 1.0)
+    assert commit(link, 1.0) == b"H|\\^&\rP|1\rL|1|N\r"
     assert link.data_to_send() == B_ACK
-    assert events(link) == [TextReceived(b"H|\\^&\rP|1\rL|1|N\r")]
     link.receive_data(B_EOT, 2.0)
     assert events(link) == [TransferEnded()]
 
@@ -333,11 +609,10 @@ def test_without_tolerance_missing_frame_number_is_naked() -> None:
 def test_no_checksum_tolerance_still_reads_frames_that_have_one() -> None:
     link = receiving(LinkSettings(tolerances=FrameTolerances(no_checksum=True)))
     link.receive_data(build_frame(1, b"P|1\r", True) + build_frame(2, b"L|1\r", True), 1.0)
+    assert link.data_to_send() == b""
+    assert commit(link, 1.0) == b"P|1\r"
+    assert commit(link, 1.0) == b"L|1\r"
     assert link.data_to_send() == B_ACK + B_ACK
-    assert [e for e in events(link) if isinstance(e, TextReceived)] == [
-        TextReceived(b"P|1\r"),
-        TextReceived(b"L|1\r"),
-    ]
 
 
 def test_tolerance_line_feeds_in_text() -> None:
@@ -346,19 +621,29 @@ def test_tolerance_line_feeds_in_text() -> None:
     assert strict.data_to_send() == B_NAK
     tolerant = receiving(LinkSettings(tolerances=FrameTolerances(line_feeds_in_text=True)))
     tolerant.receive_data(build_frame(1, b"P|1\r\nO|1\r\n", True), 1.0)
+    assert commit(tolerant, 1.0) == b"P|1\r\nO|1\r\n"
     assert tolerant.data_to_send() == B_ACK
-    assert events(tolerant) == [TextReceived(b"P|1\r\nO|1\r\n")]
 
 
 def test_tolerance_records_span_frames() -> None:
     tolerant = receiving(LinkSettings(tolerances=FrameTolerances(records_span_frames=True)))
     tolerant.receive_data(build_frame(1, b"R|1|^^^GL", True), 1.0)
-    tolerant.receive_data(build_frame(2, b"U|5.4\r", True), 2.0)
-    assert tolerant.data_to_send() == B_ACK + B_ACK
+    # That ETX frame ends no record, so it completes no text: it is answered at once.
+    assert tolerant.data_to_send() == B_ACK
+    assert events(tolerant) == []
+    second = build_frame(2, b"U|5.4\r", True)
+    tolerant.receive_data(second, 2.0)
+    assert tolerant.data_to_send() == b""
     assert events(tolerant) == [TextReceived(b"R|1|^^^GLU|5.4\r")]
+    # A refused commit keeps the text of the earlier ETX frame too.
+    tolerant.refuse(2.5)
+    assert tolerant.data_to_send() == B_NAK
+    tolerant.receive_data(second, 3.0)
+    assert commit(tolerant, 3.0) == b"R|1|^^^GLU|5.4\r"
+    assert tolerant.data_to_send() == B_ACK
     strict = receiving()
     strict.receive_data(build_frame(1, b"R|1|^^^GL", True), 1.0)
-    assert events(strict) == [TextReceived(b"R|1|^^^GL")]
+    assert commit(strict, 1.0) == b"R|1|^^^GL"
 
 
 # --- sender ------------------------------------------------------------------------------
@@ -465,6 +750,9 @@ def test_contention_host_backs_off_20_s_and_answers_the_instrument() -> None:
     link.receive_data(B_ENQ, 2.0)  # the instrument tries again after 1 s
     assert link.data_to_send() == B_ACK
     link.receive_data(build_frame(1, b"H|\\^&\r", True) + B_EOT, 3.0)
+    assert link.data_to_send() == b""
+    assert events(link) == [TransferStarted(), TextReceived(b"H|\\^&\r")]
+    link.acknowledge(3.0)
     # The instrument is done, so the host bids at once rather than after the 20 s.
     assert link.data_to_send() == B_ACK + B_ENQ
     assert link.pending_messages == 1
@@ -523,6 +811,7 @@ def test_messages_queued_while_receiving_are_sent_after() -> None:
     link.send_message([b"O|1"], 0.5)
     assert link.data_to_send() == b""
     link.receive_data(build_frame(1, b"Q|1\r", True), 1.0)
+    assert commit(link, 1.0) == b"Q|1\r"
     assert link.data_to_send() == B_ACK
     link.receive_data(B_EOT, 2.0)
     assert link.data_to_send() == B_ENQ
@@ -553,8 +842,11 @@ def test_a_peer_link_pair_exchanges_messages_both_ways() -> None:
         analyser.handle_timer(now)
         host.receive_data(analyser.data_to_send(), now)
         analyser.receive_data(host.data_to_send(), now)
-        received += [e.text for e in events(host) if isinstance(e, TextReceived)]
-        received += [e.text for e in events(analyser) if isinstance(e, TextReceived)]
+        for link in (host, analyser):
+            for event in events(link):
+                if isinstance(event, TextReceived):
+                    received.append(event.text)
+                    link.acknowledge(now)
         if host.pending_messages == 0 and analyser.pending_messages == 0:
             break
     assert host.pending_messages == 0 and analyser.pending_messages == 0
@@ -565,16 +857,15 @@ def test_tolerance_numbering_restarts_for_each_message() -> None:
     again = [build_frame(1, b"H|\\^&\r", True), build_frame(2, b"L|1|N\r", True)]
     strict = receiving()
     strict.receive_data(b"".join(again + again), 1.0)
+    assert commit(strict, 1.0) == b"H|\\^&\r"
+    assert commit(strict, 1.0) == b"L|1|N\r"
     # the second frame 1 is refused; its frame 2 then looks like a repeat of the first's
     assert strict.data_to_send() == B_ACK + B_ACK + B_NAK + B_ACK
-    assert [e for e in events(strict) if isinstance(e, TextReceived)] == [
-        TextReceived(b"H|\\^&\r"),
-        TextReceived(b"L|1|N\r"),
-    ]
+    assert [type(e) for e in events(strict)] == [FrameRejected, DuplicateFrame]
     tolerant = receiving(LinkSettings(tolerances=FrameTolerances(numbering_restarts=True)))
     tolerant.receive_data(b"".join(again + again), 1.0)
+    assert [commit(tolerant, 1.0) for _ in range(4)] == [b"H|\\^&\r", b"L|1|N\r"] * 2
     assert tolerant.data_to_send() == B_ACK * 4
-    assert len([e for e in events(tolerant) if isinstance(e, TextReceived)]) == 4
     # Only a frame 1 that starts a message restarts the count.
     tolerant.receive_data(build_frame(1, b"P|1\r", True), 2.0)
     assert tolerant.data_to_send() == B_NAK

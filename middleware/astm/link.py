@@ -229,7 +229,7 @@ class Link:
         self._expected = 1
         self._last_frame: Frame | None = None
         self._record = bytearray()
-        self._text_start = 0
+        self._text_start: int | None = None  # stream offset of the text's first frame
         self._interrupt_requested = False
         self._before_decision: tuple[int, Frame | None, int] = (1, None, 0)
 
@@ -283,6 +283,7 @@ class Link:
         with ACK (or EOT when an interrupt was asked for)."""
         self._decided()
         self._record.clear()
+        self._text_start = None
         self._reply_to_frame(now)
         self._parse(now)
 
@@ -384,6 +385,7 @@ class Link:
         self._expected = 1
         self._last_frame = None
         self._record.clear()
+        self._text_start = None
         self._deadline = now + self.settings.frame_timeout
         self._events.append(TransferStarted(self._at - 1))
 
@@ -443,6 +445,7 @@ class Link:
         self.state = State.NEUTRAL
         self._deadline = None
         self._record.clear()
+        self._text_start = None
         self._interrupt_requested = False
         if not_before is not None:
             self._not_before = not_before
@@ -467,9 +470,13 @@ class Link:
             self._to_neutral(now, not_before=now)
             return True
         if first == ENQ:
-            # The peer gave up on the transfer and starts anew.
+            # The peer gave up on the transfer and starts anew: nothing of the old one
+            # carries over, even when we are busy and refuse the new one.
             self._skip(1)
+            self.state = State.NEUTRAL
+            self._deadline = None
             self._record.clear()
+            self._text_start = None
             self._accept_enq(now)
             return True
         if first != STX:
@@ -490,6 +497,16 @@ class Link:
                     now,
                 )
             return False
+        if end - self._pos > self.settings.max_frame_bytes:
+            # The same refusal whether the bytes came in one read or many.
+            self._reject(
+                FrameProblem(
+                    "frame_too_long", f"no ETB/ETX within {self.settings.max_frame_bytes} bytes"
+                ),
+                end - self._pos,
+                now,
+            )
+            return True
         if buf[end] in (STX, EOT, ENQ):
             # A new frame, EOT or ENQ came before this one ended: the sender abandoned it.
             self._skip(end - self._pos)
@@ -555,6 +572,7 @@ class Link:
                     previous is not None
                     and frame.number == previous.number
                     and frame.text == previous.text
+                    and frame.final == previous.final
                 ):
                     self._out.append(ACK)
                     self._events.append(DuplicateFrame(frame.number))
@@ -578,14 +596,14 @@ class Link:
         if frame.number is not None:
             self._expected = (frame.number + 1) % 8
         self._last_frame = frame
-        if not self._record:
-            self._text_start = start
+        text_start = start if self._text_start is None else self._text_start
+        self._text_start = text_start
         self._record += frame.text
         if frame.final and not (
             self.settings.tolerances.records_span_frames
             and not self._record.endswith((b"\r", b"\n"))
         ):
-            self._events.append(TextReceived(bytes(self._record), self._at, self._text_start))
+            self._events.append(TextReceived(bytes(self._record), self._at, text_start))
             self.state = State.AWAITING_DECISION
             self._before_decision = before
             self._deadline = None
