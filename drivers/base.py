@@ -30,11 +30,29 @@ from middleware.domain import (
     Specimen,
 )
 
+# ASCII digits only: str.isdigit() and int() also take superscripts, which stray bytes
+# decoded as latin-1 become (0xB2 is '²'), and other scripts' digits.
+_STAMP_DIGITS = re.compile(r"[0-9]{8,14}")
+# Up to 9 digits: a sequence number is kept in a 32-bit integer column.
+_SEQUENCE = re.compile(r"[0-9]{1,9}")
+
+_RECORD_NAMES = {
+    "H": "header",
+    "P": "patient",
+    "O": "order",
+    "R": "result",
+    "C": "comment",
+    "Q": "query",
+    "M": "manufacturer record",
+    "S": "scientific record",
+    "L": "terminator",
+}
+
 
 def parse_timestamp(text: str) -> datetime | None:
     """E1394 date and time (YYYYMMDD[HH[MM[SS]]]); None when absent or not a date."""
     digits = text.strip()[:14]
-    if len(digits) < 8 or not digits.isdigit():
+    if not _STAMP_DIGITS.fullmatch(digits):
         return None
     hour, minute, second = (
         int(digits[i : i + 2]) if len(digits) >= i + 2 else 0 for i in (8, 10, 12)
@@ -48,6 +66,19 @@ def parse_timestamp(text: str) -> datetime | None:
 def parse_date(text: str) -> date | None:
     stamp = parse_timestamp(text)
     return stamp.date() if stamp else None
+
+
+def field_name(record: Record, n: int) -> str:
+    """Where field n of a record is, as a person looks for it: ``result 2, R.13``."""
+    number = record.value(2) if record.type not in ("H", "L") else ""
+    if not _SEQUENCE.fullmatch(number):
+        return f"{record.type}.{n}"
+    return f"{_RECORD_NAMES.get(record.type, record.type)} {number}, {record.type}.{n}"
+
+
+def _shown(text: str) -> str:
+    text = text.strip()
+    return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +134,9 @@ class Driver:
     control_pattern: ClassVar[re.Pattern[str] | None] = None
     #: Delimiters of what we send the analyser (host-query answers, orders).
     delimiters: ClassVar[Delimiters] = DEFAULT_DELIMITERS
+    #: Messages that do not begin with an H record are taken (and flagged) rather than
+    #: quarantined: only for analysers known to send them so.
+    headerless_messages: ClassVar[bool] = False
 
     def __init__(self, options: DriverOptions | None = None, instrument: str = "") -> None:
         options = options or DriverOptions()
@@ -111,6 +145,8 @@ class Driver:
         self.control_re = (
             re.compile(options.control_pattern) if options.control_pattern else self.control_pattern
         )
+        # The problems of the message being read, where hooks say which fields they refused.
+        self._problems: list[str] = []
 
     # --- link ------------------------------------------------------------------------------
 
@@ -138,8 +174,8 @@ class Driver:
             specimen_id=context.specimen_id,
             patient_id=self.patient_id(patient) if patient else "",
             specimen_type=order.value(16),
-            collected_at=parse_timestamp(order.value(8)),
-            received_at=parse_timestamp(order.value(18)),
+            collected_at=self.read_timestamp(order.value(8), field_name(order, 8)),
+            received_at=self.read_timestamp(order.value(18), field_name(order, 18)),
         )
 
     def patient(self, record: Record) -> Patient | None:
@@ -148,7 +184,8 @@ class Driver:
         if not patient_id:
             return None
         sex = record.value(9).upper()
-        return Patient(patient_id, sex if sex in ("M", "F") else "", parse_date(record.value(8)))
+        birth = self.read_date(record.value(8), field_name(record, 8))
+        return Patient(patient_id, sex if sex in ("M", "F") else "", birth)
 
     def patient_id(self, patient: Record) -> str:
         return patient.value(3) or patient.value(4) or patient.value(5)
@@ -207,7 +244,7 @@ class Driver:
 
     def completed_at(self, result: Record) -> datetime | None:
         """R.13, the date and time the test was completed."""
-        return parse_timestamp(result.value(13))
+        return self.read_timestamp(result.value(13), field_name(result, 13))
 
     def dilution(self, result: Record) -> str:
         """The standard has no place for a dilution: none by default."""
@@ -219,10 +256,34 @@ class Driver:
     def lab_code(self, code: str) -> str:
         return self.codes.get(code, code)
 
+    # --- refused fields --------------------------------------------------------------------
+
+    def read_timestamp(self, text: str, where: str) -> datetime | None:
+        """``text`` as a date and time. Text that is not one is left out and the message
+        says so, naming ``where`` it was (see :func:`field_name`): the rest of the message
+        stands."""
+        stamp = parse_timestamp(text)
+        if stamp is None and text.strip():
+            self._refuse(where, text, "is not a date and time; left out")
+        return stamp
+
+    def read_date(self, text: str, where: str) -> date | None:
+        day = parse_date(text)
+        if day is None and text.strip():
+            self._refuse(where, text, "is not a date; left out")
+        return day
+
+    def _refuse(self, where: str, text: str, why: str) -> None:
+        """Say in the message being read, once, that a field was not taken as it came."""
+        problem = f"{where}: {_shown(text)} {why}"
+        if problem not in self._problems:
+            self._problems.append(problem)
+
     # --- reading ---------------------------------------------------------------------------
 
     def read(self, records: Sequence[Record]) -> InstrumentMessage:
         message = InstrumentMessage(instrument=self.instrument)
+        self._problems = message.problems
         context = Context()
         for index, record, trailing in _with_trailing(records):
             kind = record.type
@@ -263,7 +324,7 @@ class Driver:
                 test_codes=tuple(c for c in codes if c),
                 priority=order.value(6) or "R",
                 action_code=order.value(12),
-                ordered_at=parse_timestamp(order.value(7)),
+                ordered_at=self.read_timestamp(order.value(7), field_name(order, 7)),
                 patient_id=self.patient_id(context.patient) if context.patient else "",
             )
         )
@@ -280,15 +341,20 @@ class Driver:
         if not code:
             message.problems.append(f"result {record.value(2) or '?'} has no test code")
             return
-        try:
-            sequence = int(record.value(2))
-        except ValueError:
-            sequence = 0
+        sequence_text = record.value(2).strip()
+        sequence = 0
+        if _SEQUENCE.fullmatch(sequence_text):
+            sequence = int(sequence_text)
+        elif sequence_text:
+            self._refuse(field_name(record, 2), sequence_text, "is not a sequence number; left out")
+        value, refused = Measurement.read(self.value_text(record))
+        if refused:
+            self._refuse(field_name(record, 4), value.text, f"{refused}; kept as text only")
         result = Result(
             specimen_id=context.specimen_id,
             test_code=self.lab_code(code),
             instrument_test_code=code,
-            value=Measurement.parse(self.value_text(record)),
+            value=value,
             units=record.value(5),
             reference_range=self.reference_range(record),
             abnormal_flags=self.flags(record),

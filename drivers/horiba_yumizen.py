@@ -36,8 +36,7 @@ from drivers.base import (
     ControlInfo,
     Driver,
     ResultRecords,
-    parse_date,
-    parse_timestamp,
+    field_name,
 )
 from drivers.codes import HAEMATOLOGY
 from middleware.astm.records import Record
@@ -53,7 +52,7 @@ class _SampleNotes:
 
     order_index: int
     flags: tuple[tuple[str, str], ...]  # (parameter or "", flag as written)
-    reagents: tuple[tuple[str, str, str], ...]  # (name, lot, expiry)
+    reagents: tuple[tuple[str, str, str, str], ...]  # (name, lot, expiry, its field)
 
 
 def _sample_notes(records: Sequence[Record]) -> list[_SampleNotes]:
@@ -62,7 +61,7 @@ def _sample_notes(records: Sequence[Record]) -> list[_SampleNotes]:
         if record.type != "O":
             continue
         flags: list[tuple[str, str]] = []
-        reagents: list[tuple[str, str, str]] = []
+        reagents: list[tuple[str, str, str, str]] = []
         for following in records[index + 1 :]:
             if following.type == "C":
                 for rep in following.repeats(4):
@@ -78,13 +77,14 @@ def _sample_notes(records: Sequence[Record]) -> list[_SampleNotes]:
     return notes
 
 
-def _reagent_rows(record: Record) -> list[tuple[str, str, str]]:
+def _reagent_rows(record: Record) -> list[tuple[str, str, str, str]]:
     # Empty repeats are dropped on both sides: the H550 writes its repeat delimiter
     # doubled (``CLEANER\\DILUENT``), like its header, which puts an empty one between each.
     names = [rep[0] for rep in record.repeats(4) if rep[0]]
     lots = [rep for rep in record.repeats(5) if rep[0]]
     pairs = zip(names, lots, strict=False)
-    return [(name, lot[0], lot[2] if len(lot) > 2 else "") for name, lot in pairs]
+    where = field_name(record, 5)
+    return [(name, lot[0], lot[2] if len(lot) > 2 else "", where) for name, lot in pairs]
 
 
 class HoribaYumizenDriver(Driver):
@@ -116,8 +116,8 @@ class HoribaYumizenDriver(Driver):
         code = result.instrument_test_code
         flags = tuple(text for parameter, text in sample.flags if parameter in ("", code))
         reagents = tuple(
-            ReagentUse(name, lot, result.test_code, parse_date(expiry))
-            for name, lot, expiry in sample.reagents
+            ReagentUse(name, lot, result.test_code, self.read_date(expiry, where))
+            for name, lot, expiry, where in sample.reagents
         )
         return replace(
             result,
@@ -127,7 +127,9 @@ class HoribaYumizenDriver(Driver):
 
     def completed_at(self, result: Record) -> datetime | None:
         # The Yumizen leaves R.13 empty; its one time, R.12, is when the sample was run.
-        return super().completed_at(result) or parse_timestamp(result.value(12))
+        return super().completed_at(result) or self.read_timestamp(
+            result.value(12), field_name(result, 12)
+        )
 
     def flags(self, result: Record) -> tuple[str, ...]:
         flags = super().flags(result)

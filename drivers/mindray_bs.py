@@ -23,7 +23,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import ClassVar
 
-from drivers.base import Context, ControlInfo, Driver, ResultRecords, parse_timestamp
+from drivers.base import Context, ControlInfo, Driver, ResultRecords, field_name
 from middleware.astm.frames import FrameTolerances
 from middleware.astm.records import Record
 from middleware.domain import InstrumentMessage, Specimen
@@ -108,7 +108,8 @@ class MindrayBSDriver(Driver):
         return result.value(3) or result.value(3, 1)
 
     def completed_at(self, result: Record) -> datetime | None:
-        return parse_timestamp(result.value(13)) or parse_timestamp(result.value(12))
+        stamp = self.read_timestamp(result.value(13), field_name(result, 13))
+        return stamp or self.read_timestamp(result.value(12), field_name(result, 12))
 
     def control_info(self, context: Context, group: ResultRecords) -> ControlInfo | None:
         if not _is_qc(context.header) or context.order is None:

@@ -25,7 +25,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import ClassVar
 
-from drivers.base import Context, Driver, ResultRecords, parse_date
+from drivers.base import Context, Driver, ResultRecords, field_name
 from middleware.astm.records import Record
 from middleware.domain import HostQuery, Order, ReagentUse
 
@@ -85,7 +85,7 @@ class OrthoVitrosDriver(Driver):
                         reagent=f"VITROS {code} reagent pack",
                         lot=pack[0],
                         test_code=lab_code,
-                        expiry=parse_date(pack[1]) if len(pack) > 1 else None,
+                        expiry=self.read_date(m.value(4, 1), field_name(m, 4)),
                         calibration_id=calibration[0],
                     )
                 )
@@ -95,7 +95,7 @@ class OrthoVitrosDriver(Driver):
                         reagent="VITROS signal reagent",
                         lot=signal[0],
                         test_code=lab_code,
-                        expiry=parse_date(signal[2]) if len(signal) > 2 else None,
+                        expiry=self.read_date(m.value(6, 2), field_name(m, 6)),
                     )
                 )
         return tuple(uses)

@@ -61,6 +61,12 @@ def decode_capture(
             ).as_dict()
             for err in decoded.errors
         ]
+        # What the driver refused or could not map (a date that is not one, a result
+        # without a test code): the rest of the message was read.
+        errors += [
+            CaptureError("reading", problem, captured.offsets[0]).as_dict()
+            for problem in reading.problems
+        ]
         report.messages.append(
             {
                 "sender": reading.sender or None,

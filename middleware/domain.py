@@ -84,7 +84,35 @@ class Comment:
     kind: str = ""  # E1394 C.5 comment type (G generic, I instrument flag...)
 
 
-_NUMBER = re.compile(r"^\s*([<>]=?|=)?\s*([-+]?(?:\d+(?:[.,]\d*)?|[.,]\d+)(?:[eE][-+]?\d+)?)\s*$")
+# ASCII digits only: ``\d`` also matches other scripts' digits, which Decimal then reads.
+_NUMBER = re.compile(
+    r"^\s*([<>]=?|=)?\s*([-+]?(?:[0-9]+(?:[.,][0-9]*)?|[.,][0-9]+)(?:[eE][-+]?[0-9]+)?)\s*$"
+)
+
+# Bounds on a number read from outside. Exact arithmetic on 1e999999999 (quantize, a
+# fraction for a z-score) runs for minutes or exhausts memory, and the store keeps numbers
+# as NUMERIC(24, 8): 24 digits, 16 before the point. No result in any unit a laboratory
+# reports comes near these bounds, so a value beyond them is a corrupt or hostile one.
+MAX_DIGITS = 24
+#: Adjusted exponents (that of the first digit): at most 15 keeps a number below 10**16...
+MAX_EXPONENT = 15
+#: ...and at least -24 keeps the denominator of its exact fraction small.
+MIN_EXPONENT = -24
+_OUT_OF_RANGE = f"is out of range (magnitude 1E{MIN_EXPONENT} to 1E{MAX_EXPONENT + 1})"
+
+
+def bounded_number(digits: str) -> tuple[Decimal | None, str]:
+    """Plain decimal notation as a number within the bounds, or None and why not. The
+    caller checks the notation: Decimal() alone would also read NaN, Infinity and 1_0."""
+    try:
+        number = Decimal(digits)
+    except InvalidOperation:  # an exponent beyond even what Decimal holds
+        return None, _OUT_OF_RANGE
+    if len(number.as_tuple().digits) > MAX_DIGITS:
+        return None, f"has more than {MAX_DIGITS} significant digits"
+    if not MIN_EXPONENT <= number.adjusted() <= MAX_EXPONENT:
+        return None, _OUT_OF_RANGE
+    return number, ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +120,8 @@ class Measurement:
     """A value as the analyser wrote it, and as a number when it is one.
 
     Censored values (``<15``, ``>8``) keep their sign in ``censor`` and their limit in
-    ``number``: the number alone would be a different, wrong, result.
+    ``number``: the number alone would be a different, wrong, result. Only plain decimal
+    notation within the bounds above is a number: never NaN or Infinity.
     """
 
     text: str
@@ -101,15 +130,20 @@ class Measurement:
 
     @classmethod
     def parse(cls, text: str) -> Measurement:
+        return cls.read(text)[0]
+
+    @classmethod
+    def read(cls, text: str) -> tuple[Measurement, str]:
+        """The measurement, and why its text, written as a number, is not taken as one
+        ("" when it is, or when the text is not written as a number at all)."""
         match = _NUMBER.match(text)
         if not match:
-            return cls(text)
+            return cls(text), ""
         sign, digits = match.group(1) or "", match.group(2).replace(",", ".")
-        try:
-            number = Decimal(digits)
-        except InvalidOperation:
-            return cls(text)
-        return cls(text, number, "" if sign == "=" else sign)
+        number, problem = bounded_number(digits)
+        if number is None:
+            return cls(text), problem
+        return cls(text, number, "" if sign == "=" else sign), ""
 
     @property
     def is_numeric(self) -> bool:
@@ -176,35 +210,52 @@ class InstrumentMessage:
     orders: list[Order] = field(default_factory=list)
     comments: list[Comment] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    """Things the driver could not map; a message with problems and nothing else is
-    quarantined, otherwise the problems travel with it."""
+    """Things the driver could not map and fields it refused (a time that is not one); a
+    message with problems and nothing else is quarantined, otherwise the problems travel
+    with it."""
 
     def in_timezone(self, zone: tzinfo) -> InstrumentMessage:
         """The same message with the analyser's wall-clock times (which carry no zone)
-        read in ``zone`` and given in UTC, so they compare with the middleware's clock."""
+        read in ``zone`` and given in UTC, so they compare with the middleware's clock.
+        A time that cannot be placed in UTC is left out, and the message says so."""
+        problems = list(self.problems)
 
-        def utc(moment: datetime | None) -> datetime | None:
+        def utc(moment: datetime | None, what: str) -> datetime | None:
             if moment is None or moment.tzinfo is not None:
                 return moment
-            return moment.replace(tzinfo=zone).astimezone(UTC)
+            try:
+                return moment.replace(tzinfo=zone).astimezone(UTC)
+            except OverflowError:  # year 1 east of UTC, year 9999 west of it
+                problems.append(
+                    f"{what} {moment.isoformat(sep=' ')} in {zone} cannot be given in UTC; left out"
+                )
+                return None
 
         def result(r: Result) -> Result:
-            return replace(r, completed_at=utc(r.completed_at))
+            what = f"result {r.test_code} of {r.specimen_id or '?'}: completed"
+            return replace(r, completed_at=utc(r.completed_at, what))
+
+        def specimen(s: Specimen) -> Specimen:
+            what = f"specimen {s.specimen_id or '?'}:"
+            return replace(
+                s,
+                collected_at=utc(s.collected_at, f"{what} collected"),
+                received_at=utc(s.received_at, f"{what} received"),
+                analysed_at=utc(s.analysed_at, f"{what} analysed"),
+            )
+
+        def order(o: Order) -> Order:
+            return replace(
+                o, ordered_at=utc(o.ordered_at, f"order of {o.specimen_id or '?'}: ordered")
+            )
 
         return replace(
             self,
-            specimens=[
-                replace(
-                    s,
-                    collected_at=utc(s.collected_at),
-                    received_at=utc(s.received_at),
-                    analysed_at=utc(s.analysed_at),
-                )
-                for s in self.specimens
-            ],
+            specimens=[specimen(s) for s in self.specimens],
             results=[result(r) for r in self.results],
             controls=[replace(c, result=result(c.result)) for c in self.controls],
-            orders=[replace(o, ordered_at=utc(o.ordered_at)) for o in self.orders],
+            orders=[order(o) for o in self.orders],
+            problems=problems,
         )
 
     def measurements(self) -> list[tuple[Result, ControlResult | None]]:

@@ -250,19 +250,13 @@ class _FrameReader:
             if checksum(restored) == received.upper():
                 result = check_frame(restored, received, self.tolerances, self.max_text)
         if isinstance(result, FrameProblem):
-            lenient = check_frame(
-                body, received,
-                replace(
-                    self.tolerances,
-                    long_frames=True,
-                    no_frame_numbers=True,
-                    no_checksum=True,
-                    line_feeds_in_text=True,
-                ),
-                MAX_TEXT,
-            )  # fmt: skip
-            assert not isinstance(lenient, FrameProblem)
-            return _Frame(lenient.number, lenient.text, lenient.final, start, result)
+            # A refused frame's text is still shown, as it came, control characters and
+            # all: the problem is reported, and a person sees what was sent.
+            inner = body[:-1]
+            numbered = len(inner) > 0 and 0x30 <= inner[0] <= 0x37
+            number = inner[0] - 0x30 if numbered else None
+            text = inner[1:] if numbered else inner
+            return _Frame(number, text, body[-1] == ETX, start, result)
         return _Frame(result.number, result.text, result.final, start, None)
 
     def _take(self, frame: _Frame, start: int) -> None:

@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TextIO
 
+from middleware.domain import bounded_number
 from middleware.engine.westgard import Evaluator, QcResult, RuleName, RuleSet, rule_names
 
 REQUIRED = ("run", "material")
@@ -26,9 +27,9 @@ DEFAULT_WARNINGS = "1-2s"
 #: Enough to see what is wrong with a file without scrolling through all of it.
 MAX_PROBLEMS = 20
 
-# Plain decimal notation only: Decimal() alone would also take "NaN", "Infinity" and "1_0".
-# The exponent is kept short: the exact fraction of 1e999999999 would not fit in memory.
-_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,3})?")
+# Plain decimal notation in ASCII digits only: Decimal() alone would also take "NaN",
+# "Infinity", "1_0" and other scripts' digits. Its size is bounded as a result's is.
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
 class InputError(Exception):
@@ -103,8 +104,12 @@ def _row(number: int, where: str, fields: dict[str, str]) -> tuple[Row | None, l
         text = fields[name].strip()
         if not _NUMBER.fullmatch(text):
             problems.append(f"{where}, column {name}: {text!r} is not a number")
+            continue
+        value, problem = bounded_number(text)
+        if value is None:
+            problems.append(f"{where}, column {name}: {text!r} is not a number: it {problem}")
         else:
-            numbers[name] = Decimal(text)
+            numbers[name] = value
     if "sd" in numbers and numbers["sd"] <= 0:
         problems.append(f"{where}, column sd: {fields['sd'].strip()} must be above 0")
     if problems:

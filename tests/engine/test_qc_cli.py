@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -251,3 +252,38 @@ def test_input_is_required(capsys: Capsys) -> None:
         main(["qc", "evaluate"])
     assert exited.value.code == 2
     assert "--input" in capsys.readouterr().err
+
+
+Z_HEADER = "run,material,z\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (Z_HEADER + "1,L1,9e999\n", "row 1 (line 2), column z: '9e999' is not a number: it is out"),
+        (Z_HEADER + "1,L1,1\n2,L1,-9E-999\n", "row 2 (line 3), column z: '-9E-999' is not a"),
+        (Z_HEADER + "1,L1,1e99999999999999999999\n", "column z: '1e99999999999999999999' is"),
+        (HEADER + "1,L1,1e300,0,1e-300\n", "column value: '1e300' is not a number: it is out"),
+        (HEADER + "1,L1,1,0,1e-300\n", "row 1 (line 2), column sd: '1e-300' is not a number"),
+        (HEADER + "1,L1,1e999999999,100,1\n", "column value: '1e999999999' is not a number"),
+        (HEADER + "1,L1,1" + "0" * 30 + ".0,100,1\n", "it has more than 24 significant digits"),
+        (HEADER + "1,L1,١٠١,100,1\n", "row 1 (line 2), column value: '١٠١' is not a number"),
+        (Z_HEADER + "1,L1,NaN\n", "row 1 (line 2), column z: 'NaN' is not a number"),
+        (Z_HEADER + "1,L1,sNaN\n", "row 1 (line 2), column z: 'sNaN' is not a number"),
+        (Z_HEADER + "1,L1,-Infinity\n", "row 1 (line 2), column z: '-Infinity' is not a number"),
+    ],
+)
+def test_hostile_numbers_are_refused_at_once(
+    capsys: Capsys, tmp_path: Path, text: str, message: str
+) -> None:
+    started = time.monotonic()
+    err = refused(capsys, write(tmp_path, text))
+    assert time.monotonic() - started < 1
+    assert message in err
+
+
+def test_numbers_at_the_bounds_are_evaluated(capsys: Capsys, tmp_path: Path) -> None:
+    # The largest value, the smallest SD: the z-score is still a float JSON can write.
+    text = HEADER + "1,L1,9.99999999999999e15,-9.99999999999999e15,1e-24\n"
+    [line] = evaluate(capsys, write(tmp_path, text))
+    assert line["z"] == pytest.approx(2e40) and line["status"] == "reject"
