@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 import drivers
 from drivers.base import Driver
@@ -16,6 +17,7 @@ from middleware.domain import InstrumentMessage, Order
 from middleware.pipeline import ConnectionPipeline
 from middleware.store import Store
 from middleware.store import repository as repo
+from middleware.store.schema import messages
 from middleware.transport.tcp import TcpServer
 from tests.peer import ACK, ENQ, EOT, StreamPeer, frame, frames_for, receive_message, send_message
 
@@ -139,4 +141,31 @@ async def test_a_failing_driver_quarantines_and_the_line_goes_on(tmp_path: Path)
     assert [e["reason"] for e in entries] == [
         "driver broken failed: ValueError('cannot read this')"
     ] * 2
+    store.close()
+
+
+class HeaderlessDriver(Driver):
+    name = "headerless"
+    headerless_messages = True
+
+
+async def test_a_driver_may_take_messages_without_h_and_they_are_flagged(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    pipeline = ConnectionPipeline("an1", HeaderlessDriver(), store)
+    server = TcpServer("127.0.0.1", 0, LinkSettings(), pipeline)
+    async with server:
+        peer = StreamPeer(*await asyncio.open_connection("127.0.0.1", server.bound_port))
+        await send_message(peer, MESSAGE[1:])
+        await settle(pipeline, 1)
+        await peer.close()
+    assert store.read(repo.quarantined) == []
+    [row] = store.read(lambda conn: repo.results_for_specimen(conn, "S100"))
+    assert row["value_text"] == "5.4"
+    [problems] = store.read(
+        lambda conn: [m.problems for m in conn.execute(select(messages.c.problems))]
+    )
+    assert (
+        problems
+        == "the message does not begin with an H record (taken: the headerless driver allows it)"
+    )
     store.close()
