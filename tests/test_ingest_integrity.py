@@ -279,7 +279,7 @@ def test_an_unfinished_transfer_is_kept_at_once_with_its_own_bytes(
         "disconnect": "connection ended before the L record (peer closed the connection)",
         "eot": "transfer ended before the message's L record",
         "timeout": "link timed out",
-        "shutdown": "connection ended before the L record",
+        "shutdown": "connection ended before the L record (closed by the middleware)",
     }
 
     async def analyser() -> None:

@@ -144,7 +144,8 @@ class LinkChannel:
                     data = reading.result()
                     reading = None
                     if not data:
-                        reason = "peer closed the connection"
+                        if not self._closing:  # not the end of our own close()
+                            reason = "peer closed the connection"
                         self.log.info(reason)
                         return
                     self.received.add(data, self.wallclock())

@@ -93,7 +93,7 @@ class TcpServer:
             self._server.close()
         # Closing the sockets ends each channel's loop; cancel only what does not end.
         for channel in list(self.channels):
-            channel.writer.close()
+            channel.close()
         pending = list(self._tasks)
         if pending:
             _, late = await asyncio.wait(pending, timeout=5)
