@@ -43,7 +43,7 @@ from middleware.transport.channel import (
     EventHandler,
     LinkChannel,
 )
-from middleware.transport.reconnect import Backoff
+from middleware.transport.reconnect import Backoff, Reconnecting
 from middleware.transport.serial import SerialConnection, SerialSettings
 from middleware.transport.tcp import TcpClient, TcpServer
 from middleware.yamlfile import FileError
@@ -117,6 +117,7 @@ class Daemon:
         self.connections: dict[str, dict[LinkChannel, ConnectionPipeline]] = {}
         """Per instrument, its live connections, each with its own pipeline."""
         self._tasks: list[asyncio.Task[None]] = []
+        self._outgoing: list[Reconnecting] = []
 
     @property
     def pipelines(self) -> dict[str, list[ConnectionPipeline]]:
@@ -194,11 +195,13 @@ class Daemon:
             client = TcpClient(
                 config.host, config.port, settings, name=config.name, on_connect=attach
             )
+            self._outgoing.append(client)
             self._tasks.append(asyncio.create_task(_keep_running(config.name, client.run)))
         else:
             assert config.serial is not None
             line = SerialSettings(**config.serial.model_dump())
             serial = SerialConnection(line, settings, name=config.name, on_connect=attach)
+            self._outgoing.append(serial)
             self._tasks.append(asyncio.create_task(_keep_running(config.name, serial.run)))
         log.info(
             "instrument configured",
@@ -329,8 +332,20 @@ class Daemon:
         return await store.write(work)
 
     async def stop(self) -> None:
+        # Connections are closed, not cancelled: each keeps what it received (waiting for
+        # a store lock if need be) before its task ends.
+        grace = self.settings.database_lock_timeout + 5
         for server in self.servers.values():
-            await server.close()
+            await server.close(grace)
+        closing = [c.channel for c in self._outgoing if c.channel is not None]
+        for channel in closing:
+            channel.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while loop.time() < deadline and any(
+            channel in live for channel in closing for live in self.connections.values()
+        ):
+            await asyncio.sleep(0.05)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

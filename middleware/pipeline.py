@@ -16,6 +16,7 @@ refused, what could not be read or mapped), control characters between transfers
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
@@ -27,6 +28,7 @@ from drivers import Driver
 from middleware.assessment import assess_message
 from middleware.astm.frames import ACK, ENQ, EOT, NAK
 from middleware.astm.link import (
+    DuplicateFrame,
     FrameRejected,
     TextReceived,
     TimedOut,
@@ -119,13 +121,15 @@ class ConnectionPipeline:
         self._size = 0
         self._started_at: datetime | None = None
         self._rejections: list[str] = []
+        self._repeated = False
         self._unconfirmed: list[int] = []
-        """Messages of this transfer we ACKed, until the analyser shows it had the ACK."""
-        self._last_ack_at = 0.0
+        """Messages of this transfer ACKed within the analyser's reply timer: settled once
+        it goes on (EOT or its next message) as one does that had the ACK."""
         self._acknowledged: list[int] = []
         """Messages whose ACK the analyser had: to be marked settled with the next write."""
         self._pending: list[Pending] = []
         """What waits for the next write: a transfer's EOT needs no commit of its own."""
+        self._in_flight: set[asyncio.Future[None]] = set()
         self._answers: list[list[bytes]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -145,22 +149,29 @@ class ConnectionPipeline:
             )
             self._started_at = self.clock()
         elif isinstance(event, TransferEnded):
-            # An EOT that follows our ACK within the analyser's reply timer shows it had
-            # the ACK; a later one may be the analyser giving up on an ACK it never saw.
-            prompt = channel.clock() - self._last_ack_at < channel.link.settings.reply_timeout
             await self._end_of_transfer(
-                channel, event.end, "transfer ended before the message's L record", settled=prompt
+                channel,
+                event.end,
+                "transfer ended before the message's L record",
+                leftover=event.leftover,
+                settled=True,
             )
             self._send_answers(channel)
         elif isinstance(event, TimedOut) and event.phase == "frame":
-            await self._end_of_transfer(channel, event.end, f"link timed out: {event.detail}")
+            reason = f"link timed out: {event.detail}"
+            await self._end_of_transfer(channel, event.end, reason, leftover=event.leftover)
+        elif isinstance(event, DuplicateFrame):
+            self._repeated = True
         elif isinstance(event, FrameRejected):
             self._rejections.append(f"{event.kind}: {event.detail}")
             self.log.warning("frame refused", kind=event.kind, detail=event.detail,
                              offset=event.offset)  # fmt: skip
         elif isinstance(event, ConnectionClosed):
             reason = f"connection ended before the L record ({event.reason})"
-            await self._end_of_transfer(channel, event.end, reason, at_close=True)
+            leftover = channel.link.pending_text
+            await self._end_of_transfer(
+                channel, event.end, reason, leftover=leftover, at_close=True
+            )
         elif isinstance(event, BytesPiling):
             self._cut(channel, event.end, "partial" if self._started_at else "noise")
             self._flush_soon()
@@ -191,6 +202,28 @@ class ConnectionPipeline:
         self._lines, self._size = lines, size
 
     async def _complete(self, channel: LinkChannel, lines: list[str], end: int) -> None:
+        delivery = self._message(channel, lines, end)
+        reading = delivery.reading
+        # Sent after our ACK of the previous message of the transfer: the analyser had that
+        # ACK, unless this is the same message again (it did not, and sends it anew).
+        confirm, self._unconfirmed = self._unconfirmed, []
+        stored = await self._keep(channel, delivery, end, confirm=confirm)
+        reply_timeout = channel.link.settings.reply_timeout
+        arrived = delivery.span.last_received_at if delivery.span else delivery.received_at
+        late = (channel.wallclock() - arrived).total_seconds() >= reply_timeout
+        if stored.message_id is not None and not late:
+            # Past the analyser's reply timer it may have given up before our ACK came:
+            # the message then stays a re-send, never settled by what follows.
+            self._unconfirmed.append(stored.message_id)
+        if reading is not None and reading.queries and not stored.duplicate:
+            try:
+                await self._prepare_answers(reading)
+            except Exception:
+                # The message is committed and must be ACKed: an answer is not worth a NAK.
+                self.log.exception("host query not answered")
+
+    def _message(self, channel: LinkChannel, lines: list[str], end: int) -> Delivery:
+        """A message from H to L as the driver reads it, with what stops it or is noted."""
         decoded = decode_message(lines)
         problems = [str(e) for e in decoded.errors]
         notes: list[str] = []
@@ -213,7 +246,7 @@ class ConnectionPipeline:
                 problems.append(f"driver {self.driver.name} failed: {exc!r}")
         if not decoded.records:
             problems.append("no record could be read")
-        delivery = self._delivery(
+        return self._delivery(
             channel,
             lines,
             end,
@@ -222,15 +255,6 @@ class ConnectionPipeline:
             record_count=len(decoded.records),
             reading=reading,
         )
-        # The analyser sent this after our ACK of the previous message: it had that ACK.
-        self._acknowledged += self._unconfirmed
-        self._unconfirmed.clear()
-        stored = await self._keep(channel, delivery, end)
-        if stored.message_id is not None:
-            self._unconfirmed.append(stored.message_id)
-            self._last_ack_at = channel.clock()
-        if reading is not None and reading.queries and not stored.duplicate:
-            await self._prepare_answers(reading)
 
     async def _keep_unfinished(
         self, channel: LinkChannel, lines: list[str], reason: str, end: int
@@ -273,25 +297,58 @@ class ConnectionPipeline:
             last_received_at=span.last_at,
         )
 
-    async def _keep(self, channel: LinkChannel, delivery: Delivery, end: int) -> Stored:
-        """Store a delivery with the raw rows waiting before it and the messages the
-        analyser has shown it received; nothing changes here unless that commits."""
+    async def _keep(
+        self,
+        channel: LinkChannel,
+        delivery: Delivery,
+        end: int,
+        *,
+        confirm: list[int] | None = None,
+    ) -> Stored:
+        """Store a delivery with what waits before it (raw rows, settled messages), and
+        settle ``confirm`` unless the delivery is one of them again; nothing changes here
+        unless that commits."""
         engine = self.engine
         pending = list(self._pending)
         settled = list(self._acknowledged)
+        confirm = confirm or []
         now = self.clock()
 
         def work(conn: Connection) -> Stored:
             _write_pending(conn, pending, settled, now)
             stored = store_delivery(conn, delivery)
+            again = stored.message_id if stored.duplicate else None
+            settle(conn, [m for m in confirm if m != again], now)
             if engine is not None and delivery.reading is not None and not stored.duplicate:
                 assess_message(conn, engine, stored, delivery.reading, now)
             return stored
 
-        stored = await self.store.write(work)
+        future = self.store.write_soon(work)
+        try:
+            stored = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The writer commits it all the same: account for it before the connection
+            # ends, so that its last act does not keep these bytes a second time.
+            with contextlib.suppress(Exception):
+                self._kept(channel, delivery, end, pending, settled, await future)
+            raise
+        self._kept(channel, delivery, end, pending, settled, stored)
+        return stored
+
+    def _kept(
+        self,
+        channel: LinkChannel,
+        delivery: Delivery,
+        end: int,
+        pending: list[Pending],
+        settled: list[int],
+        stored: Stored,
+    ) -> None:
         channel.received.release(end)
         self._written(pending, settled)
+        self._lines, self._size = [], 0
         self._rejections.clear()
+        self._repeated = False
         self.kept += 1
         self.last = stored
         self.log.info(
@@ -304,7 +361,6 @@ class ConnectionPipeline:
             quarantined=stored.quarantined,
             problems=delivery.problems or None,
         )
-        return stored
 
     # --- what is not a message --------------------------------------------------------------
 
@@ -314,37 +370,65 @@ class ConnectionPipeline:
         end: int,
         reason: str,
         *,
+        leftover: bytes = b"",
         settled: bool = False,
         at_close: bool = False,
     ) -> None:
         """The transfer is over: what it left unfinished is stored now, with its bytes."""
-        lines, self._lines, self._size = self._lines, [], 0
+        lines = self._lines + split_records(leftover.decode(self.encoding, errors="replace"))
+        self._lines, self._size = [], 0
         rejections, self._rejections = self._rejections, []
         refused = "; ".join(dict.fromkeys(rejections))
-        if rejections and not lines:
-            reason = f"frames refused ({refused})"
-        elif rejections:
-            reason = f"{reason}; frames refused ({refused})"
-        if lines or rejections:
-            delivery = self._delivery(channel, lines, end, problems=[reason])
-            try:
-                await self._keep(channel, delivery, end)
-            except Exception as exc:
-                # Not lost: it waits, bytes and all, for the next write that succeeds.
-                self.log.error("unfinished transfer not stored yet", error=repr(exc))
-                channel.received.release(end)
-                self._pending.append(delivery)
+        unread = channel.received.peek(end, self.clock()).data
+        cut_short = self._started_at is not None and not set(unread) <= _CONTROL
+        if lines and _record_type(lines[-1]) == "L":
+            # Its last frame was ACKed without a commit (a record continued over ETX
+            # frames, the tolerance that allows it): it is kept now, as a message.
+            await self._keep_or_hold(channel, lines, end, [], complete=True)
+        elif lines or rejections or (cut_short and not self._repeated):
+            if rejections and not lines:
+                reason = f"frames refused ({refused})"
+            elif rejections:
+                reason = f"{reason}; frames refused ({refused})"
+            elif not lines:
+                reason = f"{reason}: a frame was cut short"
+            await self._keep_or_hold(channel, lines, end, [reason])
         else:
-            self._cut(channel, end, "control")
+            self._cut(channel, end, "repeat" if self._repeated else "control")
+        self._repeated = False
         if settled:
             self._acknowledged += self._unconfirmed
         # Otherwise we cannot know the analyser had our last ACK: it stays a re-send.
         self._unconfirmed.clear()
         self._started_at = None
         if at_close:
-            await self._flush()
+            await self._close()
         else:
             self._flush_soon()
+
+    async def _keep_or_hold(
+        self,
+        channel: LinkChannel,
+        lines: list[str],
+        end: int,
+        problems: list[str],
+        *,
+        complete: bool = False,
+    ) -> None:
+        """Keep what a transfer left; when the store fails it waits, bytes and all, for
+        the next write that succeeds."""
+        if complete:
+            delivery = self._message(channel, lines, end)
+        else:
+            delivery = self._delivery(channel, lines, end, problems=problems)
+        try:
+            await self._keep(channel, delivery, end)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log.error("transfer not stored yet", error=repr(exc))
+            channel.received.release(end)
+            self._pending.append(delivery)
 
     def _cut(self, channel: LinkChannel, end: int, outcome: str) -> None:
         """The bytes up to ``end`` that belong to no message wait for the next write."""
@@ -375,20 +459,31 @@ class ConnectionPipeline:
             functools.partial(_write_pending, pending=pending, settled=settled, now=now)
         )
         future.add_done_callback(done)
+        self._in_flight.add(future)
+        future.add_done_callback(self._in_flight.discard)
 
-    async def _flush(self) -> None:
-        if not self._pending and not self._acknowledged:
-            return
-        pending, settled, now = list(self._pending), list(self._acknowledged), self.clock()
-        try:
-            await self.store.write(
-                functools.partial(_write_pending, pending=pending, settled=settled, now=now)
-            )
-        except Exception as exc:
-            self.log.error("what the connection left was not stored",
-                           error=repr(exc), rows=len(pending))  # fmt: skip
-            return
-        self._written(pending, settled)
+    async def _close(self) -> None:
+        """The connection is gone: what it left is written now, a few times if need be."""
+        if self._in_flight:
+            # Their failures come back to _pending first.
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        for delay in (0.5, 1.0, 2.0, None):
+            if not self._pending and not self._acknowledged:
+                return
+            pending, settled, now = list(self._pending), list(self._acknowledged), self.clock()
+            try:
+                await self.store.write(
+                    functools.partial(_write_pending, pending=pending, settled=settled, now=now)
+                )
+            except Exception as exc:
+                if delay is None:
+                    lost = sum(len(p[0].data if isinstance(p, tuple) else p.raw) for p in pending)
+                    self.log.error("what the connection left could not be stored",
+                                   error=repr(exc), rows=len(pending), bytes=lost)  # fmt: skip
+                    return
+                await asyncio.sleep(delay)
+                continue
+            self._written(pending, settled)
 
     def _written(self, pending: list[Pending], settled: list[int]) -> None:
         done = {id(item) for item in pending}

@@ -103,16 +103,13 @@ class PtyPeer:
 Peer = StreamPeer | PtyPeer
 
 
-async def send_message(peer: Peer, records: list[bytes], eot_after: float = 0.0) -> None:
-    """Send a message as an analyser does, expecting an ACK for ENQ and every frame;
-    ``eot_after`` seconds pass between the last ACK and the EOT."""
+async def send_message(peer: Peer, records: list[bytes]) -> None:
+    """Send a message as an analyser does, expecting an ACK for ENQ and every frame."""
     await peer.write(ENQ)
     assert await peer.read(1) == ACK
     for data in frames_for(records):
         await peer.write(data)
         assert await peer.read(1) == ACK
-    if eot_after:
-        await asyncio.sleep(eot_after)
     await peer.write(EOT)
 
 

@@ -23,7 +23,7 @@ from middleware.store.schema import corrective_actions, qc_evaluations, qc_revie
 from middleware.transport.tcp import TcpServer
 from tests.conftest import ROOT
 from tests.messages import patient, qc
-from tests.peer import StreamPeer, send_message
+from tests.peer import ACK, ENQ, EOT, StreamPeer, frames_for, send_message
 
 
 class Clock:
@@ -44,7 +44,7 @@ async def line(
     pipeline = ConnectionPipeline(
         "chem-1", drivers.get("generic"), store, engine=engine, clock=clock
     )
-    server = TcpServer("127.0.0.1", 0, LinkSettings(reply_timeout=0.3), pipeline)
+    server = TcpServer("127.0.0.1", 0, LinkSettings(), pipeline)
     await server.start()
     peer = StreamPeer(*await asyncio.open_connection("127.0.0.1", server.bound_port))
     yield store, peer, pipeline, clock
@@ -110,10 +110,16 @@ async def test_duplicate_message_is_not_decided_twice(
     line: tuple[Store, StreamPeer, ConnectionPipeline, Clock],
 ) -> None:
     store, peer, pipeline, _ = line
-    await send_message(peer, patient("S1", "5.0"), eot_after=0.4)  # past the reply timer
-    assert pipeline.last is not None and not pipeline.last.duplicate
-    await send_message(peer, patient("S1", "5.0"))
-    assert pipeline.last.duplicate
+    # The same message twice in one transfer: the analyser did not take our first ACK.
+    await peer.write(ENQ)
+    assert await peer.read(1) == ACK
+    records = patient("S1", "5.0")
+    for data in frames_for(records + records):
+        await peer.write(data)
+        assert await peer.read(1) == ACK
+    await peer.write(EOT)
+    await asyncio.sleep(0.1)
+    assert pipeline.last is not None and pipeline.last.duplicate
     assert len(store.read(repo.latest_decisions)) == 1
 
 

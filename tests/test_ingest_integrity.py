@@ -419,11 +419,20 @@ def test_a_resend_after_a_lost_ack_is_stored_once_and_a_rerun_again(
         peer = StreamPeer(*await connect(port))
         await send_message(peer, records)  # the re-send: ends with EOT after our ACK
         await send_message(peer, records)  # a re-run with the same values: a new message
+        # A re-run, then the same again in the same transfer: the analyser did not take
+        # our ACK of the first (a garbled reply), so the second is a re-send.
+        await peer.write(ENQ)
+        assert await peer.read(1) == ACK
+        for data in frames_for(records + records):
+            await peer.write(data)
+            assert await peer.read(1) == ACK
+        await peer.write(EOT)
+        await asyncio.sleep(0.2)
         await peer.close()
 
     asyncio.run(analyser())
-    assert query(database_url, "SELECT count(*) FROM messages") == [(2,)]
-    assert query(database_url, "SELECT count(*) FROM results") == [(2,)]
+    assert query(database_url, "SELECT count(*) FROM messages") == [(3,)]
+    assert query(database_url, "SELECT count(*) FROM results") == [(3,)]
     outcomes = [
         o
         for (o,) in query(
@@ -432,4 +441,134 @@ def test_a_resend_after_a_lost_ack_is_stored_once_and_a_rerun_again(
             "ORDER BY id",
         )
     ]
-    assert outcomes == ["message", "duplicate", "message"]
+    assert outcomes == ["message", "duplicate", "message", "message", "duplicate"]
+
+
+def test_a_message_acked_after_the_analysers_timer_stays_a_resend(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """The commit took longer than the analyser waits for an ACK: it may have given up
+    (EOT) before our ACK came, so what follows does not settle the message."""
+    port = free_port()
+    start_daemon(port, reply_timeout=0.5, settings={"database_lock_timeout": 5})
+    records = message("S-LATE", "PAT-LATE")
+
+    async def analyser() -> None:
+        peer = StreamPeer(*await connect(port))
+        frames = frames_for(records)
+        await peer.write(ENQ)
+        assert await peer.read(1) == ACK
+        for data in frames[:-1]:
+            await peer.write(data)
+            assert await peer.read(1) == ACK
+        with write_lock(database_url):
+            await peer.write(frames[-1])
+            await asyncio.sleep(1.0)  # past the analyser's 0.5 s reply timer
+        assert await peer.read(1, timeout=10) == ACK  # late: the analyser gave up already
+        await peer.write(EOT)
+        await send_message(peer, records)  # so it sends the message again
+        await peer.close()
+
+    asyncio.run(analyser())
+    assert query(database_url, "SELECT count(*) FROM messages") == [(1,)]
+    assert query(database_url, "SELECT count(*) FROM results") == [(1,)]
+    outcomes = [
+        o
+        for (o,) in query(
+            database_url,
+            "SELECT outcome FROM raw_transmissions WHERE outcome IN ('message', 'duplicate') "
+            "ORDER BY id",
+        )
+    ]
+    assert outcomes == ["message", "duplicate"]
+
+
+def test_a_shutdown_during_a_commit_keeps_the_message_once(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    daemon = start_daemon(port, settings={"database_lock_timeout": 5})
+    frames = frames_for(message("S-STOP", "PAT-STOP"))
+
+    async def analyser() -> None:
+        peer = StreamPeer(*await connect(port))
+        await peer.write(ENQ)
+        assert await peer.read(1) == ACK
+        for data in frames[:-1]:
+            await peer.write(data)
+            assert await peer.read(1) == ACK
+        with write_lock(database_url):
+            await peer.write(frames[-1])
+            await asyncio.sleep(0.3)  # the commit waits for the lock
+            stopping = asyncio.ensure_future(asyncio.to_thread(daemon.stop))
+            await asyncio.sleep(0.5)
+        assert await stopping == 0
+        await peer.close()
+
+    asyncio.run(analyser())
+    assert query(database_url, "SELECT count(*) FROM messages") == [(1,)]
+    assert query(database_url, "SELECT count(*) FROM quarantine") == [(0,)]
+    [connection] = connection_ids(database_url)
+    assert raw_stream(database_url, connection).startswith(ENQ)  # contiguous, no overlap
+
+
+@pytest.mark.parametrize("cut", ["etb frames only", "half a frame"])
+def test_a_transfer_cut_inside_a_record_is_quarantined(
+    database_url: str, start_daemon: Callable[..., DaemonProcess], cut: str
+) -> None:
+    port = free_port()
+    start_daemon(port)
+    sent = bytearray()
+
+    async def analyser() -> None:
+        peer = StreamPeer(*await connect(port))
+        await peer.write(ENQ)
+        assert await peer.read(1) == ACK
+        sent.extend(ENQ)
+        if cut == "etb frames only":
+            data = frame(1, b"H|\\^&|||CUT|" + b"x" * 200, last=False)
+            await peer.write(data)
+            assert await peer.read(1) == ACK
+        else:
+            data = frame(1, b"H|\\^&|||CUT\r")[:9]
+            await peer.write(data)
+        sent.extend(data)
+        await peer.write(EOT)
+        sent.extend(EOT)
+        await asyncio.to_thread(wait_for, lambda: query(database_url, "SELECT id FROM quarantine"))
+        await peer.close()
+
+    asyncio.run(analyser())
+    [(reason, data)] = query(database_url, "SELECT reason, data FROM quarantine")
+    assert reason.startswith("transfer ended before the message's L record")
+    if cut == "half a frame":
+        assert reason.endswith("a frame was cut short")
+    assert bytes(data) == bytes(sent)
+
+
+def test_an_l_record_continued_over_etx_frames_is_kept_as_a_message(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """Under records_span_frames an ETX frame whose text does not end a record is ACKed
+    at once; a message whose L record comes so is kept when the transfer ends."""
+    port = free_port()
+    start_daemon(port, tolerances={"records_span_frames": True})
+    texts = [record + b"\r" for record in message("S-SPAN", "PAT-SPAN")[:-1]] + [b"L|1|N"]
+
+    async def analyser() -> None:
+        peer = StreamPeer(*await connect(port))
+        await peer.write(ENQ)
+        assert await peer.read(1) == ACK
+        for number, text in enumerate(texts, start=1):
+            await peer.write(frame(number, text))
+            assert await peer.read(1) == ACK
+        await peer.write(EOT)
+        await asyncio.sleep(0.3)
+        await peer.close()
+
+    asyncio.run(analyser())
+    [(specimen, patient)] = wait_for(
+        lambda: query(database_url, "SELECT specimen_id, patient_id FROM results")
+    )
+    assert (specimen, patient) == ("S-SPAN", "PAT-SPAN")
+    assert query(database_url, "SELECT count(*) FROM quarantine") == [(0,)]

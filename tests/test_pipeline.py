@@ -169,3 +169,27 @@ async def test_a_driver_may_take_messages_without_h_and_they_are_flagged(tmp_pat
         == "the message does not begin with an H record (taken: the headerless driver allows it)"
     )
     store.close()
+
+
+class NoAnswerDriver(Driver):
+    name = "no-answer"
+
+    def answer_query(self, *_args: object, **_kwargs: object) -> list[Record]:
+        raise ValueError("cannot answer")
+
+
+async def test_a_query_that_cannot_be_answered_is_still_acknowledged_once(
+    tmp_path: Path,
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    pipeline = ConnectionPipeline("an1", NoAnswerDriver(), store)
+    server = TcpServer("127.0.0.1", 0, LinkSettings(), pipeline)
+    async with server:
+        peer = StreamPeer(*await asyncio.open_connection("127.0.0.1", server.bound_port))
+        # Each frame is ACKed, the last one too: the message is committed, and a failure
+        # after that must not make the analyser send it again.
+        await send_message(peer, [b"H|\\^&|||AN-1", b"Q|1|^S200||ALL||||||||O", b"L|1|N"])
+        await settle(pipeline, 1)
+        await peer.close()
+    assert store.read(repo.counts)["messages"] == 1
+    store.close()

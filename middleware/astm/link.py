@@ -117,9 +117,12 @@ class TextReceived:
 
 @dataclass(frozen=True, slots=True)
 class TransferEnded:
-    """The peer sent EOT: the link is neutral again. ``end`` is the offset past the EOT."""
+    """The peer sent EOT: the link is neutral again. ``end`` is the offset past the EOT.
+    ``leftover`` is text of frames taken but never delivered (a record continued over
+    ETB frames, or under ``records_span_frames`` over ETX ones), which the EOT cut off."""
 
     end: int = field(default=0, compare=False)
+    leftover: bytes = field(default=b"", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +149,7 @@ class TimedOut:
     phase: str
     detail: str
     end: int = field(default=0, compare=False)
+    leftover: bytes = field(default=b"", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +247,11 @@ class Link:
         return self._deadline
 
     @property
+    def pending_text(self) -> bytes:
+        """Text of frames taken (and ACKed as intermediate) but not delivered yet."""
+        return bytes(self._record)
+
+    @property
     def received(self) -> int:
         """How many bytes the link has been given so far (the stream offset of the next)."""
         return self._offset + len(self._buffer)
@@ -319,7 +328,10 @@ class Link:
             self._skip(len(self._buffer) - self._pos)
             self._events.append(
                 TimedOut(
-                    "frame", f"no frame within {self.settings.frame_timeout:g} s", self.received
+                    "frame",
+                    f"no frame within {self.settings.frame_timeout:g} s",
+                    self.received,
+                    bytes(self._record),
                 )
             )
             self._to_neutral(now)
@@ -465,7 +477,7 @@ class Link:
         first = buf[self._pos]
         if first == EOT:
             self._skip(1)
-            self._events.append(TransferEnded(self._at))
+            self._events.append(TransferEnded(self._at, bytes(self._record)))
             # An interrupting peer may send again at once.
             self._to_neutral(now, not_before=now)
             return True

@@ -88,15 +88,17 @@ class TcpServer:
             if task is not None:
                 self._tasks.discard(task)
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop accepting and close every connection; each keeps what it received, and
+        only one still busy after ``grace`` seconds (a store write waiting for a lock) is
+        cancelled."""
         if self._server is not None:
             self._server.close()
-        # Closing the sockets ends each channel's loop; cancel only what does not end.
         for channel in list(self.channels):
             channel.close()
         pending = list(self._tasks)
         if pending:
-            _, late = await asyncio.wait(pending, timeout=5)
+            _, late = await asyncio.wait(pending, timeout=grace)
             for task in late:
                 task.cancel()
         if self._server is not None:
