@@ -12,11 +12,16 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 import drivers
 from middleware.astm.frames import FrameTolerances
-from middleware.yamlfile import FileError, describe, read_mapping
+from middleware.yamlfile import FileError, describe, line_of, read_mapping
 
 
 class ConfigError(Exception):
@@ -80,6 +85,13 @@ class InstrumentConfig(BaseModel):
     timezone: str | None = None
     """IANA name (Europe/Paris) of the analyser's clock; the host's local zone by default."""
     enabled: bool = True
+    connections: Literal["newest", "all"] = "newest"
+    """tcp-server: when a second connection arrives, ``newest`` closes the older one (an
+    analyser reconnecting while its old socket is half open); ``all`` serves each one
+    (modules behind one port). Each connection has its own pipeline either way."""
+    max_frame_bytes: int = Field(1 << 20, ge=256, le=1 << 30)
+    max_message_bytes: int = Field(8 << 20, ge=1024, le=1 << 30)
+    """Larger frames and messages are refused (NAK) and kept raw."""
 
     @field_validator("timezone")
     @classmethod
@@ -103,12 +115,47 @@ class InstrumentConfig(BaseModel):
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, value: str) -> str:
-        import codecs
-
+        ascii_bytes = bytes(range(128))
+        ascii_text = ascii_bytes.decode("ascii")
         try:
-            codecs.lookup(value)
-        except LookupError:
+            # The pipeline decodes with errors="replace" and encodes answers strictly.
+            same = (
+                ascii_bytes.decode(value, errors="replace") == ascii_text
+                and ascii_text.encode(value) == ascii_bytes
+            )
+        except LookupError:  # unknown, or not a text codec (hex, rot13)
             raise ValueError(f"unknown encoding {value!r}") from None
+        except ValueError:  # idna, undefined: they refuse the pipeline's use
+            same = False
+        if not same:
+            # Records are split on ASCII delimiters: a codec that reads ASCII otherwise
+            # (utf-16, EBCDIC) cannot carry ASTM text.
+            raise ValueError(f"encoding {value!r} does not read and write ASCII as ASCII")
+        return value
+
+    @field_validator("control_pattern")
+    @classmethod
+    def _valid_pattern(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None:
+            # the driver compiles it when the instrument starts: refused here instead
+            try:
+                re.compile(value)
+            except (re.error, OverflowError) as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+            except RecursionError:
+                raise ValueError("not a valid regular expression: nested too deeply") from None
+        return value
+
+    @field_validator("reply_timeout", "frame_timeout")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        import math
+
+        # pydantic reads "inf" and 1e999 as an infinite float, a timer that never fires
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number of seconds")
         return value
 
     @model_validator(mode="after")
@@ -131,7 +178,31 @@ class ApiConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     host: str = "127.0.0.1"
-    port: int = Field(8470, ge=0, le=65535)
+    """A loopback address: the API has no authentication yet."""
+    port: int = Field(default=8470, ge=0, le=65535)
+    allowed_hosts: list[str] = ["127.0.0.1", "localhost", "::1"]
+    """Names a request's Host header may give (with any port); ``host`` is always one.
+    Other names are refused, so a web page cannot reach the API by DNS rebinding."""
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    """Larger request bodies are refused (413) before they are read."""
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, value: str) -> str:
+        import ipaddress
+
+        if value.lower() == "localhost":
+            return value
+        try:
+            loopback = ipaddress.ip_address(value).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(
+                f"{value!r} is not a loopback address; until the API authenticates its users "
+                "it listens only on 127.0.0.1, ::1 or localhost"
+            )
+        return value
 
 
 class Settings(BaseSettings):
@@ -141,6 +212,9 @@ class Settings(BaseSettings):
 
     state_dir: Path = Path("state")
     database_url: str | None = None
+    database_lock_timeout: float = Field(10.0, gt=0, le=3600)
+    """Seconds a write waits for a lock held elsewhere; then it fails and the analyser's
+    frame is refused (NAK), to be sent again, rather than answered late."""
     rules_dir: Path | None = None
     """The laboratory's rule files; none loaded when not given."""
     log: LogConfig = LogConfig()
@@ -189,10 +263,22 @@ def load_settings(path: Path | None) -> Settings:
             value = data.get(key)
             if isinstance(value, str) and not Path(value).is_absolute():
                 data[key] = str(path.parent / value)
+    # BaseSettings would take _env_prefix, _secrets_dir... as options of its own: from the
+    # file they are unknown keys like any other.
+    problems = [
+        f"{path}:{line_of(root, (key,))}: {key}: Extra inputs are not permitted"
+        for key in data
+        if key.startswith("_")
+    ]
     try:
-        return Settings(**data)
+        settings = Settings(**{k: v for k, v in data.items() if not k.startswith("_")})
     except ValidationError as exc:
-        raise ConfigError("\n".join(describe(exc, path, root))) from None
+        problems += describe(exc, path, root)
+    except SettingsError as exc:  # a MIDDLEWARE_* variable that is not valid JSON
+        problems.append(f"environment: {exc}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return settings
 
 
 __all__ = ["ConfigError", "InstrumentConfig", "Settings", "load_settings"]

@@ -62,7 +62,7 @@ def test_link_settings_combine_driver_and_configuration(tmp_path: Path) -> None:
     link = link_settings(config, drivers.get(config.driver))
     assert link.frame_timeout == 15 and link.reply_timeout == 15
     assert link.tolerances == FrameTolerances(long_frames=True)
-    assert link.defer_final_ack  # persist before acknowledging, always
+    assert link.max_message_bytes == 8 << 20
 
 
 @pytest.mark.parametrize(

@@ -258,7 +258,9 @@ class QcGate:
             return ""
         mean = cycle.mean
         cv = Fraction(math.sqrt(cycle.sd)) / mean * 100 if mean else Fraction(0)
-        bias = abs(mean - Fraction(target.mean)) / Fraction(target.mean) * 100
+        # Rule files refuse a mean of 0 under a bias limit; under a CV limit alone it is fine.
+        expected = Fraction(target.mean)
+        bias = abs(mean - expected) / expected * 100 if expected else Fraction(0)
         state.cycle = _Accumulator()
         over = (policy.max_cv_percent is not None and cv > Fraction(policy.max_cv_percent)) or (
             policy.max_bias_percent is not None and bias > Fraction(policy.max_bias_percent)

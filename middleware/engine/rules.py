@@ -15,13 +15,49 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from middleware.engine import westgard
 from middleware.engine.westgard import RuleName
-from middleware.yamlfile import FileError, describe, line_of, read_mapping
+from middleware.yamlfile import FileError, describe, field_name, line_of, read_mapping
+
+#: The range of a rule's numbers, as powers of ten, and their significant digits: far
+#: beyond any laboratory figure, and exact arithmetic stays quick (on 1E+999999999 it
+#: would run for minutes).
+MAGNITUDE = 15
+DIGITS = 30
+#: The longest period a rule may give (validity, delta window, delay, stability): nothing
+#: longer means anything in a laboratory, and the date arithmetic would overflow.
+LONGEST = timedelta(days=3653)
+
+
+def _sized(value: Decimal) -> Decimal:
+    # the exponent alone: arithmetic on such a value could overflow the decimal context
+    if value and not -MAGNITUDE <= value.adjusted() < MAGNITUDE:
+        raise ValueError(f"{value} is out of range: 1E-{MAGNITUDE} to 1E+{MAGNITUDE} at most")
+    if len(value.as_tuple().digits) > DIGITS:
+        raise ValueError(f"more than {DIGITS} digits")
+    return value
+
+
+def _within(unit: str) -> AfterValidator:
+    """At most :data:`LONGEST`, counted in ``unit`` (hours, minutes, days)."""
+    limit = int(LONGEST / timedelta(**{unit: 1}))
+
+    def check(value: Decimal | int) -> Decimal | int:
+        if value > limit:
+            raise ValueError(f"at most {limit} {unit} (ten years)")
+        return value
+
+    return AfterValidator(check)
+
 
 TestCode = Annotated[str, Field(min_length=1, max_length=60)]
-Positive = Annotated[Decimal, Field(gt=0)]
+# Bounds before the validator: pydantic applies them to the decimal itself, and the JSON
+# Schema for editors shows them.
+Number = Annotated[Decimal, AfterValidator(_sized)]
+Positive = Annotated[Decimal, Field(gt=0), AfterValidator(_sized)]
+NonNegative = Annotated[Decimal, Field(ge=0), AfterValidator(_sized)]
 
 
 class _Model(BaseModel):
@@ -32,7 +68,7 @@ class Target(_Model):
     """A control's expected value for one test: the manufacturer's until the lab's own
     20-run statistics are approved."""
 
-    mean: Decimal
+    mean: Number
     sd: Positive
     units: str = ""
 
@@ -60,11 +96,20 @@ class RuleSet(_Model):
     include_rejected: bool = False
     """Keep results of rejected runs in later windows."""
 
+    @model_validator(mode="after")
+    def _coherent(self) -> RuleSet:
+        # The engine builds its evaluator's set from this one when the first control comes:
+        # what it would refuse then (a rule both rejecting and warning) is refused now.
+        westgard.RuleSet(
+            tuple(self.rules), tuple(self.warnings), self.traditional, self.include_rejected
+        )
+        return self
+
 
 class SigmaStep(_Model):
     """Methods whose sigma is at least ``min_sigma`` get ``rule_set``."""
 
-    min_sigma: Decimal
+    min_sigma: Number
     rule_set: str
 
 
@@ -72,7 +117,7 @@ class Sigma(_Model):
     """The method's performance, in percent: sigma = (TEa - |bias|) / CV."""
 
     tea: Positive
-    bias: Decimal
+    bias: Number
     cv: Positive
 
     @property
@@ -91,7 +136,7 @@ class QcPolicy(_Model):
     instruments: list[str] = ["*"]
     tests: list[TestCode] = Field(min_length=1)
     levels: list[str] = Field(min_length=1, description="control levels required")
-    validity_hours: Positive = Decimal(24)
+    validity_hours: Annotated[Positive, _within("hours")] = Decimal(24)
     mode: Literal["continuous", "bracketed"] = "continuous"
     rule_set: str | None = None
     sigma: Sigma | None = None
@@ -113,10 +158,10 @@ class Acceptance(_Model):
     sample_types: list[str] = []
     containers: list[str] = []
     min_volume_ul: Positive | None = None
-    max_haemolysis: Annotated[Decimal, Field(ge=0)] | None = None
-    max_icterus: Annotated[Decimal, Field(ge=0)] | None = None
-    max_lipaemia: Annotated[Decimal, Field(ge=0)] | None = None
-    max_delay_minutes: Positive | None = None
+    max_haemolysis: NonNegative | None = None
+    max_icterus: NonNegative | None = None
+    max_lipaemia: NonNegative | None = None
+    max_delay_minutes: Annotated[Positive, _within("minutes")] | None = None
     temperature: Literal["ambient", "refrigerated", "frozen"] | None = None
     require_identification: bool = True
     on_failure: Literal["reject", "accept-with-comment"] = "reject"
@@ -132,9 +177,19 @@ class ReagentLot(_Model):
     expiry: date
     delivered: date | None = None
     opened: date | None = None
-    stability_days: Annotated[int, Field(gt=0)] | None = None
+    stability_days: Annotated[int, Field(gt=0), _within("days")] | None = None
     recalled: bool = False
     tests: list[TestCode] = []
+
+    @model_validator(mode="after")
+    def _stability_ends(self) -> ReagentLot:
+        if (
+            self.opened is not None
+            and self.stability_days is not None
+            and date.max - self.opened < timedelta(days=self.stability_days)
+        ):
+            raise ValueError("opened + stability_days goes past the year 9999")
+        return self
 
     @property
     def effective_expiry(self) -> date:
@@ -150,14 +205,14 @@ class Range(_Model):
     test: TestCode
     units: str = ""
     sex: Literal["M", "F", "*"] = "*"
-    age_min_years: Annotated[Decimal, Field(ge=0)] = Decimal(0)
-    age_max_years: Annotated[Decimal, Field(gt=0)] = Decimal(150)
-    low: Decimal | None = None
-    high: Decimal | None = None
-    critical_low: Decimal | None = None
-    critical_high: Decimal | None = None
-    measurable_low: Decimal | None = None
-    measurable_high: Decimal | None = None
+    age_min_years: NonNegative = Decimal(0)
+    age_max_years: Positive = Decimal(150)
+    low: Number | None = None
+    high: Number | None = None
+    critical_low: Number | None = None
+    critical_high: Number | None = None
+    measurable_low: Number | None = None
+    measurable_high: Number | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> Range:
@@ -178,7 +233,7 @@ class DeltaCheck(_Model):
     test: TestCode
     absolute: Positive | None = None
     percent: Positive | None = None
-    window_hours: Positive = Decimal(72)
+    window_hours: Annotated[Positive, _within("hours")] = Decimal(72)
 
     @model_validator(mode="after")
     def _a_limit(self) -> DeltaCheck:
@@ -249,12 +304,12 @@ def _cross_check(
     """Problems only visible across files, e.g. a policy naming a rule set nobody defines."""
     problems: list[str] = []
 
-    def at(key: str, *field: str) -> str:
-        """``file:line: field`` of the item ``key`` of the merged rules."""
+    def at(key: str, *field: int | str) -> str:
+        """``file:line: field`` of ``field`` in the item ``key`` of the merged rules."""
         path, root, loc = origin[key]
-        line = line_of(root, loc)
+        line = line_of(root, (*loc, *field))
         where = f"{path}:{line}" if line else str(path)
-        return f"{where}: {'.'.join(str(p) for p in (*loc, *field))}"
+        return f"{where}: {field_name((*loc, *field))}"
 
     if "default" not in rules.rule_sets:
         where = at("rule_sets") if "rule_sets" in origin else "rules"
@@ -276,6 +331,22 @@ def _cross_check(
                 f"{at(f'reagent_lots.{i}')}: lot {lot.lot} of {lot.reagent} is listed twice"
             )
         seen_lots.add((lot.reagent, lot.lot))
+    # The bias in percent (max_bias_percent) is divided by the target's mean.
+    bias_limits: dict[str, int] = {}
+    for k, policy in enumerate(rules.qc_policies):
+        if policy.max_bias_percent is not None:
+            for test in policy.tests:
+                bias_limits.setdefault(test, k)
+    for i, material in enumerate(rules.control_materials):
+        for j, control in enumerate(material.lots):
+            for test, target in control.targets.items():
+                if target.mean == 0 and test in bias_limits:
+                    limit = at(f"qc_policies.{bias_limits[test]}", "max_bias_percent")
+                    problems.append(
+                        f"{at(f'control_materials.{i}', 'lots', j, 'targets', test, 'mean')}: "
+                        f"cannot be 0: the bias limit in percent of the mean ({limit}) "
+                        "divides by it"
+                    )
     return problems
 
 
@@ -314,12 +385,15 @@ def load_rules(directory: Path) -> Rules:
         merged["sigma_map"].extend(parsed.westgard.sigma_map)
         for name, rule_set in parsed.westgard.rule_sets.items():
             if name in merged["rule_sets"]:
-                problems.append(f"{path}: westgard.rule_sets.{name}: defined in two files")
+                at_name = ("westgard", "rule_sets", name)
+                line = line_of(root, at_name)
+                problems.append(f"{path}:{line}: {field_name(at_name)}: defined in two files")
             merged["rule_sets"][name] = rule_set
             origin.setdefault("rule_sets", (path, root, ("westgard", "rule_sets")))
         if parsed.autoverification is not None:
             if autoverification is not None:
-                problems.append(f"{path}: autoverification: defined in two files")
+                line = line_of(root, ("autoverification",))
+                problems.append(f"{path}:{line}: autoverification: defined in two files")
             autoverification = parsed.autoverification
     if not files:
         problems.append(f"{directory}: no rule files (*.yaml)")

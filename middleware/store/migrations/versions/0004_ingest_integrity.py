@@ -42,14 +42,18 @@ def upgrade() -> None:
 def _unlimited_postgresql_columns() -> None:
     """VARCHAR(n) becomes TEXT and NUMERIC(p, s) becomes NUMERIC: PostgreSQL refused
     what analysers send and SQLite took."""
-    rows = op.get_bind().execute(
-        sa.text(
-            "SELECT table_name, column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = current_schema() AND table_name <> 'alembic_version' "
-            "AND ((data_type = 'character varying') "
-            "OR (data_type = 'numeric' AND numeric_precision IS NOT NULL))"
+    rows = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT table_name, column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name <> 'alembic_version' "
+                "AND ((data_type = 'character varying') "
+                "OR (data_type = 'numeric' AND numeric_precision IS NOT NULL))"
+            )
         )
-    ).all()
+        .all()
+    )
     for table, column, kind in rows:
         target = "TEXT" if kind == "character varying" else "NUMERIC"
         op.execute(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE {target}')
