@@ -11,7 +11,8 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Context, Decimal
+from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import Connection, Table, func, select
@@ -34,6 +35,7 @@ from middleware.store.schema import (
     corrective_actions,
     decisions,
     messages,
+    open_holds,
     orders,
     qc_evaluations,
     qc_events,
@@ -579,8 +581,37 @@ def record_decisions(
         }
         for result_id, result, decision in decided
     ]
-    if rows:
-        conn.execute(decisions.insert(), rows)
+    if not rows:
+        return
+    conn.execute(decisions.insert(), rows)
+    # The open holds are what a new QC or a closed corrective action looks at again: kept
+    # as their own rows so that finding them costs the same whatever the history.
+    held = {r["result_id"]: r for r in rows if r["action"] == "hold"}
+    done = [r["result_id"] for r in rows if r["result_id"] not in held]
+    if done:
+        conn.execute(open_holds.delete().where(open_holds.c.result_id.in_(done)))
+    if held:
+        conn.execute(
+            _insert(conn, open_holds).on_conflict_do_nothing(index_elements=["result_id"]),
+            [
+                {
+                    "result_id": r["result_id"],
+                    "instrument": r["instrument"],
+                    "test_code": r["test_code"],
+                    "held_since": at,
+                }
+                for r in held.values()
+            ],
+        )
+
+
+def _four_places(z: Fraction) -> Decimal | None:
+    """z to four places; a z too far out for any limit is still stored, not refused."""
+    try:
+        value = Decimal(float(z))
+    except OverflowError:
+        return None
+    return value.quantize(Decimal("0.0001"), context=Context(prec=400))
 
 
 def record_evaluation(
@@ -597,9 +628,7 @@ def record_evaluation(
                 "test_code": control.result.test_code,
                 "run": outcome.run,
                 "level": outcome.level,
-                "z": Decimal(float(evaluation.z)).quantize(Decimal("0.0001"))
-                if evaluation
-                else None,
+                "z": _four_places(evaluation.z) if evaluation else None,
                 "target_mean": target.mean if target else None,
                 "target_sd": target.sd if target else None,
                 "provisional": outcome.provisional,
@@ -645,17 +674,10 @@ def open_corrective_action(
 
 def held_results(conn: Connection, instrument: str, test_code: str) -> list[tuple[int, Result]]:
     """Results of a test whose latest decision is a hold, oldest first."""
-    latest = (
-        select(func.max(decisions.c.id).label("id"))
-        .where(decisions.c.instrument == instrument, decisions.c.test_code == test_code)
-        .group_by(decisions.c.result_id)
-        .subquery()
-    )
     rows = conn.execute(
         select(results)
-        .join(decisions, decisions.c.result_id == results.c.id)
-        .join(latest, latest.c.id == decisions.c.id)
-        .where(decisions.c.action == "hold")
+        .join(open_holds, open_holds.c.result_id == results.c.id)
+        .where(open_holds.c.instrument == instrument, open_holds.c.test_code == test_code)
         .order_by(results.c.id)
     )
     return [(row.id, _result_of(row)) for row in rows]

@@ -224,6 +224,18 @@ decisions = Table(
 Index("ix_decisions_result", decisions.c.result_id)
 Index("ix_decisions_test", decisions.c.instrument, decisions.c.test_code, decisions.c.action)
 
+# The results whose latest decision is a hold: a row per result while it is held, removed
+# by the decision that ends the hold. Kept with the decisions, in their transaction.
+open_holds = Table(
+    "open_holds",
+    metadata,
+    Column("result_id", Integer, ForeignKey("results.id"), primary_key=True),
+    Column("instrument", Text, nullable=False),
+    Column("test_code", Text, nullable=False),
+    Column("held_since", DateTime(timezone=True), nullable=False),
+)
+Index("ix_open_holds_test", open_holds.c.instrument, open_holds.c.test_code)
+
 # QC evaluations of control results, with the Westgard outcome.
 qc_evaluations = Table(
     "qc_evaluations",
