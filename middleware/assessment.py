@@ -46,10 +46,7 @@ class _Lookups:
             return cls({}, {})
         return cls(
             repo.previous_results(
-                conn,
-                (r.patient_id for _, r in items),
-                (r.test_code for _, r in items),
-                max(i for i, _ in items),
+                conn, ((r.patient_id, r.test_code) for _, r in items), max(i for i, _ in items)
             ),
             repo.specimen_patients(conn, (r.specimen_id for _, r in items)),
         )

@@ -15,7 +15,7 @@ from decimal import Context, Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, select
+from sqlalchemy import Connection, Table, func, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 
 from middleware.domain import (
@@ -496,36 +496,44 @@ def quarantined(conn: Connection) -> list[dict[str, Any]]:
 
 
 def previous_results(
-    conn: Connection, patient_ids: Iterable[str], test_codes: Iterable[str], before_id: int
+    conn: Connection, wanted: Iterable[tuple[str, str]], before_id: int
 ) -> dict[tuple[str, str], list[tuple[int, Decimal, datetime]]]:
-    """The patients' numeric results of the tests stored before ``before_id``, oldest
-    first, in one query for a whole batch of results."""
-    patients = sorted({p for p in patient_ids if p})
-    tests = sorted(set(test_codes))
-    if not patients or not tests:
+    """For each (patient, test) wanted, its latest numeric results stored before
+    ``before_id``, oldest first: as many as it is wanted, and one more, so that each
+    result of a batch finds the one before it. One round of index lookups, however long
+    the patient's history."""
+    counts: dict[tuple[str, str], int] = {}
+    for patient, test in wanted:
+        if patient:
+            counts[(patient, test)] = counts.get((patient, test), 0) + 1
+    if not counts:
         return {}
-    rows = conn.execute(
-        select(
-            results.c.id,
-            results.c.patient_id,
-            results.c.test_code,
-            results.c.value_number,
-            results.c.completed_at,
-            results.c.stored_at,
-        )
+    columns = (
+        results.c.id,
+        results.c.patient_id,
+        results.c.test_code,
+        results.c.value_number,
+        results.c.completed_at,
+        results.c.stored_at,
+    )
+    latest = [
+        select(*columns)
         .where(
-            results.c.patient_id.in_(patients),
-            results.c.test_code.in_(tests),
+            results.c.patient_id == patient,
+            results.c.test_code == test,
             results.c.id < before_id,
             results.c.value_number.is_not(None),
             results.c.censor == "",
         )
-        .order_by(results.c.id)
-    )
+        .order_by(results.c.id.desc())
+        .limit(count + 1)
+        .subquery()
+        for (patient, test), count in sorted(counts.items())
+    ]
+    rows = conn.execute(union_all(*(select(sub) for sub in latest))).all()
     found: dict[tuple[str, str], list[tuple[int, Decimal, datetime]]] = {}
-    for row in rows:
-        moment = _utc(row.completed_at or row.stored_at)
-        assert moment is not None
+    for row in sorted(rows, key=lambda r: r.id):
+        moment = _utc(row.completed_at or row.stored_at) or row.stored_at
         found.setdefault((row.patient_id, row.test_code), []).append(
             (row.id, Decimal(row.value_number), moment)
         )

@@ -125,7 +125,7 @@ def _result_table(name: str, *extra: Column[object]) -> Table:
 results = _result_table("results")
 Index("ix_results_specimen", results.c.specimen_id)
 Index("ix_results_test", results.c.instrument, results.c.test_code)
-Index("ix_results_patient_test", results.c.patient_id, results.c.test_code)
+Index("ix_results_patient_test_id", results.c.patient_id, results.c.test_code, results.c.id)
 
 control_results = _result_table(
     "control_results",

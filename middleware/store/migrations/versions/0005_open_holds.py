@@ -1,4 +1,5 @@
-"""The results currently held, as rows of their own.
+"""The results currently held, as rows of their own; a patient's latest result of a test
+found by index.
 
 Revision ID: 0005
 Revises: 0004
@@ -28,6 +29,11 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("open_holds") as batch_op:
         batch_op.create_index("ix_open_holds_test", ["instrument", "test_code"], unique=False)
+    with op.batch_alter_table("results") as batch_op:
+        batch_op.create_index(
+            "ix_results_patient_test_id", ["patient_id", "test_code", "id"], unique=False
+        )
+        batch_op.drop_index("ix_results_patient_test")
     # Once, from the decisions kept so far: each result's latest decision, if a hold.
     op.execute(
         "INSERT INTO open_holds (result_id, instrument, test_code, held_since) "
@@ -38,4 +44,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("results") as batch_op:
+        batch_op.create_index("ix_results_patient_test", ["patient_id", "test_code"], unique=False)
+        batch_op.drop_index("ix_results_patient_test_id")
     op.drop_table("open_holds")

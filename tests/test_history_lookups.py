@@ -1,5 +1,6 @@
-"""The held results of a test come from their own rows, kept with the decisions: the same
-answer as reading every decision ever made, whatever the history, on SQLite and PostgreSQL."""
+"""What a decision looks up costs the same whatever the history, and answers as reading
+all of it would: the held results of a test come from their own rows, kept with the
+decisions; a patient's previous result of a test is found by index. SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -103,3 +104,28 @@ def test_a_z_far_beyond_any_limit_is_stored_not_refused() -> None:
     stored = repo._four_places(Fraction(10**30, 3))
     assert stored is not None and stored > Decimal("3.3e29") and stored.as_tuple().exponent == -4
     assert repo._four_places(Fraction(10**400)) is None  # beyond a float: no z kept
+
+
+def test_previous_results_are_the_latest_before_each_result_of_a_batch(store: Store) -> None:
+    def work(conn: Connection) -> None:
+        history = [
+            result("GLU", f"{5 + i}.0", specimen=f"H{i}", patient_id="PAT-1") for i in range(50)
+        ]
+        history.append(result("GLU", "<2.0", specimen="H-censored", patient_id="PAT-1"))
+        history.append(result("K", "4.0", specimen="H-other", patient_id="PAT-1"))
+        text_ = "H|\\^&\r" + "\r".join(f"R|{i}|x" for i in range(len(history))) + "\rL|1|N"
+        repo.store_delivery(conn, delivery(text_, results=history))
+        batch = [result("GLU", "9.9", specimen=f"B{i}", patient_id="PAT-1") for i in range(2)]
+        stored = repo.store_delivery(conn, delivery("H|\\^&\rR|1|b\rR|2|b\rL|1|N", results=batch))
+        found = repo.previous_results(
+            conn, [("PAT-1", "GLU"), ("PAT-1", "GLU"), ("PAT-2", "GLU")], max(stored.result_ids)
+        )
+        rows = found[("PAT-1", "GLU")]
+        # Wanted twice: three at most, whatever the history; each result of the batch
+        # finds the one before it (the first, the history's latest numeric value).
+        assert [value for _, value, _ in rows] == [Decimal("53"), Decimal("54"), Decimal("9.9")]
+        assert [i for i, _, _ in rows][-1] == stored.result_ids[0]
+        assert ("PAT-2", "GLU") not in found
+
+    with store.engine.begin() as conn:
+        work(conn)
