@@ -10,33 +10,20 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, replace
-from datetime import timedelta
+from dataclasses import replace
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import Connection
 
 import drivers
 from drivers import DriverOptions
-from middleware.assessment import rebuild, redecide_held
 from middleware.astm.link import LinkSettings, Role
+from middleware.control import Control, EngineNotRunning, RulesRefused
 from middleware.engine.engine import Engine
-from middleware.engine.qc import LimitsProposal
-from middleware.engine.rules import Rules, load_rules
-from middleware.engine.rules import diff as rules_diff
 from middleware.pipeline import ConnectionPipeline
 from middleware.settings import InstrumentConfig, Settings
 from middleware.store import Store
-from middleware.store.repository import (
-    approve_limits,
-    audit,
-    mark_corrective_action_closed,
-    open_corrective_action_by_id,
-    record_qc_event,
-    utcnow,
-)
 from middleware.transport.channel import (
     ChannelEvent,
     ConnectionClosed,
@@ -46,19 +33,8 @@ from middleware.transport.channel import (
 from middleware.transport.reconnect import Backoff, Reconnecting
 from middleware.transport.serial import SerialConnection, SerialSettings
 from middleware.transport.tcp import TcpClient, TcpServer
-from middleware.yamlfile import FileError
 
 log = structlog.get_logger("middleware.daemon")
-
-#: How far back the QC state is replayed at start: longer than any validity window in use,
-#: and enough for the Westgard windows of a test run a few times a day.
-REBUILD_WINDOW = timedelta(days=7)
-
-
-def restore(conn: Connection, engine: Engine) -> int:
-    """The engine's QC state as the store holds it (at start, and after a rollback)."""
-    engine.forget()
-    return rebuild(conn, engine, utcnow() - REBUILD_WINDOW)
 
 
 def configure_logging(level: str = "info", form: str = "json") -> None:
@@ -98,26 +74,22 @@ def link_settings(config: InstrumentConfig, driver: drivers.Driver) -> LinkSetti
     return replace(settings, **changes)
 
 
-@dataclass(frozen=True, slots=True)
-class CorrectiveActionClosed:
-    action_id: int
-    instrument: str
-    test: str
-    released: list[int]
-    """Held results that the closing released."""
-
-
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.rules: Rules | None = None
-        self.engine: Engine | None = None
+        self.control = Control(settings)
+        """The rules, the engine and the operator commands; the daemon gives it its store."""
         self.store: Store | None = None
         self.servers: dict[str, TcpServer] = {}
         self.connections: dict[str, dict[LinkChannel, ConnectionPipeline]] = {}
         """Per instrument, its live connections, each with its own pipeline."""
         self._tasks: list[asyncio.Task[None]] = []
         self._outgoing: list[Reconnecting] = []
+
+    @property
+    def engine(self) -> Engine | None:
+        """The rules engine the pipelines of new connections decide with."""
+        return self.control.engine
 
     @property
     def pipelines(self) -> dict[str, list[ConnectionPipeline]]:
@@ -129,6 +101,7 @@ class Daemon:
             Store, self.settings.database, self.settings.database_lock_timeout
         )
         log.info("store open", database=_safe_url(self.settings.database))
+        self.control.store = self.store
         if self.settings.rules_dir is not None and await self.reload_rules("daemon start"):
             raise SystemExit(2)
         for config in self.settings.instruments:
@@ -211,125 +184,15 @@ class Daemon:
         )
 
     async def reload_rules(self, actor: str) -> list[str]:
-        """Load the rule files again; keep the rules in force when they are refused.
-        An accepted change is recorded in the audit log with who, when and the diff.
-        Returns the problems that refused them (none when accepted)."""
-        directory = self.settings.rules_dir
-        if directory is None or self.store is None:
-            return ["no rules directory is configured (rules_dir)"]
+        """At start and on SIGHUP: the problems that refused the rule files, none when
+        they are in force."""
         try:
-            rules = await asyncio.to_thread(load_rules, directory)
-        except FileError as exc:
-            log.error(
-                "rules refused; the rules in force stay",
-                directory=str(directory),
-                problems=exc.problems,
-                kept=self.rules is not None,
-                by=actor,
-            )
-            return exc.problems
-        change = rules_diff(self.rules, rules)
-        if change:
-            detail = {"sources": rules.sources, "diff": change}
-            await self.store.write(
-                lambda conn: audit(conn, actor, "rules.load", str(directory), detail)
-            )
-        self.rules = rules
-        if self.engine is None:
-            engine = self.engine = Engine(rules)
-            replayed = await self.store.read_async(lambda conn: restore(conn, engine))
-            log.info("QC state rebuilt from the store", controls=replayed)
-            self.store.writer.on_rollback = lambda conn: restore(conn, engine)
-        else:
-            # Swapped in the writer's thread, between two messages, never during one.
-            engine = self.engine
-            await self.store.write(lambda _conn: engine.replace_rules(rules))
-        log.info("rules in force", summary=rules.summary(), changed=bool(change), by=actor)
+            await self.control.reload_rules(actor)
+        except RulesRefused as refused:
+            return refused.problems
+        except EngineNotRunning as exc:
+            return [str(exc)]
         return []
-
-    def _engine(self) -> tuple[Store, Engine]:
-        if self.store is None or self.engine is None:
-            raise LookupError("the rules engine is not running (no rules_dir)")
-        return self.store, self.engine
-
-    async def limits_proposals(self) -> list[LimitsProposal]:
-        store, engine = self._engine()
-        # Read in the writer's thread, where the engine's state changes.
-        return await store.write(lambda _conn: engine.gate.proposals())
-
-    async def approve_limits(self, instrument: str, test: str, lot: str, by: str) -> LimitsProposal:
-        """Q3: a biologist approves the lab's own mean and SD for a control lot."""
-        store, engine = self._engine()
-
-        def work(conn: Connection) -> LimitsProposal:
-            proposal = next(
-                (
-                    p
-                    for p in engine.gate.proposals()
-                    if (p.instrument, p.test, p.lot) == (instrument, test, lot)
-                ),
-                None,
-            )
-            if proposal is None:
-                raise LookupError(f"no limits proposed for lot {lot} of {test} on {instrument}")
-            now = utcnow()
-            approve_limits(
-                conn, instrument, test, lot, proposal.mean, proposal.sd, proposal.results, by, now
-            )
-            audit(
-                conn,
-                by,
-                "qc.limits.approve",
-                f"{instrument}/{test}/{lot}",
-                {"mean": str(proposal.mean), "sd": str(proposal.sd), "results": proposal.results},
-            )
-            engine.gate.approve(proposal)
-            return proposal
-
-        return await store.write(work)
-
-    async def record_qc_event(self, instrument: str, tests: list[str], kind: str, by: str) -> None:
-        """A calibration or maintenance voids the QC of these tests; ``unlock`` lifts a
-        method lock once the cause is fixed."""
-        store, engine = self._engine()
-
-        def work(conn: Connection) -> None:
-            now = utcnow()
-            for test in tests:
-                record_qc_event(conn, instrument, test, kind, now, by)
-                if kind == "unlock":
-                    engine.gate.unlock(instrument, test)
-                else:
-                    engine.gate.void(instrument, test, kind, now)
-            audit(conn, by, f"qc.{kind}", instrument, {"tests": tests})
-
-        await store.write(work)
-
-    async def close_corrective_action(
-        self, action_id: int, by: str, action_taken: str
-    ) -> CorrectiveActionClosed:
-        """Q9: a person closes a QC failure's corrective action, saying what was done; the
-        QC re-run that closes it must be in control. Held results of the test are then
-        decided again."""
-        store, engine = self._engine()
-
-        def work(conn: Connection) -> CorrectiveActionClosed:
-            now = utcnow()
-            action = open_corrective_action_by_id(conn, action_id)
-            instrument, test = action["instrument"], action["test_code"]
-            engine.gate.close_corrective_action(instrument, test, now)
-            mark_corrective_action_closed(conn, action_id, by, action_taken, now)
-            audit(
-                conn,
-                by,
-                "qc.corrective_action.close",
-                f"{instrument}/{test}",
-                {"corrective_action": action_id, "action_taken": action_taken},
-            )
-            released = redecide_held(conn, engine, instrument, test, now)
-            return CorrectiveActionClosed(action_id, instrument, test, released)
-
-        return await store.write(work)
 
     async def stop(self) -> None:
         # Connections are closed, not cancelled: each keeps what it received (waiting for
@@ -431,7 +294,9 @@ async def serve_api(daemon: Daemon, sock: socket.socket) -> None:
             # The daemon owns SIGTERM, SIGINT and SIGHUP; uvicorn must not take them.
             yield
 
-    config = uvicorn.Config(create_app(daemon), log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        create_app(daemon.control, lambda: daemon.connections), log_level="warning", lifespan="off"
+    )
     host, port = sock.getsockname()[:2]
     log.info("control API listening", host=host, port=port)
     await Server(config).serve(sockets=[sock])

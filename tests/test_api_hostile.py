@@ -31,6 +31,10 @@ def client(app: FastAPI, host: str = "127.0.0.1") -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url=f"http://{host}")
 
 
+def api_of(daemon: Daemon) -> FastAPI:
+    return create_app(daemon.control, lambda: daemon.connections)
+
+
 def idle(**settings: Any) -> Daemon:
     """A daemon that is not started: enough for what the API refuses before calling it."""
     return Daemon(Settings.model_validate(settings))
@@ -94,7 +98,7 @@ def pieces(data: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
 
 
 async def test_a_large_body_is_refused_at_once_and_the_loop_keeps_turning() -> None:
-    async with serving(create_app(idle())) as base:
+    async with serving(api_of(idle())) as base:
         url = f"{base}/api/rules/reload"
         headers = {"content-type": "application/json"}
         # The client runs in a thread: only the server's work is on this loop.
@@ -123,7 +127,7 @@ async def test_a_chunked_body_is_read_no_further_than_the_limit() -> None:
             pulled += 1
             yield b" " * (64 * 1024)
 
-    async with client(create_app(idle(api={"max_body_bytes": MiB}))) as api:
+    async with client(api_of(idle(api={"max_body_bytes": MiB}))) as api:
         headers = {"content-type": "application/json"}
         refused = await api.post("/api/rules/reload", content=chunks(), headers=headers)
         assert refused.status_code == 413
@@ -158,7 +162,7 @@ async def test_a_chunked_body_is_read_no_further_than_the_limit() -> None:
     ],
 )
 async def test_host_header_must_name_the_api(host: str, status: int) -> None:
-    async with client(create_app(idle(api={"host": "127.0.0.2"}))) as api:
+    async with client(api_of(idle(api={"host": "127.0.0.2"}))) as api:
         answer = await api.get("/api/health", headers={"host": host})
     assert answer.status_code == status
     if status == 400:
@@ -166,7 +170,7 @@ async def test_host_header_must_name_the_api(host: str, status: int) -> None:
 
 
 async def test_allowed_hosts_replace_the_defaults() -> None:
-    app = create_app(idle(api={"allowed_hosts": ["lab-pc"]}))
+    app = api_of(idle(api={"allowed_hosts": ["lab-pc"]}))
     async with client(app) as api:
         assert (await api.get("/api/health", headers={"host": "lab-pc:8470"})).status_code == 200
         assert (await api.get("/api/health", headers={"host": "localhost"})).status_code == 400
@@ -184,7 +188,7 @@ async def test_allowed_hosts_replace_the_defaults() -> None:
     ],
 )
 async def test_json_that_is_not_json_is_refused(body: bytes, problem: str) -> None:
-    async with client(create_app(idle())) as api:
+    async with client(api_of(idle())) as api:
         headers = {"content-type": "application/json"}
         answer = await api.post("/api/rules/reload", content=body, headers=headers)
     assert answer.status_code == 422, answer.text
@@ -193,7 +197,7 @@ async def test_json_that_is_not_json_is_refused(body: bytes, problem: str) -> No
 
 async def test_ids_beyond_the_database_range_are_refused(running: Daemon) -> None:
     closing = {"by": "bob", "action_taken": "new calibration"}
-    async with client(create_app(running)) as api:
+    async with client(api_of(running)) as api:
         for action_id in ("99999999999999999999999", str(2**31), "0", "-1"):
             answer = await api.post(f"/api/corrective-actions/{action_id}/close", json=closing)
             assert answer.status_code == 422, (action_id, answer.text)
@@ -207,7 +211,7 @@ async def test_qc_for_an_instrument_not_configured_is_refused_unrecorded(
 ) -> None:
     event = {"instrument": "ghost", "tests": ["GLU"], "kind": "calibration", "by": "tech"}
     approval = {"instrument": "ghost", "test": "GLU", "lot": "CC-45781", "by": "dr-lab"}
-    async with client(create_app(running)) as api:
+    async with client(api_of(running)) as api:
         refused = await api.post("/api/qc/events", json=event)
         assert refused.status_code == 404
         assert refused.json()["detail"] == "unknown instrument 'ghost': not in the configuration"

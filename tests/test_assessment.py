@@ -202,7 +202,7 @@ def test_a_rolled_back_batch_leaves_the_engine_as_the_store_has_it(tmp_path: Pat
     from sqlalchemy import Connection, text
 
     from middleware.astm.records import decode_message
-    from middleware.daemon import restore
+    from middleware.control import restore
     from middleware.store.repository import Delivery, store_delivery
 
     store = Store(f"sqlite:///{tmp_path / 'm.db'}")

@@ -376,8 +376,8 @@ async def test_hostile_reload_over_the_api_is_refused_and_the_rules_stay(
     daemon = Daemon(Settings(state_dir=tmp_path / "state", rules_dir=rules_dir, api=ApiConfig()))
     await daemon.start()
     try:
-        in_force = daemon.rules
-        app = create_app(daemon)
+        in_force = daemon.control.rules
+        app = create_app(daemon.control, lambda: daemon.connections)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as api:
             (rules_dir / HOSTILE).write_text(text)
@@ -385,7 +385,7 @@ async def test_hostile_reload_over_the_api_is_refused_and_the_rules_stay(
             assert refused.status_code == 422, refused.text
             problems = refused.json()["detail"]["problems"]
             assert problems[0].startswith(f"{rules_dir / HOSTILE}:{line}: ")
-            assert daemon.rules is in_force
+            assert daemon.control.rules is in_force
             (rules_dir / HOSTILE).unlink()
             accepted = await api.post("/api/rules/reload", json={"by": "lab-it"})
             assert accepted.status_code == 200 and accepted.json()["accepted"]

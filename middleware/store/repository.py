@@ -770,17 +770,6 @@ def open_corrective_actions(conn: Connection) -> list[dict[str, Any]]:
     return [dict(row._mapping) | {"opened_at": _utc(row.opened_at)} for row in rows]
 
 
-def open_corrective_action_by_id(conn: Connection, action_id: int) -> dict[str, Any]:
-    row = conn.execute(
-        select(corrective_actions).where(corrective_actions.c.id == action_id)
-    ).first()
-    if row is None:
-        raise LookupError(f"no corrective action {action_id}")
-    if row.closed_at is not None:
-        raise ValueError(f"corrective action {action_id} was closed by {row.closed_by}")
-    return dict(row._mapping)
-
-
 def mark_corrective_action_closed(
     conn: Connection, action_id: int, by: str, action_taken: str, at: datetime
 ) -> None:

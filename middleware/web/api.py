@@ -7,17 +7,35 @@ configuration refuses any other) until users and roles arrive.
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Path
+from fastapi import FastAPI, Path, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from middleware.control import (
+    Conflict,
+    Control,
+    ControlError,
+    EngineNotRunning,
+    NotFound,
+    QcEventKind,
+    RulesRefused,
+)
 from middleware.settings import ApiConfig
 from middleware.transport.tcp import ListenError
 from middleware.web.guards import BodyLimit, HostCheck, StrictJsonRoute
 
-if TYPE_CHECKING:
-    from middleware.daemon import Daemon
+#: How the API answers each refusal of a command. Any other exception is a fault of the
+#: middleware: a 500, logged by the server, never passed off as the operator's mistake.
+REFUSALS: dict[type[ControlError], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    # A daemon run without rules is configured so, not failing: a 5xx would say try later.
+    EngineNotRunning: 409,
+    RulesRefused: 422,
+}
 
 
 class Who(BaseModel):
@@ -37,7 +55,7 @@ class Approval(Who):
 class QcEvent(Who):
     instrument: str = Field(min_length=1)
     tests: list[str] = Field(min_length=1)
-    kind: Literal["calibration", "maintenance", "unlock"]
+    kind: QcEventKind
 
 
 #: Row ids are 32-bit in the schema; a larger one would be an error of the database.
@@ -55,46 +73,42 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
         raise ListenError("control API", host, port, exc) from exc
 
 
-def create_app(daemon: Daemon) -> FastAPI:
-    config = daemon.settings.api or ApiConfig()
+async def _refused(_request: Request, refusal: Exception) -> JSONResponse:
+    status = next(code for kind, code in REFUSALS.items() if isinstance(refusal, kind))
+    if isinstance(refusal, RulesRefused):
+        return JSONResponse({"detail": {"accepted": False, "problems": refusal.problems}}, status)
+    return JSONResponse({"detail": str(refusal)}, status)
+
+
+def create_app(control: Control, instruments: Callable[[], Iterable[str]]) -> FastAPI:
+    """The API over ``control``; ``instruments`` gives the names of the instruments
+    the daemon serves now."""
+    config = control.settings.api or ApiConfig()
     app = FastAPI(title="lis-middleware control API", version="1")
     app.router.route_class = StrictJsonRoute
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     app.add_middleware(HostCheck, allowed=[*config.allowed_hosts, config.host])
-
-    def configured(instrument: str) -> None:
-        """Refuse what names an instrument this daemon does not know, before recording it."""
-        if all(known.name != instrument for known in daemon.settings.instruments):
-            raise HTTPException(404, f"unknown instrument {instrument!r}: not in the configuration")
+    for kind in REFUSALS:
+        app.add_exception_handler(kind, _refused)
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:
         return {
             "status": "ok",
-            "instruments": sorted(daemon.pipelines),
-            "rules": daemon.rules.summary() if daemon.rules else None,
+            "instruments": sorted(instruments()),
+            "rules": control.rules.summary() if control.rules else None,
         }
 
     @app.post("/api/rules/reload")
     async def reload_rules(who: Who) -> dict[str, Any]:
         """Read the rule files again; refused files change nothing (422 with every problem)."""
-        problems = await daemon.reload_rules(who.by)
-        if problems:
-            raise HTTPException(status_code=422, detail={"accepted": False, "problems": problems})
-        assert daemon.rules is not None
-        return {"accepted": True, "summary": daemon.rules.summary()}
+        rules = await control.reload_rules(who.by)
+        return {"accepted": True, "summary": rules.summary()}
 
     @app.post("/api/corrective-actions/{action_id}/close")
     async def close_corrective_action(action_id: RowId, closing: Closing) -> dict[str, Any]:
         """Close a QC failure's corrective action (409 while QC is not in control again)."""
-        try:
-            closed = await daemon.close_corrective_action(
-                action_id, closing.by, closing.action_taken
-            )
-        except LookupError as exc:
-            raise HTTPException(status_code=404, detail=str(exc.args[0])) from None
-        except ValueError as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
+        closed = await control.close_corrective_action(action_id, closing.by, closing.action_taken)
         return {
             "closed": closed.action_id,
             "instrument": closed.instrument,
@@ -105,10 +119,6 @@ def create_app(daemon: Daemon) -> FastAPI:
     @app.get("/api/qc/proposals")
     async def proposals() -> list[dict[str, Any]]:
         """Q3: control lots with 20 results in 20 runs whose own limits await approval."""
-        try:
-            found = await daemon.limits_proposals()
-        except LookupError as exc:
-            raise HTTPException(status_code=404, detail=str(exc.args[0])) from None
         return [
             {
                 "instrument": p.instrument,
@@ -118,28 +128,20 @@ def create_app(daemon: Daemon) -> FastAPI:
                 "sd": str(p.sd),
                 "results": p.results,
             }
-            for p in found
+            for p in await control.limits_proposals()
         ]
 
     @app.post("/api/qc/proposals/approve")
     async def approve(approval: Approval) -> dict[str, Any]:
-        configured(approval.instrument)
-        try:
-            approved = await daemon.approve_limits(
-                approval.instrument, approval.test, approval.lot, approval.by
-            )
-        except LookupError as exc:
-            raise HTTPException(status_code=404, detail=str(exc.args[0])) from None
+        approved = await control.approve_limits(
+            approval.instrument, approval.test, approval.lot, approval.by
+        )
         return {"approved": approval.lot, "mean": str(approved.mean), "sd": str(approved.sd)}
 
     @app.post("/api/qc/events")
     async def qc_event(event: QcEvent) -> dict[str, Any]:
         """Calibration or maintenance (voids the tests' QC), or unlock (lifts a method lock)."""
-        configured(event.instrument)
-        try:
-            await daemon.record_qc_event(event.instrument, event.tests, event.kind, event.by)
-        except LookupError as exc:
-            raise HTTPException(status_code=404, detail=str(exc.args[0])) from None
+        await control.record_qc_event(event.instrument, event.tests, event.kind, event.by)
         return {"recorded": event.kind, "tests": event.tests}
 
     return app

@@ -1,0 +1,279 @@
+"""Operator commands: reload the rules, approve a control lot's own limits, record QC
+events, close corrective actions; used by the control API.
+
+The daemon owns one :class:`Control`, which holds the rules in force and the engine they
+drive. A command refuses what it cannot do with a :class:`ControlError` saying why, in
+words for the operator; any other exception it lets through is a fault of the middleware,
+never the operator's mistake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal, TypeVar
+
+import structlog
+from sqlalchemy import Connection, Row, select
+
+from middleware.assessment import rebuild, redecide_held
+from middleware.engine.engine import Engine
+from middleware.engine.qc import LimitsProposal
+from middleware.engine.rules import Rules, load_rules
+from middleware.engine.rules import diff as rules_diff
+from middleware.settings import Settings
+from middleware.store import Store
+from middleware.store.repository import (
+    approve_limits,
+    audit,
+    mark_corrective_action_closed,
+    record_qc_event,
+    utcnow,
+)
+from middleware.store.schema import corrective_actions
+from middleware.yamlfile import FileError
+
+log = structlog.get_logger("middleware.control")
+
+T = TypeVar("T")
+
+#: How far back the QC state is replayed at start: longer than any validity window in use,
+#: and enough for the Westgard windows of a test run a few times a day.
+REBUILD_WINDOW = timedelta(days=7)
+
+QcEventKind = Literal["calibration", "maintenance", "unlock"]
+
+
+class ControlError(Exception):
+    """A command refused on purpose; the message says why."""
+
+
+class NotFound(ControlError):
+    """What the command names does not exist: a corrective action, a proposal, an
+    instrument."""
+
+
+class Conflict(ControlError):
+    """The command cannot be done in the present state (QC not in control again, an
+    action already closed, limits that cannot be used)."""
+
+
+class EngineNotRunning(ControlError):
+    """The daemon runs without rules (no ``rules_dir``): there is no QC to act on."""
+
+
+class RulesRefused(ControlError):
+    """The rule files were not put in force; the rules in force stay."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("rules refused: " + "; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectiveActionClosed:
+    action_id: int
+    instrument: str
+    test: str
+    released: list[int]
+    """Held results that the closing released."""
+
+
+def restore(conn: Connection, engine: Engine) -> int:
+    """The engine's QC state as the store holds it (at start, and after a rollback)."""
+    engine.forget()
+    return rebuild(conn, engine, utcnow() - REBUILD_WINDOW)
+
+
+def _corrective_action(
+    conn: Connection, action_id: int
+) -> Row[str, str, datetime | None, str | None] | None:
+    """Instrument, test, closed at and by, of a corrective action."""
+    return conn.execute(
+        select(
+            corrective_actions.c.instrument,
+            corrective_actions.c.test_code,
+            corrective_actions.c.closed_at,
+            corrective_actions.c.closed_by,
+        ).where(corrective_actions.c.id == action_id)
+    ).first()
+
+
+class Control:
+    """The rules in force, the engine they drive, and what operators do to them.
+
+    ``store`` is the daemon's, given once it is open; until then, and for good when no
+    ``rules_dir`` is configured, there is no engine and QC commands are refused.
+    """
+
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.rules: Rules | None = None
+        self.engine: Engine | None = None
+        """Created by the first rules accepted, then kept: pipelines hold on to it, and a
+        reload only replaces its rules."""
+        # One reload at a time: each audited diff is against what the one before put in force.
+        self._reloading = asyncio.Lock()
+
+    async def reload_rules(self, actor: str) -> Rules:
+        """Load the rule files again and put them in force. An accepted change is recorded
+        in the audit log with who, when and the diff; refused files change nothing."""
+        directory = self.settings.rules_dir
+        if directory is None:
+            raise RulesRefused(["no rules directory is configured (rules_dir)"])
+        store = self.store
+        if store is None:
+            raise EngineNotRunning("the daemon is still starting: its store is not open")
+        async with self._reloading:
+            try:
+                rules = await asyncio.to_thread(load_rules, directory)
+            except FileError as exc:
+                log.error(
+                    "rules refused; the rules in force stay",
+                    directory=str(directory),
+                    problems=exc.problems,
+                    kept=self.rules is not None,
+                    by=actor,
+                )
+                raise RulesRefused(exc.problems) from None
+            change = rules_diff(self.rules, rules)
+            if change:
+                detail = {"sources": rules.sources, "diff": change}
+                await store.write(
+                    lambda conn: audit(conn, actor, "rules.load", str(directory), detail)
+                )
+            self.rules = rules
+            if self.engine is None:
+                engine = self.engine = Engine(rules)
+                replayed = await store.read_async(lambda conn: restore(conn, engine))
+                log.info("QC state rebuilt from the store", controls=replayed)
+                store.writer.on_rollback = lambda conn: restore(conn, engine)
+            else:
+                # Swapped in the writer's thread, between two messages, never during one.
+                engine = self.engine
+                await store.write(lambda _conn: engine.replace_rules(rules))
+        log.info("rules in force", summary=rules.summary(), changed=bool(change), by=actor)
+        return rules
+
+    def _running(self) -> tuple[Store, Engine]:
+        if self.store is None or self.engine is None:
+            raise EngineNotRunning("the rules engine is not running (no rules_dir configured)")
+        return self.store, self.engine
+
+    def _configured(self, instrument: str) -> None:
+        """Refuse what names an instrument this daemon does not know, before recording it.
+        One configured but not enabled is still the lab's."""
+        if all(known.name != instrument for known in self.settings.instruments):
+            raise NotFound(f"unknown instrument {instrument!r}: not in the configuration")
+
+    async def _write(self, store: Store, work: Callable[[Connection], T | ControlError]) -> T:
+        """Run ``work`` in the writer's thread; a refusal it returns is raised here.
+
+        Raised there, a refusal would roll back the analysers' messages sharing its
+        transaction, and have the engine's QC state replayed from the store."""
+        outcome = await store.write(work)
+        if isinstance(outcome, ControlError):
+            raise outcome
+        return outcome
+
+    async def limits_proposals(self) -> list[LimitsProposal]:
+        """Q3: control lots with 20 results in 20 runs whose own limits await approval."""
+        store, engine = self._running()
+        # Read in the writer's thread, where the engine's state changes.
+        return await store.write(lambda _conn: engine.gate.proposals())
+
+    async def approve_limits(self, instrument: str, test: str, lot: str, by: str) -> LimitsProposal:
+        """Q3: a biologist approves the lab's own mean and SD for a control lot."""
+        self._configured(instrument)
+        store, engine = self._running()
+
+        def work(conn: Connection) -> LimitsProposal | ControlError:
+            proposal = next(
+                (
+                    p
+                    for p in engine.gate.proposals()
+                    if (p.instrument, p.test, p.lot) == (instrument, test, lot)
+                ),
+                None,
+            )
+            if proposal is None:
+                return NotFound(f"no limits proposed for lot {lot} of {test} on {instrument}")
+            if proposal.sd <= 0:
+                return Conflict(
+                    f"the lab's own SD is 0: the {proposal.results} results of lot {lot} of "
+                    f"{test} on {instrument} do not vary, which gives no limits; the "
+                    "manufacturer's target stays in use"
+                )
+            now = utcnow()
+            approve_limits(
+                conn, instrument, test, lot, proposal.mean, proposal.sd, proposal.results, by, now
+            )
+            audit(
+                conn,
+                by,
+                "qc.limits.approve",
+                f"{instrument}/{test}/{lot}",
+                {"mean": str(proposal.mean), "sd": str(proposal.sd), "results": proposal.results},
+            )
+            engine.gate.approve(proposal)
+            return proposal
+
+        return await self._write(store, work)
+
+    async def record_qc_event(
+        self, instrument: str, tests: list[str], kind: QcEventKind, by: str
+    ) -> None:
+        """A calibration or maintenance voids the QC of these tests; ``unlock`` lifts a
+        method lock once the cause is fixed."""
+        self._configured(instrument)
+        store, engine = self._running()
+
+        def work(conn: Connection) -> None:
+            now = utcnow()
+            for test in tests:
+                record_qc_event(conn, instrument, test, kind, now, by)
+                if kind == "unlock":
+                    engine.gate.unlock(instrument, test)
+                else:
+                    engine.gate.void(instrument, test, kind, now)
+            audit(conn, by, f"qc.{kind}", instrument, {"tests": tests})
+
+        await store.write(work)
+
+    async def close_corrective_action(
+        self, action_id: int, by: str, action_taken: str
+    ) -> CorrectiveActionClosed:
+        """Q9: a person closes a QC failure's corrective action, saying what was done; the
+        QC re-run that closes it must be in control. Held results of the test are then
+        decided again."""
+        store, engine = self._running()
+
+        def work(conn: Connection) -> CorrectiveActionClosed | ControlError:
+            action = _corrective_action(conn, action_id)
+            if action is None:
+                return NotFound(f"no corrective action {action_id}")
+            if action.closed_at is not None:
+                return Conflict(f"corrective action {action_id} was closed by {action.closed_by}")
+            instrument, test = action.instrument, action.test_code
+            now = utcnow()
+            try:
+                engine.gate.close_corrective_action(instrument, test, now)
+            except ValueError as refusal:
+                # The gate refuses, before changing anything, when it holds no open action
+                # for the test or its QC is not in control again since the failure.
+                return Conflict(str(refusal))
+            mark_corrective_action_closed(conn, action_id, by, action_taken, now)
+            audit(
+                conn,
+                by,
+                "qc.corrective_action.close",
+                f"{instrument}/{test}",
+                {"corrective_action": action_id, "action_taken": action_taken},
+            )
+            released = redecide_held(conn, engine, instrument, test, now)
+            return CorrectiveActionClosed(action_id, instrument, test, released)
+
+        return await self._write(store, work)

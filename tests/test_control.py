@@ -1,0 +1,282 @@
+"""Operator commands without HTTP, on SQLite and PostgreSQL; and how the control API
+answers what they refuse, and what fails inside them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+import drivers
+from middleware.astm.link import LinkSettings
+from middleware.control import (
+    Conflict,
+    Control,
+    EngineNotRunning,
+    NotFound,
+    RulesRefused,
+)
+from middleware.pipeline import ConnectionPipeline
+from middleware.settings import Settings
+from middleware.store import Store
+from middleware.store.schema import audit_log, control_limits, corrective_actions, qc_events
+from middleware.transport.tcp import TcpServer
+from middleware.web.api import create_app
+from tests.conftest import ROOT
+from tests.messages import patient, qc
+from tests.peer import StreamPeer, send_message
+
+CHEM = {"name": "chem-1", "transport": "tcp-server", "port": 5001, "enabled": False}
+WESTGARD = "[1-3s, 2-2s, R-4s, 4-1s, 10x]"
+
+
+def settings(tmp_path: Path, database_url: str, **more: Any) -> Settings:
+    return Settings.model_validate(
+        {"state_dir": tmp_path / "state", "database_url": database_url,
+         "instruments": [CHEM], **more}
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    store = Store(database_url)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+async def control(tmp_path: Path, database_url: str, store: Store) -> Control:
+    """Rules in force (a copy of the default ones, free to edit) and one configured analyser."""
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    control = Control(settings(tmp_path, database_url, rules_dir=rules), store)
+    await control.reload_rules("daemon start")
+    return control
+
+
+@pytest.fixture
+def without_rules(tmp_path: Path, database_url: str, store: Store) -> Control:
+    return Control(settings(tmp_path, database_url), store)
+
+
+@contextlib.asynccontextmanager
+async def analyser(control: Control) -> AsyncIterator[StreamPeer]:
+    """chem-1 connected, its results decided by the control's engine."""
+    assert control.store is not None
+    pipeline = ConnectionPipeline(
+        "chem-1", drivers.get("generic", instrument="chem-1"), control.store, engine=control.engine
+    )
+    server = TcpServer("127.0.0.1", 0, LinkSettings(), pipeline)
+    await server.start()
+    peer = StreamPeer(*await asyncio.open_connection("127.0.0.1", server.bound_port))
+    try:
+        yield peer
+    finally:
+        await peer.close()
+        await server.close()
+
+
+async def send(control: Control, *messages: list[bytes]) -> None:
+    async with analyser(control) as peer:
+        for message in messages:
+            await send_message(peer, message)
+
+
+def audited(store: Store) -> list[tuple[str, str]]:
+    rows = store.read(lambda c: c.execute(select(audit_log).order_by(audit_log.c.id)).all())
+    return [(row.actor, row.action) for row in rows]
+
+
+def api(control: Control) -> httpx.AsyncClient:
+    app = create_app(control, lambda: ["chem-1"])
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
+
+
+# --- rules ---------------------------------------------------------------------------------
+
+
+async def test_refused_rules_leave_the_rules_in_force_and_accepted_ones_are_audited(
+    control: Control, store: Store
+) -> None:
+    assert control.settings.rules_dir is not None and control.engine is not None
+    westgard = control.settings.rules_dir / "westgard.yaml"
+    in_force = control.rules
+    assert audited(store) == [("daemon start", "rules.load")]
+
+    westgard.write_text(westgard.read_text().replace(WESTGARD, "[1-3s, R-5s]"))
+    with pytest.raises(RulesRefused) as refused:
+        await control.reload_rules("alice")
+    assert "westgard.rule_sets.default.rules.1" in refused.value.problems[0]
+    assert control.rules is in_force and control.engine.rules is in_force
+    assert audited(store) == [("daemon start", "rules.load")]
+
+    westgard.write_text(westgard.read_text().replace("[1-3s, R-5s]", "[1-3s, 2-2s, R-4s]"))
+    accepted = await control.reload_rules("alice")
+    assert control.rules is accepted and control.engine.rules is accepted
+    assert audited(store) == [("daemon start", "rules.load"), ("alice", "rules.load")]
+    detail = store.read(lambda c: c.execute(select(audit_log.c.detail)).all())[-1].detail
+    assert '-    "10x"' in json.loads(detail)["diff"]
+
+    await control.reload_rules("alice")  # nothing changed: nothing to audit
+    assert len(audited(store)) == 2
+
+
+async def test_without_a_rules_directory_reload_is_refused_and_qc_commands_too(
+    without_rules: Control,
+) -> None:
+    with pytest.raises(RulesRefused) as refused:
+        await without_rules.reload_rules("alice")
+    assert refused.value.problems == ["no rules directory is configured (rules_dir)"]
+    assert without_rules.rules is None
+    with pytest.raises(EngineNotRunning):
+        await without_rules.limits_proposals()
+    with pytest.raises(EngineNotRunning):
+        await without_rules.approve_limits("chem-1", "GLU", "CC-45781", "dr-lab")
+    with pytest.raises(EngineNotRunning):
+        await without_rules.record_qc_event("chem-1", ["GLU"], "calibration", "tech")
+    with pytest.raises(EngineNotRunning):
+        await without_rules.close_corrective_action(1, "bob", "new calibration")
+
+
+# --- corrective actions --------------------------------------------------------------------
+
+
+async def test_a_corrective_action_closes_once_qc_is_in_control_again(
+    control: Control, store: Store
+) -> None:
+    with pytest.raises(NotFound, match="no corrective action 999"):
+        await control.close_corrective_action(999, "bob", "new calibration")
+
+    await send(control, qc("5.2", "15.6"), qc("5.7", "15.6"), patient("S1", "5.0"))
+    [action_id] = store.read(lambda c: c.execute(select(corrective_actions.c.id)).scalars().all())
+    with pytest.raises(Conflict, match="not in control again"):
+        await control.close_corrective_action(action_id, "bob", "new calibration")
+
+    await send(control, qc("5.25", "15.5"))  # the re-run, in control
+    closed = await control.close_corrective_action(action_id, "bob", "new calibration")
+    assert (closed.instrument, closed.test, len(closed.released)) == ("chem-1", "GLU", 1)
+    assert ("bob", "qc.corrective_action.close") in audited(store)
+
+    with pytest.raises(Conflict, match=f"corrective action {action_id} was closed by bob"):
+        await control.close_corrective_action(action_id, "carol", "again")
+
+
+# --- the lab's own limits and QC events ----------------------------------------------------
+
+
+async def test_limits_are_approved_only_when_proposed(control: Control, store: Store) -> None:
+    assert await control.limits_proposals() == []
+    with pytest.raises(NotFound, match="no limits proposed for lot CC-45781 of GLU on chem-1"):
+        await control.approve_limits("chem-1", "GLU", "CC-45781", "dr-lab")
+    assert store.read(lambda c: c.execute(select(control_limits)).all()) == []
+
+
+async def test_an_sd_of_zero_is_refused_and_other_limits_are_approved(
+    control: Control, store: Store
+) -> None:
+    runs: list[list[bytes]] = []
+    for i in range(20):  # level 1 the same every run; level 2 varies
+        runs += [qc("5.2", f"15.{50 + i % 20}"), patient(f"R{i}", "5.0")]
+    await send(control, *runs)
+    proposed = {p.lot: p for p in await control.limits_proposals()}
+    assert proposed["CC-45781"].sd == 0 and proposed["CC-45782"].sd > 0
+
+    with pytest.raises(Conflict, match="the lab's own SD is 0: the 20 results of lot CC-45781"):
+        await control.approve_limits("chem-1", "GLU", "CC-45781", "dr-lab")
+    assert store.read(lambda c: c.execute(select(control_limits)).all()) == []
+
+    approved = await control.approve_limits("chem-1", "GLU", "CC-45782", "dr-lab")
+    assert approved == proposed["CC-45782"]
+    [limits] = store.read(lambda c: c.execute(select(control_limits)).all())
+    assert (limits.lot, limits.approved_by) == ("CC-45782", "dr-lab")
+    assert [p.lot for p in await control.limits_proposals()] == ["CC-45781"]
+
+
+async def test_an_instrument_not_configured_is_not_found_and_nothing_is_recorded(
+    control: Control, store: Store
+) -> None:
+    unknown = "unknown instrument 'ghost': not in the configuration"
+    with pytest.raises(NotFound, match=unknown):
+        await control.record_qc_event("ghost", ["GLU"], "calibration", "tech")
+    with pytest.raises(NotFound, match=unknown):
+        await control.approve_limits("ghost", "GLU", "CC-45781", "dr-lab")
+    assert store.read(lambda c: c.execute(select(qc_events)).all()) == []
+    await control.record_qc_event("chem-1", ["GLU"], "calibration", "tech")  # configured
+    [event] = store.read(lambda c: c.execute(select(qc_events)).all())
+    assert (event.instrument, event.kind, event.recorded_by) == ("chem-1", "calibration", "tech")
+    assert audited(store)[-1] == ("tech", "qc.calibration")
+
+
+# --- over the API --------------------------------------------------------------------------
+
+
+async def test_refusals_have_their_status_over_the_api(
+    control: Control, without_rules: Control
+) -> None:
+    closing = {"by": "bob", "action_taken": "new calibration"}
+    approval = {"instrument": "chem-1", "test": "GLU", "lot": "CC-45781", "by": "dr-lab"}
+    async with api(control) as running:
+        health = (await running.get("/api/health")).json()
+        assert health["instruments"] == ["chem-1"] and health["rules"]
+        missing = await running.post("/api/corrective-actions/999/close", json=closing)
+        assert missing.status_code == 404
+        assert missing.json() == {"detail": "no corrective action 999"}
+        unproposed = await running.post("/api/qc/proposals/approve", json=approval)
+        assert unproposed.status_code == 404
+    async with api(without_rules) as idle:
+        refused = await idle.post("/api/rules/reload", json={"by": "alice"})
+        assert refused.status_code == 422
+        assert refused.json() == {
+            "detail": {
+                "accepted": False,
+                "problems": ["no rules directory is configured (rules_dir)"],
+            }
+        }
+        stopped = await idle.get("/api/qc/proposals")
+        assert stopped.status_code == 409
+        assert "the rules engine is not running" in stopped.json()["detail"]
+
+
+@pytest.mark.parametrize("fault", [KeyError("test_code"), ValueError("bad value")])
+@pytest.mark.parametrize(
+    ("broken", "path", "body"),
+    [
+        (
+            "middleware.control.record_qc_event",
+            "/api/qc/events",
+            {"instrument": "chem-1", "tests": ["GLU"], "kind": "calibration", "by": "tech"},
+        ),
+        (
+            "middleware.control._corrective_action",
+            "/api/corrective-actions/1/close",
+            {"by": "bob", "action_taken": "new calibration"},
+        ),
+    ],
+)
+async def test_a_fault_inside_a_command_is_a_500_not_the_operators_mistake(
+    control: Control,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: Exception,
+    broken: str,
+    path: str,
+    body: dict[str, Any],
+) -> None:
+    def fails(*_args: object) -> None:
+        raise fault
+
+    monkeypatch.setattr(broken, fails)
+    before = audited(store)
+    async with api(control) as client:
+        answer = await client.post(path, json=body)
+    assert answer.status_code == 500
+    assert audited(store) == before  # rolled back
