@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
     import os
 
-    from middleware.daemon import configure_logging, serve
+    from middleware.daemon import InstrumentsHeld, LeaseLost, configure_logging, serve
     from middleware.transport.tcp import ListenError
 
     # Without either, the daemon would run with no analyser at all and say nothing about it.
@@ -66,6 +66,12 @@ def _run(args: argparse.Namespace) -> int:
         asyncio.run(serve(settings))
     except ListenError as exc:
         print(f"lis-middleware run: {exc}", file=sys.stderr)
+        return 1
+    except InstrumentsHeld as exc:
+        print(f"lis-middleware run: not started: {exc}", file=sys.stderr)
+        return 2
+    except LeaseLost as exc:
+        print(f"lis-middleware run: stopped: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -23,7 +24,9 @@ from middleware.control import Control, EngineNotRunning, RulesRefused
 from middleware.engine.engine import Engine
 from middleware.pipeline import ConnectionPipeline
 from middleware.settings import InstrumentConfig, Settings
-from middleware.store import Store
+from middleware.store import Store, leases
+from middleware.store.leases import Held
+from middleware.store.repository import utcnow
 from middleware.transport.channel import (
     ChannelEvent,
     ConnectionClosed,
@@ -74,9 +77,47 @@ def link_settings(config: InstrumentConfig, driver: drivers.Driver) -> LinkSetti
     return replace(settings, **changes)
 
 
+class InstrumentsHeld(Exception):
+    """Instruments of this configuration are served by another live daemon."""
+
+    def __init__(self, held: list[Held]) -> None:
+        super().__init__(
+            "; ".join(
+                f"instrument {h.instrument} is served by daemon {h.owner} "
+                f"(lease renewed {h.renewed_at:%Y-%m-%d %H:%M:%S} UTC)"
+                for h in held
+            )
+        )
+        self.held = held
+
+
+class LeaseLost(Exception):
+    """Another daemon took this one's instruments (its lease was not renewed in time)."""
+
+
+def _process_gone(owner: str) -> bool:
+    """A holder on this host whose process no longer runs: its leases are free at once."""
+    node, _, rest = owner.partition("/")
+    pid = rest.split("/", 1)[0]
+    if node != socket.gethostname() or not pid.isdecimal():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.owner = (
+            f"{settings.node_name or socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+        )
+        """Names this daemon in the instrument leases of a shared database."""
+        self.lease_lost = asyncio.Event()
         self.control = Control(settings)
         """The rules, the engine and the operator commands; the daemon gives it its store."""
         self.store: Store | None = None
@@ -104,10 +145,42 @@ class Daemon:
         self.control.store = self.store
         if self.settings.rules_dir is not None and await self.reload_rules("daemon start"):
             raise SystemExit(2)
+        await self._claim_instruments(self.store)
         for config in self.settings.instruments:
             if config.enabled:
                 await self._start_instrument(config, self.store)
-        log.info("daemon running", instruments=len(self.connections))
+        log.info("daemon running", instruments=len(self.connections), owner=self.owner)
+
+    @property
+    def _served(self) -> list[str]:
+        return [c.name for c in self.settings.instruments if c.enabled]
+
+    async def _claim_instruments(self, store: Store) -> None:
+        """No instrument is served by two daemons: take their leases, or refuse to start."""
+        names, lease = self._served, self.settings.lease_seconds
+        held = await store.write(
+            lambda conn: leases.claim(conn, self.owner, names, utcnow(), lease, _process_gone)
+        )
+        if held:
+            raise InstrumentsHeld(held)
+        self._tasks.append(asyncio.create_task(self._renew_leases(store)))
+
+    async def _renew_leases(self, store: Store) -> None:
+        names = self._served
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            try:
+                lost = await store.write(
+                    lambda conn: leases.renew(conn, self.owner, names, utcnow())
+                )
+            except Exception as exc:
+                # The database is away; the lease runs out only if it stays away.
+                log.warning("instrument leases not renewed", error=repr(exc))
+                continue
+            if lost:
+                log.error("instruments taken over by another daemon; stopping", lost=lost)
+                self.lease_lost.set()
+                return
 
     def _driver(self, config: InstrumentConfig) -> drivers.Driver:
         options = DriverOptions(
@@ -215,6 +288,9 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.store is not None:
+            if not self.lease_lost.is_set():
+                with contextlib.suppress(Exception):
+                    await self.store.write(lambda conn: leases.release(conn, self.owner))
             await asyncio.to_thread(self.store.close)
         log.info("daemon stopped")
 
@@ -272,7 +348,10 @@ async def serve(settings: Settings) -> None:
         await daemon.start()
         if api_socket is not None:
             api = asyncio.create_task(serve_api(daemon, api_socket))
-        await stopping.wait()
+        ends = [asyncio.ensure_future(e.wait()) for e in (stopping, daemon.lease_lost)]
+        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        for end in ends:
+            end.cancel()
     finally:
         if api is not None:
             api.cancel()
@@ -281,6 +360,8 @@ async def serve(settings: Settings) -> None:
         if api_socket is not None:
             api_socket.close()
         await daemon.stop()
+    if daemon.lease_lost.is_set():
+        raise LeaseLost("another daemon took over this daemon's instruments")
 
 
 async def serve_api(daemon: Daemon, sock: socket.socket) -> None:

@@ -212,6 +212,11 @@ class Settings(BaseSettings):
 
     state_dir: Path = Path("state")
     database_url: str | None = None
+    node_name: str | None = Field(None, min_length=1, max_length=200)
+    """This daemon's name among those sharing one database (the host name by default)."""
+    lease_seconds: float = Field(15.0, ge=1, le=3600)
+    """An instrument whose daemon has not renewed its lease for this long may be taken
+    over by another daemon on the same database."""
     database_lock_timeout: float = Field(10.0, gt=0, le=3600)
     """Seconds a write waits for a lock held elsewhere; then it fails and the analyser's
     frame is refused (NAK), to be sent again, rather than answered late."""

@@ -317,3 +317,13 @@ qc_events = Table(
     Column("recorded_by", Text, nullable=False),
 )
 Index("ix_qc_events_test", qc_events.c.instrument, qc_events.c.test_code)
+
+# Which daemon serves each instrument, when several share one database (store/leases.py).
+instrument_leases = Table(
+    "instrument_leases",
+    metadata,
+    Column("instrument", Text, primary_key=True),
+    Column("owner", Text, nullable=False),
+    Column("acquired_at", DateTime(timezone=True), nullable=False),
+    Column("renewed_at", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,95 @@
+"""Which daemon serves which instrument, when several share one database.
+
+A daemon holds a lease on each instrument of its configuration and renews it while it
+runs. Another daemon may take an instrument only once its lease has not been renewed for
+``lease_seconds``: its holder stopped (cleanly, giving it back) or died.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, select
+
+from middleware.store.repository import _insert, _utc
+from middleware.store.schema import instrument_leases
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """An instrument another live daemon serves."""
+
+    instrument: str
+    owner: str
+    renewed_at: datetime
+
+
+def claim(
+    conn: Connection,
+    owner: str,
+    instruments: Sequence[str],
+    now: datetime,
+    lease_seconds: float,
+    gone: Callable[[str], bool] = lambda _owner: False,
+) -> list[Held]:
+    """Take the leases of ``instruments`` for ``owner``, all or none: the ones another
+    daemon holds and renewed within ``lease_seconds`` are returned, and nothing is taken.
+    ``gone`` tells a holder known to be dead (a process of this host that no longer
+    runs), whose leases need not run out first."""
+    if not instruments:
+        return []
+    conn.execute(
+        _insert(conn, instrument_leases).on_conflict_do_nothing(index_elements=["instrument"]),
+        [
+            {"instrument": i, "owner": owner, "acquired_at": now, "renewed_at": now}
+            for i in instruments
+        ],
+    )
+    query = select(instrument_leases).where(instrument_leases.c.instrument.in_(list(instruments)))
+    if conn.dialect.name == "postgresql":
+        # Two daemons starting at once see each other's claim, not both the old one.
+        query = query.with_for_update()
+    expired_before = now - timedelta(seconds=lease_seconds)
+    held = [
+        Held(row.instrument, row.owner, renewed)
+        for row in conn.execute(query)
+        if row.owner != owner and (renewed := _utc(row.renewed_at)) is not None
+        if renewed > expired_before and not gone(row.owner)
+    ]
+    if held:
+        return held
+    conn.execute(
+        instrument_leases.update()
+        .where(instrument_leases.c.instrument.in_(list(instruments)))
+        .values(owner=owner, acquired_at=now, renewed_at=now)
+    )
+    return []
+
+
+def renew(conn: Connection, owner: str, instruments: Sequence[str], now: datetime) -> list[str]:
+    """Renew ``owner``'s leases; returns the instruments whose lease it no longer holds."""
+    conn.execute(
+        instrument_leases.update()
+        .where(
+            instrument_leases.c.owner == owner,
+            instrument_leases.c.instrument.in_(list(instruments)),
+        )
+        .values(renewed_at=now)
+    )
+    kept = set(
+        conn.execute(
+            select(instrument_leases.c.instrument).where(
+                instrument_leases.c.owner == owner,
+                instrument_leases.c.instrument.in_(list(instruments)),
+            )
+        ).scalars()
+    )
+    return [i for i in instruments if i not in kept]
+
+
+def release(conn: Connection, owner: str) -> None:
+    """Give back every lease ``owner`` holds (a clean stop): another daemon may take its
+    instruments at once."""
+    conn.execute(instrument_leases.delete().where(instrument_leases.c.owner == owner))
