@@ -215,7 +215,8 @@ class ConnectionPipeline:
             # Past the analyser's reply timer it may have given up before our ACK came:
             # the message then stays a re-send, never settled by what follows.
             self._unconfirmed.append(stored.message_id)
-        if reading is not None and reading.queries and not stored.duplicate:
+        # A query sent again (our ACK did not reach the analyser) still wants its answer.
+        if reading is not None and reading.queries:
             try:
                 await self._prepare_answers(reading)
             except Exception:

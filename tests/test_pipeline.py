@@ -110,6 +110,24 @@ async def test_new_header_before_l_quarantines_the_unfinished_message(
     assert store.read(repo.counts)["results"] == 1
 
 
+async def test_a_query_sent_again_in_one_transfer_is_answered_again(
+    setup: tuple[Store, StreamPeer, ConnectionPipeline],
+) -> None:
+    store, peer, _pipeline = setup
+    await store.write(lambda conn: repo.add_order(conn, Order("S300", ("GLU",), "R")))
+    query = [b"H|\\^&|||AN-1", b"Q|1|^S300||ALL||||||||O", b"L|1|N"]
+    await peer.write(ENQ)
+    assert await peer.read(1) == ACK
+    for data in frames_for(query + query):  # the analyser did not take our first ACK
+        await peer.write(data)
+        assert await peer.read(1) == ACK
+    await peer.write(EOT)
+    for _ in range(2):
+        answer = await receive_message(peer)
+        assert answer[2].startswith(b"O|1|S300||^^^GLU")
+    assert store.read(repo.counts)["messages"] == 1
+
+
 async def test_host_query_is_answered_from_the_orders(
     setup: tuple[Store, StreamPeer, ConnectionPipeline],
 ) -> None:
