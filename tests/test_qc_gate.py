@@ -147,6 +147,30 @@ def test_twenty_results_in_one_run_propose_nothing(gate: QcGate) -> None:
     assert gate.proposals() == []
 
 
+def test_two_levels_in_control_do_not_lock_the_method(gate: QcGate) -> None:
+    # TP level 1 targets 52 and level 2 a higher mean: pooled, the two levels would read
+    # as a CV and a bias far over 5 %; each level on its own is on target.
+    targets = {LOT_1: Decimal("52.0"), LOT_2: _tp_mean(gate, LOT_2)}
+    at = T0
+    for run in range(60):
+        gate.note_patient("chem-1", "TP")
+        for lot, mean in targets.items():
+            at += timedelta(minutes=30)
+            outcome = gate.record_control(
+                control("TP", str(mean + Decimal(run % 3 - 1) / 10), lot), at
+            )
+            assert not outcome.locked
+    assert "method-locked" not in codes(gate, "TP", at)
+
+
+def _tp_mean(gate: QcGate, lot: str) -> Decimal:
+    for material in gate.rules.control_materials:
+        for found in material.lots:
+            if found.lot == lot:
+                return Decimal(found.targets["TP"].mean)
+    raise AssertionError(f"no TP target for lot {lot}")
+
+
 def test_two_cycles_over_the_cv_and_bias_limits_lock_the_method(gate: QcGate) -> None:
     # TP: max CV 5 %, max bias 5 % (rules/qc.yaml); target level 1 mean 52, SD 1.5.
     biased = "55.0"  # bias 5.8 % (Westgard rejects these runs too; the lock is apart)

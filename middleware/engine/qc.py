@@ -92,8 +92,10 @@ class _TestState:
     corrective_action_reason: str = ""
     last_in_control_at: datetime | None = None
     locked: str = ""
-    over_limit_cycles: int = 0
-    cycle: _Accumulator = field(default_factory=_Accumulator)
+    # Q6 cycles are per control lot: each level has its own mean, so pooling the levels
+    # would read a spread between them as imprecision.
+    over_limit_cycles: dict[str, int] = field(default_factory=dict)
+    cycles: dict[str, _Accumulator] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +225,7 @@ class QcGate:
         value = Fraction(result.value.number)
         self._stats.setdefault(key, _Accumulator()).add(value, run)
         state.levels[level] = LevelState(at, run, evaluation.status, evaluation.violations)
-        outcome_lock = self._cycle(state, instrument, test, value, target)
+        outcome_lock = self._cycle(state, instrument, test, lot.lot, value, target)
         opened = False
         review_since = None
         if evaluation.status == "reject":
@@ -246,13 +248,20 @@ class QcGate:
         )
 
     def _cycle(
-        self, state: _TestState, instrument: str, test: str, value: Fraction, target: Target
+        self,
+        state: _TestState,
+        instrument: str,
+        test: str,
+        lot: str,
+        value: Fraction,
+        target: Target,
     ) -> str:
-        """Q6: CV and bias over each control cycle; two cycles over the limits lock."""
+        """Q6: CV and bias over each control cycle of a lot; two consecutive cycles of a
+        lot over the limits lock the method."""
         policy = self.policy(instrument, test)
         if policy is None or (policy.max_cv_percent is None and policy.max_bias_percent is None):
             return ""
-        cycle = state.cycle
+        cycle = state.cycles.setdefault(lot, _Accumulator())
         cycle.add(value, "")
         if cycle.n < RESULTS_FOR_OWN_LIMITS:
             return ""
@@ -261,12 +270,12 @@ class QcGate:
         # Rule files refuse a mean of 0 under a bias limit; under a CV limit alone it is fine.
         expected = Fraction(target.mean)
         bias = abs(mean - expected) / expected * 100 if expected else Fraction(0)
-        state.cycle = _Accumulator()
+        state.cycles[lot] = _Accumulator()
         over = (policy.max_cv_percent is not None and cv > Fraction(policy.max_cv_percent)) or (
             policy.max_bias_percent is not None and bias > Fraction(policy.max_bias_percent)
         )
-        state.over_limit_cycles = state.over_limit_cycles + 1 if over else 0
-        if state.over_limit_cycles >= 2:
+        state.over_limit_cycles[lot] = state.over_limit_cycles.get(lot, 0) + 1 if over else 0
+        if state.over_limit_cycles[lot] >= 2:
             state.locked = (
                 f"CV {float(cv):.1f}% / bias {float(bias):.1f}% over the limits "
                 "for two consecutive cycles"
@@ -302,7 +311,7 @@ class QcGate:
     def unlock(self, instrument: str, test: str) -> None:
         state = self._state(instrument, test)
         state.locked = ""
-        state.over_limit_cycles = 0
+        state.over_limit_cycles.clear()
 
     def proposals(self) -> list[LimitsProposal]:
         """Q3: lots with 20 results in 20 runs whose own limits are not approved yet."""

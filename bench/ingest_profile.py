@@ -1,0 +1,136 @@
+"""The daemon as ``python -m middleware run`` starts it, measured from inside, for
+bench/ingest.py --profile and --timing.
+
+    python bench/ingest_profile.py PREFIX cprofile|timing run --config daemon.yaml
+
+``cprofile``: one profile for the main thread (the event loop: links, pipelines,
+decoding, drivers), one for the store writer's thread (every transaction: the SQL, the
+rules engine, the QC gate) and one for the QC state's rebuild at start (replaying the
+stored history), written as ``PREFIX.loop``, ``PREFIX.writer`` and ``PREFIX.restore``.
+cProfile slows Python code down: the profiled run's throughput is not a figure to quote,
+only where the time goes.
+
+``timing``: no profiler; the writer thread's time to store each message
+(``store_delivery``) and to apply the engine to it (``assess_message``), by kind of
+message (patient or QC), and each transaction's duration (the work of its batch and the
+commit) and size, and every SQL statement slower than 50 ms, written to
+``PREFIX.timing.json`` when the daemon stops.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import importlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sqlalchemy import Engine, event
+
+from middleware import pipeline
+from middleware.cli import main
+from middleware.store.writer import StoreWriter
+
+#: Statements slower than this are listed, with their SQL.
+SLOW_STATEMENT = 0.05
+
+
+def with_cprofile(prefix: str, argv: list[str]) -> int:
+    unprofiled = StoreWriter._run
+
+    def run(self: StoreWriter) -> None:
+        profile = cProfile.Profile()
+        profile.enable()
+        try:
+            unprofiled(self)
+        finally:
+            profile.disable()
+            profile.dump_stats(prefix + ".writer")
+
+    setattr(StoreWriter, "_run", run)  # noqa: B010
+    # The function that replays the history into the engine, wherever it lives.
+    for name in ("middleware.control", "middleware.daemon"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "restore"):
+            setattr(module, "restore", _profiled(module.restore, prefix + ".restore"))  # noqa: B010
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        return int(main(argv))
+    finally:
+        profile.disable()
+        profile.dump_stats(prefix + ".loop")
+
+
+def _profiled(function: Callable[..., Any], path: str) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        profile = cProfile.Profile()
+        try:
+            return profile.runcall(function, *args)
+        finally:
+            profile.dump_stats(path)
+
+    return call
+
+
+def with_timing(prefix: str, argv: list[str]) -> int:
+    times: dict[str, list[float]] = {}
+
+    def timed(what: str, function: Callable[..., Any], reading: Callable[..., Any]) -> Any:
+        def call(*args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args)
+            finally:
+                found = reading(*args)
+                kind = "qc" if found is not None and found.controls else "patient"
+                times.setdefault(f"{kind} {what}", []).append(time.perf_counter() - started)
+
+        return call
+
+    pipeline.store_delivery = timed(
+        "store", pipeline.store_delivery, lambda _conn, delivery: delivery.reading
+    )
+    pipeline.assess_message = timed(
+        "engine", pipeline.assess_message, lambda _conn, _engine, _stored, reading, _now: reading
+    )
+    uncommitted = StoreWriter._commit
+
+    def commit(self: StoreWriter, batch: list[Any]) -> None:
+        started = time.perf_counter()
+        try:
+            uncommitted(self, batch)
+        finally:
+            times.setdefault("transaction", []).append(time.perf_counter() - started)
+            times.setdefault("batch", []).append(len(batch))
+
+    setattr(StoreWriter, "_commit", commit)  # noqa: B010
+    slow: list[tuple[float, str]] = []
+
+    @event.listens_for(Engine, "before_cursor_execute")
+    def before(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        conn.info["bench_started"] = time.perf_counter()
+
+    @event.listens_for(Engine, "after_cursor_execute")
+    def after(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        elapsed = time.perf_counter() - conn.info.pop("bench_started", time.perf_counter())
+        if elapsed > SLOW_STATEMENT:
+            slow.append((elapsed, " ".join(statement.split())[:400]))
+
+    try:
+        return int(main(argv))
+    finally:
+        Path(prefix + ".timing.json").write_text(json.dumps(times | {"slow": slow}))
+
+
+if __name__ == "__main__":
+    prefix, mode, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+    raise SystemExit((with_cprofile if mode == "cprofile" else with_timing)(prefix, argv))
