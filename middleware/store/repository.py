@@ -6,6 +6,7 @@ store writer, or a reader) owns, so several writes can share one commit.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -15,7 +16,7 @@ from decimal import Context, Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, select, union_all
+from sqlalchemy import CompoundSelect, Connection, Table, bindparam, func, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 
 from middleware.domain import (
@@ -495,6 +496,35 @@ def quarantined(conn: Connection) -> list[dict[str, Any]]:
 # --- what the engine needs, and what it decided -------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
+def _latest_results(pairs: int) -> CompoundSelect[Any]:
+    """The latest numeric results of ``pairs`` (patient, test) pairs, one index lookup
+    each; built once per number of pairs, since building it costs more than running it."""
+    columns = (
+        results.c.id,
+        results.c.patient_id,
+        results.c.test_code,
+        results.c.value_number,
+        results.c.completed_at,
+        results.c.stored_at,
+    )
+    latest = [
+        select(*columns)
+        .where(
+            results.c.patient_id == bindparam(f"p{i}"),
+            results.c.test_code == bindparam(f"t{i}"),
+            results.c.id < bindparam("before"),
+            results.c.value_number.is_not(None),
+            results.c.censor == "",
+        )
+        .order_by(results.c.id.desc())
+        .limit(bindparam(f"k{i}"))
+        .subquery()
+        for i in range(pairs)
+    ]
+    return union_all(*(select(sub) for sub in latest))
+
+
 def previous_results(
     conn: Connection, wanted: Iterable[tuple[str, str]], before_id: int
 ) -> dict[tuple[str, str], list[tuple[int, Decimal, datetime]]]:
@@ -508,29 +538,11 @@ def previous_results(
             counts[(patient, test)] = counts.get((patient, test), 0) + 1
     if not counts:
         return {}
-    columns = (
-        results.c.id,
-        results.c.patient_id,
-        results.c.test_code,
-        results.c.value_number,
-        results.c.completed_at,
-        results.c.stored_at,
-    )
-    latest = [
-        select(*columns)
-        .where(
-            results.c.patient_id == patient,
-            results.c.test_code == test,
-            results.c.id < before_id,
-            results.c.value_number.is_not(None),
-            results.c.censor == "",
-        )
-        .order_by(results.c.id.desc())
-        .limit(count + 1)
-        .subquery()
-        for (patient, test), count in sorted(counts.items())
-    ]
-    rows = conn.execute(union_all(*(select(sub) for sub in latest))).all()
+    ordered = sorted(counts.items())
+    params: dict[str, object] = {"before": before_id}
+    for i, ((patient, test), count) in enumerate(ordered):
+        params |= {f"p{i}": patient, f"t{i}": test, f"k{i}": count + 1}
+    rows = conn.execute(_latest_results(len(ordered)), params).all()
     found: dict[tuple[str, str], list[tuple[int, Decimal, datetime]]] = {}
     for row in sorted(rows, key=lambda r: r.id):
         moment = _utc(row.completed_at or row.stored_at) or row.stored_at
