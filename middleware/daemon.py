@@ -132,10 +132,6 @@ class Daemon:
         """The rules engine the pipelines of new connections decide with."""
         return self.control.engine
 
-    @property
-    def pipelines(self) -> dict[str, list[ConnectionPipeline]]:
-        return {name: list(live.values()) for name, live in self.connections.items()}
-
     async def start(self) -> None:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = await asyncio.to_thread(

@@ -443,9 +443,10 @@ class ConnectionPipeline:
     def _flush_soon(self) -> None:
         """Write what waits, queued now (before any later write of this connection), but
         without holding the link for it; what fails waits for the next write."""
-        if not self._pending and not self._acknowledged:
+        waiting = self._waiting()
+        if waiting is None:
             return
-        pending, settled, now = list(self._pending), list(self._acknowledged), self.clock()
+        pending, settled, work = waiting
         self._written(pending, settled)
 
         def done(future: asyncio.Future[None]) -> None:
@@ -456,9 +457,7 @@ class ConnectionPipeline:
                 self._pending[:0] = pending
                 self._acknowledged[:0] = settled
 
-        future = self.store.write_soon(
-            functools.partial(_write_pending, pending=pending, settled=settled, now=now)
-        )
+        future = self.store.write_soon(work)
         future.add_done_callback(done)
         self._in_flight.add(future)
         future.add_done_callback(self._in_flight.discard)
@@ -469,13 +468,12 @@ class ConnectionPipeline:
             # Their failures come back to _pending first.
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         for delay in (0.5, 1.0, 2.0, None):
-            if not self._pending and not self._acknowledged:
+            waiting = self._waiting()
+            if waiting is None:
                 return
-            pending, settled, now = list(self._pending), list(self._acknowledged), self.clock()
+            pending, settled, work = waiting
             try:
-                await self.store.write(
-                    functools.partial(_write_pending, pending=pending, settled=settled, now=now)
-                )
+                await self.store.write(work)
             except Exception as exc:
                 if delay is None:
                     lost = sum(len(p[0].data if isinstance(p, tuple) else p.raw) for p in pending)
@@ -485,6 +483,17 @@ class ConnectionPipeline:
                 await asyncio.sleep(delay)
                 continue
             self._written(pending, settled)
+
+    def _waiting(
+        self,
+    ) -> tuple[list[Pending], list[int], Callable[[Connection], None]] | None:
+        """What waits for a write (raw rows, messages to settle) and the work that writes
+        it; None when nothing waits."""
+        if not self._pending and not self._acknowledged:
+            return None
+        pending, settled = list(self._pending), list(self._acknowledged)
+        work = functools.partial(_write_pending, pending=pending, settled=settled, now=self.clock())
+        return pending, settled, work
 
     def _written(self, pending: list[Pending], settled: list[int]) -> None:
         done = {id(item) for item in pending}
