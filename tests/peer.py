@@ -103,13 +103,18 @@ class PtyPeer:
 Peer = StreamPeer | PtyPeer
 
 
-async def send_message(peer: Peer, records: list[bytes]) -> None:
-    """Send a message as an analyser does, expecting an ACK for ENQ and every frame."""
+async def send_frames(peer: Peer, frames: list[bytes]) -> None:
+    """Open a transfer and send ``frames``, expecting an ACK for ENQ and each; no EOT."""
     await peer.write(ENQ)
     assert await peer.read(1) == ACK
-    for data in frames_for(records):
+    for data in frames:
         await peer.write(data)
         assert await peer.read(1) == ACK
+
+
+async def send_message(peer: Peer, records: list[bytes]) -> None:
+    """Send a message as an analyser does, expecting an ACK for ENQ and every frame."""
+    await send_frames(peer, frames_for(records))
     await peer.write(EOT)
 
 

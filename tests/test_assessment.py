@@ -23,7 +23,7 @@ from middleware.store.schema import corrective_actions, qc_evaluations, qc_revie
 from middleware.transport.tcp import TcpServer
 from tests.conftest import ROOT
 from tests.messages import patient, qc
-from tests.peer import ACK, ENQ, EOT, StreamPeer, frames_for, send_message
+from tests.peer import EOT, StreamPeer, frames_for, send_frames, send_message
 
 
 class Clock:
@@ -111,12 +111,8 @@ async def test_duplicate_message_is_not_decided_twice(
 ) -> None:
     store, peer, pipeline, _ = line
     # The same message twice in one transfer: the analyser did not take our first ACK.
-    await peer.write(ENQ)
-    assert await peer.read(1) == ACK
     records = patient("S1", "5.0")
-    for data in frames_for(records + records):
-        await peer.write(data)
-        assert await peer.read(1) == ACK
+    await send_frames(peer, frames_for(records + records))
     await peer.write(EOT)
     await asyncio.sleep(0.1)
     assert pipeline.last is not None and pipeline.last.duplicate

@@ -27,6 +27,7 @@ from tests.peer import (
     StreamPeer,
     frame,
     frames_for,
+    send_frames,
     send_message,
 )
 
@@ -68,6 +69,16 @@ def raw_stream(url: str, connection_id: str) -> bytes:
         stream += bytes(data)
         offset += len(data)
     return stream
+
+
+def stored_or_resent(url: str) -> list[str]:
+    """The outcome of each transmission that carried a whole message, in order."""
+    rows = query(
+        url,
+        "SELECT outcome FROM raw_transmissions WHERE outcome IN ('message', 'duplicate') "
+        "ORDER BY id",
+    )
+    return [outcome for (outcome,) in rows]
 
 
 def connection_ids(url: str) -> list[str]:
@@ -136,11 +147,7 @@ def test_a_refused_final_frame_keeps_the_whole_message(
 
     async def analyser() -> None:
         peer = StreamPeer(*await connect(port))
-        await peer.write(ENQ)
-        assert await peer.read(1) == ACK
-        for data in frames[:-1]:
-            await peer.write(data)
-            assert await peer.read(1) == ACK
+        await send_frames(peer, frames[:-1])
         with write_lock(database_url):
             for _ in range(2):
                 await peer.write(frames[-1])
@@ -410,22 +417,14 @@ def test_a_resend_after_a_lost_ack_is_stored_once_and_a_rerun_again(
         # The ACK of the last frame comes, but the connection drops before the analyser
         # sends EOT: it cannot be sure the message arrived and sends it again.
         peer = StreamPeer(*await connect(port))
-        await peer.write(ENQ)
-        assert await peer.read(1) == ACK
-        for data in frames_for(records):
-            await peer.write(data)
-            assert await peer.read(1) == ACK
+        await send_frames(peer, frames_for(records))
         await peer.close()
         peer = StreamPeer(*await connect(port))
         await send_message(peer, records)  # the re-send: ends with EOT after our ACK
         await send_message(peer, records)  # a re-run with the same values: a new message
         # A re-run, then the same again in the same transfer: the analyser did not take
         # our ACK of the first (a garbled reply), so the second is a re-send.
-        await peer.write(ENQ)
-        assert await peer.read(1) == ACK
-        for data in frames_for(records + records):
-            await peer.write(data)
-            assert await peer.read(1) == ACK
+        await send_frames(peer, frames_for(records + records))
         await peer.write(EOT)
         await asyncio.sleep(0.2)
         await peer.close()
@@ -433,14 +432,7 @@ def test_a_resend_after_a_lost_ack_is_stored_once_and_a_rerun_again(
     asyncio.run(analyser())
     assert query(database_url, "SELECT count(*) FROM messages") == [(3,)]
     assert query(database_url, "SELECT count(*) FROM results") == [(3,)]
-    outcomes = [
-        o
-        for (o,) in query(
-            database_url,
-            "SELECT outcome FROM raw_transmissions WHERE outcome IN ('message', 'duplicate') "
-            "ORDER BY id",
-        )
-    ]
+    outcomes = stored_or_resent(database_url)
     assert outcomes == ["message", "duplicate", "message", "message", "duplicate"]
 
 
@@ -456,11 +448,7 @@ def test_a_message_acked_after_the_analysers_timer_stays_a_resend(
     async def analyser() -> None:
         peer = StreamPeer(*await connect(port))
         frames = frames_for(records)
-        await peer.write(ENQ)
-        assert await peer.read(1) == ACK
-        for data in frames[:-1]:
-            await peer.write(data)
-            assert await peer.read(1) == ACK
+        await send_frames(peer, frames[:-1])
         with write_lock(database_url):
             await peer.write(frames[-1])
             await asyncio.sleep(1.0)  # past the analyser's 0.5 s reply timer
@@ -472,14 +460,7 @@ def test_a_message_acked_after_the_analysers_timer_stays_a_resend(
     asyncio.run(analyser())
     assert query(database_url, "SELECT count(*) FROM messages") == [(1,)]
     assert query(database_url, "SELECT count(*) FROM results") == [(1,)]
-    outcomes = [
-        o
-        for (o,) in query(
-            database_url,
-            "SELECT outcome FROM raw_transmissions WHERE outcome IN ('message', 'duplicate') "
-            "ORDER BY id",
-        )
-    ]
+    outcomes = stored_or_resent(database_url)
     assert outcomes == ["message", "duplicate"]
 
 
@@ -492,11 +473,7 @@ def test_a_shutdown_during_a_commit_keeps_the_message_once(
 
     async def analyser() -> None:
         peer = StreamPeer(*await connect(port))
-        await peer.write(ENQ)
-        assert await peer.read(1) == ACK
-        for data in frames[:-1]:
-            await peer.write(data)
-            assert await peer.read(1) == ACK
+        await send_frames(peer, frames[:-1])
         with write_lock(database_url):
             await peer.write(frames[-1])
             await asyncio.sleep(0.3)  # the commit waits for the lock

@@ -19,7 +19,17 @@ from middleware.store import Store
 from middleware.store import repository as repo
 from middleware.store.schema import messages
 from middleware.transport.tcp import TcpServer
-from tests.peer import ACK, ENQ, EOT, StreamPeer, frame, frames_for, receive_message, send_message
+from tests.peer import (
+    ACK,
+    ENQ,
+    EOT,
+    StreamPeer,
+    frame,
+    frames_for,
+    receive_message,
+    send_frames,
+    send_message,
+)
 
 MESSAGE = [
     b"H|\\^&|||AN-1",
@@ -71,11 +81,7 @@ async def test_transfer_cut_before_l_is_quarantined(
     setup: tuple[Store, StreamPeer, ConnectionPipeline],
 ) -> None:
     store, peer, pipeline = setup
-    await peer.write(ENQ)
-    assert await peer.read(1) == ACK
-    for data in frames_for(MESSAGE[:3]):
-        await peer.write(data)
-        assert await peer.read(1) == ACK
+    await send_frames(peer, frames_for(MESSAGE[:3]))
     await peer.write(EOT)
     await settle(pipeline, 1)
     [entry] = store.read(repo.quarantined)
@@ -116,11 +122,7 @@ async def test_a_query_sent_again_in_one_transfer_is_answered_again(
     store, peer, _pipeline = setup
     await store.write(lambda conn: repo.add_order(conn, Order("S300", ("GLU",), "R")))
     query = [b"H|\\^&|||AN-1", b"Q|1|^S300||ALL||||||||O", b"L|1|N"]
-    await peer.write(ENQ)
-    assert await peer.read(1) == ACK
-    for data in frames_for(query + query):  # the analyser did not take our first ACK
-        await peer.write(data)
-        assert await peer.read(1) == ACK
+    await send_frames(peer, frames_for(query + query))  # the analyser did not take our first ACK
     await peer.write(EOT)
     for _ in range(2):
         answer = await receive_message(peer)
