@@ -1,12 +1,14 @@
 """Westgard multirule quality control, one control result at a time, as results arrive.
 
-Sans-I/O like :mod:`middleware.astm.link`: the :class:`Evaluator` is fed
-:class:`QcResult` objects in arrival order and answers each with an :class:`Evaluation`;
-it reads no file, database or clock. Each result is judged once, when it arrives,
+Sans-I/O like :mod:`middleware.astm.link`: :func:`evaluate` takes what is remembered of
+an instrument and test (a :class:`Stream`, and a :class:`Window` per control material)
+and one :class:`QcResult`, and gives back the new state and an :class:`Evaluation`; it
+reads no file, database or clock, and keeps nothing (the :class:`Evaluator` keeps the
+state in memory for callers that want it there). Each result is judged once, when it arrives,
 against what came before it, and a violation belongs to the result that completes the
 pattern. ``docs/westgard.md`` is the specification, with worked examples.
 
-Every rule looks back over at most :data:`WINDOW` results, so the evaluator keeps only
+Every rule looks back over at most :data:`WINDOW` results, so the state holds only
 that many per instrument and test, per control material and lot, and for the run in
 progress (plus the last :data:`TREND` z-scores of each material, for 7T): judging a
 result costs the same after ten earlier results or after a million, and the memory held
@@ -19,9 +21,8 @@ must not exceed it because of a rounding error.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from itertools import pairwise
@@ -258,84 +259,175 @@ _CHECKS: dict[RuleName, Callable[[_Context], bool]] = {
 
 
 # --- state ------------------------------------------------------------------------------
+#
+# What the rules remember is explicit and immutable: a :class:`Stream` per instrument and
+# test, and a :class:`Window` per control material and lot. :func:`evaluate` takes them
+# and gives back the new ones, so a caller can keep them anywhere (in memory, as rows of
+# a database) and nothing needs rebuilding after a restart or a rolled-back write.
 
-_MaterialKey: TypeAlias = tuple[str, str]  # (material, lot)
+MaterialKey: TypeAlias = tuple[str, str]  # (material, lot)
 
 
-def _bands() -> deque[int]:
-    return deque(maxlen=WINDOW)
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The last bands (at most :data:`WINDOW`) and z-scores (at most :data:`TREND`) of one
+    control material and lot, oldest first."""
 
+    bands: tuple[int, ...] = ()
+    zs: tuple[Fraction, ...] = ()
 
-@dataclass(slots=True)
-class _Material:
-    bands: deque[int] = field(default_factory=_bands)
-    zs: deque[Fraction] = field(default_factory=lambda: deque(maxlen=TREND))
+    def add(self, z: Fraction, band: int) -> Window:
+        return Window((*self.bands, band)[-WINDOW:], (*self.zs, z)[-TREND:])
 
-    def extend(self, other: _Material) -> None:
-        self.bands.extend(other.bands)
-        self.zs.extend(other.zs)
+    def then(self, later: Window) -> Window:
+        """This window followed by a later one."""
+        return Window((*self.bands, *later.bands)[-WINDOW:], (*self.zs, *later.zs)[-TREND:])
 
     def __len__(self) -> int:
         return len(self.bands) + len(self.zs)
 
 
-_NO_MATERIAL = _Material()  # what a material not seen yet has: read, never written
+NO_WINDOW = Window()
 
 
-@dataclass(slots=True)
-class _Run:
+@dataclass(frozen=True, slots=True)
+class Run:
     """The run in progress. Its results count together whatever becomes of the run, and
-    reach the stream's windows only when it closes, and only if it was not rejected."""
+    reach the windows of closed runs only when it closes, and only if it was not rejected."""
 
     run_id: str
-    bands: deque[int] = field(default_factory=_bands)
-    by_material: dict[_MaterialKey, _Material] = field(default_factory=dict)
+    bands: tuple[int, ...] = ()
+    materials: tuple[tuple[MaterialKey, Window], ...] = ()
     # Up to two distinct materials beyond each 2 SD limit: enough to know whether one
     # other than the current result's material is there, without growing with the run.
-    above: list[_MaterialKey] = field(default_factory=list)
-    below: list[_MaterialKey] = field(default_factory=list)
+    above: tuple[MaterialKey, ...] = ()
+    below: tuple[MaterialKey, ...] = ()
     screen_open: bool = False
     rejected: bool = False
     results: int = 0
 
-    def add(self, key: _MaterialKey, z: Fraction, band: int) -> None:
-        self.bands.append(band)
-        material = self.by_material.setdefault(key, _Material())
-        material.bands.append(band)
-        material.zs.append(z)
-        if band > 2 and key not in self.above and len(self.above) < 2:
-            self.above.append(key)
-        if band < -2 and key not in self.below and len(self.below) < 2:
-            self.below.append(key)
-        self.results += 1
+    def window(self, key: MaterialKey) -> Window:
+        return next((window for k, window in self.materials if k == key), NO_WINDOW)
 
-
-@dataclass(slots=True)
-class _Stream:
-    """One instrument and test: the windows of closed runs, and the open run."""
-
-    rule_set: RuleSet
-    bands: deque[int] = field(default_factory=_bands)
-    by_material: dict[_MaterialKey, _Material] = field(default_factory=dict)
-    run: _Run | None = None
-
-    def close_run(self) -> None:
-        run, self.run = self.run, None
-        if run is None or (run.rejected and not self.rule_set.include_rejected):
-            return
-        self.bands.extend(run.bands)
-        for key, material in run.by_material.items():
-            self.by_material.setdefault(key, _Material()).extend(material)
+    def add(self, key: MaterialKey, z: Fraction, band: int) -> Run:
+        window = self.window(key).add(z, band)
+        if any(k == key for k, _ in self.materials):
+            materials = tuple((k, window if k == key else w) for k, w in self.materials)
+        else:
+            materials = (*self.materials, (key, window))
+        above, below = self.above, self.below
+        if band > 2 and key not in above and len(above) < 2:
+            above = (*above, key)
+        if band < -2 and key not in below and len(below) < 2:
+            below = (*below, key)
+        return Run(
+            self.run_id,
+            (*self.bands, band)[-WINDOW:],
+            materials,
+            above,
+            below,
+            self.screen_open,
+            self.rejected,
+            self.results + 1,
+        )
 
     def __len__(self) -> int:
-        held = len(self.bands) + sum(len(m) for m in self.by_material.values())
-        if self.run is not None:
-            held += len(self.run.bands) + sum(len(m) for m in self.run.by_material.values())
-        return held
+        return len(self.bands) + sum(len(window) for _, window in self.materials)
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """One instrument and test: the window of closed runs across materials, and the open
+    run. The closed windows of each material are kept apart, as :class:`Window`."""
+
+    bands: tuple[int, ...] = ()
+    run: Run | None = None
+
+    def __len__(self) -> int:
+        return len(self.bands) + (len(self.run) if self.run is not None else 0)
+
+
+NO_STREAM = Stream()
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What judging one result gives back: the stream after it, the closed windows that
+    changed (those of the run it closed), and the evaluation."""
+
+    stream: Stream
+    windows: dict[MaterialKey, Window]
+    evaluation: Evaluation
+
+
+def closing(stream: Stream, run_id: str) -> tuple[MaterialKey, ...]:
+    """The materials whose closed windows change when a result of ``run_id`` arrives."""
+    run = stream.run
+    if run is None or run.run_id == run_id:
+        return ()
+    return tuple(key for key, _ in run.materials)
+
+
+def close_run(
+    rule_set: RuleSet, stream: Stream, windows: Mapping[MaterialKey, Window]
+) -> tuple[Stream, dict[MaterialKey, Window]]:
+    """The stream with its open run closed, and the closed windows that changed; a
+    rejected run's results stay out unless the rule set includes them."""
+    run = stream.run
+    if run is None:
+        return stream, {}
+    if run.rejected and not rule_set.include_rejected:
+        return Stream(stream.bands), {}
+    changed = {key: windows.get(key, NO_WINDOW).then(window) for key, window in run.materials}
+    return Stream((*stream.bands, *run.bands)[-WINDOW:]), changed
+
+
+def evaluate(
+    rule_set: RuleSet, stream: Stream, windows: Mapping[MaterialKey, Window], qc: QcResult
+) -> Step:
+    """Judge ``qc`` against what came before it. ``windows`` holds the closed windows of
+    its material and of those :func:`closing` names (a material missing has none yet)."""
+    z = z_score(qc)
+    key = (qc.material, qc.lot)
+    changed: dict[MaterialKey, Window] = {}
+    run = stream.run
+    if run is None or run.run_id != qc.run:
+        stream, changed = close_run(rule_set, stream, windows)
+        run = Run(qc.run)
+    band = _band(z)
+    if rule_set.traditional and abs(band) > 2 and not run.screen_open:
+        run = replace(run, screen_open=True)
+    fired: set[RuleName] = set()
+    if run.screen_open or not rule_set.traditional:
+        closed = changed[key] if key in changed else windows.get(key, NO_WINDOW)
+        current = run.window(key)
+        own = [*closed.bands, *current.bands, band][-WINDOW:]
+        everyone = [*stream.bands, *run.bands, band][-WINDOW:]
+        context = _Context(
+            band=band,
+            own=own,
+            everyone=everyone,
+            beyond_mean=max(_streak(own, 0), _streak(everyone, 0)),
+            beyond_1sd=max(_streak(own, 1), _streak(everyone, 1)),
+            trend=[*closed.zs, *current.zs, z][-TREND:],
+            other_material_above=any(k != key for k in run.above),
+            other_material_below=any(k != key for k in run.below),
+            run_above=bool(run.above),
+            run_below=bool(run.below),
+        )
+        fired = {name for name in (*rule_set.rules, *rule_set.warnings) if _CHECKS[name](context)}
+    violations = tuple(name for name in RULES if name in fired and name in rule_set.rules)
+    warnings = tuple(name for name in RULES if name in fired and name in rule_set.warnings)
+    run = run.add(key, z, band)
+    if violations:
+        run = replace(run, rejected=True)
+    status: Status = "reject" if violations else "warning" if warnings else "accept"
+    return Step(replace(stream, run=run), changed, Evaluation(z, violations, warnings, status))
 
 
 class Evaluator:
-    """Westgard evaluation of QC results in arrival order, per instrument and test.
+    """Westgard evaluation of QC results in arrival order, per instrument and test, with
+    the state kept in memory (for a file of results, a test, a benchmark).
 
     ``rule_set`` applies to every test not named in ``per_test``.
 
@@ -351,49 +443,20 @@ class Evaluator:
     ) -> None:
         self._rule_set = rule_set or RuleSet()
         self._per_test = dict(per_test or {})
-        self._streams: dict[tuple[str, str], _Stream] = {}
+        self.streams: dict[tuple[str, str], Stream] = {}
+        self.windows: dict[tuple[str, str], dict[MaterialKey, Window]] = {}
+
+    def _rules_of(self, test: str) -> RuleSet:
+        return self._per_test.get(test, self._rule_set)
 
     def evaluate(self, qc: QcResult) -> Evaluation:
         """Judge ``qc`` against what came before it, and remember it."""
-        z = z_score(qc)
-        stream = self._stream(qc.instrument, qc.test)
-        run = stream.run
-        if run is None or run.run_id != qc.run:
-            stream.close_run()
-            run = stream.run = _Run(qc.run)
-        rule_set = stream.rule_set
-        key = (qc.material, qc.lot)
-        band = _band(z)
-        if rule_set.traditional and abs(band) > 2:
-            run.screen_open = True
-        fired: set[RuleName] = set()
-        if run.screen_open or not rule_set.traditional:
-            closed = stream.by_material.get(key, _NO_MATERIAL)
-            current = run.by_material.get(key, _NO_MATERIAL)
-            own = [*closed.bands, *current.bands, band][-WINDOW:]
-            everyone = [*stream.bands, *run.bands, band][-WINDOW:]
-            context = _Context(
-                band=band,
-                own=own,
-                everyone=everyone,
-                beyond_mean=max(_streak(own, 0), _streak(everyone, 0)),
-                beyond_1sd=max(_streak(own, 1), _streak(everyone, 1)),
-                trend=[*closed.zs, *current.zs, z][-TREND:],
-                other_material_above=any(k != key for k in run.above),
-                other_material_below=any(k != key for k in run.below),
-                run_above=bool(run.above),
-                run_below=bool(run.below),
-            )
-            fired = {
-                name for name in (*rule_set.rules, *rule_set.warnings) if _CHECKS[name](context)
-            }
-        violations = tuple(name for name in RULES if name in fired and name in rule_set.rules)
-        warnings = tuple(name for name in RULES if name in fired and name in rule_set.warnings)
-        run.add(key, z, band)
-        if violations:
-            run.rejected = True
-        status: Status = "reject" if violations else "warning" if warnings else "accept"
-        return Evaluation(z, violations, warnings, status)
+        where = (qc.instrument, qc.test)
+        windows = self.windows.setdefault(where, {})
+        step = evaluate(self._rules_of(qc.test), self.streams.get(where, Stream()), windows, qc)
+        self.streams[where] = step.stream
+        windows.update(step.windows)
+        return step.evaluation
 
     def reject_run(self, run: str, *, instrument: str = "", test: str = "") -> None:
         """Reject the open run ``run`` (a technician's decision, or another check's).
@@ -401,36 +464,34 @@ class Evaluator:
         Only the open run can be rejected: a closed run's results may already have
         left the bounded windows, so taking them out again could not be done exactly.
         """
-        stream = self._streams.get((instrument, test))
+        stream = self.streams.get((instrument, test))
         if stream is None or stream.run is None or stream.run.run_id != run:
             open_run = stream.run.run_id if stream and stream.run else None
             raise ValueError(
                 f"run {run!r} is not the open run of {instrument!r} {test!r} (open: {open_run!r})"
             )
-        stream.run.rejected = True
+        self.streams[(instrument, test)] = replace(stream, run=replace(stream.run, rejected=True))
 
     def close_run(self, *, instrument: str = "", test: str = "") -> None:
         """Close the open run now rather than when the next run's first result arrives."""
-        stream = self._streams.get((instrument, test))
+        where = (instrument, test)
+        stream = self.streams.get(where)
         if stream is not None:
-            stream.close_run()
+            windows = self.windows.setdefault(where, {})
+            self.streams[where], changed = close_run(self._rules_of(test), stream, windows)
+            windows.update(changed)
 
     def open_run(self, *, instrument: str = "", test: str = "") -> OpenRun | None:
-        stream = self._streams.get((instrument, test))
+        stream = self.streams.get((instrument, test))
         if stream is None or stream.run is None:
             return None
         return OpenRun(stream.run.run_id, stream.run.rejected, stream.run.results)
 
     def stored_results(self) -> int:
-        """How many values the windows hold: bounded, whatever the history."""
-        return sum(len(stream) for stream in self._streams.values())
-
-    def _stream(self, instrument: str, test: str) -> _Stream:
-        stream = self._streams.get((instrument, test))
-        if stream is None:
-            rule_set = self._per_test.get(test, self._rule_set)
-            stream = self._streams[(instrument, test)] = _Stream(rule_set)
-        return stream
+        """How many values the state holds: bounded, whatever the history."""
+        return sum(len(stream) for stream in self.streams.values()) + sum(
+            len(window) for windows in self.windows.values() for window in windows.values()
+        )
 
 
 # --- choosing a rule set from the method's sigma ----------------------------------------

@@ -5,7 +5,6 @@ reference model with full history, and bounded state."""
 from __future__ import annotations
 
 import random
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -866,16 +865,17 @@ def test_the_property_can_fail_on_an_evaluator_that_remembers_too_much() -> None
 # --- bounded state ----------------------------------------------------------------------
 
 
-def _deques(evaluator: Evaluator) -> list[deque[int] | deque[Fraction]]:
-    found: list[deque[int] | deque[Fraction]] = []
-    for stream in evaluator._streams.values():
-        materials = list(stream.by_material.values())
-        found.append(stream.bands)
+def _sequences(evaluator: Evaluator) -> list[tuple[int, tuple[object, ...]]]:
+    """Every sequence the state holds, with its bound."""
+    found: list[tuple[int, tuple[object, ...]]] = []
+    windows = [w for per_test in evaluator.windows.values() for w in per_test.values()]
+    for stream in evaluator.streams.values():
+        found.append((WINDOW, stream.bands))
         if stream.run is not None:
-            found.append(stream.run.bands)
-            materials += stream.run.by_material.values()
-        for material in materials:
-            found += [material.bands, material.zs]
+            found.append((WINDOW, stream.run.bands))
+            windows += [window for _, window in stream.run.materials]
+    for window in windows:
+        found += [(WINDOW, window.bands), (TREND, window.zs)]
     return found
 
 
@@ -896,11 +896,11 @@ def test_state_stays_bounded_over_100000_results() -> None:
             evaluator.evaluate(QcResult(str(run), material, z=z, lot=lot))
             count += 1
         assert evaluator.stored_results() <= bound
-    deques = _deques(evaluator)
-    assert len(deques) <= 2 + 4 * len(materials)
-    assert all(d.maxlen in (WINDOW, TREND) and len(d) <= d.maxlen for d in deques)
-    assert sum(len(d) for d in deques) == evaluator.stored_results()
-    for stream in evaluator._streams.values():
+    sequences = _sequences(evaluator)
+    assert len(sequences) <= 2 + 4 * len(materials)
+    assert all(len(values) <= limit for limit, values in sequences)
+    assert sum(len(values) for _, values in sequences) == evaluator.stored_results()
+    for stream in evaluator.streams.values():
         assert stream.run is not None and len(stream.run.above) <= 2 and len(stream.run.below) <= 2
 
 
