@@ -413,7 +413,7 @@ def run(
     for line in decided(url, base, args):
         print("  " + line)
     if measured is not None and measured[1] == "cprofile":
-        for part in ("restore", "loop", "writer"):
+        for part in ("loop", "writer"):
             if Path(f"{measured[0]}.{part}").exists():
                 print_profile(Path(f"{measured[0]}.{part}"), part)
     elif measured is not None:

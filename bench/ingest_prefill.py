@@ -18,8 +18,9 @@ a benchmark needs them:
   stay in ``open_holds``); bracketed tests (K, NA) held until the next QC of their
   analyser and then released.
 
-Times are spread backwards from now at ``per_day`` patient results a day, so the last
-seven days (what the daemon replays at start) hold ``7 * per_day`` results whatever N.
+Times are spread backwards from now at ``per_day`` patient results a day. The QC state
+rows (``qc_tests``, ``qc_lots``) are not written: the daemon makes each as its first
+result comes, and their size does not depend on the history.
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ bench/ingest.py --profile and --timing.
     python bench/ingest_profile.py PREFIX cprofile|timing run --config daemon.yaml
 
 ``cprofile``: one profile for the main thread (the event loop: links, pipelines,
-decoding, drivers), one for the store writer's thread (every transaction: the SQL, the
-rules engine, the QC gate) and one for the QC state's rebuild at start (replaying the
-stored history), written as ``PREFIX.loop``, ``PREFIX.writer`` and ``PREFIX.restore``.
+decoding, drivers) and one for the store writer's thread (every transaction: the SQL, the
+rules engine, the QC state), written as ``PREFIX.loop`` and ``PREFIX.writer``.
 cProfile slows Python code down: the profiled run's throughput is not a figure to quote,
 only where the time goes.
 
@@ -20,7 +19,6 @@ commit) and size, and every SQL statement slower than 50 ms, written to
 from __future__ import annotations
 
 import cProfile
-import importlib
 import json
 import sys
 import time
@@ -53,14 +51,6 @@ def with_cprofile(prefix: str, argv: list[str]) -> int:
             profile.dump_stats(prefix + ".writer")
 
     setattr(StoreWriter, "_run", run)  # noqa: B010
-    # The function that replays the history into the engine, wherever it lives.
-    for name in ("middleware.control", "middleware.daemon"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, "restore"):
-            setattr(module, "restore", _profiled(module.restore, prefix + ".restore"))  # noqa: B010
     profile = cProfile.Profile()
     profile.enable()
     try:
@@ -68,17 +58,6 @@ def with_cprofile(prefix: str, argv: list[str]) -> int:
     finally:
         profile.disable()
         profile.dump_stats(prefix + ".loop")
-
-
-def _profiled(function: Callable[..., Any], path: str) -> Callable[..., Any]:
-    def call(*args: Any) -> Any:
-        profile = cProfile.Profile()
-        try:
-            return profile.runcall(function, *args)
-        finally:
-            profile.dump_stats(path)
-
-    return call
 
 
 def with_timing(prefix: str, argv: list[str]) -> int:
@@ -97,7 +76,7 @@ def with_timing(prefix: str, argv: list[str]) -> int:
         return call
 
     pipeline.store_delivery = timed(
-        "store", pipeline.store_delivery, lambda _conn, delivery: delivery.reading
+        "store", pipeline.store_delivery, lambda _conn, delivery, *_: delivery.reading
     )
     pipeline.assess_message = timed(
         "engine", pipeline.assess_message, lambda _conn, _engine, _stored, reading, _now: reading

@@ -1,27 +1,31 @@
 """Applying the engine to a stored message, in the transaction that stored it.
 
-Controls are evaluated first, in the order the analyser sent them, then every patient
-result is decided; a control that brings QC back in control makes the test's held results
-be looked at again. Decisions are appended, never overwritten.
+Results and controls are taken in the order the analyser sent them; a control that brings
+QC back in control makes the test's held results be looked at again. Decisions are
+appended, never overwritten. The QC state of the tests a message touches is read from
+the store at the start and written back at the end, in the same transaction: if it rolls
+back, so does the state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection
 
-from middleware.domain import InstrumentMessage, Result
+from middleware.domain import ControlResult, InstrumentMessage, Result
 from middleware.engine.context import PreviousResult, ResultContext, SampleCondition
 from middleware.engine.decision import Action, Decision
 from middleware.engine.engine import Engine
-from middleware.engine.qc import LimitsProposal
+from middleware.engine.qc import NO_LOT_QC, NO_QC, LimitsProposal, LotQc, QcGate, TestQc
+from middleware.store import qc_state
 from middleware.store import repository as repo
+from middleware.store.qc_state import LotKey, TestKey
 
 
 @dataclass(slots=True)
@@ -39,16 +43,18 @@ class _Lookups:
 
     previous: dict[tuple[str, str], list[tuple[int, Decimal, datetime]]]
     patients_of: dict[str, tuple[str, ...]]
+    reported_lots: Mapping[tuple[str, str], date | None]
 
     @classmethod
     def fetch(cls, conn: Connection, items: list[tuple[int, Result]]) -> _Lookups:
         if not items:
-            return cls({}, {})
+            return cls({}, {}, {})
         return cls(
             repo.previous_results(
                 conn, ((r.patient_id, r.test_code) for _, r in items), max(i for i, _ in items)
             ),
             repo.specimen_patients(conn, (r.specimen_id for _, r in items)),
+            repo.reported_lots(conn, ((u.reagent, u.lot) for _, r in items for u in r.reagents)),
         )
 
     def context(
@@ -80,6 +86,97 @@ class _Lookups:
             previous=PreviousResult(*previous) if previous else None,
             condition=condition,
             other_patient_ids=self.patients_of.get(result.specimen_id, ()),
+            reported_lots=self.reported_lots,
+        )
+
+
+class QcBook:
+    """The QC state one unit of work reads and changes: read from the store when the work
+    starts, changed by the engine, written back before the work ends."""
+
+    def __init__(
+        self, tests: dict[TestKey, TestQc] | None = None, lots: dict[LotKey, LotQc] | None = None
+    ) -> None:
+        self._tests = tests or {}
+        self._lots = lots or {}
+        self._changed_tests: set[TestKey] = set()
+        self._changed_lots: set[LotKey] = set()
+
+    @classmethod
+    def read(cls, conn: Connection, tests: Iterable[TestKey]) -> QcBook:
+        return cls(qc_state.load_tests(conn, tests))
+
+    def read_lots_of(self, conn: Connection, key: TestKey) -> None:
+        """Every lot kept for a test."""
+        for lot, state in qc_state.lots_of(conn, *key).items():
+            self._lots.setdefault(lot, state)
+
+    def read_lots(self, conn: Connection, wanted: Iterable[LotKey]) -> None:
+        missing = {key for key in wanted if key not in self._lots}
+        if missing:
+            self._lots |= qc_state.load_lots(conn, missing)
+
+    def test(self, key: TestKey) -> TestQc:
+        return self._tests.get(key, NO_QC)
+
+    def lots(self, key: TestKey) -> dict[str, LotQc]:
+        """The lots of a test read so far, by lot."""
+        return {lot: state for (i, t, lot), state in self._lots.items() if (i, t) == key}
+
+    def test_keys(self) -> list[TestKey]:
+        return list(self._tests)
+
+    def lot(self, key: LotKey) -> LotQc:
+        return self._lots.get(key, NO_LOT_QC)
+
+    def change(self, key: TestKey, state: TestQc) -> None:
+        if state is not self._tests.get(key):
+            self._tests[key] = state
+            self._changed_tests.add(key)
+
+    def change_lots(self, key: TestKey, lots: Mapping[str, LotQc]) -> None:
+        for lot, state in lots.items():
+            self._lots[(*key, lot)] = state
+            self._changed_lots.add((*key, lot))
+
+    def write(self, conn: Connection, at: datetime) -> None:
+        qc_state.save_tests(conn, {k: self._tests[k] for k in self._changed_tests}, at)
+        qc_state.save_lots(conn, {k: self._lots[k] for k in self._changed_lots}, at)
+        self._changed_tests.clear()
+        self._changed_lots.clear()
+
+
+def _lots_needed(gate: QcGate, book: QcBook, controls: Iterable[ControlResult]) -> set[LotKey]:
+    needed: set[LotKey] = set()
+    for control in controls:
+        key = (control.result.instrument, control.result.test_code)
+        needed |= {(*key, lot) for lot in gate.lots_needed(book.test(key), control)}
+    return needed
+
+
+def _record_control(
+    conn: Connection,
+    engine: Engine,
+    book: QcBook,
+    control: ControlResult,
+    control_id: int,
+    now: datetime,
+    out: Assessment,
+) -> None:
+    result = control.result
+    key = (result.instrument, result.test_code)
+    done = engine.record_control(book.test(key), book.lots(key), control, now)
+    book.change(key, done.step.state)
+    book.change_lots(key, done.step.lots)
+    qc = done.step.outcome
+    repo.record_evaluation(conn, control_id, control, qc, now)
+    out.evaluations += 1
+    if qc.opened_corrective_action:
+        reason = "qc-rejected:" + ",".join(qc.evaluation.violations if qc.evaluation else ())
+        out.corrective_actions.append(
+            repo.open_corrective_action(
+                conn, result.instrument, result.test_code, reason, now, qc.review_since
+            )
         )
 
 
@@ -89,61 +186,65 @@ def assess_message(
     out = Assessment()
     patient_ids = dict(zip((id(r) for r in reading.results), stored.result_ids, strict=True))
     control_ids = dict(zip((id(c) for c in reading.controls), stored.control_ids, strict=True))
+    book = QcBook.read(conn, {(r.instrument, r.test_code) for r, _ in reading.measurements()})
+    book.read_lots(conn, _lots_needed(engine.gate, book, reading.controls))
     lookups = _Lookups.fetch(conn, [(patient_ids[id(r)], r) for r in reading.results])
     decided: list[tuple[int, Result, Decision]] = []
     touched: set[tuple[str, str]] = set()
     for result, control in reading.measurements():
+        key = (result.instrument, result.test_code)
         if control is not None:
-            outcome = engine.record_control(control, now)
-            repo.record_evaluation(conn, control_ids[id(control)], control, outcome.qc, now)
-            out.evaluations += 1
-            touched.add((result.instrument, result.test_code))
-            if outcome.qc.opened_corrective_action:
-                reason = "qc-rejected:" + ",".join(
-                    outcome.qc.evaluation.violations if outcome.qc.evaluation else ()
-                )
-                out.corrective_actions.append(
-                    repo.open_corrective_action(
-                        conn,
-                        result.instrument,
-                        result.test_code,
-                        reason,
-                        now,
-                        outcome.qc.review_since,
-                    )
-                )
+            _record_control(conn, engine, book, control, control_ids[id(control)], now, out)
+            touched.add(key)
             continue
         result_id = patient_ids[id(result)]
-        decision = engine.decide(lookups.context(result_id, result, reading, now))
+        state, decision = engine.decide(
+            book.test(key), lookups.context(result_id, result, reading, now)
+        )
+        book.change(key, state)
         decided.append((result_id, result, decision))
         out.decisions.append((result_id, decision))
     repo.record_decisions(conn, decided, now)
     for instrument, test in sorted(touched):
-        out.released_later += redecide_held(conn, engine, instrument, test, now)
+        out.released_later += redecide_held(
+            conn, engine, book.test((instrument, test)), instrument, test, now
+        )
+    book.write(conn, now)
     return out
 
 
 def redecide_held(
-    conn: Connection, engine: Engine, instrument: str, test: str, now: datetime
+    conn: Connection, engine: Engine, state: TestQc, instrument: str, test: str, now: datetime
 ) -> list[int]:
-    """Look again at the held results of a test; record the decisions that changed."""
+    """Look again at the held results of a test, under its QC state ``state``; record the
+    decisions that changed."""
     held = repo.held_results(conn, instrument, test)
     lookups = _Lookups.fetch(conn, held)
     changed = []
     for result_id, result in held:
-        decision = engine.redecide(lookups.context(result_id, result, None, now))
+        decision = engine.redecide(state, lookups.context(result_id, result, None, now))
         if decision.action is not Action.HOLD:
             changed.append((result_id, result, decision))
     repo.record_decisions(conn, changed, now)
     return [result_id for result_id, _, _ in changed]
 
 
-def rebuild(conn: Connection, engine: Engine, since: datetime) -> int:
-    """Bring a new engine's QC state up to what the database holds: replay, in the order
-    they happened, the control and patient results stored since ``since``, the approvals of
-    the lab's own limits and the events that void QC or unlock a method; reopen the
-    corrective actions still open. Returns how many control results were replayed."""
-    gate = engine.gate
+#: The conversion a migration leaves when the QC state of a database that already held
+#: results must be made from its history.
+QC_STATE_CONVERSION = "qc-state"
+_BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def convert_history(conn: Connection, engine: Engine) -> int | None:
+    """Once in a database's life, when a migration asks for it: make the QC state rows
+    from the history stored before they existed, by replaying, in the order they
+    happened, every control and patient result, the approvals of the lab's own limits
+    and the events that void QC or unlock a method; the corrective actions still open
+    stay open. Returns how many control results were replayed, or None when there was
+    nothing to do."""
+    if not qc_state.conversion_pending(conn, QC_STATE_CONVERSION):
+        return None
+    book = QcBook()
     happenings: list[tuple[datetime, int, Callable[[], object]]] = []
     for limits in repo.approved_limits(conn):
         proposal = LimitsProposal(
@@ -154,40 +255,69 @@ def rebuild(conn: Connection, engine: Engine, since: datetime) -> int:
             limits["sd"],
             limits["results"],
         )
-        happenings.append((limits["approved_at"], len(happenings), partial(gate.approve, proposal)))
-    for event in repo.qc_events_since(conn, since):
-        happenings.append((event["at"], len(happenings), partial(_replay_event, engine, event)))
+        happenings.append(
+            (limits["approved_at"], len(happenings), partial(_approve, book, proposal))
+        )
+    for event in repo.qc_events_since(conn, _BEGINNING):
+        happenings.append(
+            (event["at"], len(happenings), partial(_replay_event, engine, book, event))
+        )
     replayed = 0
-    for result, control, stored_at in repo.measurements_since(conn, since):
+    for result, control, stored_at in repo.measurements_since(conn, _BEGINNING):
+        key = (result.instrument, result.test_code)
+        happen: Callable[[], object]
         if control is None:
-            happenings.append(
-                (stored_at, len(happenings), partial(_replay_patient, engine, result))
-            )
+            happen = partial(_replay_patient, engine, book, key, result, stored_at)
         else:
-            happenings.append(
-                (
-                    stored_at,
-                    len(happenings),
-                    partial(engine.record_control, control, stored_at),
-                )
-            )
+            happen = partial(_replay_control, engine, book, key, control, stored_at)
             replayed += 1
+        happenings.append((stored_at, len(happenings), happen))
     for _, _, happen in sorted(happenings, key=lambda h: (h[0], h[1])):
         happen()
-    for action in repo.open_corrective_actions(conn):
-        gate.reopen_corrective_action(
-            action["instrument"], action["test_code"], action["reason"], action["opened_at"]
+    for key in book.test_keys():
+        book.change(
+            key, replace(book.test(key), corrective_action_since=None, corrective_action_reason="")
         )
+    for action in repo.open_corrective_actions(conn):
+        key = (action["instrument"], action["test_code"])
+        book.change(
+            key,
+            replace(
+                book.test(key),
+                corrective_action_since=action["opened_at"],
+                corrective_action_reason=action["reason"].removeprefix("qc-rejected:"),
+            ),
+        )
+    book.write(conn, repo.utcnow())
+    qc_state.conversion_done(conn, QC_STATE_CONVERSION)
     return replayed
 
 
-def _replay_patient(engine: Engine, result: Result) -> None:
-    engine.gate.note_patient(result.instrument, result.test_code)
-    engine.lot_changes.observe(result)
+def _approve(book: QcBook, proposal: LimitsProposal) -> None:
+    key = (proposal.instrument, proposal.test)
+    lot = (*key, proposal.lot)
+    book.change_lots(key, {proposal.lot: QcGate.approve(book.lot(lot), proposal)})
 
 
-def _replay_event(engine: Engine, event: dict[str, Any]) -> None:
+def _replay_patient(
+    engine: Engine, book: QcBook, key: TestKey, result: Result, at: datetime
+) -> None:
+    book.change(key, engine.observe_patient(book.test(key), result, at))
+
+
+def _replay_control(
+    engine: Engine, book: QcBook, key: TestKey, control: ControlResult, at: datetime
+) -> None:
+    done = engine.record_control(book.test(key), book.lots(key), control, at)
+    book.change(key, done.step.state)
+    book.change_lots(key, done.step.lots)
+
+
+def _replay_event(engine: Engine, book: QcBook, event: dict[str, Any]) -> None:
+    key = (event["instrument"], event["test_code"])
     if event["kind"] == "unlock":
-        engine.gate.unlock(event["instrument"], event["test_code"])
+        state, lots = engine.gate.unlock(book.test(key), book.lots(key))
+        book.change(key, state)
+        book.change_lots(key, lots)
     else:
-        engine.gate.void(event["instrument"], event["test_code"], event["kind"], event["at"])
+        book.change(key, engine.gate.void(book.test(key), event["kind"], event["at"]))

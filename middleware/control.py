@@ -12,19 +12,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal, TypeVar
 
 import structlog
 from sqlalchemy import Connection, Row, select
 
-from middleware.assessment import rebuild, redecide_held
+from middleware.assessment import QcBook, convert_history, redecide_held
 from middleware.engine.engine import Engine
-from middleware.engine.qc import LimitsProposal
+from middleware.engine.qc import LimitsProposal, QcGate
 from middleware.engine.rules import Rules, load_rules
 from middleware.engine.rules import diff as rules_diff
 from middleware.settings import Settings
-from middleware.store import Store
+from middleware.store import Store, qc_state
 from middleware.store.repository import (
     approve_limits,
     audit,
@@ -38,10 +38,6 @@ from middleware.yamlfile import FileError
 log = structlog.get_logger("middleware.control")
 
 T = TypeVar("T")
-
-#: How far back the QC state is replayed at start: longer than any validity window in use,
-#: and enough for the Westgard windows of a test run a few times a day.
-REBUILD_WINDOW = timedelta(days=7)
 
 QcEventKind = Literal["calibration", "maintenance", "unlock"]
 
@@ -81,12 +77,6 @@ class CorrectiveActionClosed:
     """Held results that the closing released."""
 
 
-def restore(conn: Connection, engine: Engine) -> int:
-    """The engine's QC state as the store holds it (at start, and after a rollback)."""
-    engine.forget()
-    return rebuild(conn, engine, utcnow() - REBUILD_WINDOW)
-
-
 def _corrective_action(
     conn: Connection, action_id: int
 ) -> Row[str, str, datetime | None, str | None] | None:
@@ -114,7 +104,7 @@ class Control:
         self.rules: Rules | None = None
         self.engine: Engine | None = None
         """Created by the first rules accepted, then kept: pipelines hold on to it, and a
-        reload only replaces its rules."""
+        reload only replaces its rules. It holds no QC state: the store does."""
         # One reload at a time: each audited diff is against what the one before put in force.
         self._reloading = asyncio.Lock()
 
@@ -148,9 +138,9 @@ class Control:
             self.rules = rules
             if self.engine is None:
                 engine = self.engine = Engine(rules)
-                replayed = await store.read_async(lambda conn: restore(conn, engine))
-                log.info("QC state rebuilt from the store", controls=replayed)
-                store.writer.on_rollback = lambda conn: restore(conn, engine)
+                replayed = await store.write(lambda conn: convert_history(conn, engine))
+                if replayed is not None:
+                    log.info("QC state made once from the history stored", controls=replayed)
             else:
                 # Swapped in the writer's thread, between two messages, never during one.
                 engine = self.engine
@@ -173,7 +163,7 @@ class Control:
         """Run ``work`` in the writer's thread; a refusal it returns is raised here.
 
         Raised there, a refusal would roll back the analysers' messages sharing its
-        transaction, and have the engine's QC state replayed from the store."""
+        transaction."""
         outcome = await store.write(work)
         if isinstance(outcome, ControlError):
             raise outcome
@@ -181,24 +171,19 @@ class Control:
 
     async def limits_proposals(self) -> list[LimitsProposal]:
         """Q3: control lots with 20 results in 20 runs whose own limits await approval."""
-        store, engine = self._running()
-        # Read in the writer's thread, where the engine's state changes.
-        return await store.write(lambda _conn: engine.gate.proposals())
+        store, _ = self._running()
+        return await store.read_async(qc_state.proposals)
 
     async def approve_limits(self, instrument: str, test: str, lot: str, by: str) -> LimitsProposal:
         """Q3: a biologist approves the lab's own mean and SD for a control lot."""
         self._configured(instrument)
-        store, engine = self._running()
+        store, _ = self._running()
 
         def work(conn: Connection) -> LimitsProposal | ControlError:
-            proposal = next(
-                (
-                    p
-                    for p in engine.gate.proposals()
-                    if (p.instrument, p.test, p.lot) == (instrument, test, lot)
-                ),
-                None,
-            )
+            book = QcBook()
+            book.read_lots(conn, [(instrument, test, lot)])
+            kept = book.lot((instrument, test, lot))
+            proposal = QcGate.proposal(instrument, test, lot, kept)
             if proposal is None:
                 return NotFound(f"no limits proposed for lot {lot} of {test} on {instrument}")
             if proposal.sd <= 0:
@@ -218,7 +203,8 @@ class Control:
                 f"{instrument}/{test}/{lot}",
                 {"mean": str(proposal.mean), "sd": str(proposal.sd), "results": proposal.results},
             )
-            engine.gate.approve(proposal)
+            book.change_lots((instrument, test), {lot: QcGate.approve(kept, proposal)})
+            book.write(conn, now)
             return proposal
 
         return await self._write(store, work)
@@ -233,13 +219,19 @@ class Control:
 
         def work(conn: Connection) -> None:
             now = utcnow()
+            book = QcBook.read(conn, [(instrument, test) for test in tests])
             for test in tests:
+                key = (instrument, test)
                 record_qc_event(conn, instrument, test, kind, now, by)
                 if kind == "unlock":
-                    engine.gate.unlock(instrument, test)
+                    book.read_lots_of(conn, key)
+                    state, lots = engine.gate.unlock(book.test(key), book.lots(key))
+                    book.change(key, state)
+                    book.change_lots(key, lots)
                 else:
-                    engine.gate.void(instrument, test, kind, now)
+                    book.change(key, engine.gate.void(book.test(key), kind, now))
             audit(conn, by, f"qc.{kind}", instrument, {"tests": tests})
+            book.write(conn, now)
 
         await store.write(work)
 
@@ -248,7 +240,7 @@ class Control:
     ) -> CorrectiveActionClosed:
         """Q9: a person closes a QC failure's corrective action, saying what was done; the
         QC re-run that closes it must be in control. Held results of the test are then
-        decided again."""
+        decided again, whichever daemon serves its instrument."""
         store, engine = self._running()
 
         def work(conn: Connection) -> CorrectiveActionClosed | ControlError:
@@ -258,13 +250,16 @@ class Control:
             if action.closed_at is not None:
                 return Conflict(f"corrective action {action_id} was closed by {action.closed_by}")
             instrument, test = action.instrument, action.test_code
+            key = (instrument, test)
             now = utcnow()
+            book = QcBook.read(conn, [key])
             try:
-                engine.gate.close_corrective_action(instrument, test, now)
+                state = engine.gate.close_corrective_action(book.test(key), instrument, test, now)
             except ValueError as refusal:
-                # The gate refuses, before changing anything, when it holds no open action
-                # for the test or its QC is not in control again since the failure.
+                # Refused before anything changed: no open action for the test in its QC
+                # state, or its QC not in control again since the failure.
                 return Conflict(str(refusal))
+            book.change(key, state)
             mark_corrective_action_closed(conn, action_id, by, action_taken, now)
             audit(
                 conn,
@@ -273,7 +268,8 @@ class Control:
                 f"{instrument}/{test}",
                 {"corrective_action": action_id, "action_taken": action_taken},
             )
-            released = redecide_held(conn, engine, instrument, test, now)
+            released = redecide_held(conn, engine, state, instrument, test, now)
+            book.write(conn, now)
             return CorrectiveActionClosed(action_id, instrument, test, released)
 
         return await self._write(store, work)

@@ -317,7 +317,7 @@ class ConnectionPipeline:
 
         def work(conn: Connection) -> Stored:
             _write_pending(conn, pending, settled, now)
-            stored = store_delivery(conn, delivery)
+            stored = store_delivery(conn, delivery, now)
             again = stored.message_id if stored.duplicate else None
             settle(conn, [m for m in confirm if m != again], now)
             if engine is not None and delivery.reading is not None and not stored.duplicate:

@@ -12,7 +12,7 @@ from middleware.engine.acceptance import acceptance_findings
 from middleware.engine.autoverify import autoverify, matching_range
 from middleware.engine.context import Patient, PreviousResult, ResultContext, SampleCondition
 from middleware.engine.decision import Action, Finding, decide
-from middleware.engine.reagents import LotChanges, LotRegistry
+from middleware.engine.reagents import LotRegistry, lots_changed
 from middleware.engine.rules import Acceptance, Autoverification, DeltaCheck, Range, ReagentLot
 
 NOW = datetime(2026, 3, 1, 9, 0)
@@ -208,22 +208,28 @@ def test_expired_and_recalled_lots_hold_the_result() -> None:
 
     def held(lot: str, expiry: date | None = None) -> list[str]:
         r = result("GLU", "5", reagents=(ReagentUse("GLU reagent", lot, "GLU", expiry),))
-        return [f.code for f in registry.findings(r, on)]
+        return [f.code for f in registry.findings(r, on, reported)]
+
+    reported: dict[tuple[str, str], date | None] = {("GLU reagent", "Y8"): date(2026, 2, 1)}
 
     assert held("A1") == ["reagent-expired:A1"]  # opened 1 Jan, 30 days' stability
     assert held("B2") == ["reagent-recalled:B2"]
     assert held("C3") == []
     assert held("C3", expiry=date(2026, 2, 1)) == ["reagent-expired:C3"]  # what the analyser says
-    assert held("Z9") == []  # an unknown lot is registered as the analyser reported it
-    assert registry.find("GLU reagent", "Z9") is not None
+    assert held("Z9") == []  # unknown, with no expiry reported
+    assert held("Y8") == ["reagent-expired:Y8"]  # the expiry the analyser first reported
+    assert held("Y8", expiry=date(2027, 1, 1)) == ["reagent-expired:Y8"]
 
 
-def test_lot_change_is_noticed_per_instrument_and_test() -> None:
-    changes = LotChanges()
+def test_a_lot_change_is_what_replaced_the_lots_in_use() -> None:
     first = result("GLU", "5", reagents=(ReagentUse("GLU reagent", "A1"),))
-    assert changes.observe(first) is None
-    assert changes.observe(first) is None
+    in_use, changed = lots_changed(None, first)
+    assert in_use == frozenset({"GLU reagent:A1"}) and changed is None
+    assert lots_changed(in_use, first) == (in_use, None)
     second = result("GLU", "5", reagents=(ReagentUse("GLU reagent", "B2"),))
-    assert changes.observe(second) == frozenset({"GLU reagent:B2"})
-    elsewhere = result("GLU", "5", instrument="chem-2", reagents=(ReagentUse("GLU reagent", "B2"),))
-    assert changes.observe(elsewhere) is None
+    assert lots_changed(in_use, second) == (
+        frozenset({"GLU reagent:B2"}),
+        frozenset({"GLU reagent:B2"}),
+    )
+    no_lot = result("GLU", "5")
+    assert lots_changed(in_use, no_lot) == (in_use, None)

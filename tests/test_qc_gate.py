@@ -8,17 +8,19 @@ from decimal import Decimal
 import pytest
 
 from middleware.domain import ControlResult, Measurement, Result
-from middleware.engine.qc import QcGate
 from middleware.engine.rules import load_rules
 from tests.conftest import ROOT
+from tests.qc_memory import InMemoryGate
+
+Gate = InMemoryGate
 
 T0 = datetime(2026, 3, 1, 8, 0)
 LOT_1, LOT_2 = "CC-45781", "CC-45782"  # chemistry control levels 1 and 2 in rules/qc.yaml
 
 
 @pytest.fixture
-def gate() -> QcGate:
-    return QcGate(load_rules(ROOT / "rules"))
+def gate() -> InMemoryGate:
+    return InMemoryGate(load_rules(ROOT / "rules"))
 
 
 def control(test: str, value: str, lot: str, instrument: str = "chem-1") -> ControlResult:
@@ -27,18 +29,18 @@ def control(test: str, value: str, lot: str, instrument: str = "chem-1") -> Cont
     return ControlResult(result, "Chemistry control", lot)
 
 
-def codes(gate: QcGate, test: str, at: datetime, measured: datetime | None = None) -> list[str]:
+def codes(gate: Gate, test: str, at: datetime, measured: datetime | None = None) -> list[str]:
     return [f.code for f in gate.findings("chem-1", test, at, measured)]
 
 
-def in_control(gate: QcGate, test: str, at: datetime, values: tuple[str, str]) -> None:
+def in_control(gate: Gate, test: str, at: datetime, values: tuple[str, str]) -> None:
     gate.note_patient("chem-1", test)
     for value, lot in zip(values, (LOT_1, LOT_2), strict=True):
         outcome = gate.record_control(control(test, value, lot), at)
         assert outcome.evaluation is not None and outcome.evaluation.status == "accept"
 
 
-def test_every_required_level_must_have_a_result(gate: QcGate) -> None:
+def test_every_required_level_must_have_a_result(gate: Gate) -> None:
     assert codes(gate, "GLU", T0) == ["qc-missing:1", "qc-missing:2"]
     gate.record_control(control("GLU", "5.2", LOT_1), T0)
     assert codes(gate, "GLU", T0) == ["qc-missing:2"]
@@ -46,19 +48,19 @@ def test_every_required_level_must_have_a_result(gate: QcGate) -> None:
     assert codes(gate, "GLU", T0) == []
 
 
-def test_a_test_without_policy_is_held(gate: QcGate) -> None:
+def test_a_test_without_policy_is_held(gate: Gate) -> None:
     assert codes(gate, "AMY", T0) == ["qc-policy-missing"]
     outcome = gate.record_control(control("AMY", "50", LOT_1), T0)
     assert outcome.evaluation is None and outcome.problem == "no QC policy for AMY"
 
 
-def test_qc_expires_after_its_validity_window(gate: QcGate) -> None:
+def test_qc_expires_after_its_validity_window(gate: Gate) -> None:
     in_control(gate, "GLU", T0, ("5.2", "15.6"))
     assert codes(gate, "GLU", T0 + timedelta(hours=24)) == []
     assert codes(gate, "GLU", T0 + timedelta(hours=24, seconds=1)) == ["qc-expired"]
 
 
-def test_rejected_qc_holds_opens_a_corrective_action_and_lists_for_review(gate: QcGate) -> None:
+def test_rejected_qc_holds_opens_a_corrective_action_and_lists_for_review(gate: Gate) -> None:
     in_control(gate, "GLU", T0, ("5.2", "15.6"))
     gate.note_patient("chem-1", "GLU")
     later = T0 + timedelta(hours=2)
@@ -69,7 +71,7 @@ def test_rejected_qc_holds_opens_a_corrective_action_and_lists_for_review(gate: 
     assert codes(gate, "GLU", later) == ["corrective-action-open", "qc-rejected:1-3s"]
 
 
-def test_corrective_action_closes_only_after_a_good_rerun(gate: QcGate) -> None:
+def test_corrective_action_closes_only_after_a_good_rerun(gate: Gate) -> None:
     in_control(gate, "GLU", T0, ("5.2", "15.6"))
     gate.note_patient("chem-1", "GLU")
     failed_at = T0 + timedelta(hours=1)
@@ -85,14 +87,14 @@ def test_corrective_action_closes_only_after_a_good_rerun(gate: QcGate) -> None:
         gate.close_corrective_action("chem-1", "GLU", rerun)
 
 
-def test_two_levels_beyond_2sd_in_one_run_reject_by_2_2s(gate: QcGate) -> None:
+def test_two_levels_beyond_2sd_in_one_run_reject_by_2_2s(gate: Gate) -> None:
     gate.record_control(control("GLU", "5.51", LOT_1), T0)  # z = +2.07: warning
     outcome = gate.record_control(control("GLU", "16.45", LOT_2), T0)  # z = +2.125
     assert outcome.evaluation is not None and outcome.evaluation.violations == ("2-2s",)
     assert "qc-rejected:2-2s" in codes(gate, "GLU", T0)
 
 
-def test_lot_change_voids_qc_until_new_qc(gate: QcGate) -> None:
+def test_lot_change_voids_qc_until_new_qc(gate: Gate) -> None:
     in_control(gate, "GLU", T0, ("5.2", "15.6"))
     changed = T0 + timedelta(hours=1)
     gate.void("chem-1", "GLU", "reagent-lot-changed", changed)
@@ -101,7 +103,7 @@ def test_lot_change_voids_qc_until_new_qc(gate: QcGate) -> None:
     assert codes(gate, "GLU", changed + timedelta(minutes=20)) == []
 
 
-def test_bracketed_results_wait_for_the_closing_qc(gate: QcGate) -> None:
+def test_bracketed_results_wait_for_the_closing_qc(gate: Gate) -> None:
     in_control(gate, "K", T0, ("4.0", "6.2"))
     measured = T0 + timedelta(minutes=30)
     assert codes(gate, "K", measured, measured) == ["awaiting-closing-qc"]
@@ -115,13 +117,13 @@ def test_bracketed_results_wait_for_the_closing_qc(gate: QcGate) -> None:
     assert "qc-rejected:1-3s" in codes(gate, "NA", closing, measured)
 
 
-def test_missing_target_is_reported_not_guessed(gate: QcGate) -> None:
+def test_missing_target_is_reported_not_guessed(gate: Gate) -> None:
     outcome = gate.record_control(control("GLU", "5.2", "UNKNOWN-LOT"), T0)
     assert outcome.evaluation is None
     assert outcome.problem == "no target for Chemistry control lot UNKNOWN-LOT GLU"
 
 
-def test_own_limits_are_proposed_after_20_results_in_20_runs(gate: QcGate) -> None:
+def test_own_limits_are_proposed_after_20_results_in_20_runs(gate: Gate) -> None:
     values = [Decimal("5.2") + Decimal(i % 5 - 2) / 20 for i in range(20)]
     for i, value in enumerate(values[:19]):
         gate.note_patient("chem-1", "GLU")
@@ -141,13 +143,13 @@ def test_own_limits_are_proposed_after_20_results_in_20_runs(gate: QcGate) -> No
     assert gate.proposals() == []
 
 
-def test_twenty_results_in_one_run_propose_nothing(gate: QcGate) -> None:
+def test_twenty_results_in_one_run_propose_nothing(gate: Gate) -> None:
     for i in range(25):
         gate.record_control(control("GLU", "5.2", LOT_1), T0 + timedelta(minutes=i))
     assert gate.proposals() == []
 
 
-def test_two_levels_in_control_do_not_lock_the_method(gate: QcGate) -> None:
+def test_two_levels_in_control_do_not_lock_the_method(gate: Gate) -> None:
     # TP level 1 targets 52 and level 2 a higher mean: pooled, the two levels would read
     # as a CV and a bias far over 5 %; each level on its own is on target.
     targets = {LOT_1: Decimal("52.0"), LOT_2: _tp_mean(gate, LOT_2)}
@@ -163,7 +165,7 @@ def test_two_levels_in_control_do_not_lock_the_method(gate: QcGate) -> None:
     assert "method-locked" not in codes(gate, "TP", at)
 
 
-def _tp_mean(gate: QcGate, lot: str) -> Decimal:
+def _tp_mean(gate: Gate, lot: str) -> Decimal:
     for material in gate.rules.control_materials:
         for found in material.lots:
             if found.lot == lot:
@@ -171,7 +173,7 @@ def _tp_mean(gate: QcGate, lot: str) -> Decimal:
     raise AssertionError(f"no TP target for lot {lot}")
 
 
-def test_two_cycles_over_the_cv_and_bias_limits_lock_the_method(gate: QcGate) -> None:
+def test_two_cycles_over_the_cv_and_bias_limits_lock_the_method(gate: Gate) -> None:
     # TP: max CV 8 %, max bias 5 % (rules/qc.yaml); target level 1 mean 52, SD 1.5.
     biased = "55.0"  # bias 5.8 % (Westgard rejects these runs too; the lock is apart)
     for cycle in range(2):

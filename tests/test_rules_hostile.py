@@ -22,12 +22,13 @@ from middleware.daemon import Daemon
 from middleware.domain import ControlResult, Measurement, Result
 from middleware.engine import rules as rule_models
 from middleware.engine.engine import Engine
-from middleware.engine.qc import RESULTS_FOR_OWN_LIMITS, QcGate, to_westgard
+from middleware.engine.qc import RESULTS_FOR_OWN_LIMITS, to_westgard
 from middleware.engine.rules import load_rules
 from middleware.settings import ApiConfig, Settings
 from middleware.web.api import create_app
 from middleware.yamlfile import FileError
 from tests.conftest import ROOT
+from tests.qc_memory import InMemoryGate
 
 HOSTILE = "zz-hostile.yaml"  # read last: its items come after the shipped ones
 BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -225,7 +226,7 @@ def test_hostile_rule_file_is_refused_with_file_line_and_field(
 
 def test_mean_0_is_fine_under_a_cv_limit_alone(rules_dir: Path) -> None:
     (rules_dir / HOSTILE).write_text(control("{mean: 0, sd: 1}", ", max_cv_percent: 5"))
-    gate = QcGate(load_rules(rules_dir))
+    gate = InMemoryGate(load_rules(rules_dir))
     for minute in range(RESULTS_FOR_OWN_LIMITS):  # a whole cycle: CV and bias are computed
         result = Result(specimen_id="QC", test_code="ZZ", instrument_test_code="ZZ",
                         value=Measurement.parse(str(minute % 3)), instrument="chem-1")  # fmt: skip

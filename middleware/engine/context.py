@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from middleware.domain import Patient, Result, Specimen
@@ -56,6 +56,8 @@ class ResultContext:
     condition: SampleCondition = field(default_factory=SampleCondition)
     other_patient_ids: tuple[str, ...] = ()
     """Patients this specimen id was already seen with (one id, one patient)."""
+    reported_lots: Mapping[tuple[str, str], date | None] = field(default_factory=dict)
+    """Expiry of reagent lots (by reagent and lot) as analysers first reported them."""
 
 
 __all__ = ["Patient", "PreviousResult", "ResultContext", "SampleCondition"]

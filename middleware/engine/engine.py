@@ -1,10 +1,16 @@
 """The engine: for every patient result, release or hold and why; for every control, its
 QC evaluation. It combines the QC gate, reagent lots, sample acceptance and
-autoverification, and knows nothing of storage or HL7."""
+autoverification, and knows nothing of storage or HL7.
+
+It holds the rules and nothing else: what it must remember of an instrument and test (a
+:class:`TestQc`) and of a control lot (a :class:`LotQc`) is given to each call and
+returned changed, for the caller to keep.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from middleware.domain import ControlResult, Result
@@ -12,14 +18,14 @@ from middleware.engine.acceptance import acceptance_findings
 from middleware.engine.autoverify import autoverify
 from middleware.engine.context import ResultContext
 from middleware.engine.decision import Decision, decide
-from middleware.engine.qc import QcGate, QcOutcome
-from middleware.engine.reagents import LotChanges, LotRegistry
+from middleware.engine.qc import ControlStep, LotQc, QcGate, TestQc
+from middleware.engine.reagents import LotRegistry, lots_changed
 from middleware.engine.rules import Rules
 
 
 @dataclass(frozen=True, slots=True)
 class ControlOutcome:
-    qc: QcOutcome
+    step: ControlStep
     lot_changed: frozenset[str] | None
 
 
@@ -28,48 +34,53 @@ class Engine:
         self.rules = rules
         self.gate = QcGate(rules)
         self.lots = LotRegistry(rules.reagent_lots)
-        self.lot_changes = LotChanges()
-
-    def forget(self) -> None:
-        """Drop all QC and lot history (before replaying it from the store)."""
-        self.gate = QcGate(self.rules)
-        self.lots = LotRegistry(self.rules.reagent_lots)
-        self.lot_changes = LotChanges()
 
     def replace_rules(self, rules: Rules) -> None:
-        """New rules, same history: QC states stay; Westgard windows start again, since
-        the rule sets that shaped them may have changed."""
+        """New rules; the QC state the caller keeps stays valid under them."""
         self.rules = rules
-        self.gate.replace_rules(rules)
+        self.gate = QcGate(rules)
         self.lots = LotRegistry(rules.reagent_lots)
 
-    def _lot_change(self, result: Result, at: datetime) -> frozenset[str] | None:
-        changed = self.lot_changes.observe(result)
+    def _lot_change(
+        self, state: TestQc, result: Result, at: datetime
+    ) -> tuple[TestQc, frozenset[str] | None]:
+        in_use, changed = lots_changed(state.lots_in_use, result)
+        if in_use != state.lots_in_use:
+            state = replace(state, lots_in_use=in_use)
         if changed:
-            self.gate.void(result.instrument, result.test_code, "reagent-lot-changed", at)
-        return changed
+            state = self.gate.void(state, "reagent-lot-changed", at)
+        return state, changed
 
-    def record_control(self, control: ControlResult, at: datetime) -> ControlOutcome:
-        changed = self._lot_change(control.result, at)
-        return ControlOutcome(self.gate.record_control(control, at), changed)
+    def record_control(
+        self, state: TestQc, lots: Mapping[str, LotQc], control: ControlResult, at: datetime
+    ) -> ControlOutcome:
+        """``lots`` holds the states of the lots ``gate.lots_needed`` names."""
+        state, changed = self._lot_change(state, control.result, at)
+        return ControlOutcome(self.gate.record_control(state, lots, control, at), changed)
 
-    def decide(self, ctx: ResultContext) -> Decision:
-        """A new patient result: it also marks the end of its run's controls."""
-        result = ctx.result
-        self._lot_change(result, ctx.now)
-        self.gate.note_patient(result.instrument, result.test_code)
-        return self.redecide(ctx)
+    def observe_patient(self, state: TestQc, result: Result, at: datetime) -> TestQc:
+        """What a new patient result changes in its test's QC state: it may bring a new
+        reagent lot, and it marks the end of its run's controls."""
+        state, _ = self._lot_change(state, result, at)
+        return self.gate.note_patient(state)
 
-    def redecide(self, ctx: ResultContext) -> Decision:
+    def decide(self, state: TestQc, ctx: ResultContext) -> tuple[TestQc, Decision]:
+        """A new patient result: its decision, and its test's QC state after it."""
+        state = self.observe_patient(state, ctx.result, ctx.now)
+        return state, self.redecide(state, ctx)
+
+    def redecide(self, state: TestQc, ctx: ResultContext) -> Decision:
         """The checks alone: for a new result, or a held one looked at again."""
         result = ctx.result
         rules = self.rules
-        qc = self.gate.findings(result.instrument, result.test_code, ctx.now, result.completed_at)
+        qc = self.gate.findings(
+            state, result.instrument, result.test_code, ctx.now, result.completed_at
+        )
         return decide(
             [
                 *acceptance_findings(ctx, rules.acceptance),
                 *qc,
-                *self.lots.findings(result, ctx.now.date()),
+                *self.lots.findings(result, ctx.now.date(), ctx.reported_lots),
                 *autoverify(ctx, rules.ranges, rules.delta_checks, rules.autoverification),
             ]
         )

@@ -1,17 +1,21 @@
 """QC before release: is the QC of a test on an instrument in control right now?
 
-For each instrument and test the gate keeps what the release rule needs: the latest
-evaluation of each control level, events that void QC since (a reagent lot change, a
-calibration, maintenance), an open corrective action, a method lock, and the control
-statistics that give the lab its own limits after 20 runs. It is pure: the caller gives
-it control results and times, and asks it for findings.
+What the release rule needs of an instrument and test is a :class:`TestQc`: the latest
+evaluation of each control level, the event that voids QC since (a reagent lot change, a
+calibration, maintenance), an open corrective action, a method lock, the lots in use and
+the Westgard stream; of each control lot, a :class:`LotQc`: its Westgard window, the
+statistics that give the lab its own limits after 20 runs (Q3), and the CV and bias cycle
+(Q6). Both are immutable values. The :class:`QcGate` holds only the rules: each of its
+methods takes the state and an event and gives back the new state, so the caller keeps
+the state where it likes (the store keeps it as rows, changed in the transaction that
+stores the result) and nothing is ever rebuilt.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -47,26 +51,69 @@ class LevelState:
     violations: tuple[str, ...]
 
 
-@dataclass(slots=True)
-class _Accumulator:
-    """Welford's running mean and variance, and the runs seen, for one control lot."""
+@dataclass(frozen=True, slots=True)
+class Statistics:
+    """Count, sum and sum of squares of control values, exactly: the mean and SD follow,
+    and the numbers stay as short as the values' decimals allow."""
 
     n: int = 0
-    mean: Fraction = Fraction(0)
-    m2: Fraction = Fraction(0)
-    runs: set[str] = field(default_factory=set)
+    total: Fraction = Fraction(0)
+    squares: Fraction = Fraction(0)
 
-    def add(self, value: Fraction, run: str) -> None:
-        self.n += 1
-        delta = value - self.mean
-        self.mean += delta / self.n
-        self.m2 += delta * (value - self.mean)
-        if len(self.runs) < RESULTS_FOR_OWN_LIMITS:
-            self.runs.add(run)
+    def add(self, value: Fraction) -> Statistics:
+        return Statistics(self.n + 1, self.total + value, self.squares + value * value)
 
     @property
-    def sd(self) -> Fraction:
-        return self.m2 / (self.n - 1) if self.n > 1 else Fraction(0)
+    def mean(self) -> Fraction:
+        return self.total / self.n if self.n else Fraction(0)
+
+    @property
+    def variance(self) -> Fraction:
+        if self.n < 2:
+            return Fraction(0)
+        return (self.squares - self.total * self.total / self.n) / (self.n - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class LotQc:
+    """What is remembered of one control lot on one instrument and test."""
+
+    material: str = ""
+    window: westgard.Window = westgard.NO_WINDOW
+    """Its Westgard window over closed runs."""
+    statistics: Statistics = Statistics()
+    """Q3: every result of the lot."""
+    runs: tuple[str, ...] = ()
+    """Q3: the distinct runs those results came in, up to the number that counts."""
+    cycle: Statistics = Statistics()
+    """Q6: the results of the control cycle in progress."""
+    over_limit_cycles: int = 0
+    """Q6: consecutive cycles over the CV or bias limit."""
+    approved: Target | None = None
+    """Q3: the lab's own mean and SD, once a biologist approved them."""
+
+
+@dataclass(frozen=True, slots=True)
+class TestQc:
+    """What is remembered of the QC of one test on one instrument."""
+
+    run_number: int = 0
+    last_was_patient: bool = True
+    levels: dict[str, LevelState] = field(default_factory=dict)
+    """The latest evaluation of each control level (never changed in place)."""
+    void_reason: str = ""
+    void_at: datetime | None = None
+    corrective_action_since: datetime | None = None
+    corrective_action_reason: str = ""
+    last_in_control_at: datetime | None = None
+    locked: str = ""
+    lots_in_use: frozenset[str] | None = None
+    """Reagent lots of the last result: a change voids QC."""
+    stream: westgard.Stream = westgard.NO_STREAM
+
+
+NO_QC = TestQc()
+NO_LOT_QC = LotQc()
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,23 +126,6 @@ class LimitsProposal:
     mean: Decimal
     sd: Decimal
     results: int
-
-
-@dataclass(slots=True)
-class _TestState:
-    run_number: int = 0
-    last_was_patient: bool = True
-    levels: dict[str, LevelState] = field(default_factory=dict)
-    void_reason: str = ""
-    void_at: datetime | None = None
-    corrective_action_since: datetime | None = None
-    corrective_action_reason: str = ""
-    last_in_control_at: datetime | None = None
-    locked: str = ""
-    # Q6 cycles are per control lot: each level has its own mean, so pooling the levels
-    # would read a spread between them as imprecision.
-    over_limit_cycles: dict[str, int] = field(default_factory=dict)
-    cycles: dict[str, _Accumulator] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,36 +146,45 @@ class QcOutcome:
     locked: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ControlStep:
+    """The state after one control result, and what it did."""
+
+    state: TestQc
+    lots: dict[str, LotQc]
+    """The lot states that changed, by lot."""
+    outcome: QcOutcome
+
+
+def _root(variance: Fraction) -> Fraction:
+    return Fraction(math.sqrt(variance))
+
+
 class QcGate:
+    """The QC rules applied to state given by the caller; it keeps no state itself."""
+
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
-        self._states: dict[tuple[str, str], _TestState] = {}
-        self._evaluators: dict[str, westgard.Evaluator] = {}
-        self._stats: dict[tuple[str, str, str], _Accumulator] = {}
-        self._approved: dict[tuple[str, str, str], Target] = {}
+        # Derived from the rules alone, once per instrument and test named by a policy.
+        self._rule_sets: dict[tuple[str, str], westgard.RuleSet] = {}
 
     # --- configuration ---------------------------------------------------------------------
-
-    def replace_rules(self, rules: Rules) -> None:
-        self.rules = rules
-        self._evaluators.clear()
 
     def policy(self, instrument: str, test: str) -> QcPolicy | None:
         return next(
             (p for p in self.rules.qc_policies if _policy_matches(p, instrument, test)), None
         )
 
-    def _evaluator(self, instrument: str) -> westgard.Evaluator:
-        evaluator = self._evaluators.get(instrument)
-        if evaluator is None:
-            per_test: dict[str, westgard.RuleSet] = {}
-            for policy in self.rules.qc_policies:
-                if "*" in policy.instruments or instrument in policy.instruments:
-                    for test in policy.tests:
-                        per_test.setdefault(test, to_westgard(self.rules.rule_set_for(policy)))
-            default = to_westgard(self.rules.rule_sets["default"])
-            evaluator = self._evaluators[instrument] = westgard.Evaluator(default, per_test)
-        return evaluator
+    def rule_set(self, instrument: str, test: str) -> westgard.RuleSet:
+        chosen = self._rule_sets.get((instrument, test))
+        if chosen is None:
+            policy = self.policy(instrument, test)
+            chosen = to_westgard(
+                self.rules.rule_set_for(policy) if policy else self.rules.rule_sets["default"]
+            )
+            if policy is not None:
+                self._rule_sets[(instrument, test)] = chosen
+        return chosen
 
     def control_lot(self, control: ControlResult) -> tuple[ControlMaterial, ControlLot] | None:
         """The rules' material and lot of a control result: by lot number (or a sample id
@@ -162,55 +201,62 @@ class QcGate:
                 return material, material.lots[0]
         return None
 
-    def _state(self, instrument: str, test: str) -> _TestState:
-        key = (instrument, test)
-        state = self._states.get(key)
-        if state is None:
-            state = self._states[key] = _TestState()
-        return state
+    def lots_needed(self, state: TestQc, control: ControlResult) -> set[str]:
+        """The lots whose state recording ``control`` reads: its own, and those of the
+        open run, which it may close."""
+        found = self.control_lot(control)
+        needed = {found[1].lot} if found else set()
+        if state.stream.run is not None:
+            needed |= {lot for (_, lot), _ in state.stream.run.materials}
+        return needed
 
     # --- events ----------------------------------------------------------------------------
 
-    def note_patient(self, instrument: str, test: str) -> None:
+    @staticmethod
+    def note_patient(state: TestQc) -> TestQc:
         """A patient result came: the next control starts a new run."""
-        self._state(instrument, test).last_was_patient = True
+        return state if state.last_was_patient else replace(state, last_was_patient=True)
 
-    def void(self, instrument: str, test: str, reason: str, at: datetime) -> None:
+    @staticmethod
+    def void(state: TestQc, reason: str, at: datetime) -> TestQc:
         """An event after which earlier QC no longer counts (``reagent-lot-changed``,
         ``calibration``, ``maintenance``)."""
-        state = self._state(instrument, test)
-        state.void_reason, state.void_at = reason, at
+        return replace(state, void_reason=reason, void_at=at)
 
-    def record_control(self, control: ControlResult, at: datetime) -> QcOutcome:
+    def record_control(
+        self, state: TestQc, lots: Mapping[str, LotQc], control: ControlResult, at: datetime
+    ) -> ControlStep:
+        """``lots`` holds the states of the lots :meth:`lots_needed` names."""
         result = control.result
         instrument, test = result.instrument, result.test_code
-        state = self._state(instrument, test)
         if state.last_was_patient:
-            state.run_number += 1
-            state.last_was_patient = False
+            state = replace(state, run_number=state.run_number + 1, last_was_patient=False)
         run = f"{instrument}/{test}/{state.run_number}"
         found = self.control_lot(control)
         level = found[1].level if found else control.level or control.control_material
-        if self.policy(instrument, test) is None:
-            return QcOutcome(None, run, level, None, True, f"no QC policy for {test}")
-        if found is None or test not in found[1].targets:
-            return QcOutcome(
-                None,
-                run,
-                level,
-                None,
-                True,
-                f"no target for {control.control_material or '?'} lot {control.lot or '?'} {test}",
+        policy = self.policy(instrument, test)
+        if policy is None:
+            return ControlStep(
+                state, {}, QcOutcome(None, run, level, None, True, f"no QC policy for {test}")
             )
+        if found is None or test not in found[1].targets:
+            problem = (
+                f"no target for {control.control_material or '?'} lot {control.lot or '?'} {test}"
+            )
+            return ControlStep(state, {}, QcOutcome(None, run, level, None, True, problem))
         material, lot = found
         if result.value.number is None or result.value.censor:
-            return QcOutcome(
-                None, run, level, None, True, f"control value {result.value.text!r} is not a number"
-            )
-        key = (instrument, test, lot.lot)
-        target = self._approved.get(key, lot.targets[test])
-        provisional = key not in self._approved
-        evaluation = self._evaluator(instrument).evaluate(
+            problem = f"control value {result.value.text!r} is not a number"
+            return ControlStep(state, {}, QcOutcome(None, run, level, None, True, problem))
+        mine = lots.get(lot.lot, NO_LOT_QC)
+        target = mine.approved or lot.targets[test]
+        rule_set = self.rule_set(instrument, test)
+        keys = {(material.name, lot.lot), *westgard.closing(state.stream, run)}
+        windows = {key: lots.get(key[1], NO_LOT_QC).window for key in keys}
+        step = westgard.evaluate(
+            rule_set,
+            state.stream,
+            windows,
             westgard.QcResult(
                 run=run,
                 material=material.name,
@@ -220,124 +266,139 @@ class QcGate:
                 sd=target.sd,
                 instrument=instrument,
                 test=test,
-            )
+            ),
         )
+        changed = {
+            name: replace(lots.get(name, NO_LOT_QC), material=key_material, window=window)
+            for (key_material, name), window in step.windows.items()
+        }
+        evaluation = step.evaluation
         value = Fraction(result.value.number)
-        self._stats.setdefault(key, _Accumulator()).add(value, run)
-        state.levels[level] = LevelState(at, run, evaluation.status, evaluation.violations)
-        outcome_lock = self._cycle(state, instrument, test, lot.lot, value, target)
+        mine = changed.get(lot.lot, mine)
+        runs = mine.runs
+        if len(runs) < RESULTS_FOR_OWN_LIMITS and run not in runs:
+            runs = (*runs, run)
+        mine = replace(
+            mine, material=material.name, statistics=mine.statistics.add(value), runs=runs
+        )
+        levels = dict(state.levels)
+        levels[level] = LevelState(at, run, evaluation.status, evaluation.violations)
+        state = replace(state, levels=levels, stream=step.stream)
+        state, mine = self._cycle(policy, state, mine, value, target)
+        changed[lot.lot] = mine
         opened = False
         review_since = None
         if evaluation.status == "reject":
             if state.corrective_action_since is None:
                 opened = True
-                state.corrective_action_since = at
-                state.corrective_action_reason = ",".join(evaluation.violations)
+                state = replace(
+                    state,
+                    corrective_action_since=at,
+                    corrective_action_reason=",".join(evaluation.violations),
+                )
             review_since = state.last_in_control_at
-        elif not self._level_findings(instrument, test, at):
-            state.last_in_control_at = at
-        return QcOutcome(
+        elif not self._level_findings(state, instrument, test, at):
+            state = replace(state, last_in_control_at=at)
+        outcome = QcOutcome(
             evaluation,
             run,
             level,
             target,
-            provisional,
+            provisional=mine.approved is None,
             opened_corrective_action=opened,
             review_since=review_since,
-            locked=outcome_lock,
+            locked=state.locked,
         )
+        return ControlStep(state, changed, outcome)
 
+    @staticmethod
     def _cycle(
-        self,
-        state: _TestState,
-        instrument: str,
-        test: str,
-        lot: str,
-        value: Fraction,
-        target: Target,
-    ) -> str:
+        policy: QcPolicy, state: TestQc, lot: LotQc, value: Fraction, target: Target
+    ) -> tuple[TestQc, LotQc]:
         """Q6: CV and bias over each control cycle of a lot; two consecutive cycles of a
         lot over the limits lock the method."""
-        policy = self.policy(instrument, test)
-        if policy is None or (policy.max_cv_percent is None and policy.max_bias_percent is None):
-            return ""
-        cycle = state.cycles.setdefault(lot, _Accumulator())
-        cycle.add(value, "")
+        # Per control lot: each level has its own mean, so pooling the levels would read
+        # a spread between them as imprecision.
+        if policy.max_cv_percent is None and policy.max_bias_percent is None:
+            return state, lot
+        cycle = lot.cycle.add(value)
         if cycle.n < RESULTS_FOR_OWN_LIMITS:
-            return ""
+            return state, replace(lot, cycle=cycle)
         mean = cycle.mean
-        cv = Fraction(math.sqrt(cycle.sd)) / mean * 100 if mean else Fraction(0)
+        cv = _root(cycle.variance) / mean * 100 if mean else Fraction(0)
         # Rule files refuse a mean of 0 under a bias limit; under a CV limit alone it is fine.
         expected = Fraction(target.mean)
         bias = abs(mean - expected) / expected * 100 if expected else Fraction(0)
-        state.cycles[lot] = _Accumulator()
         over = (policy.max_cv_percent is not None and cv > Fraction(policy.max_cv_percent)) or (
             policy.max_bias_percent is not None and bias > Fraction(policy.max_bias_percent)
         )
-        state.over_limit_cycles[lot] = state.over_limit_cycles.get(lot, 0) + 1 if over else 0
-        if state.over_limit_cycles[lot] >= 2:
-            state.locked = (
-                f"CV {float(cv):.1f}% / bias {float(bias):.1f}% over the limits "
-                "for two consecutive cycles"
+        over_limit = lot.over_limit_cycles + 1 if over else 0
+        lot = replace(lot, cycle=Statistics(), over_limit_cycles=over_limit)
+        if over_limit >= 2:
+            state = replace(
+                state,
+                locked=(
+                    f"CV {float(cv):.1f}% / bias {float(bias):.1f}% over the limits "
+                    "for two consecutive cycles"
+                ),
             )
-        return state.locked
+        return state, lot
 
     # --- people's acts ---------------------------------------------------------------------
 
-    def reopen_corrective_action(
-        self, instrument: str, test: str, reason: str, since: datetime
-    ) -> None:
-        """An action still open in the records (after a restart)."""
-        state = self._state(instrument, test)
-        state.corrective_action_since = since
-        state.corrective_action_reason = reason.removeprefix("qc-rejected:")
-
-    def close_corrective_action(self, instrument: str, test: str, at: datetime) -> None:
+    def close_corrective_action(
+        self, state: TestQc, instrument: str, test: str, at: datetime
+    ) -> TestQc:
         """Q9: close the open corrective action; only once a QC re-run is in control."""
-        state = self._state(instrument, test)
-        if state.corrective_action_since is None:
+        since = state.corrective_action_since
+        if since is None:
             raise ValueError(f"no corrective action is open for {test} on {instrument}")
-        problems = self._level_findings(instrument, test, at)
-        rerun = all(level.at > state.corrective_action_since for level in state.levels.values())
+        problems = self._level_findings(state, instrument, test, at)
+        rerun = all(level.at > since for level in state.levels.values())
         if problems or not rerun:
             raise ValueError(
                 f"QC of {test} on {instrument} is not in control again since the failure: "
                 + (", ".join(f.code for f in problems) or "re-run every level first")
             )
-        state.corrective_action_since = None
-        state.corrective_action_reason = ""
-        state.last_in_control_at = at
+        return replace(
+            state,
+            corrective_action_since=None,
+            corrective_action_reason="",
+            last_in_control_at=at,
+        )
 
-    def unlock(self, instrument: str, test: str) -> None:
-        state = self._state(instrument, test)
-        state.locked = ""
-        state.over_limit_cycles.clear()
+    @staticmethod
+    def unlock(state: TestQc, lots: Mapping[str, LotQc]) -> tuple[TestQc, dict[str, LotQc]]:
+        """Lift a method lock: the cycles over the limits start counting again."""
+        return replace(state, locked=""), {
+            name: replace(lot, over_limit_cycles=0)
+            for name, lot in lots.items()
+            if lot.over_limit_cycles
+        }
 
-    def proposals(self) -> list[LimitsProposal]:
-        """Q3: lots with 20 results in 20 runs whose own limits are not approved yet."""
-        out = []
-        for (instrument, test, lot), stats in self._stats.items():
-            if (instrument, test, lot) in self._approved:
-                continue
-            if stats.n >= RESULTS_FOR_OWN_LIMITS and len(stats.runs) >= RESULTS_FOR_OWN_LIMITS:
-                sd = Decimal(math.sqrt(stats.sd)).quantize(Decimal("0.0001"))
-                mean = Decimal(stats.mean.numerator) / Decimal(stats.mean.denominator)
-                out.append(
-                    LimitsProposal(
-                        instrument, test, lot, mean.quantize(Decimal("0.0001")), sd, stats.n
-                    )
-                )
-        return out
+    @staticmethod
+    def proposal(instrument: str, test: str, lot: str, state: LotQc) -> LimitsProposal | None:
+        """Q3: the lab's own limits of a lot with 20 results in 20 runs, until approved."""
+        stats = state.statistics
+        if state.approved is not None or stats.n < RESULTS_FOR_OWN_LIMITS:
+            return None
+        if len(state.runs) < RESULTS_FOR_OWN_LIMITS:
+            return None
+        places = Decimal("0.0001")
+        sd = Decimal(math.sqrt(stats.variance)).quantize(places)
+        mean = Decimal(stats.mean.numerator) / Decimal(stats.mean.denominator)
+        return LimitsProposal(instrument, test, lot, mean.quantize(places), sd, stats.n)
 
-    def approve(self, proposal: LimitsProposal) -> None:
-        key = (proposal.instrument, proposal.test, proposal.lot)
-        self._approved[key] = Target(mean=proposal.mean, sd=proposal.sd)
+    @staticmethod
+    def approve(state: LotQc, proposal: LimitsProposal) -> LotQc:
+        return replace(state, approved=Target(mean=proposal.mean, sd=proposal.sd))
 
     # --- the release question ----------------------------------------------------------------
 
-    def _level_findings(self, instrument: str, test: str, at: datetime) -> list[Finding]:
+    def _level_findings(
+        self, state: TestQc, instrument: str, test: str, at: datetime
+    ) -> list[Finding]:
         policy = self.policy(instrument, test)
-        state = self._state(instrument, test)
         if policy is None:
             return [Finding("qc-policy-missing", f"no QC policy covers {test} on {instrument}")]
         validity = timedelta(hours=float(policy.validity_hours))
@@ -370,11 +431,15 @@ class QcGate:
         return _unique(findings)
 
     def findings(
-        self, instrument: str, test: str, at: datetime, measured_at: datetime | None = None
+        self,
+        state: TestQc,
+        instrument: str,
+        test: str,
+        at: datetime,
+        measured_at: datetime | None = None,
     ) -> list[Finding]:
         """Why a patient result of ``test`` measured at ``measured_at`` may not be released
         at ``at``; none when QC is in control."""
-        state = self._state(instrument, test)
         out: list[Finding] = []
         if state.locked:
             out.append(
@@ -388,7 +453,7 @@ class QcGate:
                     "corrective action",
                 )
             )
-        out += self._level_findings(instrument, test, at)
+        out += self._level_findings(state, instrument, test, at)
         policy = self.policy(instrument, test)
         if policy is not None and policy.mode == "bracketed" and not out:
             measured = measured_at or at

@@ -1,13 +1,13 @@
-"""Reagent lots: the registry (from the rule files and from what analysers report), the
-checks that hold a result made with an expired or recalled lot, and lot changes."""
+"""Reagent lots: the registry of the rule files, the checks that hold a result made with
+an expired or recalled lot, and lot changes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 
-from middleware.domain import ReagentUse, Result
+from middleware.domain import Result
 from middleware.engine.decision import Finding
 from middleware.engine.rules import ReagentLot
 
@@ -19,7 +19,6 @@ class Lot:
     expiry: date | None
     """Effective expiry: the earlier of the printed one and the end of stability once open."""
     recalled: bool = False
-    source: str = "rules"  # rules, or the analyser that reported it first
 
 
 class LotRegistry:
@@ -49,43 +48,35 @@ class LotRegistry:
             found = candidates[0] if len(candidates) == 1 else None
         return found
 
-    def observe(self, use: ReagentUse, instrument: str) -> Lot:
-        """The registry's entry for a lot an analyser reported, added when new."""
-        known = self.find(use.reagent, use.lot)
-        if known is None:
-            known = Lot(use.reagent, use.lot, use.expiry, source=instrument)
-            self._add(known)
-        return known
-
-    def findings(self, result: Result, on: date) -> list[Finding]:
+    def findings(
+        self, result: Result, on: date, reported: Mapping[tuple[str, str], date | None]
+    ) -> list[Finding]:
+        """Expired and recalled lots among those a result used. A lot the rules do not
+        name is judged by the expiry the analyser gave when it first reported it
+        (``reported``, by reagent and lot) and the one it gives now."""
         out: list[Finding] = []
         for use in result.reagents:
             if not use.lot:
                 continue
-            lot = self.observe(use, result.instrument)
-            expiries = [d for d in (lot.expiry, use.expiry) if d is not None]
+            lot = self.find(use.reagent, use.lot)
+            first = lot.expiry if lot is not None else reported.get((use.reagent, use.lot))
+            expiries = [d for d in (first, use.expiry) if d is not None]
             name = f"{use.reagent} lot {use.lot}"
-            if lot.recalled:
+            if lot is not None and lot.recalled:
                 out.append(Finding(f"reagent-recalled:{use.lot}", f"{name} is recalled"))
             elif expiries and min(expiries) < on:
                 out.append(Finding(f"reagent-expired:{use.lot}", f"{name} expired {min(expiries)}"))
         return out
 
 
-class LotChanges:
-    """The lots last in use per instrument and test: a change voids the test's QC."""
-
-    def __init__(self) -> None:
-        self._in_use: dict[tuple[str, str], frozenset[str]] = {}
-
-    def observe(self, result: Result) -> frozenset[str] | None:
-        """The lots that replaced others for this result's test, or None when nothing changed."""
-        lots = frozenset(f"{u.reagent}:{u.lot}" for u in result.reagents if u.lot)
-        if not lots:
-            return None
-        key = (result.instrument, result.test_code)
-        before = self._in_use.get(key)
-        self._in_use[key] = lots
-        if before is None or before == lots:
-            return None
-        return lots - before
+def lots_changed(
+    before: frozenset[str] | None, result: Result
+) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    """The lots in use for a result's test after it, and those that replaced others (None
+    when nothing changed): a change voids the test's QC."""
+    lots = frozenset(f"{u.reagent}:{u.lot}" for u in result.reagents if u.lot)
+    if not lots:
+        return before, None
+    if before is None or before == lots:
+        return lots, None
+    return lots, lots - before

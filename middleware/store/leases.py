@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, select
 
-from middleware.store.repository import _insert, _utc
 from middleware.store.schema import instrument_leases
+from middleware.store.sql import upsert, utc
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ def claim(
     if not instruments:
         return []
     conn.execute(
-        _insert(conn, instrument_leases).on_conflict_do_nothing(index_elements=["instrument"]),
+        upsert(conn, instrument_leases).on_conflict_do_nothing(index_elements=["instrument"]),
         [
             {"instrument": i, "owner": owner, "acquired_at": now, "renewed_at": now}
             for i in instruments
@@ -55,7 +55,7 @@ def claim(
     held = [
         Held(row.instrument, row.owner, renewed)
         for row in conn.execute(query)
-        if row.owner != owner and (renewed := _utc(row.renewed_at)) is not None
+        if row.owner != owner and (renewed := utc(row.renewed_at)) is not None
         if renewed > expired_before and not gone(row.owner)
     ]
     if held:

@@ -11,13 +11,21 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Context, Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import CompoundSelect, Connection, Table, bindparam, func, select, union_all
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import (
+    CompoundSelect,
+    Connection,
+    Table,
+    bindparam,
+    func,
+    select,
+    tuple_,
+    union_all,
+)
 
 from middleware.domain import (
     ControlResult,
@@ -48,17 +56,11 @@ from middleware.store.schema import (
     results,
     specimens,
 )
+from middleware.store.sql import upsert, utc
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    """Times are stored in UTC; SQLite gives them back without their zone."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
 
 
 #: The longest identifier (specimen, patient, test code, reagent, lot) kept, in UTF-8
@@ -118,13 +120,6 @@ def content_hash(instrument: str, text: str) -> str:
     same message, however often they are sent."""
     normalised = "\r".join(line for line in text.replace("\n", "\r").split("\r") if line)
     return hashlib.sha256(f"{instrument}\x00{normalised}".encode()).hexdigest()
-
-
-def _insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
-    """An INSERT that can say ON CONFLICT DO NOTHING in this database's dialect."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
 
 
 def _raw(
@@ -209,7 +204,7 @@ def _quarantine(
     )
 
 
-def store_delivery(conn: Connection, d: Delivery) -> Stored:
+def store_delivery(conn: Connection, d: Delivery, at: datetime | None = None) -> Stored:
     """Keep a delivery: its raw bytes always; its message and results once; what could not
     be read or mapped in quarantine with the reason."""
     reading = d.reading
@@ -253,7 +248,7 @@ def store_delivery(conn: Connection, d: Delivery) -> Stored:
     quarantined = bool(d.problems) or (nothing and bool(reading.problems))
     raw_id = _raw(conn, d, message_id, "quarantine" if quarantined else "message")
     _specimens(conn, reading, message_id)
-    stored_at = utcnow()
+    stored_at = at or utcnow()
     patient_ids = _insert_results(
         conn, results, [(r, {}) for r in reading.results], message_id, stored_at
     )
@@ -306,7 +301,7 @@ def _specimens(conn: Connection, reading: InstrumentMessage, message_id: int) ->
     }
     if rows:
         conn.execute(
-            _insert(conn, specimens).on_conflict_do_nothing(index_elements=["specimen_id"]),
+            upsert(conn, specimens).on_conflict_do_nothing(index_elements=["specimen_id"]),
             list(rows.values()),
         )
 
@@ -363,7 +358,7 @@ def _lot_id(conn: Connection, use: ReagentUse) -> int:
     if found is not None:
         return int(found)
     conn.execute(
-        _insert(conn, reagent_lots).on_conflict_do_nothing(index_elements=["reagent", "lot"]),
+        upsert(conn, reagent_lots).on_conflict_do_nothing(index_elements=["reagent", "lot"]),
         {
             "reagent": use.reagent,
             "lot": use.lot,
@@ -545,7 +540,7 @@ def previous_results(
     rows = conn.execute(_latest_results(len(ordered)), params).all()
     found: dict[tuple[str, str], list[tuple[int, Decimal, datetime]]] = {}
     for row in sorted(rows, key=lambda r: r.id):
-        moment = _utc(row.completed_at or row.stored_at) or row.stored_at
+        moment = utc(row.completed_at or row.stored_at) or row.stored_at
         found.setdefault((row.patient_id, row.test_code), []).append(
             (row.id, Decimal(row.value_number), moment)
         )
@@ -566,6 +561,22 @@ def specimen_patients(conn: Connection, specimen_ids: Iterable[str]) -> dict[str
             if row.patient_id:
                 seen[row.specimen_id].add(row.patient_id)
     return {s: tuple(sorted(p)) for s, p in seen.items()}
+
+
+def reported_lots(
+    conn: Connection, wanted: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], date | None]:
+    """The expiry each reagent lot (by reagent and lot) had when an analyser first
+    reported it."""
+    pairs = {pair for pair in wanted if pair[1]}
+    if not pairs:
+        return {}
+    rows = conn.execute(
+        select(reagent_lots.c.reagent, reagent_lots.c.lot, reagent_lots.c.expiry).where(
+            tuple_(reagent_lots.c.reagent, reagent_lots.c.lot).in_(sorted(pairs))
+        )
+    )
+    return {(r.reagent, r.lot): r.expiry for r in rows}
 
 
 def record_decisions(
@@ -612,7 +623,7 @@ def record_decisions(
         conn.execute(open_holds.delete().where(open_holds.c.result_id.in_(done)))
     if held:
         conn.execute(
-            _insert(conn, open_holds).on_conflict_do_nothing(index_elements=["result_id"]),
+            upsert(conn, open_holds).on_conflict_do_nothing(index_elements=["result_id"]),
             [
                 {
                     "result_id": r["result_id"],
@@ -716,7 +727,7 @@ def _result_of(row: Any) -> Result:
         instrument_flags=tuple(f for f in row.instrument_flags.split("\n") if f),
         status=row.status,
         operator=row.operator,
-        completed_at=_utc(row.completed_at),
+        completed_at=utc(row.completed_at),
         instrument=row.instrument,
         module=row.module,
         patient_id=row.patient_id,
@@ -737,7 +748,7 @@ def measurements_since(
     conn: Connection, since: datetime
 ) -> list[tuple[Result, ControlResult | None, datetime]]:
     """Patient and control results stored since ``since``, in the order they arrived, with
-    the reagent lots each used (for rebuilding the engine's state after a restart)."""
+    the reagent lots each used (to make the QC state of a database kept before it was)."""
     recent_patients = select(results.c.id).where(results.c.stored_at >= since)
     recent_controls = select(control_results.c.id).where(control_results.c.stored_at >= since)
     lots = (
@@ -764,11 +775,11 @@ def measurements_since(
     out: list[tuple[int, int, Result, ControlResult | None, datetime]] = []
     for row in conn.execute(select(results).where(results.c.stored_at >= since)):
         result = replace(_result_of(row), reagents=tuple(patient_lots.get(row.id, ())))
-        out.append((row.message_id, 1, result, None, _utc(row.stored_at) or since))
+        out.append((row.message_id, 1, result, None, utc(row.stored_at) or since))
     for row in conn.execute(select(control_results).where(control_results.c.stored_at >= since)):
         result = replace(_result_of(row), reagents=tuple(control_lots.get(row.id, ())))
         control = ControlResult(result, row.control_material, row.lot, row.level)
-        out.append((row.message_id, 0, result, control, _utc(row.stored_at) or since))
+        out.append((row.message_id, 0, result, control, utc(row.stored_at) or since))
     out.sort(key=lambda item: (item[0], item[1]))
     return [(result, control, at) for _, _, result, control, at in out]
 
@@ -779,7 +790,7 @@ def open_corrective_actions(conn: Connection) -> list[dict[str, Any]]:
         .where(corrective_actions.c.closed_at.is_(None))
         .order_by(corrective_actions.c.id)
     )
-    return [dict(row._mapping) | {"opened_at": _utc(row.opened_at)} for row in rows]
+    return [dict(row._mapping) | {"opened_at": utc(row.opened_at)} for row in rows]
 
 
 def mark_corrective_action_closed(
@@ -835,7 +846,7 @@ def approve_limits(
 
 def approved_limits(conn: Connection) -> list[dict[str, Any]]:
     rows = conn.execute(select(control_limits).order_by(control_limits.c.id))
-    return [dict(row._mapping) | {"approved_at": _utc(row.approved_at)} for row in rows]
+    return [dict(row._mapping) | {"approved_at": utc(row.approved_at)} for row in rows]
 
 
 def record_qc_event(
@@ -855,4 +866,4 @@ def record_qc_event(
 
 def qc_events_since(conn: Connection, since: datetime) -> list[dict[str, Any]]:
     rows = conn.execute(select(qc_events).where(qc_events.c.at >= since).order_by(qc_events.c.id))
-    return [dict(row._mapping) | {"at": _utc(row.at)} for row in rows]
+    return [dict(row._mapping) | {"at": utc(row.at)} for row in rows]

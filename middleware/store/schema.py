@@ -318,6 +318,59 @@ qc_events = Table(
 )
 Index("ix_qc_events_test", qc_events.c.instrument, qc_events.c.test_code)
 
+# What the engine remembers of the QC of each test on each instrument (engine/qc.py's
+# TestQc), changed in the transaction that stores the result that changes it.
+qc_tests = Table(
+    "qc_tests",
+    metadata,
+    Column("instrument", Text, primary_key=True),
+    Column("test_code", Text, primary_key=True),
+    Column("run_number", Integer, nullable=False),
+    Column("last_was_patient", Boolean, nullable=False),
+    Column("levels", Text, nullable=False),  # JSON: the latest evaluation of each level
+    Column("void_reason", Text, nullable=False),
+    Column("void_at", DateTime(timezone=True)),
+    Column("corrective_action_since", DateTime(timezone=True)),
+    Column("corrective_action_reason", Text, nullable=False),
+    Column("last_in_control_at", DateTime(timezone=True)),
+    Column("locked", Text, nullable=False),
+    Column("lots_in_use", Text),  # JSON list, or NULL before the first lot reported
+    Column("westgard", Text, nullable=False),  # JSON: closed runs' window and the open run
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# ... and of each control lot on an instrument and test (engine/qc.py's LotQc). Sums are
+# exact fractions written as text ("n/d").
+qc_lots = Table(
+    "qc_lots",
+    metadata,
+    Column("instrument", Text, primary_key=True),
+    Column("test_code", Text, primary_key=True),
+    Column("lot", Text, primary_key=True),
+    Column("material", Text, nullable=False),
+    Column("window", Text, nullable=False),  # JSON: Westgard bands and z-scores
+    Column("results", Integer, nullable=False),
+    Column("total", Text, nullable=False),
+    Column("squares", Text, nullable=False),
+    Column("runs", Text, nullable=False),  # JSON: distinct runs, up to 20
+    Column("cycle_results", Integer, nullable=False),
+    Column("cycle_total", Text, nullable=False),
+    Column("cycle_squares", Text, nullable=False),
+    Column("over_limit_cycles", Integer, nullable=False),
+    Column("approved_mean", Numeric),
+    Column("approved_sd", Numeric),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Conversions a migration leaves for the daemon, which has the rules (the QC state of a
+# database that held results before it was kept as rows).
+pending_conversions = Table(
+    "pending_conversions",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("since", DateTime(timezone=True), nullable=False),
+)
+
 # Which daemon serves each instrument, when several share one database (store/leases.py).
 instrument_leases = Table(
     "instrument_leases",

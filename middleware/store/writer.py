@@ -41,7 +41,6 @@ class StoreWriter:
         self._queue: queue.Queue[_Job | object] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self.commits = 0
-        self.on_rollback: Callable[[Connection], object] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -87,7 +86,6 @@ class StoreWriter:
             with self.engine.begin() as conn:
                 values = [job.work(conn) for job in batch]
         except Exception as exc:
-            self._rolled_back()
             if len(batch) == 1:
                 log.error("store write failed", error=repr(exc))
                 batch[0].loop.call_soon_threadsafe(_resolve, batch[0].future, None, exc)
@@ -99,17 +97,6 @@ class StoreWriter:
         self.commits += 1
         for job, value in zip(batch, values, strict=True):
             job.loop.call_soon_threadsafe(_resolve, job.future, value, None)
-
-    def _rolled_back(self) -> None:
-        """Work may keep state beside the database (the rules engine's QC state): after
-        a rollback, bring it back to what the database holds before anything is retried."""
-        if self.on_rollback is None:
-            return
-        try:
-            with self.engine.connect() as conn:
-                self.on_rollback(conn)
-        except Exception as exc:
-            log.error("could not restore state after a rollback", error=repr(exc))
 
 
 def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

@@ -1,0 +1,285 @@
+"""The engine's QC state as rows: a ``qc_tests`` row per instrument and test (a
+:class:`TestQc`), a ``qc_lots`` row per control lot on it (a :class:`LotQc`).
+
+They are read and written in the transaction that stores the result which changes them,
+so the state is always what the database says: nothing to rebuild at start or after a
+rollback, and a daemon that shares the database sees what another did. On PostgreSQL the
+rows are read ``FOR UPDATE``: two daemons changing one test's state (one storing a
+result, the other closing its corrective action) take turns rather than overwrite each
+other. Each read is one indexed lookup per instrument, whatever the history.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+from sqlalchemy import Connection, Insert, Table, select
+
+from middleware.engine import westgard
+from middleware.engine.qc import (
+    RESULTS_FOR_OWN_LIMITS,
+    LevelState,
+    LimitsProposal,
+    LotQc,
+    QcGate,
+    Statistics,
+    TestQc,
+)
+from middleware.engine.rules import Target
+from middleware.store.schema import pending_conversions, qc_lots, qc_tests
+from middleware.store.sql import upsert_in, utc
+
+TestKey = tuple[str, str]  # instrument, test
+LotKey = tuple[str, str, str]  # instrument, test, lot
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def _by_instrument(keys: Iterable[tuple[str, ...]]) -> dict[str, set[str]]:
+    wanted: dict[str, set[str]] = {}
+    for key in keys:
+        wanted.setdefault(key[0], set()).add(key[1])
+    return wanted
+
+
+def _locking(conn: Connection, query: Any) -> Any:
+    return query.with_for_update() if conn.dialect.name == "postgresql" else query
+
+
+def load_tests(conn: Connection, keys: Iterable[TestKey]) -> dict[TestKey, TestQc]:
+    """The stored state of each instrument and test wanted; one not stored yet is absent."""
+    found: dict[TestKey, TestQc] = {}
+    for instrument, tests in sorted(_by_instrument(keys).items()):
+        query = select(qc_tests).where(
+            qc_tests.c.instrument == instrument, qc_tests.c.test_code.in_(sorted(tests))
+        )
+        for row in conn.execute(_locking(conn, query)):
+            found[(row.instrument, row.test_code)] = _test_qc(row)
+    return found
+
+
+def load_lots(conn: Connection, keys: Iterable[LotKey]) -> dict[LotKey, LotQc]:
+    """The stored state of each control lot wanted; one not stored yet is absent."""
+    wanted = set(keys)
+    found: dict[LotKey, LotQc] = {}
+    for instrument, tests in sorted(_by_instrument(wanted).items()):
+        lots = sorted({lot for i, _, lot in wanted if i == instrument})
+        query = select(qc_lots).where(
+            qc_lots.c.instrument == instrument,
+            qc_lots.c.test_code.in_(sorted(tests)),
+            qc_lots.c.lot.in_(lots),
+        )
+        for row in conn.execute(_locking(conn, query)):
+            key = (row.instrument, row.test_code, row.lot)
+            if key in wanted:
+                found[key] = _lot_qc(row)
+    return found
+
+
+def lots_of(conn: Connection, instrument: str, test: str) -> dict[LotKey, LotQc]:
+    """Every control lot kept for an instrument and test."""
+    query = select(qc_lots).where(qc_lots.c.instrument == instrument, qc_lots.c.test_code == test)
+    return {
+        (row.instrument, row.test_code, row.lot): _lot_qc(row)
+        for row in conn.execute(_locking(conn, query))
+    }
+
+
+def proposals(conn: Connection) -> list[LimitsProposal]:
+    """Q3: control lots with 20 results in 20 runs whose own limits are not approved yet."""
+    rows = conn.execute(
+        select(qc_lots)
+        .where(qc_lots.c.approved_mean.is_(None), qc_lots.c.results >= RESULTS_FOR_OWN_LIMITS)
+        .order_by(qc_lots.c.instrument, qc_lots.c.test_code, qc_lots.c.lot)
+    )
+    out = []
+    for row in rows:
+        proposal = QcGate.proposal(row.instrument, row.test_code, row.lot, _lot_qc(row))
+        if proposal is not None:
+            out.append(proposal)
+    return out
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _saving(dialect: str, table: Table) -> Insert:
+    """INSERT ... ON CONFLICT (key) DO UPDATE, built once per database and table."""
+    statement = upsert_in(dialect, table)
+    keys = [c.name for c in table.primary_key.columns]
+    return statement.on_conflict_do_update(
+        index_elements=keys,
+        set_={c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys},
+    )
+
+
+def save_tests(conn: Connection, states: Mapping[TestKey, TestQc], at: datetime) -> None:
+    if states:
+        rows = [_test_row(key, state, at) for key, state in sorted(states.items())]
+        conn.execute(_saving(conn.dialect.name, qc_tests), rows)
+
+
+def save_lots(conn: Connection, states: Mapping[LotKey, LotQc], at: datetime) -> None:
+    if states:
+        rows = [_lot_row(key, state, at) for key, state in sorted(states.items())]
+        conn.execute(_saving(conn.dialect.name, qc_lots), rows)
+
+
+def conversion_pending(conn: Connection, name: str) -> bool:
+    found = conn.execute(
+        select(pending_conversions.c.name).where(pending_conversions.c.name == name)
+    ).first()
+    return found is not None
+
+
+def conversion_done(conn: Connection, name: str) -> None:
+    conn.execute(pending_conversions.delete().where(pending_conversions.c.name == name))
+
+
+# --- rows and states -------------------------------------------------------------------------
+
+
+def _window(data: dict[str, Any]) -> westgard.Window:
+    return westgard.Window(tuple(data["bands"]), tuple(Fraction(z) for z in data["zs"]))
+
+
+def _window_data(window: westgard.Window) -> dict[str, Any]:
+    return {"bands": list(window.bands), "zs": [str(z) for z in window.zs]}
+
+
+def _stream(data: dict[str, Any]) -> westgard.Stream:
+    run = data.get("run")
+    if run is None:
+        return westgard.Stream(tuple(data["bands"]))
+    return westgard.Stream(
+        tuple(data["bands"]),
+        westgard.Run(
+            run_id=run["id"],
+            bands=tuple(run["bands"]),
+            materials=tuple(
+                ((material, lot), _window(window)) for material, lot, window in run["materials"]
+            ),
+            above=tuple((m, lot) for m, lot in run["above"]),
+            below=tuple((m, lot) for m, lot in run["below"]),
+            screen_open=run["screen_open"],
+            rejected=run["rejected"],
+            results=run["results"],
+        ),
+    )
+
+
+def _stream_data(stream: westgard.Stream) -> dict[str, Any]:
+    run = stream.run
+    return {
+        "bands": list(stream.bands),
+        "run": None
+        if run is None
+        else {
+            "id": run.run_id,
+            "bands": list(run.bands),
+            "materials": [[m, lot, _window_data(w)] for (m, lot), w in run.materials],
+            "above": [list(key) for key in run.above],
+            "below": [list(key) for key in run.below],
+            "screen_open": run.screen_open,
+            "rejected": run.rejected,
+            "results": run.results,
+        },
+    }
+
+
+def _test_qc(row: Any) -> TestQc:
+    levels = {
+        name: LevelState(
+            datetime.fromisoformat(level["at"]),
+            level["run"],
+            level["status"],
+            tuple(level["violations"]),
+        )
+        for name, level in json.loads(row.levels).items()
+    }
+    in_use = None if row.lots_in_use is None else frozenset(json.loads(row.lots_in_use))
+    return TestQc(
+        run_number=row.run_number,
+        last_was_patient=row.last_was_patient,
+        levels=levels,
+        void_reason=row.void_reason,
+        void_at=utc(row.void_at),
+        corrective_action_since=utc(row.corrective_action_since),
+        corrective_action_reason=row.corrective_action_reason,
+        last_in_control_at=utc(row.last_in_control_at),
+        locked=row.locked,
+        lots_in_use=in_use,
+        stream=_stream(json.loads(row.westgard)),
+    )
+
+
+def _test_row(key: TestKey, state: TestQc, at: datetime) -> dict[str, Any]:
+    levels = {
+        name: {
+            "at": level.at.isoformat(),
+            "run": level.run,
+            "status": level.status,
+            "violations": list(level.violations),
+        }
+        for name, level in state.levels.items()
+    }
+    return {
+        "instrument": key[0],
+        "test_code": key[1],
+        "run_number": state.run_number,
+        "last_was_patient": state.last_was_patient,
+        "levels": json.dumps(levels, sort_keys=True),
+        "void_reason": state.void_reason,
+        "void_at": state.void_at,
+        "corrective_action_since": state.corrective_action_since,
+        "corrective_action_reason": state.corrective_action_reason,
+        "last_in_control_at": state.last_in_control_at,
+        "locked": state.locked,
+        "lots_in_use": None if state.lots_in_use is None else json.dumps(sorted(state.lots_in_use)),
+        "westgard": json.dumps(_stream_data(state.stream)),
+        "updated_at": at,
+    }
+
+
+def _lot_qc(row: Any) -> LotQc:
+    approved = None
+    if row.approved_mean is not None and row.approved_sd is not None:
+        approved = Target(mean=Decimal(row.approved_mean), sd=Decimal(row.approved_sd))
+    return LotQc(
+        material=row.material,
+        window=_window(json.loads(row.window)),
+        statistics=Statistics(row.results, Fraction(row.total), Fraction(row.squares)),
+        runs=tuple(json.loads(row.runs)),
+        cycle=Statistics(row.cycle_results, Fraction(row.cycle_total), Fraction(row.cycle_squares)),
+        over_limit_cycles=row.over_limit_cycles,
+        approved=approved,
+    )
+
+
+def _lot_row(key: LotKey, state: LotQc, at: datetime) -> dict[str, Any]:
+    return {
+        "instrument": key[0],
+        "test_code": key[1],
+        "lot": key[2],
+        "material": state.material,
+        "window": json.dumps(_window_data(state.window)),
+        "results": state.statistics.n,
+        "total": str(state.statistics.total),
+        "squares": str(state.statistics.squares),
+        "runs": json.dumps(list(state.runs)),
+        "cycle_results": state.cycle.n,
+        "cycle_total": str(state.cycle.total),
+        "cycle_squares": str(state.cycle.squares),
+        "over_limit_cycles": state.over_limit_cycles,
+        "approved_mean": state.approved.mean if state.approved else None,
+        "approved_sd": state.approved.sd if state.approved else None,
+        "updated_at": at,
+    }

@@ -1,0 +1,301 @@
+"""The QC state kept in the store: the engine decides the same with or without restarts,
+whatever the age of what it remembers; a rolled-back write leaves no state behind; two
+daemons on one database act on each other's QC."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import Connection, select, text
+
+import drivers
+from middleware.assessment import QC_STATE_CONVERSION, assess_message, convert_history
+from middleware.astm.records import decode_message
+from middleware.engine.engine import Engine
+from middleware.engine.rules import Rules, load_rules
+from middleware.store import Store, qc_state
+from middleware.store import repository as repo
+from middleware.store.database import migrate, open_engine
+from middleware.store.repository import Delivery, store_delivery
+from middleware.store.schema import (
+    messages,
+    pending_conversions,
+    qc_evaluations,
+    qc_lots,
+    qc_tests,
+)
+from tests.conftest import ROOT
+from tests.daemon import DaemonProcess, connect, free_port, query
+from tests.messages import patient, qc
+from tests.peer import StreamPeer, send_message
+from tests.test_api import wait_until_listening
+
+RULES = load_rules(ROOT / "rules")
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+TP_LOTS = ("CC-45781", "CC-45782")  # total protein, default rule set (10x among its rules)
+
+
+def _tp_target(rules: Rules, lot: str) -> tuple[Decimal, Decimal]:
+    for material in rules.control_materials:
+        for found in material.lots:
+            if found.lot == lot:
+                target = found.targets["TP"]
+                return Decimal(target.mean), Decimal(target.sd)
+    raise AssertionError(lot)
+
+
+def _tp_qc(at: datetime, z_1: Decimal, z_2: Decimal) -> list[str]:
+    stamp = f"{at:%Y%m%d%H%M%S}"
+    lines = ["H|\\^&|||CHEM-1|||||||Q|LIS2-A2", "P|1"]
+    for number, (lot, z) in enumerate(zip(TP_LOTS, (z_1, z_2), strict=True), start=1):
+        mean, sd = _tp_target(RULES, lot)
+        lines += [f"O|{number}|{lot}||^^^TP|R", f"R|1|^^^TP|{mean + z * sd}|g/L||N||F||||{stamp}"]
+    return [*lines, "L|1|N"]
+
+
+def _tp_patient(specimen: str, value: str, at: datetime) -> list[str]:
+    return [
+        "H|\\^&|||CHEM-1|||||||P|LIS2-A2",
+        "P|1||PAT-" + specimen,
+        f"O|1|{specimen}||^^^TP|R",
+        f"R|1|^^^TP|{value}|g/L||N||F||||{at:%Y%m%d%H%M%S}",
+        "L|1|N",
+    ]
+
+
+def _days() -> list[tuple[datetime, list[str]]]:
+    """Twelve days of total protein: each morning both levels, level 1 a third of an SD
+    above its mean, level 2 just below its own, then a patient. Level 1's tenth result
+    on the same side completes 10x, over a window that started nine days before."""
+    out = []
+    for day in range(12):
+        morning = T0 + timedelta(days=day)
+        out.append((morning, _tp_qc(morning, Decimal("0.33"), Decimal("-0.1"))))
+        later = morning + timedelta(hours=1)
+        out.append((later, _tp_patient(f"S{day}", "70", later)))
+    return out
+
+
+def _store(conn: Connection, engine: Engine, lines: list[str], now: datetime) -> repo.Stored:
+    driver = drivers.get("generic", None, "chem-1")
+    reading = driver.read(decode_message(lines).records).in_timezone(UTC)
+    delivery = Delivery("c", "chem-1", b"raw", now, "\r".join(lines), len(lines), reading)
+    stored = store_delivery(conn, delivery, now)
+    assess_message(conn, engine, stored, reading, now)
+    return stored
+
+
+def _outcomes(store: Store) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    def read(conn: Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        evaluations = conn.execute(
+            select(
+                qc_evaluations.c.run,
+                qc_evaluations.c.level,
+                qc_evaluations.c.status,
+                qc_evaluations.c.violations,
+            ).order_by(qc_evaluations.c.id)
+        )
+        decisions = [
+            (row["specimen_id"], row["action"], row["reasons"])
+            for row in repo.latest_decisions(conn)
+        ]
+        return [tuple(row) for row in evaluations], decisions
+
+    return store.read(read)
+
+
+def _run(url: str, restart: bool) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    store = Store(url)
+    try:
+        for now, lines in _days():
+            if restart:  # a new process: a new store and a new engine, nothing else
+                store.close()
+                store = Store(url)
+            engine = Engine(load_rules(ROOT / "rules")) if restart else ENGINE
+            asyncio.run(_write(store, partial(_store, engine=engine, lines=lines, now=now)))
+        return _outcomes(store)
+    finally:
+        store.close()
+
+
+ENGINE = Engine(RULES)
+
+
+async def _write(store: Store, work: Callable[[Connection], object]) -> object:
+    return await store.write(work)
+
+
+def test_after_restarts_the_engine_decides_as_without_them(
+    tmp_path: Path, database_url: str
+) -> None:
+    expected = _run(f"sqlite:///{tmp_path / 'reference.db'}", restart=False)
+    evaluations, decisions = expected
+    # each level's tenth result on its side, nine days after the first, completes 10x
+    rejected = [e for e in evaluations if e[2] == "reject"]
+    assert rejected[:2] == [
+        ("chem-1/TP/10", "1", "reject", "10x"),
+        ("chem-1/TP/10", "2", "reject", "10x"),
+    ]
+    held = {specimen: reasons for specimen, action, reasons in decisions if action == "hold"}
+    assert list(held) == ["S9", "S10", "S11"]
+    assert held["S9"] == "corrective-action-open,qc-rejected:10x"
+    assert _run(database_url, restart=True) == expected
+
+
+def test_a_rolled_back_batch_leaves_no_qc_state_behind(tmp_path: Path, database_url: str) -> None:
+    lines = _tp_qc(T0, Decimal("0.5"), Decimal("0.5"))
+
+    def state(store: Store) -> tuple[object, object]:
+        keys = [("chem-1", "TP")]
+        return store.read(
+            lambda conn: (
+                qc_state.load_tests(conn, keys),
+                qc_state.load_lots(conn, [("chem-1", "TP", lot) for lot in TP_LOTS]),
+            )
+        )
+
+    once = Store(f"sqlite:///{tmp_path / 'once.db'}")
+    asyncio.run(_write(once, lambda conn: _store(conn, ENGINE, lines, T0)))
+    subject = Store(database_url)
+
+    def bad(conn: Connection) -> None:
+        conn.execute(text("INSERT INTO nowhere VALUES (1)"))
+
+    async def batch() -> list[object]:
+        return await asyncio.gather(
+            subject.write(lambda conn: _store(conn, ENGINE, lines, T0)),
+            subject.write(bad),
+            return_exceptions=True,
+        )
+
+    try:
+        stored, failed = asyncio.run(batch())
+        assert isinstance(stored, repo.Stored) and isinstance(failed, Exception)
+        # The good unit ran twice (in the failed batch, then alone); its QC counts once.
+        expected = state(once)
+        assert expected[0] and len(expected[1]) == 2  # type: ignore[arg-type]
+        assert state(subject) == expected
+        rows = subject.read(lambda c: c.execute(select(qc_lots.c.results)).scalars().all())
+        assert rows == [1, 1]
+        assert subject.read(lambda c: len(c.execute(select(qc_tests)).all())) == 1
+    finally:
+        once.close()
+        subject.close()
+
+
+def test_a_database_kept_before_qc_state_gets_the_same_state_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    store = Store(database_url)
+    try:
+        for now, lines in _days():
+            asyncio.run(_write(store, partial(_store, engine=ENGINE, lines=lines, now=now)))
+
+        def everything(conn: Connection) -> tuple[list[tuple[Any, ...]], ...]:
+            return tuple(
+                sorted(tuple(row)[:-1] for row in conn.execute(select(table)))
+                for table in (qc_tests, qc_lots)
+            )
+
+        live = store.read(everything)
+        assert live[0] and live[1]
+
+        def as_before(conn: Connection) -> None:
+            conn.execute(qc_tests.delete())
+            conn.execute(qc_lots.delete())
+            conn.execute(pending_conversions.insert(), {"name": QC_STATE_CONVERSION, "since": T0})
+
+        asyncio.run(_write(store, as_before))
+        replayed = asyncio.run(_write(store, partial(convert_history, engine=ENGINE)))
+        assert replayed == 24
+        assert store.read(everything) == live
+        # once: the next start finds nothing to do
+        assert asyncio.run(_write(store, partial(convert_history, engine=ENGINE))) is None
+    finally:
+        store.close()
+
+
+def test_the_migration_asks_for_the_conversion_only_where_messages_are_kept(
+    tmp_path: Path, database_url: str
+) -> None:
+    empty = open_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    engine = open_engine(database_url)
+    try:
+        migrate(empty)
+        with empty.connect() as conn:
+            assert not qc_state.conversion_pending(conn, QC_STATE_CONVERSION)
+        migrate(engine, "0006")
+        with engine.begin() as conn:
+            conn.execute(
+                messages.insert(),
+                {"instrument": "chem-1", "connection": "c", "content_sha256": "x",
+                 "record_count": 2, "text": "H|\\^&\rL|1|N", "received_at": T0},
+            )  # fmt: skip
+        migrate(engine)
+        with engine.connect() as conn:
+            assert qc_state.conversion_pending(conn, QC_STATE_CONVERSION)
+    finally:
+        empty.dispose()
+        engine.dispose()
+
+
+def test_a_corrective_action_closed_on_one_daemon_releases_holds_another_owns(
+    tmp_path: Path, database_url: str
+) -> None:
+    ports = {name: (free_port(), free_port()) for name in ("a", "b")}
+    daemons = {}
+    for name, instrument in (("a", "chem-1"), ("b", "chem-2")):
+        (tmp_path / name).mkdir()
+        analyser_port, api_port = ports[name]
+        daemons[name] = DaemonProcess(
+            tmp_path / name,
+            [{"name": instrument, "transport": "tcp-server", "host": "127.0.0.1",
+              "port": analyser_port}],
+            database_url=database_url, node_name=f"node-{name}", rules_dir=str(ROOT / "rules"),
+            api={"host": "127.0.0.1", "port": api_port},
+        )  # fmt: skip
+
+    async def analyser(port: int, *messages: list[bytes]) -> None:
+        peer = StreamPeer(*await connect(port))
+        for message in messages:
+            await send_message(peer, message)
+        await peer.close()
+
+    for daemon in daemons.values():
+        daemon.start()
+    try:
+        wait_until_listening(ports["b"][1])
+        chem_1 = ports["a"][0]
+        # on daemon a's instrument: QC in control, then 1-3s, then a patient held for it
+        asyncio.run(analyser(chem_1, qc("5.2", "15.6"), qc("5.7", "15.6"), patient("S1", "5.0")))
+        [(action_id,)] = query(database_url, "SELECT id FROM corrective_actions")
+        close = f"http://127.0.0.1:{ports['b'][1]}/api/corrective-actions/{action_id}/close"
+        body = {"by": "bob", "action_taken": "new calibration"}
+        early = httpx.post(close, json=body, timeout=10)
+        assert early.status_code == 409 and "not in control again" in early.json()["detail"]
+        asyncio.run(analyser(chem_1, qc("5.25", "15.5")))  # the re-run, on daemon a
+        closed = httpx.post(close, json=body, timeout=10)  # closed on daemon b
+        assert closed.status_code == 200, closed.text
+        assert len(closed.json()["released"]) == 1
+        # daemon a decides the next patient under the state daemon b changed
+        asyncio.run(analyser(chem_1, patient("S2", "5.1")))
+    finally:
+        for daemon in daemons.values():
+            assert daemon.stop() == 0
+    decisions = query(
+        database_url,
+        "SELECT r.specimen_id, d.action, d.decided_by FROM decisions d "
+        "JOIN results r ON r.id = d.result_id ORDER BY d.id",
+    )
+    assert decisions == [
+        ("S1", "hold", "engine"),
+        ("S1", "release", "engine"),
+        ("S2", "release", "engine"),
+    ]
