@@ -22,7 +22,15 @@ from middleware.domain import ControlResult, InstrumentMessage, Result
 from middleware.engine.context import PreviousResult, ResultContext, SampleCondition
 from middleware.engine.decision import Action, Decision
 from middleware.engine.engine import Engine
-from middleware.engine.qc import NO_LOT_QC, NO_QC, LimitsProposal, LotQc, QcGate, TestQc
+from middleware.engine.qc import (
+    NO_LOT_QC,
+    NO_QC,
+    LimitsProposal,
+    LotQc,
+    QcGate,
+    QcOutcome,
+    TestQc,
+)
 from middleware.store import qc_state
 from middleware.store import repository as repo
 from middleware.store.qc_state import LotKey, TestKey
@@ -46,12 +54,16 @@ class _Lookups:
     reported_lots: Mapping[tuple[str, str], date | None]
 
     @classmethod
-    def fetch(cls, conn: Connection, items: list[tuple[int, Result]]) -> _Lookups:
+    def fetch(
+        cls, conn: Connection, items: list[tuple[int, Result]], delta_tests: frozenset[str]
+    ) -> _Lookups:
         if not items:
             return cls({}, {}, {})
         return cls(
             repo.previous_results(
-                conn, ((r.patient_id, r.test_code) for _, r in items), max(i for i, _ in items)
+                conn,
+                ((r.patient_id, r.test_code) for _, r in items if r.test_code in delta_tests),
+                max(i for i, _ in items),
             ),
             repo.specimen_patients(conn, (r.specimen_id for _, r in items)),
             repo.reported_lots(conn, ((u.reagent, u.lot) for _, r in items for u in r.reagents)),
@@ -159,17 +171,15 @@ def _record_control(
     engine: Engine,
     book: QcBook,
     control: ControlResult,
-    control_id: int,
     now: datetime,
     out: Assessment,
-) -> None:
+) -> QcOutcome:
     result = control.result
     key = (result.instrument, result.test_code)
     done = engine.record_control(book.test(key), book.lots(key), control, now)
     book.change(key, done.step.state)
     book.change_lots(key, done.step.lots)
     qc = done.step.outcome
-    repo.record_evaluation(conn, control_id, control, qc, now)
     out.evaluations += 1
     if qc.opened_corrective_action:
         reason = "qc-rejected:" + ",".join(qc.evaluation.violations if qc.evaluation else ())
@@ -178,6 +188,7 @@ def _record_control(
                 conn, result.instrument, result.test_code, reason, now, qc.review_since
             )
         )
+    return qc
 
 
 def assess_message(
@@ -188,14 +199,18 @@ def assess_message(
     control_ids = dict(zip((id(c) for c in reading.controls), stored.control_ids, strict=True))
     book = QcBook.read(conn, {(r.instrument, r.test_code) for r, _ in reading.measurements()})
     book.read_lots(conn, _lots_needed(engine.gate, book, reading.controls))
-    lookups = _Lookups.fetch(conn, [(patient_ids[id(r)], r) for r in reading.results])
+    lookups = _Lookups.fetch(
+        conn, [(patient_ids[id(r)], r) for r in reading.results], engine.delta_tests
+    )
     decided: list[tuple[int, Result, Decision]] = []
-    touched: set[tuple[str, str]] = set()
+    evaluated: list[tuple[int, ControlResult, QcOutcome]] = []
+    touched: dict[str, set[str]] = {}
     for result, control in reading.measurements():
         key = (result.instrument, result.test_code)
         if control is not None:
-            _record_control(conn, engine, book, control, control_ids[id(control)], now, out)
-            touched.add(key)
+            qc = _record_control(conn, engine, book, control, now, out)
+            evaluated.append((control_ids[id(control)], control, qc))
+            touched.setdefault(result.instrument, set()).add(result.test_code)
             continue
         result_id = patient_ids[id(result)]
         state, decision = engine.decide(
@@ -204,24 +219,29 @@ def assess_message(
         book.change(key, state)
         decided.append((result_id, result, decision))
         out.decisions.append((result_id, decision))
+    repo.record_evaluations(conn, evaluated, now)
     repo.record_decisions(conn, decided, now)
-    for instrument, test in sorted(touched):
-        out.released_later += redecide_held(
-            conn, engine, book.test((instrument, test)), instrument, test, now
-        )
+    for instrument, tests in sorted(touched.items()):
+        states = {test: book.test((instrument, test)) for test in tests}
+        out.released_later += redecide_held(conn, engine, instrument, states, now)
     book.write(conn, now)
     return out
 
 
 def redecide_held(
-    conn: Connection, engine: Engine, state: TestQc, instrument: str, test: str, now: datetime
+    conn: Connection,
+    engine: Engine,
+    instrument: str,
+    states: Mapping[str, TestQc],
+    now: datetime,
 ) -> list[int]:
-    """Look again at the held results of a test, under its QC state ``state``; record the
-    decisions that changed."""
-    held = repo.held_results(conn, instrument, test)
-    lookups = _Lookups.fetch(conn, held)
+    """Look again at the held results of some tests of an instrument, each under its QC
+    state in ``states``; record the decisions that changed."""
+    held = repo.held_results(conn, instrument, states)
+    lookups = _Lookups.fetch(conn, held, engine.delta_tests)
     changed = []
     for result_id, result in held:
+        state = states[result.test_code]
         decision = engine.redecide(state, lookups.context(result_id, result, None, now))
         if decision.action is not Action.HOLD:
             changed.append((result_id, result, decision))

@@ -268,7 +268,7 @@ class Control:
                 f"{instrument}/{test}",
                 {"corrective_action": action_id, "action_taken": action_taken},
             )
-            released = redecide_held(conn, engine, state, instrument, test, now)
+            released = redecide_held(conn, engine, instrument, {test: state}, now)
             book.write(conn, now)
             return CorrectiveActionClosed(action_id, instrument, test, released)
 

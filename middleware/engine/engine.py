@@ -41,6 +41,14 @@ class Engine:
         self.gate = QcGate(rules)
         self.lots = LotRegistry(rules.reagent_lots)
 
+    @property
+    def delta_tests(self) -> frozenset[str]:
+        """The tests whose decisions look at the patient's previous result."""
+        options = self.rules.autoverification
+        if not (options.enabled and options.hold_failed_delta):
+            return frozenset()
+        return frozenset(check.test for check in self.rules.delta_checks)
+
     def _lot_change(
         self, state: TestQc, result: Result, at: datetime
     ) -> tuple[TestQc, frozenset[str] | None]:

@@ -19,7 +19,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Table, select
+from sqlalchemy import Connection, Insert, Table, bindparam, select
 
 from middleware.engine import westgard
 from middleware.engine.qc import (
@@ -53,14 +53,19 @@ def _locking(conn: Connection, query: Any) -> Any:
     return query.with_for_update() if conn.dialect.name == "postgresql" else query
 
 
+_TESTS = select(qc_tests).where(
+    qc_tests.c.instrument == bindparam("instrument"),
+    qc_tests.c.test_code.in_(bindparam("tests", expanding=True)),
+)
+_TESTS_FOR_UPDATE = _TESTS.with_for_update()
+
+
 def load_tests(conn: Connection, keys: Iterable[TestKey]) -> dict[TestKey, TestQc]:
     """The stored state of each instrument and test wanted; one not stored yet is absent."""
     found: dict[TestKey, TestQc] = {}
+    query = _TESTS_FOR_UPDATE if conn.dialect.name == "postgresql" else _TESTS
     for instrument, tests in sorted(_by_instrument(keys).items()):
-        query = select(qc_tests).where(
-            qc_tests.c.instrument == instrument, qc_tests.c.test_code.in_(sorted(tests))
-        )
-        for row in conn.execute(_locking(conn, query)):
+        for row in conn.execute(query, {"instrument": instrument, "tests": sorted(tests)}):
             found[(row.instrument, row.test_code)] = _test_qc(row)
     return found
 

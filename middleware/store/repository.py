@@ -56,7 +56,7 @@ from middleware.store.schema import (
     results,
     specimens,
 )
-from middleware.store.sql import upsert, utc
+from middleware.store.sql import upsert, upsert_in, utc
 
 
 def utcnow() -> datetime:
@@ -122,13 +122,60 @@ def content_hash(instrument: str, text: str) -> str:
     return hashlib.sha256(f"{instrument}\x00{normalised}".encode()).hexdigest()
 
 
+# The statements of every message, built once: building one costs more than running it.
+_INSERT_RAW = raw_transmissions.insert().returning(raw_transmissions.c.id)
+_INSERT_MESSAGE = messages.insert().returning(messages.c.id)
+_INSERT_DECISIONS = decisions.insert()
+_INSERT_EVALUATIONS = qc_evaluations.insert()
+_EARLIER_COPY = (
+    select(messages.c.id, messages.c.settled_at)
+    .where(
+        messages.c.instrument == bindparam("instrument"),
+        messages.c.content_sha256 == bindparam("digest"),
+    )
+    .order_by(messages.c.id.desc())
+    .limit(1)
+)
+_SETTLE = (
+    messages.update()
+    .where(messages.c.id.in_(bindparam("ids", expanding=True)), messages.c.settled_at.is_(None))
+    .values(settled_at=bindparam("at"))
+)
+_SPECIMEN_PATIENTS = (
+    select(results.c.specimen_id, results.c.patient_id)
+    .where(results.c.specimen_id.in_(bindparam("ids", expanding=True)))
+    .distinct()
+)
+_REPORTED_LOTS = select(reagent_lots.c.reagent, reagent_lots.c.lot, reagent_lots.c.expiry).where(
+    tuple_(reagent_lots.c.reagent, reagent_lots.c.lot).in_(bindparam("pairs", expanding=True))
+)
+_RELEASE_HOLDS = open_holds.delete().where(
+    open_holds.c.result_id.in_(bindparam("ids", expanding=True))
+)
+_HELD = (
+    select(results)
+    .join(open_holds, open_holds.c.result_id == results.c.id)
+    .where(
+        open_holds.c.instrument == bindparam("instrument"),
+        open_holds.c.test_code.in_(bindparam("tests", expanding=True)),
+    )
+    .order_by(results.c.id)
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _new_only(dialect: str, table: Table, key: str) -> Any:
+    """INSERT ... ON CONFLICT (key) DO NOTHING, built once per database and table."""
+    return upsert_in(dialect, table).on_conflict_do_nothing(index_elements=[key])
+
+
 def _raw(
     conn: Connection, d: Delivery, message_id: int | None, outcome: str, duplicate: bool = False
 ) -> int:
     span = d.span
     return int(
         conn.execute(
-            raw_transmissions.insert().returning(raw_transmissions.c.id),
+            _INSERT_RAW,
             {
                 "connection": d.connection,
                 "instrument": d.instrument,
@@ -158,11 +205,7 @@ def settle(conn: Connection, message_ids: Sequence[int], at: datetime) -> None:
     """The analyser showed it had our ACK of these messages (EOT, or its next frame):
     from now on an identical message from it is a new one."""
     if message_ids:
-        conn.execute(
-            messages.update()
-            .where(messages.c.id.in_(list(message_ids)), messages.c.settled_at.is_(None))
-            .values(settled_at=at)
-        )
+        conn.execute(_SETTLE, {"ids": list(message_ids), "at": at})
 
 
 def oversize_keys(reading: InstrumentMessage) -> list[str]:
@@ -220,10 +263,7 @@ def store_delivery(conn: Connection, d: Delivery, at: datetime | None = None) ->
     # The same content again is a re-send only while the analyser has not shown that it
     # had our ACK of the earlier copy; after that it is a new measurement (a re-run).
     earlier = conn.execute(
-        select(messages.c.id, messages.c.settled_at)
-        .where(messages.c.instrument == d.instrument, messages.c.content_sha256 == digest)
-        .order_by(messages.c.id.desc())
-        .limit(1)
+        _EARLIER_COPY, {"instrument": d.instrument, "digest": digest}
     ).one_or_none()
     if earlier is not None and earlier.settled_at is None:
         raw_id = _raw(conn, d, earlier.id, "duplicate", duplicate=True)
@@ -231,7 +271,7 @@ def store_delivery(conn: Connection, d: Delivery, at: datetime | None = None) ->
 
     message_id = int(
         conn.execute(
-            messages.insert().returning(messages.c.id),
+            _INSERT_MESSAGE,
             {
                 "instrument": d.instrument,
                 "connection": d.connection,
@@ -300,10 +340,7 @@ def _specimens(conn: Connection, reading: InstrumentMessage, message_id: int) ->
         if s.specimen_id
     }
     if rows:
-        conn.execute(
-            upsert(conn, specimens).on_conflict_do_nothing(index_elements=["specimen_id"]),
-            list(rows.values()),
-        )
+        conn.execute(_new_only(conn.dialect.name, specimens, "specimen_id"), list(rows.values()))
 
 
 def _result_row(r: Result, message_id: int, stored_at: datetime) -> dict[str, Any]:
@@ -552,11 +589,7 @@ def specimen_patients(conn: Connection, specimen_ids: Iterable[str]) -> dict[str
     wanted = sorted(set(specimen_ids))
     seen: dict[str, set[str]] = {s: set() for s in wanted}
     if wanted:
-        rows = conn.execute(
-            select(results.c.specimen_id, results.c.patient_id)
-            .where(results.c.specimen_id.in_(wanted))
-            .distinct()
-        )
+        rows = conn.execute(_SPECIMEN_PATIENTS, {"ids": wanted})
         for row in rows:
             if row.patient_id:
                 seen[row.specimen_id].add(row.patient_id)
@@ -571,11 +604,7 @@ def reported_lots(
     pairs = {pair for pair in wanted if pair[1]}
     if not pairs:
         return {}
-    rows = conn.execute(
-        select(reagent_lots.c.reagent, reagent_lots.c.lot, reagent_lots.c.expiry).where(
-            tuple_(reagent_lots.c.reagent, reagent_lots.c.lot).in_(sorted(pairs))
-        )
-    )
+    rows = conn.execute(_REPORTED_LOTS, {"pairs": sorted(pairs)})
     return {(r.reagent, r.lot): r.expiry for r in rows}
 
 
@@ -614,16 +643,16 @@ def record_decisions(
     ]
     if not rows:
         return
-    conn.execute(decisions.insert(), rows)
+    conn.execute(_INSERT_DECISIONS, rows)
     # The open holds are what a new QC or a closed corrective action looks at again: kept
     # as their own rows so that finding them costs the same whatever the history.
     held = {r["result_id"]: r for r in rows if r["action"] == "hold"}
     done = [r["result_id"] for r in rows if r["result_id"] not in held]
     if done:
-        conn.execute(open_holds.delete().where(open_holds.c.result_id.in_(done)))
+        conn.execute(_RELEASE_HOLDS, {"ids": done})
     if held:
         conn.execute(
-            upsert(conn, open_holds).on_conflict_do_nothing(index_elements=["result_id"]),
+            _new_only(conn.dialect.name, open_holds, "result_id"),
             [
                 {
                     "result_id": r["result_id"],
@@ -645,14 +674,13 @@ def _four_places(z: Fraction) -> Decimal | None:
     return value.quantize(Decimal("0.0001"), context=Context(prec=400))
 
 
-def record_evaluation(
-    conn: Connection, control_id: int, control: ControlResult, outcome: QcOutcome, at: datetime
-) -> int:
-    evaluation = outcome.evaluation
-    target = outcome.target
-    return int(
-        conn.execute(
-            qc_evaluations.insert().returning(qc_evaluations.c.id),
+def record_evaluations(
+    conn: Connection, evaluated: Sequence[tuple[int, ControlResult, QcOutcome]], at: datetime
+) -> None:
+    rows = []
+    for control_id, control, outcome in evaluated:
+        evaluation, target = outcome.evaluation, outcome.target
+        rows.append(
             {
                 "control_result_id": control_id,
                 "instrument": control.result.instrument,
@@ -667,9 +695,10 @@ def record_evaluation(
                 "violations": ",".join(evaluation.violations) if evaluation else "",
                 "warnings": ",".join(evaluation.warnings) if evaluation else outcome.problem,
                 "evaluated_at": at,
-            },
-        ).scalar_one()
-    )
+            }
+        )
+    if rows:
+        conn.execute(_INSERT_EVALUATIONS, rows)
 
 
 def open_corrective_action(
@@ -703,14 +732,12 @@ def open_corrective_action(
     return action_id
 
 
-def held_results(conn: Connection, instrument: str, test_code: str) -> list[tuple[int, Result]]:
-    """Results of a test whose latest decision is a hold, oldest first."""
-    rows = conn.execute(
-        select(results)
-        .join(open_holds, open_holds.c.result_id == results.c.id)
-        .where(open_holds.c.instrument == instrument, open_holds.c.test_code == test_code)
-        .order_by(results.c.id)
-    )
+def held_results(
+    conn: Connection, instrument: str, tests: Iterable[str]
+) -> list[tuple[int, Result]]:
+    """Results of these tests on an instrument whose latest decision is a hold, oldest
+    first."""
+    rows = conn.execute(_HELD, {"instrument": instrument, "tests": sorted(set(tests))})
     return [(row.id, _result_of(row)) for row in rows]
 
 
