@@ -40,7 +40,7 @@ from ingest_mix import EOT, Kind, Limits, Patients, Plan, Sample, Stream, Value,
 
 from middleware.engine.rules import Rules
 from middleware.store import Store
-from middleware.store.repository import content_hash
+from middleware.store.ingest import content_hash
 from middleware.store.schema import metadata
 
 REVIEW_AFTER = timedelta(minutes=30)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import partial
-from typing import Any
 
 from sqlalchemy import Connection
 
@@ -31,8 +30,7 @@ from middleware.engine.qc import (
     QcOutcome,
     TestQc,
 )
-from middleware.store import qc_state
-from middleware.store import repository as repo
+from middleware.store import ingest, qc_records, qc_state, release, sql
 from middleware.store.qc_state import LotKey, TestKey
 
 
@@ -60,13 +58,13 @@ class _Lookups:
         if not items:
             return cls({}, {}, {})
         return cls(
-            repo.previous_results(
+            release.previous_results(
                 conn,
                 ((r.patient_id, r.test_code) for _, r in items if r.test_code in delta_tests),
                 max(i for i, _ in items),
             ),
-            repo.specimen_patients(conn, (r.specimen_id for _, r in items)),
-            repo.reported_lots(conn, ((u.reagent, u.lot) for _, r in items for u in r.reagents)),
+            release.specimen_patients(conn, (r.specimen_id for _, r in items)),
+            release.reported_lots(conn, ((u.reagent, u.lot) for _, r in items for u in r.reagents)),
         )
 
     def context(
@@ -184,7 +182,7 @@ def _record_control(
     if qc.opened_corrective_action:
         reason = "qc-rejected:" + ",".join(qc.evaluation.violations if qc.evaluation else ())
         out.corrective_actions.append(
-            repo.open_corrective_action(
+            qc_records.open_corrective_action(
                 conn, result.instrument, result.test_code, reason, now, qc.review_since
             )
         )
@@ -192,7 +190,11 @@ def _record_control(
 
 
 def assess_message(
-    conn: Connection, engine: Engine, stored: repo.Stored, reading: InstrumentMessage, now: datetime
+    conn: Connection,
+    engine: Engine,
+    stored: ingest.Stored,
+    reading: InstrumentMessage,
+    now: datetime,
 ) -> Assessment:
     out = Assessment()
     patient_ids = dict(zip((id(r) for r in reading.results), stored.result_ids, strict=True))
@@ -219,8 +221,8 @@ def assess_message(
         book.change(key, state)
         decided.append((result_id, result, decision))
         out.decisions.append((result_id, decision))
-    repo.record_evaluations(conn, evaluated, now)
-    repo.record_decisions(conn, decided, now)
+    qc_records.record_evaluations(conn, evaluated, now)
+    release.record_decisions(conn, decided, now)
     for instrument, tests in sorted(touched.items()):
         states = {test: book.test((instrument, test)) for test in tests}
         out.released_later += redecide_held(conn, engine, instrument, states, now)
@@ -237,7 +239,7 @@ def redecide_held(
 ) -> list[int]:
     """Look again at the held results of some tests of an instrument, each under its QC
     state in ``states``; record the decisions that changed."""
-    held = repo.held_results(conn, instrument, states)
+    held = release.held_results(conn, instrument, states)
     lookups = _Lookups.fetch(conn, held, engine.delta_tests)
     changed = []
     for result_id, result in held:
@@ -245,7 +247,7 @@ def redecide_held(
         decision = engine.redecide(state, lookups.context(result_id, result, None, now))
         if decision.action is not Action.HOLD:
             changed.append((result_id, result, decision))
-    repo.record_decisions(conn, changed, now)
+    release.record_decisions(conn, changed, now)
     return [result_id for result_id, _, _ in changed]
 
 
@@ -266,24 +268,15 @@ def convert_history(conn: Connection, engine: Engine) -> int | None:
         return None
     book = QcBook()
     happenings: list[tuple[datetime, int, Callable[[], object]]] = []
-    for limits in repo.approved_limits(conn):
+    for limits in qc_records.approved_limits(conn):
         proposal = LimitsProposal(
-            limits["instrument"],
-            limits["test_code"],
-            limits["lot"],
-            limits["mean"],
-            limits["sd"],
-            limits["results"],
+            limits.instrument, limits.test_code, limits.lot, limits.mean, limits.sd, limits.results
         )
-        happenings.append(
-            (limits["approved_at"], len(happenings), partial(_approve, book, proposal))
-        )
-    for event in repo.qc_events_since(conn, _BEGINNING):
-        happenings.append(
-            (event["at"], len(happenings), partial(_replay_event, engine, book, event))
-        )
+        happenings.append((limits.approved_at, len(happenings), partial(_approve, book, proposal)))
+    for event in qc_records.qc_events_since(conn, _BEGINNING):
+        happenings.append((event.at, len(happenings), partial(_replay_event, engine, book, event)))
     replayed = 0
-    for result, control, stored_at in repo.measurements_since(conn, _BEGINNING):
+    for result, control, stored_at in qc_records.measurements_since(conn, _BEGINNING):
         key = (result.instrument, result.test_code)
         happen: Callable[[], object]
         if control is None:
@@ -298,17 +291,17 @@ def convert_history(conn: Connection, engine: Engine) -> int | None:
         book.change(
             key, replace(book.test(key), corrective_action_since=None, corrective_action_reason="")
         )
-    for action in repo.open_corrective_actions(conn):
-        key = (action["instrument"], action["test_code"])
+    for action in qc_records.open_corrective_actions(conn):
+        key = (action.instrument, action.test_code)
         book.change(
             key,
             replace(
                 book.test(key),
-                corrective_action_since=action["opened_at"],
-                corrective_action_reason=action["reason"].removeprefix("qc-rejected:"),
+                corrective_action_since=action.opened_at,
+                corrective_action_reason=action.reason.removeprefix("qc-rejected:"),
             ),
         )
-    book.write(conn, repo.utcnow())
+    book.write(conn, sql.utcnow())
     qc_state.conversion_done(conn, QC_STATE_CONVERSION)
     return replayed
 
@@ -333,11 +326,11 @@ def _replay_control(
     book.change_lots(key, done.step.lots)
 
 
-def _replay_event(engine: Engine, book: QcBook, event: dict[str, Any]) -> None:
-    key = (event["instrument"], event["test_code"])
-    if event["kind"] == "unlock":
+def _replay_event(engine: Engine, book: QcBook, event: qc_records.QcEvent) -> None:
+    key = (event.instrument, event.test_code)
+    if event.kind == "unlock":
         state, lots = engine.gate.unlock(book.test(key), book.lots(key))
         book.change(key, state)
         book.change_lots(key, lots)
     else:
-        book.change(key, engine.gate.void(book.test(key), event["kind"], event["at"]))
+        book.change(key, engine.gate.void(book.test(key), event.kind, event.at))

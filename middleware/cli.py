@@ -114,7 +114,7 @@ def _reagents_trace(args: argparse.Namespace) -> int:
     import json
 
     from middleware.store import Store
-    from middleware.store.repository import results_with_lot
+    from middleware.store.reading import results_with_lot
 
     settings = _settings(args, "reagents trace")
     if settings is None:

@@ -21,18 +21,18 @@ from sqlalchemy import Connection, Row, select
 from middleware.assessment import QcBook, convert_history, redecide_held
 from middleware.engine.engine import Engine
 from middleware.engine.qc import LimitsProposal, QcGate
-from middleware.engine.rules import Rules, load_rules
+from middleware.engine.rules import Rules, as_json, from_json, load_rules
 from middleware.engine.rules import diff as rules_diff
 from middleware.settings import Settings
-from middleware.store import Store, qc_state
-from middleware.store.repository import (
+from middleware.store import Store, qc_state, rules_in_force
+from middleware.store.audit import audit
+from middleware.store.qc_records import (
     approve_limits,
-    audit,
     mark_corrective_action_closed,
     record_qc_event,
-    utcnow,
 )
 from middleware.store.schema import corrective_actions
+from middleware.store.sql import utcnow
 from middleware.yamlfile import FileError
 
 log = structlog.get_logger("middleware.control")
@@ -98,10 +98,14 @@ class Control:
     ``rules_dir`` is configured, there is no engine and QC commands are refused.
     """
 
-    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None, node: str = "") -> None:
         self.settings = settings
         self.store = store
+        self.node = node
+        """Names this daemon where it puts rules in force."""
         self.rules: Rules | None = None
+        self.rules_version: int | None = None
+        """The row of ``rules_in_force`` these rules are."""
         self.engine: Engine | None = None
         """Created by the first rules accepted, then kept: pipelines hold on to it, and a
         reload only replaces its rules. It holds no QC state: the store does."""
@@ -130,11 +134,15 @@ class Control:
                 )
                 raise RulesRefused(exc.problems) from None
             change = rules_diff(self.rules, rules)
-            if change:
-                detail = {"sources": rules.sources, "diff": change}
-                await store.write(
-                    lambda conn: audit(conn, actor, "rules.load", str(directory), detail)
-                )
+            text, digest = as_json(rules)
+
+            def put(conn: Connection) -> rules_in_force.RulesVersion:
+                if change:
+                    detail = {"sources": rules.sources, "diff": change}
+                    audit(conn, actor, "rules.load", str(directory), detail)
+                return rules_in_force.put(conn, digest, text, actor, self.node, utcnow())
+
+            self.rules_version = (await store.write(put)).id
             self.rules = rules
             if self.engine is None:
                 engine = self.engine = Engine(rules)
@@ -147,6 +155,42 @@ class Control:
                 await store.write(lambda _conn: engine.replace_rules(rules))
         log.info("rules in force", summary=rules.summary(), changed=bool(change), by=actor)
         return rules
+
+    async def follow_rules(self) -> bool:
+        """Apply the rules another daemon on the same database put in force since these
+        were; True when they changed."""
+        store, engine = self.store, self.engine
+        if store is None or engine is None:
+            return False
+        found = await store.read_async(rules_in_force.latest)
+        if found is None or found.id == self.rules_version:
+            return False
+        async with self._reloading:
+            if self.rules is not None and as_json(self.rules)[1] == found.digest:
+                self.rules_version = found.id
+                return False
+            try:
+                rules = from_json(found.rules)
+            except ValueError as exc:
+                # Put there by a daemon of another version, in a form this one cannot read.
+                log.error(
+                    "rules put in force by another daemon cannot be read; these stay",
+                    version=found.id,
+                    node=found.node,
+                    error=str(exc)[:500],
+                )
+                self.rules_version = found.id
+                return False
+            await store.write(lambda _conn: engine.replace_rules(rules))
+            self.rules, self.rules_version = rules, found.id
+        log.info(
+            "rules put in force by another daemon",
+            version=found.id,
+            node=found.node,
+            by=found.put_by,
+            summary=rules.summary(),
+        )
+        return True
 
     def _running(self) -> tuple[Store, Engine]:
         if self.store is None or self.engine is None:

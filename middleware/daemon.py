@@ -26,7 +26,7 @@ from middleware.pipeline import ConnectionPipeline
 from middleware.settings import InstrumentConfig, Settings
 from middleware.store import Store, leases
 from middleware.store.leases import Held
-from middleware.store.repository import utcnow
+from middleware.store.sql import utcnow
 from middleware.transport.channel import (
     ChannelEvent,
     ConnectionClosed,
@@ -118,7 +118,7 @@ class Daemon:
         )
         """Names this daemon in the instrument leases of a shared database."""
         self.lease_lost = asyncio.Event()
-        self.control = Control(settings)
+        self.control = Control(settings, node=self.owner)
         """The rules, the engine and the operator commands; the daemon gives it its store."""
         self.store: Store | None = None
         self.servers: dict[str, TcpServer] = {}
@@ -162,6 +162,8 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._renew_leases(store)))
 
     async def _renew_leases(self, store: Store) -> None:
+        """Every ``lease_seconds`` / 3: renew the leases, and apply the rules another
+        daemon on the same database put in force."""
         names = self._served
         while True:
             await asyncio.sleep(self.settings.lease_seconds / 3)
@@ -177,6 +179,10 @@ class Daemon:
                 log.error("instruments taken over by another daemon; stopping", lost=lost)
                 self.lease_lost.set()
                 return
+            try:
+                await self.control.follow_rules()
+            except Exception as exc:
+                log.warning("rules in force not checked", error=repr(exc))
 
     def _driver(self, config: InstrumentConfig) -> drivers.Driver:
         options = DriverOptions(

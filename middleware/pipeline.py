@@ -39,16 +39,9 @@ from middleware.astm.records import decode_message, encode_record, split_records
 from middleware.domain import InstrumentMessage
 from middleware.engine.engine import Engine
 from middleware.store import Store
-from middleware.store.repository import (
-    Delivery,
-    RawSpan,
-    Stored,
-    keep_raw,
-    orders_for,
-    settle,
-    store_delivery,
-    utcnow,
-)
+from middleware.store.ingest import Delivery, RawSpan, Stored, keep_raw, settle, store_delivery
+from middleware.store.orders import orders_for
+from middleware.store.sql import utcnow
 from middleware.transport.channel import (
     BytesPiling,
     ChannelEvent,

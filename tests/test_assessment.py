@@ -16,8 +16,7 @@ from middleware.astm.link import LinkSettings
 from middleware.engine.engine import Engine
 from middleware.engine.rules import load_rules
 from middleware.pipeline import ConnectionPipeline
-from middleware.store import Store
-from middleware.store import repository as repo
+from middleware.store import Store, reading
 from middleware.store.schema import corrective_actions, qc_evaluations, qc_reviews
 from middleware.transport.tcp import TcpServer
 from tests.conftest import ROOT
@@ -53,7 +52,7 @@ async def line(
 
 
 def current(store: Store) -> dict[str, tuple[str, str]]:
-    rows = store.read(repo.latest_decisions)
+    rows = store.read(reading.latest_decisions)
     return {r["specimen_id"]: (r["action"], r["reasons"]) for r in rows}
 
 
@@ -99,7 +98,7 @@ async def test_critical_value_is_held_urgent_with_all_findings(
     store, peer, _, _ = line
     await send_message(peer, qc("5.2", "15.6"))
     await send_message(peer, patient("S9", "26"))
-    [row] = store.read(repo.latest_decisions)
+    [row] = store.read(reading.latest_decisions)
     assert row["action"] == "hold" and row["urgent"]
     codes = [f["code"] for f in json.loads(row["findings"])]
     assert codes == ["critical-high", "above-reference"]
@@ -115,7 +114,7 @@ async def test_duplicate_message_is_not_decided_twice(
     await peer.write(EOT)
     await asyncio.sleep(0.1)
     assert pipeline.last is not None and pipeline.last.duplicate
-    assert len(store.read(repo.latest_decisions)) == 1
+    assert len(store.read(reading.latest_decisions)) == 1
 
 
 async def test_reference_range_follows_the_patients_sex_and_age(
@@ -144,7 +143,7 @@ async def test_reference_range_follows_the_patients_sex_and_age(
                 b"L|1|N",
             ],
         )
-    rows = {r["specimen_id"]: r for r in store.read(repo.latest_decisions)}
+    rows = {r["specimen_id"]: r for r in store.read(reading.latest_decisions)}
     woman = [f["code"] for f in json.loads(rows["W1"]["findings"])]
     man = [f["code"] for f in json.loads(rows["M1"]["findings"])]
     assert woman == ["above-reference"] and man == []
@@ -206,7 +205,7 @@ async def test_haemolysis_index_reported_by_the_analyser_rejects_potassium(
                 b"L|1|N",
             ],
         )
-    rows = {(r["specimen_id"], r["test_code"]): r for r in store.read(repo.latest_decisions)}
+    rows = {(r["specimen_id"], r["test_code"]): r for r in store.read(reading.latest_decisions)}
     haemolysed = rows[("H1", "K")]
     assert haemolysed["action"] == "reject" and "haemolysed" in haemolysed["reasons"]
     findings = json.loads(haemolysed["findings"])

@@ -15,8 +15,7 @@ from sqlalchemy import Connection, func, select, text
 
 from middleware.domain import Result
 from middleware.engine.decision import Action, Decision, Finding
-from middleware.store import Store
-from middleware.store import repository as repo
+from middleware.store import Store, ingest, qc_records, release
 from middleware.store.database import migrate, open_engine
 from middleware.store.schema import decisions
 from tests.test_store import delivery, result
@@ -38,7 +37,7 @@ def _store_results(conn: Connection, count: int) -> list[tuple[int, Result]]:
         result(code, "5.0", specimen=f"S{i}") for i in range(count) for code in ("GLU", "K")
     ]
     text_ = "H|\\^&\r" + "\r".join(f"R|{i}|^^^X|{i}" for i in range(len(produced))) + "\rL|1|N"
-    stored = repo.store_delivery(conn, delivery(text_, results=produced))
+    stored = ingest.store_delivery(conn, delivery(text_, results=produced))
     return list(zip(stored.result_ids, produced, strict=True))
 
 
@@ -65,9 +64,9 @@ def test_held_results_follow_every_decision(store: Store) -> None:
         items = _store_results(conn, 30)
         for _round in range(4):
             decided = [(i, r, rng.choice([HOLD, HOLD, RELEASE])) for i, r in items]
-            repo.record_decisions(conn, decided, NOW)
+            release.record_decisions(conn, decided, NOW)
         for test in ("GLU", "K"):
-            held = [i for i, _ in repo.held_results(conn, "chem-1", [test])]
+            held = [i for i, _ in release.held_results(conn, "chem-1", [test])]
             assert held == _held_by_every_decision(conn, "chem-1", test)
             assert held  # the mix leaves some held and releases others
 
@@ -101,9 +100,9 @@ def test_the_migration_lists_what_was_held_before_it(database_url: str) -> None:
 
 def test_a_z_far_beyond_any_limit_is_stored_not_refused() -> None:
     # Past 28 digits the default context refused to quantize, failing the whole message.
-    stored = repo._four_places(Fraction(10**30, 3))
+    stored = qc_records._four_places(Fraction(10**30, 3))
     assert stored is not None and stored > Decimal("3.3e29") and stored.as_tuple().exponent == -4
-    assert repo._four_places(Fraction(10**400)) is None  # beyond a float: no z kept
+    assert qc_records._four_places(Fraction(10**400)) is None  # beyond a float: no z kept
 
 
 def test_previous_results_are_the_latest_before_each_result_of_a_batch(store: Store) -> None:
@@ -114,10 +113,10 @@ def test_previous_results_are_the_latest_before_each_result_of_a_batch(store: St
         history.append(result("GLU", "<2.0", specimen="H-censored", patient_id="PAT-1"))
         history.append(result("K", "4.0", specimen="H-other", patient_id="PAT-1"))
         text_ = "H|\\^&\r" + "\r".join(f"R|{i}|x" for i in range(len(history))) + "\rL|1|N"
-        repo.store_delivery(conn, delivery(text_, results=history))
+        ingest.store_delivery(conn, delivery(text_, results=history))
         batch = [result("GLU", "9.9", specimen=f"B{i}", patient_id="PAT-1") for i in range(2)]
-        stored = repo.store_delivery(conn, delivery("H|\\^&\rR|1|b\rR|2|b\rL|1|N", results=batch))
-        found = repo.previous_results(
+        stored = ingest.store_delivery(conn, delivery("H|\\^&\rR|1|b\rR|2|b\rL|1|N", results=batch))
+        found = release.previous_results(
             conn, [("PAT-1", "GLU"), ("PAT-1", "GLU"), ("PAT-2", "GLU")], max(stored.result_ids)
         )
         rows = found[("PAT-1", "GLU")]

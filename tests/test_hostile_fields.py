@@ -41,8 +41,7 @@ from middleware.domain import (
 from middleware.engine.autoverify import autoverify
 from middleware.engine.context import ResultContext
 from middleware.engine.rules import Autoverification, Range
-from middleware.store import Store
-from middleware.store import repository as repo
+from middleware.store import Store, ingest
 
 TOKYO = ZoneInfo("Asia/Tokyo")  # east of UTC: year 1 cannot go back to UTC
 NEW_YORK = ZoneInfo("America/New_York")  # west of UTC: year 9999 cannot go forward
@@ -172,11 +171,11 @@ def test_field_problems_alone_do_not_quarantine_the_message(tmp_path: Path) -> N
     reading = read(raw).in_timezone(NEW_YORK)
     assert len(reading.problems) == 2
     text = raw.decode("latin-1").rstrip("\r")
-    delivery = repo.Delivery("an1/test", "an1", raw, datetime(2026, 1, 1, tzinfo=UTC), text,
+    delivery = ingest.Delivery("an1/test", "an1", raw, datetime(2026, 1, 1, tzinfo=UTC), text,
                              record_count=5, reading=reading)  # fmt: skip
     store = Store(f"sqlite:///{tmp_path / 'middleware.db'}")
     try:
-        stored = asyncio.run(store.write(lambda conn: repo.store_delivery(conn, delivery)))
+        stored = asyncio.run(store.write(lambda conn: ingest.store_delivery(conn, delivery)))
     finally:
         store.close()
     assert not stored.quarantined and stored.results == 1

@@ -4,14 +4,19 @@ instrument is served by two, and one that dies has its instruments taken over.""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from tests.daemon import ROOT, DaemonProcess, connect, free_port, query
+from tests.messages import patient, qc
 from tests.peer import StreamPeer, send_message
+from tests.test_api import wait_until_listening
 
 
 def instrument(name: str, port: int) -> dict[str, Any]:
@@ -136,3 +141,55 @@ def test_a_daemon_restarted_on_its_own_host_takes_its_instruments_back_at_once(
         _send(port, "S-BACK")
     finally:
         daemon.stop()
+
+
+def test_rules_put_in_force_through_one_daemon_apply_on_the_other(
+    tmp_path: Path, database_url: str
+) -> None:
+    ports = {name: (free_port(), free_port()) for name in ("a", "b")}
+    daemons = {}
+    for name, served in (("a", "chem-1"), ("b", "chem-2")):
+        rules = tmp_path / name / "rules"
+        shutil.copytree(ROOT / "rules", rules)
+        daemons[name] = DaemonProcess(
+            tmp_path / name, [instrument(served, ports[name][0])], database_url=database_url,
+            node_name=f"node-{name}", lease_seconds=1.5, rules_dir=str(rules),
+            api={"host": "127.0.0.1", "port": ports[name][1]},
+        )  # fmt: skip
+    for daemon in daemons.values():
+        daemon.start()
+    try:
+        health = f"http://127.0.0.1:{ports['a'][1]}/api/health"
+        wait_until_listening(ports["a"][1])
+        assert "3 delta checks" in httpx.get(health).json()["rules"]
+        # Glucose gets a delta check, in daemon b's rule files only, put in force through b.
+        (tmp_path / "b" / "rules" / "delta-glu.yaml").write_text(
+            "delta_checks:\n  - {test: GLU, percent: 10}\n"
+        )
+        reload = f"http://127.0.0.1:{ports['b'][1]}/api/rules/reload"
+        assert httpx.post(reload, json={"by": "alice"}, timeout=10).json()["accepted"]
+        deadline = time.monotonic() + 10
+        while "4 delta checks" not in httpx.get(health).json()["rules"]:
+            assert time.monotonic() < deadline, "daemon a never applied the new rules"
+            time.sleep(0.2)
+
+        async def analyser() -> None:
+            peer = StreamPeer(*await connect(ports["a"][0]))
+            for message in (qc("5.2", "15.6"), patient("S1", "5.0"), patient("S2", "6.0")):
+                await send_message(peer, message)
+            await peer.close()
+
+        asyncio.run(analyser())
+    finally:
+        for daemon in daemons.values():
+            assert daemon.stop() == 0
+    decided = query(
+        database_url,
+        "SELECT r.specimen_id, d.action, d.reasons FROM decisions d "
+        "JOIN results r ON r.id = d.result_id ORDER BY d.id",
+    )
+    assert decided == [("S1", "release", ""), ("S2", "hold", "delta")]
+    [(by, node)] = query(
+        database_url, "SELECT put_by, node FROM rules_in_force ORDER BY id DESC LIMIT 1"
+    )
+    assert by == "alice" and node.startswith("node-b/")

@@ -15,8 +15,7 @@ from middleware.astm.link import LinkSettings
 from middleware.astm.records import Record
 from middleware.domain import InstrumentMessage, Order
 from middleware.pipeline import ConnectionPipeline
-from middleware.store import Store
-from middleware.store import repository as repo
+from middleware.store import Store, orders, reading
 from middleware.store.schema import messages
 from middleware.transport.tcp import TcpServer
 from tests.peer import (
@@ -73,7 +72,7 @@ async def test_message_is_stored(setup: tuple[Store, StreamPeer, ConnectionPipel
     store, peer, pipeline = setup
     await send_message(peer, MESSAGE)
     await settle(pipeline, 1)
-    [row] = store.read(lambda conn: repo.results_for_specimen(conn, "S100"))
+    [row] = store.read(lambda conn: reading.results_for_specimen(conn, "S100"))
     assert (row["test_code"], row["value_text"], row["patient_id"]) == ("GLU", "5.4", "PAT1")
 
 
@@ -84,12 +83,12 @@ async def test_transfer_cut_before_l_is_quarantined(
     await send_frames(peer, frames_for(MESSAGE[:3]))
     await peer.write(EOT)
     await settle(pipeline, 1)
-    [entry] = store.read(repo.quarantined)
+    [entry] = store.read(reading.quarantined)
     assert entry["reason"] == "transfer ended before the message's L record"
     assert b"O|1|S100" in entry["data"]
     await send_message(peer, MESSAGE)  # the line goes on
     await settle(pipeline, 2)
-    assert store.read(repo.counts)["results"] == 1
+    assert store.read(reading.counts)["results"] == 1
 
 
 async def test_link_timeout_mid_message_is_quarantined(
@@ -101,7 +100,7 @@ async def test_link_timeout_mid_message_is_quarantined(
     await peer.write(frame(1, MESSAGE[0] + b"\r"))
     assert await peer.read(1) == ACK
     await settle(pipeline, 1)  # the 0.3 s frame timer expires
-    [entry] = store.read(repo.quarantined)
+    [entry] = store.read(reading.quarantined)
     assert entry["reason"].startswith("link timed out: no frame within")
 
 
@@ -111,23 +110,23 @@ async def test_new_header_before_l_quarantines_the_unfinished_message(
     store, peer, pipeline = setup
     await send_message(peer, MESSAGE[:3] + MESSAGE)
     await settle(pipeline, 2)
-    [entry] = store.read(repo.quarantined)
+    [entry] = store.read(reading.quarantined)
     assert entry["reason"] == "a new H record began before the L record"
-    assert store.read(repo.counts)["results"] == 1
+    assert store.read(reading.counts)["results"] == 1
 
 
 async def test_a_query_sent_again_in_one_transfer_is_answered_again(
     setup: tuple[Store, StreamPeer, ConnectionPipeline],
 ) -> None:
     store, peer, _pipeline = setup
-    await store.write(lambda conn: repo.add_order(conn, Order("S300", ("GLU",), "R")))
+    await store.write(lambda conn: orders.add_order(conn, Order("S300", ("GLU",), "R")))
     query = [b"H|\\^&|||AN-1", b"Q|1|^S300||ALL||||||||O", b"L|1|N"]
     await send_frames(peer, frames_for(query + query))  # the analyser did not take our first ACK
     await peer.write(EOT)
     for _ in range(2):
         answer = await receive_message(peer)
         assert answer[2].startswith(b"O|1|S300||^^^GLU")
-    assert store.read(repo.counts)["messages"] == 1
+    assert store.read(reading.counts)["messages"] == 1
 
 
 async def test_host_query_is_answered_from_the_orders(
@@ -135,7 +134,7 @@ async def test_host_query_is_answered_from_the_orders(
 ) -> None:
     store, peer, _pipeline = setup
     await store.write(
-        lambda conn: repo.add_order(conn, Order("S200", ("GLU", "CREA"), "S", patient_id="P7"))
+        lambda conn: orders.add_order(conn, Order("S200", ("GLU", "CREA"), "S", patient_id="P7"))
     )
     await send_message(peer, [b"H|\\^&|||AN-1", b"Q|1|^S200||ALL||||||||O", b"L|1|N"])
     answer = await receive_message(peer)
@@ -157,7 +156,7 @@ async def test_a_failing_driver_quarantines_and_the_line_goes_on(tmp_path: Path)
         await send_message(peer, MESSAGE)
         await settle(pipeline, 2)
         await peer.close()
-    entries = store.read(repo.quarantined)
+    entries = store.read(reading.quarantined)
     assert [e["reason"] for e in entries] == [
         "driver broken failed: ValueError('cannot read this')"
     ] * 2
@@ -178,8 +177,8 @@ async def test_a_driver_may_take_messages_without_h_and_they_are_flagged(tmp_pat
         await send_message(peer, MESSAGE[1:])
         await settle(pipeline, 1)
         await peer.close()
-    assert store.read(repo.quarantined) == []
-    [row] = store.read(lambda conn: repo.results_for_specimen(conn, "S100"))
+    assert store.read(reading.quarantined) == []
+    [row] = store.read(lambda conn: reading.results_for_specimen(conn, "S100"))
     assert row["value_text"] == "5.4"
     [problems] = store.read(
         lambda conn: [m.problems for m in conn.execute(select(messages.c.problems))]
@@ -211,5 +210,5 @@ async def test_a_query_that_cannot_be_answered_is_still_acknowledged_once(
         await send_message(peer, [b"H|\\^&|||AN-1", b"Q|1|^S200||ALL||||||||O", b"L|1|N"])
         await settle(pipeline, 1)
         await peer.close()
-    assert store.read(repo.counts)["messages"] == 1
+    assert store.read(reading.counts)["messages"] == 1
     store.close()

@@ -20,10 +20,9 @@ from middleware.assessment import QC_STATE_CONVERSION, assess_message, convert_h
 from middleware.astm.records import decode_message
 from middleware.engine.engine import Engine
 from middleware.engine.rules import Rules, load_rules
-from middleware.store import Store, qc_state
-from middleware.store import repository as repo
+from middleware.store import Store, ingest, qc_state, reading
 from middleware.store.database import migrate, open_engine
-from middleware.store.repository import Delivery, store_delivery
+from middleware.store.ingest import Delivery, store_delivery
 from middleware.store.schema import (
     messages,
     pending_conversions,
@@ -83,7 +82,7 @@ def _days() -> list[tuple[datetime, list[str]]]:
     return out
 
 
-def _store(conn: Connection, engine: Engine, lines: list[str], now: datetime) -> repo.Stored:
+def _store(conn: Connection, engine: Engine, lines: list[str], now: datetime) -> ingest.Stored:
     driver = drivers.get("generic", None, "chem-1")
     reading = driver.read(decode_message(lines).records).in_timezone(UTC)
     delivery = Delivery("c", "chem-1", b"raw", now, "\r".join(lines), len(lines), reading)
@@ -104,7 +103,7 @@ def _outcomes(store: Store) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]
         )
         decisions = [
             (row["specimen_id"], row["action"], row["reasons"])
-            for row in repo.latest_decisions(conn)
+            for row in reading.latest_decisions(conn)
         ]
         return [tuple(row) for row in evaluations], decisions
 
@@ -177,7 +176,7 @@ def test_a_rolled_back_batch_leaves_no_qc_state_behind(tmp_path: Path, database_
 
     try:
         stored, failed = asyncio.run(batch())
-        assert isinstance(stored, repo.Stored) and isinstance(failed, Exception)
+        assert isinstance(stored, ingest.Stored) and isinstance(failed, Exception)
         # The good unit ran twice (in the failed batch, then alone); its QC counts once.
         expected = state(once)
         assert expected[0] and len(expected[1]) == 2  # type: ignore[arg-type]

@@ -22,8 +22,7 @@ from middleware.domain import (
     Result,
     Specimen,
 )
-from middleware.store import Store
-from middleware.store import repository as repo
+from middleware.store import Store, audit, ingest, orders, reading
 from middleware.store.schema import raw_transmissions, reagent_uses, results
 
 NOW = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
@@ -52,11 +51,11 @@ def result(code: str, value: str, specimen: str = "S1", **extra: object) -> Resu
     return Result(**base)  # type: ignore[arg-type]
 
 
-def delivery(text_: str = "H|\\^&\rR|1|^^^GLU|5.4\rL|1|N", **reading: object) -> repo.Delivery:
+def delivery(text_: str = "H|\\^&\rR|1|^^^GLU|5.4\rL|1|N", **reading: object) -> ingest.Delivery:
     message = InstrumentMessage(instrument="chem-1", sender="XL-200")
     for key, value in reading.items():
         setattr(message, key, value)
-    return repo.Delivery(
+    return ingest.Delivery(
         connection="chem-1/127.0.0.1:4000",
         instrument="chem-1",
         raw=b"\x05\x021H|\\^&\r\x03XX\r\n" + text_.encode(),
@@ -67,7 +66,7 @@ def delivery(text_: str = "H|\\^&\rR|1|^^^GLU|5.4\rL|1|N", **reading: object) ->
     )
 
 
-def write(store: Store, work: object) -> repo.Stored:
+def write(store: Store, work: object) -> ingest.Stored:
     return asyncio.run(store.write(work))  # type: ignore[arg-type]
 
 
@@ -76,9 +75,9 @@ def test_message_results_and_raw_bytes_are_kept(store: Store) -> None:
         results=[result("GLU", "5.4", reagents=(LOT,)), result("CREA", "<15")],
         specimens=[Specimen("S1", patient_id="P9", specimen_type="serum")],
     )
-    stored = write(store, lambda conn: repo.store_delivery(conn, d))
+    stored = write(store, lambda conn: ingest.store_delivery(conn, d))
     assert stored.results == 2 and not stored.duplicate and not stored.quarantined
-    rows = store.read(lambda conn: repo.results_for_specimen(conn, "S1"))
+    rows = store.read(lambda conn: reading.results_for_specimen(conn, "S1"))
     assert [(r["test_code"], r["value_text"]) for r in rows] == [("GLU", "5.4"), ("CREA", "<15")]
     assert rows[0]["value_number"] == Decimal("5.4") and rows[0]["censor"] == ""
     assert rows[1]["value_number"] == Decimal("15") and rows[1]["censor"] == "<"
@@ -90,53 +89,55 @@ def test_message_results_and_raw_bytes_are_kept(store: Store) -> None:
 
 def test_duplicate_delivery_is_recognised_and_not_stored_twice(store: Store) -> None:
     first = write(
-        store, lambda conn: repo.store_delivery(conn, delivery(results=[result("GLU", "5.4")]))
+        store, lambda conn: ingest.store_delivery(conn, delivery(results=[result("GLU", "5.4")]))
     )
     again = delivery(results=[result("GLU", "5.4")])
     again.text = again.text.replace("\r", "\r\n")  # same records, other separators
-    second = write(store, lambda conn: repo.store_delivery(conn, again))
+    second = write(store, lambda conn: ingest.store_delivery(conn, again))
     assert second.duplicate and second.message_id == first.message_id
-    counts = store.read(repo.counts)
+    counts = store.read(reading.counts)
     assert counts["messages"] == 1 and counts["results"] == 1
     assert counts["raw_transmissions"] == 2  # every transmission is evidence
 
 
 def test_other_instrument_same_text_is_another_message(store: Store) -> None:
-    write(store, lambda conn: repo.store_delivery(conn, delivery(results=[result("GLU", "5.4")])))
+    write(store, lambda conn: ingest.store_delivery(conn, delivery(results=[result("GLU", "5.4")])))
     other = delivery(results=[result("GLU", "5.4")])
     other.instrument = "chem-2"
-    stored = write(store, lambda conn: repo.store_delivery(conn, other))
+    stored = write(store, lambda conn: ingest.store_delivery(conn, other))
     assert not stored.duplicate
-    assert store.read(repo.counts)["messages"] == 2
+    assert store.read(reading.counts)["messages"] == 2
 
 
 def test_unreadable_delivery_is_quarantined_raw_with_reason(store: Store) -> None:
     d = delivery()
     d.reading = None
     d.problems = ["record 1: unknown record type 'X'"]
-    stored = write(store, lambda conn: repo.store_delivery(conn, d))
+    stored = write(store, lambda conn: ingest.store_delivery(conn, d))
     assert stored.quarantined and stored.message_id is None
-    [entry] = store.read(repo.quarantined)
+    [entry] = store.read(reading.quarantined)
     assert entry["reason"] == "record 1: unknown record type 'X'"
     assert entry["data"] == d.raw and entry["raw_id"] == stored.raw_id
 
 
 def test_message_with_only_problems_is_quarantined_but_kept(store: Store) -> None:
     d = delivery(problems=["result 1 has no test code"])
-    stored = write(store, lambda conn: repo.store_delivery(conn, d))
+    stored = write(store, lambda conn: ingest.store_delivery(conn, d))
     assert stored.quarantined and stored.message_id is not None
-    [entry] = store.read(repo.quarantined)
+    [entry] = store.read(reading.quarantined)
     assert entry["message_id"] == stored.message_id
 
 
 def test_a_query_alone_is_not_quarantined(store: Store) -> None:
     d = delivery(queries=[HostQuery(("S1",))])
-    assert not write(store, lambda conn: repo.store_delivery(conn, d)).quarantined
+    assert not write(store, lambda conn: ingest.store_delivery(conn, d)).quarantined
 
 
 def test_raw_transmissions_and_audit_log_are_append_only(store: Store) -> None:
-    write(store, lambda conn: repo.store_delivery(conn, delivery(results=[result("GLU", "5")])))
-    write(store, lambda conn: repo.audit(conn, "lab-it", "rules.reload", "rules/qc.yaml", {"a": 1}))
+    write(store, lambda conn: ingest.store_delivery(conn, delivery(results=[result("GLU", "5")])))
+    write(
+        store, lambda conn: audit.audit(conn, "lab-it", "rules.reload", "rules/qc.yaml", {"a": 1})
+    )
     for statement in (
         "UPDATE raw_transmissions SET connection = 'elsewhere'",
         "DELETE FROM raw_transmissions",
@@ -145,7 +146,7 @@ def test_raw_transmissions_and_audit_log_are_append_only(store: Store) -> None:
     ):
         with pytest.raises(DBAPIError, match="append-only"), store.engine.begin() as conn:
             conn.execute(text(statement))
-    assert store.read(repo.counts)["raw_transmissions"] == 1
+    assert store.read(reading.counts)["raw_transmissions"] == 1
 
 
 def test_reagent_lots_trace_patient_and_control_results(store: Store) -> None:
@@ -156,43 +157,44 @@ def test_reagent_lots_trace_patient_and_control_results(store: Store) -> None:
         results=[result("GLU", "5.4", reagents=(LOT,)), result("CREA", "80")],
         controls=[control],
     )
-    write(store, lambda conn: repo.store_delivery(conn, d))
-    traced = store.read(lambda conn: repo.results_with_lot(conn, "L2365"))
+    write(store, lambda conn: ingest.store_delivery(conn, d))
+    traced = store.read(lambda conn: reading.results_with_lot(conn, "L2365"))
     assert sorted((t["kind"], t["specimen_id"]) for t in traced) == [
         ("control", "QC1"),
         ("patient", "S1"),
     ]
     uses = store.read(lambda conn: conn.execute(select(reagent_uses)).all())
     assert {u.calibration_id for u in uses} == {"CAL-0780"}
-    assert store.read(lambda conn: repo.results_with_lot(conn, "nope")) == []
+    assert store.read(lambda conn: reading.results_with_lot(conn, "nope")) == []
 
 
 def test_same_lot_seen_twice_is_one_lot(store: Store) -> None:
     for value in ("5.4", "5.5"):
         d = delivery(text_=f"R|1|^^^GLU|{value}", results=[result("GLU", value, reagents=(LOT,))])
-        write(store, lambda conn, d=d: repo.store_delivery(conn, d))
-    assert len(store.read(lambda conn: repo.results_with_lot(conn, "L2365"))) == 2
+        write(store, lambda conn, d=d: ingest.store_delivery(conn, d))
+    assert len(store.read(lambda conn: reading.results_with_lot(conn, "L2365"))) == 2
     lots = store.read(lambda conn: conn.execute(text("SELECT count(*) FROM reagent_lots")).scalar())
     assert lots == 1
 
 
 def test_orders_are_kept_and_found_by_specimen(store: Store) -> None:
     write(
-        store, lambda conn: repo.add_order(conn, Order("S7", ("GLU", "CREA"), "S", patient_id="P1"))
+        store,
+        lambda conn: orders.add_order(conn, Order("S7", ("GLU", "CREA"), "S", patient_id="P1")),
     )
-    write(store, lambda conn: repo.add_order(conn, Order("S8", ("K",))))
-    found = store.read(lambda conn: repo.orders_for(conn, ["S7"]))
+    write(store, lambda conn: orders.add_order(conn, Order("S8", ("K",))))
+    found = store.read(lambda conn: orders.orders_for(conn, ["S7"]))
     assert [(o.specimen_id, o.test_codes, o.priority) for o in found] == [
         ("S7", ("GLU", "CREA"), "S")
     ]
 
 
 def test_writer_commits_concurrent_work_in_batches(store: Store) -> None:
-    async def many() -> list[repo.Stored]:
+    async def many() -> list[ingest.Stored]:
         return await asyncio.gather(
             *(
                 store.write(
-                    lambda conn, i=i: repo.store_delivery(
+                    lambda conn, i=i: ingest.store_delivery(
                         conn, delivery(text_=f"R|1|^^^GLU|{i}", results=[result("GLU", str(i))])
                     )
                 )
@@ -202,7 +204,7 @@ def test_writer_commits_concurrent_work_in_batches(store: Store) -> None:
 
     stored = asyncio.run(many())
     assert len({s.message_id for s in stored}) == 60
-    assert store.read(repo.counts)["results"] == 60
+    assert store.read(reading.counts)["results"] == 60
     assert store.writer.commits < 60  # work waiting together shared commits
 
 
@@ -213,15 +215,15 @@ def test_a_failing_unit_fails_alone(store: Store) -> None:
     async def mixed() -> list[object]:
         return await asyncio.gather(
             store.write(
-                lambda conn: repo.store_delivery(conn, delivery(results=[result("GLU", "1")]))
+                lambda conn: ingest.store_delivery(conn, delivery(results=[result("GLU", "1")]))
             ),
             store.write(broken),
-            store.write(lambda conn: repo.audit(conn, "x", "y")),
+            store.write(lambda conn: audit.audit(conn, "x", "y")),
             return_exceptions=True,
         )
 
     first, second, third = asyncio.run(mixed())
-    assert isinstance(first, repo.Stored)
+    assert isinstance(first, ingest.Stored)
     assert isinstance(second, Exception)
     assert third is None
     assert store.read(lambda conn: conn.execute(select(results)).all())
@@ -230,5 +232,5 @@ def test_a_failing_unit_fails_alone(store: Store) -> None:
 def test_migrations_are_idempotent(database_url: str) -> None:
     Store(database_url).close()
     again = Store(database_url)  # opening an up-to-date database changes nothing
-    assert again.read(repo.counts)["messages"] == 0
+    assert again.read(reading.counts)["messages"] == 0
     again.close()

@@ -9,6 +9,7 @@ that has one; the daemon keeps the rules it had.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 from datetime import date, timedelta
 from decimal import Decimal
@@ -426,6 +427,19 @@ def diff(old: Rules | None, new: Rules) -> str:
     """What a reload changes, as a unified diff of the rules in JSON, for the audit log."""
     before = [] if old is None else _lines(old)
     return "".join(difflib.unified_diff(before, _lines(new), "before", "after"))
+
+
+def as_json(rules: Rules) -> tuple[str, str]:
+    """The rules as JSON, to be put in force on other daemons, and the digest that tells
+    whether two sets of rules are the same wherever their files are."""
+    text = json.dumps(rules.model_dump(mode="json"), sort_keys=True)
+    content = json.dumps(rules.model_dump(mode="json", exclude={"sources"}), sort_keys=True)
+    return text, hashlib.sha256(content.encode()).hexdigest()
+
+
+def from_json(text: str) -> Rules:
+    """Rules another daemon validated and put in force (:func:`as_json`)."""
+    return Rules.model_validate(json.loads(text))
 
 
 def _lines(rules: Rules) -> list[str]:

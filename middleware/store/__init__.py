@@ -1,4 +1,6 @@
-"""Durable storage: SQLite by default, PostgreSQL by URL, always through the repository."""
+"""Durable storage: SQLite by default, PostgreSQL by URL. The modules beside this one
+are the only way the rest of the code reads or writes it, each for one job: ingest,
+release (decisions and holds), qc_state, qc_records, orders, audit, reading."""
 
 from __future__ import annotations
 

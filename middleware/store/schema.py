@@ -3,7 +3,7 @@ queries. Times are stored in UTC.
 
 Text columns have no length limit: whatever an analyser sends is kept as sent, on SQLite
 and PostgreSQL alike. The only limit is PostgreSQL's on the size of an index entry, which
-``repository.MAX_KEY_BYTES`` keeps the indexed identifiers under."""
+``ingest.MAX_KEY_BYTES`` keeps the indexed identifiers under."""
 
 from __future__ import annotations
 
@@ -369,6 +369,19 @@ pending_conversions = Table(
     metadata,
     Column("name", Text, primary_key=True),
     Column("since", DateTime(timezone=True), nullable=False),
+)
+
+# The rules in force, a row each time a daemon put other rules in force (at start, on a
+# reload): every daemon sharing the database applies the latest (store/rules_in_force.py).
+rules_in_force = Table(
+    "rules_in_force",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("digest", Text, nullable=False),  # sha256 of the rules as JSON
+    Column("rules", Text, nullable=False),  # the validated rules, as JSON
+    Column("put_by", Text, nullable=False),
+    Column("node", Text, nullable=False),
+    Column("put_at", DateTime(timezone=True), nullable=False),
 )
 
 # Which daemon serves each instrument, when several share one database (store/leases.py).

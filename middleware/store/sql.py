@@ -3,7 +3,9 @@ CONFLICT in either database, and times given back in UTC."""
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
@@ -24,3 +26,13 @@ def utc(moment: datetime | None) -> datetime | None:
     if moment is None or moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=UTC)
+
+
+@functools.lru_cache(maxsize=16)
+def new_only(dialect: str, table: Table, key: str) -> Any:
+    """INSERT ... ON CONFLICT (key) DO NOTHING, built once per database and table."""
+    return upsert_in(dialect, table).on_conflict_do_nothing(index_elements=[key])
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

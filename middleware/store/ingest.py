@@ -1,0 +1,391 @@
+"""What arrives, kept: every byte a connection received, each message once, its
+specimens, results, controls and the reagent lots they used, and what could not be read
+in quarantine with the reason.
+
+Each function takes an open ``Connection`` inside a transaction its caller owns, so
+several writes can share one commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Table,
+    bindparam,
+    select,
+)
+
+from middleware.domain import (
+    InstrumentMessage,
+    ReagentUse,
+    Result,
+)
+from middleware.store.schema import (
+    control_results,
+    messages,
+    quarantine,
+    raw_transmissions,
+    reagent_lots,
+    reagent_uses,
+    results,
+    specimens,
+)
+from middleware.store.sql import new_only, upsert, utcnow
+
+#: The longest identifier (specimen, patient, test code, reagent, lot) kept, in UTF-8
+#: bytes: PostgreSQL refuses index entries past about 2700 bytes, and an index may hold
+#: two of them. Nothing real comes near it; a message that does is quarantined.
+MAX_KEY_BYTES = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RawSpan:
+    """Bytes of one connection's stream, from ``stream_offset`` on, and when they came."""
+
+    connection: str
+    connection_id: str
+    instrument: str
+    stream_offset: int
+    data: bytes
+    received_at: datetime
+    last_received_at: datetime
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message as it arrived on one connection, read or not."""
+
+    connection: str
+    instrument: str
+    raw: bytes
+    received_at: datetime
+    text: str
+    """The message's records, CR-separated, as the link delivered them."""
+    record_count: int = 0
+    reading: InstrumentMessage | None = None
+    """What the driver made of it; None when it could not be read at all."""
+    problems: list[str] = field(default_factory=list)
+    """Why (part of) it goes to quarantine."""
+    notes: list[str] = field(default_factory=list)
+    """What is worth knowing about it but does not stop it (a tolerated departure)."""
+    span: RawSpan | None = None
+    """Where its bytes sit in the connection's stream (None for bytes from elsewhere)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    raw_id: int
+    message_id: int | None
+    duplicate: bool = False
+    quarantined: bool = False
+    results: int = 0
+    controls: int = 0
+    result_ids: tuple[int, ...] = ()
+    control_ids: tuple[int, ...] = ()
+
+
+def content_hash(instrument: str, text: str) -> str:
+    """Identifies a message's content: the same records from the same instrument are the
+    same message, however often they are sent."""
+    normalised = "\r".join(line for line in text.replace("\n", "\r").split("\r") if line)
+    return hashlib.sha256(f"{instrument}\x00{normalised}".encode()).hexdigest()
+
+
+# The statements of every message, built once: building one costs more than running it.
+_INSERT_RAW = raw_transmissions.insert().returning(raw_transmissions.c.id)
+
+
+_INSERT_MESSAGE = messages.insert().returning(messages.c.id)
+
+
+_EARLIER_COPY = (
+    select(messages.c.id, messages.c.settled_at)
+    .where(
+        messages.c.instrument == bindparam("instrument"),
+        messages.c.content_sha256 == bindparam("digest"),
+    )
+    .order_by(messages.c.id.desc())
+    .limit(1)
+)
+
+
+_SETTLE = (
+    messages.update()
+    .where(messages.c.id.in_(bindparam("ids", expanding=True)), messages.c.settled_at.is_(None))
+    .values(settled_at=bindparam("at"))
+)
+
+
+def _raw(
+    conn: Connection, d: Delivery, message_id: int | None, outcome: str, duplicate: bool = False
+) -> int:
+    span = d.span
+    return int(
+        conn.execute(
+            _INSERT_RAW,
+            {
+                "connection": d.connection,
+                "instrument": d.instrument,
+                "direction": "in",
+                "received_at": span.received_at if span else d.received_at,
+                "last_received_at": span.last_received_at if span else d.received_at,
+                "connection_id": span.connection_id if span else None,
+                "stream_offset": span.stream_offset if span else None,
+                "data": d.raw,
+                "sha256": hashlib.sha256(d.raw).hexdigest(),
+                "size": len(d.raw),
+                "message_id": message_id,
+                "duplicate": duplicate,
+                "outcome": outcome,
+            },
+        ).scalar_one()
+    )
+
+
+def keep_raw(conn: Connection, span: RawSpan, outcome: str) -> int:
+    """Keep bytes that made no message: a transfer's closing EOT, noise on the line."""
+    d = Delivery(span.connection, span.instrument, span.data, span.received_at, "", span=span)
+    return _raw(conn, d, None, outcome)
+
+
+def settle(conn: Connection, message_ids: Sequence[int], at: datetime) -> None:
+    """The analyser showed it had our ACK of these messages (EOT, or its next frame):
+    from now on an identical message from it is a new one."""
+    if message_ids:
+        conn.execute(_SETTLE, {"ids": list(message_ids), "at": at})
+
+
+def oversize_keys(reading: InstrumentMessage) -> list[str]:
+    """Identifiers too long to index: the message is kept raw and quarantined instead."""
+    found: list[str] = []
+
+    def check(what: str, value: str) -> None:
+        if len(value.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+            found.append(f"{what} longer than {MAX_KEY_BYTES} bytes ({value[:40]}...)")
+
+    produced = [*reading.results, *(c.result for c in reading.controls)]
+    for r in produced:
+        check("specimen id", r.specimen_id)
+        check("patient id", r.patient_id)
+        check("test code", r.test_code)
+        for use in r.reagents:
+            check("reagent", use.reagent)
+            check("reagent lot", use.lot)
+    for s in reading.specimens:
+        check("specimen id", s.specimen_id)
+    return sorted(set(found))
+
+
+def _quarantine(
+    conn: Connection, d: Delivery, raw_id: int, message_id: int | None, reason: str
+) -> None:
+    reason = reason or "unreadable"
+    conn.execute(
+        quarantine.insert(),
+        {
+            "raw_id": raw_id,
+            "message_id": message_id,
+            "connection": d.connection,
+            "instrument": d.instrument,
+            "reason": reason,
+            "data": d.raw,
+            "received_at": d.received_at,
+        },
+    )
+
+
+def store_delivery(conn: Connection, d: Delivery, at: datetime | None = None) -> Stored:
+    """Keep a delivery: its raw bytes always; its message and results once; what could not
+    be read or mapped in quarantine with the reason."""
+    reading = d.reading
+    if reading is not None and (oversize := oversize_keys(reading)):
+        d = replace(d, reading=None, problems=[*d.problems, *oversize])
+        reading = None
+    if reading is None:
+        raw_id = _raw(conn, d, None, "quarantine")
+        _quarantine(conn, d, raw_id, None, "; ".join(d.problems))
+        return Stored(raw_id, None, quarantined=True)
+
+    digest = content_hash(d.instrument, d.text)
+    # The same content again is a re-send only while the analyser has not shown that it
+    # had our ACK of the earlier copy; after that it is a new measurement (a re-run).
+    earlier = conn.execute(
+        _EARLIER_COPY, {"instrument": d.instrument, "digest": digest}
+    ).one_or_none()
+    if earlier is not None and earlier.settled_at is None:
+        raw_id = _raw(conn, d, earlier.id, "duplicate", duplicate=True)
+        return Stored(raw_id, earlier.id, duplicate=True)
+
+    message_id = int(
+        conn.execute(
+            _INSERT_MESSAGE,
+            {
+                "instrument": d.instrument,
+                "connection": d.connection,
+                "sender": reading.sender,
+                "content_sha256": digest,
+                "record_count": d.record_count,
+                "text": d.text,
+                "received_at": d.received_at,
+                "problems": "\n".join([*d.problems, *d.notes, *reading.problems]),
+            },
+        ).scalar_one()
+    )
+    nothing = not (reading.results or reading.controls or reading.queries or reading.orders)
+    quarantined = bool(d.problems) or (nothing and bool(reading.problems))
+    raw_id = _raw(conn, d, message_id, "quarantine" if quarantined else "message")
+    _specimens(conn, reading, message_id)
+    stored_at = at or utcnow()
+    patient_ids = _insert_results(
+        conn, results, [(r, {}) for r in reading.results], message_id, stored_at
+    )
+    control_ids = _insert_results(
+        conn,
+        control_results,
+        [
+            (c.result, {"control_material": c.control_material, "lot": c.lot, "level": c.level})
+            for c in reading.controls
+        ],
+        message_id,
+        stored_at,
+    )
+    _reagent_uses(conn, reading.results, patient_ids, "result_id", d.received_at)
+    _reagent_uses(
+        conn,
+        [c.result for c in reading.controls],
+        control_ids,
+        "control_result_id",
+        d.received_at,
+    )
+    if quarantined:
+        reasons = d.problems or reading.problems
+        _quarantine(conn, d, raw_id, message_id, "; ".join(reasons))
+    return Stored(
+        raw_id,
+        message_id,
+        quarantined=quarantined,
+        results=len(reading.results),
+        controls=len(reading.controls),
+        result_ids=tuple(patient_ids),
+        control_ids=tuple(control_ids),
+    )
+
+
+def _specimens(conn: Connection, reading: InstrumentMessage, message_id: int) -> None:
+    rows = {
+        s.specimen_id: {
+            "specimen_id": s.specimen_id,
+            "patient_id": s.patient_id,
+            "specimen_type": s.specimen_type,
+            "container": s.container,
+            "collected_at": s.collected_at,
+            "received_at": s.received_at,
+            "analysed_at": s.analysed_at,
+            "first_message_id": message_id,
+        }
+        for s in reading.specimens
+        if s.specimen_id
+    }
+    if rows:
+        conn.execute(new_only(conn.dialect.name, specimens, "specimen_id"), list(rows.values()))
+
+
+def _result_row(r: Result, message_id: int, stored_at: datetime) -> dict[str, Any]:
+    return {
+        "message_id": message_id,
+        "specimen_id": r.specimen_id,
+        "patient_id": r.patient_id,
+        "test_code": r.test_code,
+        "instrument_test_code": r.instrument_test_code,
+        "value_text": r.value.text,
+        "value_number": r.value.number,
+        "censor": r.value.censor,
+        "units": r.units,
+        "reference_range": r.reference_range,
+        "abnormal_flags": ",".join(r.abnormal_flags),
+        "instrument_flags": "\n".join(r.instrument_flags),
+        "status": r.status,
+        "operator": r.operator,
+        "instrument": r.instrument,
+        "module": r.module,
+        "comments": "\n".join(c.text for c in r.comments),
+        "dilution": r.dilution,
+        "sequence": r.sequence,
+        "completed_at": r.completed_at,
+        "stored_at": stored_at,
+    }
+
+
+def _insert_results(
+    conn: Connection,
+    table: Table,
+    items: Sequence[tuple[Result, dict[str, Any]]],
+    message_id: int,
+    stored_at: datetime,
+) -> list[int]:
+    if not items:
+        return []
+    rows = [_result_row(r, message_id, stored_at) | extra for r, extra in items]
+    # RETURNING over many rows comes back in insertion order with sort_by_parameter_order.
+    returned = conn.execute(
+        table.insert().returning(table.c.id, sort_by_parameter_order=True), rows
+    )
+    return [int(row[0]) for row in returned]
+
+
+def _lot_id(conn: Connection, use: ReagentUse) -> int:
+    found = conn.execute(
+        select(reagent_lots.c.id).where(
+            reagent_lots.c.reagent == use.reagent, reagent_lots.c.lot == use.lot
+        )
+    ).scalar_one_or_none()
+    if found is not None:
+        return int(found)
+    conn.execute(
+        upsert(conn, reagent_lots).on_conflict_do_nothing(index_elements=["reagent", "lot"]),
+        {
+            "reagent": use.reagent,
+            "lot": use.lot,
+            "kind": use.kind,
+            "serial": use.serial,
+            "expiry": use.expiry,
+            "first_seen_at": utcnow(),
+        },
+    )
+    return int(
+        conn.execute(
+            select(reagent_lots.c.id).where(
+                reagent_lots.c.reagent == use.reagent, reagent_lots.c.lot == use.lot
+            )
+        ).scalar_one()
+    )
+
+
+def _reagent_uses(
+    conn: Connection,
+    produced: Sequence[Result],
+    ids: Sequence[int],
+    column: str,
+    received_at: datetime,
+) -> None:
+    rows = [
+        {
+            "reagent_lot_id": _lot_id(conn, use),
+            column: result_id,
+            "instrument": result.instrument,
+            "test_code": use.test_code or result.test_code,
+            "calibration_id": use.calibration_id,
+            "used_at": result.completed_at or received_at,
+        }
+        for result, result_id in zip(produced, ids, strict=True)
+        for use in result.reagents
+        if use.lot
+    ]
+    if rows:
+        conn.execute(reagent_uses.insert(), rows)

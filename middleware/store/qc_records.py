@@ -1,0 +1,292 @@
+"""The records of quality control people and auditors read: the evaluation of every
+control result, corrective actions and the results listed for review, approved limits,
+QC events (calibration, maintenance, unlock).
+
+Each function takes an open ``Connection`` inside a transaction its caller owns, so
+several writes can share one commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Context, Decimal
+from fractions import Fraction
+
+from sqlalchemy import (
+    Connection,
+    func,
+    select,
+)
+
+from middleware.domain import (
+    ControlResult,
+    ReagentUse,
+    Result,
+)
+from middleware.engine.qc import QcOutcome
+from middleware.store.release import result_of
+from middleware.store.schema import (
+    control_limits,
+    control_results,
+    corrective_actions,
+    decisions,
+    qc_evaluations,
+    qc_events,
+    qc_reviews,
+    reagent_lots,
+    reagent_uses,
+    results,
+)
+from middleware.store.sql import utc
+
+_INSERT_EVALUATIONS = qc_evaluations.insert()
+
+
+def _four_places(z: Fraction) -> Decimal | None:
+    """z to four places; a z too far out for any limit is still stored, not refused."""
+    try:
+        value = Decimal(float(z))
+    except OverflowError:
+        return None
+    return value.quantize(Decimal("0.0001"), context=Context(prec=400))
+
+
+def record_evaluations(
+    conn: Connection, evaluated: Sequence[tuple[int, ControlResult, QcOutcome]], at: datetime
+) -> None:
+    rows = []
+    for control_id, control, outcome in evaluated:
+        evaluation, target = outcome.evaluation, outcome.target
+        rows.append(
+            {
+                "control_result_id": control_id,
+                "instrument": control.result.instrument,
+                "test_code": control.result.test_code,
+                "run": outcome.run,
+                "level": outcome.level,
+                "z": _four_places(evaluation.z) if evaluation else None,
+                "target_mean": target.mean if target else None,
+                "target_sd": target.sd if target else None,
+                "provisional": outcome.provisional,
+                "status": evaluation.status if evaluation else "unevaluated",
+                "violations": ",".join(evaluation.violations) if evaluation else "",
+                "warnings": ",".join(evaluation.warnings) if evaluation else outcome.problem,
+                "evaluated_at": at,
+            }
+        )
+    if rows:
+        conn.execute(_INSERT_EVALUATIONS, rows)
+
+
+def open_corrective_action(
+    conn: Connection,
+    instrument: str,
+    test_code: str,
+    reason: str,
+    at: datetime,
+    review_since: datetime | None,
+) -> int:
+    """Q9: open the record; list for review the results released since the last good QC."""
+    action_id = int(
+        conn.execute(
+            corrective_actions.insert().returning(corrective_actions.c.id),
+            {"instrument": instrument, "test_code": test_code, "reason": reason, "opened_at": at},
+        ).scalar_one()
+    )
+    released = select(decisions.c.result_id).where(
+        decisions.c.instrument == instrument,
+        decisions.c.test_code == test_code,
+        decisions.c.action == "release",
+    )
+    if review_since is not None:
+        released = released.where(decisions.c.decided_at >= review_since)
+    ids = sorted({row.result_id for row in conn.execute(released)})
+    if ids:
+        conn.execute(
+            qc_reviews.insert(),
+            [{"corrective_action_id": action_id, "result_id": i, "listed_at": at} for i in ids],
+        )
+    return action_id
+
+
+@dataclass(frozen=True, slots=True)
+class OpenCorrectiveAction:
+    id: int
+    instrument: str
+    test_code: str
+    reason: str
+    opened_at: datetime
+
+
+def open_corrective_actions(conn: Connection) -> list[OpenCorrectiveAction]:
+    rows = conn.execute(
+        select(
+            corrective_actions.c.id,
+            corrective_actions.c.instrument,
+            corrective_actions.c.test_code,
+            corrective_actions.c.reason,
+            corrective_actions.c.opened_at,
+        )
+        .where(corrective_actions.c.closed_at.is_(None))
+        .order_by(corrective_actions.c.id)
+    )
+    return [
+        OpenCorrectiveAction(r.id, r.instrument, r.test_code, r.reason, _at(r.opened_at))
+        for r in rows
+    ]
+
+
+def _at(moment: datetime) -> datetime:
+    return utc(moment) or moment
+
+
+def mark_corrective_action_closed(
+    conn: Connection, action_id: int, by: str, action_taken: str, at: datetime
+) -> None:
+    """Who closed it, when, what was done, and the QC evaluation that showed it fixed."""
+    action = conn.execute(
+        select(corrective_actions.c.instrument, corrective_actions.c.test_code).where(
+            corrective_actions.c.id == action_id
+        )
+    ).one()
+    closing = conn.execute(
+        select(func.max(qc_evaluations.c.id)).where(
+            qc_evaluations.c.instrument == action.instrument,
+            qc_evaluations.c.test_code == action.test_code,
+            qc_evaluations.c.status != "reject",
+        )
+    ).scalar_one_or_none()
+    conn.execute(
+        corrective_actions.update()
+        .where(corrective_actions.c.id == action_id)
+        .values(
+            closed_at=at, closed_by=by, action_taken=action_taken, closing_evaluation_id=closing
+        )
+    )
+
+
+def approve_limits(
+    conn: Connection,
+    instrument: str,
+    test_code: str,
+    lot: str,
+    mean: Decimal,
+    sd: Decimal,
+    results_count: int,
+    by: str,
+    at: datetime,
+) -> None:
+    conn.execute(
+        control_limits.insert(),
+        {
+            "instrument": instrument,
+            "test_code": test_code,
+            "lot": lot,
+            "mean": mean,
+            "sd": sd,
+            "results": results_count,
+            "approved_by": by,
+            "approved_at": at,
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovedLimits:
+    instrument: str
+    test_code: str
+    lot: str
+    mean: Decimal
+    sd: Decimal
+    results: int
+    approved_by: str
+    approved_at: datetime
+
+
+def approved_limits(conn: Connection) -> list[ApprovedLimits]:
+    rows = conn.execute(select(control_limits).order_by(control_limits.c.id))
+    return [
+        ApprovedLimits(
+            r.instrument,
+            r.test_code,
+            r.lot,
+            Decimal(r.mean),
+            Decimal(r.sd),
+            r.results,
+            r.approved_by,
+            _at(r.approved_at),
+        )
+        for r in rows
+    ]
+
+
+def record_qc_event(
+    conn: Connection, instrument: str, test_code: str, kind: str, at: datetime, by: str
+) -> None:
+    conn.execute(
+        qc_events.insert(),
+        {
+            "instrument": instrument,
+            "test_code": test_code,
+            "kind": kind,
+            "at": at,
+            "recorded_by": by,
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QcEvent:
+    instrument: str
+    test_code: str
+    kind: str
+    """calibration, maintenance or unlock"""
+    at: datetime
+    recorded_by: str
+
+
+def qc_events_since(conn: Connection, since: datetime) -> list[QcEvent]:
+    rows = conn.execute(select(qc_events).where(qc_events.c.at >= since).order_by(qc_events.c.id))
+    return [QcEvent(r.instrument, r.test_code, r.kind, _at(r.at), r.recorded_by) for r in rows]
+
+
+def measurements_since(
+    conn: Connection, since: datetime
+) -> list[tuple[Result, ControlResult | None, datetime]]:
+    """Patient and control results stored since ``since``, in the order they arrived, with
+    the reagent lots each used (to make the QC state of a database kept before it was)."""
+    recent_patients = select(results.c.id).where(results.c.stored_at >= since)
+    recent_controls = select(control_results.c.id).where(control_results.c.stored_at >= since)
+    lots = (
+        select(
+            reagent_uses.c.result_id,
+            reagent_uses.c.control_result_id,
+            reagent_lots.c.reagent,
+            reagent_lots.c.lot,
+        )
+        .join(reagent_lots, reagent_lots.c.id == reagent_uses.c.reagent_lot_id)
+        .where(
+            reagent_uses.c.result_id.in_(recent_patients)
+            | reagent_uses.c.control_result_id.in_(recent_controls)
+        )
+    )
+    patient_lots: dict[int, list[ReagentUse]] = {}
+    control_lots: dict[int, list[ReagentUse]] = {}
+    for row in conn.execute(lots):
+        use = ReagentUse(row.reagent, row.lot)
+        if row.result_id is not None:
+            patient_lots.setdefault(row.result_id, []).append(use)
+        else:
+            control_lots.setdefault(row.control_result_id, []).append(use)
+    out: list[tuple[int, int, Result, ControlResult | None, datetime]] = []
+    for row in conn.execute(select(results).where(results.c.stored_at >= since)):
+        result = replace(result_of(row), reagents=tuple(patient_lots.get(row.id, ())))
+        out.append((row.message_id, 1, result, None, utc(row.stored_at) or since))
+    for row in conn.execute(select(control_results).where(control_results.c.stored_at >= since)):
+        result = replace(result_of(row), reagents=tuple(control_lots.get(row.id, ())))
+        control = ControlResult(result, row.control_material, row.lot, row.level)
+        out.append((row.message_id, 0, result, control, utc(row.stored_at) or since))
+    out.sort(key=lambda item: (item[0], item[1]))
+    return [(result, control, at) for _, _, result, control, at in out]

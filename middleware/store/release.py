@@ -1,0 +1,235 @@
+"""Decisions on patient results and the holds they make, and what a decision looks
+at: the patient's previous result, the patients a specimen id was seen with, the reagent
+lots analysers reported, the results held now.
+
+Each function takes an open ``Connection`` inside a transaction its caller owns, so
+several writes can share one commit.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    CompoundSelect,
+    Connection,
+    bindparam,
+    select,
+    tuple_,
+    union_all,
+)
+
+from middleware.domain import (
+    Measurement,
+    Result,
+)
+from middleware.engine.decision import Decision
+from middleware.store.schema import (
+    decisions,
+    open_holds,
+    reagent_lots,
+    results,
+)
+from middleware.store.sql import new_only, utc
+
+_INSERT_DECISIONS = decisions.insert()
+
+
+_SPECIMEN_PATIENTS = (
+    select(results.c.specimen_id, results.c.patient_id)
+    .where(results.c.specimen_id.in_(bindparam("ids", expanding=True)))
+    .distinct()
+)
+
+
+_REPORTED_LOTS = select(reagent_lots.c.reagent, reagent_lots.c.lot, reagent_lots.c.expiry).where(
+    tuple_(reagent_lots.c.reagent, reagent_lots.c.lot).in_(bindparam("pairs", expanding=True))
+)
+
+
+_RELEASE_HOLDS = open_holds.delete().where(
+    open_holds.c.result_id.in_(bindparam("ids", expanding=True))
+)
+
+
+_HELD = (
+    select(results)
+    .join(open_holds, open_holds.c.result_id == results.c.id)
+    .where(
+        open_holds.c.instrument == bindparam("instrument"),
+        open_holds.c.test_code.in_(bindparam("tests", expanding=True)),
+    )
+    .order_by(results.c.id)
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _latest_results(pairs: int) -> CompoundSelect[Any]:
+    """The latest numeric results of ``pairs`` (patient, test) pairs, one index lookup
+    each; built once per number of pairs, since building it costs more than running it."""
+    columns = (
+        results.c.id,
+        results.c.patient_id,
+        results.c.test_code,
+        results.c.value_number,
+        results.c.completed_at,
+        results.c.stored_at,
+    )
+    latest = [
+        select(*columns)
+        .where(
+            results.c.patient_id == bindparam(f"p{i}"),
+            results.c.test_code == bindparam(f"t{i}"),
+            results.c.id < bindparam("before"),
+            results.c.value_number.is_not(None),
+            results.c.censor == "",
+        )
+        .order_by(results.c.id.desc())
+        .limit(bindparam(f"k{i}"))
+        .subquery()
+        for i in range(pairs)
+    ]
+    return union_all(*(select(sub) for sub in latest))
+
+
+def previous_results(
+    conn: Connection, wanted: Iterable[tuple[str, str]], before_id: int
+) -> dict[tuple[str, str], list[tuple[int, Decimal, datetime]]]:
+    """For each (patient, test) wanted, its latest numeric results stored before
+    ``before_id``, oldest first: as many as it is wanted, and one more, so that each
+    result of a batch finds the one before it. One round of index lookups, however long
+    the patient's history."""
+    counts: dict[tuple[str, str], int] = {}
+    for patient, test in wanted:
+        if patient:
+            counts[(patient, test)] = counts.get((patient, test), 0) + 1
+    if not counts:
+        return {}
+    ordered = sorted(counts.items())
+    params: dict[str, object] = {"before": before_id}
+    for i, ((patient, test), count) in enumerate(ordered):
+        params |= {f"p{i}": patient, f"t{i}": test, f"k{i}": count + 1}
+    rows = conn.execute(_latest_results(len(ordered)), params).all()
+    found: dict[tuple[str, str], list[tuple[int, Decimal, datetime]]] = {}
+    for row in sorted(rows, key=lambda r: r.id):
+        moment = utc(row.completed_at or row.stored_at) or row.stored_at
+        found.setdefault((row.patient_id, row.test_code), []).append(
+            (row.id, Decimal(row.value_number), moment)
+        )
+    return found
+
+
+def specimen_patients(conn: Connection, specimen_ids: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Every patient each specimen id was seen with."""
+    wanted = sorted(set(specimen_ids))
+    seen: dict[str, set[str]] = {s: set() for s in wanted}
+    if wanted:
+        rows = conn.execute(_SPECIMEN_PATIENTS, {"ids": wanted})
+        for row in rows:
+            if row.patient_id:
+                seen[row.specimen_id].add(row.patient_id)
+    return {s: tuple(sorted(p)) for s, p in seen.items()}
+
+
+def reported_lots(
+    conn: Connection, wanted: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], date | None]:
+    """The expiry each reagent lot (by reagent and lot) had when an analyser first
+    reported it."""
+    pairs = {pair for pair in wanted if pair[1]}
+    if not pairs:
+        return {}
+    rows = conn.execute(_REPORTED_LOTS, {"pairs": sorted(pairs)})
+    return {(r.reagent, r.lot): r.expiry for r in rows}
+
+
+def record_decisions(
+    conn: Connection,
+    decided: Iterable[tuple[int, Result, Decision]],
+    at: datetime,
+    by: str = "engine",
+) -> None:
+    rows = [
+        {
+            "result_id": result_id,
+            "instrument": result.instrument,
+            "test_code": result.test_code,
+            "specimen_id": result.specimen_id,
+            "action": decision.action.value,
+            "reasons": ",".join(decision.reasons),
+            "findings": json.dumps(
+                [
+                    {
+                        "code": f.code,
+                        "message": f.message,
+                        "action": f.action.value,
+                        "urgent": f.urgent,
+                        "comment": f.comment,
+                    }
+                    for f in decision.findings
+                ]
+            ),
+            "urgent": decision.urgent,
+            "comments": "\n".join(decision.comments),
+            "decided_at": at,
+            "decided_by": by,
+        }
+        for result_id, result, decision in decided
+    ]
+    if not rows:
+        return
+    conn.execute(_INSERT_DECISIONS, rows)
+    # The open holds are what a new QC or a closed corrective action looks at again: kept
+    # as their own rows so that finding them costs the same whatever the history.
+    held = {r["result_id"]: r for r in rows if r["action"] == "hold"}
+    done = [r["result_id"] for r in rows if r["result_id"] not in held]
+    if done:
+        conn.execute(_RELEASE_HOLDS, {"ids": done})
+    if held:
+        conn.execute(
+            new_only(conn.dialect.name, open_holds, "result_id"),
+            [
+                {
+                    "result_id": r["result_id"],
+                    "instrument": r["instrument"],
+                    "test_code": r["test_code"],
+                    "held_since": at,
+                }
+                for r in held.values()
+            ],
+        )
+
+
+def held_results(
+    conn: Connection, instrument: str, tests: Iterable[str]
+) -> list[tuple[int, Result]]:
+    """Results of these tests on an instrument whose latest decision is a hold, oldest
+    first."""
+    rows = conn.execute(_HELD, {"instrument": instrument, "tests": sorted(set(tests))})
+    return [(row.id, result_of(row)) for row in rows]
+
+
+def result_of(row: Any) -> Result:
+    value = Measurement(row.value_text, row.value_number, row.censor)
+    return Result(
+        specimen_id=row.specimen_id,
+        test_code=row.test_code,
+        instrument_test_code=row.instrument_test_code,
+        value=value,
+        units=row.units,
+        reference_range=row.reference_range,
+        abnormal_flags=tuple(f for f in row.abnormal_flags.split(",") if f),
+        instrument_flags=tuple(f for f in row.instrument_flags.split("\n") if f),
+        status=row.status,
+        operator=row.operator,
+        completed_at=utc(row.completed_at),
+        instrument=row.instrument,
+        module=row.module,
+        patient_id=row.patient_id,
+        sequence=row.sequence,
+    )
