@@ -267,26 +267,31 @@ def convert_history(conn: Connection, engine: Engine) -> int | None:
     if not qc_state.conversion_pending(conn, QC_STATE_CONVERSION):
         return None
     book = QcBook()
-    happenings: list[tuple[datetime, int, Callable[[], object]]] = []
+    # People's acts are few: kept in memory, each applied before the first result stored
+    # after it. The results themselves are read as a stream.
+    acts: list[tuple[datetime, int, Callable[[], object]]] = []
     for limits in qc_records.approved_limits(conn):
         proposal = LimitsProposal(
             limits.instrument, limits.test_code, limits.lot, limits.mean, limits.sd, limits.results
         )
-        happenings.append((limits.approved_at, len(happenings), partial(_approve, book, proposal)))
+        acts.append((limits.approved_at, len(acts), partial(_approve, book, proposal)))
     for event in qc_records.qc_events_since(conn, _BEGINNING):
-        happenings.append((event.at, len(happenings), partial(_replay_event, engine, book, event)))
+        acts.append((event.at, len(acts), partial(_replay_event, engine, book, event)))
+    waiting = sorted(acts, key=lambda act: (act[0], act[1]))
     replayed = 0
-    for result, control, stored_at in qc_records.measurements_since(conn, _BEGINNING):
+    for result, control, stored_at in qc_records.measurements(conn):
+        while waiting and waiting[0][0] <= stored_at:
+            waiting.pop(0)[2]()
         key = (result.instrument, result.test_code)
-        happen: Callable[[], object]
         if control is None:
-            happen = partial(_replay_patient, engine, book, key, result, stored_at)
+            book.change(key, engine.observe_patient(book.test(key), result, stored_at))
         else:
-            happen = partial(_replay_control, engine, book, key, control, stored_at)
+            done = engine.record_control(book.test(key), book.lots(key), control, stored_at)
+            book.change(key, done.step.state)
+            book.change_lots(key, done.step.lots)
             replayed += 1
-        happenings.append((stored_at, len(happenings), happen))
-    for _, _, happen in sorted(happenings, key=lambda h: (h[0], h[1])):
-        happen()
+    for _, _, act in waiting:
+        act()
     for key in book.test_keys():
         book.change(
             key, replace(book.test(key), corrective_action_since=None, corrective_action_reason="")
@@ -310,20 +315,6 @@ def _approve(book: QcBook, proposal: LimitsProposal) -> None:
     key = (proposal.instrument, proposal.test)
     lot = (*key, proposal.lot)
     book.change_lots(key, {proposal.lot: QcGate.approve(book.lot(lot), proposal)})
-
-
-def _replay_patient(
-    engine: Engine, book: QcBook, key: TestKey, result: Result, at: datetime
-) -> None:
-    book.change(key, engine.observe_patient(book.test(key), result, at))
-
-
-def _replay_control(
-    engine: Engine, book: QcBook, key: TestKey, control: ControlResult, at: datetime
-) -> None:
-    done = engine.record_control(book.test(key), book.lots(key), control, at)
-    book.change(key, done.step.state)
-    book.change_lots(key, done.step.lots)
 
 
 def _replay_event(engine: Engine, book: QcBook, event: qc_records.QcEvent) -> None:

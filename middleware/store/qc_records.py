@@ -8,17 +8,15 @@ several writes can share one commit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Context, Decimal
 from fractions import Fraction
 
-from sqlalchemy import (
-    Connection,
-    func,
-    select,
-)
+from sqlalchemy import Connection, Table, func, select
 
 from middleware.domain import (
     ControlResult,
@@ -252,41 +250,39 @@ def qc_events_since(conn: Connection, since: datetime) -> list[QcEvent]:
     return [QcEvent(r.instrument, r.test_code, r.kind, _at(r.at), r.recorded_by) for r in rows]
 
 
-def measurements_since(
-    conn: Connection, since: datetime
-) -> list[tuple[Result, ControlResult | None, datetime]]:
-    """Patient and control results stored since ``since``, in the order they arrived, with
-    the reagent lots each used (to make the QC state of a database kept before it was)."""
-    recent_patients = select(results.c.id).where(results.c.stored_at >= since)
-    recent_controls = select(control_results.c.id).where(control_results.c.stored_at >= since)
-    lots = (
+def measurements(conn: Connection) -> Iterator[tuple[Result, ControlResult | None, datetime]]:
+    """Every patient and control result stored, in the order they arrived (a message's
+    controls before its patient results), with the reagent lots each used, and when each
+    was stored; read as a stream, so memory does not grow with the history (to make the QC
+    state of a database kept before it was)."""
+    streams = (_stored(conn, results, 1), _stored(conn, control_results, 0))
+    for _, _, _, result, control, at in heapq.merge(*streams, key=lambda item: item[:3]):
+        yield result, control, at
+
+
+def _stored(
+    conn: Connection, table: Table, kind: int
+) -> Iterator[tuple[int, int, int, Result, ControlResult | None, datetime]]:
+    column = "result_id" if table is results else "control_result_id"
+    query = (
         select(
-            reagent_uses.c.result_id,
-            reagent_uses.c.control_result_id,
-            reagent_lots.c.reagent,
-            reagent_lots.c.lot,
+            table,
+            reagent_lots.c.reagent.label("used_reagent"),
+            reagent_lots.c.lot.label("used_lot"),
         )
-        .join(reagent_lots, reagent_lots.c.id == reagent_uses.c.reagent_lot_id)
-        .where(
-            reagent_uses.c.result_id.in_(recent_patients)
-            | reagent_uses.c.control_result_id.in_(recent_controls)
-        )
+        .outerjoin(reagent_uses, reagent_uses.c[column] == table.c.id)
+        .outerjoin(reagent_lots, reagent_lots.c.id == reagent_uses.c.reagent_lot_id)
+        .order_by(table.c.id, reagent_uses.c.id)
     )
-    patient_lots: dict[int, list[ReagentUse]] = {}
-    control_lots: dict[int, list[ReagentUse]] = {}
-    for row in conn.execute(lots):
-        use = ReagentUse(row.reagent, row.lot)
-        if row.result_id is not None:
-            patient_lots.setdefault(row.result_id, []).append(use)
-        else:
-            control_lots.setdefault(row.control_result_id, []).append(use)
-    out: list[tuple[int, int, Result, ControlResult | None, datetime]] = []
-    for row in conn.execute(select(results).where(results.c.stored_at >= since)):
-        result = replace(result_of(row), reagents=tuple(patient_lots.get(row.id, ())))
-        out.append((row.message_id, 1, result, None, utc(row.stored_at) or since))
-    for row in conn.execute(select(control_results).where(control_results.c.stored_at >= since)):
-        result = replace(result_of(row), reagents=tuple(control_lots.get(row.id, ())))
-        control = ControlResult(result, row.control_material, row.lot, row.level)
-        out.append((row.message_id, 0, result, control, utc(row.stored_at) or since))
-    out.sort(key=lambda item: (item[0], item[1]))
-    return [(result, control, at) for _, _, result, control, at in out]
+    # Per statement: on a connection, the option would stay for every later statement.
+    rows = conn.execute(query.execution_options(stream_results=True, yield_per=2000))
+    for _, same in itertools.groupby(rows, key=lambda row: row.id):
+        group = list(same)
+        row = group[0]
+        used = tuple(ReagentUse(r.used_reagent, r.used_lot) for r in group if r.used_lot)
+        result = replace(result_of(row), reagents=used)
+        control = None
+        if table is control_results:
+            control = ControlResult(result, row.control_material, row.lot, row.level)
+        stored_at = utc(row.stored_at) or row.stored_at
+        yield row.message_id, kind, row.id, result, control, stored_at
