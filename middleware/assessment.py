@@ -118,8 +118,8 @@ class QcBook:
 
     def read_lots_of(self, conn: Connection, key: TestKey) -> None:
         """Every lot kept for a test."""
-        for lot, state in qc_state.lots_of(conn, *key).items():
-            self._lots.setdefault(lot, state)
+        for found, state in qc_state.lots_of(conn, *key).items():
+            self._lots.setdefault(found, state)
 
     def read_lots(self, conn: Connection, wanted: Iterable[LotKey]) -> None:
         missing = {key for key in wanted if key not in self._lots}

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 import drivers
 from middleware.astm.link import LinkSettings
@@ -26,7 +26,7 @@ from middleware.control import (
 )
 from middleware.pipeline import ConnectionPipeline
 from middleware.settings import Settings
-from middleware.store import Store
+from middleware.store import Store, qc_state
 from middleware.store.schema import audit_log, control_limits, corrective_actions, qc_events
 from middleware.transport.tcp import TcpServer
 from middleware.web.api import create_app
@@ -168,6 +168,28 @@ async def test_a_corrective_action_closes_once_qc_is_in_control_again(
 
     with pytest.raises(Conflict, match=f"corrective action {action_id} was closed by bob"):
         await control.close_corrective_action(action_id, "carol", "again")
+
+
+async def test_a_method_lock_kept_in_the_store_is_lifted_by_unlock(
+    control: Control, store: Store
+) -> None:
+    # TP level 1 targets 52 (SD 1.5); 55 is a bias of 5.8 %, over the 5 % limit: two
+    # cycles of 20 results lock the method.
+    biased = [b"H|\\^&|||CHEM-1|||||||Q|LIS2-A2", b"P|1"]
+    for n in range(1, 41):
+        biased += [b"O|%d|CC-45781||^^^TP|R" % n, b"R|1|^^^TP|55.0|g/L||N||F"]
+    await send(control, [*biased, b"L|1|N"])
+
+    def kept(conn: Connection) -> tuple[str, int]:
+        [state] = qc_state.load_tests(conn, [("chem-1", "TP")]).values()
+        [lot] = qc_state.lots_of(conn, "chem-1", "TP").values()
+        return state.locked, lot.over_limit_cycles
+
+    locked, cycles = store.read(kept)
+    assert locked.startswith("CV ") and "two consecutive cycles" in locked and cycles == 2
+    await control.record_qc_event("chem-1", ["TP"], "unlock", "bob")
+    assert store.read(kept) == ("", 0)
+    assert ("bob", "qc.unlock") in audited(store)
 
 
 # --- the lab's own limits and QC events ----------------------------------------------------
