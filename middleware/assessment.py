@@ -175,9 +175,9 @@ def _record_control(
     result = control.result
     key = (result.instrument, result.test_code)
     done = engine.record_control(book.test(key), book.lots(key), control, now)
-    book.change(key, done.step.state)
-    book.change_lots(key, done.step.lots)
-    qc = done.step.outcome
+    book.change(key, done.state)
+    book.change_lots(key, done.lots)
+    qc = done.outcome
     out.evaluations += 1
     if qc.opened_corrective_action:
         reason = "qc-rejected:" + ",".join(qc.evaluation.violations if qc.evaluation else ())
@@ -287,8 +287,8 @@ def convert_history(conn: Connection, engine: Engine) -> int | None:
             book.change(key, engine.observe_patient(book.test(key), result, stored_at))
         else:
             done = engine.record_control(book.test(key), book.lots(key), control, stored_at)
-            book.change(key, done.step.state)
-            book.change_lots(key, done.step.lots)
+            book.change(key, done.state)
+            book.change_lots(key, done.lots)
             replayed += 1
     for _, _, act in waiting:
         act()

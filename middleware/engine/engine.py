@@ -10,7 +10,7 @@ returned changed, for the caller to keep.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 
 from middleware.domain import ControlResult, Result
@@ -21,12 +21,6 @@ from middleware.engine.decision import Decision, decide
 from middleware.engine.qc import ControlStep, LotQc, QcGate, TestQc
 from middleware.engine.reagents import LotRegistry, lots_changed
 from middleware.engine.rules import Rules
-
-
-@dataclass(frozen=True, slots=True)
-class ControlOutcome:
-    step: ControlStep
-    lot_changed: frozenset[str] | None
 
 
 class Engine:
@@ -49,28 +43,26 @@ class Engine:
             return frozenset()
         return frozenset(check.test for check in self.rules.delta_checks)
 
-    def _lot_change(
-        self, state: TestQc, result: Result, at: datetime
-    ) -> tuple[TestQc, frozenset[str] | None]:
+    def _lot_change(self, state: TestQc, result: Result, at: datetime) -> TestQc:
         in_use, changed = lots_changed(state.lots_in_use, result)
         if in_use != state.lots_in_use:
             state = replace(state, lots_in_use=in_use)
         if changed:
             state = self.gate.void(state, "reagent-lot-changed", at)
-        return state, changed
+        return state
 
     def record_control(
         self, state: TestQc, lots: Mapping[str, LotQc], control: ControlResult, at: datetime
-    ) -> ControlOutcome:
+    ) -> ControlStep:
         """``lots`` holds the states of the lots ``gate.lots_needed`` names."""
-        state, changed = self._lot_change(state, control.result, at)
-        return ControlOutcome(self.gate.record_control(state, lots, control, at), changed)
+        return self.gate.record_control(
+            self._lot_change(state, control.result, at), lots, control, at
+        )
 
     def observe_patient(self, state: TestQc, result: Result, at: datetime) -> TestQc:
         """What a new patient result changes in its test's QC state: it may bring a new
         reagent lot, and it marks the end of its run's controls."""
-        state, _ = self._lot_change(state, result, at)
-        return self.gate.note_patient(state)
+        return self.gate.note_patient(self._lot_change(state, result, at))
 
     def decide(self, state: TestQc, ctx: ResultContext) -> tuple[TestQc, Decision]:
         """A new patient result: its decision, and its test's QC state after it."""
