@@ -8,7 +8,8 @@ the event loop (links, decoding, drivers) takes from the same core.
     .venv/bin/python bench/writer.py [--url sqlite:///PATH | postgresql://...]
         [--analysers 10] [--messages 100] [--batch 8]
 
-Messages are read by the drivers first (not timed); then each is stored and decided
+Messages are read by the drivers first (not timed), controls recognised by their lot as
+the ingest bench configures them; then each is stored and decided
 (``store_delivery`` and ``assess_message``) through the daemon's store writer, ``--batch``
 messages waiting at a time, as ten analysers keep it busy.
 """
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ingest_mix import Patients, Stream, load, plans, utcnow  # noqa: E402
+from ingest_mix import Patients, Stream, control_pattern, load, plans, utcnow  # noqa: E402
 from sqlalchemy import Connection, event  # noqa: E402
 from sqlalchemy import Engine as SqlEngine  # noqa: E402
 
@@ -51,7 +52,8 @@ def messages(analysers: int, samples: int) -> list[tuple[str, list[str], Instrum
     out = []
     for i, plan in enumerate(plans(kinds, analysers, 10)):
         stream = Stream(plan, patients, random.Random(i), f"W{i:02d}-")
-        driver = drivers.get("generic", None, plan.name)
+        options = drivers.DriverOptions(control_pattern=control_pattern(plan))
+        driver = drivers.get("generic", options, plan.name)
         for sample in stream.sequence(samples, utcnow):
             records = sample.records()
             reading = driver.read(decode_message(records).records).in_timezone(UTC)

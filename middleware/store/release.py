@@ -15,14 +15,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import (
-    CompoundSelect,
-    Connection,
-    bindparam,
-    select,
-    tuple_,
-    union_all,
-)
+from sqlalchemy import Connection, Row, TextualSelect, bindparam, select, text, tuple_
 
 from middleware.domain import (
     Measurement,
@@ -68,11 +61,24 @@ _HELD = (
 )
 
 
-@functools.lru_cache(maxsize=64)
-def _latest_results(pairs: int) -> CompoundSelect[Any]:
+#: Pairs looked up by one statement, at most; fewer are padded up to a power of two, so
+#: that a handful of statements serve every batch.
+_PAIRS_PER_STATEMENT = 64
+
+_ONE_PAIR = (
+    "SELECT * FROM (SELECT id, patient_id, test_code, value_number, completed_at, stored_at "
+    "FROM results WHERE patient_id = :p{i} AND test_code = :t{i} AND id < :before "
+    "AND value_number IS NOT NULL AND censor = '' ORDER BY id DESC LIMIT :k{i}) AS pair_{i}"
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _latest_results(pairs: int) -> TextualSelect:
     """The latest numeric results of ``pairs`` (patient, test) pairs, one index lookup
-    each; built once per number of pairs, since building it costs more than running it."""
-    columns = (
+    each. Written as SQL text: as a SQLAlchemy expression, a union of many subqueries
+    cost more to build and to key for the statement cache than to run."""
+    sql = " UNION ALL ".join(_ONE_PAIR.format(i=i) for i in range(pairs))
+    return text(sql).columns(
         results.c.id,
         results.c.patient_id,
         results.c.test_code,
@@ -80,21 +86,6 @@ def _latest_results(pairs: int) -> CompoundSelect[Any]:
         results.c.completed_at,
         results.c.stored_at,
     )
-    latest = [
-        select(*columns)
-        .where(
-            results.c.patient_id == bindparam(f"p{i}"),
-            results.c.test_code == bindparam(f"t{i}"),
-            results.c.id < bindparam("before"),
-            results.c.value_number.is_not(None),
-            results.c.censor == "",
-        )
-        .order_by(results.c.id.desc())
-        .limit(bindparam(f"k{i}"))
-        .subquery()
-        for i in range(pairs)
-    ]
-    return union_all(*(select(sub) for sub in latest))
 
 
 def previous_results(
@@ -108,13 +99,17 @@ def previous_results(
     for patient, test in wanted:
         if patient:
             counts[(patient, test)] = counts.get((patient, test), 0) + 1
-    if not counts:
-        return {}
     ordered = sorted(counts.items())
-    params: dict[str, object] = {"before": before_id}
-    for i, ((patient, test), count) in enumerate(ordered):
-        params |= {f"p{i}": patient, f"t{i}": test, f"k{i}": count + 1}
-    rows = conn.execute(_latest_results(len(ordered)), params).all()
+    rows: list[Row[Any]] = []
+    for start in range(0, len(ordered), _PAIRS_PER_STATEMENT):
+        chunk = ordered[start : start + _PAIRS_PER_STATEMENT]
+        size = 1 << (len(chunk) - 1).bit_length()
+        params: dict[str, object] = {"before": before_id}
+        for i in range(size):
+            # Padding asks for no row: LIMIT 0.
+            (patient, test), count = chunk[i] if i < len(chunk) else (("", ""), -1)
+            params |= {f"p{i}": patient, f"t{i}": test, f"k{i}": count + 1}
+        rows += conn.execute(_latest_results(size), params).all()
     found: dict[tuple[str, str], list[tuple[int, Decimal, datetime]]] = {}
     for row in sorted(rows, key=lambda r: r.id):
         moment = utc(row.completed_at or row.stored_at) or row.stored_at
