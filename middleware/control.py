@@ -137,10 +137,11 @@ class Control:
             text, digest = as_json(rules)
 
             def put(conn: Connection) -> rules_in_force.RulesVersion:
+                now = utcnow()
                 if change:
                     detail = {"sources": rules.sources, "diff": change}
-                    audit(conn, actor, "rules.load", str(directory), detail)
-                return rules_in_force.put(conn, digest, text, actor, self.node, utcnow())
+                    audit(conn, now, actor, "rules.load", str(directory), detail)
+                return rules_in_force.put(conn, digest, text, actor, self.node, now)
 
             self.rules_version = (await store.write(put)).id
             self.rules = rules
@@ -242,6 +243,7 @@ class Control:
             )
             audit(
                 conn,
+                now,
                 by,
                 "qc.limits.approve",
                 f"{instrument}/{test}/{lot}",
@@ -274,7 +276,7 @@ class Control:
                     book.change_lots(key, lots)
                 else:
                     book.change(key, engine.gate.void(book.test(key), kind, now))
-            audit(conn, by, f"qc.{kind}", instrument, {"tests": tests})
+            audit(conn, now, by, f"qc.{kind}", instrument, {"tests": tests})
             book.write(conn, now)
 
         await store.write(work)
@@ -307,6 +309,7 @@ class Control:
             mark_corrective_action_closed(conn, action_id, by, action_taken, now)
             audit(
                 conn,
+                now,
                 by,
                 "qc.corrective_action.close",
                 f"{instrument}/{test}",

@@ -70,7 +70,7 @@ def _write_pending(
 ) -> None:
     for item in pending:
         if isinstance(item, Delivery):
-            store_delivery(conn, item)
+            store_delivery(conn, item, now)
         else:
             keep_raw(conn, *item)
     settle(conn, settled, now)

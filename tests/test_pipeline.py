@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from tests.peer import (
     send_message,
 )
 
+NOW = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
 MESSAGE = [
     b"H|\\^&|||AN-1",
     b"P|1||PAT1",
@@ -119,7 +121,7 @@ async def test_a_query_sent_again_in_one_transfer_is_answered_again(
     setup: tuple[Store, StreamPeer, ConnectionPipeline],
 ) -> None:
     store, peer, _pipeline = setup
-    await store.write(lambda conn: orders.add_order(conn, Order("S300", ("GLU",), "R")))
+    await store.write(lambda conn: orders.add_order(conn, Order("S300", ("GLU",), "R"), NOW))
     query = [b"H|\\^&|||AN-1", b"Q|1|^S300||ALL||||||||O", b"L|1|N"]
     await send_frames(peer, frames_for(query + query))  # the analyser did not take our first ACK
     await peer.write(EOT)
@@ -134,7 +136,9 @@ async def test_host_query_is_answered_from_the_orders(
 ) -> None:
     store, peer, _pipeline = setup
     await store.write(
-        lambda conn: orders.add_order(conn, Order("S200", ("GLU", "CREA"), "S", patient_id="P7"))
+        lambda conn: orders.add_order(
+            conn, Order("S200", ("GLU", "CREA"), "S", patient_id="P7"), NOW
+        )
     )
     await send_message(peer, [b"H|\\^&|||AN-1", b"Q|1|^S200||ALL||||||||O", b"L|1|N"])
     answer = await receive_message(peer)

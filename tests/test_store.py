@@ -136,7 +136,8 @@ def test_a_query_alone_is_not_quarantined(store: Store) -> None:
 def test_raw_transmissions_and_audit_log_are_append_only(store: Store) -> None:
     write(store, lambda conn: ingest.store_delivery(conn, delivery(results=[result("GLU", "5")])))
     write(
-        store, lambda conn: audit.audit(conn, "lab-it", "rules.reload", "rules/qc.yaml", {"a": 1})
+        store,
+        lambda conn: audit.audit(conn, NOW, "lab-it", "rules.reload", "rules/qc.yaml", {"a": 1}),
     )
     for statement in (
         "UPDATE raw_transmissions SET connection = 'elsewhere'",
@@ -180,9 +181,11 @@ def test_same_lot_seen_twice_is_one_lot(store: Store) -> None:
 def test_orders_are_kept_and_found_by_specimen(store: Store) -> None:
     write(
         store,
-        lambda conn: orders.add_order(conn, Order("S7", ("GLU", "CREA"), "S", patient_id="P1")),
+        lambda conn: orders.add_order(
+            conn, Order("S7", ("GLU", "CREA"), "S", patient_id="P1"), NOW
+        ),
     )
-    write(store, lambda conn: orders.add_order(conn, Order("S8", ("K",))))
+    write(store, lambda conn: orders.add_order(conn, Order("S8", ("K",)), NOW))
     found = store.read(lambda conn: orders.orders_for(conn, ["S7"]))
     assert [(o.specimen_id, o.test_codes, o.priority) for o in found] == [
         ("S7", ("GLU", "CREA"), "S")
@@ -218,7 +221,7 @@ def test_a_failing_unit_fails_alone(store: Store) -> None:
                 lambda conn: ingest.store_delivery(conn, delivery(results=[result("GLU", "1")]))
             ),
             store.write(broken),
-            store.write(lambda conn: audit.audit(conn, "x", "y")),
+            store.write(lambda conn: audit.audit(conn, NOW, "x", "y")),
             return_exceptions=True,
         )
 

@@ -7,6 +7,7 @@ several writes can share one commit.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 from sqlalchemy import (
     Connection,
@@ -15,14 +16,13 @@ from sqlalchemy import (
 from middleware.store.schema import (
     audit_log,
 )
-from middleware.store.sql import utcnow
 
 
 def audit(
-    conn: Connection, actor: str, action: str, subject: str = "", detail: object = ""
+    conn: Connection, at: datetime, actor: str, action: str, subject: str = "", detail: object = ""
 ) -> None:
     text = detail if isinstance(detail, str) else json.dumps(detail, default=str)
     conn.execute(
         audit_log.insert(),
-        {"at": utcnow(), "actor": actor, "action": action, "subject": subject, "detail": text},
+        {"at": at, "actor": actor, "action": action, "subject": subject, "detail": text},
     )

@@ -339,7 +339,7 @@ def _insert_results(
     return [int(row[0]) for row in returned]
 
 
-def _lot_id(conn: Connection, use: ReagentUse) -> int:
+def _lot_id(conn: Connection, use: ReagentUse, seen_at: datetime) -> int:
     found = conn.execute(
         select(reagent_lots.c.id).where(
             reagent_lots.c.reagent == use.reagent, reagent_lots.c.lot == use.lot
@@ -355,7 +355,7 @@ def _lot_id(conn: Connection, use: ReagentUse) -> int:
             "kind": use.kind,
             "serial": use.serial,
             "expiry": use.expiry,
-            "first_seen_at": utcnow(),
+            "first_seen_at": seen_at,
         },
     )
     return int(
@@ -376,7 +376,7 @@ def _reagent_uses(
 ) -> None:
     rows = [
         {
-            "reagent_lot_id": _lot_id(conn, use),
+            "reagent_lot_id": _lot_id(conn, use, received_at),
             column: result_id,
             "instrument": result.instrument,
             "test_code": use.test_code or result.test_code,

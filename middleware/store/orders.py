@@ -7,6 +7,7 @@ several writes can share one commit.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from sqlalchemy import (
     Connection,
@@ -19,10 +20,9 @@ from middleware.domain import (
 from middleware.store.schema import (
     orders,
 )
-from middleware.store.sql import utcnow
 
 
-def add_order(conn: Connection, order: Order, source: str = "lis") -> int:
+def add_order(conn: Connection, order: Order, at: datetime, source: str = "lis") -> int:
     return int(
         conn.execute(
             orders.insert().returning(orders.c.id),
@@ -33,7 +33,7 @@ def add_order(conn: Connection, order: Order, source: str = "lis") -> int:
                 "priority": order.priority,
                 "source": source,
                 "ordered_at": order.ordered_at,
-                "created_at": utcnow(),
+                "created_at": at,
             },
         ).scalar_one()
     )
