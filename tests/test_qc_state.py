@@ -5,7 +5,7 @@ daemons on one database act on each other's QC."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -13,13 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Connection, select, text
 
 import drivers
 from middleware.assessment import QC_STATE_CONVERSION, assess_message, convert_history
 from middleware.astm.records import decode_message
+from middleware.engine import qc as engine_qc
+from middleware.engine import westgard
 from middleware.engine.engine import Engine
-from middleware.engine.rules import Rules, load_rules
+from middleware.engine.qc import LevelState, LotQc, Statistics
+from middleware.engine.rules import Rules, Target, load_rules
 from middleware.store import Store, ingest, qc_state, reading
 from middleware.store.database import migrate, open_engine
 from middleware.store.ingest import Delivery, store_delivery
@@ -30,7 +36,7 @@ from middleware.store.schema import (
     qc_lots,
     qc_tests,
 )
-from tests.conftest import ROOT
+from tests.conftest import ROOT, _postgres_admin_url
 from tests.daemon import DaemonProcess, connect, free_port, query
 from tests.messages import patient, qc
 from tests.peer import StreamPeer, send_message
@@ -298,3 +304,111 @@ def test_a_corrective_action_closed_on_one_daemon_releases_holds_another_owns(
         ("S1", "release", "engine"),
         ("S2", "release", "engine"),
     ]
+
+
+# --- the rows hold the state exactly -------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_and_postgres(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[Store]]:
+    """One store of each kind for all the examples of a property (``database_url`` would
+    make a database per example); PostgreSQL when the tests have it."""
+    urls = [f"sqlite:///{tmp_path / 'rows.db'}"]
+    if _postgres_admin_url() is not None:
+        urls.append(request.getfixturevalue("postgres_url"))
+    stores = [Store(url) for url in urls]
+    yield stores
+    for store in stores:
+        store.close()
+    if len(urls) > 1:
+        import psycopg
+
+        with psycopg.connect(urls[1], autocommit=True) as conn:
+            conn.execute("DROP SCHEMA public CASCADE")
+            conn.execute("CREATE SCHEMA public")
+
+
+_texts = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
+)
+_moments = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+_bands = st.lists(st.integers(-4, 4), max_size=12).map(tuple)
+_zs = st.lists(st.fractions(max_denominator=10**6).filter(lambda z: abs(z) < 10**9), max_size=7)
+_windows = st.builds(westgard.Window, _bands, _zs.map(tuple))
+_keys = st.tuples(_texts, _texts)
+_runs = st.builds(
+    westgard.Run,
+    _texts,
+    _bands,
+    st.lists(st.tuples(_keys, _windows), max_size=3).map(tuple),
+    st.lists(_keys, max_size=2).map(tuple),
+    st.lists(_keys, max_size=2).map(tuple),
+    st.booleans(),
+    st.booleans(),
+    st.integers(0, 10**6),
+)
+_levels = st.builds(
+    LevelState,
+    _moments,
+    _texts,
+    st.sampled_from(["reject", "warning", "accept"]),
+    st.lists(st.sampled_from(westgard.RULES), max_size=3).map(tuple),
+)
+_tests = st.builds(
+    engine_qc.TestQc,
+    run_number=st.integers(0, 10**9),
+    last_was_patient=st.booleans(),
+    levels=st.dictionaries(_texts, _levels, max_size=3),
+    void_reason=_texts,
+    void_at=st.none() | _moments,
+    corrective_action_since=st.none() | _moments,
+    corrective_action_reason=_texts,
+    last_in_control_at=st.none() | _moments,
+    locked=_texts,
+    lots_in_use=st.none() | st.frozensets(_texts, max_size=3),
+    stream=st.builds(westgard.Stream, _bands, st.none() | _runs),
+)
+_sums = st.fractions(max_denominator=10**8).filter(lambda f: abs(f) < 10**12)
+_statistics = st.builds(Statistics, st.integers(0, 10**6), _sums, _sums)
+_lots = st.builds(
+    LotQc,
+    material=_texts,
+    window=_windows,
+    statistics=_statistics,
+    runs=st.lists(_texts, max_size=20).map(tuple),
+    cycle=_statistics,
+    over_limit_cycles=st.integers(0, 100),
+    approved=st.none()
+    | st.builds(
+        Target,
+        mean=st.decimals(-(10**6), 10**6, places=4),
+        sd=st.decimals(Decimal("0.0001"), 10**6, places=4),
+    ),
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(test=_tests, lot=_lots)
+def test_qc_state_rows_give_back_exactly_the_state_written(
+    sqlite_and_postgres: list[Store], test: engine_qc.TestQc, lot: LotQc
+) -> None:
+    for store in sqlite_and_postgres:
+
+        def roundtrip(conn: Connection) -> tuple[object, object]:
+            qc_state.save_tests(conn, {("i", "t"): test}, T0)
+            qc_state.save_lots(conn, {("i", "t", "l"): lot}, T0)
+            return (
+                qc_state.load_tests(conn, [("i", "t")])[("i", "t")],
+                qc_state.load_lots(conn, [("i", "t", "l")])[("i", "t", "l")],
+            )
+
+        with store.engine.connect() as conn:
+            back = roundtrip(conn)
+            conn.rollback()
+        assert back == (test, lot)

@@ -40,6 +40,7 @@ from middleware.store.schema import (
 from middleware.store.sql import utc
 
 _INSERT_EVALUATIONS = qc_evaluations.insert()
+_FOUR_PLACES = Decimal("0.0001")
 
 
 def _four_places(z: Fraction) -> Decimal | None:
@@ -48,7 +49,7 @@ def _four_places(z: Fraction) -> Decimal | None:
         value = Decimal(float(z))
     except OverflowError:
         return None
-    return value.quantize(Decimal("0.0001"), context=Context(prec=400))
+    return value.quantize(_FOUR_PLACES, context=Context(prec=400))
 
 
 def record_evaluations(
@@ -210,8 +211,9 @@ def approved_limits(conn: Connection) -> list[ApprovedLimits]:
             r.instrument,
             r.test_code,
             r.lot,
-            Decimal(r.mean),
-            Decimal(r.sd),
+            # Approved limits have four places; SQLite gives them back as binary floats.
+            Decimal(r.mean).quantize(_FOUR_PLACES),
+            Decimal(r.sd).quantize(_FOUR_PLACES),
             r.results,
             r.approved_by,
             _at(r.approved_at),

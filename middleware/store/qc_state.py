@@ -284,7 +284,7 @@ def _lot_row(key: LotKey, state: LotQc, at: datetime) -> dict[str, Any]:
         "cycle_total": str(state.cycle.total),
         "cycle_squares": str(state.cycle.squares),
         "over_limit_cycles": state.over_limit_cycles,
-        "approved_mean": state.approved.mean if state.approved else None,
-        "approved_sd": state.approved.sd if state.approved else None,
+        "approved_mean": str(state.approved.mean) if state.approved else None,
+        "approved_sd": str(state.approved.sd) if state.approved else None,
         "updated_at": at,
     }

@@ -340,7 +340,8 @@ qc_tests = Table(
 )
 
 # ... and of each control lot on an instrument and test (engine/qc.py's LotQc). Sums are
-# exact fractions written as text ("n/d").
+# exact fractions written as text ("n/d"), approved limits decimals as text: SQLite would
+# keep a NUMERIC as a binary float, and a z on a limit must stay exactly on it.
 qc_lots = Table(
     "qc_lots",
     metadata,
@@ -357,8 +358,8 @@ qc_lots = Table(
     Column("cycle_total", Text, nullable=False),
     Column("cycle_squares", Text, nullable=False),
     Column("over_limit_cycles", Integer, nullable=False),
-    Column("approved_mean", Numeric),
-    Column("approved_sd", Numeric),
+    Column("approved_mean", Text),
+    Column("approved_sd", Text),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 

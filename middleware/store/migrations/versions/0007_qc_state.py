@@ -50,8 +50,8 @@ def upgrade() -> None:
         sa.Column("cycle_total", sa.Text(), nullable=False),
         sa.Column("cycle_squares", sa.Text(), nullable=False),
         sa.Column("over_limit_cycles", sa.Integer(), nullable=False),
-        sa.Column("approved_mean", sa.Numeric()),
-        sa.Column("approved_sd", sa.Numeric()),
+        sa.Column("approved_mean", sa.Text()),
+        sa.Column("approved_sd", sa.Text()),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("instrument", "test_code", "lot"),
     )
