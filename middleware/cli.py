@@ -31,6 +31,28 @@ def _decode(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _hl7_render(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from middleware.hl7.render import render_capture
+
+    try:
+        data = sys.stdin.buffer.read() if args.path == "-" else Path(args.path).read_bytes()
+    except OSError as exc:
+        print(
+            f"lis-middleware hl7 render: cannot read {args.path}: {exc.strerror}", file=sys.stderr
+        )
+        return 2
+    try:
+        messages = render_capture(data, datetime.now(UTC), args.driver, args.tolerate)
+    except (KeyError, ValueError) as exc:
+        print(f"lis-middleware hl7 render: {exc.args[0]}", file=sys.stderr)
+        return 2
+    print("\n\n".join(message.replace("\r", "\n") for message in messages))
+    print(f"{len(messages)} message(s)", file=sys.stderr)
+    return 0
+
+
 def _settings(args: argparse.Namespace, command: str) -> Settings | None:
     """The configuration named by --config (and the environment); None, said on stderr,
     when it is refused."""
@@ -215,6 +237,23 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--config", metavar="FILE", help="the daemon's YAML configuration")
     trace.add_argument("--format", choices=("text", "json"), default="text")
     trace.set_defaults(handler=_reagents_trace)
+
+    hl7 = sub.add_parser("hl7", help="HL7 v2 messages to the LIS")
+    hl7_sub = hl7.add_subparsers(dest="hl7_command", required=True)
+    render = hl7_sub.add_parser(
+        "render",
+        help="print the ORU^R01 messages a capture's results become",
+        description="Decode an ASTM capture and print the HL7 v2.5.1 ORU^R01 message each "
+        "specimen's patient results would be sent as (one segment per line, a blank line "
+        "between messages), whatever the rules would decide. Exit status 0, or 2 on usage "
+        "errors.",
+    )
+    render.add_argument("path", help="capture file, or - for standard input")
+    render.add_argument(
+        "--driver", help=f"instrument driver ({', '.join(drivers.names())}); generic by default"
+    )
+    render.add_argument("--tolerate", metavar="LIST", help="link tolerances, as for decode")
+    render.set_defaults(handler=_hl7_render)
 
     qc = sub.add_parser("qc", help="quality control tools")
     qc_sub = qc.add_subparsers(dest="qc_command", required=True)
