@@ -9,7 +9,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -28,8 +28,20 @@ def _durable_sqlite(lock_timeout: float) -> Callable[[Any, Any], None]:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
         cursor.close()
+        # Transactions begin where SQLAlchemy begins them (below), not at the first
+        # INSERT as the sqlite3 module would: a write that read state first must hold
+        # what it read.
+        dbapi_connection.isolation_level = None
 
     return on_connect
+
+
+def _begin(conn: Connection) -> None:
+    """A write transaction takes SQLite's write lock at once (BEGIN IMMEDIATE), waiting
+    up to the lock timeout for another process's; it then reads what that one committed,
+    never a state a later write would overwrite. Reads begin deferred: one snapshot each."""
+    write = conn.get_execution_options().get("write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def open_engine(url: str, lock_timeout: float = 10.0) -> Engine:
@@ -40,6 +52,7 @@ def open_engine(url: str, lock_timeout: float = 10.0) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _durable_sqlite(lock_timeout))
+        event.listen(engine, "begin", _begin)
         return engine
     return create_engine(
         url,
@@ -54,11 +67,13 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as connection:
-        if sqlite:
+        # Outside any transaction, where SQLite honours it: straight on the driver's
+        # connection, which is in autocommit until a transaction begins.
+        raw = connection.connection.dbapi_connection
+        if sqlite and raw is not None:
             # SQLite rebuilds a table to change its constraints; tables that refer to it
             # must not stop the rebuild. The references are checked once it is done.
-            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-            connection.commit()
+            raw.execute("PRAGMA foreign_keys=OFF")
         try:
             with connection.begin():
                 config.attributes["connection"] = connection
@@ -72,6 +87,5 @@ def migrate(engine: Engine, revision: str = "head") -> None:
                     if broken:
                         raise RuntimeError(f"migration broke references: {broken[:5]}")
         finally:
-            if sqlite:
-                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
-                connection.commit()
+            if sqlite and raw is not None:
+                raw.execute("PRAGMA foreign_keys=ON")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -23,6 +23,8 @@ from sqlalchemy import Connection, Insert, Table, bindparam, select
 
 from middleware.engine import westgard
 from middleware.engine.qc import (
+    NO_LOT_QC,
+    NO_QC,
     RESULTS_FOR_OWN_LIMITS,
     LevelState,
     LimitsProposal,
@@ -60,19 +62,43 @@ _TESTS = select(qc_tests).where(
 _TESTS_FOR_UPDATE = _TESTS.with_for_update()
 
 
+#: updated_at of a row made empty, before anything was kept in it.
+_NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _lockable(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """On PostgreSQL, make the rows about to be read FOR UPDATE exist: a row that does not
+    exist yet locks nothing, and two transactions would each write their own first state,
+    the second over the first. A row another transaction is making makes this one wait
+    for it, and then read what it made."""
+    if rows and conn.dialect.name == "postgresql":
+        conn.execute(_made_empty(table), rows)
+
+
+@functools.lru_cache(maxsize=4)
+def _made_empty(table: Table) -> Insert:
+    keys = [c.name for c in table.primary_key.columns]
+    return upsert_in("postgresql", table).on_conflict_do_nothing(index_elements=keys)
+
+
 def load_tests(conn: Connection, keys: Iterable[TestKey]) -> dict[TestKey, TestQc]:
-    """The stored state of each instrument and test wanted; one not stored yet is absent."""
+    """The stored state of each instrument and test wanted; one not stored yet is absent
+    (on PostgreSQL it is made empty, and locked like the others)."""
+    wanted = sorted(set(keys))
+    _lockable(conn, qc_tests, [_test_row(key, NO_QC, _NEVER) for key in wanted])
     found: dict[TestKey, TestQc] = {}
     query = _TESTS_FOR_UPDATE if conn.dialect.name == "postgresql" else _TESTS
-    for instrument, tests in sorted(_by_instrument(keys).items()):
+    for instrument, tests in sorted(_by_instrument(wanted).items()):
         for row in conn.execute(query, {"instrument": instrument, "tests": sorted(tests)}):
             found[(row.instrument, row.test_code)] = _test_qc(row)
     return found
 
 
 def load_lots(conn: Connection, keys: Iterable[LotKey]) -> dict[LotKey, LotQc]:
-    """The stored state of each control lot wanted; one not stored yet is absent."""
+    """The stored state of each control lot wanted; one not stored yet is absent (on
+    PostgreSQL it is made empty, and locked like the others)."""
     wanted = set(keys)
+    _lockable(conn, qc_lots, [_lot_row(key, NO_LOT_QC, _NEVER) for key in sorted(wanted)])
     found: dict[LotKey, LotQc] = {}
     for instrument, tests in sorted(_by_instrument(wanted).items()):
         lots = sorted({lot for i, _, lot in wanted if i == instrument})
@@ -139,10 +165,10 @@ def save_lots(conn: Connection, states: Mapping[LotKey, LotQc], at: datetime) ->
 
 
 def conversion_pending(conn: Connection, name: str) -> bool:
-    found = conn.execute(
-        select(pending_conversions.c.name).where(pending_conversions.c.name == name)
-    ).first()
-    return found is not None
+    """Whether the conversion is still to do; on PostgreSQL the row is locked, so that a
+    daemon starting at the same time waits, and then finds it done."""
+    query = select(pending_conversions.c.name).where(pending_conversions.c.name == name)
+    return conn.execute(_locking(conn, query)).first() is not None
 
 
 def conversion_done(conn: Connection, name: str) -> None:
@@ -223,6 +249,8 @@ def _test_qc(row: Any) -> TestQc:
         locked=row.locked,
         lots_in_use=in_use,
         stream=_stream(json.loads(row.westgard)),
+        basis=row.basis,
+        epoch=row.epoch,
     )
 
 
@@ -250,6 +278,8 @@ def _test_row(key: TestKey, state: TestQc, at: datetime) -> dict[str, Any]:
         "locked": state.locked,
         "lots_in_use": None if state.lots_in_use is None else json.dumps(sorted(state.lots_in_use)),
         "westgard": json.dumps(_stream_data(state.stream)),
+        "basis": state.basis,
+        "epoch": state.epoch,
         "updated_at": at,
     }
 
@@ -266,6 +296,7 @@ def _lot_qc(row: Any) -> LotQc:
         cycle=Statistics(row.cycle_results, Fraction(row.cycle_total), Fraction(row.cycle_squares)),
         over_limit_cycles=row.over_limit_cycles,
         approved=approved,
+        epoch=row.epoch,
     )
 
 
@@ -286,5 +317,6 @@ def _lot_row(key: LotKey, state: LotQc, at: datetime) -> dict[str, Any]:
         "over_limit_cycles": state.over_limit_cycles,
         "approved_mean": str(state.approved.mean) if state.approved else None,
         "approved_sd": str(state.approved.sd) if state.approved else None,
+        "epoch": state.epoch,
         "updated_at": at,
     }

@@ -83,8 +83,10 @@ class StoreWriter:
 
     def _commit(self, batch: list[_Job]) -> None:
         try:
-            with self.engine.begin() as conn:
-                values = [job.work(conn) for job in batch]
+            with self.engine.connect() as conn:
+                conn.execution_options(write=True)
+                with conn.begin():
+                    values = [job.work(conn) for job in batch]
         except Exception as exc:
             if len(batch) == 1:
                 log.error("store write failed", error=repr(exc))
