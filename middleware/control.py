@@ -163,10 +163,11 @@ class Control:
         store, engine = self.store, self.engine
         if store is None or engine is None:
             return False
-        found = await store.read_async(rules_in_force.latest)
-        if found is None or found.id == self.rules_version:
-            return False
         async with self._reloading:
+            # Read under the lock: a reload of this daemon's files in between is newer.
+            found = await store.read_async(rules_in_force.latest)
+            if found is None or found.id == self.rules_version:
+                return False
             if self.rules is not None and as_json(self.rules)[1] == found.digest:
                 self.rules_version = found.id
                 return False

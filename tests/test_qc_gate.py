@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from middleware.domain import ControlResult, Measurement, Result
-from middleware.engine.rules import load_rules
+from middleware.engine.qc import QcGate, QcOutcome
+from middleware.engine.rules import Rules, load_rules
 from tests.conftest import ROOT
 from tests.qc_memory import InMemoryGate
 
@@ -186,3 +189,41 @@ def test_two_cycles_over_the_cv_and_bias_limits_lock_the_method(gate: Gate) -> N
     assert codes(gate, "TP", T0 + timedelta(hours=40))[0] == "method-locked"
     gate.unlock("chem-1", "TP")
     assert "method-locked" not in codes(gate, "TP", T0 + timedelta(hours=40))
+
+
+def _rules_with(tmp_path: Path, name: str, old: str, new: str) -> Rules:
+    directory = tmp_path / name
+    shutil.copytree(ROOT / "rules", directory)
+    qc_file = directory / "qc.yaml"
+    text = qc_file.read_text()
+    assert old in text
+    qc_file.write_text(text.replace(old, new))
+    return load_rules(directory)
+
+
+def _crp_run(gate: Gate, value: str, at: datetime) -> QcOutcome:
+    gate.note_patient("chem-1", "CRP")
+    return gate.record_control(control("CRP", value, LOT_1), at)
+
+
+def test_windows_start_again_when_the_targets_they_were_judged_with_change(
+    gate: Gate, tmp_path: Path
+) -> None:
+    # CRP level 1 targets 10 (SD 0.6); the lot in use really runs at 10.6, z = +1.
+    for day in range(9):
+        assert _crp_run(gate, "10.6", T0 + timedelta(days=day)).evaluation is not None
+    # The lab corrects the mean: nine results at +1 SD of the wrong mean are no trend of
+    # the right one.
+    corrected = _rules_with(tmp_path, "corrected", "CRP: {mean: 10,", "CRP: {mean: 10.6,")
+    gate.gate = QcGate(corrected)
+    outcome = _crp_run(gate, "10.7", T0 + timedelta(days=9))
+    assert outcome.evaluation is not None and outcome.evaluation.status == "accept"
+
+
+def test_windows_stay_when_the_rules_change_elsewhere(gate: Gate, tmp_path: Path) -> None:
+    for day in range(9):
+        _crp_run(gate, "10.6", T0 + timedelta(days=day))
+    elsewhere = _rules_with(tmp_path, "elsewhere", "validity_hours: 8", "validity_hours: 9")
+    gate.gate = QcGate(elsewhere)
+    outcome = _crp_run(gate, "10.6", T0 + timedelta(days=9))
+    assert outcome.evaluation is not None and outcome.evaluation.violations == ("10x",)

@@ -5,7 +5,10 @@ daemons on one database act on each other's QC."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -19,12 +22,12 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, select, text
 
 import drivers
-from middleware.assessment import QC_STATE_CONVERSION, assess_message, convert_history
+from middleware.assessment import QC_STATE_CONVERSION, QcBook, assess_message, convert_history
 from middleware.astm.records import decode_message
 from middleware.engine import qc as engine_qc
 from middleware.engine import westgard
 from middleware.engine.engine import Engine
-from middleware.engine.qc import LevelState, LotQc, Statistics
+from middleware.engine.qc import LevelState, LotQc, QcGate, Statistics
 from middleware.engine.rules import Rules, Target, load_rules
 from middleware.store import Store, ingest, qc_state, reading
 from middleware.store.database import migrate, open_engine
@@ -369,6 +372,8 @@ _tests = st.builds(
     locked=_texts,
     lots_in_use=st.none() | st.frozensets(_texts, max_size=3),
     stream=st.builds(westgard.Stream, _bands, st.none() | _runs),
+    basis=_texts,
+    epoch=st.integers(0, 10**6),
 )
 _sums = st.fractions(max_denominator=10**8).filter(lambda f: abs(f) < 10**12)
 _statistics = st.builds(Statistics, st.integers(0, 10**6), _sums, _sums)
@@ -386,6 +391,7 @@ _lots = st.builds(
         mean=st.decimals(-(10**6), 10**6, places=4),
         sd=st.decimals(Decimal("0.0001"), 10**6, places=4),
     ),
+    epoch=st.integers(0, 10**6),
 )
 
 
@@ -412,3 +418,43 @@ def test_qc_state_rows_give_back_exactly_the_state_written(
             back = roundtrip(conn)
             conn.rollback()
         assert back == (test, lot)
+
+
+def test_two_transactions_making_a_tests_first_state_take_turns(database_url: str) -> None:
+    """A message's QC and an operator's calibration, in two write transactions (two
+    daemons' writers), on a test with no state yet: the second waits for the first and
+    builds on what it wrote, never writing over it."""
+    key = ("chem-1", "NEW")
+    store = Store(database_url)
+    first_wrote = threading.Event()
+
+    def write(change: Callable[[QcBook], None], then: Callable[[], None] = lambda: None) -> None:
+        with store.engine.connect() as conn:
+            conn.execution_options(write=True)  # as the store writer's transactions
+            with conn.begin():
+                book = QcBook.read(conn, [key])
+                change(book)
+                book.write(conn, T0)
+                then()
+
+    def message() -> None:
+        level = LevelState(T0, "chem-1/NEW/1", "accept", ())
+        write(
+            lambda book: book.change(key, replace(book.test(key), levels={"1": level})),
+            then=lambda: (first_wrote.set(), time.sleep(0.5)),  # open when the other comes
+        )
+
+    def calibration() -> None:
+        first_wrote.wait(5)
+        write(lambda book: book.change(key, QcGate.void(book.test(key), "calibration", T0)))
+
+    try:
+        threads = [threading.Thread(target=message), threading.Thread(target=calibration)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        [state] = store.read(lambda conn: qc_state.load_tests(conn, [key])).values()
+    finally:
+        store.close()
+    assert list(state.levels) == ["1"] and state.void_reason == "calibration"

@@ -13,6 +13,7 @@ stores the result) and nothing is ever rebuilt.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -91,6 +92,9 @@ class LotQc:
     """Q6: consecutive cycles over the CV or bias limit."""
     approved: Target | None = None
     """Q3: the lab's own mean and SD, once a biologist approved them."""
+    epoch: int = 0
+    """The test's windows its window belongs to (:attr:`TestQc.epoch`); an older one is
+    read as empty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,10 @@ class TestQc:
     lots_in_use: frozenset[str] | None = None
     """Reagent lots of the last result: a change voids QC."""
     stream: westgard.Stream = westgard.NO_STREAM
+    basis: str = ""
+    """The rule set and control targets the Westgard windows were judged with."""
+    epoch: int = 0
+    """Counts the times the windows started again, when their basis changed."""
 
 
 NO_QC = TestQc()
@@ -167,6 +175,7 @@ class QcGate:
         self.rules = rules
         # Derived from the rules alone, once per instrument and test named by a policy.
         self._rule_sets: dict[tuple[str, str], westgard.RuleSet] = {}
+        self._bases: dict[tuple[str, str], str] = {}
 
     # --- configuration ---------------------------------------------------------------------
 
@@ -185,6 +194,25 @@ class QcGate:
             if policy is not None:
                 self._rule_sets[(instrument, test)] = chosen
         return chosen
+
+    def basis(self, instrument: str, test: str) -> str:
+        """What the Westgard windows of a test are judged with: its rule set and the
+        rules' targets of every control lot for it. Windows judged against other targets
+        (a corrected mean) or kept by another rule set would judge the next result
+        wrongly: when this changes they start again. Approved limits do not change it:
+        they refine a target of the same lot."""
+        basis = self._bases.get((instrument, test))
+        if basis is None:
+            targets = sorted(
+                f"{material.name}/{lot.lot}={lot.targets[test].mean}/{lot.targets[test].sd}"
+                for material in self.rules.control_materials
+                for lot in material.lots
+                if test in lot.targets
+            )
+            text = f"{self.rule_set(instrument, test)!r};{';'.join(targets)}"
+            basis = hashlib.sha256(text.encode()).hexdigest()[:32]
+            self._bases[(instrument, test)] = basis
+        return basis
 
     def control_lot(self, control: ControlResult) -> tuple[ControlMaterial, ControlLot] | None:
         """The rules' material and lot of a control result: by lot number (or a sample id
@@ -251,8 +279,17 @@ class QcGate:
         mine = lots.get(lot.lot, NO_LOT_QC)
         target = mine.approved or lot.targets[test]
         rule_set = self.rule_set(instrument, test)
+        basis = self.basis(instrument, test)
+        if state.basis != basis:
+            state = replace(state, basis=basis, epoch=state.epoch + 1, stream=westgard.NO_STREAM)
+        epoch = state.epoch
+
+        def window(name: str) -> westgard.Window:
+            kept = lots.get(name, NO_LOT_QC)
+            return kept.window if kept.epoch == epoch else westgard.NO_WINDOW
+
         keys = {(material.name, lot.lot), *westgard.closing(state.stream, run)}
-        windows = {key: lots.get(key[1], NO_LOT_QC).window for key in keys}
+        windows = {key: window(key[1]) for key in keys}
         step = westgard.evaluate(
             rule_set,
             state.stream,
@@ -269,12 +306,16 @@ class QcGate:
             ),
         )
         changed = {
-            name: replace(lots.get(name, NO_LOT_QC), material=key_material, window=window)
-            for (key_material, name), window in step.windows.items()
+            name: replace(
+                lots.get(name, NO_LOT_QC), material=key_material, window=closed, epoch=epoch
+            )
+            for (key_material, name), closed in step.windows.items()
         }
         evaluation = step.evaluation
         value = Fraction(result.value.number)
         mine = changed.get(lot.lot, mine)
+        if mine.epoch != epoch:
+            mine = replace(mine, window=westgard.NO_WINDOW, epoch=epoch)
         runs = mine.runs
         if len(runs) < RESULTS_FOR_OWN_LIMITS and run not in runs:
             runs = (*runs, run)

@@ -336,6 +336,8 @@ qc_tests = Table(
     Column("locked", Text, nullable=False),
     Column("lots_in_use", Text),  # JSON list, or NULL before the first lot reported
     Column("westgard", Text, nullable=False),  # JSON: closed runs' window and the open run
+    Column("basis", Text, nullable=False),  # digest of the rule set and targets judged with
+    Column("epoch", Integer, nullable=False),  # the windows' generation, for qc_lots.epoch
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -360,6 +362,7 @@ qc_lots = Table(
     Column("over_limit_cycles", Integer, nullable=False),
     Column("approved_mean", Text),
     Column("approved_sd", Text),
+    Column("epoch", Integer, nullable=False),  # the qc_tests.epoch its window belongs to
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 

@@ -32,6 +32,8 @@ def upgrade() -> None:
         sa.Column("locked", sa.Text(), nullable=False),
         sa.Column("lots_in_use", sa.Text()),
         sa.Column("westgard", sa.Text(), nullable=False),
+        sa.Column("basis", sa.Text(), nullable=False),
+        sa.Column("epoch", sa.Integer(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("instrument", "test_code"),
     )
@@ -52,6 +54,7 @@ def upgrade() -> None:
         sa.Column("over_limit_cycles", sa.Integer(), nullable=False),
         sa.Column("approved_mean", sa.Text()),
         sa.Column("approved_sd", sa.Text()),
+        sa.Column("epoch", sa.Integer(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("instrument", "test_code", "lot"),
     )
