@@ -9,7 +9,7 @@ back, so does the state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -17,7 +17,7 @@ from functools import partial
 
 from sqlalchemy import Connection
 
-from middleware.domain import ControlResult, InstrumentMessage, Result
+from middleware.domain import ControlResult, InstrumentMessage, Patient, Result
 from middleware.engine.context import PreviousResult, ResultContext, SampleCondition
 from middleware.engine.decision import Action, Decision
 from middleware.engine.engine import Engine
@@ -30,7 +30,8 @@ from middleware.engine.qc import (
     QcOutcome,
     TestQc,
 )
-from middleware.store import ingest, qc_records, qc_state, release, sql
+from middleware.hl7.results import Reported, Sender, oru_r01
+from middleware.store import ingest, outbox, qc_records, qc_state, release, sql
 from middleware.store.qc_state import LotKey, TestKey
 
 
@@ -195,7 +196,10 @@ def assess_message(
     stored: ingest.Stored,
     reading: InstrumentMessage,
     now: datetime,
+    lis: Sender | None = None,
 ) -> Assessment:
+    """Decide a stored message's results; with ``lis``, queue what is released for it, in
+    the same transaction."""
     out = Assessment()
     patient_ids = dict(zip((id(r) for r in reading.results), stored.result_ids, strict=True))
     control_ids = dict(zip((id(c) for c in reading.controls), stored.control_ids, strict=True))
@@ -223,11 +227,39 @@ def assess_message(
         out.decisions.append((result_id, decision))
     qc_records.record_evaluations(conn, evaluated, now)
     release.record_decisions(conn, decided, now)
+    released = [(r, d) for _, r, d in decided if d.action is Action.RELEASE]
     for instrument, tests in sorted(touched.items()):
         states = {test: book.test((instrument, test)) for test in tests}
-        out.released_later += redecide_held(conn, engine, instrument, states, now)
+        later = redecide_held(conn, engine, instrument, states, now)
+        out.released_later += [result_id for result_id, _, _ in later]
+        released += [(r, d) for _, r, d in later if d.action is Action.RELEASE]
     book.write(conn, now)
+    if lis is not None:
+        queue_released(conn, lis, released, reading.patients, now)
     return out
+
+
+def queue_released(
+    conn: Connection,
+    lis: Sender,
+    released: Sequence[tuple[Result, Decision]],
+    patients: Sequence[Patient],
+    now: datetime,
+) -> list[int]:
+    """One ORU^R01 per specimen and instrument of the results released, into the outbox;
+    the comments that must travel with a result go with it."""
+    groups: dict[tuple[str, str], list[Reported]] = {}
+    for result, decision in released:
+        key = (result.specimen_id, result.instrument)
+        groups.setdefault(key, []).append(Reported(result, comments=decision.comments))
+    queued = []
+    for (specimen, instrument), reported in groups.items():
+        patient_id = reported[0].result.patient_id
+        patient = next((p for p in patients if p.patient_id == patient_id), None)
+        control_id = outbox.new_control_id()
+        message = oru_r01(control_id, now, specimen, patient, reported, lis)
+        queued.append(outbox.enqueue(conn, specimen, instrument, control_id, message, now))
+    return queued
 
 
 def redecide_held(
@@ -236,9 +268,9 @@ def redecide_held(
     instrument: str,
     states: Mapping[str, TestQc],
     now: datetime,
-) -> list[int]:
+) -> list[tuple[int, Result, Decision]]:
     """Look again at the held results of some tests of an instrument, each under its QC
-    state in ``states``; record the decisions that changed."""
+    state in ``states``; record the decisions that changed, and give them."""
     held = release.held_results(conn, instrument, states)
     lookups = _Lookups.fetch(conn, held, engine.delta_tests)
     changed = []
@@ -248,7 +280,7 @@ def redecide_held(
         if decision.action is not Action.HOLD:
             changed.append((result_id, result, decision))
     release.record_decisions(conn, changed, now)
-    return [result_id for result_id, _, _ in changed]
+    return changed
 
 
 #: The conversion a migration leaves when the QC state of a database that already held

@@ -18,11 +18,13 @@ from typing import Literal, TypeVar
 import structlog
 from sqlalchemy import Connection, Row, select
 
-from middleware.assessment import QcBook, convert_history, redecide_held
+from middleware.assessment import QcBook, convert_history, queue_released, redecide_held
+from middleware.engine.decision import Action
 from middleware.engine.engine import Engine
 from middleware.engine.qc import LimitsProposal, QcGate
 from middleware.engine.rules import Rules, as_json, from_json, load_rules
 from middleware.engine.rules import diff as rules_diff
+from middleware.hl7.results import Sender
 from middleware.settings import Settings
 from middleware.store import Store, qc_state, rules_in_force
 from middleware.store.audit import audit
@@ -106,6 +108,18 @@ class Control:
         self.rules: Rules | None = None
         self.rules_version: int | None = None
         """The row of ``rules_in_force`` these rules are."""
+        lis = settings.lis
+        self.lis = (
+            Sender(
+                lis.sending_application,
+                lis.sending_facility,
+                lis.receiving_application,
+                lis.receiving_facility,
+            )
+            if lis is not None
+            else None
+        )
+        """Who sends to whom, when released results are queued for a LIS."""
         self.engine: Engine | None = None
         """Created by the first rules accepted, then kept: pipelines hold on to it, and a
         reload only replaces its rules. It holds no QC state: the store does."""
@@ -318,6 +332,10 @@ class Control:
             )
             released = redecide_held(conn, engine, instrument, {test: state}, now)
             book.write(conn, now)
-            return CorrectiveActionClosed(action_id, instrument, test, released)
+            if self.lis is not None:
+                sent = [(r, d) for _, r, d in released if d.action is Action.RELEASE]
+                queue_released(conn, self.lis, sent, (), now)
+            ids = [result_id for result_id, _, _ in released]
+            return CorrectiveActionClosed(action_id, instrument, test, ids)
 
         return await self._write(store, work)

@@ -206,6 +206,7 @@ class Daemon:
             store,
             encoding=config.encoding,
             engine=self.engine,
+            lis=self.control.lis,
             timezone=ZoneInfo(config.timezone) if config.timezone else None,
             max_message_bytes=config.max_message_bytes,
         )

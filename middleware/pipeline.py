@@ -38,6 +38,7 @@ from middleware.astm.link import (
 from middleware.astm.records import decode_message, encode_record, split_records
 from middleware.domain import InstrumentMessage
 from middleware.engine.engine import Engine
+from middleware.hl7.results import Sender
 from middleware.store import Store
 from middleware.store.ingest import Delivery, RawSpan, Stored, keep_raw, settle, store_delivery
 from middleware.store.orders import orders_for
@@ -94,12 +95,15 @@ class ConnectionPipeline:
         engine: Engine | None = None,
         timezone: tzinfo | None = None,
         max_message_bytes: int = 8 << 20,
+        lis: Sender | None = None,
     ) -> None:
         self.instrument = instrument
         self.driver = driver
         self.store = store
         self.engine = engine
         """Decides about every result in the transaction that stores it; None: store only."""
+        self.lis = lis
+        """Released results are queued for this LIS in the same transaction; None: none."""
         # Analysers send wall-clock times without a zone: the site's local time by default.
         self.timezone = timezone or datetime.now().astimezone().tzinfo or UTC
         self.encoding = encoding
@@ -302,7 +306,7 @@ class ConnectionPipeline:
         """Store a delivery with what waits before it (raw rows, settled messages), and
         settle ``confirm`` unless the delivery is one of them again; nothing changes here
         unless that commits."""
-        engine = self.engine
+        engine, lis = self.engine, self.lis
         pending = list(self._pending)
         settled = list(self._acknowledged)
         confirm = confirm or []
@@ -314,7 +318,7 @@ class ConnectionPipeline:
             again = stored.message_id if stored.duplicate else None
             settle(conn, [m for m in confirm if m != again], now)
             if engine is not None and delivery.reading is not None and not stored.duplicate:
-                assess_message(conn, engine, stored, delivery.reading, now)
+                assess_message(conn, engine, stored, delivery.reading, now, lis)
             return stored
 
         future = self.store.write_soon(work)

@@ -205,6 +205,37 @@ class ApiConfig(BaseModel):
         return value
 
 
+class BackoffConfig(BaseModel):
+    """Waits between attempts to reach the LIS: base, times multiplier after each failure,
+    at most ceiling, each shortened or lengthened at random by up to jitter (a fraction)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: float = Field(default=1.0, gt=0, le=3600)
+    multiplier: float = Field(default=2.0, ge=1, le=10)
+    ceiling: float = Field(default=60.0, gt=0, le=3600)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+
+
+class LisConfig(BaseModel):
+    """The LIS results are delivered to, over MLLP; no outbox is kept without it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    ack_timeout: float = Field(default=30.0, gt=0, le=3600)
+    """Seconds to wait for the LIS's ACK of a message before sending it again."""
+    on_error: Literal["stop", "dead-letter"] = "stop"
+    """What an AE or AR answer does: stop that specimen's queue for a person (default), or
+    set the message aside as a dead letter and go on."""
+    backoff: BackoffConfig = BackoffConfig()
+    sending_application: str = Field(default="LIS-MIDDLEWARE", min_length=1, max_length=180)
+    sending_facility: str = Field(default="LAB", min_length=1, max_length=180)
+    receiving_application: str = Field(default="LIS", min_length=1, max_length=180)
+    receiving_facility: str = Field(default="LAB", min_length=1, max_length=180)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MIDDLEWARE_", env_nested_delimiter="__", extra="forbid"
@@ -226,6 +257,8 @@ class Settings(BaseSettings):
     api: ApiConfig | None = None
     """The control API (rules reload, corrective actions); off unless configured."""
     instruments: list[InstrumentConfig] = []
+    lis: LisConfig | None = None
+    """Where released results go; without it nothing is queued for a LIS."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

@@ -209,8 +209,19 @@ def held_results(
     return [(row.id, result_of(row)) for row in rows]
 
 
+def _number(text: str, stored: Any) -> Decimal | None:
+    """The stored number, with the digits the analyser wrote when its text gives the same
+    number: SQLite keeps NUMERIC as a binary float (5.0 comes back as 5.0000000000), and
+    a result goes to the LIS with its own precision."""
+    if stored is None:
+        return None
+    number = Decimal(stored)
+    written = Measurement.parse(text).number
+    return written if written is not None and written == number else number
+
+
 def result_of(row: Any) -> Result:
-    value = Measurement(row.value_text, row.value_number, row.censor)
+    value = Measurement(row.value_text, _number(row.value_text, row.value_number), row.censor)
     return Result(
         specimen_id=row.specimen_id,
         test_code=row.test_code,

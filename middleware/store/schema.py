@@ -388,6 +388,45 @@ rules_in_force = Table(
     Column("put_at", DateTime(timezone=True), nullable=False),
 )
 
+# Messages to the LIS (store/outbox.py), written in the transaction of the decisions that
+# release their results, and closed by the LIS's answer. state: pending, delivered (AA),
+# stopped (AE/AR: the specimen's queue waits for a person), dead (set aside).
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("specimen_id", Text, nullable=False),
+    Column("instrument", Text, nullable=False),
+    Column("message_type", Text, nullable=False),
+    Column("control_id", Text, nullable=False),  # MSH-10: the same on every resend
+    Column("message", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_sent_at", DateTime(timezone=True)),
+    Column("answered_at", DateTime(timezone=True)),
+    Column("answer", Text),  # the LIS's answer as received
+    Column("detail", Text, nullable=False),  # why it stopped, in words
+    Column("claimed_by", Text),  # the daemon sending it, while claimed_until is ahead
+    Column("claimed_until", DateTime(timezone=True)),
+    UniqueConstraint("control_id", name="uq_outbox_control_id"),
+)
+Index("ix_outbox_state", outbox.c.state, outbox.c.id)
+Index("ix_outbox_specimen", outbox.c.specimen_id, outbox.c.id)
+
+# Every send, resend and answer of an outbox entry, with its time (D3, D4).
+outbox_log = Table(
+    "outbox_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("outbox_id", Integer, ForeignKey("outbox.id"), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("event", Text, nullable=False),  # sent, answered, timeout, disconnected, ...
+    Column("data", Text, nullable=False),  # what went out or came back
+    Column("detail", Text, nullable=False),
+)
+Index("ix_outbox_log_entry", outbox_log.c.outbox_id)
+
 # Which daemon serves each instrument, when several share one database (store/leases.py).
 instrument_leases = Table(
     "instrument_leases",

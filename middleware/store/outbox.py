@@ -1,0 +1,205 @@
+"""The outbox: HL7 messages to the LIS, queued in the transaction that releases their
+results, sent in order per specimen, closed by the LIS's answer.
+
+An entry is ``pending`` until the LIS accepts it (``delivered``). An error answer (AE,
+AR) either stops it (``stopped``: the specimen's later entries wait behind it for a
+person) or sets it aside (``dead``), as configured; a person retries or dismisses it. A
+sender claims the oldest entry it may send (none of its specimen's earlier entries still
+pending or stopped, no other daemon's claim running), for as long as it waits for the
+answer: a daemon that dies leaves a claim that runs out, and the entry is sent again, with
+the same control id. Every send and answer is kept in ``outbox_log``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, exists, func, or_, select
+
+from middleware.store.schema import outbox, outbox_log
+from middleware.store.sql import utc
+
+PENDING, DELIVERED, STOPPED, DEAD = "pending", "delivered", "stopped", "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    id: int
+    specimen_id: str
+    instrument: str
+    control_id: str
+    message: str
+    state: str
+    attempts: int
+    detail: str = ""
+    created_at: datetime | None = None
+    answered_at: datetime | None = None
+
+
+def new_control_id() -> str:
+    """A message control id (MSH-10), unique across daemons and restarts: 20 characters,
+    the most HL7 v2.3 allows."""
+    return "MW" + secrets.token_hex(9).upper()
+
+
+def enqueue(
+    conn: Connection,
+    specimen_id: str,
+    instrument: str,
+    control_id: str,
+    message: str,
+    at: datetime,
+    message_type: str = "ORU^R01",
+) -> int:
+    return int(
+        conn.execute(
+            outbox.insert().returning(outbox.c.id),
+            {
+                "specimen_id": specimen_id,
+                "instrument": instrument,
+                "message_type": message_type,
+                "control_id": control_id,
+                "message": message,
+                "state": PENDING,
+                "created_at": at,
+                "attempts": 0,
+                "detail": "",
+            },
+        ).scalar_one()
+    )
+
+
+def claim_next(conn: Connection, owner: str, at: datetime, hold: timedelta) -> Entry | None:
+    """The oldest entry ``owner`` may send now, claimed until ``at + hold``; None when
+    there is none."""
+    earlier = outbox.alias("earlier")
+    query = (
+        select(outbox)
+        .where(
+            outbox.c.state == PENDING,
+            or_(
+                outbox.c.claimed_until.is_(None),
+                outbox.c.claimed_until < at,
+                outbox.c.claimed_by == owner,
+            ),
+            ~exists().where(
+                and_(
+                    earlier.c.specimen_id == outbox.c.specimen_id,
+                    earlier.c.id < outbox.c.id,
+                    earlier.c.state.in_((PENDING, STOPPED)),
+                )
+            ),
+        )
+        .order_by(outbox.c.id)
+        .limit(1)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=outbox)
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    conn.execute(
+        outbox.update()
+        .where(outbox.c.id == row.id)
+        .values(claimed_by=owner, claimed_until=at + hold)
+    )
+    return _entry(row)
+
+
+def sent(conn: Connection, entry_id: int, data: str, at: datetime) -> None:
+    conn.execute(
+        outbox.update()
+        .where(outbox.c.id == entry_id)
+        .values(attempts=outbox.c.attempts + 1, last_sent_at=at)
+    )
+    log(conn, entry_id, "sent", data, "", at)
+
+
+def answered(
+    conn: Connection, entry_id: int, state: str, answer: str, detail: str, at: datetime
+) -> None:
+    """The LIS answered: delivered, stopped or dead, with what it said."""
+    conn.execute(
+        outbox.update()
+        .where(outbox.c.id == entry_id)
+        .values(
+            state=state,
+            answer=answer,
+            answered_at=at,
+            detail=detail,
+            claimed_by=None,
+            claimed_until=None,
+        )
+    )
+    log(conn, entry_id, "answered", answer, detail, at)
+
+
+def release_claim(conn: Connection, entry_id: int, event: str, detail: str, at: datetime) -> None:
+    """No answer (a timeout, a lost connection): the entry waits to be sent again."""
+    conn.execute(
+        outbox.update()
+        .where(outbox.c.id == entry_id, outbox.c.state == PENDING)
+        .values(claimed_by=None, claimed_until=None)
+    )
+    log(conn, entry_id, event, "", detail, at)
+
+
+def retry(conn: Connection, entry_id: int, at: datetime) -> bool:
+    """A person sends a stopped or dead entry again; False when it is neither."""
+    done = conn.execute(
+        outbox.update()
+        .where(outbox.c.id == entry_id, outbox.c.state.in_((STOPPED, DEAD)))
+        .values(state=PENDING, detail="", claimed_by=None, claimed_until=None)
+    )
+    if done.rowcount:
+        log(conn, entry_id, "retried", "", "", at)
+    return bool(done.rowcount)
+
+
+def dismiss(conn: Connection, entry_id: int, at: datetime) -> bool:
+    """A person sets a stopped entry aside, so its specimen's queue goes on."""
+    done = conn.execute(
+        outbox.update().where(outbox.c.id == entry_id, outbox.c.state == STOPPED).values(state=DEAD)
+    )
+    if done.rowcount:
+        log(conn, entry_id, "dismissed", "", "", at)
+    return bool(done.rowcount)
+
+
+def log(conn: Connection, entry_id: int, event: str, data: str, detail: str, at: datetime) -> None:
+    conn.execute(
+        outbox_log.insert(),
+        {"outbox_id": entry_id, "at": at, "event": event, "data": data, "detail": detail},
+    )
+
+
+def entries(conn: Connection, states: tuple[str, ...] = (PENDING, STOPPED, DEAD)) -> list[Entry]:
+    rows = conn.execute(select(outbox).where(outbox.c.state.in_(states)).order_by(outbox.c.id))
+    return [_entry(row) for row in rows]
+
+
+def depth(conn: Connection) -> int:
+    """Entries waiting to be delivered."""
+    return int(
+        conn.execute(
+            select(func.count()).select_from(outbox).where(outbox.c.state == PENDING)
+        ).scalar_one()
+    )
+
+
+def _entry(row: Any) -> Entry:
+    return Entry(
+        id=row.id,
+        specimen_id=row.specimen_id,
+        instrument=row.instrument,
+        control_id=row.control_id,
+        message=row.message,
+        state=row.state,
+        attempts=row.attempts,
+        detail=row.detail,
+        created_at=utc(row.created_at),
+        answered_at=utc(row.answered_at),
+    )
