@@ -21,6 +21,7 @@ import drivers
 from drivers import DriverOptions
 from middleware.astm.link import LinkSettings, Role
 from middleware.control import Control, EngineNotRunning, RulesRefused
+from middleware.delivery import LisSender
 from middleware.engine.engine import Engine
 from middleware.pipeline import ConnectionPipeline
 from middleware.settings import InstrumentConfig, Settings
@@ -145,6 +146,9 @@ class Daemon:
         for config in self.settings.instruments:
             if config.enabled:
                 await self._start_instrument(config, self.store)
+        if self.settings.lis is not None:
+            sender = LisSender(self.settings.lis, self.store, self.owner)
+            self._tasks.append(asyncio.create_task(_keep_running("lis", sender.run)))
         log.info("daemon running", instruments=len(self.connections), owner=self.owner)
 
     @property

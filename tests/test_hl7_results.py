@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from middleware.domain import Comment, Measurement, Patient, ReagentUse, Result
+from middleware.hl7.ack import read_answer
 from middleware.hl7.render import render_capture
 from middleware.hl7.results import Reported, escape, oru_r01, timestamp, value_type
 from tests.conftest import CORPUS, ROOT
@@ -150,3 +151,29 @@ def test_the_render_command_prints_one_segment_per_line() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+# --- the LIS's answers ---------------------------------------------------------------------
+
+
+def test_an_answer_says_its_code_the_message_it_names_and_why() -> None:
+    answer = read_answer(
+        "MSH|^~\\&|LIS|LAB|MW|LAB|20261130||ACK^R01^ACK|A1|P|2.5.1\r"
+        "MSA|AE|MW123|unknown test\rERR|||207^Application internal error^HL70357|E"
+    )
+    assert (answer.code, answer.control_id, answer.accepted) == ("AE", "MW123", False)
+    assert answer.text.startswith("unknown test; ERR|")
+    assert read_answer("MSH|^~\\&|L|L|M|L|1||ACK|A2|P|2.5.1\nMSA|ca|MW9").accepted
+    for text in ("", "MSH|^~\\&|x", "MSH|^~\\&|L|L|M|L|1||ACK|A|P|2.5.1\rMSA|ZZ|MW1"):
+        with pytest.raises(ValueError):
+            read_answer(text)
+
+
+@given(st.text(max_size=300) | st.builds(lambda s: "MSH|^~\\&|" + s, st.text(max_size=300)))
+def test_any_text_is_an_answer_or_a_clear_refusal(text: str) -> None:
+    try:
+        answer = read_answer(text)
+    except ValueError as exc:
+        assert str(exc)
+    else:
+        assert answer.code in ("AA", "AE", "AR", "CA", "CE", "CR")

@@ -1,0 +1,187 @@
+"""Delivering the outbox to the LIS over MLLP: one entry at a time, each waiting for its
+answer.
+
+The sender claims the oldest entry it may send (``store/outbox.py`` keeps per-specimen
+order and other daemons' claims), records that it sends it, writes it, and waits for the
+LIS's answer naming its control id. AA closes the entry; AE or AR stops it for a person
+or sets it aside, as configured; there is no blind resend loop. No answer within the
+timeout, or a lost connection, closes the connection: after a growing delay (base,
+multiplier, ceiling, jitter) the same message is sent again, with the same control id.
+Every send, answer and failure is in the outbox log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import structlog
+
+from middleware.hl7.ack import Answer, read_answer
+from middleware.hl7.mllp import Discarded, MessageReceived, MllpReader, frame
+from middleware.settings import BackoffConfig, LisConfig
+from middleware.store import Store, outbox
+from middleware.store.sql import utcnow
+
+log = structlog.get_logger("middleware.delivery")
+
+#: How often the sender looks at an empty outbox.
+POLL_SECONDS = 0.2
+
+
+class NoAnswer(Exception):
+    """The LIS did not answer in time, or the connection was lost: send again later."""
+
+
+def delays(config: BackoffConfig, rng: Callable[[], float] = random.random) -> Callable[[], float]:
+    """Successive waits before trying again; after a success the caller starts again
+    with a new call."""
+    current = config.base
+
+    def next_delay() -> float:
+        nonlocal current
+        delay = current
+        current = min(current * config.multiplier, config.ceiling)
+        return delay * (1 + config.jitter * (2 * rng() - 1))
+
+    return next_delay
+
+
+class LisSender:
+    def __init__(
+        self,
+        config: LisConfig,
+        store: Store,
+        owner: str,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.owner = owner
+        self.clock = clock
+        self.log = log.bind(lis=f"{config.host}:{config.port}")
+        # Long enough for the answer; a daemon that dies leaves a claim that runs out.
+        self.hold = timedelta(seconds=2 * config.ack_timeout + 5)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._mllp = MllpReader()
+
+    async def run(self) -> None:
+        """Deliver until cancelled."""
+        next_delay = delays(self.config.backoff)
+        try:
+            while True:
+                entry = await self.store.write(
+                    lambda conn: outbox.claim_next(conn, self.owner, self.clock(), self.hold)
+                )
+                if entry is None:
+                    await asyncio.sleep(POLL_SECONDS)
+                    continue
+                try:
+                    answer = await self._deliver(entry)
+                except NoAnswer as failure:
+                    await self._no_answer(entry, failure, next_delay())
+                    continue
+                next_delay = delays(self.config.backoff)
+                await self._close_entry(entry, answer)
+        finally:
+            await self._close()
+
+    async def _no_answer(self, entry: outbox.Entry, failure: NoAnswer, delay: float) -> None:
+        await self._close()
+        event, detail = failure.args
+        await self.store.write(
+            lambda conn: outbox.release_claim(conn, entry.id, event, detail, self.clock())
+        )
+        self.log.warning(
+            "LIS did not answer; sending again later",
+            outbox_id=entry.id,
+            control_id=entry.control_id,
+            reason=detail,
+            retry_in=round(delay, 2),
+        )
+        await asyncio.sleep(delay)
+
+    async def _deliver(self, entry: outbox.Entry) -> tuple[Answer, str]:
+        if self._writer is None:
+            try:
+                self._reader, self._writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.config.host, self.config.port),
+                    self.config.ack_timeout,
+                )
+            except (OSError, TimeoutError) as exc:
+                raise NoAnswer("unreachable", f"cannot connect: {exc!r}") from None
+            self._mllp = MllpReader()
+        await self.store.write(
+            lambda conn: outbox.sent(conn, entry.id, entry.message, self.clock())
+        )
+        assert self._writer is not None and self._reader is not None
+        try:
+            self._writer.write(frame(entry.message.encode("utf-8")))
+            await self._writer.drain()
+            return await asyncio.wait_for(self._answer(entry), self.config.ack_timeout)
+        except TimeoutError:
+            raise NoAnswer("timeout", f"no answer in {self.config.ack_timeout} s") from None
+        except (OSError, EOFError) as exc:
+            raise NoAnswer("disconnected", f"connection lost: {exc!r}") from None
+
+    async def _answer(self, entry: outbox.Entry) -> tuple[Answer, str]:
+        """The first answer naming this entry's control id; any other is logged and
+        passed over (D4: an ACK must name the message it answers)."""
+        assert self._reader is not None
+        while True:
+            data = await self._reader.read(65536)
+            if not data:
+                raise EOFError("the LIS closed the connection")
+            for event in self._mllp.receive_data(data):
+                if isinstance(event, Discarded):
+                    self.log.warning("bytes from the LIS outside a message", reason=event.reason)
+                    continue
+                text = event.message.decode("utf-8", errors="replace")
+                found = self._read(entry, event, text)
+                if found is not None:
+                    return found, text
+
+    def _read(self, entry: outbox.Entry, event: MessageReceived, text: str) -> Answer | None:
+        try:
+            answer = read_answer(text)
+        except ValueError as exc:
+            self.log.warning("message from the LIS is not an answer", problem=str(exc))
+            return None
+        if answer.control_id != entry.control_id:
+            self.log.warning(
+                "answer names another message; passed over",
+                expected=entry.control_id,
+                named=answer.control_id,
+            )
+            return None
+        return answer
+
+    async def _close_entry(self, entry: outbox.Entry, found: tuple[Answer, str]) -> None:
+        answer, text = found
+        if answer.accepted:
+            state, detail = outbox.DELIVERED, ""
+        else:
+            state = outbox.STOPPED if self.config.on_error == "stop" else outbox.DEAD
+            detail = f"{answer.code}: {answer.text or 'no reason given'}"
+            self.log.error(
+                "LIS refused a message",
+                outbox_id=entry.id,
+                control_id=entry.control_id,
+                specimen=entry.specimen_id,
+                answer=detail,
+                state=state,
+            )
+        await self.store.write(
+            lambda conn: outbox.answered(conn, entry.id, state, text, detail, self.clock())
+        )
+
+    async def _close(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()

@@ -1,0 +1,123 @@
+"""End to end: the daemon as its own process, an analyser peer, and a LIS peer over MLLP.
+Released results reach the LIS exactly once per control id and in order per specimen,
+across a LIS outage, a LIS that does not answer, refusals, and a killed daemon."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.daemon import DaemonProcess, connect, free_port, query
+from tests.lis_peer import LisPeer
+from tests.messages import patient, qc
+from tests.peer import StreamPeer, send_message
+
+
+def _daemon(tmp_path: Path, database_url: str, lis_port: int, **lis: Any) -> DaemonProcess:
+    return DaemonProcess(
+        tmp_path,
+        [{"name": "chem-1", "transport": "tcp-server", "host": "127.0.0.1",
+          "port": free_port()}],
+        database_url=database_url, rules_dir=str(ROOT / "rules"),
+        lis={"host": "127.0.0.1", "port": lis_port, "ack_timeout": 1.0,
+             "backoff": {"base": 0.1, "ceiling": 0.5}, **lis},
+    )  # fmt: skip
+
+
+async def _analyser(daemon: DaemonProcess, *messages: list[bytes]) -> None:
+    peer = StreamPeer(*await connect(daemon.ports[0]))
+    for message in messages:
+        await send_message(peer, message)
+    await peer.close()
+
+
+def _outbox(database_url: str) -> list[tuple[Any, ...]]:
+    return query(database_url, "SELECT specimen_id, state, attempts FROM outbox ORDER BY id")
+
+
+async def test_released_results_reach_the_lis_once_each_across_an_outage(
+    tmp_path: Path, database_url: str
+) -> None:
+    lis = LisPeer()
+    port = await lis.start()
+    daemon = _daemon(tmp_path, database_url, port)
+    await asyncio.to_thread(daemon.start)
+    try:
+        await _analyser(daemon, qc("5.2", "15.6"), patient("S1", "5.0"), patient("S2", "5.1"))
+        await lis.wait_for(2)
+        await lis.stop()  # the LIS is down for a while
+        await _analyser(daemon, patient("S3", "5.2"), patient("S4", "5.3"))
+        await asyncio.sleep(1.5)
+        assert [s for s, state, _ in _outbox(database_url) if state == "pending"] == ["S3", "S4"]
+        await lis.start(port)
+        await lis.wait_for(4)
+    finally:
+        assert await asyncio.to_thread(daemon.stop) == 0
+        await lis.stop()
+    assert [r.specimen_id for r in lis.received] == ["S1", "S2", "S3", "S4"]
+    assert len({r.control_id for r in lis.received}) == 4
+    assert all(state == "delivered" for _, state, _ in _outbox(database_url))
+    log = query(database_url, "SELECT event FROM outbox_log ORDER BY id")
+    assert ("unreachable",) in log and log.count(("answered",)) == 4
+
+
+async def test_a_refused_message_stops_its_specimens_queue_and_not_the_others(
+    tmp_path: Path, database_url: str
+) -> None:
+    lis = LisPeer(answer="AE")
+    port = await lis.start()
+    daemon = _daemon(tmp_path, database_url, port)
+    await asyncio.to_thread(daemon.start)
+    try:
+        await _analyser(daemon, qc("5.2", "15.6"), patient("S1", "5.0"))
+        await lis.wait_for(1)
+        lis.answer = "AA"
+        # S1 measured again waits behind its refused message; S2 goes
+        await _analyser(daemon, patient("S1", "5.4"), patient("S2", "5.1"))
+        await lis.wait_for(2)
+        await asyncio.sleep(1)
+    finally:
+        assert await asyncio.to_thread(daemon.stop) == 0
+        await lis.stop()
+    assert [r.specimen_id for r in lis.received] == ["S1", "S2"]
+    assert _outbox(database_url) == [
+        ("S1", "stopped", 1),
+        ("S1", "pending", 0),
+        ("S2", "delivered", 1),
+    ]
+    [(detail,)] = query(database_url, "SELECT detail FROM outbox WHERE state = 'stopped'")
+    assert detail == "AE: unknown test code"
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["timeout", "killed"])
+async def test_no_answer_sends_the_same_message_again_with_the_same_control_id(
+    tmp_path: Path, database_url: str, kill: bool
+) -> None:
+    lis = LisPeer(answer="")
+    port = await lis.start()
+    daemon = _daemon(tmp_path, database_url, port)
+    await asyncio.to_thread(daemon.start)
+    try:
+        await _analyser(daemon, qc("5.2", "15.6"), patient("S1", "5.0"))
+        await lis.wait_for(1)
+        if kill:
+            # killed while waiting for the answer: another daemon sends it once the
+            # claim of the dead one runs out (2 x ack timeout + 5 s)
+            await asyncio.to_thread(daemon.kill)
+            daemon = _daemon(tmp_path, database_url, port)
+            await asyncio.to_thread(daemon.start)
+        await lis.wait_for(2, timeout=20)
+        lis.answer = "AA"
+        count = len(lis.received)
+        await lis.wait_for(count + 1, timeout=20)
+        await asyncio.sleep(0.5)
+    finally:
+        assert await asyncio.to_thread(daemon.stop) == 0
+        await lis.stop()
+    assert {r.control_id for r in lis.received} == {lis.received[0].control_id}
+    [(specimen, state, attempts)] = _outbox(database_url)
+    assert (specimen, state) == ("S1", "delivered") and attempts == len(lis.received)
