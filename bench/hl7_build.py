@@ -1,6 +1,6 @@
 """Building ORU^R01 messages: our text builder against hl7apy building the same message.
 
-    .venv/bin/python bench/hl7.py [--results 20] [--seconds 3]
+    .venv/bin/python bench/hl7_build.py [--results 20] [--seconds 3]
 
 One specimen with ``--results`` numeric results (units, range, flags, times, instrument),
 the message built again and again for about ``--seconds`` each way; prints messages/s
