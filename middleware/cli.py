@@ -53,6 +53,41 @@ def _hl7_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _outbox(args: argparse.Namespace) -> int:
+    """List, retry or dismiss the messages to the LIS not delivered, in the database the
+    configuration names; through the same commands as the control API, audited."""
+    import asyncio
+
+    from middleware.control import Control, ControlError
+    from middleware.store import Store
+
+    command = f"outbox {args.outbox_command}"
+    settings = _settings(args, command)
+    if settings is None:
+        return 2
+    store = Store(settings.database)
+    control = Control(settings, store)
+    try:
+        if args.outbox_command == "list":
+            entries = asyncio.run(control.outbox_entries())
+            for e in entries:
+                print(
+                    f"{e.id:>8} {e.state:<9} {e.specimen_id:<16} {e.instrument:<12} "
+                    f"{e.control_id:<20} {e.attempts:>3}  {e.detail}"
+                )
+            print(f"{len(entries)} message(s) not delivered", file=sys.stderr)
+            return 0
+        act = control.retry_outbox if args.outbox_command == "retry" else control.dismiss_outbox
+        asyncio.run(act(args.id, args.by))
+    except ControlError as exc:
+        print(f"lis-middleware {command}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"message {args.id}: {args.outbox_command} done")
+    return 0
+
+
 def _settings(args: argparse.Namespace, command: str) -> Settings | None:
     """The configuration named by --config (and the environment); None, said on stderr,
     when it is refused."""
@@ -237,6 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--config", metavar="FILE", help="the daemon's YAML configuration")
     trace.add_argument("--format", choices=("text", "json"), default="text")
     trace.set_defaults(handler=_reagents_trace)
+
+    box = sub.add_parser("outbox", help="messages to the LIS not delivered")
+    box_sub = box.add_subparsers(dest="outbox_command", required=True)
+    listing = box_sub.add_parser(
+        "list", help="the messages pending, stopped by an error answer, or set aside"
+    )
+    listing.add_argument("--config", metavar="FILE", help="the daemon's YAML configuration")
+    listing.set_defaults(handler=_outbox)
+    for name, text in (
+        ("retry", "send a stopped or set-aside message again, with its control id"),
+        ("dismiss", "set a stopped message aside, so its specimen's later messages go"),
+    ):
+        act = box_sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}.")
+        act.add_argument("id", type=int, help="the message's number in `outbox list`")
+        act.add_argument("--by", required=True, help="who does it (audited)")
+        act.add_argument("--config", metavar="FILE", help="the daemon's YAML configuration")
+        act.set_defaults(handler=_outbox)
 
     hl7 = sub.add_parser("hl7", help="HL7 v2 messages to the LIS")
     hl7_sub = hl7.add_subparsers(dest="hl7_command", required=True)

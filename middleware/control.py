@@ -26,7 +26,7 @@ from middleware.engine.rules import Rules, as_json, from_json, load_rules
 from middleware.engine.rules import diff as rules_diff
 from middleware.hl7.results import Sender
 from middleware.settings import Settings
-from middleware.store import Store, qc_state, rules_in_force
+from middleware.store import Store, outbox, qc_state, rules_in_force
 from middleware.store.audit import audit
 from middleware.store.qc_records import (
     approve_limits,
@@ -339,3 +339,37 @@ class Control:
             return CorrectiveActionClosed(action_id, instrument, test, ids)
 
         return await self._write(store, work)
+
+    # --- the outbox -------------------------------------------------------------------------
+
+    def _store(self) -> Store:
+        if self.store is None:
+            raise EngineNotRunning("the daemon is still starting: its store is not open")
+        return self.store
+
+    async def outbox_entries(self) -> list[outbox.Entry]:
+        """Messages to the LIS not delivered: waiting, stopped by an error, set aside."""
+        return await self._store().read_async(outbox.entries)
+
+    async def retry_outbox(self, entry_id: int, by: str) -> None:
+        """Send a stopped or dead message again (with its control id)."""
+        await self._outbox_act(entry_id, by, "retry", outbox.retry)
+
+    async def dismiss_outbox(self, entry_id: int, by: str) -> None:
+        """Set a stopped message aside, so that its specimen's later messages go."""
+        await self._outbox_act(entry_id, by, "dismiss", outbox.dismiss)
+
+    async def _outbox_act(
+        self, entry_id: int, by: str, act: str, change: Callable[[Connection, int, datetime], bool]
+    ) -> None:
+        def work(conn: Connection) -> ControlError | None:
+            now = utcnow()
+            found = outbox.entry(conn, entry_id)
+            if found is None:
+                return NotFound(f"no message {entry_id} in the outbox")
+            if not change(conn, entry_id, now):
+                return Conflict(f"message {entry_id} is {found.state}: it cannot be {act}ed")
+            audit(conn, now, by, f"outbox.{act}", f"{found.specimen_id}/{found.control_id}")
+            return None
+
+        await self._write(self._store(), work)

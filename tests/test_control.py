@@ -8,6 +8,7 @@ import contextlib
 import json
 import shutil
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from middleware.control import (
 )
 from middleware.pipeline import ConnectionPipeline
 from middleware.settings import Settings
-from middleware.store import Store, qc_state
+from middleware.store import Store, outbox, qc_state
 from middleware.store.schema import audit_log, control_limits, corrective_actions, qc_events
 from middleware.transport.tcp import TcpServer
 from middleware.web.api import create_app
@@ -36,6 +37,7 @@ from tests.peer import StreamPeer, send_message
 
 CHEM = {"name": "chem-1", "transport": "tcp-server", "port": 5001, "enabled": False}
 WESTGARD = "[1-3s, 2-2s, R-4s, 4-1s, 10x]"
+NOW = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
 
 def settings(tmp_path: Path, database_url: str, **more: Any) -> Settings:
@@ -302,3 +304,21 @@ async def test_a_fault_inside_a_command_is_a_500_not_the_operators_mistake(
         answer = await client.post(path, json=body)
     assert answer.status_code == 500
     assert audited(store) == before  # rolled back
+
+
+async def test_the_outbox_over_the_api(without_rules: Control, store: Store) -> None:
+    def stopped(conn: Connection) -> int:
+        entry_id = outbox.enqueue(conn, "S1", "chem-1", "C1", "message", NOW)
+        outbox.answered(conn, entry_id, outbox.STOPPED, "MSA|AE|C1", "AE: no", NOW)
+        return entry_id
+
+    entry_id = await store.write(stopped)
+    async with api(without_rules) as client:  # the outbox needs no rules
+        [listed] = (await client.get("/api/outbox")).json()
+        assert (listed["id"], listed["state"], listed["detail"]) == (entry_id, "stopped", "AE: no")
+        body = {"by": "bob"}
+        assert (await client.post("/api/outbox/999/retry", json=body)).status_code == 404
+        assert (await client.post(f"/api/outbox/{entry_id}/retry", json={})).status_code == 422
+        assert (await client.post(f"/api/outbox/{entry_id}/retry", json=body)).status_code == 200
+        again = await client.post(f"/api/outbox/{entry_id}/dismiss", json=body)
+        assert again.status_code == 409 and "cannot be dismissed" in again.json()["detail"]

@@ -4,21 +4,27 @@ per specimen, claimed by one sender at a time, and stopped for a person on an er
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 
 import hl7
+import pytest
 from sqlalchemy import Connection, select, text
 
 import drivers
 from middleware.assessment import assess_message
 from middleware.astm.records import decode_message
+from middleware.control import Conflict, Control, NotFound
 from middleware.engine.engine import Engine
 from middleware.engine.rules import load_rules
 from middleware.hl7.results import Sender
+from middleware.settings import Settings
 from middleware.store import Store, outbox
 from middleware.store.ingest import Delivery, store_delivery
-from middleware.store.schema import outbox_log
+from middleware.store.schema import audit_log, outbox_log
 from tests.conftest import ROOT
 from tests.messages import patient, qc
 
@@ -129,3 +135,60 @@ def test_one_specimen_in_order_others_go_on_and_an_error_stops_its_queue(
         assert events == ["answered", "answered", "dismissed", "retried"]
     finally:
         store.close()
+
+
+async def test_a_person_retries_or_dismisses_a_stopped_message_and_is_audited(
+    tmp_path: Path, database_url: str
+) -> None:
+    store = Store(database_url)
+    settings = Settings.model_validate(
+        {"state_dir": tmp_path / "state", "database_url": database_url}
+    )
+    control = Control(settings, store)
+
+    def stopped(conn: Connection) -> int:
+        entry_id = outbox.enqueue(conn, "S1", "chem-1", "C9", "message", T0)
+        outbox.answered(conn, entry_id, outbox.STOPPED, "MSA|AE|C9", "AE: unknown test", T0)
+        return entry_id
+
+    try:
+        entry_id = await store.write(stopped)
+        [listed] = await control.outbox_entries()
+        assert (listed.id, listed.state, listed.detail) == (entry_id, "stopped", "AE: unknown test")
+        with pytest.raises(NotFound, match="no message 999"):
+            await control.retry_outbox(999, "bob")
+        await control.dismiss_outbox(entry_id, "bob")
+        with pytest.raises(Conflict, match="is dead: it cannot be dismissed"):
+            await control.dismiss_outbox(entry_id, "bob")
+        await control.retry_outbox(entry_id, "carol")
+        assert [e.state for e in await control.outbox_entries()] == ["pending"]
+        audited = store.read(
+            lambda c: c.execute(select(audit_log.c.actor, audit_log.c.action)).all()
+        )
+        assert [tuple(a) for a in audited] == [("bob", "outbox.dismiss"), ("carol", "outbox.retry")]
+    finally:
+        store.close()
+
+
+def test_the_outbox_command_lists_and_retries(tmp_path: Path) -> None:
+    config = tmp_path / "middleware.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    (tmp_path / "state").mkdir()
+    store = Store(f"sqlite:///{tmp_path / 'state' / 'middleware.db'}")
+    with store.engine.begin() as conn:
+        entry_id = outbox.enqueue(conn, "S1", "chem-1", "C9", "message", T0)
+        outbox.answered(conn, entry_id, outbox.DEAD, "MSA|AR|C9", "AR: refused", T0)
+    store.close()
+
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "middleware", "outbox", *args, "--config", str(config)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    listed = command("list")
+    assert listed.returncode == 0 and "dead" in listed.stdout and "AR: refused" in listed.stdout
+    assert command("retry", str(entry_id), "--by", "bob").returncode == 0
+    refused = command("dismiss", str(entry_id), "--by", "bob")  # pending now: not stopped
+    assert refused.returncode == 1 and "cannot be dismissed" in refused.stderr
+    assert command("retry", "1").returncode == 2  # who is required

@@ -181,6 +181,11 @@ def entries(conn: Connection, states: tuple[str, ...] = (PENDING, STOPPED, DEAD)
     return [_entry(row) for row in rows]
 
 
+def entry(conn: Connection, entry_id: int) -> Entry | None:
+    row = conn.execute(select(outbox).where(outbox.c.id == entry_id)).first()
+    return _entry(row) if row is not None else None
+
+
 def depth(conn: Connection) -> int:
     """Entries waiting to be delivered."""
     return int(

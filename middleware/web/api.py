@@ -144,4 +144,33 @@ def create_app(control: Control, instruments: Callable[[], Iterable[str]]) -> Fa
         await control.record_qc_event(event.instrument, event.tests, event.kind, event.by)
         return {"recorded": event.kind, "tests": event.tests}
 
+    @app.get("/api/outbox")
+    async def outbox_entries() -> list[dict[str, Any]]:
+        """Messages to the LIS not delivered yet: pending, stopped by an error, dead."""
+        return [
+            {
+                "id": e.id,
+                "specimen": e.specimen_id,
+                "instrument": e.instrument,
+                "control_id": e.control_id,
+                "state": e.state,
+                "attempts": e.attempts,
+                "detail": e.detail,
+                "created_at": e.created_at.isoformat() if e.created_at else None,
+            }
+            for e in await control.outbox_entries()
+        ]
+
+    @app.post("/api/outbox/{entry_id}/retry")
+    async def retry(entry_id: RowId, who: Who) -> dict[str, Any]:
+        """Send a stopped or dead message again (409 when it is neither)."""
+        await control.retry_outbox(entry_id, who.by)
+        return {"retried": entry_id}
+
+    @app.post("/api/outbox/{entry_id}/dismiss")
+    async def dismiss(entry_id: RowId, who: Who) -> dict[str, Any]:
+        """Set a stopped message aside; its specimen's later messages go on."""
+        await control.dismiss_outbox(entry_id, who.by)
+        return {"dismissed": entry_id}
+
     return app
