@@ -23,6 +23,7 @@ from middleware.astm.link import LinkSettings, Role
 from middleware.control import Control, EngineNotRunning, RulesRefused
 from middleware.delivery import LisSender
 from middleware.engine.engine import Engine
+from middleware.orders_in import OrderReceiver
 from middleware.pipeline import ConnectionPipeline
 from middleware.settings import InstrumentConfig, Settings
 from middleware.store import Store, leases
@@ -126,6 +127,8 @@ class Daemon:
         self.connections: dict[str, dict[LinkChannel, ConnectionPipeline]] = {}
         """Per instrument, its live connections, each with its own pipeline."""
         self._tasks: list[asyncio.Task[None]] = []
+        self.orders: OrderReceiver | None = None
+        """Takes the LIS's orders, when configured."""
         self._outgoing: list[Reconnecting] = []
 
     @property
@@ -146,9 +149,13 @@ class Daemon:
         for config in self.settings.instruments:
             if config.enabled:
                 await self._start_instrument(config, self.store)
-        if self.settings.lis is not None:
-            sender = LisSender(self.settings.lis, self.store, self.owner)
+        lis = self.settings.lis
+        if lis is not None:
+            sender = LisSender(lis, self.store, self.owner)
             self._tasks.append(asyncio.create_task(_keep_running("lis", sender.run)))
+            if lis.orders_port is not None:
+                self.orders = OrderReceiver(self.store)
+                await self.orders.start(lis.orders_host, lis.orders_port)
         log.info("daemon running", instruments=len(self.connections), owner=self.owner)
 
     @property
@@ -278,6 +285,8 @@ class Daemon:
         # Connections are closed, not cancelled: each keeps what it received (waiting for
         # a store lock if need be) before its task ends.
         grace = self.settings.database_lock_timeout + 5
+        if self.orders is not None:
+            await self.orders.close()
         for server in self.servers.values():
             await server.close(grace)
         closing = [c.channel for c in self._outgoing if c.channel is not None]

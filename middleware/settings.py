@@ -230,6 +230,9 @@ class LisConfig(BaseModel):
     """What an AE or AR answer does: stop that specimen's queue for a person (default), or
     set the message aside as a dead letter and go on."""
     backoff: BackoffConfig = BackoffConfig()
+    orders_host: str = "0.0.0.0"
+    orders_port: int | None = Field(default=None, ge=0, le=65535)
+    """Where the LIS sends orders (ORM^O01, OML^O21/O33) over MLLP; none taken without it."""
     sending_application: str = Field(default="LIS-MIDDLEWARE", min_length=1, max_length=180)
     sending_facility: str = Field(default="LAB", min_length=1, max_length=180)
     receiving_application: str = Field(default="LIS", min_length=1, max_length=180)

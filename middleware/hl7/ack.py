@@ -32,7 +32,8 @@ def read_answer(message: str) -> Answer:
     try:
         parsed = hl7.parse(message.replace("\n", "\r"))
         msa = parsed.segment("MSA")
-    except (KeyError, IndexError, ValueError, hl7.ParseException) as exc:
+    # python-hl7 asserts as well as raising on some malformed text.
+    except (KeyError, IndexError, ValueError, AssertionError, hl7.ParseException) as exc:
         raise ValueError(f"not an HL7 acknowledgment: {exc!s:.200}") from None
     code = str(msa(1)).strip().upper() if len(msa) > 1 else ""
     if code not in ACCEPTED | REFUSED:
@@ -40,6 +41,6 @@ def read_answer(message: str) -> Answer:
     control_id = str(msa(2)).strip() if len(msa) > 2 else ""
     parts = [str(msa(3)).strip()] if len(msa) > 3 and str(msa(3)).strip() else []
     for segment in parsed:
-        if str(segment[0]) == "ERR":
+        if len(segment) and str(segment[0]) == "ERR":
             parts.append(str(segment)[:500])
     return Answer(code, control_id, "; ".join(parts))

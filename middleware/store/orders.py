@@ -53,3 +53,23 @@ def orders_for(conn: Connection, specimen_ids: Iterable[str]) -> list[Order]:
         )
         for row in rows
     ]
+
+
+def put_order(conn: Connection, order: Order, at: datetime) -> int:
+    """The LIS's order for a specimen, replacing what it ordered for it before."""
+    conn.execute(orders.delete().where(orders.c.specimen_id == order.specimen_id))
+    return add_order(conn, order, at)
+
+
+def cancel_tests(conn: Connection, specimen_id: str, tests: Iterable[str]) -> None:
+    """The LIS cancels these tests of a specimen; an order left with none goes."""
+    cancelled = set(tests)
+    rows = conn.execute(select(orders).where(orders.c.specimen_id == specimen_id)).all()
+    for row in rows:
+        kept = [c for c in row.test_codes.split(",") if c and c not in cancelled]
+        if kept:
+            conn.execute(
+                orders.update().where(orders.c.id == row.id).values(test_codes=",".join(kept))
+            )
+        else:
+            conn.execute(orders.delete().where(orders.c.id == row.id))

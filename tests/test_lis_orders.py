@@ -1,0 +1,140 @@
+"""Orders from the LIS: read with the segment and field of what is refused, kept as the
+worklist in the transaction that answers AA, and the analysers' host queries answered
+from them, end to end over MLLP."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import hl7
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from middleware.domain import Order
+from middleware.hl7.orders import CANCEL, NEW, REPLACE, OrderRefused, acknowledgment, read_order
+from middleware.store import Store, orders
+from tests.conftest import ROOT
+from tests.daemon import DaemonProcess, connect, free_port, query
+from tests.peer import StreamPeer, receive_message, send_message
+
+MSH = "MSH|^~\\&|LIS|LAB|MW|LAB|20261130120000||{kind}|{control}|P|2.5.1"
+PID = "PID|1||PAT7^^^^MR||Doe^Jo||19800101|F"
+
+
+def orm(control: str = "O1", order_control: str = "NW", *obr: str, kind: str = "ORM^O01") -> str:
+    tests = obr or ("OBR|1|ORD1|S200|GLU^Glucose^L", "OBR|2|ORD1|S200|CREA^^L")
+    orc = f"ORC|{order_control}|ORD1|||||||20261130110000"
+    return "\r".join([MSH.format(kind=kind, control=control), PID, orc, *tests])
+
+
+def test_an_order_gives_its_specimen_tests_patient_and_priority() -> None:
+    read = read_order(orm())
+    assert read.control_id == "O1" and read.message_type == "ORM^O01"
+    [change] = read.changes
+    assert change.action == NEW
+    assert change.order == Order(
+        "S200", ("GLU", "CREA"), "R",
+        ordered_at=datetime(2026, 11, 30, 11, 0, tzinfo=UTC), patient_id="PAT7",
+    )  # fmt: skip
+    stat = read_order(orm("O2", "XO", "OBR|1|ORD1|S201|K^^L|S")).changes[0]
+    assert (stat.action, stat.order.priority, stat.order.specimen_id) == (REPLACE, "S", "S201")
+    oml = orm("O3", "CA", "OBR|1|ORD1||NA^^L", kind="OML^O21^OML_O21") + "\rSPM|1|S300"
+    cancel = read_order(oml).changes[0]
+    assert (cancel.action, cancel.order.specimen_id, cancel.order.test_codes) == (
+        CANCEL, "S300", ("NA",),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (orm(kind="ADT^A01"), "MSH-9"),
+        (orm("O1", "ZZ"), "ORC-1 (segment 3)"),
+        (orm("O1", "NW", "OBR|1|ORD1||GLU^^L"), "OBR-3 (segment 4)"),
+        (orm("O1", "NW", "OBR|1|ORD1|S1|"), "OBR-4 (segment 4)"),
+        (orm().replace("20261130110000", "2026XX"), "ORC-9 (segment 3)"),
+        ("\r".join([MSH.format(kind="ORM^O01", control="O1"), PID]), "OBR"),
+        ("garbage", "MSH"),
+    ],
+)
+def test_what_cannot_be_taken_is_refused_naming_segment_and_field(text: str, where: str) -> None:
+    with pytest.raises(OrderRefused) as refused:
+        read_order(text)
+    assert str(refused.value).startswith(where)
+
+
+def test_the_acknowledgment_names_the_message_it_answers() -> None:
+    at = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    ack = hl7.parse(acknowledgment("O|1", "AE", at, "ORC-1: no"))
+    msa = ack.segment("MSA")
+    assert (str(msa[1]), str(msa[2]), str(msa[3])) == ("AE", "O\\F\\1", "ORC-1: no")
+
+
+def test_orders_replace_and_cancels_remove_tests(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'orders.db'}")
+    at = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    try:
+        with store.engine.begin() as conn:
+            orders.put_order(conn, Order("S1", ("GLU", "K")), at)
+            orders.put_order(conn, Order("S1", ("GLU", "K", "NA")), at)  # replaces
+            orders.cancel_tests(conn, "S1", ["K"])
+            orders.put_order(conn, Order("S2", ("CRP",)), at)
+            orders.cancel_tests(conn, "S2", ["CRP"])
+        held = store.read(lambda conn: orders.orders_for(conn, ["S1", "S2"]))
+        assert [(o.specimen_id, o.test_codes) for o in held] == [("S1", ("GLU", "NA"))]
+    finally:
+        store.close()
+
+
+async def test_an_order_from_the_lis_answers_the_analysers_host_query(
+    tmp_path: Path, database_url: str
+) -> None:
+    analyser_port, orders_port, lis_port = free_port(), free_port(), free_port()
+    daemon = DaemonProcess(
+        tmp_path,
+        [{"name": "chem-1", "transport": "tcp-server", "host": "127.0.0.1",
+          "port": analyser_port}],
+        database_url=database_url, rules_dir=str(ROOT / "rules"),
+        lis={"host": "127.0.0.1", "port": lis_port, "orders_host": "127.0.0.1",
+             "orders_port": orders_port},
+    )  # fmt: skip
+    await asyncio.to_thread(daemon.start)
+    try:
+        await asyncio.sleep(0.5)  # the order port opens once the instruments are served
+        reader, writer = await connect(orders_port)
+        answers = []
+        for message in (orm("O1"), orm("O2", "ZZ")):
+            writer.write(b"\x0b" + message.encode() + b"\x1c\r")
+            await writer.drain()
+            block = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 10)
+            answers.append(hl7.parse(block[1:-2].decode()).segment("MSA"))
+        writer.close()
+        assert [(str(a[1]), str(a[2])) for a in answers] == [("AA", "O1"), ("AE", "O2")]
+        assert str(answers[1][3]).startswith("ORC-1")
+        peer = StreamPeer(*await connect(analyser_port))
+        await send_message(peer, [b"H|\\^&|||CHEM-1", b"Q|1|^S200||ALL||||||||O", b"L|1|N"])
+        answer = await receive_message(peer)
+        await peer.close()
+    finally:
+        assert await asyncio.to_thread(daemon.stop) == 0
+    assert answer[1] == b"P|1|PAT7"
+    assert answer[2].startswith(b"O|1|S200||^^^GLU\\^^^CREA|R")
+    assert query(database_url, "SELECT specimen_id, test_codes FROM orders") == [
+        ("S200", "GLU,CREA")
+    ]
+
+
+@given(
+    st.text(max_size=300)
+    | st.builds(lambda s: MSH.format(kind="ORM^O01", control="X") + "\r" + s, st.text(max_size=300))
+)
+def test_any_text_is_an_order_or_a_clear_refusal(text: str) -> None:
+    try:
+        read = read_order(text)
+    except OrderRefused as refused:
+        assert str(refused)
+    else:
+        assert read.changes and all(c.order.specimen_id for c in read.changes)
