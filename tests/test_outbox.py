@@ -18,14 +18,17 @@ import drivers
 from middleware.assessment import assess_message
 from middleware.astm.records import decode_message
 from middleware.control import Conflict, Control, NotFound
+from middleware.delivery import LisSender
+from middleware.domain import Measurement, Result
 from middleware.engine.engine import Engine
 from middleware.engine.rules import load_rules
-from middleware.hl7.results import Sender
-from middleware.settings import Settings
+from middleware.hl7.results import Reported, Sender, oru_r01
+from middleware.settings import LisConfig, Settings
 from middleware.store import Store, outbox
 from middleware.store.ingest import Delivery, store_delivery
 from middleware.store.schema import audit_log, outbox_log
 from tests.conftest import ROOT
+from tests.lis_peer import LisPeer
 from tests.messages import patient, qc
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
@@ -192,3 +195,42 @@ def test_the_outbox_command_lists_and_retries(tmp_path: Path) -> None:
     refused = command("dismiss", str(entry_id), "--by", "bob")  # pending now: not stopped
     assert refused.returncode == 1 and "cannot be dismissed" in refused.stderr
     assert command("retry", "1").returncode == 2  # who is required
+
+
+async def test_two_daemons_drain_one_outbox_once_each_and_in_order(database_url: str) -> None:
+    stores = [Store(database_url), Store(database_url)]
+    lis = LisPeer()
+    port = await lis.start()
+    config = LisConfig(host="127.0.0.1", port=port, ack_timeout=5)
+
+    def fill(conn: Connection) -> None:
+        for n in range(40):
+            specimen = f"S{n % 8}"
+            outbox.enqueue(conn, specimen, "chem-1", f"C{n:02d}", _oru(f"C{n:02d}", specimen), T0)
+
+    await stores[0].write(fill)
+    senders = [
+        asyncio.create_task(LisSender(config, store, f"node-{i}").run())
+        for i, store in enumerate(stores)
+    ]
+    try:
+        await lis.wait_for(40, timeout=60)
+        while stores[0].read(outbox.depth):
+            await asyncio.sleep(0.05)
+    finally:
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        await lis.stop()
+        for store in stores:
+            store.close()
+    ids = [r.control_id for r in lis.received]
+    assert sorted(ids) == [f"C{n:02d}" for n in range(40)]  # each once
+    for specimen in {r.specimen_id for r in lis.received}:
+        mine = [r.control_id for r in lis.received if r.specimen_id == specimen]
+        assert mine == sorted(mine)  # in the order they were queued
+
+
+def _oru(control_id: str, specimen: str) -> str:
+    result = Result(specimen, "GLU", "GLU", Measurement.parse("5.2"), instrument="chem-1")
+    return oru_r01(control_id, T0, specimen, None, [Reported(result)])
