@@ -227,12 +227,12 @@ def assess_message(
         out.decisions.append((result_id, decision))
     qc_records.record_evaluations(conn, evaluated, now)
     release.record_decisions(conn, decided, now)
-    released = [(r, d) for _, r, d in decided if d.action is Action.RELEASE]
+    released = [(r, d) for _, r, d in decided if d.action is not Action.HOLD]
     for instrument, tests in sorted(touched.items()):
         states = {test: book.test((instrument, test)) for test in tests}
         later = redecide_held(conn, engine, instrument, states, now)
         out.released_later += [result_id for result_id, _, _ in later]
-        released += [(r, d) for _, r, d in later if d.action is Action.RELEASE]
+        released += [(r, d) for _, r, d in later if d.action is not Action.HOLD]
     book.write(conn, now)
     if lis is not None:
         queue_released(conn, lis, released, reading.patients, now)
@@ -246,12 +246,18 @@ def queue_released(
     patients: Sequence[Patient],
     now: datetime,
 ) -> list[int]:
-    """One ORU^R01 per specimen and instrument of the results released, into the outbox;
-    the comments that must travel with a result go with it."""
+    """One ORU^R01 per specimen and instrument of the results decided, into the outbox:
+    a released result with the comments that must travel with it; a rejected one (S1)
+    without its value, as not obtained (OBX-11 X), with the reasons of the rejection."""
     groups: dict[tuple[str, str], list[Reported]] = {}
     for result, decision in released:
         key = (result.specimen_id, result.instrument)
-        groups.setdefault(key, []).append(Reported(result, comments=decision.comments))
+        if decision.action is Action.REJECT:
+            why = tuple(f.message for f in decision.findings if f.action is Action.REJECT)
+            item = Reported(result, status="X", comments=(*why, *decision.comments))
+        else:
+            item = Reported(result, comments=decision.comments)
+        groups.setdefault(key, []).append(item)
     queued = []
     for (specimen, instrument), reported in groups.items():
         patient_id = reported[0].result.patient_id

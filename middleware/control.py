@@ -333,7 +333,7 @@ class Control:
             released = redecide_held(conn, engine, instrument, {test: state}, now)
             book.write(conn, now)
             if self.lis is not None:
-                sent = [(r, d) for _, r, d in released if d.action is Action.RELEASE]
+                sent = [(r, d) for _, r, d in released if d.action is not Action.HOLD]
                 queue_released(conn, self.lis, sent, (), now)
             ids = [result_id for result_id, _, _ in released]
             return CorrectiveActionClosed(action_id, instrument, test, ids)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import hl7
 import pytest
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
 from sqlalchemy import Connection, select, text
 
 import drivers
@@ -234,3 +236,29 @@ async def test_two_daemons_drain_one_outbox_once_each_and_in_order(database_url:
 def _oru(control_id: str, specimen: str) -> str:
     result = Result(specimen, "GLU", "GLU", Measurement.parse("5.2"), instrument="chem-1")
     return oru_r01(control_id, T0, specimen, None, [Reported(result)])
+
+
+def test_a_rejected_sample_goes_to_the_lis_without_its_value_and_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    haemolysed = [
+        b"H|\\^&|||CHEM-1|||||||P|LIS2-A2",
+        b"P|1||PAT-H1",
+        b"O|1|H1||^^^K\\^^^SI-H|R",
+        b"R|1|^^^K|5.9|mmol/L||N||F",
+        b"R|2|^^^SI-H|80|||N||F",
+        b"L|1|N",
+    ]
+    try:
+        _write(store, haemolysed, T0)
+        [entry] = store.read(outbox.entries)
+    finally:
+        store.close()
+    message = parse_message(entry.message, validation_level=VALIDATION_LEVEL.STRICT)
+    assert message.validate()
+    segments = entry.message.split("\r")
+    [obx] = [s.split("|") for s in segments if s.startswith("OBX|")]
+    assert (obx[3], obx[5], obx[11]) == ("K^^L", "", "X")
+    assert segments[2].endswith("|X")  # OBR-25: no result obtained
+    assert any(s.startswith("NTE|1|L|") and "index 80" in s for s in segments)

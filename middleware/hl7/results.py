@@ -69,7 +69,8 @@ class Reported:
 
     result: Result
     status: str = "F"
-    """OBX-11: F final, P preliminary, C corrected."""
+    """OBX-11: F final, P preliminary, C corrected, X not obtained (a rejected sample:
+    sent without its value)."""
     comments: tuple[str, ...] = ()
     """What must travel with it (accept-with-reservation comments)."""
 
@@ -136,7 +137,7 @@ def oru_r01(
             "",
             timestamp(min(completed) if completed else None),
             *([""] * 17),
-            "C" if "C" in statuses else "P" if "P" in statuses else "F",
+            _report_status(statuses),
         )
     )
     for number, item in enumerate(reported, start=1):
@@ -161,6 +162,14 @@ def oru_r01(
 NULL = '""'
 
 
+def _report_status(statuses: set[str]) -> str:
+    """OBR-25: corrected or preliminary when one result is; X when none was obtained."""
+    for status in ("C", "P"):
+        if status in statuses:
+            return status
+    return "X" if statuses == {"X"} else "F"
+
+
 def _pid(patient: Patient | None, patient_id: str) -> str:
     identifier = (patient.patient_id if patient else "") or patient_id
     return _segment(
@@ -180,6 +189,8 @@ def _pid(patient: Patient | None, patient_id: str) -> str:
 def _obx(number: int, item: Reported) -> str:
     result = item.result
     kind, value = value_type(result)
+    if item.status == "X":
+        value = ""
     equipment = escape(result.instrument)
     if result.module:
         equipment += REPETITION + escape(f"{result.instrument}/{result.module}")
