@@ -10,6 +10,8 @@ from pathlib import Path
 
 import hl7
 import pytest
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -71,6 +73,10 @@ def test_the_acknowledgment_names_the_message_it_answers() -> None:
     ack = hl7.parse(acknowledgment("O|1", "AE", at, "ORC-1: no"))
     msa = ack.segment("MSA")
     assert (str(msa[1]), str(msa[2]), str(msa[3])) == ("AE", "O\\F\\1", "ORC-1: no")
+    for code in ("AA", "AE", "AR"):
+        text = acknowledgment("O1", code, at, "why" if code != "AA" else "")
+        strict = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+        assert strict.validate()
 
 
 def test_orders_replace_and_cancels_remove_tests(tmp_path: Path) -> None:
