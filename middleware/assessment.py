@@ -42,6 +42,8 @@ class Assessment:
     corrective_actions: list[int] = field(default_factory=list)
     released_later: list[int] = field(default_factory=list)
     """Held results that a new QC released."""
+    under_review: list[tuple[int, str]] = field(default_factory=list)
+    """Results released before a QC failure, listed for review, with the failure."""
 
 
 @dataclass(slots=True)
@@ -182,11 +184,12 @@ def _record_control(
     out.evaluations += 1
     if qc.opened_corrective_action:
         reason = "qc-rejected:" + ",".join(qc.evaluation.violations if qc.evaluation else ())
-        out.corrective_actions.append(
-            qc_records.open_corrective_action(
-                conn, result.instrument, result.test_code, reason, now, qc.review_since
-            )
+        action_id, listed = qc_records.open_corrective_action(
+            conn, result.instrument, result.test_code, reason, now, qc.review_since
         )
+        out.corrective_actions.append(action_id)
+        failure = f"QC of {result.test_code} on {result.instrument} failed ({reason})"
+        out.under_review += [(result_id, failure) for result_id in listed]
     return qc
 
 
@@ -236,7 +239,28 @@ def assess_message(
     book.write(conn, now)
     if lis is not None:
         queue_released(conn, lis, released, reading.patients, now)
+        if out.under_review:
+            queue_review_notices(conn, lis, out.under_review, now)
     return out
+
+
+def queue_review_notices(
+    conn: Connection, lis: Sender, listed: Sequence[tuple[int, str]], now: datetime
+) -> list[int]:
+    """Q5/Q9: results the LIS already has, released before a QC failure, sent again with
+    a note that they are under review (and OBX-11 as the LIS is configured to take it)."""
+    failures = dict(listed)
+    groups: dict[tuple[str, str], list[Reported]] = {}
+    for result_id, result in release.results_by_id(conn, failures):
+        note = f"under review: {failures[result_id]} after this result was released"
+        item = Reported(result, status=lis.review_status, comments=(note,))
+        groups.setdefault((result.specimen_id, result.instrument), []).append(item)
+    queued = []
+    for (specimen, instrument), reported in groups.items():
+        control_id = outbox.new_control_id()
+        message = oru_r01(control_id, now, specimen, None, reported, lis)
+        queued.append(outbox.enqueue(conn, specimen, instrument, control_id, message, now))
+    return queued
 
 
 def queue_released(

@@ -115,6 +115,7 @@ class Control:
                 lis.sending_facility,
                 lis.receiving_application,
                 lis.receiving_facility,
+                "C" if lis.review_notice == "corrected" else "F",
             )
             if lis is not None
             else None

@@ -230,6 +230,9 @@ class LisConfig(BaseModel):
     """What an AE or AR answer does: stop that specimen's queue for a person (default), or
     set the message aside as a dead letter and go on."""
     backoff: BackoffConfig = BackoffConfig()
+    review_notice: Literal["note", "corrected"] = "note"
+    """How a released result put under review by a later QC failure is told to the LIS:
+    sent again as final with a note (NTE), or as corrected (OBX-11 C) with the note."""
     orders_host: str = "0.0.0.0"
     orders_port: int | None = Field(default=None, ge=0, le=65535)
     """Where the LIS sends orders (ORM^O01, OML^O21/O33) over MLLP; none taken without it."""

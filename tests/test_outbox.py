@@ -262,3 +262,25 @@ def test_a_rejected_sample_goes_to_the_lis_without_its_value_and_with_the_reason
     assert (obx[3], obx[5], obx[11]) == ("K^^L", "", "X")
     assert segments[2].endswith("|X")  # OBR-25: no result obtained
     assert any(s.startswith("NTE|1|L|") and "index 80" in s for s in segments)
+
+
+@pytest.mark.parametrize("status", ["F", "C"])
+def test_a_released_result_put_under_review_by_a_qc_failure_is_told_again(
+    tmp_path: Path, status: str
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    lis = Sender(review_status=status)
+    try:
+        _write(store, qc("5.2", "15.6"), T0, lis)
+        _write(store, patient("S1", "5.0"), T0 + timedelta(minutes=1), lis)  # released
+        _write(store, qc("5.7", "15.6"), T0 + timedelta(minutes=2), lis)  # 1-3s
+        entries = store.read(outbox.entries)
+    finally:
+        store.close()
+    assert [e.specimen_id for e in entries] == ["S1", "S1"]
+    notice = entries[1].message.split("\r")
+    [obx] = [s.split("|") for s in notice if s.startswith("OBX|")]
+    assert (obx[5], obx[11]) == ("5.0", status)
+    [nte] = [s for s in notice if s.startswith("NTE|")]
+    assert "under review: QC of GLU on chem-1 failed (qc-rejected:1-3s)" in nte
+    assert entries[0].control_id != entries[1].control_id

@@ -61,6 +61,9 @@ class Sender:
     facility: str = "LAB"
     receiving_application: str = "LIS"
     receiving_facility: str = "LAB"
+    review_status: str = "F"
+    """OBX-11 of a released result sent again because a later QC failure put it under
+    review: F with the note (default), or C for a LIS that takes it as a correction."""
 
 
 @dataclass(frozen=True, slots=True)

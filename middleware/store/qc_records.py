@@ -86,8 +86,9 @@ def open_corrective_action(
     reason: str,
     at: datetime,
     review_since: datetime | None,
-) -> int:
-    """Q9: open the record; list for review the results released since the last good QC."""
+) -> tuple[int, list[int]]:
+    """Q9: open the record; list for review the results released since the last good QC.
+    The action's id, and the results listed."""
     action_id = int(
         conn.execute(
             corrective_actions.insert().returning(corrective_actions.c.id),
@@ -107,7 +108,7 @@ def open_corrective_action(
             qc_reviews.insert(),
             [{"corrective_action_id": action_id, "result_id": i, "listed_at": at} for i in ids],
         )
-    return action_id
+    return action_id, ids
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,6 +200,14 @@ def record_decisions(
         )
 
 
+def results_by_id(conn: Connection, ids: Iterable[int]) -> list[tuple[int, Result]]:
+    wanted = sorted(set(ids))
+    if not wanted:
+        return []
+    rows = conn.execute(select(results).where(results.c.id.in_(wanted)).order_by(results.c.id))
+    return [(row.id, result_of(row)) for row in rows]
+
+
 def held_results(
     conn: Connection, instrument: str, tests: Iterable[str]
 ) -> list[tuple[int, Result]]:
