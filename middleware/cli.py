@@ -44,7 +44,9 @@ def _hl7_render(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        messages = render_capture(data, datetime.now(UTC), args.driver, args.tolerate)
+        messages = render_capture(
+            data, datetime.now(UTC), args.driver, args.tolerate, args.hl7_version
+        )
     except (KeyError, ValueError) as exc:
         print(f"lis-middleware hl7 render: {exc.args[0]}", file=sys.stderr)
         return 2
@@ -295,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     render = hl7_sub.add_parser(
         "render",
         help="print the ORU^R01 messages a capture's results become",
-        description="Decode an ASTM capture and print the HL7 v2.5.1 ORU^R01 message each "
+        description="Decode an ASTM capture and print the HL7 ORU^R01 message each "
         "specimen's patient results would be sent as (one segment per line, a blank line "
         "between messages), whatever the rules would decide. Exit status 0, or 2 on usage "
         "errors.",
@@ -305,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--driver", help=f"instrument driver ({', '.join(drivers.names())}); generic by default"
     )
     render.add_argument("--tolerate", metavar="LIST", help="link tolerances, as for decode")
+    render.add_argument(
+        "--version",
+        dest="hl7_version",
+        choices=("2.5.1", "2.3.1"),
+        default="2.5.1",
+        help="HL7 version (default %(default)s)",
+    )
     render.set_defaults(handler=_hl7_render)
 
     qc = sub.add_parser("qc", help="quality control tools")

@@ -111,11 +111,12 @@ class Control:
         lis = settings.lis
         self.lis = (
             Sender(
-                lis.sending_application,
-                lis.sending_facility,
-                lis.receiving_application,
-                lis.receiving_facility,
-                "C" if lis.review_notice == "corrected" else "F",
+                application=lis.sending_application,
+                facility=lis.sending_facility,
+                receiving_application=lis.receiving_application,
+                receiving_facility=lis.receiving_facility,
+                version=lis.version,
+                review_status="C" if lis.review_notice == "corrected" else "F",
             )
             if lis is not None
             else None

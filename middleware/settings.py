@@ -230,6 +230,8 @@ class LisConfig(BaseModel):
     """What an AE or AR answer does: stop that specimen's queue for a person (default), or
     set the message aside as a dead letter and go on."""
     backoff: BackoffConfig = BackoffConfig()
+    version: Literal["2.5.1", "2.3.1"] = "2.5.1"
+    """HL7 version of the results sent (docs/hl7.md says what 2.3.1 leaves out)."""
     review_notice: Literal["note", "corrected"] = "note"
     """How a released result put under review by a later QC failure is told to the LIS:
     sent again as final with a note (NTE), or as corrected (OBX-11 C) with the note."""

@@ -124,13 +124,15 @@ def test_escaped_text_stays_in_its_field_and_reads_back(text: str) -> None:
 CAPTURES = sorted((CORPUS / "astm").iterdir()) if (CORPUS / "astm").is_dir() else []
 
 
+@pytest.mark.parametrize("version", ["2.5.1", "2.3.1"])
 @pytest.mark.parametrize("capture", CAPTURES, ids=[c.name for c in CAPTURES])
-def test_every_capture_renders_to_messages_hl7apy_finds_valid(capture: Path) -> None:
-    messages = render_capture(capture.read_bytes(), AT)
+def test_every_capture_renders_to_messages_hl7apy_finds_valid(capture: Path, version: str) -> None:
+    messages = render_capture(capture.read_bytes(), AT, version=version)
     for text in messages:
         strict(text)
         parsed = hl7.parse(text)
-        assert str(parsed.segment("MSH")[9]) == "ORU^R01^ORU_R01"
+        assert str(parsed.segment("MSH")[12]) == version
+        assert str(parsed.segment("MSH")[9]).startswith("ORU^R01")
     ids = [str(hl7.parse(m).segment("MSH")[10]) for m in messages]
     assert len(ids) == len(set(ids))
 
@@ -145,6 +147,11 @@ def test_the_render_command_prints_one_segment_per_line() -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith("MSH|^~\\&|") and any(line.startswith("OBX|") for line in lines)
     assert "|SN|" in done.stdout and "<^15" in done.stdout
+    older = subprocess.run(
+        [sys.executable, "-m", "middleware", "hl7", "render", str(capture), "--version", "2.3.1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert older.returncode == 0 and "|ORU^R01|" in older.stdout and "|2.3.1" in older.stdout
     assert done.stderr.strip().endswith("message(s)")
     missing = subprocess.run(
         [sys.executable, "-m", "middleware", "hl7", "render", "/nonexistent"],

@@ -1,4 +1,4 @@
-"""Results as HL7 v2.5.1 ORU^R01 for the laboratory information system.
+"""Results as HL7 v2.5.1 (or v2.3.1) ORU^R01 for the laboratory information system.
 
 Built as plain text in our own code (a message of twenty observations is a string join,
 not an object tree); the tests check every message built from the captures against
@@ -61,6 +61,9 @@ class Sender:
     facility: str = "LAB"
     receiving_application: str = "LIS"
     receiving_facility: str = "LAB"
+    version: str = "2.5.1"
+    """2.5.1, or 2.3.1 for an older LIS: no OBX-18 (instrument) or OBX-19 (analysis
+    time) there, OBX-4 (sub-id) given, and MSH-9 without its message structure."""
     review_status: str = "F"
     """OBX-11 of a released result sent again because a later QC failure put it under
     review: F with the note (default), or C for a LIS that takes it as a correction."""
@@ -120,10 +123,10 @@ def oru_r01(
             escape(sender.receiving_facility),
             timestamp(at),
             "",
-            f"ORU{COMPONENT}R01{COMPONENT}ORU_R01",
+            f"ORU{COMPONENT}R01" + (f"{COMPONENT}ORU_R01" if sender.version != "2.3.1" else ""),
             escape(control_id),
             processing_id,
-            "2.5.1",
+            sender.version,
         ),
         _pid(patient, results[0].patient_id),
     ]
@@ -144,7 +147,7 @@ def oru_r01(
         )
     )
     for number, item in enumerate(reported, start=1):
-        segments.append(_obx(number, item))
+        segments.append(_obx(number, item, sender.version))
         notes = [
             *item.comments,
             *(c.text for c in item.result.comments),
@@ -189,7 +192,7 @@ def _pid(patient: Patient | None, patient_id: str) -> str:
     )
 
 
-def _obx(number: int, item: Reported) -> str:
+def _obx(number: int, item: Reported, version: str) -> str:
     result = item.result
     kind, value = value_type(result)
     if item.status == "X":
@@ -202,7 +205,7 @@ def _obx(number: int, item: Reported) -> str:
         str(number),
         kind,
         f"{escape(result.test_code)}{COMPONENT}{COMPONENT}L",
-        "",
+        "1" if version == "2.3.1" else "",  # OBX-4, required in 2.3.1
         value,
         escape(result.units),
         escape(result.reference_range),
@@ -215,7 +218,5 @@ def _obx(number: int, item: Reported) -> str:
         timestamp(result.completed_at),
         "",
         escape(result.operator),
-        "",
-        equipment,
-        timestamp(result.completed_at),
+        *(("", equipment, timestamp(result.completed_at)) if version != "2.3.1" else ()),
     )
