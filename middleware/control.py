@@ -369,6 +369,11 @@ class Control:
             found = outbox.entry(conn, entry_id)
             if found is None:
                 return NotFound(f"no message {entry_id} in the outbox")
+            if act == "retry" and outbox.later_delivered(conn, entry_id):
+                return Conflict(
+                    f"a later message of specimen {found.specimen_id} reached the LIS: sending "
+                    f"message {entry_id} now would put older results over newer ones"
+                )
             if not change(conn, entry_id, now):
                 return Conflict(f"message {entry_id} is {found.state}: it cannot be {act}ed")
             audit(conn, now, by, f"outbox.{act}", f"{found.specimen_id}/{found.control_id}")

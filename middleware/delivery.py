@@ -86,7 +86,8 @@ class LisSender:
                     await self._no_answer(entry, failure, next_delay())
                     continue
                 next_delay = delays(self.config.backoff)
-                await self._close_entry(entry, answer)
+                if answer is not None:
+                    await self._close_entry(entry, answer)
         finally:
             await self._close()
 
@@ -94,7 +95,9 @@ class LisSender:
         await self._close()
         event, detail = failure.args
         await self.store.write(
-            lambda conn: outbox.release_claim(conn, entry.id, event, detail, self.clock())
+            lambda conn: outbox.release_claim(
+                conn, entry.id, self.owner, event, detail, self.clock()
+            )
         )
         self.log.warning(
             "LIS did not answer; sending again later",
@@ -105,7 +108,13 @@ class LisSender:
         )
         await asyncio.sleep(delay)
 
-    async def _deliver(self, entry: outbox.Entry) -> tuple[Answer, str]:
+    async def _deliver(self, entry: outbox.Entry) -> tuple[Answer, str] | None:
+        """The LIS's answer to the entry; None when the entry is no longer this sender's
+        to send (its claim ran out and another daemon took it)."""
+        if self._writer is not None and (
+            self._writer.is_closing() or (self._reader is not None and self._reader.at_eof())
+        ):
+            await self._close()  # the LIS closed it since its last answer: a new one
         if self._writer is None:
             try:
                 self._reader, self._writer = await asyncio.wait_for(
@@ -115,18 +124,28 @@ class LisSender:
             except (OSError, TimeoutError) as exc:
                 raise NoAnswer("unreachable", f"cannot connect: {exc!r}") from None
             self._mllp = MllpReader()
-        await self.store.write(
-            lambda conn: outbox.sent(conn, entry.id, entry.message, self.clock())
+        mine = await self.store.write(
+            lambda conn: outbox.sent(
+                conn, entry.id, self.owner, entry.message, self.clock(), self.hold
+            )
         )
-        assert self._writer is not None and self._reader is not None
+        if not mine:
+            self.log.warning(
+                "claim ran out before sending; left to its new holder", outbox_id=entry.id
+            )
+            return None
         try:
-            self._writer.write(frame(entry.message.encode("utf-8")))
-            await self._writer.drain()
-            return await asyncio.wait_for(self._answer(entry), self.config.ack_timeout)
+            return await asyncio.wait_for(self._send(entry), self.config.ack_timeout)
         except TimeoutError:
             raise NoAnswer("timeout", f"no answer in {self.config.ack_timeout} s") from None
         except (OSError, EOFError) as exc:
             raise NoAnswer("disconnected", f"connection lost: {exc!r}") from None
+
+    async def _send(self, entry: outbox.Entry) -> tuple[Answer, str]:
+        assert self._writer is not None
+        self._writer.write(frame(entry.message.encode("utf-8")))
+        await self._writer.drain()
+        return await self._answer(entry)
 
     async def _answer(self, entry: outbox.Entry) -> tuple[Answer, str]:
         """The first answer naming this entry's control id; any other is logged and
@@ -175,9 +194,15 @@ class LisSender:
                 answer=detail,
                 state=state,
             )
-        await self.store.write(
-            lambda conn: outbox.answered(conn, entry.id, state, text, detail, self.clock())
+        kept = await self.store.write(
+            lambda conn: outbox.answered(
+                conn, entry.id, self.owner, state, text, detail, self.clock()
+            )
         )
+        if not kept:
+            self.log.warning(
+                "answer came after the claim ran out; kept in the log only", outbox_id=entry.id
+            )
 
     async def _close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None

@@ -122,8 +122,9 @@ def test_one_specimen_in_order_others_go_on_and_an_error_stops_its_queue(
         assert claim("node-b").control_id == "C2"  # type: ignore[union-attr]  # its own again
         assert claim("node-b", T0 + hold + timedelta(seconds=1)).control_id == "C0"  # type: ignore[union-attr]
         with store.engine.begin() as conn:
-            outbox.answered(conn, second.id, outbox.DELIVERED, "MSA|AA|C2", "", T0)
-            outbox.answered(conn, first.id, outbox.STOPPED, "MSA|AE|C0", "AE: unknown test", T0)
+            outbox.answered(conn, second.id, "node-b", outbox.DELIVERED, "MSA|AA|C2", "", T0)
+            answer, why = "MSA|AE|C0", "AE: unknown test"
+            outbox.answered(conn, first.id, "node-b", outbox.STOPPED, answer, why, T0)
         assert claim("node-a", T0 + timedelta(hours=1)) is None  # A's queue stopped
         with store.engine.begin() as conn:
             assert outbox.dismiss(conn, first.id, T0)
@@ -153,7 +154,8 @@ async def test_a_person_retries_or_dismisses_a_stopped_message_and_is_audited(
 
     def stopped(conn: Connection) -> int:
         entry_id = outbox.enqueue(conn, "S1", "chem-1", "C9", "message", T0)
-        outbox.answered(conn, entry_id, outbox.STOPPED, "MSA|AE|C9", "AE: unknown test", T0)
+        outbox.claim_next(conn, "t", T0, timedelta(seconds=30))
+        outbox.answered(conn, entry_id, "t", outbox.STOPPED, "MSA|AE|C9", "AE: unknown test", T0)
         return entry_id
 
     try:
@@ -182,7 +184,8 @@ def test_the_outbox_command_lists_and_retries(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'state' / 'middleware.db'}")
     with store.engine.begin() as conn:
         entry_id = outbox.enqueue(conn, "S1", "chem-1", "C9", "message", T0)
-        outbox.answered(conn, entry_id, outbox.DEAD, "MSA|AR|C9", "AR: refused", T0)
+        outbox.claim_next(conn, "t", T0, timedelta(seconds=30))
+        outbox.answered(conn, entry_id, "t", outbox.DEAD, "MSA|AR|C9", "AR: refused", T0)
     store.close()
 
     def command(*args: str) -> subprocess.CompletedProcess[str]:
@@ -284,3 +287,51 @@ def test_a_released_result_put_under_review_by_a_qc_failure_is_told_again(
     [nte] = [s for s in notice if s.startswith("NTE|")]
     assert "under review: QC of GLU on chem-1 failed (qc-rejected:1-3s)" in nte
     assert entries[0].control_id != entries[1].control_id
+
+
+def test_only_the_holder_of_a_claim_sends_or_closes_the_entry(database_url: str) -> None:
+    store = Store(database_url)
+    hold = timedelta(seconds=10)
+    try:
+        with store.engine.begin() as conn:
+            entry_id = outbox.enqueue(conn, "S1", "chem-1", "C1", "message", T0)
+            assert outbox.claim_next(conn, "node-a", T0, hold) is not None
+            # node-a is slow; its claim runs out and node-b takes the entry
+            assert outbox.claim_next(conn, "node-b", T0 + 2 * hold, hold) is not None
+            assert not outbox.sent(conn, entry_id, "node-a", "message", T0 + 2 * hold, hold)
+            assert outbox.sent(conn, entry_id, "node-b", "message", T0 + 2 * hold, hold)
+            assert outbox.answered(conn, entry_id, "node-b", "delivered", "MSA|AA|C1", "", T0)
+            # node-a's late answer (an error, as for a duplicate) changes nothing
+            late = outbox.answered(conn, entry_id, "node-a", "stopped", "MSA|AE|C1", "AE", T0)
+            assert not late
+        [kept] = store.read(lambda c: outbox.entries(c, (outbox.DELIVERED,)))
+        assert (kept.state, kept.attempts) == ("delivered", 1)
+    finally:
+        store.close()
+
+
+async def test_a_message_set_aside_is_not_sent_after_a_later_one_of_its_specimen(
+    tmp_path: Path, database_url: str
+) -> None:
+    store = Store(database_url)
+    control = Control(
+        Settings.model_validate({"state_dir": tmp_path / "s", "database_url": database_url}),
+        store,
+    )
+    hold = timedelta(seconds=10)
+
+    def two(conn: Connection) -> int:
+        first = outbox.enqueue(conn, "S1", "chem-1", "C1", "old", T0)
+        second = outbox.enqueue(conn, "S1", "chem-1", "C2", "new", T0)
+        outbox.claim_next(conn, "t", T0, hold)
+        outbox.answered(conn, first, "t", outbox.DEAD, "MSA|AR|C1", "AR", T0)
+        outbox.claim_next(conn, "t", T0, hold)
+        outbox.answered(conn, second, "t", outbox.DELIVERED, "MSA|AA|C2", "", T0)
+        return first
+
+    try:
+        first = await store.write(two)
+        with pytest.raises(Conflict, match="older results over newer ones"):
+            await control.retry_outbox(first, "bob")
+    finally:
+        store.close()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, func, or_, select
+from sqlalchemy import Connection, and_, exists, func, or_, select, text
 
 from middleware.store.schema import outbox, outbox_log
 from middleware.store.sql import utc
@@ -54,6 +54,12 @@ def enqueue(
     at: datetime,
     message_type: str = "ORU^R01",
 ) -> int:
+    if conn.dialect.name == "postgresql":
+        # A specimen's entries are sent in id order: two transactions queueing for one
+        # specimen take turns, so that the one with the lower id commits first.
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"outbox/{specimen_id}"}
+        )
     return int(
         conn.execute(
             outbox.insert().returning(outbox.c.id),
@@ -109,22 +115,42 @@ def claim_next(conn: Connection, owner: str, at: datetime, hold: timedelta) -> E
     return _entry(row)
 
 
-def sent(conn: Connection, entry_id: int, data: str, at: datetime) -> None:
-    conn.execute(
+def _held_by(entry_id: int, owner: str) -> Any:
+    """The entry, while still pending and claimed by ``owner``."""
+    return and_(outbox.c.id == entry_id, outbox.c.state == PENDING, outbox.c.claimed_by == owner)
+
+
+def sent(
+    conn: Connection, entry_id: int, owner: str, data: str, at: datetime, hold: timedelta
+) -> bool:
+    """About to be sent by ``owner``, whose claim runs ``hold`` from now; False when the
+    claim is no longer its own (it ran out and another daemon took the entry): then it
+    must not be sent."""
+    done = conn.execute(
         outbox.update()
-        .where(outbox.c.id == entry_id)
-        .values(attempts=outbox.c.attempts + 1, last_sent_at=at)
+        .where(_held_by(entry_id, owner))
+        .values(attempts=outbox.c.attempts + 1, last_sent_at=at, claimed_until=at + hold)
     )
-    log(conn, entry_id, "sent", data, "", at)
+    if done.rowcount:
+        log(conn, entry_id, "sent", data, "", at)
+    return bool(done.rowcount)
 
 
 def answered(
-    conn: Connection, entry_id: int, state: str, answer: str, detail: str, at: datetime
-) -> None:
-    """The LIS answered: delivered, stopped or dead, with what it said."""
-    conn.execute(
+    conn: Connection,
+    entry_id: int,
+    owner: str,
+    state: str,
+    answer: str,
+    detail: str,
+    at: datetime,
+) -> bool:
+    """The LIS answered: delivered, stopped or dead, with what it said. An answer to a
+    claim that is no longer ``owner``'s is logged and changes nothing (another daemon sent
+    the entry again and has its own answer coming)."""
+    done = conn.execute(
         outbox.update()
-        .where(outbox.c.id == entry_id)
+        .where(_held_by(entry_id, owner))
         .values(
             state=state,
             answer=answer,
@@ -134,21 +160,39 @@ def answered(
             claimed_until=None,
         )
     )
-    log(conn, entry_id, "answered", answer, detail, at)
+    event = "answered" if done.rowcount else "answered-late"
+    log(conn, entry_id, event, answer, detail, at)
+    return bool(done.rowcount)
 
 
-def release_claim(conn: Connection, entry_id: int, event: str, detail: str, at: datetime) -> None:
+def release_claim(
+    conn: Connection, entry_id: int, owner: str, event: str, detail: str, at: datetime
+) -> None:
     """No answer (a timeout, a lost connection): the entry waits to be sent again."""
     conn.execute(
-        outbox.update()
-        .where(outbox.c.id == entry_id, outbox.c.state == PENDING)
-        .values(claimed_by=None, claimed_until=None)
+        outbox.update().where(_held_by(entry_id, owner)).values(claimed_by=None, claimed_until=None)
     )
     log(conn, entry_id, event, "", detail, at)
 
 
+def later_delivered(conn: Connection, entry_id: int) -> bool:
+    """Whether a later entry of the same specimen reached the LIS."""
+    later = outbox.alias("later")
+    found = conn.execute(
+        select(later.c.id)
+        .select_from(later.join(outbox, outbox.c.specimen_id == later.c.specimen_id))
+        .where(outbox.c.id == entry_id, later.c.id > entry_id, later.c.state == DELIVERED)
+        .limit(1)
+    ).first()
+    return found is not None
+
+
 def retry(conn: Connection, entry_id: int, at: datetime) -> bool:
-    """A person sends a stopped or dead entry again; False when it is neither."""
+    """A person sends a stopped or dead entry again; False when it is neither, or when a
+    later message of its specimen was delivered (sending it now would put older results
+    over newer ones at the LIS)."""
+    if later_delivered(conn, entry_id):
+        return False
     done = conn.execute(
         outbox.update()
         .where(outbox.c.id == entry_id, outbox.c.state.in_((STOPPED, DEAD)))
