@@ -21,11 +21,26 @@ from middleware.transport.tcp import ListenError
 log = structlog.get_logger("middleware.orders")
 
 
+#: Connections the LIS may hold open at once; more are closed at once.
+MAX_CONNECTIONS = 8
+#: A connection silent this long is closed (the LIS opens another when it has orders).
+IDLE_SECONDS = 600.0
+#: Character sets (MSH-18) orders may come in; UTF-8 when MSH-18 is empty.
+CHARSETS = {"": "utf-8", "UNICODE UTF-8": "utf-8", "ASCII": "ascii", "8859/1": "latin-1"}
+
+
 class OrderReceiver:
-    def __init__(self, store: Store, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], datetime] = utcnow,
+        idle_seconds: float = IDLE_SECONDS,
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.idle_seconds = idle_seconds
         self._server: asyncio.Server | None = None
+        self._open = 0
 
     async def start(self, host: str, port: int) -> int:
         try:
@@ -40,43 +55,64 @@ class OrderReceiver:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+                await asyncio.wait_for(self._server.wait_closed(), 5)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        mllp = MllpReader()
         peer = writer.get_extra_info("peername")
+        if self._open >= MAX_CONNECTIONS:
+            log.warning("order connection refused: too many open", peer=peer)
+            writer.close()
+            return
+        self._open += 1
+        mllp = MllpReader()
         try:
-            while data := await reader.read(65536):
+            while data := await asyncio.wait_for(reader.read(65536), self.idle_seconds):
                 for event in mllp.receive_data(data):
                     if isinstance(event, Discarded):
                         log.warning("bytes from the LIS outside a message", reason=event.reason)
                         continue
-                    answer = await self._take(event.message.decode("utf-8", errors="replace"))
+                    answer = await self._take(event.message)
                     writer.write(frame(answer.encode("utf-8")))
-                    await writer.drain()
+                    await asyncio.wait_for(writer.drain(), self.idle_seconds)
+        except TimeoutError:
+            log.info("order connection idle; closed", peer=peer)
         except (ConnectionError, OSError) as exc:
             log.warning("order connection lost", peer=peer, error=repr(exc))
         finally:
+            self._open -= 1
             writer.close()
             with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                await asyncio.wait_for(writer.wait_closed(), 5)
 
-    async def _take(self, text: str) -> str:
+    async def _take(self, data: bytes) -> str:
         now = self.clock()
+        charset = _charset(data)
+        encoding = CHARSETS.get(charset)
         try:
+            if encoding is None:
+                raise OrderRefused(f"MSH-18: character set {charset!r} not taken")
+            try:
+                text = data.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise OrderRefused(
+                    f"MSH-18: the message is not {charset or 'UTF-8'} text: {exc.reason}"
+                ) from None
             message = read_order(text)
         except OrderRefused as refusal:
             log.warning("order refused", reason=str(refusal))
-            return acknowledgment(_control_id(text), "AE", now, str(refusal))
+            control_id, trigger = _header(data)
+            return acknowledgment(control_id, "AE", now, str(refusal), trigger)
         except Exception:  # text from outside must never leave the LIS without an answer
             log.exception("order unreadable")
-            return acknowledgment(_control_id(text), "AE", now, "MSH: the message is unreadable")
+            control_id, trigger = _header(data)
+            return acknowledgment(control_id, "AE", now, "MSH: the message is unreadable", trigger)
+        trigger = message.message_type.split("^")[1]
         try:
             await self.store.write(lambda conn: _apply(conn, message, now))
         except Exception as exc:
             log.error("order not kept", control_id=message.control_id, error=repr(exc))
-            return acknowledgment(message.control_id, "AR", now, "not kept; send it again")
-        return acknowledgment(message.control_id, "AA", now)
+            return acknowledgment(message.control_id, "AR", now, "not kept; send it again", trigger)
+        return acknowledgment(message.control_id, "AA", now, trigger=trigger)
 
 
 def _apply(conn: Connection, message: OrderMessage, at: datetime) -> None:
@@ -88,8 +124,24 @@ def _apply(conn: Connection, message: OrderMessage, at: datetime) -> None:
             orders.put_order(conn, order, at)
 
 
-def _control_id(text: str) -> str:
-    """MSH-10 of a message that could not be read, as far as it can be found."""
-    first = text.replace("\n", "\r").split("\r", 1)[0]
-    fields = first.split("|")
-    return fields[9] if first.startswith("MSH") and len(fields) > 9 else ""
+def _msh(data: bytes) -> list[str]:
+    first = data.replace(b"\n", b"\r").split(b"\r", 1)[0]
+    if not first.startswith(b"MSH"):
+        return []
+    return first.decode("ascii", errors="replace").split("|")
+
+
+def _charset(data: bytes) -> str:
+    """MSH-18, as far as it can be read."""
+    fields = _msh(data)
+    return fields[17].split("~")[0].strip().upper() if len(fields) > 17 else ""
+
+
+def _header(data: bytes) -> tuple[str, str]:
+    """MSH-10 and the trigger of MSH-9 of a message that could not be read, as far as
+    they can be found, for its answer."""
+    fields = _msh(data)
+    control_id = fields[9] if len(fields) > 9 else ""
+    kind = fields[8].split("^") if len(fields) > 8 else []
+    trigger = kind[1] if len(kind) > 1 and kind[1].isalnum() else "O01"
+    return control_id, trigger

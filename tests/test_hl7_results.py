@@ -184,3 +184,11 @@ def test_any_text_is_an_answer_or_a_clear_refusal(text: str) -> None:
         assert str(exc)
     else:
         assert answer.code in ("AA", "AE", "AR", "CA", "CE", "CR")
+
+
+def test_numbers_are_plain_digits_and_utf8_is_declared() -> None:
+    result = glucose("1.2E+3", units="µmol/L")
+    assert value_type(result) == ("NM", "1200")
+    text = oru_r01("MW6", AT, "S1", None, [Reported(result)])
+    assert text.split("\r")[0].endswith("|2.5.1||||||UNICODE UTF-8")
+    strict(text)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from middleware.domain import Order
 from middleware.hl7.orders import CANCEL, NEW, REPLACE, OrderRefused, acknowledgment, read_order
+from middleware.orders_in import OrderReceiver
 from middleware.store import Store, orders
 from tests.conftest import ROOT
 from tests.daemon import DaemonProcess, connect, free_port, query
@@ -70,9 +71,12 @@ def test_what_cannot_be_taken_is_refused_naming_segment_and_field(text: str, whe
 
 def test_the_acknowledgment_names_the_message_it_answers() -> None:
     at = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-    ack = hl7.parse(acknowledgment("O|1", "AE", at, "ORC-1: no"))
+    # the control id as it came, already in HL7's escaped form: not escaped again
+    ack = hl7.parse(acknowledgment("O\\F\\1", "AE", at, "ORC-1: no|yes", trigger="O21"))
     msa = ack.segment("MSA")
-    assert (str(msa[1]), str(msa[2]), str(msa[3])) == ("AE", "O\\F\\1", "ORC-1: no")
+    assert (str(msa[1]), str(msa[2]), str(msa[3])) == ("AE", "O\\F\\1", "ORC-1: no\\F\\yes")
+    assert str(ack.segment("MSH")[9]) == "ACK^O21^ACK"
+    assert str(ack.segment("MSH")[10]) != "O\\F\\1"  # its own control id
     for code in ("AA", "AE", "AR"):
         text = acknowledgment("O1", code, at, "why" if code != "AA" else "")
         strict = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
@@ -144,3 +148,55 @@ def test_any_text_is_an_order_or_a_clear_refusal(text: str) -> None:
         assert str(refused)
     else:
         assert read.changes and all(c.order.specimen_id for c in read.changes)
+
+
+def test_a_specimens_tests_in_one_message_are_ordered_together_with_their_priority() -> None:
+    both = orm("O4", "NW", "OBR|1|ORD1|S5|GLU^^L", "OBR|2|ORD1|S5|K^^L|S")
+    [change] = read_order(both).changes  # one order: routine and STAT tests together
+    assert (change.order.test_codes, change.order.priority) == (("GLU", "K"), "S")
+    tq1 = orm("O5", "NW", "OBR|1|ORD1|S6|GLU^^L").replace("\rOBR", "\rTQ1|1||||||||S\rOBR")
+    assert read_order(tq1).changes[0].order.priority == "S"  # TQ1-9, as v2.5 puts it
+    offset = orm().replace("20261130110000", "20261130130000+0200")
+    assert read_order(offset).changes[0].order.ordered_at == datetime(2026, 11, 30, 11, tzinfo=UTC)
+
+
+def test_specimens_come_from_their_spm_in_oml() -> None:
+    o33 = "\r".join([
+        MSH.format(kind="OML^O33^OML_O33", control="O6"), PID,
+        "SPM|1|PL1&LIS^FL1&LAB", "ORC|NW|ORD1", "OBR|1|ORD1||GLU^^L",
+        "SPM|2|PL2&LIS", "ORC|NW|ORD2", "OBR|1|ORD2||K^^L",
+    ])  # fmt: skip
+    read = read_order(o33)
+    assert [(c.order.specimen_id, c.order.test_codes) for c in read.changes] == [
+        ("PL1", ("GLU",)), ("PL2", ("K",)),
+    ]  # fmt: skip
+    o21 = "\r".join([
+        MSH.format(kind="OML^O21^OML_O21", control="O7"), PID,
+        "ORC|NW|ORD1", "OBR|1|ORD1||GLU^^L", "SPM|1|^FL9&LAB",
+    ])  # fmt: skip
+    assert read_order(o21).changes[0].order.specimen_id == "FL9"
+
+
+async def test_orders_in_other_character_sets_are_read_or_refused(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'orders.db'}")
+    receiver = OrderReceiver(store)
+    port = await receiver.start("127.0.0.1", 0)
+    latin = orm("O8", "NW", "OBR|1|ORD1|S8|GLU^Glucose é^L").encode("latin-1")
+    declared = latin.replace(b"|2.5.1", b"|2.5.1||||||8859/1", 1)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        codes = []
+        for data in (latin, declared):
+            writer.write(b"\x0b" + data + b"\x1c\r")
+            await writer.drain()
+            block = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 10)
+            msa = hl7.parse(block[1:-2].decode()).segment("MSA")
+            codes.append((str(msa[1]), str(msa[2]), str(msa[3]) if len(msa) > 3 else ""))
+        writer.close()
+        held = store.read(lambda conn: orders.orders_for(conn, ["S8"]))
+    finally:
+        await receiver.close()
+        store.close()
+    assert codes[0][:2] == ("AE", "O8") and codes[0][2].startswith("MSH-18")
+    assert codes[1] == ("AA", "O8", "")
+    assert [o.test_codes for o in held] == [("GLU",)]

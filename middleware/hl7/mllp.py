@@ -92,7 +92,12 @@ class MllpReader:
         if self._skipping:
             events.append(self._too_long(self.received))
         elif self._in_block and self._buffer.endswith(bytes((FS,))):
-            self._message(pending, pending - 1, True, events)
+            if pending - 2 > self.max_message_bytes:
+                head = bytes(self._buffer[self._pos : self._pos + 64])
+                events.append(Discarded(head, self._start, self._start + pending, "too-long"))
+                self._consume(pending)
+            else:
+                self._message(pending, pending - 1, True, events)
         elif pending:
             reason = "cut-by-end-of-stream" if self._in_block else "outside-block"
             events.append(self._cut(pending, reason))

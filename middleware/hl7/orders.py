@@ -12,13 +12,15 @@ be read is refused with the segment and field named.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import hl7
 
 from middleware.domain import Order
 from middleware.hl7.results import escape, timestamp
+from middleware.store.outbox import new_control_id
 
 TYPES = frozenset({"ORM^O01", "OML^O21", "OML^O33"})
 NEW, REPLACE, CANCEL = "new", "replace", "cancel"
@@ -60,80 +62,135 @@ def _name(segment: hl7.Segment) -> str:
     return str(segment[0]) if len(segment) else ""
 
 
+def _identifier(segment: hl7.Segment, number: int) -> str:
+    """The first identifier a field gives: a component's first subcomponent (SPM-2 is
+    ``placer&namespace^filler&namespace``)."""
+    for component in _field(segment, number).split("^"):
+        found = component.split("&", 1)[0].strip()
+        if found:
+            return found
+    return ""
+
+
+def _specimens_of_requests(
+    kind: str, names: list[str], segments: list[hl7.Segment]
+) -> dict[int, str]:
+    """SPM-2 of each OBR's specimen, by the OBR's position: in OML^O33 the SPM comes
+    before the orders on it, in OML^O21 after the OBR it belongs to."""
+    found: dict[int, str] = {}
+    for position, name in enumerate(names):
+        if name != "OBR":
+            continue
+        if kind == "OML^O33":
+            before = [i for i in range(position) if names[i] == "SPM"]
+            if before:
+                found[position] = _identifier(segments[before[-1]], 2)
+        else:
+            for after in range(position + 1, len(names)):
+                if names[after] in ("OBR", "ORC"):
+                    break
+                if names[after] == "SPM":
+                    found[position] = _identifier(segments[after], 2)
+                    break
+    return found
+
+
 def read_order(text: str) -> OrderMessage:
     try:
         message = hl7.parse(text.replace("\n", "\r"))
         msh = message.segment("MSH")
+        segments = list(message)
     except PARSE_ERRORS as exc:
         raise OrderRefused(f"MSH: not an HL7 message: {exc!s:.200}") from None
     kind = "^".join(_field(msh, 9).split("^")[:2])
     control_id = _field(msh, 10)
     if kind not in TYPES:
         raise OrderRefused(f"MSH-9: {kind or 'no'} message type; orders are {sorted(TYPES)}")
-    patient_id = ""
-    specimen_of_message = ""
-    for segment in message:
-        name = _name(segment)
-        if name == "PID":
-            patient_id = _first(segment, 3)
-        elif name == "SPM" and not specimen_of_message:
-            specimen_of_message = _first(segment, 2)
-    changes: list[OrderChange] = []
-    action, priority, ordered_at = "", "R", None
-    tests: dict[tuple[str, str, str], list[str]] = {}
-    for index, segment in enumerate(message, start=1):
-        name = _name(segment)
+    names = [_name(segment) for segment in segments]
+    patient_id = next(
+        (_first(s, 3) for s, n in zip(segments, names, strict=True) if n == "PID"), ""
+    )
+    spm = _specimens_of_requests(kind, names, segments)
+    action, stat, ordered_at = "", False, None
+    # One change per action and specimen: a message naming a specimen's tests in several
+    # OBRs (routine and STAT among them) orders them all.
+    tests: dict[tuple[str, str], list[str]] = {}
+    urgent: set[tuple[str, str]] = set()
+    for position, (segment, name) in enumerate(zip(segments, names, strict=True)):
+        where = f"(segment {position + 1})"
         if name == "ORC":
             code = _field(segment, 1).strip().upper()
             if code not in _ACTIONS:
-                raise OrderRefused(f"ORC-1 (segment {index}): order control {code!r} not taken")
+                raise OrderRefused(f"ORC-1 {where}: order control {code!r} not taken")
             action = _ACTIONS[code]
-            priority = "S" if _field(segment, 7).split("^")[5:6] == ["S"] else "R"
-            ordered_at = _moment(_first(segment, 9), f"ORC-9 (segment {index})")
+            stat = _field(segment, 7).split("^")[5:6] == ["S"]
+            ordered_at = _moment(_first(segment, 9), f"ORC-9 {where}")
+        elif name == "TQ1" and _first(segment, 9).upper() == "S":
+            stat = True  # TQ1-9, where v2.5 puts the priority
         elif name == "OBR":
             if not action:
-                raise OrderRefused(f"OBR (segment {index}): no ORC before it")
-            specimen = specimen_of_message or _first(segment, 3)
+                raise OrderRefused(f"OBR {where}: no ORC before it")
+            specimen = spm.get(position) or _identifier(segment, 3)
             test = _first(segment, 4)
             if not specimen:
-                raise OrderRefused(f"OBR-3 (segment {index}): no specimen id (nor SPM-2)")
+                raise OrderRefused(f"OBR-3 {where}: no specimen id (nor SPM-2)")
             if not test:
-                raise OrderRefused(f"OBR-4 (segment {index}): no test code")
-            if _first(segment, 5).upper() == "S" or _field(segment, 27).split("^")[5:6] == ["S"]:
-                priority = "S"
-            tests.setdefault((action, specimen, priority), []).append(test)
+                raise OrderRefused(f"OBR-4 {where}: no test code")
+            key = (action, specimen)
+            tests.setdefault(key, []).append(test)
+            if (
+                stat
+                or _first(segment, 5).upper() == "S"
+                or _field(segment, 27).split("^")[5:6] == ["S"]
+            ):
+                urgent.add(key)
     if not tests:
         raise OrderRefused("OBR: the message orders no test")
-    for (act, specimen, urgency), codes in tests.items():
-        unique = tuple(dict.fromkeys(codes))
-        order = Order(specimen, unique, urgency, ordered_at=ordered_at, patient_id=patient_id)
+    changes = []
+    for (act, specimen), codes in tests.items():
+        priority = "S" if (act, specimen) in urgent else "R"
+        order = Order(
+            specimen, tuple(dict.fromkeys(codes)), priority, ordered_at=ordered_at,
+            patient_id=patient_id,
+        )  # fmt: skip
         changes.append(OrderChange(act, order))
     return OrderMessage(control_id, kind, tuple(changes))
 
 
+_DTM = re.compile(r"^(\d{8}(?:\d{4}(?:\d{2})?)?)(?:\.\d+)?(?:([+-])(\d{2})(\d{2}))?$")
+
+
 def _moment(text: str, where: str) -> datetime | None:
-    """A DTM, to the day, minute or second; UTC when it gives no offset of its own."""
-    digits = text.split("+")[0].split("-")[0].split(".")[0].strip()
-    if not digits:
+    """A DTM, to the day, minute or second, in its offset; UTC when it gives none."""
+    text = text.strip()
+    if not text:
         return None
-    for length, form in ((14, "%Y%m%d%H%M%S"), (12, "%Y%m%d%H%M"), (8, "%Y%m%d")):
-        if len(digits) >= length:
-            try:
-                return datetime.strptime(digits[:length], form).replace(tzinfo=UTC)
-            except ValueError:
-                break
-    raise OrderRefused(f"{where}: {text!r} is not a date and time")
+    match = _DTM.match(text)
+    if match:
+        digits, sign, hours, minutes = match.groups()
+        form = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}[len(digits)]
+        zone = UTC
+        if sign:
+            offset = timedelta(hours=int(hours), minutes=int(minutes))
+            zone = timezone(offset if sign == "+" else -offset)
+        try:
+            return datetime.strptime(digits, form).replace(tzinfo=zone).astimezone(UTC)
+        except (ValueError, OverflowError):
+            pass
+    raise OrderRefused(f"{where}: {text[:40]!r} is not a date and time")
 
 
 def acknowledgment(
     control_id: str, code: str, at: datetime, text: str = "", trigger: str = "O01"
 ) -> str:
     """The ACK of an order message: MSA-1 ``code`` (AA, AE, AR), MSA-2 the control id it
-    answers, MSA-3 the reason of a refusal."""
+    answers as it came (already in HL7's escaped form), MSA-3 the reason of a refusal;
+    its own control id is new."""
     moment = timestamp(at if at.tzinfo else at.replace(tzinfo=UTC))
+    answered = re.sub(r"[\r\n|]", "", control_id)
     segments = [
-        f"MSH|^~\\&|LIS-MIDDLEWARE|LAB|LIS|LAB|{moment}||ACK^{trigger}^ACK|"
-        f"A{escape(control_id)[:19]}|P|2.5.1",
-        f"MSA|{code}|{escape(control_id)}" + (f"|{escape(text)[:500]}" if text else ""),
+        f"MSH|^~\\&|LIS-MIDDLEWARE|LAB|LIS|LAB|{moment}||ACK^{escape(trigger)}^ACK|"
+        f"{new_control_id()}|P|2.5.1",
+        f"MSA|{code}|{answered}" + (f"|{escape(text)[:500]}" if text else ""),
     ]
     return "\r".join(segments)

@@ -84,10 +84,10 @@ class Reported:
 def value_type(result: Result) -> tuple[str, str]:
     """OBX-2 and OBX-5: NM for a number, SN for a censored one (``<^15``), ST for text."""
     value = result.value
-    if value.number is not None and value.censor:
-        return "SN", f"{value.censor}{COMPONENT}{value.number}"
     if value.number is not None:
-        return "NM", str(value.number)
+        # Plain digits: HL7's NM has no exponent (Decimal would write 1.2E+3).
+        number = format(value.number, "f")
+        return ("SN", f"{value.censor}{COMPONENT}{number}") if value.censor else ("NM", number)
     return "ST", escape(value.text)
 
 
@@ -161,7 +161,15 @@ def oru_r01(
         segments += [
             _segment("NTE", str(i), "L", escape(text)) for i, text in enumerate(notes, start=1)
         ]
-    return "\r".join(segments)
+    text = "\r".join(segments)
+    if not text.isascii():
+        # Sent as UTF-8: MSH-18 says so, for the LIS to read µmol/L as written.
+        msh, rest = text.split("\r", 1)
+        fields = msh.split(FIELD)
+        fields += [""] * (18 - len(fields))
+        fields[17] = "UNICODE UTF-8"
+        text = FIELD.join(fields) + "\r" + rest
+    return text
 
 
 #: HL7's explicit null: the field is required and known to be empty.
