@@ -280,7 +280,9 @@ def queue_released(
             why = tuple(f.message for f in decision.findings if f.action is Action.REJECT)
             item = Reported(result, status="X", comments=(*why, *decision.comments))
         else:
-            item = Reported(result, comments=decision.comments)
+            # A correction or a preliminary result, as the analyser marked it (R.9).
+            status = result.status if result.status in ("C", "P") else "F"
+            item = Reported(result, status=status, comments=decision.comments)
         groups.setdefault(key, []).append(item)
     queued = []
     for (specimen, instrument), reported in groups.items():

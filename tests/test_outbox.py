@@ -335,3 +335,22 @@ async def test_a_message_set_aside_is_not_sent_after_a_later_one_of_its_specimen
             await control.retry_outbox(first, "bob")
     finally:
         store.close()
+
+
+def test_a_correction_from_the_analyser_goes_to_the_lis_as_corrected(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        _write(store, qc("5.2", "15.6"), T0)
+        _write(store, patient("S1", "5.0"), T0 + timedelta(minutes=1))
+        corrected = [
+            r.replace(b"|F", b"|C") if r.startswith(b"R|") else r for r in patient("S1", "5.4")
+        ]
+        _write(store, corrected, T0 + timedelta(minutes=2))
+        entries = store.read(outbox.entries)
+    finally:
+        store.close()
+    statuses = [
+        [s.split("|")[11] for s in e.message.split("\r") if s.startswith("OBX|")] for e in entries
+    ]
+    assert statuses == [["F"], ["C"]]
+    assert entries[1].message.split("\r")[2].endswith("|C")  # OBR-25: a corrected report
