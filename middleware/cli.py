@@ -108,6 +108,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from middleware.daemon import InstrumentsHeld, LeaseLost, configure_logging, serve
     from middleware.transport.tcp import ListenError
+    from middleware.transport.tls import TlsError
 
     # Without either, the daemon would run with no analyser at all and say nothing about it.
     if args.config is None and "MIDDLEWARE_INSTRUMENTS" not in os.environ:
@@ -126,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
     except ListenError as exc:
         print(f"lis-middleware run: {exc}", file=sys.stderr)
         return 1
-    except InstrumentsHeld as exc:
+    except (InstrumentsHeld, TlsError) as exc:
         print(f"lis-middleware run: not started: {exc}", file=sys.stderr)
         return 2
     except LeaseLost as exc:

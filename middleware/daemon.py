@@ -38,6 +38,7 @@ from middleware.transport.channel import (
 from middleware.transport.reconnect import Backoff, Reconnecting
 from middleware.transport.serial import SerialConnection, SerialSettings
 from middleware.transport.tcp import TcpClient, TcpServer
+from middleware.transport.tls import server_context
 
 log = structlog.get_logger("middleware.daemon")
 
@@ -154,7 +155,8 @@ class Daemon:
             sender = LisSender(lis, self.store, self.owner)
             self._tasks.append(asyncio.create_task(_keep_running("lis", sender.run)))
             if lis.orders_port is not None:
-                self.orders = OrderReceiver(self.store)
+                tls = server_context(lis.orders_tls) if lis.orders_tls is not None else None
+                self.orders = OrderReceiver(self.store, tls=tls, allow=lis.orders_allow)
                 await self.orders.start(lis.orders_host, lis.orders_port)
         log.info("daemon running", instruments=len(self.connections), owner=self.owner)
 

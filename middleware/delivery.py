@@ -25,6 +25,7 @@ from middleware.hl7.mllp import Discarded, MessageReceived, MllpReader, frame
 from middleware.settings import BackoffConfig, LisConfig
 from middleware.store import Store, outbox
 from middleware.store.sql import utcnow
+from middleware.transport.tls import client_context
 
 log = structlog.get_logger("middleware.delivery")
 
@@ -59,6 +60,7 @@ class LisSender:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.config = config
+        self.tls = client_context(config.tls) if config.tls is not None else None
         self.store = store
         self.owner = owner
         self.clock = clock
@@ -117,11 +119,17 @@ class LisSender:
             await self._close()  # the LIS closed it since its last answer: a new one
         if self._writer is None:
             try:
+                server_name = None
+                if self.tls is not None and self.config.tls is not None:
+                    server_name = self.config.tls.server_name or self.config.host
                 self._reader, self._writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.config.host, self.config.port),
+                    asyncio.open_connection(
+                        self.config.host, self.config.port, ssl=self.tls,
+                        server_hostname=server_name,
+                    ),
                     self.config.ack_timeout,
-                )
-            except (OSError, TimeoutError) as exc:
+                )  # fmt: skip
+            except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
                 raise NoAnswer("unreachable", f"cannot connect: {exc!r}") from None
             self._mllp = MllpReader()
         mine = await self.store.write(

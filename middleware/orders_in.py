@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable
 from datetime import datetime
 
@@ -17,6 +18,7 @@ from middleware.hl7.orders import CANCEL, OrderMessage, OrderRefused, acknowledg
 from middleware.store import Store, orders
 from middleware.store.sql import utcnow
 from middleware.transport.tcp import ListenError
+from middleware.transport.tls import allowed
 
 log = structlog.get_logger("middleware.orders")
 
@@ -35,7 +37,12 @@ class OrderReceiver:
         store: Store,
         clock: Callable[[], datetime] = utcnow,
         idle_seconds: float = IDLE_SECONDS,
+        tls: ssl.SSLContext | None = None,
+        allow: list[str] | None = None,
     ) -> None:
+        self.tls = tls
+        self.allow = allow or []
+        """Networks the LIS may connect from; any when empty."""
         self.store = store
         self.clock = clock
         self.idle_seconds = idle_seconds
@@ -44,7 +51,7 @@ class OrderReceiver:
 
     async def start(self, host: str, port: int) -> int:
         try:
-            self._server = await asyncio.start_server(self._serve, host, port)
+            self._server = await asyncio.start_server(self._serve, host, port, ssl=self.tls)
         except OSError as exc:
             raise ListenError("LIS orders", host, port, exc) from exc
         bound = int(self._server.sockets[0].getsockname()[1])
@@ -59,6 +66,10 @@ class OrderReceiver:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        if not allowed(str(peer[0]) if peer else "", self.allow):
+            log.warning("order connection refused: address not allowed", peer=peer)
+            writer.close()
+            return
         if self._open >= MAX_CONNECTIONS:
             log.warning("order connection refused: too many open", peer=peer)
             writer.close()

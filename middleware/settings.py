@@ -217,6 +217,30 @@ class BackoffConfig(BaseModel):
     jitter: float = Field(default=0.2, ge=0, le=1)
 
 
+class TlsConfig(BaseModel):
+    """TLS on a connection to or from the LIS (D5)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: Path | None = None
+    """Certificates the peer's must chain to; the system's when not given."""
+    cert_file: Path | None = None
+    """Our certificate (a server's; a client's for mutual TLS)."""
+    key_file: Path | None = None
+    server_name: str | None = None
+    """The name the LIS's certificate must carry (the host by default)."""
+    require_client_certificate: bool = False
+    """For the orders server: the LIS must show a certificate that chains to ca_file."""
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.require_client_certificate and self.ca_file is None:
+            raise ValueError("require_client_certificate needs ca_file")
+        return self
+
+
 class LisConfig(BaseModel):
     """The LIS results are delivered to, over MLLP; no outbox is kept without it."""
 
@@ -235,6 +259,12 @@ class LisConfig(BaseModel):
     review_notice: Literal["note", "corrected"] = "note"
     """How a released result put under review by a later QC failure is told to the LIS:
     sent again as final with a note (NTE), or as corrected (OBX-11 C) with the note."""
+    tls: TlsConfig | None = None
+    """TLS to the LIS, with its certificate checked; plain TCP without it."""
+    orders_tls: TlsConfig | None = None
+    """TLS on the orders port: needs cert_file and key_file."""
+    orders_allow: list[str] = []
+    """Addresses or networks (CIDR) the LIS may send orders from; any when empty."""
     orders_host: str = "0.0.0.0"
     orders_port: int | None = Field(default=None, ge=0, le=65535)
     """Where the LIS sends orders (ORM^O01, OML^O21/O33) over MLLP; none taken without it."""
@@ -242,6 +272,21 @@ class LisConfig(BaseModel):
     sending_facility: str = Field(default="LAB", min_length=1, max_length=180)
     receiving_application: str = Field(default="LIS", min_length=1, max_length=180)
     receiving_facility: str = Field(default="LAB", min_length=1, max_length=180)
+
+    @field_validator("orders_allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # a ValueError names what is wrong
+        return value
+
+    @model_validator(mode="after")
+    def _orders_tls(self) -> LisConfig:
+        if self.orders_tls is not None and self.orders_tls.cert_file is None:
+            raise ValueError("orders_tls needs cert_file and key_file: the orders port serves")
+        return self
 
 
 class Settings(BaseSettings):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from dataclasses import dataclass, field
 
 _BLOCK = re.compile(rb"\x0b(.*?)\x1c\r", re.DOTALL)
@@ -26,8 +27,10 @@ class LisPeer:
     _server: asyncio.Server | None = None
     _connections: list[asyncio.StreamWriter] = field(default_factory=list)
 
-    async def start(self, port: int = 0) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port or self.port)
+    async def start(self, port: int = 0, tls: ssl.SSLContext | None = None) -> int:
+        self._server = await asyncio.start_server(
+            self._serve, "127.0.0.1", port or self.port, ssl=tls
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
