@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from middleware.hl7.ack import Answer, read_answer
-from middleware.hl7.mllp import Discarded, MessageReceived, MllpReader, frame
+from middleware.hl7.mllp import Discarded, MllpReader, frame
 from middleware.settings import BackoffConfig, LisConfig
 from middleware.store import Store, outbox
 from middleware.store.sql import utcnow
@@ -168,11 +168,11 @@ class LisSender:
                     self.log.warning("bytes from the LIS outside a message", reason=event.reason)
                     continue
                 text = event.message.decode("utf-8", errors="replace")
-                found = self._read(entry, event, text)
+                found = self._read(entry, text)
                 if found is not None:
                     return found, text
 
-    def _read(self, entry: outbox.Entry, event: MessageReceived, text: str) -> Answer | None:
+    def _read(self, entry: outbox.Entry, text: str) -> Answer | None:
         try:
             answer = read_answer(text)
         except ValueError as exc:
