@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -22,9 +21,10 @@ import structlog
 
 from middleware.hl7.ack import Answer, read_answer
 from middleware.hl7.mllp import Discarded, MllpReader, frame
-from middleware.settings import BackoffConfig, LisConfig
+from middleware.settings import LisConfig
 from middleware.store import Store, outbox
 from middleware.store.sql import utcnow
+from middleware.transport.reconnect import Backoff
 from middleware.transport.tls import client_context
 
 log = structlog.get_logger("middleware.delivery")
@@ -35,20 +35,6 @@ POLL_SECONDS = 0.2
 
 class NoAnswer(Exception):
     """The LIS did not answer in time, or the connection was lost: send again later."""
-
-
-def delays(config: BackoffConfig, rng: Callable[[], float] = random.random) -> Callable[[], float]:
-    """Successive waits before trying again; after a success the caller starts again
-    with a new call."""
-    current = config.base
-
-    def next_delay() -> float:
-        nonlocal current
-        delay = current
-        current = min(current * config.multiplier, config.ceiling)
-        return delay * (1 + config.jitter * (2 * rng() - 1))
-
-    return next_delay
 
 
 class LisSender:
@@ -65,6 +51,8 @@ class LisSender:
         self.owner = owner
         self.clock = clock
         self.log = log.bind(lis=f"{config.host}:{config.port}")
+        backoff = config.backoff
+        self.backoff = Backoff(backoff.base, backoff.ceiling, backoff.jitter, backoff.multiplier)
         # Long enough for the answer; a daemon that dies leaves a claim that runs out.
         self.hold = timedelta(seconds=2 * config.ack_timeout + 5)
         self._reader: asyncio.StreamReader | None = None
@@ -73,7 +61,7 @@ class LisSender:
 
     async def run(self) -> None:
         """Deliver until cancelled."""
-        next_delay = delays(self.config.backoff)
+        next_delay = self.backoff.delays()
         try:
             while True:
                 entry = await self.store.write(
@@ -87,7 +75,7 @@ class LisSender:
                 except NoAnswer as failure:
                     await self._no_answer(entry, failure, next_delay())
                     continue
-                next_delay = delays(self.config.backoff)
+                next_delay = self.backoff.delays()
                 if answer is not None:
                     await self._close_entry(entry, answer)
         finally:

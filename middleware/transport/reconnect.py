@@ -28,11 +28,13 @@ async def serve(channel: LinkChannel, on_connect: ChannelCallback | None) -> Non
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Reconnection delays: ``initial`` doubling up to ``maximum``, with some jitter."""
+    """Reconnection delays: ``initial`` times ``multiplier`` after each failure, up to
+    ``maximum``, each varied at random by up to ``jitter`` (a fraction)."""
 
     initial: float = 1.0
     maximum: float = 60.0
     jitter: float = 0.1
+    multiplier: float = 2.0
 
     def delays(self) -> Callable[[], float]:
         current = self.initial
@@ -40,7 +42,7 @@ class Backoff:
         def next_delay() -> float:
             nonlocal current
             delay = current
-            current = min(current * 2, self.maximum)
+            current = min(current * self.multiplier, self.maximum)
             return delay * (1 + random.uniform(-self.jitter, self.jitter))
 
         return next_delay
