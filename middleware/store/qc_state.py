@@ -35,7 +35,7 @@ from middleware.engine.qc import (
 )
 from middleware.engine.rules import Target
 from middleware.store.schema import pending_conversions, qc_lots, qc_tests
-from middleware.store.sql import upsert_in, utc
+from middleware.store.sql import new_only, upsert_in, utc
 
 TestKey = tuple[str, str]  # instrument, test
 LotKey = tuple[str, str, str]  # instrument, test, lot
@@ -72,13 +72,7 @@ def _lockable(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> Non
     the second over the first. A row another transaction is making makes this one wait
     for it, and then read what it made."""
     if rows and conn.dialect.name == "postgresql":
-        conn.execute(_made_empty(table), rows)
-
-
-@functools.lru_cache(maxsize=4)
-def _made_empty(table: Table) -> Insert:
-    keys = [c.name for c in table.primary_key.columns]
-    return upsert_in("postgresql", table).on_conflict_do_nothing(index_elements=keys)
+        conn.execute(new_only("postgresql", table), rows)
 
 
 def load_tests(conn: Connection, keys: Iterable[TestKey]) -> dict[TestKey, TestQc]:

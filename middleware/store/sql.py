@@ -29,9 +29,11 @@ def utc(moment: datetime | None) -> datetime | None:
 
 
 @functools.lru_cache(maxsize=16)
-def new_only(dialect: str, table: Table, key: str) -> Any:
-    """INSERT ... ON CONFLICT (key) DO NOTHING, built once per database and table."""
-    return upsert_in(dialect, table).on_conflict_do_nothing(index_elements=[key])
+def new_only(dialect: str, table: Table, *keys: str) -> Any:
+    """INSERT ... ON CONFLICT (keys) DO NOTHING, built once per database and table; the
+    keys are the primary key's columns when none are named."""
+    elements = list(keys) or [c.name for c in table.primary_key.columns]
+    return upsert_in(dialect, table).on_conflict_do_nothing(index_elements=elements)
 
 
 def utcnow() -> datetime:
