@@ -30,7 +30,7 @@ from middleware.engine.qc import (
     QcOutcome,
     TestQc,
 )
-from middleware.hl7.results import Reported, Sender, oru_r01
+from middleware.hl7.results import Reported, Sender, by_specimen
 from middleware.store import ingest, outbox, qc_records, qc_state, release, sql
 from middleware.store.qc_state import LotKey, TestKey
 
@@ -250,17 +250,15 @@ def queue_review_notices(
     """Q5/Q9: results the LIS already has, released before a QC failure, sent again with
     a note that they are under review (and OBX-11 as the LIS is configured to take it)."""
     failures = dict(listed)
-    groups: dict[tuple[str, str], list[Reported]] = {}
-    for result_id, result in release.results_by_id(conn, failures):
-        note = f"under review: {failures[result_id]} after this result was released"
-        item = Reported(result, status=lis.review_status, comments=(note,))
-        groups.setdefault((result.specimen_id, result.instrument), []).append(item)
-    queued = []
-    for (specimen, instrument), reported in groups.items():
-        control_id = outbox.new_control_id()
-        message = oru_r01(control_id, now, specimen, None, reported, lis)
-        queued.append(outbox.enqueue(conn, specimen, instrument, control_id, message, now))
-    return queued
+    notices = [
+        Reported(
+            result,
+            status=lis.review_status,
+            comments=(f"under review: {failures[result_id]} after this result was released",),
+        )
+        for result_id, result in release.results_by_id(conn, failures)
+    ]
+    return _enqueue(conn, lis, notices, (), now)
 
 
 def queue_released(
@@ -273,25 +271,29 @@ def queue_released(
     """One ORU^R01 per specimen and instrument of the results decided, into the outbox:
     a released result with the comments that must travel with it; a rejected one (S1)
     without its value, as not obtained (OBX-11 X), with the reasons of the rejection."""
-    groups: dict[tuple[str, str], list[Reported]] = {}
+    reported = []
     for result, decision in released:
-        key = (result.specimen_id, result.instrument)
         if decision.action is Action.REJECT:
             why = tuple(f.message for f in decision.findings if f.action is Action.REJECT)
-            item = Reported(result, status="X", comments=(*why, *decision.comments))
+            reported.append(Reported(result, status="X", comments=(*why, *decision.comments)))
         else:
             # A correction or a preliminary result, as the analyser marked it (R.9).
             status = result.status if result.status in ("C", "P") else "F"
-            item = Reported(result, status=status, comments=decision.comments)
-        groups.setdefault(key, []).append(item)
-    queued = []
-    for (specimen, instrument), reported in groups.items():
-        patient_id = reported[0].result.patient_id
-        patient = next((p for p in patients if p.patient_id == patient_id), None)
-        control_id = outbox.new_control_id()
-        message = oru_r01(control_id, now, specimen, patient, reported, lis)
-        queued.append(outbox.enqueue(conn, specimen, instrument, control_id, message, now))
-    return queued
+            reported.append(Reported(result, status=status, comments=decision.comments))
+    return _enqueue(conn, lis, reported, patients, now)
+
+
+def _enqueue(
+    conn: Connection,
+    lis: Sender,
+    reported: Sequence[Reported],
+    patients: Sequence[Patient],
+    now: datetime,
+) -> list[int]:
+    return [
+        outbox.enqueue(conn, b.specimen_id, b.instrument, b.control_id, b.message, now)
+        for b in by_specimen(reported, patients, now, lis, outbox.new_control_id)
+    ]
 
 
 def redecide_held(

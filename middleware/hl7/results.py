@@ -11,7 +11,7 @@ reagent lots that made it).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -79,6 +79,38 @@ class Reported:
     sent without its value)."""
     comments: tuple[str, ...] = ()
     """What must travel with it (accept-with-reservation comments)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """One message built, with what the outbox keeps beside it."""
+
+    specimen_id: str
+    instrument: str
+    control_id: str
+    message: str
+
+
+def by_specimen(
+    reported: Iterable[Reported],
+    patients: Sequence[Patient],
+    at: datetime,
+    sender: Sender,
+    next_control_id: Callable[[], str],
+) -> list[Built]:
+    """One ORU^R01 per specimen and instrument of ``reported``, in the order their first
+    results come, each with the patient of ``patients`` its results name."""
+    groups: dict[tuple[str, str], list[Reported]] = {}
+    for item in reported:
+        groups.setdefault((item.result.specimen_id, item.result.instrument), []).append(item)
+    built = []
+    for (specimen, instrument), items in groups.items():
+        patient_id = items[0].result.patient_id
+        patient = next((p for p in patients if p.patient_id == patient_id), None)
+        control_id = next_control_id()
+        message = oru_r01(control_id, at, specimen, patient, items, sender)
+        built.append(Built(specimen, instrument, control_id, message))
+    return built
 
 
 def value_type(result: Result) -> tuple[str, str]:
