@@ -24,24 +24,23 @@ from middleware.engine.rules import Rules
 
 
 class Engine:
+    rules: Rules
+    gate: QcGate
+    lots: LotRegistry
+    delta_tests: frozenset[str]
+    """The tests whose decisions look at the patient's previous result."""
+
     def __init__(self, rules: Rules) -> None:
-        self.rules = rules
-        self.gate = QcGate(rules)
-        self.lots = LotRegistry(rules.reagent_lots)
+        self.replace_rules(rules)
 
     def replace_rules(self, rules: Rules) -> None:
         """New rules; the QC state the caller keeps stays valid under them."""
         self.rules = rules
         self.gate = QcGate(rules)
         self.lots = LotRegistry(rules.reagent_lots)
-
-    @property
-    def delta_tests(self) -> frozenset[str]:
-        """The tests whose decisions look at the patient's previous result."""
-        options = self.rules.autoverification
-        if not (options.enabled and options.hold_failed_delta):
-            return frozenset()
-        return frozenset(check.test for check in self.rules.delta_checks)
+        options = rules.autoverification
+        held_on_delta = options.enabled and options.hold_failed_delta
+        self.delta_tests = frozenset(check.test for check in rules.delta_checks if held_on_delta)
 
     def _lot_change(self, state: TestQc, result: Result, at: datetime) -> TestQc:
         in_use, changed = lots_changed(state.lots_in_use, result)

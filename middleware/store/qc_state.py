@@ -88,20 +88,25 @@ def load_tests(conn: Connection, keys: Iterable[TestKey]) -> dict[TestKey, TestQ
     return found
 
 
+_LOTS = select(qc_lots).where(
+    qc_lots.c.instrument == bindparam("instrument"),
+    qc_lots.c.test_code.in_(bindparam("tests", expanding=True)),
+    qc_lots.c.lot.in_(bindparam("lots", expanding=True)),
+)
+_LOTS_FOR_UPDATE = _LOTS.with_for_update()
+
+
 def load_lots(conn: Connection, keys: Iterable[LotKey]) -> dict[LotKey, LotQc]:
     """The stored state of each control lot wanted; one not stored yet is absent (on
     PostgreSQL it is made empty, and locked like the others)."""
     wanted = set(keys)
     _lockable(conn, qc_lots, [_lot_row(key, NO_LOT_QC, _NEVER) for key in sorted(wanted)])
     found: dict[LotKey, LotQc] = {}
+    query = _LOTS_FOR_UPDATE if conn.dialect.name == "postgresql" else _LOTS
     for instrument, tests in sorted(_by_instrument(wanted).items()):
         lots = sorted({lot for i, _, lot in wanted if i == instrument})
-        query = select(qc_lots).where(
-            qc_lots.c.instrument == instrument,
-            qc_lots.c.test_code.in_(sorted(tests)),
-            qc_lots.c.lot.in_(lots),
-        )
-        for row in conn.execute(_locking(conn, query)):
+        params = {"instrument": instrument, "tests": sorted(tests), "lots": lots}
+        for row in conn.execute(query, params):
             key = (row.instrument, row.test_code, row.lot)
             if key in wanted:
                 found[key] = _lot_qc(row)
