@@ -197,6 +197,33 @@ def _reagents_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _held(args: argparse.Namespace) -> int:
+    import json
+
+    from middleware.store import Store
+    from middleware.store.reading import held_results
+
+    settings = _settings(args, "held")
+    if settings is None:
+        return 2
+    store = Store(settings.database)
+    try:
+        rows = store.read(held_results)
+    finally:
+        store.close()
+    for row in rows:
+        if args.format == "json":
+            print(json.dumps({**row, "findings": json.loads(row["findings"])}, default=str))
+        else:
+            print(
+                f"{row['instrument']:<12} {row['specimen_id']:<16} {row['test_code']:<10} "
+                f"{row['value_text']:>10} {row['units']:<8} {row['held_since']:%Y-%m-%d %H:%M}  "
+                f"{row['reasons']}"
+            )
+    print(f"{len(rows)} result(s) held", file=sys.stderr)
+    return 0
+
+
 _TRACE_FIELDS = (
     "kind",
     "id",
@@ -275,6 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--config", metavar="FILE", help="the daemon's YAML configuration")
     trace.add_argument("--format", choices=("text", "json"), default="text")
     trace.set_defaults(handler=_reagents_trace)
+
+    held = sub.add_parser(
+        "held",
+        help="list the results held now, with their reasons",
+        description="List every result held now (QC, acceptance, reagent lot, "
+        "autoverification), with the reasons of its current decision, from the database "
+        "the configuration names.",
+    )
+    held.add_argument("--config", metavar="FILE", help="the daemon's YAML configuration")
+    held.add_argument("--format", choices=("text", "json"), default="text")
+    held.set_defaults(handler=_held)
 
     box = sub.add_parser("outbox", help="messages to the LIS not delivered")
     box_sub = box.add_subparsers(dest="outbox_command", required=True)

@@ -18,6 +18,7 @@ from middleware.store.schema import (
     control_results,
     decisions,
     messages,
+    open_holds,
     quarantine,
     raw_transmissions,
     reagent_lots,
@@ -69,3 +70,31 @@ def latest_decisions(conn: Connection) -> list[dict[str, Any]]:
         select(decisions).where(decisions.c.id.in_(latest)).order_by(decisions.c.result_id)
     )
     return [dict(row._mapping) for row in rows]
+
+
+def held_results(conn: Connection) -> list[dict[str, Any]]:
+    """The results held now, each with the reasons of its current decision: from the table
+    of open holds, so the cost follows what is held, not the history."""
+    newer = decisions.alias("newer")
+    latest = (
+        select(func.max(newer.c.id))
+        .where(newer.c.result_id == open_holds.c.result_id)
+        .correlate(open_holds)
+        .scalar_subquery()
+    )
+    query = (
+        select(
+            open_holds.c.instrument,
+            results.c.specimen_id,
+            results.c.test_code,
+            results.c.value_text,
+            results.c.units,
+            open_holds.c.held_since,
+            decisions.c.reasons,
+            decisions.c.findings,
+        )
+        .join(results, results.c.id == open_holds.c.result_id)
+        .join(decisions, decisions.c.id == latest)
+        .order_by(open_holds.c.instrument, results.c.specimen_id, results.c.id)
+    )
+    return [dict(row._mapping) for row in conn.execute(query)]
