@@ -22,15 +22,12 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy middleware drivers
+	$(BIN)/mypy middleware drivers simulators
 
 check: lint typecheck test
 
 demo: install
-	@echo "make demo will run the daemon with the bundled analyser and LIS simulators on the"
-	@echo "embedded defaults (SQLite state directory, no broker). The simulators are not built yet;"
-	@echo "until they are, try the capture decoder on a real analyser capture:"
-	$(BIN)/lis-middleware decode ../shared/corpus/astm/vitros-3600_raw_censored-values.bin --format text
+	$(BIN)/python -m simulators demo
 
 # The reference codec for bench/codec.py (python-astm 0.5.0) needs a compatibility shim on 3.11.
 # PYTHONPATH is absolute: pip runs the package's setup.py from a temporary directory.

@@ -1,0 +1,307 @@
+"""``make demo``: the daemon on the embedded defaults, three simulated analysers and a
+simulated LIS, with a guide to what happens and a live summary.
+
+Everything runs on this machine with nothing to install beyond the project: SQLite in a
+new state directory, the bundled rule files, the daemon as its own process (as in a lab),
+the analysers and the LIS in this one. Ctrl-C stops everything and leaves the state
+directory for a look afterwards. The state directory is a new temporary one, or the empty
+directory ``DEMO_STATE_DIR`` names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+from sqlalchemy import text
+
+from middleware.store.database import open_engine
+from middleware.store.reading import held_results
+from simulators.analyser import Analyser, tcp_client
+from simulators.lis import LisSimulator
+from simulators.profiles import Profile, profile
+from simulators.scenarios import plan
+
+ROOT = Path(__file__).resolve().parents[1]
+TERMINAL = sys.stdout.isatty()
+#: Back to the start of the line, which is cleared: where the summary line was.
+CLEAR = "\r\033[K" if TERMINAL else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Bench:
+    """One analyser of the demo: its name in the lab, what it is, what it shows."""
+
+    instrument: str
+    profile: Profile
+    scenario: str
+    samples: int
+    shows: str
+
+
+BENCHES = (
+    Bench("xn-1", profile("haematology"), "qc-shift", 12,
+          "QC passing, then a QC shift: HGB, PLT and WBC results held (2of3-2s, 3-1s, 6x) "
+          "until corrective QC is in control and a biologist closes the corrective action"),
+    Bench("chem-1", profile("chemistry"), "sample-indices", 8,
+          "a haemolysed sample (K and AST rejected, the reason sent to the LIS), icteric "
+          "and lipaemic ones (bilirubin released with a comment)"),
+    Bench("ia-1", profile("immunoassay"), "lot-change", 8,
+          "a reagent lot change mid-run: results on the new lot wait for QC on it"),
+)  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _config(state: Path, ports: dict[str, int]) -> Path:
+    config = {
+        "state_dir": str(state),
+        "rules_dir": str(ROOT / "rules"),
+        "log": {"level": "info", "format": "console"},
+        "api": {"host": "127.0.0.1", "port": ports["api"]},
+        "lis": {
+            "host": "127.0.0.1",
+            "port": ports["lis"],
+            "orders_host": "127.0.0.1",
+            "orders_port": ports["orders"],
+            "backoff": {"base": 0.5, "ceiling": 5},
+        },
+        "instruments": [
+            {
+                "name": bench.instrument,
+                "driver": bench.profile.driver,
+                "transport": "tcp-server",
+                "host": "127.0.0.1",
+                "port": ports[bench.instrument],
+                **({"test_map": dict(bench.profile.test_map)} if bench.profile.test_map else {}),
+            }
+            for bench in BENCHES
+        ],
+    }
+    path = state / "middleware.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _guide(state: Path, config: Path, record: Path, ports: dict[str, int]) -> str:
+    cli = f"{Path(sys.executable).parent / 'lis-middleware'}"
+    lines = [
+        "",
+        "lis-middleware demo",
+        "===================",
+        f"State directory (SQLite database, daemon log): {state}",
+        f"Daemon configuration: {config}",
+        "",
+        "Analysers (simulated, each over TCP to the daemon):",
+        *(f"  {b.instrument:<7} {b.profile.kind} ({b.profile.name}): {b.shows}" for b in BENCHES),
+        "",
+        f"LIS (simulated) on 127.0.0.1:{ports['lis']}: every message it receives is in",
+        f"  {record}",
+        "",
+        "Where to look while it runs:",
+        f"  {cli} held --config {config}",
+        "      results held, with every reason",
+        f"  {cli} outbox list --config {config}",
+        "      messages to the LIS not delivered yet",
+        f"  {cli} reagents trace 82517LI00 --config {config}",
+        "      every result made with the new immunoassay reagent lot",
+        f"  curl -s http://127.0.0.1:{ports['api']}/api/health",
+        "      the control API (corrective actions, rules reload, outbox)",
+        f"  tail -f {state / 'daemon.log'}",
+        "  The status page is not built yet.",
+        "",
+        "Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+class Counts:
+    """What the daemon did so far, read from its database for the summary line."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = open_engine(url)
+
+    def line(self, record: LisSimulator) -> str:
+        try:
+            with self.engine.connect() as conn:
+                results = conn.execute(text("SELECT count(*) FROM results")).scalar_one()
+                controls = conn.execute(text("SELECT count(*) FROM control_results")).scalar_one()
+                held = conn.execute(text("SELECT count(*) FROM open_holds")).scalar_one()
+                # The demo's database is small: counting over every decision is fine here.
+                latest = conn.execute(
+                    text(
+                        "SELECT action, count(*) FROM decisions d WHERE id = "
+                        "(SELECT max(id) FROM decisions e WHERE e.result_id = d.result_id) "
+                        "GROUP BY action"
+                    )
+                ).all()
+                actions = {str(action): int(n) for action, n in latest}
+        except Exception:  # the database is created by the daemon as it starts
+            return "waiting for the daemon..."
+        delivered = sum(len(m.results) for m in record.received if m.answer == "AA")
+        return (
+            f"results {results} (controls {controls}) | released {actions.get('release', 0)} "
+            f"| held {held} | rejected {actions.get('reject', 0)} "
+            f"| LIS messages {len(record.received)} ({delivered} results)"
+        )
+
+    def held_by_reason(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            held = held_results(conn)
+        out: dict[str, int] = {}
+        for row in held:
+            for finding in json.loads(row["findings"]):
+                if finding["action"] != "release":
+                    out[finding["code"]] = out.get(finding["code"], 0) + 1
+        return dict(sorted(out.items()))
+
+    def open_corrective_actions(self) -> list[tuple[int, str, str, str]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT id, instrument, test_code, reason FROM corrective_actions "
+                    "WHERE closed_at IS NULL ORDER BY id"
+                )
+            ).all()
+        return [(int(i), str(n), str(t), str(r)) for i, n, t, r in rows]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _what_happened(counts: Counts, api: int) -> str:
+    lines = ["", "The analysers have sent their runs. Results held now, by reason:"]
+    lines += [f"  {reason:<32} {n}" for reason, n in counts.held_by_reason().items()]
+    actions = counts.open_corrective_actions()
+    if actions:
+        lines += ["Corrective actions open (QC failures):"]
+        lines += [f"  #{i} {name} {test}: {reason}" for i, name, test, reason in actions]
+        first = actions[0][0]
+        lines += [
+            "The QC re-run was in control: close one as a biologist would, and its held",
+            "results are released and sent to the LIS:",
+            f"  curl -s -X POST http://127.0.0.1:{api}/api/corrective-actions/{first}/close \\",
+            "       -H 'Content-Type: application/json' \\",
+            '       -d \'{"by": "biologist", "action_taken": "recalibrated"}\'',
+        ]
+    lines += ["The daemon and the LIS go on; Ctrl-C stops everything.", ""]
+    return "\n".join(lines)
+
+
+def _start_daemon(config: Path, log: Path, ports: list[int]) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIDDLEWARE_")}
+    with log.open("ab") as out:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "middleware", "run", "--config", str(config)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+            env=env,
+            start_new_session=True,  # Ctrl-C is ours to pass on, once everything else stops
+        )
+    deadline = time.monotonic() + 60
+    for port in ports:
+        while True:
+            if daemon.poll() is not None:
+                raise RuntimeError(f"the daemon stopped; see {log}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the daemon did not start listening; see {log}") from None
+                time.sleep(0.1)
+    return daemon
+
+
+async def _run(state: Path, stop: asyncio.Event) -> None:
+    ports = {name: _free_port() for name in ("api", "lis", "orders")}
+    ports.update({bench.instrument: _free_port() for bench in BENCHES})
+    config = _config(state, ports)
+    record_path = state / "lis-received.jsonl"
+    lis = LisSimulator(record=record_path)
+    await lis.start("127.0.0.1", ports["lis"])
+    print(_guide(state, config, record_path, ports), flush=True)
+    daemon = _start_daemon(config, state / "daemon.log", [ports[b.instrument] for b in BENCHES])
+    counts = Counts(f"sqlite:///{state / 'middleware.db'}")
+    analysers = []
+    for seed, bench in enumerate(BENCHES, start=1):
+        steps = plan(bench.profile, bench.scenario, bench.samples, seed, datetime.now())
+
+        def report(line: str, name: str = bench.instrument) -> None:
+            print(f"{CLEAR}{name}: {line}", flush=True)
+
+        runner = Analyser(bench.profile, steps, tcp_client("127.0.0.1", ports[bench.instrument]),
+                          rate=2.0, report=report)  # fmt: skip
+        analysers.append(asyncio.ensure_future(runner.run()))
+    running = asyncio.ensure_future(asyncio.gather(*analysers))
+    try:
+        finished = False
+        tick = 0
+        while not stop.is_set():
+            if running.done() and not finished:
+                finished = True
+                running.result()
+                await asyncio.sleep(1.0)  # the last messages' decisions and deliveries
+                print(f"{CLEAR}{counts.line(lis)}", flush=True)
+                print(_what_happened(counts, ports["api"]), flush=True)
+            if TERMINAL:  # one summary line, rewritten in place
+                print(f"{CLEAR}{counts.line(lis)}", end="", flush=True)
+            elif tick % 5 == 0 and not finished:
+                print(counts.line(lis), flush=True)
+            tick += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        print(f"{CLEAR}{counts.line(lis)}", flush=True)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await running
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(daemon.wait, 30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        await lis.stop()
+        counts.close()
+        print(f"Stopped. The state directory stays for a look: {state}", flush=True)
+
+
+def main() -> int:
+    chosen = os.environ.get("DEMO_STATE_DIR")
+    if chosen:
+        state = Path(chosen).resolve()
+        state.mkdir(parents=True, exist_ok=True)
+        if any(state.iterdir()):
+            print(f"DEMO_STATE_DIR {state} is not empty: the demo starts from nothing",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+    else:
+        state = Path(tempfile.mkdtemp(prefix="lis-middleware-demo-"))
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await _run(state, stop)
+
+    asyncio.run(run())
+    return 0
