@@ -556,3 +556,56 @@ def test_load_mode_runs_many_analysers_at_once(campaign: Campaign) -> None:
     stored = _stored_results(campaign, "chem-load")
     assert len(stored) == 84 == len(set(stored))
     assert {s[:4] for s, _ in stored} == {"C500", "C501", "C502"}
+
+
+def _started(command: list[str]) -> tuple[subprocess.Popen[str], str]:
+    """A simulator started from the command line, and the first line it prints."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simulators", *command],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    return process, process.stdout.readline().strip()
+
+
+def test_the_command_line_serves_a_serial_line_and_waits_for_the_host(
+    tmp_path: Path, database_url: str
+) -> None:
+    # The analyser's ENQ before the daemon opened the line goes unanswered: it tries
+    # again after its reply timeout, short here.
+    serial, ready = _started(["analyser", "--profile", "haematology", "--serial", "pty",
+                              "--samples", "2", "--seed", "31", "--quiet",
+                              "--reply-timeout", "1"])  # fmt: skip
+    listening, bound = _started(["analyser", "--profile", "chemistry", "--listen", "127.0.0.1:0",
+                                 "--samples", "2", "--seed", "32", "--quiet"])  # fmt: skip
+    daemon = None
+    try:
+        assert ready.startswith("serial line ready: /dev/")
+        assert bound.startswith("listening on 127.0.0.1:")
+        chemistry = profile("chemistry")
+        daemon = DaemonProcess(
+            tmp_path,
+            [{"name": "xn-pty", "driver": "sysmex_xn", "transport": "serial",
+              "serial": {"port": ready.removeprefix("serial line ready: ")}},
+             {"name": "chem-out", "driver": "roche_cobas", "transport": "tcp-client",
+              "host": "127.0.0.1", "port": int(bound.rpartition(":")[2]),
+              "test_map": dict(chemistry.test_map)}],
+            database_url=database_url, rules_dir=str(ROOT / "rules"),
+        )  # fmt: skip
+        daemon.start()
+        for process, sent in ((serial, "sent 8 messages: 28 patient results"),
+                              (listening, "sent 6 messages: 28 patient results")):  # fmt: skip
+            out, _ = process.communicate(timeout=60)
+            assert process.returncode == 0 and sent in out, out
+        stored = query(
+            database_url,
+            "SELECT m.instrument, count(*) FROM results r JOIN messages m "
+            "ON m.id = r.message_id GROUP BY m.instrument",
+        )  # fmt: skip
+        assert sorted(stored) == [("chem-out", 28), ("xn-pty", 28)]
+    finally:
+        for process in (serial, listening):
+            if process.poll() is None:
+                process.kill()
+        if daemon is not None:
+            daemon.stop()
