@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import structlog
 
@@ -51,6 +52,25 @@ class BytesPiling:
     end: int
 
 
+class ByteStream(Protocol):
+    """What a channel reads from: an asyncio StreamReader, or anything that reads like one
+    (a simulator's wire that commits faults)."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class ByteSink(Protocol):
+    """What a channel writes to: an asyncio StreamWriter, or anything that writes like one."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+
 ChannelEvent = Event | ConnectionClosed | BytesPiling
 EventHandler = Callable[["LinkChannel", ChannelEvent], Awaitable[None]]
 
@@ -72,8 +92,8 @@ class LinkChannel:
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: ByteStream,
+        writer: ByteSink,
         settings: LinkSettings | None = None,
         handler: EventHandler | None = None,
         *,
