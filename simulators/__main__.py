@@ -26,6 +26,7 @@ from simulators import lis
 from simulators.analyser import (
     Analyser,
     FaultSettings,
+    GaveUp,
     Opener,
     PseudoTerminal,
     Tally,
@@ -37,15 +38,8 @@ from simulators.profiles import ALIASES, PROFILES, profile
 from simulators.scenarios import SCENARIOS, describe, plan
 
 
-def _address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host or "127.0.0.1", int(port)
-
-
-def _positive(kind: type[int] | type[float]):  # type: ignore[no-untyped-def]
-    def read(text: str) -> int | float:
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def read(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
@@ -55,6 +49,12 @@ def _positive(kind: type[int] | type[float]):  # type: ignore[no-untyped-def]
         return value
 
     return read
+
+
+def _seed(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    return int(text)
 
 
 def _analyser_options(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +83,7 @@ def _analyser_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=1,
         help="the same seed gives the same samples and values (default 1)",
     )
@@ -121,13 +121,13 @@ def _build_parser() -> argparse.ArgumentParser:
     where = one.add_mutually_exclusive_group(required=True)
     where.add_argument(
         "--connect",
-        type=_address,
+        type=lis.address,
         metavar="HOST:PORT",
         help="connect to the middleware (its tcp-server instrument)",
     )
     where.add_argument(
         "--listen",
-        type=_address,
+        type=lis.address,
         metavar="HOST:PORT",
         help="wait for the middleware to connect (its tcp-client instrument)",
     )
@@ -140,7 +140,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _analyser_options(load)
     load.add_argument(
         "--connect",
-        type=_address,
+        type=lis.address,
         metavar="HOST:PORT",
         required=True,
         action="append",
@@ -168,9 +168,12 @@ def _runner(args: argparse.Namespace, opener: Opener, seed: int, name: str = "")
         if not args.quiet:
             print(f"{prefix}{line}", flush=True)
 
+    def warn(line: str) -> None:
+        print(f"{prefix}{line}", file=sys.stderr, flush=True)
+
     faults = FaultSettings(slow_seconds=args.slow_seconds, oversize_bytes=args.oversize_bytes)
     return Analyser(chosen, steps, opener, rate=args.rate, reply_timeout=args.reply_timeout,
-                    faults=faults, report=report)  # fmt: skip
+                    faults=faults, report=report, warn=warn)  # fmt: skip
 
 
 def _summary(tally: Tally, seconds: float) -> str:
@@ -207,6 +210,9 @@ async def _analyser(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         tally = await _runner(args, opener, args.seed).run()
+    except GaveUp as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         if listener is not None:
             await listener.close()
@@ -223,7 +229,11 @@ async def _load(args: argparse.Namespace) -> int:
         for i in range(args.analysers)
     ]
     started = time.monotonic()
-    tallies = await asyncio.gather(*(r.run() for r in runners))
+    try:
+        tallies = await asyncio.gather(*(r.run() for r in runners))
+    except GaveUp as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     total = Tally()
     for tally in tallies:
         for counted in fields(Tally):
@@ -254,9 +264,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return demo()
     try:
-        plan_check = args.command in ("analyser", "load")
-        if plan_check:  # an impossible scenario is said before anything connects
+        if args.command in ("analyser", "load"):  # said before anything connects
             plan(profile(args.profile), args.scenario, args.samples, args.seed, datetime.now())
+        if getattr(args, "serial", None) and args.scenario == "drop-mid-message":
+            raise ValueError("a serial line cannot be dropped: drop-mid-message needs TCP")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -274,11 +285,20 @@ async def _stoppable(
     """Run a command; SIGTERM (a service manager, a test) stops it as Ctrl-C does."""
     task = asyncio.current_task()
     assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
     try:
         return await command(args)
     except asyncio.CancelledError:
-        return 143
+        if terminated:
+            return 143
+        raise  # Ctrl-C: asyncio.run makes it a KeyboardInterrupt
 
 
 if __name__ == "__main__":

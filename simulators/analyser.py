@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from middleware.astm.frames import ACK, ENQ, ETX, STX, checksum
+from middleware.astm.frames import ACK, ENQ, EOT, ETX, STX, checksum
 from middleware.astm.link import Contention, LinkSettings, Role, TextReceived, TransferEnded
 from middleware.transport.channel import ChannelEvent, LinkChannel, SendError
 from simulators.profiles import Analyte, Profile, Sample
@@ -29,6 +29,12 @@ Opener = Callable[[], Awaitable[Streams]]
 
 #: A byte no E1381 reply uses: the sender reads it as a NAK (the ACK was garbled).
 _NOISE = 0x7F
+#: Refusals of one message in a row after which the simulator gives up on the host.
+MAX_ATTEMPTS = 10
+
+
+class GaveUp(RuntimeError):
+    """The simulated analyser cannot go on: the host keeps refusing, or the line is gone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +44,7 @@ class FaultSettings:
     oversize_bytes: int = 2 << 20
     """oversize-frame: the size of the frame sent in place of the first one."""
     contention_wait: float = 10.0
-    """enq-contention: how long our ENQ waits for the host's before going alone."""
+    """enq-contention: how long one side's ENQ waits for the other's before going alone."""
 
 
 class FaultyWire:
@@ -53,12 +59,17 @@ class FaultyWire:
         self.armed = ""
         self._frames = 0
         self._garble_next_ack = False
-        self._held_enq: asyncio.TimerHandle | None = None
-        self._later: asyncio.Future[None] | None = None
+        self._paused: list[bytes] | None = None
+        # enq-contention: armed before a host query; from its EOT on, our next ENQ and the
+        # host's (its answer) are made to cross, whichever comes first waiting for the other.
+        self._contending = False
+        self._our_enq: asyncio.TimerHandle | None = None
+        self._host_enq: asyncio.Future[None] | None = None
 
     def arm(self, fault: str) -> None:
         self.armed = fault
         self._frames = 0
+        self._contending = False
 
     def _done(self) -> None:
         self.on_commit(self.armed)
@@ -67,14 +78,12 @@ class FaultyWire:
     # --- what the link writes -----------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self._later is not None:  # a slow peer's pause: everything after waits too
-            self._later.add_done_callback(lambda _f: self._write(data))
+        if self._paused is not None:  # a slow peer's pause: everything after waits too
+            self._paused.append(data)
             return
-        if self.armed == "enq-contention" and data == bytes((ENQ,)):
-            loop = asyncio.get_running_loop()
-            self._held_enq = loop.call_later(self.faults.contention_wait, self._release_enq)
-            return
-        if data[:1] == bytes((STX,)):
+        if self.armed == "enq-contention":
+            data = self._contend(data)
+        elif data[:1] == bytes((STX,)):
             self._frames += 1
             data = self._frame(data)
         if data:
@@ -107,22 +116,40 @@ class FaultyWire:
             return b""
         if fault == "slow-peer" and self._frames == 2:
             self._done()
-            later: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._later = later
-
-            def resume() -> None:
-                self._later = None
-                later.set_result(None)
-
-            asyncio.get_running_loop().call_later(self.faults.slow_seconds, resume)
-            later.add_done_callback(lambda _f: self._write(frame))
+            self._paused = [frame]
+            asyncio.get_running_loop().call_later(self.faults.slow_seconds, self._resume)
             return b""
         return frame
 
-    def _release_enq(self) -> None:
-        if self._held_enq is not None:
-            self._held_enq.cancel()
-            self._held_enq = None
+    def _resume(self) -> None:
+        paused, self._paused = self._paused or [], None
+        for data in paused:
+            self._write(data)
+
+    def _contend(self, data: bytes) -> bytes:
+        """What of ``data`` goes out now; our ENQ after the query's EOT waits for the
+        host's (or lets the host's, already read, through)."""
+        if not self._contending:
+            if EOT not in data:
+                return data
+            self._contending = True
+        at = data.find(ENQ, data.find(EOT) + 1 if EOT in data else 0)
+        if at < 0:
+            return data
+        self._write(data[:at])
+        if self._host_enq is not None:  # the host's ENQ waits in read(): both cross now
+            self._write(bytes((ENQ,)))
+            self._done()
+            self._host_enq.set_result(None)
+        else:
+            loop = asyncio.get_running_loop()
+            self._our_enq = loop.call_later(self.faults.contention_wait, self._release_our_enq)
+        return b""
+
+    def _release_our_enq(self) -> None:
+        if self._our_enq is not None:
+            self._our_enq.cancel()
+            self._our_enq = None
             self._done()
             self._write(bytes((ENQ,)))
 
@@ -139,14 +166,26 @@ class FaultyWire:
 
     async def read(self, n: int = -1) -> bytes:
         data = await self.reader.read(n)
-        if self._held_enq is not None and ENQ in data:
-            # The host bids for the line: ours goes out now, so that both cross.
-            self._release_enq()
+        if self.armed == "enq-contention" and self._contending and ENQ in data:
+            if self._our_enq is not None:
+                self._release_our_enq()  # ours goes out before the link reads the host's
+            else:
+                await self._hold_host_enq()
         if self._garble_next_ack and ACK in data:
             self._garble_next_ack = False
             at = data.index(ACK)
             data = data[:at] + bytes((_NOISE,)) + data[at + 1 :]
         return data
+
+    async def _hold_host_enq(self) -> None:
+        """The host bid first: the link hears of it only once our own ENQ is out."""
+        self._host_enq = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(self._host_enq, self.faults.contention_wait)
+        except TimeoutError:  # we had nothing to send after all: no contention to make
+            self.armed = ""
+        finally:
+            self._host_enq = None
 
 
 @dataclass(slots=True)
@@ -175,6 +214,7 @@ class Analyser:
         answer_timeout: float = 60.0,
         faults: FaultSettings | None = None,
         report: Callable[[str], None] | None = None,
+        warn: Callable[[str], None] | None = None,
         clock: Callable[[], datetime] = datetime.now,
     ) -> None:
         self.profile = profile
@@ -190,6 +230,8 @@ class Analyser:
         )
         self.answer_timeout = answer_timeout
         self.report = report or (lambda _line: None)
+        self.warn = warn or self.report
+        """Where trouble is said (a refused message, a host not reachable)."""
         # An analyser's clock: local time, written without a zone, as the daemon expects
         # unless an instrument's timezone says otherwise.
         self.clock = clock
@@ -237,11 +279,12 @@ class Analyser:
     async def _ask(self, sample: Sample, step: Step) -> list[Analyte]:
         while not self._answers.empty():
             self._answers.get_nowait()
-        await self._send(self.profile.query([sample.specimen_id], self.clock()), "")
+        # enq-contention is armed with the query: the host's answer is what we cross.
+        await self._send(self.profile.query([sample.specimen_id], self.clock()), step.fault)
         self.tally.queries += 1
         alongside = None
         if step.alongside is not None:
-            alongside = asyncio.ensure_future(self._send_sample(step.alongside, step.fault))
+            alongside = asyncio.ensure_future(self._send_sample(step.alongside, ""))
         try:
             while True:
                 answer = await asyncio.wait_for(self._answers.get(), self.answer_timeout)
@@ -264,12 +307,13 @@ class Analyser:
         else:
             self.tally.results += len(sample.measured)
         extra = f" ({fault})" if fault else ""
-        self.report(f"{sample.specimen_id}: {sample.what}, {len(sample.measured)} results{extra}")
+        self.report(f"{sample.specimen_id}: {sample.label}, {len(sample.measured)} results{extra}")
 
     async def _send(self, records: list[bytes], fault: str) -> None:
-        """Send until the host has the message; the fault goes with the first attempt."""
-        attempt = 0
-        while True:
+        """Send until the host has the message; the fault goes with the first attempt. A
+        message refused :data:`MAX_ATTEMPTS` times in a row is given up, loudly: the host
+        is not taking it, and trying on for ever would hide that."""
+        for attempt in range(MAX_ATTEMPTS):
             channel, wire = await self._connection()
             if attempt == 0 and fault:
                 wire.arm(fault)
@@ -277,10 +321,10 @@ class Analyser:
                 await channel.send(records)
                 return
             except SendError as exc:
-                attempt += 1
                 self.tally.resends += 1
-                self.report(f"message not taken ({exc}); sending it again")
-                await asyncio.sleep(min(0.2 * attempt, 2.0))
+                self.warn(f"message not taken ({exc}); sending it again")
+                await asyncio.sleep(min(0.2 * (attempt + 1), 2.0))
+        raise GaveUp(f"the host did not take a message in {MAX_ATTEMPTS} attempts")
 
     async def _connection(self) -> tuple[LinkChannel, FaultyWire]:
         if self._channel is not None and not self._channel.closed:
@@ -295,11 +339,11 @@ class Analyser:
                 reader, writer = await self.open_connection()
                 break
             except OSError as exc:
-                self.report(f"cannot connect ({exc}); trying again")
+                self.warn(f"cannot connect ({exc}); trying again")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         wire = FaultyWire(reader, writer, self.faults, self._committed)
-        channel = LinkChannel(wire, wire, self.settings, self._on_event,  # type: ignore[arg-type]
+        channel = LinkChannel(wire, wire, self.settings, self._on_event,
                               name=f"{self.profile.name}-simulator")  # fmt: skip
         self._channel, self._wire = channel, wire
         self._task = asyncio.ensure_future(channel.run())
@@ -382,7 +426,7 @@ class PseudoTerminal:
 
     async def open_connection(self) -> Streams:
         if self._used:  # one pair, one connection: a pty does not reconnect
-            raise OSError("the pseudo-terminal's connection was closed")
+            raise GaveUp("the pseudo-terminal was closed; it cannot be opened again")
         self._used = True
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()

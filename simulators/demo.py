@@ -26,10 +26,11 @@ from pathlib import Path
 
 import yaml
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from middleware.store.database import open_engine
-from middleware.store.reading import held_results
-from simulators.analyser import Analyser, tcp_client
+from middleware.store.reading import held_results, latest_decisions
+from simulators.analyser import Analyser, Tally, tcp_client
 from simulators.lis import LisSimulator
 from simulators.profiles import Profile, profile
 from simulators.scenarios import plan
@@ -144,16 +145,11 @@ class Counts:
                 results = conn.execute(text("SELECT count(*) FROM results")).scalar_one()
                 controls = conn.execute(text("SELECT count(*) FROM control_results")).scalar_one()
                 held = conn.execute(text("SELECT count(*) FROM open_holds")).scalar_one()
-                # The demo's database is small: counting over every decision is fine here.
-                latest = conn.execute(
-                    text(
-                        "SELECT action, count(*) FROM decisions d WHERE id = "
-                        "(SELECT max(id) FROM decisions e WHERE e.result_id = d.result_id) "
-                        "GROUP BY action"
-                    )
-                ).all()
-                actions = {str(action): int(n) for action, n in latest}
-        except Exception:  # the database is created by the daemon as it starts
+                # The demo's database is small: every current decision is read each time.
+                actions: dict[str, int] = {}
+                for decision in latest_decisions(conn):
+                    actions[decision["action"]] = actions.get(decision["action"], 0) + 1
+        except OperationalError:  # the daemon holds the write lock: next second
             return "waiting for the daemon..."
         delivered = sum(len(m.results) for m in record.received if m.answer == "AA")
         return (
@@ -205,63 +201,84 @@ def _what_happened(counts: Counts, api: int) -> str:
     return "\n".join(lines)
 
 
-def _start_daemon(config: Path, log: Path, ports: list[int]) -> subprocess.Popen[bytes]:
+def _spawn_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIDDLEWARE_")}
     with log.open("ab") as out:
-        daemon = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "middleware", "run", "--config", str(config)],
             cwd=ROOT,
             stdout=out,
             stderr=out,
             env=env,
-            start_new_session=True,  # Ctrl-C is ours to pass on, once everything else stops
+            # Ctrl-C is the demo's to pass on as SIGTERM, once the analysers have stopped.
+            start_new_session=True,
         )
+
+
+async def _listening(daemon: subprocess.Popen[bytes], ports: list[int], log: Path) -> None:
+    """Returns once the daemon accepts connections on every port; raises if it stops or
+    takes a minute."""
     deadline = time.monotonic() + 60
     for port in ports:
         while True:
             if daemon.poll() is not None:
-                raise RuntimeError(f"the daemon stopped; see {log}")
+                raise RuntimeError(f"the daemon stopped as it started; see {log}")
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
                 break
             except OSError:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the daemon did not start listening; see {log}") from None
-                time.sleep(0.1)
-    return daemon
+                await asyncio.sleep(0.1)
 
 
-async def _run(state: Path, stop: asyncio.Event) -> None:
-    ports = {name: _free_port() for name in ("api", "lis", "orders")}
-    ports.update({bench.instrument: _free_port() for bench in BENCHES})
-    config = _config(state, ports)
-    record_path = state / "lis-received.jsonl"
-    lis = LisSimulator(record=record_path)
-    await lis.start("127.0.0.1", ports["lis"])
-    print(_guide(state, config, record_path, ports), flush=True)
-    daemon = _start_daemon(config, state / "daemon.log", [ports[b.instrument] for b in BENCHES])
-    counts = Counts(f"sqlite:///{state / 'middleware.db'}")
-    analysers = []
+def _analysers(ports: dict[str, int]) -> list[Analyser]:
+    runners = []
     for seed, bench in enumerate(BENCHES, start=1):
         steps = plan(bench.profile, bench.scenario, bench.samples, seed, datetime.now())
 
         def report(line: str, name: str = bench.instrument) -> None:
             print(f"{CLEAR}{name}: {line}", flush=True)
 
-        runner = Analyser(bench.profile, steps, tcp_client("127.0.0.1", ports[bench.instrument]),
-                          rate=2.0, report=report)  # fmt: skip
-        analysers.append(asyncio.ensure_future(runner.run()))
-    running = asyncio.ensure_future(asyncio.gather(*analysers))
+        address = tcp_client("127.0.0.1", ports[bench.instrument])
+        runners.append(Analyser(bench.profile, steps, address, rate=2.0, report=report))
+    return runners
+
+
+async def _run(state: Path, stop: asyncio.Event) -> int:
+    ports = {name: _free_port() for name in ("api", "lis", "orders")}
+    ports.update({bench.instrument: _free_port() for bench in BENCHES})
+    config = _config(state, ports)
+    record_path = state / "lis-received.jsonl"
+    log = state / "daemon.log"
+    lis = LisSimulator(record=record_path)
+    await lis.start("127.0.0.1", ports["lis"])
+    daemon: subprocess.Popen[bytes] | None = None
+    counts: Counts | None = None
+    running: asyncio.Future[list[Tally]] | None = None
+    status = 0
     try:
+        print(_guide(state, config, record_path, ports), flush=True)
+        daemon = _spawn_daemon(config, log)
+        await _listening(daemon, [ports[b.instrument] for b in BENCHES], log)
+        counts = Counts(f"sqlite:///{state / 'middleware.db'}")
+        running = asyncio.gather(*(runner.run() for runner in _analysers(ports)))
         finished = False
         tick = 0
         while not stop.is_set():
+            if daemon.poll() is not None:
+                print(f"{CLEAR}The daemon stopped; see {log}", flush=True)
+                status = 1
+                break
             if running.done() and not finished:
                 finished = True
-                running.result()
-                await asyncio.sleep(1.0)  # the last messages' decisions and deliveries
-                print(f"{CLEAR}{counts.line(lis)}", flush=True)
-                print(_what_happened(counts, ports["api"]), flush=True)
+                if running.exception() is not None:
+                    print(f"{CLEAR}An analyser stopped: {running.exception()}", flush=True)
+                else:
+                    await asyncio.sleep(1.0)  # the last messages' decisions and deliveries
+                    print(f"{CLEAR}{counts.line(lis)}", flush=True)
+                    print(_what_happened(counts, ports["api"]), flush=True)
             if TERMINAL:  # one summary line, rewritten in place
                 print(f"{CLEAR}{counts.line(lis)}", end="", flush=True)
             elif tick % 5 == 0 and not finished:
@@ -269,19 +286,26 @@ async def _run(state: Path, stop: asyncio.Event) -> None:
             tick += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
+    except RuntimeError as exc:
+        print(f"{CLEAR}{exc}", flush=True)
+        status = 1
     finally:
-        print(f"{CLEAR}{counts.line(lis)}", flush=True)
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await running
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(daemon.wait, 30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        if running is not None:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await running
+        if daemon is not None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(daemon.wait, 30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
         await lis.stop()
-        counts.close()
+        if counts is not None:
+            print(f"{CLEAR}{counts.line(lis)}", flush=True)
+            counts.close()
         print(f"Stopped. The state directory stays for a look: {state}", flush=True)
+    return status
 
 
 def main() -> int:
@@ -296,12 +320,13 @@ def main() -> int:
     else:
         state = Path(tempfile.mkdtemp(prefix="lis-middleware-demo-"))
 
-    async def run() -> None:
+    async def run() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        # A closed terminal (SIGHUP) stops it too: the daemon is in a session of its own
+        # and would otherwise outlive the demo.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(signum, stop.set)
-        await _run(state, stop)
+        return await _run(state, stop)
 
-    asyncio.run(run())
-    return 0
+    return asyncio.run(run())

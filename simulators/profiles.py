@@ -11,19 +11,25 @@ read by that driver exactly as a real analyser's message would be:
 * ``architect-i`` (immunoassay): an ARCHITECT i2000SR, the reagent lot and serial in R.3,
   controls with action code Q and their lot in R.3.
 
-Control lots and targets are those of the bundled ``rules/qc.yaml``; the values a profile
-makes are the laboratory's own units.
+Control lots, levels and targets are read from the bundled ``rules/qc.yaml``; the values a
+profile makes are in the laboratory's own units.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import ClassVar
 
 from middleware.astm.records import decode_message
+from middleware.engine.rules import load_rules
+
+#: The bundled rule files, whose control materials the profiles run.
+RULES = Path(__file__).resolve().parents[1] / "rules"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +80,7 @@ class Sample:
     collected_at: datetime | None = None
     control: ControlLevel | None = None
     reagent_lot: str = ""
-    what: str = ""
+    label: str = ""
     """What this sample shows, in a few words (the demo prints it)."""
 
     @property
@@ -82,24 +88,11 @@ class Sample:
         return self.control is not None
 
 
-def _d(text: str) -> Decimal:
-    return Decimal(text)
-
-
 def _analyte(code: str, lab: str, units: str, low: str, high: str, decimals: int,
              critical: str | None = None, name: str = "", on_request: bool = False,
              ) -> Analyte:  # fmt: skip
-    return Analyte(code, lab, units, _d(low), _d(high), decimals,
-                   _d(critical) if critical else None, name, on_request)  # fmt: skip
-
-
-def _targets(**pairs: tuple[str, str]) -> dict[str, tuple[Decimal, Decimal]]:
-    """Mean and SD per lab code; in the keywords ``_N`` stands for ``#`` and ``_`` for
-    ``-`` (``NEUT_N`` is NEUT#, ``RDW_CV`` is RDW-CV)."""
-    return {
-        code.replace("_N", "#").replace("_", "-"): (_d(mean), _d(sd))
-        for code, (mean, sd) in pairs.items()
-    }
+    return Analyte(code, lab, units, Decimal(low), Decimal(high), decimals,
+                   Decimal(critical) if critical else None, name, on_request)  # fmt: skip
 
 
 def _stamp(moment: datetime) -> str:
@@ -114,7 +107,9 @@ class Profile:
     driver: str = ""
     sender: str = ""
     analytes: tuple[Analyte, ...] = ()
-    controls: tuple[ControlLevel, ...] = ()
+    control_material: str = ""
+    """The control material of the bundled rules/qc.yaml this analyser runs: its lots,
+    levels and targets are read from there, so the simulator and the rules agree."""
     test_map: ClassVar[Mapping[str, str]] = {}
     """Analyser codes the driver does not map itself: the instrument's configuration maps
     them (``test_map``), as a laboratory does for its own application codes."""
@@ -127,6 +122,10 @@ class Profile:
     """Lab codes whose results the serum indices concern (haemolysis, icterus...)."""
     reagent_lots: tuple[str, ...] = ()
     """Reagent lots the analyser reports: in use, the next one, an expired one."""
+
+    @property
+    def controls(self) -> tuple[ControlLevel, ...]:
+        return _control_levels(self.control_material)
 
     def analyte(self, lab_code: str) -> Analyte:
         return next(a for a in self.analytes if a.lab_code == lab_code)
@@ -182,23 +181,7 @@ class SysmexXN(Profile):
         _analyte("EO#", "EO#", "10*3/uL", "0.05", "0.40", 2),
         _analyte("BASO#", "BASO#", "10*3/uL", "0.01", "0.08", 2),
     )
-    controls = (
-        ControlLevel("HC-2411-L", "low", _targets(
-            WBC=("2.8", "0.15"), RBC=("2.45", "0.06"), HGB=("6.1", "0.15"), HCT=("18.1", "0.6"),
-            PLT=("78", "6"), MCV=("74", "1.5"), MCH=("24.9", "0.6"), MCHC=("33.7", "0.8"),
-            RDW_CV=("15.5", "0.6"), NEUT_N=("1.5", "0.12"), LYMPH_N=("0.9", "0.08"),
-            MONO_N=("0.25", "0.04"), EO_N=("0.1", "0.02"), BASO_N=("0.05", "0.01"))),
-        ControlLevel("HC-2411-N", "normal", _targets(
-            WBC=("7.4", "0.3"), RBC=("4.55", "0.08"), HGB=("13.2", "0.25"), HCT=("39.5", "1.0"),
-            PLT=("232", "12"), MCV=("86.8", "1.5"), MCH=("29.0", "0.6"), MCHC=("33.4", "0.8"),
-            RDW_CV=("13.5", "0.5"), NEUT_N=("4.3", "0.25"), LYMPH_N=("2.2", "0.15"),
-            MONO_N=("0.55", "0.06"), EO_N=("0.25", "0.04"), BASO_N=("0.08", "0.015"))),
-        ControlLevel("HC-2411-H", "high", _targets(
-            WBC=("17.8", "0.7"), RBC=("5.6", "0.1"), HGB=("16.9", "0.3"), HCT=("50.2", "1.2"),
-            PLT=("480", "20"), MCV=("89.6", "1.6"), MCH=("30.2", "0.6"), MCHC=("33.7", "0.8"),
-            RDW_CV=("12.8", "0.5"), NEUT_N=("11.5", "0.5"), LYMPH_N=("4.6", "0.3"),
-            MONO_N=("1.1", "0.1"), EO_N=("0.45", "0.05"), BASO_N=("0.12", "0.02"))),
-    )  # fmt: skip
+    control_material = "Haematology control"
     shift_tests = ("HGB", "PLT", "WBC")
 
     def message(self, sample: Sample, now: datetime) -> list[bytes]:
@@ -253,7 +236,7 @@ class CobasC(Profile):
         _analyte("684", "GGT", "U/L", "10", "55", 0),
         _analyte("990", "K", "mmol/L", "3.6", "5.0", 2, "6.9"),
         _analyte("989", "NA", "mmol/L", "137", "144", 0, "117"),
-        _analyte("439", "CA", "mmol/L", "2.20", "2.50", 2),
+        _analyte("439", "CA", "mmol/L", "2.20", "2.50", 2, "3.61"),
         _analyte("692", "CRP", "mg/L", "0.5", "4.5", 1),
         _analyte("994", "SI-H", "", "0", "12", 0, on_request=True),
         _analyte("995", "SI-I", "", "0", "6", 0, on_request=True),
@@ -263,18 +246,7 @@ class CobasC(Profile):
         "690": "CREA", "678": "TP", "565": "TBIL", "683": "ALP", "684": "GGT",
         "439": "CA", "692": "CRP", "993": "SI-L", "994": "SI-H", "995": "SI-I",
     }  # fmt: skip
-    controls = (
-        ControlLevel("CC-45781", "1", _targets(
-            GLU=("5.2", "0.15"), CREA=("88", "3.5"), UREA=("5.8", "0.2"), TP=("52", "1.5"),
-            ALB=("32", "1.0"), TBIL=("18", "0.9"), AST=("38", "2.0"), ALT=("35", "2.0"),
-            ALP=("90", "4.0"), GGT=("40", "2.0"), K=("4.0", "0.08"), NA=("138", "1.2"),
-            CA=("2.2", "0.05"), CRP=("10", "0.6"))),
-        ControlLevel("CC-45782", "2", _targets(
-            GLU=("15.6", "0.4"), CREA=("480", "15"), UREA=("20.5", "0.6"), TP=("68", "2.0"),
-            ALB=("44", "1.3"), TBIL=("95", "4.0"), AST=("180", "7.0"), ALT=("165", "7.0"),
-            ALP=("380", "15"), GGT=("160", "7.0"), K=("6.2", "0.12"), NA=("155", "1.5"),
-            CA=("3.2", "0.07"), CRP=("60", "3.0"))),
-    )  # fmt: skip
+    control_material = "Chemistry control"
     shift_tests = ("ALB", "AST", "ALT")
     index_tests = ("K", "AST", "TBIL")
 
@@ -320,11 +292,7 @@ class ArchitectI(Profile):
         _analyte("244", "TSH", "uIU/mL", "0.5", "3.8", 3, name="TSH"),
         _analyte("245", "FT4", "pmol/L", "10.5", "20.0", 2, name="Free T4"),
     )
-    controls = (
-        ControlLevel("IA-7701", "low", _targets(TSH=("0.5", "0.04"), FT4=("9.5", "0.6"))),
-        ControlLevel("IA-7702", "medium", _targets(TSH=("5.2", "0.3"), FT4=("22", "1.2"))),
-        ControlLevel("IA-7703", "high", _targets(TSH=("28", "1.6"), FT4=("48", "2.5"))),
-    )
+    control_material = "Immunoassay control"
     shift_tests = ("TSH", "FT4", "")
     reagent_lots = ("81234LI00", "82517LI00", "79950LI00")
 
@@ -360,6 +328,19 @@ class ArchitectI(Profile):
             f"Q|1|{asked}||^^^ALL||||||||O".encode(),
             b"L|1",
         ]
+
+
+@functools.cache
+def _control_levels(material: str) -> tuple[ControlLevel, ...]:
+    found = next(m for m in load_rules(RULES).control_materials if m.name == material)
+    return tuple(
+        ControlLevel(
+            lot.lot,
+            lot.level,
+            {test: (Decimal(t.mean), Decimal(t.sd)) for test, t in lot.targets.items()},
+        )
+        for lot in found.lots
+    )
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (SysmexXN(), CobasC(), ArchitectI())}

@@ -60,7 +60,7 @@ class Planner:
 
     def patient(
         self,
-        what: str = "",
+        label: str = "",
         values: Mapping[str, str] | None = None,
         collected_minutes_ago: float = 45,
     ) -> Sample:
@@ -82,20 +82,21 @@ class Planner:
             flag = "H" if number > analyte.high else "L" if number < analyte.low else "N"
             measured.append(Measured(analyte, text, flag))
         return Sample(
-            specimen_id=f"{self.profile.prefix}{self.seed % 1000:03d}{self._count:05d}",
+            # The seed's digits, then five of the count: two seeds never make one id.
+            specimen_id=f"{self.profile.prefix}{self.seed:03d}{self._count:05d}",
             measured=tuple(measured),
             patient_id=f"PT{rng.randrange(10**7):07d}",
             sex=rng.choice("MF"),
             birth_date=date(rng.randrange(1940, 2005), rng.randrange(1, 13), rng.randrange(1, 29)),
             collected_at=self.now - timedelta(minutes=collected_minutes_ago),
             reagent_lot=self.reagent_lot,
-            what=what or "patient",
+            label=label or "patient",
         )
 
     def qc(
         self,
         shifts: Mapping[str, float] | None = None,
-        what: str = "",
+        label: str = "",
         per_level: Mapping[int, Mapping[str, float]] | None = None,
         noise: float = 0.2,
     ) -> list[Sample]:
@@ -126,7 +127,7 @@ class Planner:
                     measured=tuple(measured),
                     control=level,
                     reagent_lot=self.reagent_lot,
-                    what=what or f"QC {level.level}",
+                    label=label or f"QC {level.level}",
                 )
             )
         return samples
@@ -139,16 +140,16 @@ def _steps(samples: list[Sample]) -> Plan:
     return [Step(s) for s in samples]
 
 
-def _patients(p: Planner, count: int, what: str = "") -> Plan:
-    return [Step(p.patient(what)) for _ in range(count)]
+def _patients(p: Planner, count: int, label: str = "") -> Plan:
+    return [Step(p.patient(label)) for _ in range(count)]
 
 
 def normal(p: Planner, samples: int) -> Plan:
     """QC at the start, the patients, QC at the end (bracketed tests wait for it)."""
     return [
-        *_steps(p.qc(what="QC in control")),
+        *_steps(p.qc(label="QC in control")),
         *_patients(p, samples),
-        *_steps(p.qc(what="closing QC in control")),
+        *_steps(p.qc(label="closing QC in control")),
     ]
 
 
@@ -159,11 +160,11 @@ def qc_shift(p: Planner, samples: int) -> Plan:
     big, medium, small = p.profile.shift_tests
     shifts = {code: z for code, z in ((big, 2.5), (medium, 1.5), (small, 0.6)) if code}
     share = max(1, samples // 6)
-    plan = [*_steps(p.qc(what="QC in control")), *_patients(p, share)]
+    plan = [*_steps(p.qc(label="QC in control")), *_patients(p, share)]
     for run in range(1, 6):
-        plan += _steps(p.qc(shifts, what=f"QC shifted (run {run} of 5)"))
+        plan += _steps(p.qc(shifts, label=f"QC shifted (run {run} of 5)"))
         plan += _patients(p, share, "patient after a QC shift")
-    plan += _steps(p.qc(what="corrective QC back in control"))
+    plan += _steps(p.qc(label="corrective QC back in control"))
     plan += _patients(p, max(0, samples - 6 * share), "patient after corrective QC")
     return plan
 
@@ -173,14 +174,14 @@ def random_error(p: Planner, samples: int) -> Plan:
     -2.3 SD in one run (R-4s); each followed by QC back in control."""
     big, medium, _ = p.profile.shift_tests
     share = max(1, samples // 3)
-    plan = [*_steps(p.qc(what="QC in control")), *_patients(p, share)]
-    plan += _steps(p.qc(what="QC random error (1-3s)", per_level={0: {big: 3.4}}))
+    plan = [*_steps(p.qc(label="QC in control")), *_patients(p, share)]
+    plan += _steps(p.qc(label="QC random error (1-3s)", per_level={0: {big: 3.4}}))
     plan += _patients(p, share, "patient after a random error")
-    plan += _steps(p.qc(what="corrective QC back in control"))
+    plan += _steps(p.qc(label="corrective QC back in control"))
     spread = {0: {medium: 2.3}, 1: {medium: -2.3}}
-    plan += _steps(p.qc(what="QC random error (R-4s)", per_level=spread))
+    plan += _steps(p.qc(label="QC random error (R-4s)", per_level=spread))
     plan += _patients(p, samples - 2 * share, "patient after a random error")
-    plan += _steps(p.qc(what="corrective QC back in control"))
+    plan += _steps(p.qc(label="corrective QC back in control"))
     return plan
 
 
@@ -195,8 +196,8 @@ def trend(p: Planner, samples: int) -> Plan:
     for run in range(7):
         z = -0.9 + 0.3 * run
         drift = {0: {code: z}, 1: {code: -z}}
-        what = f"QC drifting (run {run + 1} of 7)"
-        plan += _steps(p.qc(what=what, per_level=drift, noise=0.05))
+        label = f"QC drifting (run {run + 1} of 7)"
+        plan += _steps(p.qc(label=label, per_level=drift, noise=0.05))
         plan += _patients(p, share if run < 6 else samples - 6 * share, "patient during a drift")
     return plan
 
@@ -210,10 +211,10 @@ def lot_change(p: Planner, samples: int) -> Plan:
     """The reagent lot changes mid-run: the new lot's results wait for QC on it."""
     _needs_lots(p.profile)
     half = samples // 2
-    plan = [*_steps(p.qc(what="QC in control")), *_patients(p, half)]
+    plan = [*_steps(p.qc(label="QC in control")), *_patients(p, half)]
     p.reagent_lot = p.profile.reagent_lots[1]
     plan += _patients(p, max(1, (samples - half) // 2), "patient on a new reagent lot")
-    plan += _steps(p.qc(what="QC on the new reagent lot"))
+    plan += _steps(p.qc(label="QC on the new reagent lot"))
     plan += _patients(p, samples - half - max(1, (samples - half) // 2), "patient after QC")
     return plan
 
@@ -224,7 +225,7 @@ def expired_lot(p: Planner, samples: int) -> Plan:
     _needs_lots(p.profile)
     good = p.reagent_lot
     half = samples // 2
-    plan = [*_steps(p.qc(what="QC in control")), *_patients(p, half)]
+    plan = [*_steps(p.qc(label="QC in control")), *_patients(p, half)]
     p.reagent_lot = p.profile.reagent_lots[2]
     plan += _patients(p, samples - half, "patient on an expired reagent lot")
     p.reagent_lot = good
@@ -235,23 +236,23 @@ def sample_indices(p: Planner, samples: int) -> Plan:
     """A haemolysed, an icteric and a lipaemic sample among normal ones."""
     if not p.profile.index_tests:
         raise ValueError(f"profile {p.profile.name} does not report serum indices")
-    plan = [*_steps(p.qc(what="QC in control")), *_patients(p, max(0, samples - 3))]
+    plan = [*_steps(p.qc(label="QC in control")), *_patients(p, max(0, samples - 3))]
     plan.insert(len(plan) // 2 + 1, Step(p.patient("haemolysed", {"SI-H": "180"})))
     plan.insert(len(plan) - 1, Step(p.patient("icteric", {"SI-I": "85"})))
     plan.append(Step(p.patient("lipaemic", {"SI-L": "350"})))
-    plan += _steps(p.qc(what="closing QC in control"))
+    plan += _steps(p.qc(label="closing QC in control"))
     return plan
 
 
 def stability(p: Planner, samples: int) -> Plan:
     """Samples analysed 26 hours after collection, past every stability limit."""
     late = max(1, samples // 3)
-    plan = [*_steps(p.qc(what="QC in control")), *_patients(p, samples - late)]
+    plan = [*_steps(p.qc(label="QC in control")), *_patients(p, samples - late)]
     plan += [
         Step(p.patient("sample past its stability", collected_minutes_ago=26 * 60))
         for _ in range(late)
     ]
-    plan += _steps(p.qc(what="closing QC in control"))
+    plan += _steps(p.qc(label="closing QC in control"))
     return plan
 
 
@@ -259,26 +260,26 @@ def critical(p: Planner, samples: int) -> Plan:
     """Critical values (each test with a critical limit in rules/ranges.yaml) among
     normal results."""
     crits = [a for a in p.profile.analytes if a.critical is not None]
-    plan = [*_steps(p.qc(what="QC in control")), *_patients(p, max(0, samples - len(crits)))]
+    plan = [*_steps(p.qc(label="QC in control")), *_patients(p, max(0, samples - len(crits)))]
     for analyte in crits:
         plan.append(Step(p.patient(f"critical {analyte.lab_code}",
                                    {analyte.lab_code: str(analyte.critical)})))  # fmt: skip
-    plan += _steps(p.qc(what="closing QC in control"))
+    plan += _steps(p.qc(label="closing QC in control"))
     return plan
 
 
 def host_query(p: Planner, samples: int) -> Plan:
     """Host query mode: the analyser asks for each barcode's orders and runs those."""
     return [
-        *_steps(p.qc(what="QC in control")),
+        *_steps(p.qc(label="QC in control")),
         *[Step(p.patient("patient run on its orders"), query=True) for _ in range(samples)],
-        *_steps(p.qc(what="closing QC in control")),
+        *_steps(p.qc(label="closing QC in control")),
     ]
 
 
 def _faulty(fault: str) -> Callable[[Planner, int], Plan]:
     def plan(p: Planner, samples: int) -> Plan:
-        steps = [*_steps(p.qc(what="QC in control"))]
+        steps = [*_steps(p.qc(label="QC in control"))]
         for n in range(max(samples, 2)):
             sample = p.patient()
             # The second patient and every fifth after it meet the fault.
@@ -287,11 +288,11 @@ def _faulty(fault: str) -> Callable[[Planner, int], Plan]:
                 steps.append(Step(sample))
             elif fault == "enq-contention":
                 other = p.patient(f"sent against the host's answer ({fault})")
-                steps.append(Step(replace(sample, what="patient run on its orders"),
+                steps.append(Step(replace(sample, label="patient run on its orders"),
                                   query=True, fault=fault, alongside=other))  # fmt: skip
             else:
-                steps.append(Step(replace(sample, what=f"patient sent with {fault}"), fault=fault))
-        steps += _steps(p.qc(what="closing QC in control"))
+                steps.append(Step(replace(sample, label=f"patient sent with {fault}"), fault=fault))
+        steps += _steps(p.qc(label="closing QC in control"))
         return steps
 
     plan.__doc__ = f"QC and patients; the second patient and every fifth after it: {fault}."
@@ -320,6 +321,8 @@ def plan(profile: Profile, scenario: str, samples: int, seed: int, now: datetime
         raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
     if samples < 1:
         raise ValueError("samples must be at least 1")
+    if seed < 0:
+        raise ValueError("the seed must be 0 or more")
     return build(Planner(profile, seed, now), samples)
 
 
