@@ -99,6 +99,13 @@ def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y%m%d%H%M%S")
 
 
+def _moments(sample: Sample, now: datetime) -> tuple[str, str, str]:
+    """The message's time, the collection time and the birth date, as ASTM writes them."""
+    collected = _stamp(sample.collected_at) if sample.collected_at else ""
+    birth = sample.birth_date.strftime("%Y%m%d") if sample.birth_date else ""
+    return _stamp(now), collected, birth
+
+
 class Profile:
     """An analyser model: its menu, its controls and the records it writes."""
 
@@ -185,9 +192,7 @@ class SysmexXN(Profile):
     shift_tests = ("HGB", "PLT", "WBC")
 
     def message(self, sample: Sample, now: datetime) -> list[bytes]:
-        stamp = _stamp(now)
-        collected = _stamp(sample.collected_at) if sample.collected_at else ""
-        birth = sample.birth_date.strftime("%Y%m%d") if sample.birth_date else ""
+        stamp, collected, birth = _moments(sample, now)
         # O.4 = rack^tube position^sample no. (right-aligned to 22)^attribute
         sample_no = sample.specimen_id.rjust(22)
         records = [
@@ -251,9 +256,7 @@ class CobasC(Profile):
     index_tests = ("K", "AST", "TBIL")
 
     def message(self, sample: Sample, now: datetime) -> list[bytes]:
-        stamp = _stamp(now)
-        collected = _stamp(sample.collected_at) if sample.collected_at else ""
-        birth = sample.birth_date.strftime("%Y%m%d") if sample.birth_date else ""
+        stamp, collected, birth = _moments(sample, now)
         sample_type = "QC" if sample.is_control else "S1"
         action = "Q" if sample.is_control else "N"
         tests = "\\".join(f"^^^{m.analyte.code}^" for m in sample.measured)
@@ -297,9 +300,7 @@ class ArchitectI(Profile):
     reagent_lots = ("81234LI00", "82517LI00", "79950LI00")
 
     def message(self, sample: Sample, now: datetime) -> list[bytes]:
-        stamp = _stamp(now)
-        collected = _stamp(sample.collected_at) if sample.collected_at else ""
-        birth = sample.birth_date.strftime("%Y%m%d") if sample.birth_date else ""
+        stamp, collected, birth = _moments(sample, now)
         name = "ARCHITECT QC" if sample.is_control else sample.specimen_id
         action = "Q" if sample.is_control else ""
         control_lot = sample.control.lot if sample.control else ""
