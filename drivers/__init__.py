@@ -7,8 +7,11 @@ Adding an instrument is one new module here defining a ``Driver`` subclass, list
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 
 from drivers.base import Driver, DriverOptions
+from drivers.detect import AUTO, AutoDriver, Detection, detect
+from middleware.astm.records import Record
 
 _MODULES = (
     "generic",
@@ -54,17 +57,22 @@ def driver_class(name: str | None) -> type[Driver]:
         raise KeyError(f"unknown driver {key!r}; known: {', '.join(names())}") from None
 
 
+def _families() -> list[type[Driver]]:
+    """Every driver but the generic reading, in the order of ``_MODULES``."""
+    return [cls for cls in _DRIVERS.values() if cls.name != "generic"]
+
+
 def get(name: str | None, options: DriverOptions | None = None, instrument: str = "") -> Driver:
-    """A driver instance; the generic LIS2-A2 reading when ``name`` is None."""
+    """A driver instance: ``auto`` detects one per message; None is the generic reading."""
+    if name == AUTO:
+        return AutoDriver(options, instrument, _families)
     return driver_class(name)(options, instrument)
 
 
-def identify(header_sender: str) -> type[Driver] | None:
-    """The driver whose sender pattern matches an H record's sender field, if any."""
-    for cls in _DRIVERS.values():
-        if cls.sender_pattern is not None and cls.sender_pattern.search(header_sender):
-            return cls
-    return None
+def identify(records: Sequence[Record]) -> Detection:
+    """The driver a message's sender (or else its layout) names, and why."""
+    return detect(records, _families())
 
 
-__all__ = ["Driver", "DriverOptions", "driver_class", "get", "identify", "names"]
+__all__ = ["AUTO", "Detection", "Driver", "DriverOptions", "driver_class", "get", "identify",
+           "names"]  # fmt: skip

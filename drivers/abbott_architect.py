@@ -67,6 +67,16 @@ class AbbottArchitectDriver(Driver):
     }
     flag_map: ClassVar[Mapping[str, str]] = {"<": "L", ">": "H"}
 
+    @classmethod
+    def score(cls, records: Sequence[Record]) -> tuple[int, str]:
+        for record in records:
+            if record.type == "R":
+                components = record.components(3)
+                if len(components) > _TYPE and components[_TYPE] in ("F", "I", "P"):
+                    return 2, "R.3 with assay number, name, dilution, status, lots and type"
+                return 0, ""
+        return 0, ""
+
     def read(self, records: Sequence[Record]) -> InstrumentMessage:
         """The standard reading, then each interpretation (or preliminary result) joined to
         its assay's final result as a comment, and assay names where numbers are unmapped."""

@@ -160,7 +160,21 @@ class Driver:
 
     @classmethod
     def recognises(cls, header: Record) -> bool:
-        return cls.sender_pattern is not None and bool(cls.sender_pattern.search(header.text(5)))
+        """Whether the H record's sender (H.5) names this driver's family. The sender is
+        taken with runs of spaces made one and none at either end, as operators and
+        firmware versions pad it."""
+        sender = " ".join(header.text(5).split())
+        return cls.sender_pattern is not None and bool(cls.sender_pattern.search(sender))
+
+    @classmethod
+    def score(cls, records: Sequence[Record]) -> tuple[int, str]:
+        """How surely a message's layout is this family's, when its sender does not say:
+        0 for no sign, more for more; and what was seen, for a person to check."""
+        return 0, ""
+
+    def choose(self, records: Sequence[Record]) -> Driver:
+        """The driver that reads ``records``: this one, when configured by name."""
+        return self
 
     # --- hooks -----------------------------------------------------------------------------
 
@@ -282,7 +296,7 @@ class Driver:
     # --- reading ---------------------------------------------------------------------------
 
     def read(self, records: Sequence[Record]) -> InstrumentMessage:
-        message = InstrumentMessage(instrument=self.instrument)
+        message = InstrumentMessage(instrument=self.instrument, driver=self.name)
         self._problems = message.problems
         context = Context()
         for index, record, trailing in _with_trailing(records):

@@ -17,7 +17,7 @@ As the XL in the corpus sends it (astm/erba-xl_*):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import ClassVar
 
@@ -31,6 +31,14 @@ class ErbaXLDriver(Driver):
     description = "Erba Mannheim XL series chemistry (XL-200, XL-640, XL-1000)"
     sender_pattern = re.compile(r"\b(?:ERBA|XL-?(?:180|200|300|600|640|1000))\b", re.I)
     delimiters = Delimiters("|", "`", "^", "&")
+
+    @classmethod
+    def score(cls, records: Sequence[Record]) -> tuple[int, str]:
+        header = records[0] if records and records[0].type == "H" else None
+        if header is not None and header.text(2).startswith("`"):
+            return 2, "a backtick as the repeat delimiter (H.2 `^&)"
+        return 0, ""
+
     # Test codes are the names set on the XL's test definition screen: these are the ones
     # seen from XLs (DBILL, SGOTD, Na...) and the usual short names. Sites map their own
     # in the instrument's test_map.

@@ -65,6 +65,14 @@ class RocheCobasDriver(Driver):
     # < and > are results off the measuring range; the censored value says which bound.
     flag_map: ClassVar[Mapping[str, str]] = {"<": "L", ">": "H"}
 
+    @classmethod
+    def score(cls, records: Sequence[Record]) -> tuple[int, str]:
+        header = records[0] if records and records[0].type == "H" else None
+        kind = header.value(11) if header is not None else ""
+        if kind in ("RSUPL", "TSREQ", "TSDWN", "PCUPL", "QCUPL"):
+            return 3, f"the message type Roche's cobas protocol writes in H.11 ({kind})"
+        return 0, ""
+
     def __init__(self, options: DriverOptions | None = None, instrument: str = "") -> None:
         super().__init__(options, instrument)
         self._asked: dict[str, tuple[str, ...]] = {}

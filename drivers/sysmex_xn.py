@@ -20,7 +20,7 @@ E1394-97 records):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -35,10 +35,24 @@ _SAMPLE_NO_WIDTH = 22
 class SysmexXNDriver(Driver):
     name = "sysmex_xn"
     description = "Sysmex XN series haematology (XN-L, XN-1000 to XN-9000)"
-    sender_pattern = re.compile(r"^XN-")
+    sender_pattern = re.compile(r"^XN-", re.IGNORECASE)
     # A named group ``lot`` (and ``level``) in the pattern, here or in the instrument's
     # configuration, says where the control's lot (and level) stand in the sample number.
     control_pattern = re.compile(r"^QC-(?P<lot>.+)$")
+
+    @classmethod
+    def score(cls, records: Sequence[Record]) -> tuple[int, str]:
+        order = next((r for r in records if r.type == "O"), None)
+        result = next((r for r in records if r.type == "R"), None)
+        if order is None or result is None:
+            return 0, ""
+        sample = order.components(4)
+        test = result.components(3)
+        padded = len(sample) > 2 and sample[2].startswith(" ")
+        if padded and len(test) > 4 and not test[3] and test[4]:
+            return 2, "O.4 rack^position^padded sample no. and R.3 ^^^^parameter"
+        return 0, ""
+
     # The XN's parameter names are the laboratory's codes: nothing to map.
 
     def specimen_id(self, context: Context, order: Record) -> str:

@@ -254,7 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     decode.add_argument("path", help="capture file, or - for standard input")
     decode.add_argument(
-        "--driver", help=f"instrument driver ({', '.join(drivers.names())}); generic by default"
+        "--driver",
+        default="auto",
+        help=f"instrument driver ({', '.join(drivers.names())}), or auto (the default): the "
+        "one each message's sender or layout names",
     )
     decode.add_argument("--format", choices=("json", "text"), default="json")
     decode.add_argument(
@@ -343,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument("path", help="capture file, or - for standard input")
     render.add_argument(
-        "--driver", help=f"instrument driver ({', '.join(drivers.names())}); generic by default"
+        "--driver",
+        default="auto",
+        help=f"instrument driver ({', '.join(drivers.names())}), or auto (the default): the "
+        "one each message's sender or layout names",
     )
     render.add_argument("--tolerate", metavar="LIST", help="link tolerances, as for decode")
     render.add_argument(

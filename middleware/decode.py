@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import drivers
-from middleware.astm.capture import CaptureError, read_capture
+from drivers import AUTO, Driver
+from drivers.detect import AutoDriver
+from middleware.astm.capture import Capture, CapturedMessage, CaptureError, read_capture
 from middleware.astm.frames import FrameTolerances
-from middleware.astm.records import decode_message
+from middleware.astm.records import DecodedMessage, decode_message
 from middleware.domain import ControlResult, Result
 
 
@@ -43,16 +45,49 @@ def parse_tolerances(names: str | None, base: FrameTolerances) -> FrameTolerance
     return FrameTolerances(**values)
 
 
-def decode_capture(
-    data: bytes, driver_name: str | None = None, tolerate: str | None = None
-) -> DecodeReport:
+@dataclass(frozen=True, slots=True)
+class ReadMessage:
+    """One message of a capture, its records, and the driver that reads it (and why)."""
+
+    captured: CapturedMessage
+    decoded: DecodedMessage
+    driver: Driver
+    reason: str
+
+
+def read_messages(
+    data: bytes, driver_name: str | None = AUTO, tolerate: str | None = None
+) -> tuple[Capture, list[ReadMessage]]:
+    """The capture's messages, each with its driver: the one named, or with ``auto`` the
+    one each message's sender or layout names. The framing tolerances are the driver's:
+    with ``auto``, those of the driver the first message names (the capture is read again
+    with them when they differ from the generic reading's)."""
     driver = drivers.get(driver_name)
-    tolerances = parse_tolerances(tolerate, driver.tolerances)
-    capture = read_capture(data, tolerances)
-    report = DecodeReport(errors=[e.as_dict() for e in capture.errors])
+    capture = read_capture(data, parse_tolerances(tolerate, driver.tolerances))
+    if isinstance(driver, AutoDriver) and capture.messages:
+        first = drivers.identify(decode_message(capture.messages[0].lines).records).driver
+        if first.tolerances != driver.tolerances:
+            capture = read_capture(data, parse_tolerances(tolerate, first.tolerances))
+    out: list[ReadMessage] = []
     for captured in capture.messages:
         decoded = decode_message(captured.lines)
-        reading = driver.read(decoded.records)
+        chosen = driver.choose(decoded.records)
+        if isinstance(driver, AutoDriver) and driver.detection is not None:
+            reason = driver.detection.reason
+        else:
+            reason = f"named: --driver {driver.name}"
+        out.append(ReadMessage(captured, decoded, chosen, reason))
+    return capture, out
+
+
+def decode_capture(
+    data: bytes, driver_name: str | None = AUTO, tolerate: str | None = None
+) -> DecodeReport:
+    capture, read = read_messages(data, driver_name, tolerate)
+    report = DecodeReport(errors=[e.as_dict() for e in capture.errors])
+    for message in read:
+        captured, decoded = message.captured, message.decoded
+        reading = message.driver.read(decoded.records)
         errors = [e.as_dict() for e in captured.errors] + [
             CaptureError(
                 "syntax",
@@ -70,6 +105,8 @@ def decode_capture(
         report.messages.append(
             {
                 "sender": reading.sender or None,
+                "driver": message.driver.name,
+                "driver_reason": message.reason,
                 "records": len(decoded.records),
                 "results": [
                     _result_row(result, control) for result, control in reading.measurements()
@@ -122,6 +159,7 @@ def render_text(report: DecodeReport) -> str:
             f"message {n} from {sender}: {message['records']} records, "
             f"{len(message['results'])} results (offset {message['offset']})"
         )
+        lines.append(f"  read by {message['driver']}: {message['driver_reason']}")
         for r in message["results"]:
             flags = ",".join(r["flags"])
             tag = " [control]" if r["control"] else ""

@@ -202,6 +202,8 @@ class InstrumentMessage:
 
     instrument: str
     sender: str = ""
+    driver: str = ""
+    """The driver that read it (chosen by configuration, or detected)."""
     patients: list[Patient] = field(default_factory=list)
     specimens: list[Specimen] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, tzinfo
 
 import structlog
@@ -35,7 +35,7 @@ from middleware.astm.link import (
     TransferEnded,
     TransferStarted,
 )
-from middleware.astm.records import decode_message, encode_record, split_records
+from middleware.astm.records import Record, decode_message, encode_record, split_records
 from middleware.domain import InstrumentMessage
 from middleware.engine.engine import Engine
 from middleware.hl7.results import Sender
@@ -99,6 +99,10 @@ class ConnectionPipeline:
     ) -> None:
         self.instrument = instrument
         self.driver = driver
+        """As configured: a named driver, or ``auto``, which names one per message."""
+        self.reader: Driver = driver
+        """The driver that read the last message (the one that answers its queries)."""
+        self._announced: Driver | None = None
         self.store = store
         self.engine = engine
         """Decides about every result in the transaction that stores it; None: store only."""
@@ -225,10 +229,12 @@ class ConnectionPipeline:
         decoded = decode_message(lines)
         problems = [str(e) for e in decoded.errors]
         notes: list[str] = []
+        self._choose(decoded.records)
+        driver = self.reader
         if _record_type(lines[0]) != "H":
             missing = "the message does not begin with an H record"
-            if self.driver.headerless_messages:
-                notes.append(f"{missing} (taken: the {self.driver.name} driver allows it)")
+            if driver.headerless_messages:
+                notes.append(f"{missing} (taken: the {driver.name} driver allows it)")
             else:
                 problems.append(missing)
         reading: InstrumentMessage | None = None
@@ -238,10 +244,10 @@ class ConnectionPipeline:
             lines = [line.replace("\x00", "\ufffd") for line in lines]
         elif decoded.records:
             try:
-                reading = self.driver.read(decoded.records).in_timezone(self.timezone)
+                reading = driver.read(decoded.records).in_timezone(self.timezone)
             except Exception as exc:  # a driver must never take the connection down
-                self.log.exception("driver failed")
-                problems.append(f"driver {self.driver.name} failed: {exc!r}")
+                self.log.exception("driver failed", driver=driver.name)
+                problems.append(f"driver {driver.name} failed: {exc!r}")
         if not decoded.records:
             problems.append("no record could be read")
         return self._delivery(
@@ -253,6 +259,23 @@ class ConnectionPipeline:
             record_count=len(decoded.records),
             reading=reading,
         )
+
+    def _choose(self, records: Sequence[Record]) -> None:
+        """The driver for this message; said in the log when it is not the one before on
+        this connection (once per connection, as one analyser keeps its driver)."""
+        try:
+            self.reader = self.driver.choose(records)
+        except Exception:  # detection must not take the connection down either
+            self.log.exception("driver not detected; the last one reads the message")
+            return
+        if self.reader is not self._announced:
+            self._announced = self.reader
+            detection = getattr(self.driver, "detection", None)
+            self.log.info(
+                "driver chosen",
+                driver=self.reader.name,
+                reason=detection.reason if detection is not None else "configured",
+            )
 
     async def _keep_unfinished(
         self, channel: LinkChannel, lines: list[str], reason: str, end: int
@@ -504,9 +527,9 @@ class ConnectionPipeline:
             held = await self.store.read_async(
                 functools.partial(orders_for, specimen_ids=query.specimen_ids)
             )
-            records = self.driver.answer_query(query, held, self.clock())
+            records = self.reader.answer_query(query, held, self.clock())
             self._answers.append(
-                [encode_record(r, self.driver.delimiters).encode(self.encoding) for r in records]
+                [encode_record(r, self.reader.delimiters).encode(self.encoding) for r in records]
             )
 
     def _send_answers(self, channel: LinkChannel) -> None:

@@ -71,7 +71,8 @@ class InstrumentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    driver: str = "generic"
+    driver: str = "auto"
+    """A driver's name, or auto: the driver each message's sender (or layout) names."""
     transport: Literal["tcp-server", "tcp-client", "serial"]
     host: str = "0.0.0.0"
     port: int | None = Field(None, ge=0, le=65535)
@@ -108,8 +109,9 @@ class InstrumentConfig(BaseModel):
     @field_validator("driver")
     @classmethod
     def _known_driver(cls, value: str) -> str:
-        if value not in drivers.names():
-            raise ValueError(f"unknown driver {value!r}; known: {', '.join(drivers.names())}")
+        if value != drivers.AUTO and value not in drivers.names():
+            known = ", ".join([drivers.AUTO, *drivers.names()])
+            raise ValueError(f"unknown driver {value!r}; known: {known}")
         return value
 
     @field_validator("encoding")

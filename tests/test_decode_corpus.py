@@ -49,9 +49,12 @@ Report = dict[str, Any]
 
 
 def decode(capsys: pytest.CaptureFixture[str], name: str, *options: str) -> tuple[int, Report]:
-    """Run ``lis-middleware decode FILE [options]`` in-process; exit status and JSON."""
+    """Run ``lis-middleware decode FILE [options]`` in-process; exit status and JSON. The
+    generic reading unless the options name a driver: what this file checks by hand is
+    what the standard's layout gives (each driver's own tests check its reading)."""
     capsys.readouterr()
-    status = main(["decode", str(ASTM / name), *options])
+    chosen = () if "--driver" in options else ("--driver", "generic")
+    status = main(["decode", str(ASTM / name), *chosen, *options])
     out = capsys.readouterr().out
     return status, json.loads(out)
 
@@ -152,6 +155,63 @@ def test_every_file_decodes(capsys: pytest.CaptureFixture[str], path: Path) -> N
         assert result["test_code"]
     for error in all_errors(report):
         assert {"kind", "detail", "offset"} <= set(error)
+
+
+# --- detection: which driver reads each file when none is named ----------------------
+
+#: The driver each file's messages are read with under ``--driver auto`` (the default),
+#: and what gave it away: its sender (H.5), its layout, or nothing (the generic reading).
+DETECTED: dict[str, tuple[str, str]] = {
+    "beckman-access2_log_fragmented-reads.txt": ("beckman_access", "sender"),
+    "biorad-ihcom_records_reagent-lots-2.astm": ("generic", "nothing"),
+    "biorad-ihcom_records_reagent-lots.astm": ("generic", "nothing"),
+    "erba-xl_framed_BAD-CHECKSUM.bin": ("erba_xl", "layout"),
+    "erba-xl_log_multi-sample-query.txt": ("erba_xl", "layout"),
+    "erba-xl_raw_backtick-repeat.bin": ("erba_xl", "layout"),
+    "euroimmun-analyzer1_records_decimal-comma.astm": ("generic", "nothing"),
+    "immucor-galileo_records_order.astm": ("generic", "nothing"),
+    "immucor-galileo_records_result.astm": ("generic", "nothing"),
+    "mindray-bs240_log.txt": ("mindray_bs", "sender"),
+    "ortho-vision_records_escape-sequences.txt": ("generic", "nothing"),
+    "phadia-prime_records_commented.txt": ("generic", "nothing"),
+    "snibe-maglumi_log_no-frame-numbers.txt": ("snibe_maglumi", "sender"),
+    "vitros-3600_framed_order-reply-from-host.bin": ("ortho_vitros", "sender"),
+    "vitros-3600_raw_censored-values.bin": ("ortho_vitros", "sender"),
+    "vitros-3600_raw_host-query.bin": ("ortho_vitros", "sender"),
+    "vitros-3600_raw_results-reagent-lots.bin": ("ortho_vitros", "sender"),
+    "yumizen-h500_raw_multi-frame.bin": ("horiba_yumizen", "sender"),
+    "yumizen-h550_records_qc-run.astm": ("horiba_yumizen", "sender"),
+}
+
+
+def test_every_file_is_detected() -> None:
+    assert set(DETECTED) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTED))
+def test_the_driver_is_found_without_being_named(
+    capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    driver, clue = DETECTED[name]
+    capsys.readouterr()
+    main(["decode", str(ASTM / name)])
+    report = json.loads(capsys.readouterr().out)
+    messages = report["messages"]
+    # The first message the analyser sent (a host's answer in a capture names no analyser).
+    first = next((m for m in messages if m["results"]), messages[0])
+    said = {"sender": "names the", "layout": "; layout of the", "nothing": "generic reading"}
+    assert first["driver"] == driver and said[clue] in first["driver_reason"]
+    # Later messages keep it, or (a sender garbled in transit) fall back on the generic one.
+    assert {m["driver"] for m in messages} <= {driver, "generic"}
+
+
+def test_a_detected_driver_reads_as_if_it_had_been_named(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, named = decode(capsys, "mindray-bs240_log.txt", "--driver", "mindray_bs")
+    _, found = decode(capsys, "mindray-bs240_log.txt", "--driver", "auto")
+    assert results(found) == results(named)
+    assert len(results(found)) == 568 + 43  # with its controls, which only the driver knows
 
 
 # --- independent readings -------------------------------------------------------------
@@ -755,7 +815,8 @@ def test_text_format(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out.splitlines()
     assert status == 0
     assert out[0].startswith("message 1 from unknown sender: 6 records, 1 results")
-    assert "DBILL" in out[1] and "0.3" in out[1] and "mg/dl" in out[1]
+    assert out[1].startswith("  read by erba_xl: no sender (H.5 empty); layout of the Erba")
+    assert "DBILL" in out[2] and "0.3" in out[2] and "mg/dl" in out[2]
     assert out[-1] == "ok"
     status = main(["decode", str(ASTM / "erba-xl_framed_BAD-CHECKSUM.bin"), "--format", "text"])
     out = capsys.readouterr().out.splitlines()

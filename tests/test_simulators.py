@@ -157,6 +157,9 @@ def _runs() -> list[Run]:
         Run("xn-serial", "sysmex-xn", "normal", 2, transport="serial"),
         Run("chem-listening", "cobas-c", "normal", 2, transport="tcp-client"),
         Run("chem-load", "cobas-c", "normal", 2, {"connections": "all"}, in_process=False),
+        Run("xn-auto", "sysmex-xn", "normal", 2, {"driver": "auto"}),
+        Run("chem-auto", "cobas-c", "normal", 2, {"driver": "auto"}),
+        Run("ia-auto", "architect-i", "normal", 2, {"driver": "auto"}),
         Run("chem-shift", "cobas-c", "qc-shift", 6),
         Run("xn-shift", "sysmex-xn", "qc-shift", 6),
         Run("xn-random", "sysmex-xn", "random-error", 3),
@@ -386,8 +389,10 @@ def _wait_delivered(campaign: Campaign, instrument: str, wanted: set[tuple[str, 
 
 
 @pytest.mark.parametrize(
-    "instrument", ["xn-normal", "chem-normal", "ia-normal", "xn-serial", "chem-listening"]
-)
+    "instrument",
+    ["xn-normal", "chem-normal", "ia-normal", "xn-serial", "chem-listening", "xn-auto",
+     "chem-auto", "ia-auto"],
+)  # fmt: skip
 def test_a_normal_run_is_released_and_delivered(campaign: Campaign, instrument: str) -> None:
     run = campaign.runs[instrument]
     sent = _sent_results(run)
@@ -657,3 +662,25 @@ def test_the_command_line_serves_a_serial_line_and_waits_for_the_host(
                 process.kill()
         if daemon is not None:
             daemon.stop()
+
+
+@pytest.mark.parametrize(("instrument", "driver"), [
+    ("xn-auto", "sysmex_xn"), ("chem-auto", "roche_cobas"), ("ia-auto", "abbott_architect"),
+])  # fmt: skip
+def test_an_auto_instrument_reads_with_the_driver_its_analyser_names(
+    campaign: Campaign, instrument: str, driver: str
+) -> None:
+    kept = campaign.rows(
+        "SELECT DISTINCT driver FROM messages WHERE instrument = :i", i=instrument
+    )  # fmt: skip
+    assert kept == [(driver,)]
+    log = [json.loads(line) for line in campaign.daemon.log.read_text().splitlines()
+           if line.startswith("{")]  # fmt: skip
+    chosen = [e for e in log if e.get("event") == "driver chosen"
+              and e.get("instrument") == instrument]  # fmt: skip
+    # once per connection, with the reason
+    assert len(chosen) == 1 and chosen[0]["driver"] == driver
+    assert "names the" in chosen[0]["reason"]
+    configured = [e for e in log if e.get("event") == "driver chosen"
+                  and e.get("instrument") == "chem-normal"]  # fmt: skip
+    assert configured and all(e["reason"] == "configured" for e in configured)

@@ -6,29 +6,26 @@ from __future__ import annotations
 import itertools
 from datetime import datetime
 
-import drivers
-from middleware.astm.capture import read_capture
-from middleware.astm.records import decode_message
-from middleware.decode import parse_tolerances
+from drivers import AUTO
+from middleware.decode import read_messages
 from middleware.hl7.results import Reported, Sender, by_specimen
 
 
 def render_capture(
     data: bytes,
     at: datetime,
-    driver_name: str | None = None,
+    driver_name: str | None = AUTO,
     tolerate: str | None = None,
     version: str = "2.5.1",
 ) -> list[str]:
     """Every message the capture's patient results would be sent as, whatever the rules
     would decide about them."""
-    driver = drivers.get(driver_name)
-    capture = read_capture(data, parse_tolerances(tolerate, driver.tolerances))
+    _, read = read_messages(data, driver_name, tolerate)
     numbers = itertools.count(1)
     sender = Sender(version=version)
     out: list[str] = []
-    for captured in capture.messages:
-        reading = driver.read(decode_message(captured.lines).records)
+    for message in read:
+        reading = message.driver.read(message.decoded.records)
         # Patient results only: controls stay in the middleware.
         built = by_specimen(
             [Reported(r) for r in reading.results],

@@ -222,21 +222,21 @@ def store_delivery(conn: Connection, d: Delivery, at: datetime | None = None) ->
         raw_id = _raw(conn, d, earlier.id, "duplicate", duplicate=True)
         return Stored(raw_id, earlier.id, duplicate=True)
 
-    message_id = int(
-        conn.execute(
-            _INSERT_MESSAGE,
-            {
-                "instrument": d.instrument,
-                "connection": d.connection,
-                "sender": reading.sender,
-                "content_sha256": digest,
-                "record_count": d.record_count,
-                "text": d.text,
-                "received_at": d.received_at,
-                "problems": "\n".join([*d.problems, *d.notes, *reading.problems]),
-            },
-        ).scalar_one()
-    )
+    row = {
+        "instrument": d.instrument,
+        "connection": d.connection,
+        "sender": reading.sender,
+        "content_sha256": digest,
+        "record_count": d.record_count,
+        "text": d.text,
+        "received_at": d.received_at,
+        "problems": "\n".join([*d.problems, *d.notes, *reading.problems]),
+    }
+    if reading.driver:
+        # No driver is the column's default: left out, rows can also be written to a
+        # schema from before the column (as the tests of older revisions' migrations do).
+        row["driver"] = reading.driver
+    message_id = int(conn.execute(_INSERT_MESSAGE, row).scalar_one())
     nothing = not (reading.results or reading.controls or reading.queries or reading.orders)
     quarantined = bool(d.problems) or (nothing and bool(reading.problems))
     raw_id = _raw(conn, d, message_id, "quarantine" if quarantined else "message")

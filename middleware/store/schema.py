@@ -61,6 +61,7 @@ messages = Table(
     Column("instrument", Text, nullable=False),
     Column("connection", Text, nullable=False),
     Column("sender", Text, nullable=False, default=""),
+    Column("driver", Text, nullable=False, server_default=""),
     Column("content_sha256", Text, nullable=False),
     Column("record_count", Integer, nullable=False),
     Column("text", Text, nullable=False),

@@ -1,0 +1,10 @@
+"""Tests of each driver against real captures or its vendor's layout."""
+
+from __future__ import annotations
+
+from middleware.astm.records import Record, decode_record
+
+
+def header(sender: str) -> list[Record]:
+    """A message of one H record whose sender (H.5) is ``sender``, for detection."""
+    return [decode_record(f"H|\\^&|||{sender}")]

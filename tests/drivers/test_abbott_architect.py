@@ -17,6 +17,7 @@ from drivers.abbott_architect import AbbottArchitectDriver
 from drivers.base import DriverOptions
 from middleware.astm.records import decode_message
 from middleware.domain import Comment, InstrumentMessage, ReagentUse
+from tests.drivers import header
 
 HEADER = "H|\\^&|||ARCHITECT^9.45^I2SR12345^H1P1O1R1C1Q1L1|||||||P|1|20240311094512"
 
@@ -54,8 +55,9 @@ def read(lines: list[str], driver: AbbottArchitectDriver | None = None) -> Instr
 
 def test_registered_and_recognised_by_its_sender() -> None:
     assert isinstance(drivers.get("abbott_architect"), AbbottArchitectDriver)
-    assert drivers.identify("ARCHITECT^9.45^I2SR12345^H1P1O1R1C1Q1L1") is AbbottArchitectDriver
-    assert drivers.identify("ALINITY") is None
+    found = drivers.identify(header("ARCHITECT^9.45^I2SR12345^H1P1O1R1C1Q1L1"))
+    assert found.driver is AbbottArchitectDriver
+    assert drivers.identify(header("ALINITY")).driver.name == "generic"
 
 
 def test_patient_results() -> None:

@@ -18,6 +18,7 @@ from middleware.astm.capture import read_capture
 from middleware.astm.records import decode_message, encode_record
 from middleware.decode import decode_capture
 from middleware.domain import HostQuery, InstrumentMessage, Order
+from tests.drivers import header
 
 ASTM = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "astm"
 LOG = ASTM / "beckman-access2_log_fragmented-reads.txt"
@@ -32,8 +33,8 @@ def messages() -> list[InstrumentMessage]:
 
 def test_registered_and_recognised_by_its_sender() -> None:
     assert isinstance(drivers.get("beckman_access"), BeckmanAccessDriver)
-    assert drivers.identify("ACCESS^575707") is BeckmanAccessDriver
-    assert drivers.identify("ACCESSION^1") is None
+    assert drivers.identify(header("ACCESS^575707")).driver is BeckmanAccessDriver
+    assert drivers.identify(header("ACCESSION^1")).driver.name == "generic"
 
 
 def test_intact_results_through_the_decode_command() -> None:

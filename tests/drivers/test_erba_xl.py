@@ -15,6 +15,7 @@ from middleware.astm.capture import read_capture
 from middleware.astm.records import decode_message, encode_record
 from middleware.decode import decode_capture
 from middleware.domain import HostQuery, InstrumentMessage, Order
+from tests.drivers import header
 
 ASTM = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "astm"
 
@@ -29,11 +30,14 @@ def read(name: str) -> tuple[InstrumentMessage, list[str]]:
 
 def test_registered_and_recognised_by_its_sender() -> None:
     assert isinstance(drivers.get("erba_xl"), ErbaXLDriver)
-    assert drivers.identify("XL-640") is ErbaXLDriver
-    assert drivers.identify("ERBA XL 1000") is ErbaXLDriver
-    # The captured XL leaves H.5 empty: it can only be configured, not recognised.
-    message, _ = read("erba-xl_raw_backtick-repeat.bin")
-    assert message.sender == "" and drivers.identify(message.sender) is None
+    assert drivers.identify(header("XL-640")).driver is ErbaXLDriver
+    assert drivers.identify(header("ERBA XL 1000")).driver is ErbaXLDriver
+    # The captured XL leaves H.5 empty: its backtick repeat delimiter gives it away.
+    capture = read_capture((ASTM / "erba-xl_raw_backtick-repeat.bin").read_bytes())
+    records = decode_message(capture.messages[0].lines).records
+    assert records[0].text(5) == ""
+    found = drivers.identify(records)
+    assert found.driver is ErbaXLDriver and "backtick" in found.reason
 
 
 def test_result_with_backtick_delimiter_and_instrument_flag() -> None:

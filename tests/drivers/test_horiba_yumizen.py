@@ -19,6 +19,7 @@ from middleware.astm.capture import read_capture
 from middleware.astm.records import decode_message
 from middleware.decode import decode_capture
 from middleware.domain import InstrumentMessage, ReagentUse, Result
+from tests.drivers import header
 
 ASTM = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "astm"
 H500 = ASTM / "yumizen-h500_raw_multi-frame.bin"
@@ -50,9 +51,9 @@ def by_code(results: list[Result]) -> dict[str, Result]:
 
 def test_registered_and_recognised_by_its_sender() -> None:
     assert isinstance(drivers.get("horiba_yumizen"), HoribaYumizenDriver)
-    assert drivers.identify("H500^906YOXH02459^2.2.0.5") is HoribaYumizenDriver
-    assert drivers.identify("H550^909YAXH02732^1.2.1.4") is HoribaYumizenDriver
-    assert drivers.identify("H5000^1") is not HoribaYumizenDriver
+    assert drivers.identify(header("H500^906YOXH02459^2.2.0.5")).driver is HoribaYumizenDriver
+    assert drivers.identify(header("H550^909YAXH02732^1.2.1.4")).driver is HoribaYumizenDriver
+    assert drivers.identify(header("H5000^1")).driver is not HoribaYumizenDriver
 
 
 def test_patient_run_results_and_lab_codes(patient: InstrumentMessage) -> None:

@@ -15,6 +15,7 @@ from drivers.mindray_bs import MindrayBSDriver
 from middleware.astm.records import decode_message
 from middleware.decode import decode_capture
 from middleware.domain import InstrumentMessage
+from tests.drivers import header
 
 HEADER = "H|\\^&|||BC-5380^01.02.00.1234^WT-12345678|||||||{kind}|E1394-97|20240315103000"
 
@@ -53,10 +54,10 @@ def read(text: str) -> InstrumentMessage:
 
 def test_registered_and_recognised_by_its_sender() -> None:
     assert isinstance(drivers.get("mindray_bc"), MindrayBCDriver)
-    assert drivers.identify("BC-5380^01.02.00.1234^WT-12345678") is MindrayBCDriver
-    assert drivers.identify("BC-6800^01.00") is MindrayBCDriver
+    assert drivers.identify(header("BC-5380^01.02.00.1234^WT-12345678")).driver is MindrayBCDriver
+    assert drivers.identify(header("BC-6800^01.00")).driver is MindrayBCDriver
     # the chemistry analysers are the other Mindray driver's
-    assert drivers.identify("Mindry") is MindrayBSDriver
+    assert drivers.identify(header("Mindry")).driver is MindrayBSDriver
 
 
 def test_results_with_the_parameter_name_wherever_it_stands() -> None:

@@ -21,6 +21,7 @@ from middleware.astm.frames import FrameTolerances
 from middleware.astm.records import decode_message
 from middleware.decode import decode_capture
 from middleware.domain import InstrumentMessage
+from tests.drivers import header
 
 ASTM = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "astm"
 LOG = ASTM / "mindray-bs240_log.txt"
@@ -44,8 +45,8 @@ def messages(capture: Capture) -> list[InstrumentMessage]:
 
 def test_registered_and_recognised_by_its_sender() -> None:
     assert isinstance(drivers.get("mindray_bs"), MindrayBSDriver)
-    assert drivers.identify("Mindry") is MindrayBSDriver  # as the BS-240 spells it
-    assert drivers.identify("Mindray^BS-480") is MindrayBSDriver
+    assert drivers.identify(header("Mindry")).driver is MindrayBSDriver  # as the BS-240 spells it
+    assert drivers.identify(header("Mindray^BS-480")).driver is MindrayBSDriver
 
 
 def test_whole_messages_in_one_frame_need_long_frames(data: bytes) -> None:

@@ -16,6 +16,7 @@ from middleware.astm.capture import read_capture
 from middleware.astm.records import decode_message, encode_record
 from middleware.decode import decode_capture
 from middleware.domain import HostQuery, InstrumentMessage, Order, ReagentUse
+from tests.drivers import header
 
 ASTM = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "astm"
 
@@ -30,9 +31,9 @@ def read(name: str, driver: OrthoVitrosDriver | None = None) -> InstrumentMessag
 
 def test_registered_and_recognised_by_its_sender() -> None:
     assert isinstance(drivers.get("ortho_vitros"), OrthoVitrosDriver)
-    assert drivers.identify("3600796") is OrthoVitrosDriver
-    assert drivers.identify("VITROS 5600") is OrthoVitrosDriver
-    assert drivers.identify("36") is None
+    assert drivers.identify(header("3600796")).driver is OrthoVitrosDriver
+    assert drivers.identify(header("VITROS 5600")).driver is OrthoVitrosDriver
+    assert drivers.identify(header("36")).driver.name == "generic"
 
 
 def test_results_and_their_reagent_lots() -> None:

@@ -17,6 +17,7 @@ from drivers.base import DriverOptions
 from drivers.roche_cobas import RocheCobasDriver
 from middleware.astm.records import decode_message, encode_record
 from middleware.domain import Comment, InstrumentMessage, Order
+from tests.drivers import header
 
 E411_RESULTS = [
     "H|\\^&|||cobas-e411^1|||||host|RSUPL^BATCH|P|1|20240115093045",
@@ -69,8 +70,8 @@ def read(lines: list[str], driver: RocheCobasDriver | None = None) -> Instrument
 def test_registered_and_recognised_by_its_sender() -> None:
     assert isinstance(drivers.get("roche_cobas"), RocheCobasDriver)
     for sender in ("cobas-e411^1", "c311^1", "c111^Roche^c111^4.3.0.1835^1^16850"):
-        assert drivers.identify(sender) is RocheCobasDriver, sender
-    assert drivers.identify("H7600^1") is None
+        assert drivers.identify(header(sender)).driver is RocheCobasDriver, sender
+    assert drivers.identify(header("H7600^1")).driver.name == "generic"
 
 
 def test_e411_results() -> None:

@@ -20,6 +20,7 @@ from middleware.astm.frames import FrameTolerances
 from middleware.astm.records import decode_message, encode_record
 from middleware.decode import decode_capture
 from middleware.domain import HostQuery, InstrumentMessage, Order
+from tests.drivers import header
 
 ASTM = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "astm"
 LOG = ASTM / "snibe-maglumi_log_no-frame-numbers.txt"
@@ -46,8 +47,8 @@ def frames(data: bytes) -> list[str]:
 
 def test_registered_and_recognised_by_its_sender() -> None:
     assert isinstance(drivers.get("snibe_maglumi"), SnibeMaglumiDriver)
-    assert drivers.identify("Maglumi User") is SnibeMaglumiDriver
-    assert drivers.identify("MAGLUMI X8") is SnibeMaglumiDriver
+    assert drivers.identify(header("Maglumi User")).driver is SnibeMaglumiDriver
+    assert drivers.identify(header("MAGLUMI X8")).driver is SnibeMaglumiDriver
 
 
 def test_decodes_without_errors_with_the_driver_and_not_without(data: bytes) -> None:

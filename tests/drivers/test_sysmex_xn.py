@@ -17,6 +17,7 @@ from drivers.sysmex_xn import SysmexXNDriver
 from middleware.astm.records import decode_message, encode_record
 from middleware.decode import decode_capture
 from middleware.domain import HostQuery, InstrumentMessage, Order
+from tests.drivers import header
 
 SAMPLE_NO = "1234567890".rjust(22)
 
@@ -64,9 +65,9 @@ def read(text: str, driver: SysmexXNDriver | None = None) -> InstrumentMessage:
 
 def test_registered_and_recognised_by_its_sender() -> None:
     assert isinstance(drivers.get("sysmex_xn"), SysmexXNDriver)
-    assert drivers.identify("XN-350^00-18^11001^^^^12345678") is SysmexXNDriver
-    assert drivers.identify("XN-10^00-22^12345") is SysmexXNDriver
-    assert drivers.identify("XS-1000i^00-11") is None
+    assert drivers.identify(header("XN-350^00-18^11001^^^^12345678")).driver is SysmexXNDriver
+    assert drivers.identify(header("XN-10^00-22^12345")).driver is SysmexXNDriver
+    assert drivers.identify(header("XS-1000i^00-11")).driver.name == "generic"
 
 
 def test_sample_number_from_o4_without_its_padding() -> None:
