@@ -1,0 +1,77 @@
+"""driver: auto: the driver a message's sender, or else its layout, names."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import drivers
+from drivers.detect import AutoDriver
+from middleware.astm.records import decode_record
+from simulators.profiles import profile
+from simulators.scenarios import plan
+from tests.drivers import header
+
+NOW = datetime(2026, 11, 30, 12, 0)
+
+
+def _message(name: str, sender: str | None = None) -> list[str]:
+    """A patient's message as the simulated analyser ``name`` writes it, with its H.5
+    replaced when ``sender`` is given."""
+    chosen = profile(name)
+    sample = next(s.sample for s in plan(chosen, "normal", 1, 3, NOW) if not s.sample.is_control)
+    lines = [r.decode() for r in chosen.message(sample, NOW)]
+    if sender is not None:
+        fields = lines[0].split("|")
+        fields[4] = sender
+        lines[0] = "|".join(fields)
+    return lines
+
+
+def test_the_sender_names_the_family_whatever_its_case_and_padding() -> None:
+    for sender in ("XN-550^00-22^11001", "  xn-1000^00-18", "XN-L   550"):
+        found = drivers.identify(header(sender))
+        assert found.driver.name == "sysmex_xn", sender
+        assert "names the Sysmex XN" in found.reason
+
+
+def test_a_renamed_analyser_is_known_by_its_layout() -> None:
+    for name, driver in (("sysmex-xn", "sysmex_xn"), ("cobas-c", "roche_cobas"),
+                         ("architect-i", "abbott_architect")):  # fmt: skip
+        records = [decode_record(line) for line in _message(name, "HAEM LAB 2")]
+        found = drivers.identify(records)
+        assert found.driver.name == driver, name
+        assert found.reason.startswith("sender 'HAEM LAB 2' not known; layout of the")
+
+
+def test_a_cobas_model_without_a_pattern_is_known_by_its_message_type() -> None:
+    records = [decode_record(line) for line in _message("cobas-c", "c501^1")]
+    found = drivers.identify(records)
+    assert found.driver.name == "roche_cobas" and "H.11 (RSUPL)" in found.reason
+
+
+def test_nothing_known_is_the_generic_reading() -> None:
+    found = drivers.identify([decode_record("H|\\^&|||LAB-9"), decode_record("L|1|N")])
+    assert found.driver.name == "generic"
+    assert found.reason == "sender 'LAB-9' not known and no layout recognised: generic reading"
+
+
+def test_auto_keeps_one_driver_per_family_and_reads_a_headerless_message_as_before() -> None:
+    auto = drivers.get("auto", instrument="bench-1")
+    assert isinstance(auto, AutoDriver)
+    xn = [decode_record(line) for line in _message("sysmex-xn")]
+    first = auto.choose(xn)
+    assert auto.choose(xn) is first and first.name == "sysmex_xn"
+    reading = first.read(xn)
+    assert reading.driver == "sysmex_xn" and reading.instrument == "bench-1"
+    cobas = [decode_record(line) for line in _message("cobas-c")]
+    assert auto.choose(cobas).name == "roche_cobas"
+    headerless = [decode_record("O|1|S1||^^^GLU"), decode_record("L|1|N")]
+    assert auto.choose(headerless).name == "roche_cobas"
+    assert auto.detection is not None
+    assert auto.detection.reason == "no H record: read as the message before by roche_cobas"
+
+
+def test_a_named_driver_reads_whatever_the_sender_says() -> None:
+    named = drivers.get("generic")
+    xn = [decode_record(line) for line in _message("sysmex-xn")]
+    assert named.choose(xn) is named
