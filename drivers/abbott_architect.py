@@ -8,8 +8,9 @@ Abbott's ARCHITECT System LIS interface manual (record layouts of the result upl
   position, O.12 = Q for a control.
 * R.3 = ``^^^assay number^assay name^dilution^status^reagent lot^reagent serial no.^
   control lot no.^result type``; status P preliminary or F final; result type F the final
-  result (concentration), I its interpretation (Reactive, Nonreactive...), P a preliminary
-  result. An assay's F and I results come as a pair of R records.
+  result (concentration), I its interpretation (Reactive, Nonreactive...), P the raw
+  signal in relative light units (RLU), which is not a result: it goes with the final one
+  as a comment, as the interpretation does. An assay's F and I results come as a pair of R records.
 * R.7 = abnormal flags (L, H, LL, HH, <, >, N, A) and result flags (EXP, EXPC, CNTL,
   A#1...) as repeats; R.10 = date and time of the calibration in use (the standard's
   date of change in instrument normative values); R.11 = operator^releasing operator;
@@ -31,7 +32,7 @@ from middleware.domain import Comment, ControlResult, InstrumentMessage, Reagent
 _NUMBER, _NAME, _DILUTION, _REAGENT_LOT, _REAGENT_SERIAL, _CONTROL_LOT, _TYPE = 3, 4, 5, 7, 8, 9, 10
 _STATUS = 6  # where interfaces without the lot components give the result type
 _ABNORMAL = frozenset({"L", "H", "LL", "HH", "<", ">", "N", "A", "AA"})
-_PAIRED = {"I": "interpretation", "P": "preliminary"}
+_PAIRED = {"I": "interpretation", "P": "RLU"}
 
 
 def _result_type(result: Record) -> str:
@@ -78,7 +79,7 @@ class AbbottArchitectDriver(Driver):
         return 0, ""
 
     def read(self, records: Sequence[Record]) -> InstrumentMessage:
-        """The standard reading, then each interpretation (or preliminary result) joined to
+        """The standard reading, then each interpretation (or RLU signal) joined to
         its assay's final result as a comment, and assay names where numbers are unmapped."""
         message = super().read(records)
         pairs = message.measurements()

@@ -213,11 +213,23 @@ class Driver:
         return next((c for c in components if c), "")
 
     def value_text(self, result: Record) -> str:
-        """R.4: the value alone, or all its parts when several are given."""
-        components = result.components(4)
-        if not any(components[1:]):
-            return components[0]
-        return result.text(4)
+        """R.4: the value; of two parts, a word and a number (``Reactive^12.5``), the
+        number, the word going with it as a comment (:meth:`comments`). Anything else of
+        several parts (a blood group, reaction grades ``3+^3+^45``, ``-1^0.750``) all of
+        it, as text: which part would be the value is the analyser's to say, in its
+        driver."""
+        return self._value_parts(result)[0]
+
+    def _value_parts(self, result: Record) -> tuple[str, tuple[str, ...]]:
+        parts = [c for c in result.components(4) if c.strip()]
+        if len(parts) <= 1:
+            return (parts[0] if parts else result.value(4)), ()
+        if len(parts) == 2:
+            numbers = [p for p in parts if Measurement.parse(p).is_numeric]
+            words = [p for p in parts if not any(c.isdigit() for c in p)]
+            if len(numbers) == 1 and len(words) == 1:
+                return numbers[0], (words[0],)
+        return result.text(4), ()
 
     def reference_range(self, result: Record) -> str:
         """R.6 as the standard writes it (``3.5 to 5.1``)."""
@@ -232,9 +244,12 @@ class Driver:
         return tuple(c.text(4) for c in group.comments if c.value(5) == "I" and c.text(4))
 
     def comments(self, group: ResultRecords) -> tuple[Comment, ...]:
+        """The C records after the result, and the parts of a composite R.4 that are not
+        its value (an interpretation)."""
+        _, others = self._value_parts(group.result)
         return tuple(
             Comment(c.text(4), "instrument", c.value(5)) for c in group.comments if c.text(4)
-        )
+        ) + tuple(Comment(part, "instrument", "interpretation") for part in others)
 
     def reagents(self, context: Context, group: ResultRecords, code: str) -> tuple[ReagentUse, ...]:
         """Reagent lots the standard has no place for: none by default."""

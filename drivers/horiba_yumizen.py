@@ -147,5 +147,5 @@ class HoribaYumizenDriver(Driver):
         return ControlInfo(
             material=named or context.specimen_id,
             lot=context.specimen_id,
-            level=named.removeprefix(_CONTROL_KIND),
+            level=named.removeprefix(_CONTROL_KIND).strip(),  # "CTRL MEDIUM" too
         )

@@ -7,7 +7,8 @@ c 311 and the cobas e 411 ("cobas" protocol type), which the c 111 shares:
 * H.5 = analyser^version... (``c311^1``, ``cobas-e411^1``, ``c111^Roche^c111^<sw>^1^<serial>``);
   H.11 = message type^mode: ``RSUPL^REAL``/``RSUPL^BATCH`` results, ``TSREQ^REAL`` a
   query; the host answers ``TSDWN^REPLY``.
-* O.3 = sample id (space-padded to 22 characters); O.4 = sequence no.^rack id^position^^
+* O.3 = sample id (space-padded to 22 characters), or counter^sample id^... in some c 311
+  and c 501 interfaces; O.4 = sequence no.^rack id^position^^
   sample type^container type, sample type S1-S5 for patient samples and QC for controls;
   O.5 = ``^^^ACN^dilution`` repeats; O.12 = N routine, Q control. For a control, O.3 is the
   control's name (``PCCC1``): the result upload does not carry the control lot.
@@ -85,8 +86,10 @@ class RocheCobasDriver(Driver):
         return super().read(records)
 
     def specimen_id(self, context: Context, order: Record) -> str:
-        # The c 111 puts the sample id in O.4.
-        return order.value(3).strip() or order.value(4).strip()
+        # Some c 311/c 501 interfaces write O.3 as counter^sample id^...: the id is the
+        # second component there. The c 111 puts the sample id in O.4.
+        sample = order.value(3, 1).strip()
+        return sample or order.value(3).strip() or order.value(4).strip()
 
     def specimen(self, context: Context, order: Record) -> Specimen:
         specimen = super().specimen(context, order)

@@ -15,6 +15,12 @@ E1394-97 records):
 * A host query's Q.3 is rack^tube position^sample no.^attribute, like O.4.
 * Control samples carry a QC sample number, ``QC-`` followed by the QC lot (or file)
   they were measured as.
+* Besides the parameters, R records carry the sample's IP messages (flags such as
+  ``Blasts?``, ``WBC_Abn_Scattergram``, ``Positive_Diff``) and references to its
+  scattergram and distribution images (``SCAT_WDF``, ``DIST_RBC``, the value a file
+  reference such as ``PNG&R&20240315&R&...PNG``). Neither is a result: the flags are
+  given to every result of the sample as instrument flags, the image references are kept
+  as the message's comments.
 """
 
 from __future__ import annotations
@@ -26,10 +32,32 @@ from datetime import datetime
 
 from drivers.base import Context, ControlInfo, Driver, ResultRecords
 from middleware.astm.records import Record
-from middleware.domain import HostQuery, Order, Specimen
+from middleware.domain import Comment, HostQuery, InstrumentMessage, Order, Result, Specimen
 
 #: Width of the sample number component in O.3/O.4 and Q.3.
 _SAMPLE_NO_WIDTH = 22
+
+
+#: IP messages the XN reports as R records: those ending in "?" (suspect flags), and these.
+_FLAGS = frozenset({
+    "WBC_Abn_Scattergram", "RBC_Abn_Distribution", "PLT_Abn_Distribution",
+    "PLT_Abn_Scattergram", "Positive_Diff", "Positive_Morph", "Positive_Count",
+    "Negative", "Error_Func", "Error_Result", "Leukocytosis", "Leukocytopenia",
+    "Neutrophilia", "Neutropenia", "Lymphocytosis", "Lymphopenia", "Monocytosis",
+    "Eosinophilia", "Basophilia", "IG_Present", "Erythrocytosis", "Anemia",
+    "Anisocytosis", "Microcytosis", "Macrocytosis", "Hypochromia", "Dimorphic_Population",
+    "RET_Abn_Scattergram", "Reticulocytosis", "Thrombocytosis", "Thrombocytopenia",
+    "Pancytopenia",
+})  # fmt: skip
+_IMAGE_FILE = re.compile(r"\.(?:PNG|BMP|JPE?G)\s*$", re.IGNORECASE)
+
+
+def _is_flag(code: str) -> bool:
+    return code.endswith("?") or code in _FLAGS
+
+
+def _is_image(code: str, value: str) -> bool:
+    return code.startswith(("SCAT_", "DIST_")) or bool(_IMAGE_FILE.search(value))
 
 
 class SysmexXNDriver(Driver):
@@ -54,6 +82,32 @@ class SysmexXNDriver(Driver):
         return 0, ""
 
     # The XN's parameter names are the laboratory's codes: nothing to map.
+
+    def read(self, records: Sequence[Record]) -> InstrumentMessage:
+        """The standard reading, then the sample's flags and image references taken out
+        of its results (see the module's notes)."""
+        message = super().read(records)
+        flags: dict[str, list[str]] = {}
+        measured: list[Result] = []
+        for result in message.results:
+            code = result.instrument_test_code
+            if _is_image(code, result.value.text):
+                message.comments.append(
+                    Comment(f"image {code}: {result.value.text}", "instrument", "image")
+                )
+            elif _is_flag(code):
+                flags.setdefault(result.specimen_id, []).append(code)
+            else:
+                measured.append(result)
+        message.results = [
+            replace(r, instrument_flags=(*r.instrument_flags, *flags.get(r.specimen_id, ())))
+            for r in measured
+        ]
+        for specimen_id in flags.keys() - {r.specimen_id for r in measured}:
+            message.problems.append(
+                f"sample {specimen_id}: flags {', '.join(flags[specimen_id])} without results"
+            )
+        return message
 
     def specimen_id(self, context: Context, order: Record) -> str:
         return order.value(4, 2).strip() or order.value(3, 2).strip() or order.value(3)

@@ -96,6 +96,13 @@ def decode_capture(
             ).as_dict()
             for err in decoded.errors
         ]
+        if decoded.records and decoded.records[-1].type != "L":
+            last = captured.offsets[-1]
+            errors.append(
+                CaptureError(
+                    "incomplete", "the message ends without its L record (cut short?)", last
+                ).as_dict()
+            )
         # What the driver refused or could not map (a date that is not one, a result
         # without a test code): the rest of the message was read.
         errors += [

@@ -337,7 +337,8 @@ def _group_messages(
     return messages
 
 
-# A host program that writes a frame number before every record of a one-frame message.
+# A frame number before a record: a host program that writes one before every record of a
+# one-frame message, or records copied from a manual or a log.
 _NUMBERED_RECORD = re.compile(r"[0-7][HPORCQMSLhporcqmsl]\|")
 
 
@@ -386,7 +387,9 @@ def read_capture(
                 lines.append((line, offset, frame_errors))
         return Capture(form, _group_messages(lines), reader.errors)
     lines = [
-        (line, offset, [])
+        # Records printed with their frame number (``1H|...``), as manuals and logs show
+        # them: a record type is a letter, so a leading digit is only ever that number.
+        (line[1:] if _NUMBERED_RECORD.match(line) else line, offset, [])
         for line, offset in _record_lines(data, 0, where)
         if not line.lstrip().startswith("#") and line.strip()
     ]

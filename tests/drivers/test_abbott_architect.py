@@ -125,3 +125,14 @@ def test_control_results() -> None:
     assert control.result.value.number == Decimal("0.125")
     assert control.result.reagents[0].lot == "52038M200"
     assert control.result.completed_at == datetime(2024, 3, 11, 7, 1)
+
+
+def test_the_rlu_signal_goes_with_its_final_result_not_as_preliminary() -> None:
+    rlu = (
+        "R|3|^^^902^HBsAgQ2^UNDILUTED^F^49127FN00^00112^^P|1843|RLU||||F"
+        "|20240229151500|ADMIN^ADMIN||20240311094300|i1SR12345"
+    )
+    lines = [rlu if line.startswith("R|3|") else line for line in PATIENT]
+    hbsag = read(lines).results[1]
+    assert hbsag.value.text == "0.27" and hbsag.status == "F"
+    assert hbsag.comments == (Comment("1843", "instrument", "RLU"),)

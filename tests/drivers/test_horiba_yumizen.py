@@ -181,3 +181,9 @@ def test_configuration_overrides_a_code() -> None:
     rows = by_code(read(H500, driver).results)
     assert rows["LIC#"].test_code == "IG#"
     assert rows["NEU#"].test_code == "NEUT#"
+
+
+def test_a_control_level_written_after_a_space_has_none_in_front(tmp_path: Path) -> None:
+    medium = tmp_path / "medium.astm"
+    medium.write_bytes(H550.read_bytes().replace(b"CTRL^^CTRLLOW", b"CTRL^^CTRL MEDIUM"))
+    assert {c.level for c in read(medium).controls} == {"MEDIUM"}

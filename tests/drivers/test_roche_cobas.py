@@ -160,3 +160,15 @@ def test_query_and_test_selection_download() -> None:
     # What the analyser said about a tube is used once.
     again = driver.answer_query(query, [], datetime(2024, 1, 15, 11, 0, 6))
     assert encode_record(again[2]).split("|")[3] == ""
+
+
+def test_a_sample_id_after_a_counter_in_o3() -> None:
+    lines = [
+        "H|\\^&|||c501^1|||||host^1|RSUPL^REAL|P|1|20240315103000",
+        "P|1",
+        "O|1|57^S240315-9^^|0^50012^3^^S1^SC|^^^717^|R||||||N||||1||||||||||F",
+        "R|1|^^^717/|5.4|mmol/L||N||F||admin^||20240315103000|P1",
+        "L|1|N",
+    ]
+    message = RocheCobasDriver().read(decode_message("\r".join(lines)).records)
+    assert [r.specimen_id for r in message.results] == ["S240315-9"]

@@ -160,3 +160,32 @@ def test_decode_command_with_the_driver() -> None:
         ("1234567890", "HGB", ["L"]),
         ("1234567890", "PLT", ["W"]),
     ]
+
+
+def test_flags_and_image_references_are_not_results() -> None:
+    records = PATIENT.split("\r")
+    extra = [
+        "R|7|^^^^Blasts?^1|1|||||||||20240315103000",
+        "R|8|^^^^WBC_Abn_Scattergram^1|1|||||||||20240315103000",
+        "R|9|^^^^SCAT_WDF^1|PNG&R&20240315&R&2024_03_15_10_30_1234567890_WDF.PNG|||||||||"
+        "20240315103000",
+    ]
+    message = read("\r".join([*records[:-1], *extra, records[-1]]))
+    assert [r.test_code for r in message.results] == ["WBC", "RBC", "HGB", "PLT", "NEUT#",
+                                                      "LYMPH%"]  # fmt: skip
+    assert all(
+        r.instrument_flags[-2:] == ("Blasts?", "WBC_Abn_Scattergram") for r in message.results
+    )
+    (image,) = message.comments
+    # &R& is the escaped repeat delimiter: the path reads with it
+    assert image.kind == "image"
+    assert image.text == "image SCAT_WDF: PNG\\20240315\\2024_03_15_10_30_1234567890_WDF.PNG"
+    assert not message.problems
+
+
+def test_flags_of_a_sample_without_results_are_said() -> None:
+    lines = PATIENT.split("\r")
+    flags_only = [*lines[:3], "R|1|^^^^Blasts?^1|1|||||||||20240315103000", lines[-1]]
+    message = read("\r".join(flags_only))
+    assert message.results == []
+    assert message.problems == ["sample 1234567890: flags Blasts? without results"]
