@@ -25,6 +25,7 @@ _MODULES = (
     "mindray_bc",
     "snibe_maglumi",
     "beckman_access",
+    "euroimmun_analyzer",
 )
 
 

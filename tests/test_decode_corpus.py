@@ -169,7 +169,7 @@ DETECTED: dict[str, tuple[str, str]] = {
     "erba-xl_framed_BAD-CHECKSUM.bin": ("erba_xl", "layout"),
     "erba-xl_log_multi-sample-query.txt": ("erba_xl", "layout"),
     "erba-xl_raw_backtick-repeat.bin": ("erba_xl", "layout"),
-    "euroimmun-analyzer1_records_decimal-comma.astm": ("generic", "nothing"),
+    "euroimmun-analyzer1_records_decimal-comma.astm": ("euroimmun_analyzer", "layout"),
     "immucor-galileo_records_order.astm": ("generic", "nothing"),
     "immucor-galileo_records_result.astm": ("generic", "nothing"),
     "mindray-bs240_log.txt": ("mindray_bs", "sender"),
