@@ -58,7 +58,7 @@ def driver_class(name: str | None) -> type[Driver]:
         raise KeyError(f"unknown driver {key!r}; known: {', '.join(names())}") from None
 
 
-def _families() -> list[type[Driver]]:
+def families() -> list[type[Driver]]:
     """Every driver but the generic reading, in the order of ``_MODULES``."""
     return [cls for cls in _DRIVERS.values() if cls.name != "generic"]
 
@@ -66,14 +66,24 @@ def _families() -> list[type[Driver]]:
 def get(name: str | None, options: DriverOptions | None = None, instrument: str = "") -> Driver:
     """A driver instance: ``auto`` detects one per message; None is the generic reading."""
     if name == AUTO:
-        return AutoDriver(options, instrument, _families)
+        return AutoDriver(options, instrument, families())
     return driver_class(name)(options, instrument)
 
 
 def identify(records: Sequence[Record]) -> Detection:
     """The driver a message's sender (or else its layout) names, and why."""
-    return detect(records, _families())
+    return detect(records, families())
 
 
-__all__ = ["AUTO", "Detection", "Driver", "DriverOptions", "driver_class", "get", "identify",
-           "names"]  # fmt: skip
+__all__ = [
+    "AUTO",
+    "AutoDriver",
+    "Detection",
+    "Driver",
+    "DriverOptions",
+    "driver_class",
+    "families",
+    "get",
+    "identify",
+    "names",
+]

@@ -70,11 +70,12 @@ class AbbottArchitectDriver(Driver):
 
     @classmethod
     def score(cls, records: Sequence[Record]) -> tuple[int, str]:
+        """R.3 of eleven components ending in a result type is the ARCHITECT's layout."""
         for record in records:
             if record.type == "R":
                 components = record.components(3)
                 if len(components) > _TYPE and components[_TYPE] in ("F", "I", "P"):
-                    return 2, "R.3 with assay number, name, dilution, status, lots and type"
+                    return 2, "R.3 with assay number, name, dilution, status, lots and result type"
                 return 0, ""
         return 0, ""
 

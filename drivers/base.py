@@ -68,6 +68,17 @@ def parse_date(text: str) -> date | None:
     return stamp.date() if stamp else None
 
 
+def sender_of(header: Record) -> str:
+    """H.5 with runs of spaces made one and none at either end, as operators and firmware
+    versions pad it."""
+    return " ".join(header.text(5).split())
+
+
+def header_of(records: Sequence[Record]) -> Record | None:
+    """The message's H record (its first), if it has one."""
+    return records[0] if records and records[0].type == "H" else None
+
+
 def field_name(record: Record, n: int) -> str:
     """Where field n of a record is, as a person looks for it: ``result 2, R.13``."""
     number = record.value(2) if record.type not in ("H", "L") else ""
@@ -79,6 +90,14 @@ def field_name(record: Record, n: int) -> str:
 def _shown(text: str) -> str:
     text = text.strip()
     return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+#: Words an analyser writes beside a number in R.4 to interpret it.
+_INTERPRETATIONS = frozenset({
+    "reactive", "nonreactive", "non-reactive", "non reactive", "positive", "negative",
+    "pos", "neg", "indeterminate", "equivocal", "borderline", "grey zone", "gray zone",
+    "detected", "not detected", "invalid",
+})  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,11 +179,9 @@ class Driver:
 
     @classmethod
     def recognises(cls, header: Record) -> bool:
-        """Whether the H record's sender (H.5) names this driver's family. The sender is
-        taken with runs of spaces made one and none at either end, as operators and
-        firmware versions pad it."""
-        sender = " ".join(header.text(5).split())
-        return cls.sender_pattern is not None and bool(cls.sender_pattern.search(sender))
+        """Whether the H record's sender (H.5, see :func:`sender_of`) names this driver's
+        family."""
+        return cls.sender_pattern is not None and bool(cls.sender_pattern.search(sender_of(header)))
 
     @classmethod
     def score(cls, records: Sequence[Record]) -> tuple[int, str]:
@@ -174,6 +191,10 @@ class Driver:
 
     def choose(self, records: Sequence[Record]) -> Driver:
         """The driver that reads ``records``: this one, when configured by name."""
+        return self
+
+    def fallback(self) -> Driver:
+        """The driver that reads a message when :meth:`choose` failed on it."""
         return self
 
     # --- hooks -----------------------------------------------------------------------------
@@ -213,11 +234,11 @@ class Driver:
         return next((c for c in components if c), "")
 
     def value_text(self, result: Record) -> str:
-        """R.4: the value; of two parts, a word and a number (``Reactive^12.5``), the
-        number, the word going with it as a comment (:meth:`comments`). Anything else of
-        several parts (a blood group, reaction grades ``3+^3+^45``, ``-1^0.750``) all of
-        it, as text: which part would be the value is the analyser's to say, in its
-        driver."""
+        """R.4: the value; of two parts, an interpretation and a number
+        (``Reactive^12.5``, ``Positive^>1000``), the number, the interpretation going with
+        it as a comment (:meth:`comments`). Anything else of several parts (a blood
+        group, reaction grades ``3+^3+^45``, ``-1^0.750``, ``<^0.5``) all of it, as text:
+        which part would be the value is the analyser's to say, in its driver."""
         return self._value_parts(result)[0]
 
     def _value_parts(self, result: Record) -> tuple[str, tuple[str, ...]]:
@@ -225,9 +246,9 @@ class Driver:
         if len(parts) <= 1:
             return (parts[0] if parts else result.value(4)), ()
         if len(parts) == 2:
-            numbers = [p for p in parts if Measurement.parse(p).is_numeric]
-            words = [p for p in parts if not any(c.isdigit() for c in p)]
-            if len(numbers) == 1 and len(words) == 1:
+            words = [p for p in parts if p.strip().lower() in _INTERPRETATIONS]
+            numbers = [p for p in parts if Measurement.parse(p).number is not None]
+            if len(words) == 1 and len(numbers) == 1 and words[0] != numbers[0]:
                 return numbers[0], (words[0],)
         return result.text(4), ()
 

@@ -9,27 +9,36 @@ choice comes with its reason, for ``decode`` to show and the daemon to log.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from drivers.base import Driver, DriverOptions
+from drivers.base import Driver, DriverOptions, header_of, sender_of
+from drivers.generic import GenericDriver
 from middleware.astm.records import Record
+from middleware.domain import HostQuery, InstrumentMessage, Order
 
 AUTO = "auto"
 
 
 @dataclass(frozen=True, slots=True)
 class Detection:
+    """A driver chosen for a message, and why (for a person to read)."""
+
     driver: type[Driver]
     reason: str
+
+    @property
+    def generic(self) -> bool:
+        return self.driver is GenericDriver
 
 
 def detect(records: Sequence[Record], candidates: Iterable[type[Driver]]) -> Detection:
     """The driver for a message, and why. ``candidates`` are every driver but the generic
     one, in a fixed order (ties of score go to the first)."""
     chosen = list(candidates)
-    header = next((r for r in records if r.type == "H"), None)
-    sender = " ".join(header.text(5).split()) if header is not None else ""
+    header = header_of(records)
+    sender = sender_of(header) if header is not None else ""
     if header is not None:
         for cls in chosen:
             if cls.recognises(header):
@@ -39,22 +48,21 @@ def detect(records: Sequence[Record], candidates: Iterable[type[Driver]]) -> Det
         points, seen = cls.score(records)
         if points > 0 and (best is None or points > best[0]):
             best = (points, seen, cls)
-    said = f"sender {sender!r} not known" if sender else "no sender (H.5 empty)"
+    if header is None:
+        said = "no H record"
+    else:
+        said = f"sender {sender!r} not known" if sender else "no sender (H.5 empty)"
     if best is not None:
         return Detection(best[2], f"{said}; layout of the {best[2].description}: {best[1]}")
-    return Detection(_generic(), f"{said} and no layout recognised: generic reading")
-
-
-def _generic() -> type[Driver]:
-    from drivers.generic import GenericDriver
-
-    return GenericDriver
+    return Detection(GenericDriver, f"{said} and no layout recognised: generic reading")
 
 
 class AutoDriver(Driver):
     """Reads each message with the driver detected for it. One instance per connection:
     each driver it uses is made once and kept, with whatever it remembers (queries
-    waiting for their answer)."""
+    waiting for their answer). A connection is one analyser: a message that names no
+    family (a sender garbled in transit, a message without H record) is read by the
+    driver of the message before."""
 
     name = AUTO
     description = "the driver detected from each message (sender, then layout)"
@@ -63,26 +71,43 @@ class AutoDriver(Driver):
         self,
         options: DriverOptions | None,
         instrument: str,
-        candidates: Callable[[], Iterable[type[Driver]]],
+        candidates: Sequence[type[Driver]],
     ) -> None:
         super().__init__(options, instrument)
         self._options = options
+        self._instrument = instrument  # as given: the drivers made name it, not "auto"
         self._candidates = candidates
         self._made: dict[type[Driver], Driver] = {}
         self.detection: Detection | None = None
         """The last choice, with its reason."""
 
     def choose(self, records: Sequence[Record]) -> Driver:
-        if not any(r.type == "H" for r in records) and self.detection is not None:
-            # No header to tell (a driver that allows headerless messages): the same
-            # analyser as before on this connection.
-            cls = self.detection.driver
-            self.detection = Detection(
-                cls, f"no H record: read as the message before by {cls.name}"
+        found = detect(records, self._candidates)
+        before = self.detection
+        if found.generic and before is not None and not before.generic:
+            unknown = found.reason.removesuffix(": generic reading")
+            found = Detection(
+                before.driver, f"{unknown}: read as the message before by {before.driver.name}"
             )
-            return self._made[cls]
-        self.detection = detect(records, self._candidates())
-        cls = self.detection.driver
-        if cls not in self._made:
-            self._made[cls] = cls(self._options, self.instrument)
-        return self._made[cls]
+        made = self._made.get(found.driver)
+        if made is None:
+            made = self._made[found.driver] = found.driver(self._options, self._instrument)
+        self.detection = found
+        return made
+
+    def fallback(self) -> Driver:
+        """The standard's reading, with the instrument's options."""
+        made = self._made.get(GenericDriver)
+        if made is None:
+            made = self._made[GenericDriver] = GenericDriver(self._options, self._instrument)
+        return made
+
+    def read(self, records: Sequence[Record]) -> InstrumentMessage:
+        return self.choose(records).read(records)
+
+    def answer_query(
+        self, query: HostQuery, orders: Iterable[Order], now: datetime
+    ) -> list[Record]:
+        last = self.detection.driver if self.detection is not None else GenericDriver
+        chosen = self._made.get(last) or last(self._options, self._instrument)
+        return chosen.answer_query(query, orders, now)

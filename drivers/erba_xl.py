@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import ClassVar
 
-from drivers.base import Driver, ResultRecords
+from drivers.base import Driver, ResultRecords, header_of
 from middleware.astm.records import Delimiters, Record
 from middleware.domain import HostQuery, Order
 
@@ -34,7 +34,8 @@ class ErbaXLDriver(Driver):
 
     @classmethod
     def score(cls, records: Sequence[Record]) -> tuple[int, str]:
-        header = records[0] if records and records[0].type == "H" else None
+        """The XL leaves H.5 empty, but no other family writes a backtick repeat."""
+        header = header_of(records)
         if header is not None and header.text(2).startswith("`"):
             return 2, "a backtick as the repeat delimiter (H.2 `^&)"
         return 0, ""

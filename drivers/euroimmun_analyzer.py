@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from drivers.base import Context, Driver
+from drivers.base import Context, Driver, header_of, sender_of
 from middleware.astm.records import Record
 
 
@@ -28,11 +28,15 @@ class EuroimmunAnalyzerDriver(Driver):
 
     @classmethod
     def score(cls, records: Sequence[Record]) -> tuple[int, str]:
+        """No sender, orders without ids, every sample named in P.4 and nowhere else."""
+        header = header_of(records)
         orders = [r for r in records if r.type == "O"]
         patients = [r for r in records if r.type == "P"]
+        nameless = header is not None and not sender_of(header)
         anonymous = orders and all(not r.value(3) and not r.value(4) for r in orders)
-        if anonymous and patients and all(p.value(4) for p in patients):
-            return 1, "orders without ids (O.3, O.4 empty), each sample named in P.4"
+        named = patients and all(p.value(4) and not p.value(3) for p in patients)
+        if nameless and anonymous and named:
+            return 1, "no sender, orders without ids (O.3, O.4 empty), each sample named in P.4"
         return 0, ""
 
     def specimen_id(self, context: Context, order: Record) -> str:

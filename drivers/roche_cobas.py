@@ -31,7 +31,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import ClassVar
 
-from drivers.base import Context, ControlInfo, Driver, DriverOptions, ResultRecords
+from drivers.base import Context, ControlInfo, Driver, DriverOptions, ResultRecords, header_of
 from middleware.astm.records import Record
 from middleware.domain import Comment, HostQuery, InstrumentMessage, Order, Specimen
 
@@ -68,7 +68,8 @@ class RocheCobasDriver(Driver):
 
     @classmethod
     def score(cls, records: Sequence[Record]) -> tuple[int, str]:
-        header = records[0] if records and records[0].type == "H" else None
+        """The message types of Roche's cobas protocol, in H.11, are its own."""
+        header = header_of(records)
         kind = header.value(11) if header is not None else ""
         if kind in ("RSUPL", "TSREQ", "TSDWN", "PCUPL", "QCUPL"):
             return 3, f"the message type Roche's cobas protocol writes in H.11 ({kind})"
@@ -88,8 +89,10 @@ class RocheCobasDriver(Driver):
     def specimen_id(self, context: Context, order: Record) -> str:
         # Some c 311/c 501 interfaces write O.3 as counter^sample id^...: the id is the
         # second component there. The c 111 puts the sample id in O.4.
-        sample = order.value(3, 1).strip()
-        return sample or order.value(3).strip() or order.value(4).strip()
+        counter, sample = order.value(3).strip(), order.value(3, 1).strip()
+        if counter.isdigit() and sample:
+            return sample
+        return counter or order.value(4).strip()
 
     def specimen(self, context: Context, order: Record) -> Specimen:
         specimen = super().specimen(context, order)

@@ -32,7 +32,15 @@ from datetime import datetime
 
 from drivers.base import Context, ControlInfo, Driver, ResultRecords
 from middleware.astm.records import Record
-from middleware.domain import Comment, HostQuery, InstrumentMessage, Order, Result, Specimen
+from middleware.domain import (
+    Comment,
+    ControlResult,
+    HostQuery,
+    InstrumentMessage,
+    Order,
+    Result,
+    Specimen,
+)
 
 #: Width of the sample number component in O.3/O.4 and Q.3.
 _SAMPLE_NO_WIDTH = 22
@@ -70,6 +78,8 @@ class SysmexXNDriver(Driver):
 
     @classmethod
     def score(cls, records: Sequence[Record]) -> tuple[int, str]:
+        """A space-padded sample number in O.4 and the parameter in R.3's fifth component:
+        the Sysmex layout, XN and siblings that share it."""
         order = next((r for r in records if r.type == "O"), None)
         result = next((r for r in records if r.type == "R"), None)
         if order is None or result is None:
@@ -88,22 +98,26 @@ class SysmexXNDriver(Driver):
         of its results (see the module's notes)."""
         message = super().read(records)
         flags: dict[str, list[str]] = {}
-        measured: list[Result] = []
-        for result in message.results:
-            code = result.instrument_test_code
-            if _is_image(code, result.value.text):
-                message.comments.append(
-                    Comment(f"image {code}: {result.value.text}", "instrument", "image")
-                )
+        kept: list[tuple[Result, ControlResult | None]] = []
+        for result, control in message.measurements():
+            code, value = result.instrument_test_code, result.value.text
+            if _is_image(code, value):
+                message.comments.append(Comment(f"image {code}: {value}", "instrument", "image"))
             elif _is_flag(code):
-                flags.setdefault(result.specimen_id, []).append(code)
+                # the value (a Q-flag's 0-300, or 1) stays with the flag
+                flags.setdefault(result.specimen_id, []).append(
+                    f"{code}={value}" if value else code
+                )
             else:
-                measured.append(result)
-        message.results = [
-            replace(r, instrument_flags=(*r.instrument_flags, *flags.get(r.specimen_id, ())))
-            for r in measured
-        ]
-        for specimen_id in flags.keys() - {r.specimen_id for r in measured}:
+                kept.append((result, control))
+
+        def flagged(result: Result) -> Result:
+            extra = flags.get(result.specimen_id, ())
+            return replace(result, instrument_flags=(*result.instrument_flags, *extra))
+
+        message.results = [flagged(r) for r, c in kept if c is None]
+        message.controls = [replace(c, result=flagged(r)) for r, c in kept if c is not None]
+        for specimen_id in flags.keys() - {r.specimen_id for r, _ in kept}:
             message.problems.append(
                 f"sample {specimen_id}: flags {', '.join(flags[specimen_id])} without results"
             )

@@ -27,7 +27,8 @@ def _decode(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as exc:
         print(f"lis-middleware decode: {exc.args[0]}", file=sys.stderr)
         return 2
-    print(render_json(report) if args.format == "json" else render_text(report))
+    if not _print_out(render_json(report) if args.format == "json" else render_text(report)):
+        return 141
     return 0 if report.ok else 1
 
 
@@ -50,7 +51,8 @@ def _hl7_render(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as exc:
         print(f"lis-middleware hl7 render: {exc.args[0]}", file=sys.stderr)
         return 2
-    print("\n\n".join(message.replace("\r", "\n") for message in messages))
+    if not _print_out("\n\n".join(message.replace("\r", "\n") for message in messages)):
+        return 141
     print(f"{len(messages)} message(s)", file=sys.stderr)
     return 0
 
@@ -401,13 +403,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = args.handler
+    return int(handler(args))
+
+
+def _print_out(text: str) -> bool:
+    """Print a command's output; False when whoever reads it has gone (``decode ... |
+    head``): not an error of ours, and the interpreter's flush at exit must not fail on
+    it again."""
     try:
-        return int(handler(args))
+        print(text, flush=True)
     except BrokenPipeError:
-        # The reader went away (`decode ... | head`): not an error of ours. Later writes,
-        # and the interpreter's flush at exit, go nowhere instead of failing again.
         import os
 
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 141
+        os.close(devnull)
+        return False
+    return True

@@ -229,7 +229,8 @@ class ConnectionPipeline:
         decoded = decode_message(lines)
         problems = [str(e) for e in decoded.errors]
         notes: list[str] = []
-        self._choose(decoded.records)
+        if decoded.records:
+            self._choose(decoded.records)
         driver = self.reader
         if _record_type(lines[0]) != "H":
             missing = "the message does not begin with an H record"
@@ -266,7 +267,9 @@ class ConnectionPipeline:
         try:
             self.reader = self.driver.choose(records)
         except Exception:  # detection must not take the connection down either
-            self.log.exception("driver not detected; the last one reads the message")
+            if self.reader is self.driver:  # nothing chosen yet on this connection
+                self.reader = self.driver.fallback()
+            self.log.exception("driver not detected", reads=self.reader.name)
             return
         if self.reader is not self._announced:
             self._announced = self.reader

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import drivers
+from middleware.astm.records import decode_record
 from middleware.cli import main
 from tests.conftest import ROOT
 
@@ -69,16 +71,25 @@ def test_an_interpretation_and_its_value_are_told_apart(
     capture = tmp_path / "composite.txt"
     capture.write_text(
         "H|\\^&|||LAB\nP|1\nO|1|S1||^^^HBSAG\n"
-        "R|1|^^^HBSAG|Reactive^12.5|S/CO\nR|2|^^^ABO|A^POS|\nR|3|^^^COI|-1^0.750|\nL|1|N\n"
+        "R|1|^^^HBSAG|Reactive^12.5|S/CO\nR|2|^^^ABO|A^POS|\nR|3|^^^COI|-1^0.750|\n"
+        "R|4|^^^HIV|Positive^>1000|\nR|5|^^^CRP|<^0.5|mg/L\nR|6|^^^GLU|5.5^mmol/L|\nL|1|N\n"
     )
     status, report = _decode(capsys, capture, "--driver", "generic")
     rows = report["messages"][0]["results"]
     assert status == 0
-    assert [(r["value"], r["numeric_value"]) for r in rows] == [
-        ("12.5", "12.5"),  # a word and a number: the number is the value
-        ("A^POS", None),  # no number: all of it, as text
-        ("-1^0.750", None),  # two numbers: which is the value is the analyser's to say
+    assert [(r["value"], r["numeric_value"], r["censor"]) for r in rows] == [
+        ("12.5", "12.5", None),  # an interpretation and a number: the number is the value
+        ("A^POS", None, None),  # no number: all of it, as text
+        ("-1^0.750", None, None),  # two numbers: which is the value is the analyser's to say
+        (">1000", "1000", ">"),  # censored, and the interpretation goes with it
+        ("<^0.5", None, None),  # a sign apart from its number is not an interpretation
+        ("5.5^mmol/L", None, None),  # nor are units
     ]
+    records = [decode_record(line) for line in capture.read_text().splitlines()]
+    reading = drivers.get("generic").read(records)
+    assert [c.text for c in reading.results[0].comments] == ["Reactive"]
+    assert [c.text for c in reading.results[3].comments] == ["Positive"]
+    assert all(not r.comments for r in (reading.results[4], reading.results[5]))
 
 
 def test_decode_into_a_closed_pipe_ends_quietly() -> None:

@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 import drivers
 from drivers.base import Driver
+from drivers.detect import AutoDriver
 from middleware.astm.link import LinkSettings
 from middleware.astm.records import Record
 from middleware.domain import InstrumentMessage, Order
@@ -215,4 +216,28 @@ async def test_a_query_that_cannot_be_answered_is_still_acknowledged_once(
         await settle(pipeline, 1)
         await peer.close()
     assert store.read(reading.counts)["messages"] == 1
+    store.close()
+
+
+class FailingFamily(Driver):
+    name = "failing"
+
+    @classmethod
+    def score(cls, records: Sequence[Record]) -> tuple[int, str]:
+        raise RuntimeError("scoring failed")
+
+
+async def test_a_detection_that_fails_reads_with_the_standard_reading(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    pipeline = ConnectionPipeline("an1", AutoDriver(None, "an1", [FailingFamily]), store)
+    server = TcpServer("127.0.0.1", 0, LinkSettings(), pipeline)
+    async with server:
+        peer = StreamPeer(*await asyncio.open_connection("127.0.0.1", server.bound_port))
+        await send_message(peer, MESSAGE)
+        await settle(pipeline, 1)
+        await peer.close()
+    [row] = store.read(lambda conn: reading.results_for_specimen(conn, "S100"))
+    assert row["value_text"] == "5.4"
+    kept = store.read(lambda conn: conn.execute(text("SELECT driver FROM messages")).all())
+    assert kept == [("generic",)]
     store.close()

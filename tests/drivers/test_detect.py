@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import pytest
+
 import drivers
 from drivers.detect import AutoDriver
 from middleware.astm.records import decode_record
@@ -68,10 +70,42 @@ def test_auto_keeps_one_driver_per_family_and_reads_a_headerless_message_as_befo
     headerless = [decode_record("O|1|S1||^^^GLU"), decode_record("L|1|N")]
     assert auto.choose(headerless).name == "roche_cobas"
     assert auto.detection is not None
-    assert auto.detection.reason == "no H record: read as the message before by roche_cobas"
+    assert auto.detection.reason == (
+        "no H record and no layout recognised: read as the message before by roche_cobas"
+    )
 
 
 def test_a_named_driver_reads_whatever_the_sender_says() -> None:
     named = drivers.get("generic")
     xn = [decode_record(line) for line in _message("sysmex-xn")]
     assert named.choose(xn) is named
+
+
+def test_a_garbled_sender_on_a_connection_keeps_the_analyser_s_driver() -> None:
+    auto = drivers.get("auto")
+    assert auto.choose(header("ACCESS^575707")).name == "beckman_access"
+    assert auto.choose(header("ASS^CCE1707")).name == "beckman_access"
+    assert isinstance(auto, AutoDriver) and auto.detection is not None
+    assert auto.detection.reason == (
+        "sender 'ASS^CCE1707' not known and no layout recognised: read as the message "
+        "before by beckman_access"
+    )
+
+
+def test_the_drivers_made_name_the_instrument_not_auto() -> None:
+    xn = [decode_record(line) for line in _message("sysmex-xn")]
+    assert drivers.get("auto", instrument="xn-1").read(xn).instrument == "xn-1"
+    # with no instrument named (decode), as a named driver would: by its own name
+    assert drivers.get("auto").read(xn).instrument == "sysmex_xn"
+
+
+@pytest.mark.parametrize("name", ["sysmex-xn", "cobas-c", "architect-i"])
+def test_a_layout_score_fires_on_its_own_family_only(name: str) -> None:
+    chosen = profile(name)
+    for step in plan(chosen, "normal", 2, 5, NOW):
+        lines = [r.decode() for r in chosen.message(step.sample, NOW)]
+        fields = lines[0].split("|")
+        fields[4] = ""  # no sender: the layout alone decides
+        records = [decode_record(line) for line in ["|".join(fields), *lines[1:]]]
+        scored = {cls.name for cls in drivers.families() if cls.score(records)[0] > 0}
+        assert scored == {chosen.driver}, (name, step.sample.label)

@@ -174,7 +174,7 @@ def test_flags_and_image_references_are_not_results() -> None:
     assert [r.test_code for r in message.results] == ["WBC", "RBC", "HGB", "PLT", "NEUT#",
                                                       "LYMPH%"]  # fmt: skip
     assert all(
-        r.instrument_flags[-2:] == ("Blasts?", "WBC_Abn_Scattergram") for r in message.results
+        r.instrument_flags[-2:] == ("Blasts?=1", "WBC_Abn_Scattergram=1") for r in message.results
     )
     (image,) = message.comments
     # &R& is the escaped repeat delimiter: the path reads with it
@@ -188,4 +188,17 @@ def test_flags_of_a_sample_without_results_are_said() -> None:
     flags_only = [*lines[:3], "R|1|^^^^Blasts?^1|1|||||||||20240315103000", lines[-1]]
     message = read("\r".join(flags_only))
     assert message.results == []
-    assert message.problems == ["sample 1234567890: flags Blasts? without results"]
+    assert message.problems == ["sample 1234567890: flags Blasts?=1 without results"]
+
+
+def test_a_qc_sample_s_flags_and_images_are_not_control_results() -> None:
+    lines = CONTROL.split("\r")
+    extra = [
+        "R|9|^^^^Blasts?^1|100|||||||||20240315103000",
+        "R|10|^^^^DIST_RBC^1|PNG&R&20240315&R&QC_RBC.PNG|||||||||20240315103000",
+    ]
+    message = read("\r".join([*lines[:-1], *extra, lines[-1]]))
+    assert message.results == [] and message.controls
+    assert all(c.result.test_code not in ("Blasts?", "DIST_RBC") for c in message.controls)
+    assert all(c.result.instrument_flags[-1] == "Blasts?=100" for c in message.controls)
+    assert [c.kind for c in message.comments] == ["image"]
