@@ -26,6 +26,7 @@ _MODULES = (
     "snibe_maglumi",
     "beckman_access",
     "euroimmun_analyzer",
+    "biorad_ih",
 )
 
 

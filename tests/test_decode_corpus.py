@@ -164,8 +164,8 @@ def test_every_file_decodes(capsys: pytest.CaptureFixture[str], path: Path) -> N
 #: and what gave it away: its sender (H.5), its layout, or nothing (the generic reading).
 DETECTED: dict[str, tuple[str, str]] = {
     "beckman-access2_log_fragmented-reads.txt": ("beckman_access", "sender"),
-    "biorad-ihcom_records_reagent-lots-2.astm": ("generic", "nothing"),
-    "biorad-ihcom_records_reagent-lots.astm": ("generic", "nothing"),
+    "biorad-ihcom_records_reagent-lots-2.astm": ("biorad_ih", "sender"),
+    "biorad-ihcom_records_reagent-lots.astm": ("biorad_ih", "sender"),
     "erba-xl_framed_BAD-CHECKSUM.bin": ("erba_xl", "layout"),
     "erba-xl_log_multi-sample-query.txt": ("erba_xl", "layout"),
     "erba-xl_raw_backtick-repeat.bin": ("erba_xl", "layout"),
