@@ -89,18 +89,20 @@ class AutoDriver(Driver):
             found = Detection(
                 before.driver, f"{unknown}: read as the message before by {before.driver.name}"
             )
-        made = self._made.get(found.driver)
-        if made is None:
-            made = self._made[found.driver] = found.driver(self._options, self._instrument)
+        made = self._made_for(found.driver)
         self.detection = found
+        return made
+
+    def _made_for(self, cls: type[Driver]) -> Driver:
+        """The connection's one instance of ``cls``, made when first needed."""
+        made = self._made.get(cls)
+        if made is None:
+            made = self._made[cls] = cls(self._options, self._instrument)
         return made
 
     def fallback(self) -> Driver:
         """The standard's reading, with the instrument's options."""
-        made = self._made.get(GenericDriver)
-        if made is None:
-            made = self._made[GenericDriver] = GenericDriver(self._options, self._instrument)
-        return made
+        return self._made_for(GenericDriver)
 
     def read(self, records: Sequence[Record]) -> InstrumentMessage:
         return self.choose(records).read(records)
@@ -109,5 +111,4 @@ class AutoDriver(Driver):
         self, query: HostQuery, orders: Iterable[Order], now: datetime
     ) -> list[Record]:
         last = self.detection.driver if self.detection is not None else GenericDriver
-        chosen = self._made.get(last) or last(self._options, self._instrument)
-        return chosen.answer_query(query, orders, now)
+        return self._made_for(last).answer_query(query, orders, now)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import drivers
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from middleware.settings import Settings
 
 
@@ -90,6 +92,23 @@ def _outbox(args: argparse.Namespace) -> int:
         store.close()
     print(f"message {args.id}: {args.outbox_command} done")
     return 0
+
+
+def _read_store(
+    args: argparse.Namespace, command: str, work: Callable[[Connection], list[dict[str, Any]]]
+) -> list[dict[str, Any]] | None:
+    """Rows ``work`` reads from the database the configuration names; None, said on
+    stderr, when the configuration is refused."""
+    from middleware.store import Store
+
+    settings = _settings(args, command)
+    if settings is None:
+        return None
+    store = Store(settings.database)
+    try:
+        return store.read(work)
+    finally:
+        store.close()
 
 
 def _settings(args: argparse.Namespace, command: str) -> Settings | None:
@@ -175,17 +194,11 @@ def _qc_evaluate(args: argparse.Namespace) -> int:
 def _reagents_trace(args: argparse.Namespace) -> int:
     import json
 
-    from middleware.store import Store
     from middleware.store.reading import results_with_lot
 
-    settings = _settings(args, "reagents trace")
-    if settings is None:
+    rows = _read_store(args, "reagents trace", lambda conn: results_with_lot(conn, args.lot))
+    if rows is None:
         return 2
-    store = Store(settings.database)
-    try:
-        rows = store.read(lambda conn: results_with_lot(conn, args.lot))
-    finally:
-        store.close()
     for row in rows:
         if args.format == "json":
             print(json.dumps({k: row[k] for k in _TRACE_FIELDS}, default=str))
@@ -202,17 +215,11 @@ def _reagents_trace(args: argparse.Namespace) -> int:
 def _held(args: argparse.Namespace) -> int:
     import json
 
-    from middleware.store import Store
     from middleware.store.reading import held_results
 
-    settings = _settings(args, "held")
-    if settings is None:
+    rows = _read_store(args, "held", held_results)
+    if rows is None:
         return 2
-    store = Store(settings.database)
-    try:
-        rows = store.read(held_results)
-    finally:
-        store.close()
     for row in rows:
         if args.format == "json":
             print(json.dumps({**row, "findings": json.loads(row["findings"])}, default=str))

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, tzinfo
 import structlog
 from sqlalchemy import Connection
 
-from drivers import Driver
+from drivers import AutoDriver, Driver
 from middleware.assessment import assess_message
 from middleware.astm.frames import ACK, ENQ, EOT, NAK
 from middleware.astm.link import (
@@ -273,7 +273,7 @@ class ConnectionPipeline:
             return
         if self.reader is not self._announced:
             self._announced = self.reader
-            detection = getattr(self.driver, "detection", None)
+            detection = self.driver.detection if isinstance(self.driver, AutoDriver) else None
             self.log.info(
                 "driver chosen",
                 driver=self.reader.name,

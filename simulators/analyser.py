@@ -21,6 +21,7 @@ from datetime import datetime
 from middleware.astm.frames import ACK, ENQ, EOT, ETX, STX, checksum
 from middleware.astm.link import Contention, LinkSettings, Role, TextReceived, TransferEnded
 from middleware.transport.channel import ChannelEvent, LinkChannel, SendError
+from middleware.transport.reconnect import Backoff
 from simulators.profiles import Analyte, Profile, Sample
 from simulators.scenarios import Step
 
@@ -31,6 +32,8 @@ Opener = Callable[[], Awaitable[Streams]]
 _NOISE = 0x7F
 #: Refusals of one message in a row after which the simulator gives up on the host.
 MAX_ATTEMPTS = 10
+#: Waits between attempts to reach a host that is not there (yet): short, as on a bench.
+_RECONNECT = Backoff(initial=0.1, maximum=5.0, jitter=0.0)
 
 
 class GaveUp(RuntimeError):
@@ -333,15 +336,14 @@ class Analyser:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        delay = 0.1
+        delays = _RECONNECT.delays()
         while True:
             try:
                 reader, writer = await self.open_connection()
                 break
             except OSError as exc:
                 self.warn(f"cannot connect ({exc}); trying again")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(delays())
         wire = FaultyWire(reader, writer, self.faults, self._committed)
         channel = LinkChannel(wire, wire, self.settings, self._on_event,
                               name=f"{self.profile.name}-simulator")  # fmt: skip
