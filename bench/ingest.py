@@ -39,7 +39,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -77,6 +76,7 @@ from ingest_prefill import Prefilled, prefill  # noqa: E402
 from middleware.engine.rules import load_rules  # noqa: E402
 from middleware.store import Store  # noqa: E402
 from middleware.store.database import MIGRATIONS, open_engine  # noqa: E402
+from simulators.ports import free_port  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "lis-middleware-bench"
 CACHE_HOURS = 12
@@ -91,12 +91,6 @@ class Timings:
     qc_messages: int = 0
     patient_results: int = 0
     control_results: int = 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def analyser(port: int, stream: Stream, patients: int, timings: Timings) -> None:

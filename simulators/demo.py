@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from middleware.store.database import open_engine
 from middleware.store.reading import held_results, latest_decisions
 from simulators.analyser import Analyser, Tally, tcp_client
 from simulators.lis import LisSimulator
+from simulators.ports import free_port
 from simulators.profiles import Profile, profile
 from simulators.scenarios import plan
 
@@ -62,12 +62,6 @@ BENCHES = (
     Bench("ia-1", profile("immunoassay"), "lot-change", 8,
           "a reagent lot change mid-run: results on the new lot wait for QC on it"),
 )  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _config(state: Path, ports: dict[str, int]) -> Path:
@@ -247,8 +241,8 @@ def _analysers(ports: dict[str, int]) -> list[Analyser]:
 
 
 async def _run(state: Path, stop: asyncio.Event) -> int:
-    ports = {name: _free_port() for name in ("api", "lis", "orders")}
-    ports.update({bench.instrument: _free_port() for bench in BENCHES})
+    ports = {name: free_port() for name in ("api", "lis", "orders")}
+    ports.update({bench.instrument: free_port() for bench in BENCHES})
     config = _config(state, ports)
     record_path = state / "lis-received.jsonl"
     log = state / "daemon.log"

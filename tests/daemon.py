@@ -17,13 +17,10 @@ from sqlalchemy import text
 
 from middleware.store.database import open_engine
 
+# The tests' ports come from where the demo's do (see simulators/ports.py for why).
+from simulators.ports import free_port as free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class DaemonProcess:
