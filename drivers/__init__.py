@@ -11,7 +11,9 @@ from collections.abc import Sequence
 
 from drivers.base import Driver, DriverOptions
 from drivers.detect import AUTO, AutoDriver, Detection, detect
+from drivers.hl7 import Hl7AutoDriver, Hl7Detection, Hl7Driver, detect_hl7
 from middleware.astm.records import Record
+from middleware.hl7.segments import Hl7Message
 
 _MODULES = (
     "generic",
@@ -27,28 +29,37 @@ _MODULES = (
     "beckman_access",
     "euroimmun_analyzer",
     "biorad_ih",
+    "hl7",
+    "mindray_hl7",
 )
 
 
-def _load() -> dict[str, type[Driver]]:
-    found: dict[str, type[Driver]] = {}
+def _load() -> tuple[dict[str, type[Driver]], dict[str, type[Hl7Driver]]]:
+    astm: dict[str, type[Driver]] = {}
+    hl7: dict[str, type[Hl7Driver]] = {}
     for module_name in _MODULES:
         module = importlib.import_module(f"drivers.{module_name}")
         for value in vars(module).values():
-            if (
-                isinstance(value, type)
-                and issubclass(value, Driver)
-                and value.__module__ == module.__name__
-            ):
-                found[value.name] = value
-    return found
+            if not isinstance(value, type) or value.__module__ != module.__name__:
+                continue
+            if issubclass(value, Driver) and value is not AutoDriver:
+                astm[value.name] = value
+            elif issubclass(value, Hl7Driver) and value is not Hl7AutoDriver:
+                hl7[value.name] = value
+    return astm, hl7
 
 
-_DRIVERS = _load()
+_DRIVERS, _HL7_DRIVERS = _load()
 
 
 def names() -> list[str]:
-    return sorted(_DRIVERS)
+    """Every driver, whatever protocol it speaks."""
+    return sorted([*_DRIVERS, *_HL7_DRIVERS])
+
+
+def protocol(name: str | None) -> str:
+    """``hl7`` for a driver of an analyser that speaks HL7, else ``astm`` (``auto`` too)."""
+    return "hl7" if name in _HL7_DRIVERS else "astm"
 
 
 def driver_class(name: str | None) -> type[Driver]:
@@ -56,19 +67,44 @@ def driver_class(name: str | None) -> type[Driver]:
     try:
         return _DRIVERS[key]
     except KeyError:
-        raise KeyError(f"unknown driver {key!r}; known: {', '.join(names())}") from None
+        known = ", ".join(sorted(_DRIVERS))
+        raise KeyError(f"unknown ASTM driver {key!r}; known: {known}") from None
 
 
 def families() -> list[type[Driver]]:
-    """Every driver but the generic reading, in the order of ``_MODULES``."""
+    """Every ASTM driver but the generic reading, in the order of ``_MODULES``."""
     return [cls for cls in _DRIVERS.values() if cls.name != "generic"]
 
 
+def hl7_families() -> list[type[Hl7Driver]]:
+    """Every HL7 driver but the base reading, in the order of ``_MODULES``."""
+    return [cls for cls in _HL7_DRIVERS.values() if cls is not Hl7Driver]
+
+
 def get(name: str | None, options: DriverOptions | None = None, instrument: str = "") -> Driver:
-    """A driver instance: ``auto`` detects one per message; None is the generic reading."""
+    """An ASTM driver instance: ``auto`` detects one per message; None is the generic
+    reading."""
     if name == AUTO:
         return AutoDriver(options, instrument, families())
     return driver_class(name)(options, instrument)
+
+
+def get_hl7(
+    name: str | None, options: DriverOptions | None = None, instrument: str = ""
+) -> Hl7Driver:
+    """An HL7 driver instance: ``auto`` (or None) detects the family per message."""
+    if name in (None, AUTO):
+        return Hl7AutoDriver(options, instrument, hl7_families())
+    try:
+        return _HL7_DRIVERS[name](options, instrument)
+    except KeyError:
+        known = ", ".join(sorted(_HL7_DRIVERS))
+        raise KeyError(f"unknown HL7 driver {name!r}; known: {known}") from None
+
+
+def identify_hl7(message: Hl7Message) -> Hl7Detection:
+    """The HL7 driver a message's sender (or else its layout) names, and why."""
+    return detect_hl7(message, hl7_families())
 
 
 def identify(records: Sequence[Record]) -> Detection:
@@ -82,9 +118,14 @@ __all__ = [
     "Detection",
     "Driver",
     "DriverOptions",
+    "Hl7Driver",
     "driver_class",
     "families",
     "get",
+    "get_hl7",
+    "hl7_families",
     "identify",
+    "identify_hl7",
     "names",
+    "protocol",
 ]

@@ -9,10 +9,13 @@ from typing import Any
 import drivers
 from drivers import AUTO, Driver
 from drivers.detect import AutoDriver
+from drivers.hl7 import Hl7AutoDriver
 from middleware.astm.capture import Capture, CapturedMessage, CaptureError, read_capture
 from middleware.astm.frames import FrameTolerances
 from middleware.astm.records import DecodedMessage, decode_message
 from middleware.domain import ControlResult, Result
+from middleware.hl7.capture import looks_like_hl7, read_hl7_capture
+from middleware.hl7.segments import Hl7Error, decode_text, parse_message
 
 
 @dataclass(slots=True)
@@ -83,6 +86,8 @@ def read_messages(
 def decode_capture(
     data: bytes, driver_name: str | None = AUTO, tolerate: str | None = None
 ) -> DecodeReport:
+    if looks_like_hl7(data):
+        return decode_hl7_capture(data, driver_name)
     capture, read = read_messages(data, driver_name, tolerate)
     report = DecodeReport(errors=[e.as_dict() for e in capture.errors])
     for message in read:
@@ -124,6 +129,53 @@ def decode_capture(
         )
     if not capture.messages and not capture.errors:
         report.errors.append({"kind": "empty", "detail": "no records found", "offset": 0})
+    return report
+
+
+def decode_hl7_capture(data: bytes, driver_name: str | None = AUTO) -> DecodeReport:
+    """What an HL7 capture holds, read by the HL7 driver named, or detected per message."""
+    report = DecodeReport()
+    if drivers.protocol(driver_name) != "hl7" and driver_name not in (None, AUTO):
+        detail = f"the capture is HL7; driver {driver_name} reads ASTM"
+        report.errors.append({"kind": "driver", "detail": detail, "offset": 0})
+        return report
+    driver = drivers.get_hl7(driver_name)
+    capture = read_hl7_capture(data)
+    report.errors += [e.as_dict() for e in capture.errors]
+    for captured in capture.messages:
+        text, problem = decode_text(captured.data)
+        errors = [e.as_dict() for e in captured.errors]
+        if problem:
+            errors.append(CaptureError("charset", problem, captured.offset).as_dict())
+        try:
+            message = parse_message(text)
+        except Hl7Error as exc:
+            report.errors.append({"kind": "syntax", "detail": str(exc), "offset": captured.offset})
+            continue
+        if message.message_type.startswith("ACK"):
+            continue  # the other side's answer
+        chosen = driver.choose(message)
+        if isinstance(driver, Hl7AutoDriver) and driver.detection is not None:
+            reason = driver.detection.reason
+        else:
+            reason = f"named: --driver {driver.name}"
+        reading = chosen.read(message)
+        errors += [CaptureError("syntax", p, captured.offset).as_dict() for p in message.problems]
+        errors += [CaptureError("reading", p, captured.offset).as_dict() for p in reading.problems]
+        report.messages.append(
+            {
+                "sender": reading.sender or None,
+                "driver": chosen.name,
+                "driver_reason": reason,
+                "control_id": message.control_id,
+                "records": len(message.segments),
+                "results": [_result_row(r, c) for r, c in reading.measurements()],
+                "errors": errors,
+                "offset": captured.offset,
+            }
+        )
+    if not capture.messages and not capture.errors:
+        report.errors.append({"kind": "empty", "detail": "no HL7 message found", "offset": 0})
     return report
 
 

@@ -93,11 +93,11 @@ class Capture:
 # --- logs -----------------------------------------------------------------------------
 
 
-def _looks_like_log(data: bytes) -> bool:
+def looks_like_log(data: bytes) -> bool:
     return bool(_MNEMONIC.search(data)) or bool(_CARET_START.search(data))
 
 
-def _translate_log(data: bytes) -> tuple[bytes, list[int]]:
+def translate_log(data: bytes) -> tuple[bytes, list[int]]:
     """Log text to bytes, with the offset in the log of every byte produced."""
     drops_breaks = re.search(rb"[<\[](CR|LF)[>\]]", data, re.IGNORECASE) is not None
     # A log that names control characters (<STX>, [STX]) does not also write them in
@@ -361,10 +361,10 @@ def read_capture(
     where: list[int] | None = None
     form = "records"
     rewritten_breaks = False
-    if _looks_like_log(data):
+    if looks_like_log(data):
         form = "log"
         rewritten_breaks = re.search(rb"[<\[]CR[>\]]", data, re.IGNORECASE) is None
-        data, where = _translate_log(data)
+        data, where = translate_log(data)
         if rewritten_breaks:
             tolerances = replace(tolerances, line_feeds_in_text=True)
     if STX in data:

@@ -1,0 +1,437 @@
+"""Analysers that send their results as HL7 v2 (ORU^R01, OUL^R21/R22) instead of ASTM:
+the base reading of their OBX segments, and the detection of their family.
+
+The base class is the reading HL7 v2.5.1 chapter 7 gives an observation:
+
+* the patient from PID (PID-3, else PID-2 or PID-4; PID-7 birth date, PID-8 sex);
+* the specimen id from SPM-2, else SAC-3 (container), else OBR-3 (filler order number,
+  the analyser's), else OBR-2 (placer order number, the LIS's);
+* each OBX a result: OBX-3 the test (its identifier, else its text), OBX-5 the value as
+  OBX-2 types it (SN ``<^15`` is ``<15``; CE/CWE its text), OBX-6 units, OBX-7 reference
+  range, OBX-8 abnormal flags (each repeat), OBX-11 status, OBX-16 operator, OBX-18
+  instrument or module, and the time OBX-19 (analysis), else OBX-14, else OBR-7;
+* NTE after an OBX are its comments; NTE before the first OBX of an OBR the specimen's;
+* SID after an OBX names a reagent lot that produced it (SID-1 reagent, SID-2 lot,
+  SID-3 container);
+* a control when SPM-11 (specimen role) is Q, MSH-11 (processing id) is Q as several
+  analysers mark their QC messages, or the specimen id matches the control pattern, whose
+  named groups ``lot`` and ``level`` (when it has them) give the control's lot and level.
+
+A family overrides tables and hooks, like the ASTM drivers of :mod:`drivers.base`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import ClassVar
+
+from drivers.base import ControlInfo, DriverOptions
+from middleware.domain import (
+    Comment,
+    ControlResult,
+    InstrumentMessage,
+    Measurement,
+    Patient,
+    ReagentUse,
+    Result,
+    Specimen,
+)
+from middleware.hl7.segments import Hl7Message, Segment
+
+_STAMP = re.compile(r"([0-9]{8}(?:[0-9]{2}(?:[0-9]{2}(?:[0-9]{2})?)?)?)(?:\.[0-9]{1,4})?"
+                    r"(?:([+-])([0-9]{2})([0-9]{2}))?")  # fmt: skip
+_SEQUENCE = re.compile(r"[0-9]{1,9}")
+#: Message types that carry results.
+RESULT_MESSAGES = frozenset({"ORU^R01", "OUL^R21", "OUL^R22", "OUL^R23", "OUL^R24"})
+
+
+def parse_hl7_time(text: str) -> datetime | None:
+    """An HL7 DTM/TS (``YYYYMMDD[HH[MM[SS]]][.S][+ZZZZ]``): in UTC when it gives its
+    offset, without zone (the analyser's wall clock) when not; None when not a time."""
+    match = _STAMP.fullmatch(text.strip())
+    if not match:
+        return None
+    digits, sign, hours, minutes = match.groups()
+    hour, minute, second = (
+        int(digits[i : i + 2]) if len(digits) >= i + 2 else 0 for i in (8, 10, 12)
+    )
+    try:
+        day = (int(digits[0:4]), int(digits[4:6]), int(digits[6:8]))
+        moment = datetime(*day, hour, minute, second)
+        if sign:
+            offset = timedelta(hours=int(hours), minutes=int(minutes))
+            moment = moment.replace(tzinfo=timezone(offset if sign == "+" else -offset))
+            return moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+    return moment
+
+
+@dataclass(slots=True)
+class Observation:
+    """An OBX with the segments that follow it up to the next OBX or OBR."""
+
+    obx: Segment
+    notes: list[Segment] = field(default_factory=list)
+    substances: list[Segment] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Request:
+    """An OBR (or a message's specimen without one) and what it holds."""
+
+    patient: Segment | None
+    specimen: Segment | None
+    container: Segment | None
+    obr: Segment | None
+    notes: list[Segment] = field(default_factory=list)
+    observations: list[Observation] = field(default_factory=list)
+
+
+def requests_of(message: Hl7Message) -> list[Request]:
+    """The message's observations grouped under their OBR, with the patient and specimen
+    segments that stand above them."""
+    out: list[Request] = []
+    patient = specimen = container = None
+    current: Request | None = None
+    for segment in message.segments[1:]:
+        name = segment.name
+        if name == "PID":
+            patient, specimen, container, current = segment, None, None, None
+        elif name == "SPM":
+            specimen, current = segment, None
+        elif name == "SAC":
+            container, current = segment, None
+        elif name == "OBR":
+            current = Request(patient, specimen, container, segment)
+            out.append(current)
+        elif name == "OBX":
+            if current is None:
+                current = Request(patient, specimen, container, None)
+                out.append(current)
+            current.observations.append(Observation(segment))
+        elif name == "NTE" and current is not None:
+            if current.observations:
+                current.observations[-1].notes.append(segment)
+            else:
+                current.notes.append(segment)
+        elif name == "SID" and current is not None and current.observations:
+            current.observations[-1].substances.append(segment)
+    return out
+
+
+class Hl7Driver:
+    """The HL7 v2 reading of an analyser's results; subclasses override tables and hooks."""
+
+    name: ClassVar[str] = "hl7"
+    description: ClassVar[str] = "any analyser sending HL7 v2 results (ORU^R01, OUL^R22)"
+    protocol: ClassVar[str] = "hl7"
+    #: Matched (search) against the sending application and facility (MSH-3, MSH-4).
+    sender_pattern: ClassVar[re.Pattern[str] | None] = None
+    test_map: ClassVar[Mapping[str, str]] = {}
+    flag_map: ClassVar[Mapping[str, str]] = {}
+    control_pattern: ClassVar[re.Pattern[str] | None] = None
+
+    def __init__(self, options: DriverOptions | None = None, instrument: str = "") -> None:
+        options = options or DriverOptions()
+        self.instrument = instrument or self.name
+        self.codes = {**self.test_map, **options.test_map}
+        self.control_re = (
+            re.compile(options.control_pattern) if options.control_pattern else self.control_pattern
+        )
+        self._problems: list[str] = []
+        self._sub = "&"
+
+    # --- detection -------------------------------------------------------------------------
+
+    @classmethod
+    def recognises(cls, message: Hl7Message) -> bool:
+        return cls.sender_pattern is not None and bool(cls.sender_pattern.search(message.sender))
+
+    @classmethod
+    def score(cls, message: Hl7Message) -> tuple[int, str]:
+        """How surely the message's layout is this family's; 0 for no sign."""
+        return 0, ""
+
+    def choose(self, message: Hl7Message) -> Hl7Driver:
+        return self
+
+    # --- hooks -----------------------------------------------------------------------------
+
+    def specimen_id(self, request: Request) -> str:
+        if request.specimen is not None:
+            placer = request.specimen.value(2).split(self._sub)[0]
+            if placer:
+                return placer
+        if request.container is not None and request.container.value(3):
+            return request.container.value(3)
+        obr = request.obr
+        if obr is None:
+            return ""
+        return obr.value(3) or obr.value(2)
+
+    def patient(self, pid: Segment) -> Patient | None:
+        patient_id = self.patient_id(pid)
+        if not patient_id:
+            return None
+        sex = pid.value(8).upper()
+        birth = self.read_time(pid.value(7), pid.where(7))
+        day: date | None = birth.date() if birth else None
+        return Patient(patient_id, sex if sex in ("M", "F") else "", day)
+
+    def patient_id(self, pid: Segment) -> str:
+        return pid.value(3) or pid.value(2) or pid.value(4)
+
+    def specimen(self, request: Request, specimen_id: str) -> Specimen:
+        spm, obr = request.specimen, request.obr
+        collected = spm.value(17) if spm is not None else ""
+        if not collected and obr is not None:
+            collected = obr.value(7)
+        where = spm.where(17) if spm is not None and spm.value(17) else "OBR-7"
+        return Specimen(
+            specimen_id=specimen_id,
+            patient_id=self.patient_id(request.patient) if request.patient else "",
+            specimen_type=(spm.value(4, 2) or spm.value(4)) if spm is not None else "",
+            collected_at=self.read_time(collected, where),
+        )
+
+    def is_result(self, observation: Observation) -> bool:
+        """Whether an OBX is a result (rather than an attribute of the sample)."""
+        return True
+
+    def instrument_test_code(self, obx: Segment) -> str:
+        return obx.value(3) or obx.value(3, 2)
+
+    def value_text(self, obx: Segment) -> str:
+        kind = obx.value(2).upper()
+        parts = obx.components(5)
+        if kind == "SN":
+            comparator, first, separator, second = [*parts, "", "", "", ""][:4]
+            return f"{comparator}{first}{separator}{second}"
+        if kind in ("CE", "CWE", "CNE"):
+            return (parts[1] if len(parts) > 1 and parts[1] else parts[0]).strip()
+        return obx.text(5)
+
+    def flags(self, obx: Segment) -> tuple[str, ...]:
+        raw = [rep[0] for rep in obx.repeats(8) if rep and rep[0]]
+        return tuple(self.flag_map.get(f, f) for f in raw)
+
+    def completed_at(self, obx: Segment, request: Request) -> datetime | None:
+        for n in (19, 14):
+            if obx.value(n):
+                return self.read_time(obx.value(n), obx.where(n))
+        if request.obr is not None and request.obr.value(7):
+            return self.read_time(request.obr.value(7), "OBR-7")
+        return None
+
+    def reagents(self, observation: Observation, code: str) -> tuple[ReagentUse, ...]:
+        return tuple(
+            ReagentUse(
+                reagent=sid.value(1, 2) or sid.value(1) or code,
+                lot=sid.value(2),
+                test_code=code,
+                serial=sid.value(3),
+            )
+            for sid in observation.substances
+            if sid.value(2)
+        )
+
+    def control(
+        self, message: Hl7Message, request: Request, specimen_id: str
+    ) -> ControlInfo | None:
+        spm = request.specimen
+        match = self.control_re.search(specimen_id) if self.control_re else None
+        if match is not None:
+            # Named groups ``lot`` and ``level`` say where they stand in the sample id.
+            found = match.groupdict()
+            lot, level = (found.get("lot") or "").strip(), (found.get("level") or "").strip()
+            return ControlInfo(specimen_id, lot, level)
+        is_control = (spm is not None and spm.value(11).upper() == "Q") or (
+            message.header.value(11).upper() == "Q"
+        )
+        return ControlInfo(specimen_id) if is_control else None
+
+    def lab_code(self, code: str) -> str:
+        return self.codes.get(code, code)
+
+    def read_time(self, text: str, where: str) -> datetime | None:
+        moment = parse_hl7_time(text)
+        if moment is None and text.strip():
+            problem = f"{where}: {text.strip()[:40]!r} is not a date and time; left out"
+            if problem not in self._problems:
+                self._problems.append(problem)
+        return moment
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def read(self, message: Hl7Message) -> InstrumentMessage:
+        reading = InstrumentMessage(
+            instrument=self.instrument, driver=self.name, sender=message.sender
+        )
+        self._problems = reading.problems
+        self._sub = message.encoding.subcomponent
+        kind = message.message_type
+        if kind not in RESULT_MESSAGES:
+            reading.problems.append(f"MSH-9: a {kind or 'message without type'} carries no results")
+            return reading
+        index = 0
+        patients: set[str] = set()
+        for request in requests_of(message):
+            if request.patient is not None:
+                found = self.patient(request.patient)
+                if found is not None and found.patient_id not in patients:
+                    patients.add(found.patient_id)
+                    reading.patients.append(found)
+            specimen_id = self.specimen_id(request)
+            reading.specimens.append(self.specimen(request, specimen_id))
+            control = self.control(message, request, specimen_id)
+            reading.comments += self.sample_comments(request)
+            self._check_numbering(request)
+            produced: list[Result] = []
+            for observation in request.observations:
+                if not self.is_result(observation):
+                    continue
+                result = self._result(observation, request, specimen_id, index)
+                index += 1
+                if result is not None:
+                    produced.append(result)
+            for result in self.finish(request, produced):
+                if control is None:
+                    reading.results.append(result)
+                else:
+                    reading.controls.append(
+                        ControlResult(result, control.material, control.lot, control.level)
+                    )
+        return reading
+
+    def sample_comments(self, request: Request) -> list[Comment]:
+        """What is said of the sample rather than of one result: the NTE before its OBX."""
+        return [Comment(n.text(3), "instrument", n.value(4)) for n in request.notes if n.text(3)]
+
+    def _check_numbering(self, request: Request) -> None:
+        """OBX-1 counts the observations of a request from 1: a gap means segments lost
+        or cut into one another on the way, which no field of those left may show."""
+        numbers = [o.obx.value(1).strip() for o in request.observations]
+        if not all(_SEQUENCE.fullmatch(n) for n in numbers):
+            return
+        for before, after in itertools.pairwise(numbers):
+            if int(after) != int(before) + 1:
+                self._problems.append(
+                    f"OBX-1 goes from {before} to {after}: observations missing or cut short"
+                )
+                return
+
+    def finish(self, request: Request, results: list[Result]) -> Iterable[Result]:
+        """The results of one request, once all its OBX are read (a family adds what the
+        other OBX said: flags of the sample)."""
+        return results
+
+    def _result(
+        self, observation: Observation, request: Request, specimen_id: str, index: int
+    ) -> Result | None:
+        obx = observation.obx
+        code = self.instrument_test_code(obx)
+        if not code:
+            self._problems.append(f"{obx.where(3)}: no test code; result left out")
+            return None
+        status = obx.value(11).upper()
+        text = self.value_text(obx)
+        if not text.strip() and status not in ("X", "D"):
+            self._problems.append(f"{obx.where(5)}: {code} has no value; left out")
+            return None
+        value, refused = Measurement.read(text)
+        if refused:
+            self._problems.append(f"{obx.where(5)}: {value.text[:40]!r} {refused}; kept as text")
+        elif value.number is None and obx.value(2).upper() == "NM" and text.strip():
+            self._problems.append(
+                f"{obx.where(5)}: {value.text[:40]!r} is not a number as OBX-2 NM says; "
+                "kept as text"
+            )
+        sequence = obx.value(1).strip()
+        return Result(
+            specimen_id=specimen_id,
+            test_code=self.lab_code(code),
+            instrument_test_code=code,
+            value=value,
+            units=obx.value(6) or obx.value(6, 2),
+            reference_range=obx.value(7),
+            abnormal_flags=self.flags(obx),
+            status=status,
+            operator=obx.value(16),
+            completed_at=self.completed_at(obx, request),
+            instrument=self.instrument,
+            module=obx.value(18),
+            patient_id=self.patient_id(request.patient) if request.patient else "",
+            sequence=int(sequence) if _SEQUENCE.fullmatch(sequence) else 0,
+            comments=tuple(
+                Comment(note.text(3), "instrument", note.value(4))
+                for note in observation.notes
+                if note.text(3)
+            ),
+            reagents=self.reagents(observation, self.lab_code(code)),
+            record_index=index,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Hl7Detection:
+    driver: type[Hl7Driver]
+    reason: str
+
+
+def detect_hl7(message: Hl7Message, candidates: Sequence[type[Hl7Driver]]) -> Hl7Detection:
+    """The family a message's sender (MSH-3, MSH-4) or layout names, else the base reading."""
+    sender = message.sender
+    for cls in candidates:
+        if cls.recognises(message):
+            return Hl7Detection(cls, f"sender {sender!r} names the {cls.description}")
+    best: tuple[int, str, type[Hl7Driver]] | None = None
+    for cls in candidates:
+        points, seen = cls.score(message)
+        if points > 0 and (best is None or points > best[0]):
+            best = (points, seen, cls)
+    said = f"sender {sender!r} not known" if sender else "no sender (MSH-3 empty)"
+    if best is not None:
+        return Hl7Detection(best[2], f"{said}; layout of the {best[2].description}: {best[1]}")
+    return Hl7Detection(Hl7Driver, f"{said} and no layout recognised: HL7 v2 reading")
+
+
+class Hl7AutoDriver(Hl7Driver):
+    """Reads each message with the family detected for it; one instance per connection,
+    which keeps the family of the message before when one names none."""
+
+    name = "auto"
+    description = "the HL7 driver detected from each message (sender, then layout)"
+
+    def __init__(
+        self,
+        options: DriverOptions | None,
+        instrument: str,
+        candidates: Sequence[type[Hl7Driver]],
+    ) -> None:
+        super().__init__(options, instrument)
+        self._options, self._instrument = options, instrument
+        self._candidates = candidates
+        self._made: dict[type[Hl7Driver], Hl7Driver] = {}
+        self.detection: Hl7Detection | None = None
+
+    def choose(self, message: Hl7Message) -> Hl7Driver:
+        found = detect_hl7(message, self._candidates)
+        before = self.detection
+        if found.driver is Hl7Driver and before is not None and before.driver is not Hl7Driver:
+            unknown = found.reason.removesuffix(": HL7 v2 reading")
+            found = Hl7Detection(
+                before.driver, f"{unknown}: read as the message before by {before.driver.name}"
+            )
+        self.detection = found
+        made = self._made.get(found.driver)
+        if made is None:
+            made = self._made[found.driver] = found.driver(self._options, self._instrument)
+        return made
+
+    def read(self, message: Hl7Message) -> InstrumentMessage:
+        return self.choose(message).read(message)

@@ -1,0 +1,216 @@
+"""Analysers that speak HL7: the base reading of ORU^R01/OUL, the Mindray family (read from a
+real Erba ELite 580 capture), detection, and ``decode`` on HL7 captures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import drivers
+from drivers.hl7 import Hl7AutoDriver, Hl7Driver, parse_hl7_time
+from drivers.mindray_hl7 import MindrayHl7Driver
+from middleware.decode import decode_capture
+from middleware.hl7.capture import read_hl7_capture
+from middleware.hl7.segments import parse_message
+from tests.conftest import CORPUS, ROOT
+
+ELITE = CORPUS / "hl7" / "erba-elite580_log_hl7-over-mllp.txt"
+CITM = CORPUS / "hl7" / "roche-citm_oul-r21_reagent-lots.hl7"
+
+GENERIC = "\r".join([
+    "MSH|^~\\&|CHEM-ONE|LAB|||20260105101500||ORU^R01^ORU_R01|C-1|P|2.5.1",
+    "PID|1||P-77^^^HOSP||Doe^Jane||19800214|F",
+    "SPM|1|SMP-9&LAB^FIL-1||SER^Serum|||||||P||||||20260105091000+0100",
+    "OBR|1|PL-1|FIL-1|CHEM^Chemistry|||20260105100000",
+    "NTE|1||sample slightly turbid",
+    "OBX|1|NM|GLU^Glucose^L||5.4|mmol/L|3.9-6.1|N|||F|||20260105100500||tech1||ANA-1^module 2|"
+    "20260105100700+0100",
+    "NTE|1||repeated once",
+    "SID|GLU^Glucose reagent|LOT-42|CONT-7",
+    "OBX|2|SN|CRP^C-reactive protein^L||<^5|mg/L|0-5||||F",
+    "OBX|3|CWE|HBSAG^HBs antigen^L||NEG^Negative^L||||||F",
+    "OBX|4|ST|NOTE^Remark^L||haemolysed||||||F",
+    "OBX|5|NM|K^Potassium^L||||||||F",
+    "OBX|6|NM|NA^Sodium^L||n/a|mmol/L|||||F",
+    "OBX|7|NM|CL^Chloride^L||||||||X",
+])  # fmt: skip
+
+
+def test_the_base_reading_of_an_oru() -> None:
+    reading = Hl7Driver(instrument="chem").read(parse_message(GENERIC))
+    assert reading.sender == "CHEM-ONE LAB" and reading.driver == "hl7"
+    assert [(p.patient_id, p.sex, str(p.birth_date)) for p in reading.patients] == [
+        ("P-77", "F", "1980-02-14")
+    ]
+    (specimen,) = reading.specimens
+    # SPM-2's first subcomponent; its collection time given with an offset, in UTC.
+    assert specimen.specimen_id == "SMP-9"
+    assert specimen.specimen_type == "Serum"
+    assert specimen.collected_at == datetime(2026, 1, 5, 8, 10, tzinfo=UTC)
+    assert [c.text for c in reading.comments] == ["sample slightly turbid"]
+    by_code = {r.test_code: r for r in reading.results}
+    glu = by_code["GLU"]
+    assert glu.value.number == Decimal("5.4") and glu.units == "mmol/L"
+    assert glu.reference_range == "3.9-6.1" and glu.abnormal_flags == ("N",)
+    assert glu.status == "F" and glu.operator == "tech1" and glu.module == "ANA-1"
+    # OBX-19 (analysis time) before OBX-14.
+    assert glu.completed_at == datetime(2026, 1, 5, 9, 7, tzinfo=UTC)
+    assert [c.text for c in glu.comments] == ["repeated once"]
+    assert [(u.reagent, u.lot, u.serial) for u in glu.reagents] == [
+        ("Glucose reagent", "LOT-42", "CONT-7")
+    ]
+    assert by_code["CRP"].value.censor == "<" and by_code["CRP"].value.number == 5
+    assert by_code["HBSAG"].value.text == "Negative"
+    assert by_code["NOTE"].value.text == "haemolysed"
+    assert by_code["NA"].value.text == "n/a" and by_code["NA"].value.number is None
+    # A test that could not be done is a result (its status says so); an empty value is not.
+    assert by_code["CL"].status == "X" and by_code["CL"].value.text == ""
+    assert "K" not in by_code
+    assert [r.sequence for r in reading.results] == [1, 2, 3, 4, 6, 7]
+    assert reading.problems == [
+        "OBX 5, OBX-5: K has no value; left out",
+        "OBX 6, OBX-5: 'n/a' is not a number as OBX-2 NM says; kept as text",
+    ]
+
+
+def test_controls_by_specimen_role_processing_id_or_pattern() -> None:
+    role_q = GENERIC.replace("|||||||P||||||2026", "|||||||Q||||||2026")
+    reading = Hl7Driver().read(parse_message(role_q))
+    assert not reading.results and len(reading.controls) == 6
+    assert reading.controls[0].control_material == "SMP-9"
+    qc_message = GENERIC.replace("|C-1|P|", "|C-1|Q|")
+    assert len(Hl7Driver().read(parse_message(qc_message)).controls) == 6
+    named = GENERIC.replace("SMP-9&LAB", "QC-HC-2411-N")
+    options = drivers.DriverOptions(control_pattern=r"^QC-(?P<lot>HC-\d+-(?P<level>\w))$")
+    (control, *_) = Hl7Driver(options).read(parse_message(named)).controls
+    assert (control.lot, control.level) == ("HC-2411-N", "N")
+
+
+def test_a_message_that_carries_no_results_says_so() -> None:
+    query = "MSH|^~\\&|BS-200|Mindray|||20260105||QRY^Q02|7|P|2.3.1\rQRD|20260105|R|D|1"
+    reading = Hl7Driver().read(parse_message(query))
+    assert not reading.results and reading.problems == ["MSH-9: a QRY^Q02 carries no results"]
+
+
+def test_hl7_times() -> None:
+    assert parse_hl7_time("20260105") == datetime(2026, 1, 5)
+    assert parse_hl7_time("202601051015") == datetime(2026, 1, 5, 10, 15)
+    assert parse_hl7_time("20260105101530.123-0500") == datetime(2026, 1, 5, 15, 15, 30, tzinfo=UTC)
+    for wrong in ("", "2026", "20261305", "F", "20260105+01"):
+        assert parse_hl7_time(wrong) is None
+
+
+def _elite_messages() -> list[str]:
+    capture = read_hl7_capture(ELITE.read_bytes())
+    return [m.data.decode() for m in capture.messages]
+
+
+def test_the_erba_elite_580_capture_read_exactly() -> None:
+    texts = _elite_messages()
+    assert len(texts) == 95
+    message = parse_message(next(t for t in texts if "ac84fae48b0e475996af764673f793fb" in t))
+    found = drivers.identify_hl7(message)
+    assert found.driver is MindrayHl7Driver and "ELite 580" in found.reason
+    reading = MindrayHl7Driver(instrument="elite").read(message)
+    assert reading.problems == [] and not reading.controls
+    assert [r.instrument_test_code for r in reading.results][:6] == [
+        "WBC", "NEU%", "LYM%", "MON%", "EOS%", "BAS%",
+    ]  # fmt: skip
+    assert len(reading.results) == 30
+    by_code = {r.instrument_test_code: r for r in reading.results}
+    wbc = by_code["WBC"]
+    assert (wbc.specimen_id, wbc.value.number, wbc.units) == (
+        "25059143",
+        Decimal("6.75"),
+        "10*3/uL",
+    )
+    assert (wbc.reference_range, wbc.abnormal_flags, wbc.status) == ("4.00-10.00", ("N",), "F")
+    assert wbc.completed_at == datetime(2025, 6, 28, 17, 33, 10)
+    assert by_code["MCHC"].abnormal_flags == ("L", "A")
+    assert by_code["NEU%"].test_code == "NEUT%" and by_code["LYM#"].test_code == "LYMPH#"
+    assert by_code["*ALY#"].value.number == Decimal("0.02")
+    assert by_code["P-LCC"].units == "10*9/L"
+    # How the sample was run: comments; nothing of it a result.
+    assert [c.text for c in reading.comments] == [
+        "Take Mode: A", "Blood Mode: W", "Test Mode: CBC+DIFF", "Ref Group: General",
+    ]  # fmt: skip
+    assert not {"Take Mode", "Age", "Ref Group", "Remark"} & set(by_code)
+
+
+def test_the_elite_suspect_flags_go_to_every_result_of_the_sample() -> None:
+    text = next(t for t in _elite_messages() if "69328e1baba04c178140bf2a6dd1df39" in t)
+    reading = MindrayHl7Driver().read(parse_message(text))
+    assert len(reading.results) == 30
+    flags = ("Microcytes", "Anemia", "Hypochromia", "Iron Deficiency?", "PLT Abnormal Distribution")
+    assert all(r.instrument_flags == flags for r in reading.results)
+
+
+def test_a_renamed_mindray_is_known_by_its_codes() -> None:
+    text = next(t for t in _elite_messages() if "ac84fae48b0e475996af764673f793fb" in t)
+    renamed = parse_message(text.replace("|ELite 580|Erba|", "|HAEM-2|Ward 5|", 1))
+    found = drivers.identify_hl7(renamed)
+    assert found.driver is MindrayHl7Driver
+    assert "not known; layout of the Mindray" in found.reason and "99MRC" in found.reason
+    plain = parse_message(GENERIC)
+    assert drivers.identify_hl7(plain).driver is Hl7Driver
+    # On one connection, a message that names no family is read as the one before.
+    auto = drivers.get_hl7("auto")
+    assert isinstance(auto, Hl7AutoDriver)
+    assert type(auto.choose(parse_message(text))) is MindrayHl7Driver
+    assert type(auto.choose(plain)) is MindrayHl7Driver
+    assert auto.detection is not None and "read as the message before" in auto.detection.reason
+
+
+def test_mindray_qc_messages_are_controls() -> None:
+    text = next(t for t in _elite_messages() if "ac84fae48b0e475996af764673f793fb" in t)
+    qc = parse_message(text.replace("|ac84fae48b0e475996af764673f793fb|P|", "|q1|Q|", 1))
+    reading = MindrayHl7Driver().read(qc)
+    assert not reading.results and len(reading.controls) == 30
+    assert reading.controls[0].control_material == "25059143"
+
+
+def test_decode_reads_the_elite_log_and_says_where_it_is_broken() -> None:
+    report = decode_capture(ELITE.read_bytes())
+    assert len(report.messages) == 95 and not report.ok
+    assert {m["driver"] for m in report.messages} == {"mindray_hl7"}
+    clean = [m for m in report.messages if not m["errors"]]
+    assert len(clean) == 75 and all(len(m["results"]) == 30 for m in clean)
+    # A chunk cut into a value that still reads as one: the numbering of OBX-1 shows it.
+    cut = next(m for m in report.messages if m["control_id"] == "a567a54c438147c5918728dcfd6c24af")
+    assert [e["detail"] for e in cut["errors"]] == [
+        "OBX-1 goes from 17 to 38: observations missing or cut short"
+    ]
+    # The logger's out-of-order chunks: each named where it lies in the file.
+    outside = [e for e in report.errors if e["kind"] == "outside-block"]
+    assert len(outside) == 20
+    assert outside[0]["offset"] == 1199 and "0.06|10*3/uL" in outside[0]["detail"]
+    first = report.messages[0]
+    assert first["offset"] == 5 and first["control_id"] == "031416ea601f4d8fa02c823f6fa42b8e"
+    details = [e["detail"] for e in first["errors"]]
+    assert details[0] == "OBX-1 goes from 17 to 38: observations missing or cut short"
+    assert "OBX 17, OBX-5: 'IS' is not a number as OBX-2 NM says; kept as text" in details
+
+
+def test_decode_reads_a_plain_file_with_reagent_lots() -> None:
+    report = decode_capture(CITM.read_bytes())
+    (message,) = report.messages
+    assert message["driver"] == "hl7" and len(message["results"]) == 16
+    assert {r["specimen_id"] for r in message["results"]} == {"AA5OEB6WYN"}
+    lots = {r["test_code"]: r["reagents"] for r in message["results"] if r["reagents"]}
+    assert lots["HIVAG-3"] == [{"reagent": "HIVAG-3", "lot": "740269", "expiry": None}]
+
+
+def test_decode_command_on_hl7_and_a_driver_of_the_other_protocol() -> None:
+    run = [sys.executable, "-m", "middleware", "decode"]
+    done = subprocess.run([*run, str(CITM)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["messages"][0]["driver"] == "hl7"
+    broken = subprocess.run([*run, "--format", "text", str(ELITE)], cwd=ROOT,
+                            capture_output=True, text=True)  # fmt: skip
+    assert broken.returncode == 1 and "error outside-block at 1199" in broken.stdout
+    wrong = subprocess.run([*run, "--driver", "sysmex_xn", str(CITM)], cwd=ROOT,
+                           capture_output=True, text=True)  # fmt: skip
+    assert wrong.returncode == 1 and "driver sysmex_xn reads ASTM" in wrong.stdout
