@@ -257,9 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     decode = sub.add_parser(
         "decode",
-        help="decode an ASTM capture (wire bytes, frames, records or a monitor log)",
-        description="Decode an ASTM capture and list its messages and results. "
-        "Exit status 0 when nothing was wrong, 1 when problems were found, 2 on usage errors.",
+        help="decode an ASTM or HL7 capture (wire bytes, frames, records or a monitor log)",
+        description="Decode an ASTM or HL7 capture (wire bytes, frames, a monitor log, plain "
+        "records or messages) and list its messages and results. Exit status 0 when "
+        "nothing was wrong, 1 when problems were found, 2 on usage errors.",
     )
     decode.add_argument("path", help="capture file, or - for standard input")
     decode.add_argument(

@@ -23,6 +23,7 @@ from middleware.astm.link import LinkSettings, Role
 from middleware.control import Control, EngineNotRunning, RulesRefused
 from middleware.delivery import LisSender
 from middleware.engine.engine import Engine
+from middleware.hl7_ingest import Hl7Instrument
 from middleware.orders_in import OrderReceiver
 from middleware.pipeline import ConnectionPipeline
 from middleware.settings import InstrumentConfig, Settings
@@ -131,6 +132,8 @@ class Daemon:
         self.orders: OrderReceiver | None = None
         """Takes the LIS's orders, when configured."""
         self._outgoing: list[Reconnecting] = []
+        self.hl7: dict[str, Hl7Instrument] = {}
+        """Instruments that speak HL7 over MLLP, each with its connections."""
 
     @property
     def engine(self) -> Engine | None:
@@ -239,12 +242,19 @@ class Daemon:
         return handler
 
     async def _start_instrument(self, config: InstrumentConfig, store: Store) -> None:
+        self.connections.setdefault(config.name, {})
+        if config.speaks == "hl7":
+            instrument = Hl7Instrument(config, store, lambda: self.engine, lambda: self.control.lis)
+            await instrument.start()
+            self.hl7[config.name] = instrument
+            log.info("instrument configured", instrument=config.name, driver=config.driver,
+                     transport=config.transport, protocol="hl7")  # fmt: skip
+            return
         settings = link_settings(config, self._driver(config))
 
         def attach(channel: LinkChannel) -> None:
             self._attach(config, store, channel)
 
-        self.connections.setdefault(config.name, {})
         if config.transport == "tcp-server":
             assert config.port is not None
             server = TcpServer(
@@ -291,6 +301,8 @@ class Daemon:
             await self.orders.close()
         for server in self.servers.values():
             await server.close(grace)
+        for instrument in self.hl7.values():
+            await instrument.close(grace)
         closing = [c.channel for c in self._outgoing if c.channel is not None]
         for channel in closing:
             channel.close()

@@ -88,6 +88,9 @@ def decode_capture(
 ) -> DecodeReport:
     if looks_like_hl7(data):
         return decode_hl7_capture(data, driver_name)
+    if drivers.protocol(driver_name) == "hl7":
+        detail = f"the capture is ASTM; driver {driver_name} reads HL7"
+        return DecodeReport(errors=[{"kind": "driver", "detail": detail, "offset": 0}])
     capture, read = read_messages(data, driver_name, tolerate)
     report = DecodeReport(errors=[e.as_dict() for e in capture.errors])
     for message in read:

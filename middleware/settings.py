@@ -74,6 +74,9 @@ class InstrumentConfig(BaseModel):
     driver: str = "auto"
     """A driver's name, or auto: the driver each message's sender (or layout) names."""
     transport: Literal["tcp-server", "tcp-client", "serial"]
+    protocol: Literal["astm", "hl7"] | None = None
+    """What the analyser speaks: ASTM (E1381 link), or HL7 over MLLP. By default, the
+    driver's (an HL7 driver speaks HL7); with ``driver: auto``, ASTM."""
     host: str = "0.0.0.0"
     port: int | None = Field(None, ge=0, le=65535)
     serial: SerialLine | None = None
@@ -159,6 +162,24 @@ class InstrumentConfig(BaseModel):
         if value is not None and not math.isfinite(value):
             raise ValueError("must be a finite number of seconds")
         return value
+
+    @property
+    def speaks(self) -> str:
+        """The protocol in force: the one configured, else the driver's."""
+        return self.protocol or drivers.protocol(self.driver)
+
+    @model_validator(mode="after")
+    def _protocol_fits(self) -> InstrumentConfig:
+        driver_speaks = drivers.protocol(self.driver)
+        named = self.driver != drivers.AUTO
+        if self.protocol is not None and named and self.protocol != driver_speaks:
+            raise ValueError(
+                f"driver {self.driver} reads {driver_speaks.upper()}, "
+                f"not the protocol {self.protocol} configured"
+            )
+        if self.speaks == "hl7" and self.transport == "serial":
+            raise ValueError("an HL7 analyser connects over TCP (MLLP): tcp-server or tcp-client")
+        return self
 
     @model_validator(mode="after")
     def _transport_needs(self) -> InstrumentConfig:

@@ -41,6 +41,7 @@ from middleware.domain import (
 from middleware.engine.autoverify import autoverify
 from middleware.engine.context import ResultContext
 from middleware.engine.rules import Autoverification, Range
+from middleware.hl7.segments import Hl7Error, parse_message
 from middleware.store import Store, ingest
 
 TOKYO = ZoneInfo("Asia/Tokyo")  # east of UTC: year 1 cannot go back to UTC
@@ -356,8 +357,12 @@ FIELD = st.one_of(
 )
 
 
+ASTM_DRIVERS = [n for n in drivers.names() if drivers.protocol(n) == "astm"]
+HL7_DRIVERS = [n for n in drivers.names() if drivers.protocol(n) == "hl7"]
+
+
 @settings(max_examples=100)
-@given(st.sampled_from(drivers.names()), st.lists(FIELD, min_size=5, max_size=40))
+@given(st.sampled_from(ASTM_DRIVERS), st.lists(FIELD, min_size=5, max_size=40))
 def test_drivers_read_any_fields_without_raising(name: str, fields: list[str]) -> None:
     lines = [
         "H|\\^&|||" + fields[0] + "|||||||" + fields[1] + "|LIS2-A2|" + fields[2],
@@ -371,6 +376,35 @@ def test_drivers_read_any_fields_without_raising(name: str, fields: list[str]) -
     ]
     message = drivers.get(name).read(decode_message(lines).records)
     message.in_timezone(TOKYO)
+
+
+HL7_FIELD = st.one_of(
+    FIELD,
+    st.text(st.sampled_from("0123456789^~&\\.+-QPXNM"), max_size=20),
+    st.sampled_from(["NM", "SN", "CWE", "IS", "Q", "X", "T", "<^5", "^1^:^128", "20260105+99"]),
+)
+
+
+@settings(max_examples=100)
+@given(st.sampled_from(["auto", *HL7_DRIVERS]), st.lists(HL7_FIELD, min_size=5, max_size=40))
+def test_hl7_drivers_read_any_fields_without_raising(name: str, fields: list[str]) -> None:
+    text = "\r".join([
+        "MSH|^~\\&|" + "|".join(fields[0:6]) + "|ORU^R01|" + "|".join(fields[6:12]),
+        "PID|" + "|".join(fields[1:10]),
+        "SPM|" + "|".join(fields[2:20]),
+        "SAC|" + "|".join(fields[3:6]),
+        "OBR|" + "|".join(fields[4:14]),
+        "NTE|" + "|".join(fields[1:4]),
+        "OBX|" + "|".join(fields[0:22]),
+        "NTE|" + "|".join(fields[2:5]),
+        "SID|" + "|".join(fields[3:7]),
+        "OBX|" + "|".join(fields[5:25]),
+    ]).replace("\n", " ")  # fmt: skip
+    try:
+        parsed = parse_message(text)
+    except Hl7Error:
+        return
+    drivers.get_hl7(name).read(parsed).in_timezone(TOKYO)
 
 
 CAPTURE_BYTES = st.one_of(

@@ -128,11 +128,18 @@ def declared_charset(data: bytes) -> str:
     return fields[17].split("~")[0].strip().upper() if len(fields) > 17 else ""
 
 
+def encoding_of(data: bytes, fallback: str = "latin-1") -> str:
+    """The codec of the character set a message's MSH-18 declares; ``fallback`` when it
+    declares none, or one we do not know."""
+    charset = declared_charset(data)
+    return CHARSETS.get(charset, fallback) if charset else fallback
+
+
 def decode_text(data: bytes, fallback: str = "latin-1") -> tuple[str, str]:
     """A message's bytes as text, in the character set its MSH-18 declares (``fallback``
     when it declares none we know), and what was wrong with them ("" when nothing)."""
     charset = declared_charset(data)
-    encoding = CHARSETS.get(charset, fallback) if charset else fallback
+    encoding = encoding_of(data, fallback)
     try:
         return data.decode(encoding), ""
     except UnicodeDecodeError as exc:

@@ -28,7 +28,9 @@ metadata = MetaData()
 
 # Every byte a connection received, in consecutive spans: each row holds the bytes from
 # ``stream_offset`` on, and says what became of them (``outcome``: message, duplicate,
-# quarantine, control, noise). Never updated or deleted (triggers refuse it).
+# quarantine, control, noise, partial, repeat; refused: an HL7 message the store could not
+# keep, answered AR for the analyser to send it again). Never updated or deleted
+# (triggers refuse it).
 raw_transmissions = Table(
     "raw_transmissions",
     metadata,

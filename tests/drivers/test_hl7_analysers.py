@@ -214,3 +214,12 @@ def test_decode_command_on_hl7_and_a_driver_of_the_other_protocol() -> None:
     wrong = subprocess.run([*run, "--driver", "sysmex_xn", str(CITM)], cwd=ROOT,
                            capture_output=True, text=True)  # fmt: skip
     assert wrong.returncode == 1 and "driver sysmex_xn reads ASTM" in wrong.stdout
+    astm = CORPUS / "astm" / "euroimmun-analyzer1_records_decimal-comma.astm"
+    other = decode_capture(astm.read_bytes(), "mindray_hl7")
+    assert other.errors == [
+        {
+            "kind": "driver",
+            "detail": "the capture is ASTM; driver mindray_hl7 reads HL7",
+            "offset": 0,
+        }
+    ]

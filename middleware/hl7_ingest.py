@@ -1,0 +1,447 @@
+"""Ingest from analysers that speak HL7 over MLLP: each message stored, decided, then
+acknowledged.
+
+One :class:`Hl7Connection` serves one connection, as :mod:`middleware.pipeline` does for
+ASTM: the MLLP reader, the driver's choice and the bytes not yet stored belong to it
+alone. A message is answered only once its raw bytes, its results and the decisions about
+them are committed: AA when it was taken, AE (with the reason) when it could not be read
+and was quarantined, AR when the store could not keep it, so that the analyser sends it
+again. An identical message sent again before the analyser went on (it missed our ACK)
+is a duplicate; once it sent its next message, the same content is a new measurement.
+Every byte received is kept in exactly one raw row, with what became of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime, tzinfo
+from zoneinfo import ZoneInfo
+
+import structlog
+from sqlalchemy import Connection
+
+from drivers import DriverOptions, get_hl7
+from drivers.hl7 import Hl7AutoDriver, Hl7Driver
+from middleware.assessment import assess_message
+from middleware.domain import InstrumentMessage
+from middleware.engine.engine import Engine
+from middleware.hl7.mllp import Discarded, MessageReceived, MllpReader, frame
+from middleware.hl7.orders import acknowledgment
+from middleware.hl7.results import Sender
+from middleware.hl7.segments import (
+    Hl7Error,
+    Hl7Message,
+    decode_text,
+    encoding_of,
+    parse_message,
+)
+from middleware.settings import InstrumentConfig
+from middleware.store import Store
+from middleware.store.ingest import Delivery, RawSpan, Stored, keep_raw, settle, store_delivery
+from middleware.store.sql import utcnow
+from middleware.transport.reconnect import Backoff
+from middleware.transport.tcp import ListenError
+
+log = structlog.get_logger("middleware.hl7_ingest")
+
+#: What waits for the next write: bytes that made no message with their outcome, or a
+#: message cut short (kept in quarantine).
+Pending = tuple[RawSpan, str] | Delivery
+
+_CUT_SHORT = {
+    "cut-by-new-block": "message cut short by the start of another (VT before FS)",
+    "cut-by-end-of-stream": "message cut short: {ending} before its FS",
+    "too-long": "message longer than {bound} bytes; only its first bytes kept",
+}
+
+
+class Hl7Connection:
+    """Turns what one MLLP connection receives into stored messages, each answered."""
+
+    def __init__(
+        self,
+        instrument: str,
+        driver: Hl7Driver,
+        store: Store,
+        *,
+        name: str,
+        encoding: str = "latin-1",
+        engine: Engine | None = None,
+        lis: Sender | None = None,
+        timezone: tzinfo | None = None,
+        max_message_bytes: int = 8 << 20,
+        idle_timeout: float = 30.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.instrument = instrument
+        self.driver = driver
+        self.store = store
+        self.name = name
+        self.id = secrets.token_hex(8)
+        self.encoding = encoding
+        self.engine = engine
+        self.lis = lis
+        self.timezone = timezone or datetime.now().astimezone().tzinfo or UTC
+        self.idle_timeout = idle_timeout
+        """How long a message begun may stay silent before it is kept unfinished."""
+        self.clock = clock
+        self.reader = MllpReader(max_message_bytes)
+        self.log = log.bind(instrument=instrument, connection=name, connection_id=self.id)
+        self.kept = 0
+        self._announced: type[Hl7Driver] | None = None
+        self._arrivals: list[tuple[int, datetime]] = []
+        """Stream offset and time of each piece received that is not yet stored."""
+        self._pending: list[Pending] = []
+        self._unconfirmed: list[int] = []
+        """The last message ACKed: settled when the analyser sends its next one."""
+        self._closing = False
+        self._writer: asyncio.StreamWriter | None = None
+        self._waiting = False
+        """Waiting for bytes (no message in hand): closing may cut the connection now."""
+
+    def close(self) -> None:
+        """End the connection once the message in hand (if any) is stored and answered."""
+        self._closing = True
+        if self._waiting and self._writer is not None:
+            self._writer.close()
+
+    # --- the connection -----------------------------------------------------------------
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        try:
+            while not self._closing:
+                # A message begun must not stay unfinished for ever.
+                timeout = self.idle_timeout if self._arrivals else None
+                self._waiting = True
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), timeout)
+                except TimeoutError:
+                    await self._events(self.reader.end_of_stream(), writer, "silent")
+                    continue
+                finally:
+                    self._waiting = False
+                if not data:
+                    break
+                self._arrivals.append((self.reader.received, self.clock()))
+                await self._events(self.reader.receive_data(data), writer, "")
+        except (ConnectionError, OSError) as exc:
+            self.log.warning("connection lost", error=repr(exc))
+        finally:
+            with contextlib.suppress(Exception):
+                await self._events(self.reader.end_of_stream(), None, "closed")
+            await self._flush(final=True)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 5)
+
+    async def _events(
+        self,
+        events: list[MessageReceived | Discarded],
+        writer: asyncio.StreamWriter | None,
+        ending: str,
+    ) -> None:
+        for event in events:
+            if isinstance(event, Discarded):
+                self._discarded(event, ending)
+                continue
+            answer = await self._message(event)
+            if writer is not None:
+                # In the character set of the message answered, whose names it repeats.
+                codec = encoding_of(event.message, self.encoding)
+                writer.write(frame(answer.encode(codec, errors="replace")))
+                await writer.drain()
+        if self._pending:
+            await self._flush(final=writer is None)
+
+    # --- one message --------------------------------------------------------------------
+
+    async def _message(self, event: MessageReceived) -> str:
+        raw = b"\x0b" + event.message + (b"\x1c" if event.missing_cr else b"\x1c\r")
+        span = self._span(event.start, raw)
+        text, charset_problem = decode_text(event.message, self.encoding)
+        problems: list[str] = []
+        notes = [charset_problem] if charset_problem else []
+        if event.missing_cr:
+            notes.append("the message ended with FS without its CR (taken)")
+        message: Hl7Message | None = None
+        reading: InstrumentMessage | None = None
+        try:
+            message = parse_message(text)
+        except Hl7Error as exc:
+            problems.append(f"not an HL7 message: {exc}")
+        if message is not None:
+            reading = self._read(message, problems)
+        lines = [segment for segment in text.replace("\n", "\r").split("\r") if segment]
+        delivery = Delivery(
+            connection=self.name,
+            instrument=self.instrument,
+            raw=raw,
+            received_at=span.received_at,
+            text="\r".join(lines).replace("\x00", "\ufffd"),
+            record_count=len(message.segments) if message else 0,
+            reading=reading,
+            problems=problems,
+            notes=notes,
+            span=span,
+        )
+        control_id = _control_id(text)  # as it came, escapes and all, for MSA-2
+        trigger = message.header.value(9, 2) if message else "R01"
+        version = (message.header.value(12) if message else "") or "2.5.1"
+        receiver = (message.header.value(3), message.header.value(4)) if message else ("", "")
+        now = self.clock()
+
+        def answer(code: str, why: str = "") -> str:
+            return acknowledgment(
+                control_id, code, now, why, trigger or "R01", receiver=receiver, version=version
+            )
+
+        try:
+            stored = await self._keep(delivery, now)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log.error("message not stored; refused", control_id=control_id, error=repr(exc))
+            self._pending.append((span, "refused"))
+            self._release(event.end)
+            return answer("AR", "not stored; send it again")
+        self._release(event.end)
+        self.kept += 1
+        self.log.info(
+            "message kept",
+            message_id=stored.message_id,
+            raw_id=stored.raw_id,
+            control_id=control_id,
+            results=stored.results,
+            controls=stored.controls,
+            duplicate=stored.duplicate,
+            quarantined=stored.quarantined,
+        )
+        if stored.quarantined:
+            why = "; ".join(delivery.problems or (reading.problems if reading else [])) or "unread"
+            return answer("AE", f"kept in quarantine: {why}")
+        return answer("AA")
+
+    def _read(self, message: Hl7Message, problems: list[str]) -> InstrumentMessage | None:
+        try:
+            chosen = self.driver.choose(message)
+            if type(chosen) is not self._announced:
+                self._announced = type(chosen)
+                detection = (
+                    self.driver.detection if isinstance(self.driver, Hl7AutoDriver) else None
+                )
+                self.log.info(
+                    "driver chosen",
+                    driver=chosen.name,
+                    reason=detection.reason if detection is not None else "configured",
+                )
+            return chosen.read(message).in_timezone(self.timezone)
+        except Exception as exc:  # a driver must never take the connection down
+            self.log.exception("driver failed")
+            problems.append(f"driver failed: {exc!r}")
+            return None
+
+    async def _keep(self, delivery: Delivery, now: datetime) -> Stored:
+        engine, lis = self.engine, self.lis
+        pending, confirm = list(self._pending), list(self._unconfirmed)
+
+        def work(conn: Connection) -> Stored:
+            _write(conn, pending, now)
+            stored = store_delivery(conn, delivery, now)
+            again = stored.message_id if stored.duplicate else None
+            settle(conn, [m for m in confirm if m != again], now)
+            if engine is not None and delivery.reading is not None and not stored.duplicate:
+                assess_message(conn, engine, stored, delivery.reading, now, lis)
+            return stored
+
+        stored = await asyncio.shield(self.store.write_soon(work))
+        self._pending = [p for p in self._pending if p not in pending]
+        if stored.message_id is not None:
+            self._unconfirmed = [stored.message_id]
+        return stored
+
+    # --- what is not a message ----------------------------------------------------------
+
+    def _discarded(self, event: Discarded, ending: str) -> None:
+        span = self._span(event.start, event.data)
+        self._release(event.end)
+        if event.reason == "outside-block":
+            self._pending.append((span, "noise"))
+            return
+        said = {"silent": f"silent for {self.idle_timeout:g} s", "closed": "the connection ended"}
+        reason = _CUT_SHORT.get(event.reason, event.reason).format(
+            ending=said.get(ending, "the stream ended"), bound=self.reader.max_message_bytes
+        )
+        self.log.warning("unfinished message kept", reason=reason, bytes=event.end - event.start)
+        text = event.data.decode(self.encoding, errors="replace").replace("\x00", "\ufffd")
+        self._pending.append(
+            Delivery(self.name, self.instrument, event.data, span.received_at,
+                     text.lstrip("\x0b"), problems=[reason], span=span)
+        )  # fmt: skip
+
+    async def _flush(self, final: bool) -> None:
+        """Write what waits; at the end of the connection (``final``) a few times if need
+        be, otherwise once: what fails goes with the connection's next write."""
+        for delay in (0.5, 1.0, 2.0, None) if final else (None,):
+            if not self._pending:
+                return
+            pending = list(self._pending)
+
+            def work(conn: Connection, pending: list[Pending] = pending) -> None:
+                _write(conn, pending, self.clock())
+
+            try:
+                await self.store.write(work)
+            except Exception as exc:
+                if delay is None:
+                    lost = "could not be stored" if final else "not stored yet"
+                    self.log.error(f"raw bytes {lost}", error=repr(exc), rows=len(pending))
+                    return
+                await asyncio.sleep(delay)
+                continue
+            self._pending = [p for p in self._pending if p not in pending]
+
+    # --- stream bookkeeping -------------------------------------------------------------
+
+    def _span(self, start: int, data: bytes) -> RawSpan:
+        first = last = self.clock()
+        for offset, at in self._arrivals:
+            if offset <= start:
+                first = at
+            if offset < start + len(data):
+                last = at
+        return RawSpan(self.name, self.id, self.instrument, start, data, first, last)
+
+    def _release(self, end: int) -> None:
+        """Forget arrival times of bytes before ``end`` (all stored or waiting)."""
+        keep = [a for a in self._arrivals if a[0] >= end]
+        earlier = [a for a in self._arrivals if a[0] < end]
+        if earlier and end < self.reader.received and (not keep or keep[0][0] > end):
+            keep.insert(0, (end, earlier[-1][1]))
+        self._arrivals = keep
+
+
+def _write(conn: Connection, pending: list[Pending], now: datetime) -> None:
+    for item in pending:
+        if isinstance(item, Delivery):
+            store_delivery(conn, item, now)
+        else:
+            keep_raw(conn, *item)
+
+
+def _control_id(text: str) -> str:
+    """MSH-10 as written, as far as the text gives it."""
+    first = text.replace("\n", "\r").split("\r", 1)[0]
+    fields = first.split(first[3]) if first.startswith("MSH") and len(first) > 3 else []
+    return fields[9] if len(fields) > 9 else ""
+
+
+class Hl7Instrument:
+    """An HL7 analyser as configured: a listening socket it connects to, or the address
+    the daemon connects out to; each connection served by its own :class:`Hl7Connection`."""
+
+    def __init__(
+        self,
+        config: InstrumentConfig,
+        store: Store,
+        engine: Callable[[], Engine | None],
+        lis: Callable[[], Sender | None],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.engine = engine
+        self.lis = lis
+        self.live: dict[Hl7Connection, asyncio.Task[None] | None] = {}
+        self._server: asyncio.Server | None = None
+        self._client: asyncio.Task[None] | None = None
+
+    def connection(self, peer: str) -> Hl7Connection:
+        config = self.config
+        options = DriverOptions(
+            test_map=dict(config.test_map), control_pattern=config.control_pattern
+        )
+        return Hl7Connection(
+            config.name,
+            get_hl7(config.driver, options, config.name),
+            self.store,
+            name=f"{config.name}/{peer}",
+            encoding=config.encoding,
+            engine=self.engine(),
+            lis=self.lis(),
+            timezone=ZoneInfo(config.timezone) if config.timezone else None,
+            max_message_bytes=config.max_message_bytes,
+            idle_timeout=config.frame_timeout or 30.0,
+        )
+
+    async def start(self) -> None:
+        config = self.config
+        assert config.port is not None
+        if config.transport == "tcp-server":
+            try:
+                self._server = await asyncio.start_server(self._accept, config.host, config.port)
+            except OSError as exc:
+                raise ListenError(config.name, config.host, config.port, exc) from exc
+            port = self._server.sockets[0].getsockname()[1]
+            log.info("listening", connection=config.name, host=config.host, port=port,
+                     protocol="hl7")  # fmt: skip
+        else:
+            self._client = asyncio.create_task(self._connect_out())
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        connection = self.connection(where)
+        if self.config.connections == "newest":
+            for older in list(self.live):
+                older.log.warning("replaced by a newer connection of the instrument")
+                older.close()
+        self.live[connection] = asyncio.current_task()
+        connection.log.info("analyser connected", protocol="hl7")
+        try:
+            await connection.serve(reader, writer)
+        finally:
+            self.live.pop(connection, None)
+            connection.log.info("analyser disconnected")
+
+    async def _connect_out(self) -> None:
+        config = self.config
+        next_delay = Backoff().delays()
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(config.host, config.port)
+            except OSError as exc:
+                delay = next_delay()
+                log.warning("cannot open", connection=config.name, error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                continue
+            next_delay = Backoff().delays()
+            connection = self.connection(f"{config.host}:{config.port}")
+            self.live[connection] = None
+            connection.log.info("connected", protocol="hl7")
+            try:
+                await connection.serve(reader, writer)
+            finally:
+                self.live.pop(connection, None)
+            await asyncio.sleep(next_delay())
+
+    async def close(self, grace: float) -> None:
+        """Stop taking connections; each open one ends once its message in hand is stored."""
+        if self._server is not None:
+            self._server.close()
+        if self._client is not None:
+            self._client.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._client
+        tasks = [t for t in self.live.values() if t is not None]
+        for connection in list(self.live):
+            connection.close()
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            for task in late:
+                task.cancel()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), grace)

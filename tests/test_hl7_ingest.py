@@ -1,0 +1,334 @@
+"""Analysers that speak HL7 over MLLP, end to end: the daemon as a separate process, on
+SQLite and on PostgreSQL, a peer written here sending ORU^R01 over real TCP. Each message
+is answered only after it is committed; what cannot be read is kept and answered AE; a
+commit that fails is answered AR and the message taken when sent again; every byte
+received is kept once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from middleware.hl7.ack import Answer, read_answer
+from middleware.hl7.mllp import MessageReceived, MllpReader, frame
+from middleware.hl7.segments import unescape
+from middleware.settings import InstrumentConfig
+from tests.conftest import ROOT
+from tests.daemon import DaemonProcess, connect, free_port, query
+from tests.test_ingest_integrity import raw_stream, wait_for, write_lock
+
+HAEMATOLOGY = {  # parameter: (LOINC, units, value of a patient)
+    "WBC": ("6690-2", "10*3/uL", "6.75"),
+    "RBC": ("789-8", "10*6/uL", "4.76"),
+    "HGB": ("718-7", "g/dL", "12.9"),
+    "HCT": ("4544-3", "%", "42.1"),
+    "PLT": ("777-3", "10*3/uL", "204"),
+    "MCV": ("787-2", "fL", "88.5"),
+    "MCH": ("785-6", "pg", "27.1"),
+    "MCHC": ("786-4", "g/dL", "30.6"),
+    "RDW-CV": ("788-0", "%", "14.6"),
+    "NEU#": ("751-8", "10*3/uL", "4.20"),
+    "LYM#": ("731-0", "10*3/uL", "2.00"),
+    "MON#": ("742-7", "10*3/uL", "0.45"),
+    "EOS#": ("711-2", "10*3/uL", "0.07"),
+    "BAS#": ("704-7", "10*3/uL", "0.03"),
+}
+#: The bundled rules' targets of the normal, low and high haematology controls.
+TARGETS = {
+    "N": {"WBC": "7.4", "RBC": "4.55", "HGB": "13.2", "HCT": "39.5", "PLT": "232", "MCV": "86.8",
+          "MCH": "29.0", "MCHC": "33.4", "RDW-CV": "13.5", "NEU#": "4.3", "LYM#": "2.2",
+          "MON#": "0.55", "EOS#": "0.25", "BAS#": "0.08"},
+    "L": {"WBC": "2.8", "RBC": "2.45", "HGB": "6.1", "HCT": "18.1", "PLT": "78", "MCV": "74",
+          "MCH": "24.9", "MCHC": "33.7", "RDW-CV": "15.5", "NEU#": "1.5", "LYM#": "0.9",
+          "MON#": "0.25", "EOS#": "0.1", "BAS#": "0.05"},
+    "H": {"WBC": "17.8", "RBC": "5.6", "HGB": "16.9", "HCT": "50.2", "PLT": "480", "MCV": "89.6",
+          "MCH": "30.2", "MCHC": "33.7", "RDW-CV": "12.8", "NEU#": "11.5", "LYM#": "4.6",
+          "MON#": "1.1", "EOS#": "0.45", "BAS#": "0.12"},
+}  # fmt: skip
+
+
+def oru(control_id: str, sample: str, values: dict[str, str] | None = None) -> bytes:
+    """An ORU^R01 as a Mindray BC (here an Erba ELite 580) writes it."""
+    now = datetime.now().strftime("%Y%m%d%H%M%S")
+    segments = [
+        f"MSH|^~\\&|ELite 580|Erba|||{now}||ORU^R01|{control_id}|P|2.3.1||||||UNICODE",
+        f"PID|1||PAT-{sample}",
+        "PV1|1",
+        f"OBR|1||{sample}|01001^Automated Count^99MRC||{now}|{now}",
+        "OBX|1|IS|02001^Take Mode^99MRC||A||||||F",
+    ]
+    for n, (name, (loinc, units, value)) in enumerate(HAEMATOLOGY.items(), start=2):
+        shown = (values or {}).get(name, value)
+        segments.append(f"OBX|{n}|NM|{loinc}^{name}^LN||{shown}|{units}||~N|||F")
+    return "\r".join(segments).encode() + b"\r"
+
+
+class MllpPeer:
+    """An analyser's side of MLLP: sends a message, reads the answer."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.mllp = MllpReader()
+        self.answers: list[bytes] = []
+        self.sent = b""
+
+    async def write(self, data: bytes) -> None:
+        self.sent += data
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def answer(self, timeout: float = 10.0) -> Answer:
+        while not self.answers:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            assert data, "the daemon closed the connection"
+            events = self.mllp.receive_data(data)
+            self.answers += [e.message for e in events if isinstance(e, MessageReceived)]
+        return read_answer(self.answers.pop(0).decode())
+
+    async def send(self, message: bytes) -> Answer:
+        await self.write(frame(message))
+        return await self.answer()
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+@pytest.fixture
+def start_daemon(database_url: str, tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start(
+        port: int, settings: dict[str, Any] | None = None, **instrument: Any
+    ) -> DaemonProcess:
+        config = {"name": "elite", "transport": "tcp-server", "host": "127.0.0.1", "port": port,
+                  "protocol": "hl7"} | instrument  # fmt: skip
+        daemon = DaemonProcess(tmp_path, [config], database_url=database_url, **(settings or {}))
+        daemon.start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+def _connection_id(url: str) -> str:
+    [(connection_id,)] = query(url, "SELECT DISTINCT connection_id FROM raw_transmissions")
+    return str(connection_id)
+
+
+def test_an_hl7_analyser_end_to_end(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    daemon = start_daemon(
+        port,
+        settings={"rules_dir": str(ROOT / "rules")},
+        control_pattern=r"^QC-(?P<lot>HC-2411-[LNH])$",
+    )
+
+    async def analyser() -> MllpPeer:
+        peer = MllpPeer(*await connect(port))
+        before = await peer.send(oru("P-1", "25059143"))
+        assert (before.code, before.control_id) == ("AA", "P-1")
+        # Answered after the commit: the message is there when its ACK arrives.
+        assert query(database_url, "SELECT count(*) FROM results") == [(14,)]
+        for level, values in TARGETS.items():
+            answer = await peer.send(oru(f"Q-{level}", f"QC-HC-2411-{level}", values))
+            assert (answer.code, answer.control_id) == ("AA", f"Q-{level}")
+        after = await peer.send(oru("P-2", "25059144"))
+        assert after.code == "AA"
+        await peer.close()
+        return peer
+
+    peer = asyncio.run(analyser())
+    assert query(
+        database_url, "SELECT driver, sender, record_count FROM messages ORDER BY id LIMIT 1"
+    ) == [("mindray_hl7", "ELite 580 Erba", 19)]
+    rows = query(
+        database_url,
+        "SELECT r.specimen_id, r.test_code, r.value_text, r.units, d.action, d.reasons "
+        "FROM results r JOIN decisions d ON d.result_id = r.id ORDER BY r.id, d.id",
+    )
+    first: dict[str, list[tuple[str, str]]] = {}
+    second: dict[str, list[str]] = {}
+    for specimen, code, _, _, action, reasons in rows:
+        if specimen == "25059143":
+            first.setdefault(code, []).append((action, reasons))
+        else:
+            second.setdefault(code, []).append(action)
+    # Decided like ASTM results: held without QC, released once all three levels passed;
+    # a sample measured after that is released at once.
+    assert len(first) == 14
+    assert all([a for a, _ in decided] == ["hold", "release"] for decided in first.values())
+    assert first["WBC"][0][1] == "qc-missing:low,qc-missing:normal,qc-missing:high"
+    assert set(second) == set(first) and set(map(tuple, second.values())) == {("release",)}
+    assert ("25059143", "NEUT#", "4.20", "10*3/uL") in {r[:4] for r in rows}
+    controls = query(
+        database_url, "SELECT lot, count(*) FROM control_results GROUP BY lot ORDER BY lot"
+    )
+    assert controls == [("HC-2411-H", 14), ("HC-2411-L", 14), ("HC-2411-N", 14)]
+    assert raw_stream(database_url, _connection_id(database_url)) == peer.sent
+    assert '"driver chosen"' in daemon.log.read_text()
+
+
+def test_what_cannot_be_read_is_kept_and_answered_ae(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    start_daemon(port, driver="mindray_hl7")
+    query_message = b"MSH|^~\\&|BC-5380|Mindray|||20260105||QRY^Q02|Q-9|P|2.3.1\rQRD|1\r"
+
+    async def analyser() -> MllpPeer:
+        peer = MllpPeer(*await connect(port))
+        await peer.write(b"line noise\r\n")
+        not_hl7 = await peer.send(b"hello, world")
+        assert not_hl7.code == "AE" and "not an HL7 message" in not_hl7.text
+        asked = await peer.send(query_message)
+        assert (asked.code, asked.control_id) == ("AE", "Q-9")
+        assert "QRY^Q02 carries no results" in unescape(asked.text)
+        taken = await peer.send(oru("P-3", "S-3"))
+        assert taken.code == "AA"
+        await peer.write(b"\x0b" + oru("P-4", "S-4")[:120])  # cut off mid-message
+        await asyncio.sleep(0.3)
+        await peer.close()
+        return peer
+
+    peer = asyncio.run(analyser())
+    # What the connection left is kept once the daemon sees it closed.
+    wait_for(lambda: query(database_url, "SELECT count(*) FROM raw_transmissions") == [(5,)])
+    reasons = [r for (r,) in query(database_url, "SELECT reason FROM quarantine ORDER BY id")]
+    assert len(reasons) == 3
+    assert reasons[0].startswith("not an HL7 message")
+    assert reasons[1] == "MSH-9: a QRY^Q02 carries no results"
+    assert reasons[2] == "message cut short: the connection ended before its FS"
+    outcomes = query(
+        database_url, "SELECT outcome, size FROM raw_transmissions ORDER BY stream_offset"
+    )
+    assert [o for o, _ in outcomes] == [
+        "noise", "quarantine", "quarantine", "message", "quarantine"
+    ]  # fmt: skip
+    assert outcomes[-1][1] == 121
+    assert query(database_url, "SELECT count(*) FROM results") == [(14,)]
+    assert raw_stream(database_url, _connection_id(database_url)) == peer.sent
+
+
+def test_a_failed_commit_is_answered_ar_and_the_message_taken_when_sent_again(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    start_daemon(port, settings={"database_lock_timeout": 0.5})
+    message = oru("P-5", "S-5")
+
+    async def analyser() -> MllpPeer:
+        peer = MllpPeer(*await connect(port))
+        with write_lock(database_url):
+            refused = await peer.send(message)
+            assert (refused.code, refused.control_id) == ("AR", "P-5")
+        taken = await peer.send(message)
+        assert (taken.code, taken.control_id) == ("AA", "P-5")
+        await peer.close()
+        return peer
+
+    peer = asyncio.run(analyser())
+    assert query(database_url, "SELECT count(*) FROM messages") == [(1,)]
+    assert query(database_url, "SELECT count(*) FROM results") == [(14,)]
+    outcomes = query(database_url, "SELECT outcome FROM raw_transmissions ORDER BY stream_offset")
+    assert outcomes == [("refused",), ("message",)]
+    assert raw_stream(database_url, _connection_id(database_url)) == peer.sent
+
+
+def test_a_message_sent_again_before_the_next_is_a_duplicate_after_it_a_new_one(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    start_daemon(port)
+    first, second = oru("P-6", "S-6"), oru("P-7", "S-7")
+
+    async def analyser() -> None:
+        peer = MllpPeer(*await connect(port))
+        for message in (first, first, second, first):
+            assert (await peer.send(message)).code == "AA"
+        await peer.close()
+
+    asyncio.run(analyser())
+    outcomes = query(database_url, "SELECT outcome FROM raw_transmissions ORDER BY stream_offset")
+    # Our ACK of the first was missed (sent again at once); the analyser went on, then
+    # measured the same sample again: a new message.
+    assert outcomes == [("message",), ("duplicate",), ("message",), ("message",)]
+    assert query(database_url, "SELECT count(*) FROM results") == [(42,)]
+
+
+def test_two_connections_at_once_never_mix(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    start_daemon(port, connections="all")
+    one, two = frame(oru("A-1", "S-A")), frame(oru("B-1", "S-B"))
+
+    async def analysers() -> None:
+        a = MllpPeer(*await connect(port))
+        b = MllpPeer(*await connect(port))
+        await a.write(one[:200])
+        await b.write(two[:300])
+        await a.write(one[200:])
+        await b.write(two[300:])
+        assert (await a.answer()).control_id == "A-1"
+        assert (await b.answer()).control_id == "B-1"
+        await a.close()
+        await b.close()
+
+    asyncio.run(analysers())
+    specimens = query(
+        database_url,
+        "SELECT m.text LIKE '%A-1%', r.specimen_id, count(*) FROM results r "
+        "JOIN messages m ON m.id = r.message_id GROUP BY m.text LIKE '%A-1%', r.specimen_id",
+    )
+    assert sorted(specimens) == [(False, "S-B", 14), (True, "S-A", 14)]
+
+
+def _config(**fields: Any) -> InstrumentConfig:
+    return InstrumentConfig.model_validate({"name": "a", "transport": "tcp-server", "port": 1}
+                                           | fields)  # fmt: skip
+
+
+def test_the_protocol_follows_the_driver_and_must_agree_with_it() -> None:
+    assert _config(driver="mindray_hl7").speaks == "hl7"
+    assert _config(driver="auto", protocol="hl7").speaks == "hl7"
+    assert _config().speaks == "astm"
+    with pytest.raises(
+        ValidationError, match="driver mindray_hl7 reads HL7, not the protocol astm"
+    ):
+        _config(driver="mindray_hl7", protocol="astm")
+    with pytest.raises(ValidationError, match="driver sysmex_xn reads ASTM"):
+        _config(driver="sysmex_xn", protocol="hl7")
+    with pytest.raises(ValidationError, match="connects over TCP"):
+        _config(driver="hl7", transport="serial", serial={"port": "/dev/ttyS0"})
+
+
+def test_a_message_left_unfinished_is_kept_and_the_connection_goes_on(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    daemon = start_daemon(port, frame_timeout=0.5)
+
+    async def analyser() -> None:
+        peer = MllpPeer(*await connect(port))
+        await peer.write(frame(oru("P-8", "S-8"))[:150])
+        await asyncio.sleep(1.2)  # silent past the frame timeout
+        assert (await peer.send(oru("P-9", "S-9"))).code == "AA"
+        # Stopped with the connection open: the daemon ends cleanly, nothing left behind.
+        assert await asyncio.to_thread(daemon.stop) == 0
+        assert await peer.reader.read() == b""
+
+    asyncio.run(analyser())
+    [(reason,)] = query(database_url, "SELECT reason FROM quarantine")
+    assert reason == "message cut short: silent for 0.5 s before its FS"
+    assert query(database_url, "SELECT count(*) FROM results") == [(14,)]
