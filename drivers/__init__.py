@@ -29,6 +29,7 @@ _MODULES = (
     "beckman_access",
     "euroimmun_analyzer",
     "biorad_ih",
+    "cepheid_genexpert",
     "hl7",
     "mindray_hl7",
 )

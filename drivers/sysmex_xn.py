@@ -1,5 +1,7 @@
 """Sysmex XN series haematology analysers (XN-L: XN-350/450/550; XN-1000 to XN-9000),
-ASTM host interface.
+ASTM host interface, and the older XS, XT, XE and XP series, which share its layout
+(recognised by their sender, ``XS-1000i^00-13^...``; not checked against a capture of
+theirs).
 
 After the layout of Sysmex's XN / XN-L ASTM host interface specification (E1381-95 link,
 E1394-97 records):
@@ -70,8 +72,12 @@ def _is_image(code: str, value: str) -> bool:
 
 class SysmexXNDriver(Driver):
     name = "sysmex_xn"
-    description = "Sysmex XN series haematology (XN-L, XN-1000 to XN-9000)"
-    sender_pattern = re.compile(r"^XN-", re.IGNORECASE)
+    description = (
+        "Sysmex XN series haematology (XN-L, XN-1000 to XN-9000) and the XS, XT, XE and XP series"
+    )
+    # The older series share the XN's ASTM layout (Sysmex wrote one host interface for
+    # its haematology analysers); their sender names them as the XN's does.
+    sender_pattern = re.compile(r"^X[NSTEP]-", re.IGNORECASE)
     # A named group ``lot`` (and ``level``) in the pattern, here or in the instrument's
     # configuration, says where the control's lot (and level) stand in the sample number.
     control_pattern = re.compile(r"^QC-(?P<lot>.+)$")

@@ -36,6 +36,12 @@ def test_the_sender_names_the_family_whatever_its_case_and_padding() -> None:
         assert "names the Sysmex XN" in found.reason
 
 
+def test_sibling_models_are_known_by_their_family() -> None:
+    for sender in ("XS-1000i^00-13^^^^A1234", "XT-4000i^00-12", "xe-2100", "XP-300^00-09"):
+        assert drivers.identify(header(sender)).driver.name == "sysmex_xn", sender
+    assert drivers.identify(header("XL-640")).driver.name == "erba_xl"
+
+
 def test_a_renamed_analyser_is_known_by_its_layout() -> None:
     for name, driver in (("sysmex-xn", "sysmex_xn"), ("cobas-c", "roche_cobas"),
                          ("architect-i", "abbott_architect")):  # fmt: skip
