@@ -30,6 +30,8 @@ _MODULES = (
     "euroimmun_analyzer",
     "biorad_ih",
     "cepheid_genexpert",
+    "abbott_afinion",
+    "siemens_dca",
     "hl7",
     "mindray_hl7",
 )
