@@ -4,8 +4,10 @@ the base reading of their OBX segments, and the detection of their family.
 The base class is the reading HL7 v2.5.1 chapter 7 gives an observation:
 
 * the patient from PID (PID-3, else PID-2 or PID-4; PID-7 birth date, PID-8 sex);
-* the specimen id from SPM-2, else SAC-3 (container), else OBR-3 (filler order number,
-  the analyser's), else OBR-2 (placer order number, the LIS's);
+* the specimen id from SPM-2 (its placer id, else its filler id), else SAC-3 (container),
+  else OBR-3 (filler order number, the analyser's), else OBR-2 (placer order number, the
+  LIS's); in an ORU^R01 a request's SPM follows its OBX, and the OBX after it describe the
+  specimen (kept as its comments);
 * each OBX a result: OBX-3 the test (its identifier, else its text), OBX-5 the value as
   OBX-2 types it (SN ``<^15`` is ``<15``; CE/CWE its text), OBX-6 units, OBX-7 reference
   range, OBX-8 abnormal flags (each repeat), OBX-11 status, OBX-16 operator, OBX-18
@@ -90,24 +92,34 @@ class Request:
     obr: Segment | None
     notes: list[Segment] = field(default_factory=list)
     observations: list[Observation] = field(default_factory=list)
+    of_specimen: list[Segment] = field(default_factory=list)
+    """OBX that describe the specimen (after its SPM in an ORU), not results."""
 
 
 def requests_of(message: Hl7Message) -> list[Request]:
     """The message's observations grouped under their OBR, with the patient and specimen
-    segments that stand above them."""
+    segments that stand with them. In an ORU^R01 a request's SPM follows its OBX (and the
+    OBX after the SPM describe the specimen); in the OUL messages the SPM comes first and
+    stands over the requests that follow it."""
     out: list[Request] = []
     patient = specimen = container = None
     current: Request | None = None
+    trailing_specimen = message.message_type.startswith("ORU")
+    in_specimen = False
     for segment in message.segments[1:]:
         name = segment.name
         if name == "PID":
             patient, specimen, container, current = segment, None, None, None
+        elif name == "SPM" and trailing_specimen and current is not None:
+            current.specimen, in_specimen = segment, True
+        elif name == "OBX" and in_specimen and current is not None:
+            current.of_specimen.append(segment)
         elif name == "SPM":
             specimen, current = segment, None
         elif name == "SAC":
             container, current = segment, None
         elif name == "OBR":
-            current = Request(patient, specimen, container, segment)
+            current, in_specimen = Request(patient, specimen, container, segment), False
             out.append(current)
         elif name == "OBX":
             if current is None:
@@ -164,9 +176,9 @@ class Hl7Driver:
 
     def specimen_id(self, request: Request) -> str:
         if request.specimen is not None:
-            placer = request.specimen.value(2).split(self._sub)[0]
-            if placer:
-                return placer
+            placer, filler = (request.specimen.value(2, n).split(self._sub)[0] for n in (1, 2))
+            if placer or filler:
+                return placer or filler
         if request.container is not None and request.container.value(3):
             return request.container.value(3)
         obr = request.obr
@@ -309,8 +321,15 @@ class Hl7Driver:
         return reading
 
     def sample_comments(self, request: Request) -> list[Comment]:
-        """What is said of the sample rather than of one result: the NTE before its OBX."""
-        return [Comment(n.text(3), "instrument", n.value(4)) for n in request.notes if n.text(3)]
+        """What is said of the sample rather than of one result: the NTE before its OBX,
+        and the OBX that describe the specimen."""
+        notes = [Comment(n.text(3), "instrument", n.value(4)) for n in request.notes if n.text(3)]
+        described = [
+            Comment(f"{obx.value(3, 2) or obx.value(3)}: {obx.text(5)}", "instrument", "specimen")
+            for obx in request.of_specimen
+            if obx.text(5)
+        ]
+        return notes + described
 
     def _check_numbering(self, request: Request) -> None:
         """OBX-1 counts the observations of a request from 1: a gap means segments lost

@@ -301,8 +301,7 @@ class Daemon:
             await self.orders.close()
         for server in self.servers.values():
             await server.close(grace)
-        for instrument in self.hl7.values():
-            await instrument.close(grace)
+        await asyncio.gather(*(instrument.close(grace) for instrument in self.hl7.values()))
         closing = [c.channel for c in self._outgoing if c.channel is not None]
         for channel in closing:
             channel.close()

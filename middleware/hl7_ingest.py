@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -37,6 +39,8 @@ from middleware.hl7.segments import (
     decode_text,
     encoding_of,
     parse_message,
+    split_segments,
+    unescape,
 )
 from middleware.settings import InstrumentConfig
 from middleware.store import Store
@@ -46,6 +50,7 @@ from middleware.transport.reconnect import Backoff
 from middleware.transport.tcp import ListenError
 
 log = structlog.get_logger("middleware.hl7_ingest")
+T = TypeVar("T")
 
 #: What waits for the next write: bytes that made no message with their outcome, or a
 #: message cut short (kept in quarantine).
@@ -146,12 +151,15 @@ class Hl7Connection:
     ) -> None:
         for event in events:
             if isinstance(event, Discarded):
-                self._discarded(event, ending)
-                continue
-            answer = await self._message(event)
+                answer = self._discarded(event, ending)
+                if answer is None:
+                    continue
+                head = event.data[1:]
+            else:
+                answer, head = await self._message(event), event.message
             if writer is not None:
                 # In the character set of the message answered, whose names it repeats.
-                codec = encoding_of(event.message, self.encoding)
+                codec = encoding_of(head, self.encoding)
                 writer.write(frame(answer.encode(codec, errors="replace")))
                 await writer.drain()
         if self._pending:
@@ -163,6 +171,7 @@ class Hl7Connection:
         raw = b"\x0b" + event.message + (b"\x1c" if event.missing_cr else b"\x1c\r")
         span = self._span(event.start, raw)
         text, charset_problem = decode_text(event.message, self.encoding)
+        now = self.clock()
         problems: list[str] = []
         notes = [charset_problem] if charset_problem else []
         if event.missing_cr:
@@ -173,7 +182,13 @@ class Hl7Connection:
             message = parse_message(text)
         except Hl7Error as exc:
             problems.append(f"not an HL7 message: {exc}")
-        if message is not None:
+        if message is not None and "\x00" in text:
+            # Kept raw; no text column (on PostgreSQL) can hold a NUL.
+            problems.append("NUL characters in the message text")
+        elif message is not None:
+            # A segment that could not be read may have held a result: the message is
+            # kept in quarantine rather than taken without it.
+            problems += message.problems
             reading = self._read(message, problems)
         lines = [segment for segment in text.replace("\n", "\r").split("\r") if segment]
         delivery = Delivery(
@@ -188,16 +203,8 @@ class Hl7Connection:
             notes=notes,
             span=span,
         )
-        control_id = _control_id(text)  # as it came, escapes and all, for MSA-2
-        trigger = message.header.value(9, 2) if message else "R01"
-        version = (message.header.value(12) if message else "") or "2.5.1"
-        receiver = (message.header.value(3), message.header.value(4)) if message else ("", "")
-        now = self.clock()
-
-        def answer(code: str, why: str = "") -> str:
-            return acknowledgment(
-                control_id, code, now, why, trigger or "R01", receiver=receiver, version=version
-            )
+        answer = functools.partial(_answer, text, now)
+        control_id = message.control_id if message else ""
 
         try:
             stored = await self._keep(delivery, now)
@@ -257,20 +264,42 @@ class Hl7Connection:
                 assess_message(conn, engine, stored, delivery.reading, now, lis)
             return stored
 
-        stored = await asyncio.shield(self.store.write_soon(work))
-        self._pending = [p for p in self._pending if p not in pending]
+        stored = await self._committed(work, pending)
         if stored.message_id is not None:
             self._unconfirmed = [stored.message_id]
         return stored
 
+    async def _committed(self, work: Callable[[Connection], T], pending: list[Pending]) -> T:
+        """Run ``work`` on the store's writer; once it committed, what it wrote of the
+        waiting rows no longer waits. Cancelled meanwhile (the daemon stopping), the writer
+        commits all the same: that is accounted for before the task ends, so that the
+        connection's last write does not keep these rows a second time."""
+        future = self.store.write_soon(work)
+        try:
+            done = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await future
+                self._written(pending)
+            raise
+        self._written(pending)
+        return done
+
+    def _written(self, pending: list[Pending]) -> None:
+        written = {id(item) for item in pending}
+        self._pending = [item for item in self._pending if id(item) not in written]
+
     # --- what is not a message ----------------------------------------------------------
 
-    def _discarded(self, event: Discarded, ending: str) -> None:
+    def _discarded(self, event: Discarded, ending: str) -> str | None:
+        """Keep what was not a message; the answer a message too long to keep gets (the
+        analyser would otherwise send it again and again), None for the rest: a message
+        cut short is sent again whole, or was abandoned."""
         span = self._span(event.start, event.data)
         self._release(event.end)
         if event.reason == "outside-block":
             self._pending.append((span, "noise"))
-            return
+            return None
         said = {"silent": f"silent for {self.idle_timeout:g} s", "closed": "the connection ended"}
         reason = _CUT_SHORT.get(event.reason, event.reason).format(
             ending=said.get(ending, "the stream ended"), bound=self.reader.max_message_bytes
@@ -281,6 +310,9 @@ class Hl7Connection:
             Delivery(self.name, self.instrument, event.data, span.received_at,
                      text.lstrip("\x0b"), problems=[reason], span=span)
         )  # fmt: skip
+        if event.reason != "too-long":
+            return None
+        return _answer(text.lstrip("\x0b"), self.clock(), "AE", f"not taken: {reason}")
 
     async def _flush(self, final: bool) -> None:
         """Write what waits; at the end of the connection (``final``) a few times if need
@@ -294,15 +326,13 @@ class Hl7Connection:
                 _write(conn, pending, self.clock())
 
             try:
-                await self.store.write(work)
+                await self._committed(work, pending)
             except Exception as exc:
                 if delay is None:
                     lost = "could not be stored" if final else "not stored yet"
                     self.log.error(f"raw bytes {lost}", error=repr(exc), rows=len(pending))
                     return
                 await asyncio.sleep(delay)
-                continue
-            self._pending = [p for p in self._pending if p not in pending]
 
     # --- stream bookkeeping -------------------------------------------------------------
 
@@ -332,11 +362,29 @@ def _write(conn: Connection, pending: list[Pending], now: datetime) -> None:
             keep_raw(conn, *item)
 
 
-def _control_id(text: str) -> str:
-    """MSH-10 as written, as far as the text gives it."""
-    first = text.replace("\n", "\r").split("\r", 1)[0]
-    fields = first.split(first[3]) if first.startswith("MSH") and len(first) > 3 else []
-    return fields[9] if len(fields) > 9 else ""
+def _answer(text: str, at: datetime, code: str, why: str = "") -> str:
+    """The ACK of a message (or of the head of one too long to keep): MSA-2 its MSH-10 as
+    written, escapes and all; MSH-5/6 its sender; its trigger, processing id and version."""
+    lines = split_segments(text.lstrip("\ufeff"))
+    first = lines[0] if lines else ""
+    msh = first.split(first[3]) if first.startswith("MSH") and len(first) > 3 else []
+
+    def field(n: int, component: int = 0) -> str:
+        # MSH-n is at index n - 1 once split on the separator, which is MSH-1.
+        value = msh[n - 1] if len(msh) > n - 1 else ""
+        parts = value.split(msh[1][0]) if len(msh) > 1 and msh[1] else [value]
+        return parts[component] if component < len(parts) else ""
+
+    return acknowledgment(
+        field(10),
+        code,
+        at,
+        why,
+        field(9, 1) or "R01",
+        receiver=(unescape(field(3)), unescape(field(4))),
+        version=field(12) or "2.5.1",
+        processing=field(11) or "P",
+    )
 
 
 class Hl7Instrument:
@@ -357,6 +405,7 @@ class Hl7Instrument:
         self.live: dict[Hl7Connection, asyncio.Task[None] | None] = {}
         self._server: asyncio.Server | None = None
         self._client: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def connection(self, peer: str) -> Hl7Connection:
         config = self.config
@@ -407,9 +456,11 @@ class Hl7Instrument:
             connection.log.info("analyser disconnected")
 
     async def _connect_out(self) -> None:
+        """Connect out, serve, and connect again after a growing delay, until stopped;
+        whatever ends a connection is logged, never the end of the task."""
         config = self.config
         next_delay = Backoff().delays()
-        while True:
+        while not self._stopping:
             try:
                 reader, writer = await asyncio.open_connection(config.host, config.port)
             except OSError as exc:
@@ -423,25 +474,34 @@ class Hl7Instrument:
             connection.log.info("connected", protocol="hl7")
             try:
                 await connection.serve(reader, writer)
+            except Exception:
+                connection.log.exception("connection failed")
             finally:
                 self.live.pop(connection, None)
-            await asyncio.sleep(next_delay())
+            if not self._stopping:
+                await asyncio.sleep(next_delay())
 
     async def close(self, grace: float) -> None:
-        """Stop taking connections; each open one ends once its message in hand is stored."""
+        """Stop taking connections; each open one ends once its message in hand is stored
+        and answered, and only one still busy after ``grace`` seconds is cancelled."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
+        waiting = [t for t in self.live.values() if t is not None]
         if self._client is not None:
-            self._client.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._client
-        tasks = [t for t in self.live.values() if t is not None]
+            if any(task is None for task in self.live.values()):
+                waiting.append(self._client)  # it ends once its connection has
+            else:
+                self._client.cancel()  # between connections: nothing in hand
         for connection in list(self.live):
             connection.close()
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=grace)
+        if waiting:
+            _, late = await asyncio.wait(waiting, timeout=grace)
             for task in late:
                 task.cancel()
+        if self._client is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._client
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), grace)

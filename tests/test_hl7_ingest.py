@@ -185,17 +185,28 @@ def test_what_cannot_be_read_is_kept_and_answered_ae(
     port = free_port()
     start_daemon(port, driver="mindray_hl7")
     query_message = b"MSH|^~\\&|BC-5380|Mindray|||20260105||QRY^Q02|Q-9|P|2.3.1\rQRD|1\r"
+    garbled = oru("P-10", "S-10").replace(b"\rOBX|3|", b"\robx|3|")
+    with_nul = oru("P-11", "S-11").replace(b"|12.9|", b"|12\x009|")
+    # A NUL written as an escape, and a blank line before the MSH: taken.
+    escaped_nul = b"\r" + oru("P-3", "S-3").replace(b"PID|1||PAT-S-3", b"PID|1||PAT\\X00\\3")
 
     async def analyser() -> MllpPeer:
         peer = MllpPeer(*await connect(port))
         await peer.write(b"line noise\r\n")
         not_hl7 = await peer.send(b"hello, world")
         assert not_hl7.code == "AE" and "not an HL7 message" in not_hl7.text
-        asked = await peer.send(query_message)
-        assert (asked.code, asked.control_id) == ("AE", "Q-9")
-        assert "QRY^Q02 carries no results" in unescape(asked.text)
-        taken = await peer.send(oru("P-3", "S-3"))
-        assert taken.code == "AA"
+        for _ in range(2):  # sent again: the same answer
+            asked = await peer.send(query_message)
+            assert (asked.code, asked.control_id) == ("AE", "Q-9")
+            assert "QRY^Q02 carries no results" in unescape(asked.text)
+        # A segment that cannot be read may have held a result: not taken without it.
+        cut = await peer.send(garbled)
+        assert (cut.code, cut.control_id) == ("AE", "P-10")
+        assert "segment 7: 'obx|3|NM|789-8^RBC^L' is not a segment" in unescape(cut.text)
+        nul = await peer.send(with_nul)
+        assert (nul.code, nul.control_id) == ("AE", "P-11")
+        taken = await peer.send(escaped_nul)
+        assert (taken.code, taken.control_id) == ("AA", "P-3")
         await peer.write(b"\x0b" + oru("P-4", "S-4")[:120])  # cut off mid-message
         await asyncio.sleep(0.3)
         await peer.close()
@@ -203,21 +214,51 @@ def test_what_cannot_be_read_is_kept_and_answered_ae(
 
     peer = asyncio.run(analyser())
     # What the connection left is kept once the daemon sees it closed.
-    wait_for(lambda: query(database_url, "SELECT count(*) FROM raw_transmissions") == [(5,)])
+    wait_for(lambda: query(database_url, "SELECT count(*) FROM raw_transmissions") == [(8,)])
     reasons = [r for (r,) in query(database_url, "SELECT reason FROM quarantine ORDER BY id")]
-    assert len(reasons) == 3
+    assert len(reasons) == 5
     assert reasons[0].startswith("not an HL7 message")
     assert reasons[1] == "MSH-9: a QRY^Q02 carries no results"
-    assert reasons[2] == "message cut short: the connection ended before its FS"
+    assert reasons[2].startswith("segment 7: 'obx|3|NM|789-8^RBC^L' is not a segment; left out")
+    assert reasons[3] == "NUL characters in the message text"
+    assert reasons[4] == "message cut short: the connection ended before its FS"
     outcomes = query(
         database_url, "SELECT outcome, size FROM raw_transmissions ORDER BY stream_offset"
     )
     assert [o for o, _ in outcomes] == [
-        "noise", "quarantine", "quarantine", "message", "quarantine"
+        "noise", "quarantine", "quarantine", "duplicate", "quarantine", "quarantine", "message",
+        "quarantine",
     ]  # fmt: skip
     assert outcomes[-1][1] == 121
-    assert query(database_url, "SELECT count(*) FROM results") == [(14,)]
+    # Kept with the message in quarantine, as for ASTM: the results it could read.
+    patients = query(
+        database_url, "SELECT patient_id, count(*) FROM results GROUP BY patient_id ORDER BY 1"
+    )
+    assert patients == [("PAT-S-10", 13), ("PAT\ufffd3", 14)]
     assert raw_stream(database_url, _connection_id(database_url)) == peer.sent
+
+
+def test_a_message_too_long_to_keep_is_answered_ae(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    start_daemon(port, max_message_bytes=1024)
+    long = oru("P-12", "S-12").replace(b"|A|", b"|" + b"A" * 2000 + b"|")
+
+    async def analyser() -> None:
+        peer = MllpPeer(*await connect(port))
+        refused = await peer.send(long)
+        assert (refused.code, refused.control_id) == ("AE", "P-12")
+        assert "longer than 1024 bytes" in refused.text
+        assert (await peer.send(oru("P-13", "S-13"))).code == "AA"
+        await peer.close()
+
+    asyncio.run(analyser())
+    wait_for(lambda: query(database_url, "SELECT count(*) FROM quarantine") == [(1,)])
+    [(reason, size)] = query(database_url, "SELECT reason, length(data) FROM quarantine")
+    assert reason == "message longer than 1024 bytes; only its first bytes kept"
+    assert size == 1024
+    assert query(database_url, "SELECT count(*) FROM results") == [(14,)]
 
 
 def test_a_failed_commit_is_answered_ar_and_the_message_taken_when_sent_again(
@@ -322,7 +363,7 @@ def test_a_message_left_unfinished_is_kept_and_the_connection_goes_on(
     async def analyser() -> None:
         peer = MllpPeer(*await connect(port))
         await peer.write(frame(oru("P-8", "S-8"))[:150])
-        await asyncio.sleep(1.2)  # silent past the frame timeout
+        await asyncio.sleep(2.0)  # silent well past the frame timeout
         assert (await peer.send(oru("P-9", "S-9"))).code == "AA"
         # Stopped with the connection open: the daemon ends cleanly, nothing left behind.
         assert await asyncio.to_thread(daemon.stop) == 0
@@ -331,4 +372,33 @@ def test_a_message_left_unfinished_is_kept_and_the_connection_goes_on(
     asyncio.run(analyser())
     [(reason,)] = query(database_url, "SELECT reason FROM quarantine")
     assert reason == "message cut short: silent for 0.5 s before its FS"
+    assert query(database_url, "SELECT count(*) FROM results") == [(14,)]
+
+
+def test_the_daemon_connects_out_to_an_hl7_analyser_and_stops_cleanly(
+    database_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+
+    async def scenario() -> None:
+        connected: asyncio.Queue[MllpPeer] = asyncio.Queue()
+
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await connected.put(MllpPeer(reader, writer))
+
+        server = await asyncio.start_server(accept, "127.0.0.1", port)
+        config = {"name": "elite", "transport": "tcp-client", "host": "127.0.0.1",
+                  "port": port, "driver": "mindray_hl7"}  # fmt: skip
+        daemon = DaemonProcess(tmp_path, [config], database_url=database_url)
+        await asyncio.to_thread(daemon.start)
+        try:
+            peer = await asyncio.wait_for(connected.get(), 10)
+            answer = await peer.send(oru("P-20", "S-20"))
+            assert (answer.code, answer.control_id) == ("AA", "P-20")
+        finally:
+            assert await asyncio.to_thread(daemon.stop) == 0
+        assert await asyncio.wait_for(peer.reader.read(), 10) == b""
+        server.close()
+
+    asyncio.run(scenario())
     assert query(database_url, "SELECT count(*) FROM results") == [(14,)]

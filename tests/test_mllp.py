@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from middleware.hl7.mllp import (
     CR,
     FS,
+    HEAD_KEPT,
     VT,
     Discarded,
     Event,
@@ -86,13 +87,13 @@ def test_a_message_past_the_bound_is_discarded_not_kept() -> None:
     long = frame(b"x" * 11)
     events = feed(reader, long[:5], long[5:], frame(b"ok"))
     assert events == [
-        Discarded(long, 0, len(long), "too-long"),  # its first 64 bytes at most
+        Discarded(long, 0, len(long), "too-long"),  # its first HEAD_KEPT bytes at most
         MessageReceived(b"ok", len(long), len(long) + 5),
     ]
     # in one piece, and with a new block instead of the end
     events = feed(MllpReader(max_message_bytes=10), long + frame(b"ok"))
     assert [type(e).__name__ for e in events] == ["Discarded", "MessageReceived"]
-    assert events[0] == Discarded(long[:64], 0, len(long), "too-long")
+    assert events[0] == Discarded(long[:HEAD_KEPT], 0, len(long), "too-long")
     chunks = bytes((VT,)) + b"y" * 20, b"y" * 20 + frame(b"ok")
     events = feed(MllpReader(max_message_bytes=10), *chunks)
     assert events[0].end == 41 and events[0].reason == "too-long"  # type: ignore[union-attr]

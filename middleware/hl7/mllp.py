@@ -21,6 +21,8 @@ START, END = bytes((VT,)), bytes((FS, CR))
 
 #: The largest message kept: an ORU of a full panel with comments is a few kilobytes.
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+#: Of a message too long to keep, its first bytes are: enough for its MSH (and control id).
+HEAD_KEPT = 1024
 
 
 def frame(message: bytes) -> bytes:
@@ -47,7 +49,7 @@ class Discarded:
     """Bytes that were not a whole message, and why."""
 
     data: bytes
-    """What was discarded (for a message too long, only its first bytes)."""
+    """What was discarded (for a message too long, only its first ``HEAD_KEPT`` bytes)."""
     start: int
     end: int
     reason: str
@@ -93,7 +95,7 @@ class MllpReader:
             events.append(self._too_long(self.received))
         elif self._in_block and self._buffer.endswith(bytes((FS,))):
             if pending - 2 > self.max_message_bytes:
-                head = bytes(self._buffer[self._pos : self._pos + 64])
+                head = bytes(self._buffer[self._pos : self._pos + HEAD_KEPT])
                 events.append(Discarded(head, self._start, self._start + pending, "too-long"))
                 self._consume(pending)
             else:
@@ -130,7 +132,7 @@ class MllpReader:
             self._scanned = pending
             if pending > self.max_message_bytes + 1:
                 self._skipping, self._skip_start = True, self._start
-                self._skipped_head = bytes(buffer[pos : pos + 64])
+                self._skipped_head = bytes(buffer[pos : pos + HEAD_KEPT])
                 self._consume(pending)
             return False
         fs -= pos
@@ -140,7 +142,7 @@ class MllpReader:
         after = buffer[pos + fs + 1]
         if fs > self.max_message_bytes + 1:
             through = fs + 2 if after == CR else fs + 1
-            head = bytes(buffer[pos : pos + min(64, through)])
+            head = bytes(buffer[pos : pos + min(HEAD_KEPT, through)])
             events.append(Discarded(head, self._start, self._start + through, "too-long"))
             self._consume(through)
             return True

@@ -189,18 +189,22 @@ def acknowledgment(
     *,
     receiver: tuple[str, str] = ("LIS", "LAB"),
     version: str = "2.5.1",
+    processing: str = "P",
 ) -> str:
     """The ACK of a message: MSA-1 ``code`` (AA, AE, AR), MSA-2 the control id it answers
     as it came (already in HL7's escaped form), MSA-3 the reason of a refusal; its own
-    control id is new. ``receiver`` (MSH-5, MSH-6) and ``version`` (MSH-12) are those of
-    the sender of the message answered, whose parser may expect its own version."""
+    control id is new. ``receiver`` (MSH-5, MSH-6), ``processing`` (MSH-11) and
+    ``version`` (MSH-12) are those of the message answered, whose sender may expect its
+    own."""
     moment = timestamp(at if at.tzinfo else at.replace(tzinfo=UTC))
     answered = re.sub(r"[\r\n|]", "", control_id)
     application, facility = (escape(part) for part in receiver)
     version = version if re.fullmatch(r"2\.[0-9](?:\.[0-9])?", version) else "2.5.1"
+    processing = processing if re.fullmatch(r"[A-Z]", processing) else "P"
     segments = [
         f"MSH|^~\\&|LIS-MIDDLEWARE|LAB|{application}|{facility}|{moment}||"
-        f"ACK^{escape(trigger)}^ACK|{new_control_id()}|P|{version}",
-        f"MSA|{code}|{answered}" + (f"|{escape(text)[:500]}" if text else ""),
+        f"ACK^{escape(trigger)}^ACK|{new_control_id()}|{processing}|{version}",
+        # Cut before escaping: an escape sequence cut in two would not read back.
+        f"MSA|{code}|{answered}" + (f"|{escape(text[:400])}" if text else ""),
     ]
     return "\r".join(segments)

@@ -235,7 +235,9 @@ def unescape(text: str, enc: Encoding = Encoding()) -> str:
         if body in plain:
             out.append(plain[body])
         elif hex_digits:
-            out.append(bytes.fromhex(hex_digits.group(1)).decode("latin-1"))
+            # A NUL can be kept in no text column (PostgreSQL refuses it): shown as such.
+            decoded = bytes.fromhex(hex_digits.group(1)).decode("latin-1")
+            out.append(decoded.replace("\x00", "\ufffd"))
         else:
             out.append(text[i : end + 1])
         i = end + 1

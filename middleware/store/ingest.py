@@ -213,6 +213,8 @@ def store_delivery(conn: Connection, d: Delivery, at: datetime | None = None) ->
         return Stored(raw_id, None, quarantined=True)
 
     digest = content_hash(d.instrument, d.text)
+    nothing = not (reading.results or reading.controls or reading.queries or reading.orders)
+    quarantined = bool(d.problems) or (nothing and bool(reading.problems))
     # The same content again is a re-send only while the analyser has not shown that it
     # had our ACK of the earlier copy; after that it is a new measurement (a re-run).
     earlier = conn.execute(
@@ -220,7 +222,8 @@ def store_delivery(conn: Connection, d: Delivery, at: datetime | None = None) ->
     ).one_or_none()
     if earlier is not None and earlier.settled_at is None:
         raw_id = _raw(conn, d, earlier.id, "duplicate", duplicate=True)
-        return Stored(raw_id, earlier.id, duplicate=True)
+        # The same content was read the same way: what became of the first copy.
+        return Stored(raw_id, earlier.id, duplicate=True, quarantined=quarantined)
 
     row = {
         "instrument": d.instrument,
@@ -237,8 +240,6 @@ def store_delivery(conn: Connection, d: Delivery, at: datetime | None = None) ->
         # schema from before the column (as the tests of older revisions' migrations do).
         row["driver"] = reading.driver
     message_id = int(conn.execute(_INSERT_MESSAGE, row).scalar_one())
-    nothing = not (reading.results or reading.controls or reading.queries or reading.orders)
-    quarantined = bool(d.problems) or (nothing and bool(reading.problems))
     raw_id = _raw(conn, d, message_id, "quarantine" if quarantined else "message")
     _specimens(conn, reading, message_id)
     stored_at = at or utcnow()

@@ -76,6 +76,30 @@ def test_the_base_reading_of_an_oru() -> None:
     ]
 
 
+def test_in_an_oru_each_request_has_the_specimen_that_follows_it() -> None:
+    # ORU^R01 v2.5.1: OBR, its OBX, then its SPM (and the OBX that describe the specimen).
+    text = "\r".join([
+        "MSH|^~\\&|CHEM-ONE|LAB|||20260105101500||ORU^R01^ORU_R01|C-2|P|2.5.1",
+        "PID|1||P-1",
+        "OBR|1|ORD-A||CHEM",
+        "OBX|1|NM|GLU^Glucose||5.4|mmol/L|||||F",
+        "SPM|1|SPEC-A||SER",
+        "OBX|1|NM|VOL^Volume||1.5|mL|||||F",
+        "OBR|2|ORD-B||LYTES",
+        "OBX|1|NM|NA^Sodium||140|mmol/L|||||F",
+        "SPM|1|SPEC-B||SER",
+    ])  # fmt: skip
+    reading = Hl7Driver().read(parse_message(text))
+    assert [(r.specimen_id, r.test_code) for r in reading.results] == [
+        ("SPEC-A", "GLU"), ("SPEC-B", "NA")
+    ]  # fmt: skip
+    assert [s.specimen_id for s in reading.specimens] == ["SPEC-A", "SPEC-B"]
+    assert [c.text for c in reading.comments] == ["Volume: 1.5"]
+    # SPM-2 with only the filler's id.
+    filler = text.replace("SPM|1|SPEC-A|", "SPM|1|^FILL-A|")
+    assert Hl7Driver().read(parse_message(filler)).results[0].specimen_id == "FILL-A"
+
+
 def test_controls_by_specimen_role_processing_id_or_pattern() -> None:
     role_q = GENERIC.replace("|||||||P||||||2026", "|||||||Q||||||2026")
     reading = Hl7Driver().read(parse_message(role_q))
