@@ -34,6 +34,7 @@ _MODULES = (
     "siemens_dca",
     "hl7",
     "mindray_hl7",
+    "pixcell_hemoscreen",
 )
 
 

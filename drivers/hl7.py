@@ -240,6 +240,10 @@ class Hl7Driver:
             return self.read_time(request.obr.value(7), "OBR-7")
         return None
 
+    def module(self, obx: Segment) -> str:
+        """OBX-18, the equipment that made the observation."""
+        return obx.value(18)
+
     def reagents(self, observation: Observation, code: str) -> tuple[ReagentUse, ...]:
         return tuple(
             ReagentUse(
@@ -383,7 +387,7 @@ class Hl7Driver:
             operator=obx.value(16),
             completed_at=self.completed_at(obx, request),
             instrument=self.instrument,
-            module=obx.value(18),
+            module=self.module(obx),
             patient_id=self.patient_id(request.patient) if request.patient else "",
             sequence=int(sequence) if _SEQUENCE.fullmatch(sequence) else 0,
             comments=tuple(
