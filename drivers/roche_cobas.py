@@ -19,6 +19,10 @@ c 311 and the cobas e 411 ("cobas" protocol type), which the c 111 shares:
 * A C record after each R carries the data alarm code in C.4 (``C|1|I|27|I``; 0 is none).
 * Q.3 = ``^^<sample id>^<sequence no.>^<rack id>^<position>^^<sample type>^<container>``.
 
+The Roche/Hitachi 7600, 917 and MODULAR analysers send the same upload (``H7600^1``,
+``RSUPL^BATCH``; O.3 ``0^<padded sample id>^...``, R.3 ``^^^989/``, R.14 ``ISE1``, ``P1``),
+as a real 7600 upload published by another project shows.
+
 Reagent and calibration data travel in messages of their own (reagent loading, photometric
 calibration upload), not with results, so results carry no reagent lots.
 """
@@ -45,8 +49,15 @@ _REMEMBERED = 500
 
 class RocheCobasDriver(Driver):
     name = "roche_cobas"
-    description = "Roche cobas c 311, c 111, e 411 (cobas ASTM host interface)"
-    sender_pattern = re.compile(r"^(?:cobas[- ]?)?[ce] ?(?:111|311|411)\b", re.IGNORECASE)
+    description = (
+        "Roche cobas c 311, c 111, e 411 and the Roche/Hitachi analysers (cobas ASTM host "
+        "interface)"
+    )
+    # The Roche/Hitachi 7600, 917 and MODULAR analysers upload in the same layout.
+    sender_pattern = re.compile(
+        r"^(?:cobas[- ]?)?[ce] ?(?:111|311|411)\b|^H ?(?:7[0-9]{3}|91[27])\b|^MODULAR",
+        re.IGNORECASE,
+    )
     # Application codes (ACNs) as Roche assigns them to the common c 311 applications,
     # the ISE and e 411 TSH. ACNs are set per analyser (and host codes may replace them):
     # check each against the analyser's application list and override in configuration.

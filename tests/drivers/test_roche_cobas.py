@@ -71,7 +71,8 @@ def test_registered_and_recognised_by_its_sender() -> None:
     assert isinstance(drivers.get("roche_cobas"), RocheCobasDriver)
     for sender in ("cobas-e411^1", "c311^1", "c111^Roche^c111^4.3.0.1835^1^16850"):
         assert drivers.identify(header(sender)).driver is RocheCobasDriver, sender
-    assert drivers.identify(header("H7600^1")).driver.name == "generic"
+    # The Roche/Hitachi analysers share the layout (see the test below).
+    assert drivers.identify(header("H7600^1")).driver is RocheCobasDriver
 
 
 def test_e411_results() -> None:
@@ -172,3 +173,27 @@ def test_a_sample_id_after_a_counter_in_o3() -> None:
     ]
     message = RocheCobasDriver().read(decode_message("\r".join(lines)).records)
     assert [r.specimen_id for r in message.results] == ["S240315-9"]
+
+
+def test_the_roche_hitachi_analysers_share_the_layout() -> None:
+    """A Hitachi 7600 upload, written after a real one published by another project."""
+    lines = [
+        "H|\\^&|||H7600^1|||||host|RSUPL^BATCH|P|1",
+        "P|1",
+        "O|1|0^                    42^1^^006|R1|^^^989/\\^^^717/|R||||||N||^^||SC|||lab"
+        "||||20260609095815|||F",
+        "R|1|^^^989/|141|mmol/l||N||F|||||ISE1",
+        "C|1|I|0|I",
+        "R|2|^^^717/|4.1|mmol/l||N||F|||||P1",
+        "C|1|I|0|I",
+        "L|1|N",
+    ]
+    assert drivers.identify(decode_message(lines).records).driver is RocheCobasDriver
+    for sender in ("H917^1", "MODULAR^1", "h7180"):
+        assert drivers.identify(header(sender)).driver is RocheCobasDriver, sender
+    message = RocheCobasDriver().read(decode_message(lines).records)
+    assert not message.problems
+    assert [(r.specimen_id, r.instrument_test_code, r.value.text, r.module)
+            for r in message.results] == [
+        ("42", "989", "141", "ISE1"), ("42", "717", "4.1", "P1"),
+    ]  # fmt: skip
