@@ -1,14 +1,20 @@
 """``lis-middleware hl7 render``: the HL7 messages the results of a capture become, for
-lab IT to check a mapping with their LIS vendor before anything is sent."""
+lab IT to check a mapping with their LIS vendor before anything is sent. The capture is
+an ASTM one, or the HL7 an analyser sent."""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from datetime import datetime
 
+import drivers
 from drivers import AUTO
 from middleware.decode import read_messages
+from middleware.domain import InstrumentMessage
+from middleware.hl7.capture import looks_like_hl7, read_hl7_capture
 from middleware.hl7.results import Reported, Sender, by_specimen
+from middleware.hl7.segments import Hl7Error, decode_text, parse_message
 
 
 def render_capture(
@@ -20,12 +26,10 @@ def render_capture(
 ) -> list[str]:
     """Every message the capture's patient results would be sent as, whatever the rules
     would decide about them."""
-    _, read = read_messages(data, driver_name, tolerate)
     numbers = itertools.count(1)
     sender = Sender(version=version)
     out: list[str] = []
-    for message in read:
-        reading = message.driver.read(message.decoded.records)
+    for reading in _readings(data, driver_name, tolerate):
         # Patient results only: controls stay in the middleware.
         built = by_specimen(
             [Reported(r) for r in reading.results],
@@ -36,3 +40,22 @@ def render_capture(
         )
         out += [b.message for b in built]
     return out
+
+
+def _readings(
+    data: bytes, driver_name: str | None, tolerate: str | None
+) -> Iterator[InstrumentMessage]:
+    if not looks_like_hl7(data):
+        for read in read_messages(data, driver_name, tolerate)[1]:
+            yield read.driver.read(read.decoded.records)
+        return
+    if drivers.protocol(driver_name) != "hl7" and driver_name not in (None, AUTO):
+        raise ValueError(f"the capture is HL7; driver {driver_name} reads ASTM")
+    driver = drivers.get_hl7(driver_name)
+    for captured in read_hl7_capture(data).messages:
+        try:
+            message = parse_message(decode_text(captured.data)[0])
+        except Hl7Error:
+            continue  # decode says what it is
+        if not message.message_type.startswith("ACK"):
+            yield driver.choose(message).read(message)
