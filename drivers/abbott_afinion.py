@@ -15,28 +15,11 @@ not copied):
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 
-from drivers.base import Context, Driver
-from middleware.astm.records import Record
-from middleware.domain import Specimen
+from drivers.point_of_care import SampleInPatientDriver
 
 
-def sample_id_in_patient(context: Context) -> str:
-    """The id a point-of-care analyser writes in its P record: P.3, P.4 or P.5."""
-    patient = context.patient
-    if patient is None:
-        return ""
-    return (patient.value(3) or patient.value(4) or patient.value(5)).strip()
-
-
-class AbbottAfinionDriver(Driver):
+class AbbottAfinionDriver(SampleInPatientDriver):
     name = "abbott_afinion"
     description = "Abbott Afinion 2 and Afinion AS100 (point of care)"
     sender_pattern = re.compile(r"^Afinion", re.IGNORECASE)
-
-    def specimen_id(self, context: Context, order: Record) -> str:
-        return sample_id_in_patient(context) or order.value(3)
-
-    def specimen(self, context: Context, order: Record) -> Specimen:
-        return replace(super().specimen(context, order), position=order.value(4))

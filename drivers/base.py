@@ -135,27 +135,21 @@ class DriverOptions:
     control_pattern: str | None = None
 
 
-class Driver:
-    """The LIS2-A2 reading; subclasses override tables and hooks."""
+class Tables:
+    """What every driver, of either protocol, states about its analysers: names, the
+    sender that recognises them, their codes and flags, how their controls are marked;
+    and the configuration's changes to those."""
 
     name: ClassVar[str] = "generic"
     description: ClassVar[str] = "any analyser following CLSI LIS2-A2 (ASTM E1394)"
-    #: Matched (search) against the H record's sender field (H.5, as text).
+    #: Searched in the sender: H.5 for ASTM, MSH-3 and MSH-4 for HL7 (as text).
     sender_pattern: ClassVar[re.Pattern[str] | None] = None
-    tolerances: ClassVar[FrameTolerances] = FrameTolerances()
-    reply_timeout: ClassVar[float] = 15.0
-    frame_timeout: ClassVar[float] = 30.0
     #: Analyser test code -> laboratory test code; unmapped codes pass through.
     test_map: ClassVar[Mapping[str, str]] = {}
     #: Analyser abnormal flag -> laboratory flag (L, H, LL, HH, N, A, AA...).
     flag_map: ClassVar[Mapping[str, str]] = {}
     #: A specimen id matching this marks a control sample.
     control_pattern: ClassVar[re.Pattern[str] | None] = None
-    #: Delimiters of what we send the analyser (host-query answers, orders).
-    delimiters: ClassVar[Delimiters] = DEFAULT_DELIMITERS
-    #: Messages that do not begin with an H record are taken (and flagged) rather than
-    #: quarantined: only for analysers known to send them so.
-    headerless_messages: ClassVar[bool] = False
 
     def __init__(self, options: DriverOptions | None = None, instrument: str = "") -> None:
         options = options or DriverOptions()
@@ -166,6 +160,22 @@ class Driver:
         )
         # The problems of the message being read, where hooks say which fields they refused.
         self._problems: list[str] = []
+
+    def lab_code(self, code: str) -> str:
+        return self.codes.get(code, code)
+
+
+class Driver(Tables):
+    """The LIS2-A2 reading; subclasses override tables and hooks."""
+
+    tolerances: ClassVar[FrameTolerances] = FrameTolerances()
+    reply_timeout: ClassVar[float] = 15.0
+    frame_timeout: ClassVar[float] = 30.0
+    #: Delimiters of what we send the analyser (host-query answers, orders).
+    delimiters: ClassVar[Delimiters] = DEFAULT_DELIMITERS
+    #: Messages that do not begin with an H record are taken (and flagged) rather than
+    #: quarantined: only for analysers known to send them so.
+    headerless_messages: ClassVar[bool] = False
 
     # --- link ------------------------------------------------------------------------------
 
@@ -302,9 +312,6 @@ class Driver:
 
     def module(self, result: Record) -> str:
         return result.value(14)
-
-    def lab_code(self, code: str) -> str:
-        return self.codes.get(code, code)
 
     # --- refused fields --------------------------------------------------------------------
 

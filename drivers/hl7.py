@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import ClassVar
 
-from drivers.base import ControlInfo, DriverOptions
+from drivers.base import ControlInfo, DriverOptions, Tables
 from middleware.domain import (
     Comment,
     ControlResult,
@@ -136,26 +136,15 @@ def requests_of(message: Hl7Message) -> list[Request]:
     return out
 
 
-class Hl7Driver:
+class Hl7Driver(Tables):
     """The HL7 v2 reading of an analyser's results; subclasses override tables and hooks."""
 
     name: ClassVar[str] = "hl7"
     description: ClassVar[str] = "any analyser sending HL7 v2 results (ORU^R01, OUL^R22)"
     protocol: ClassVar[str] = "hl7"
-    #: Matched (search) against the sending application and facility (MSH-3, MSH-4).
-    sender_pattern: ClassVar[re.Pattern[str] | None] = None
-    test_map: ClassVar[Mapping[str, str]] = {}
-    flag_map: ClassVar[Mapping[str, str]] = {}
-    control_pattern: ClassVar[re.Pattern[str] | None] = None
 
     def __init__(self, options: DriverOptions | None = None, instrument: str = "") -> None:
-        options = options or DriverOptions()
-        self.instrument = instrument or self.name
-        self.codes = {**self.test_map, **options.test_map}
-        self.control_re = (
-            re.compile(options.control_pattern) if options.control_pattern else self.control_pattern
-        )
-        self._problems: list[str] = []
+        super().__init__(options, instrument)
         self._sub = "&"
 
     # --- detection -------------------------------------------------------------------------
@@ -270,9 +259,6 @@ class Hl7Driver:
             message.header.value(11).upper() == "Q"
         )
         return ControlInfo(specimen_id) if is_control else None
-
-    def lab_code(self, code: str) -> str:
-        return self.codes.get(code, code)
 
     def read_time(self, text: str, where: str) -> datetime | None:
         moment = parse_hl7_time(text)

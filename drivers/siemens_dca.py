@@ -18,27 +18,19 @@ read, not copied):
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from datetime import datetime
 
-from drivers.abbott_afinion import sample_id_in_patient
-from drivers.base import Context, Driver, field_name
+from drivers.base import field_name
+from drivers.point_of_care import SampleInPatientDriver
 from middleware.astm.records import Record
-from middleware.domain import Specimen
 
 
-class SiemensDcaDriver(Driver):
+class SiemensDcaDriver(SampleInPatientDriver):
     name = "siemens_dca"
     description = "Siemens DCA Vantage (point of care)"
     sender_pattern = re.compile(r"^DCA\s*VANTAGE", re.IGNORECASE)
-
-    def specimen_id(self, context: Context, order: Record) -> str:
-        return sample_id_in_patient(context) or order.value(3)
 
     def completed_at(self, result: Record) -> datetime | None:
         return super().completed_at(result) or self.read_timestamp(
             result.value(12), field_name(result, 12)
         )
-
-    def specimen(self, context: Context, order: Record) -> Specimen:
-        return replace(super().specimen(context, order), position=order.text(4))
