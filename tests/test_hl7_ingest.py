@@ -21,6 +21,7 @@ from middleware.hl7.segments import unescape
 from middleware.settings import InstrumentConfig
 from tests.conftest import ROOT
 from tests.daemon import DaemonProcess, connect, free_port, query
+from tests.lis_peer import LisPeer
 from tests.test_ingest_integrity import raw_stream, wait_for, write_lock
 
 HAEMATOLOGY = {  # parameter: (LOINC, units, value of a patient)
@@ -125,16 +126,20 @@ def _connection_id(url: str) -> str:
 
 
 def test_an_hl7_analyser_end_to_end(
-    database_url: str, start_daemon: Callable[..., DaemonProcess]
+    database_url: str, start_daemon: Callable[..., DaemonProcess], tmp_path: Path
 ) -> None:
     port = free_port()
-    daemon = start_daemon(
-        port,
-        settings={"rules_dir": str(ROOT / "rules")},
-        control_pattern=r"^QC-(?P<lot>HC-2411-[LNH])$",
-    )
+    lis = LisPeer()
 
     async def analyser() -> MllpPeer:
+        lis_port = await lis.start()
+        lis_settings = {"host": "127.0.0.1", "port": lis_port, "ack_timeout": 2.0}
+        await asyncio.to_thread(
+            start_daemon,
+            port,
+            settings={"rules_dir": str(ROOT / "rules"), "lis": lis_settings},
+            control_pattern=r"^QC-(?P<lot>HC-2411-[LNH])$",
+        )
         peer = MllpPeer(*await connect(port))
         before = await peer.send(oru("P-1", "25059143"))
         assert (before.code, before.control_id) == ("AA", "P-1")
@@ -146,9 +151,15 @@ def test_an_hl7_analyser_end_to_end(
         after = await peer.send(oru("P-2", "25059144"))
         assert after.code == "AA"
         await peer.close()
+        # HL7 in, HL7 out: both samples reach the LIS once released, the held one first.
+        await lis.wait_for(2)
+        await lis.stop()
         return peer
 
     peer = asyncio.run(analyser())
+    assert [r.specimen_id for r in lis.received] == ["25059143", "25059144"]
+    assert all(r.text.count("\rOBX|") == 14 for r in lis.received)
+    assert "|NEUT#^" in lis.received[0].text
     assert query(
         database_url, "SELECT driver, sender, record_count FROM messages ORDER BY id LIMIT 1"
     ) == [("mindray_hl7", "ELite 580 Erba", 19)]
@@ -176,7 +187,7 @@ def test_an_hl7_analyser_end_to_end(
     )
     assert controls == [("HC-2411-H", 14), ("HC-2411-L", 14), ("HC-2411-N", 14)]
     assert raw_stream(database_url, _connection_id(database_url)) == peer.sent
-    assert '"driver chosen"' in daemon.log.read_text()
+    assert '"driver chosen"' in (tmp_path / "daemon.log").read_text()
 
 
 def test_what_cannot_be_read_is_kept_and_answered_ae(
