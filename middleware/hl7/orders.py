@@ -197,7 +197,7 @@ def acknowledgment(
     ``version`` (MSH-12) are those of the message answered, whose sender may expect its
     own."""
     moment = timestamp(at if at.tzinfo else at.replace(tzinfo=UTC))
-    answered = re.sub(r"[\r\n|]", "", control_id)
+    answered = re.sub(r"[\x00-\x1f|]", "", control_id)  # a control character would cut it
     application, facility = (escape(part) for part in receiver)
     version = version if re.fullmatch(r"2\.[0-9](?:\.[0-9])?", version) else "2.5.1"
     processing = processing if re.fullmatch(r"[A-Z]", processing) else "P"
