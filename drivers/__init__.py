@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from drivers.base import Driver, DriverOptions
 from drivers.detect import AUTO, AutoDriver, Detection, detect
-from drivers.hl7 import Hl7AutoDriver, Hl7Detection, Hl7Driver, detect_hl7
+from drivers.hl7 import Hl7AutoDriver, Hl7Driver, detect_hl7
 from middleware.astm.records import Record
 from middleware.hl7.segments import Hl7Message
 
@@ -106,12 +106,12 @@ def get_hl7(
         raise KeyError(f"unknown HL7 driver {name!r}; known: {known}") from None
 
 
-def identify_hl7(message: Hl7Message) -> Hl7Detection:
+def identify_hl7(message: Hl7Message) -> Detection[Hl7Driver]:
     """The HL7 driver a message's sender (or else its layout) names, and why."""
     return detect_hl7(message, hl7_families())
 
 
-def identify(records: Sequence[Record]) -> Detection:
+def identify(records: Sequence[Record]) -> Detection[Driver]:
     """The driver a message's sender (or else its layout) names, and why."""
     return detect(records, families())
 

@@ -32,6 +32,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from typing import ClassVar
 
 from drivers.base import ControlInfo, DriverOptions, Tables
+from drivers.detect import Detection, Instances, by_sender_then_layout, or_before
 from middleware.domain import (
     Comment,
     ControlResult,
@@ -386,27 +387,18 @@ class Hl7Driver(Tables):
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Hl7Detection:
-    driver: type[Hl7Driver]
-    reason: str
-
-
-def detect_hl7(message: Hl7Message, candidates: Sequence[type[Hl7Driver]]) -> Hl7Detection:
+def detect_hl7(message: Hl7Message, candidates: Sequence[type[Hl7Driver]]) -> Detection[Hl7Driver]:
     """The family a message's sender (MSH-3, MSH-4) or layout names, else the base reading."""
     sender = message.sender
-    for cls in candidates:
-        if cls.recognises(message):
-            return Hl7Detection(cls, f"sender {sender!r} names the {cls.description}")
-    best: tuple[int, str, type[Hl7Driver]] | None = None
-    for cls in candidates:
-        points, seen = cls.score(message)
-        if points > 0 and (best is None or points > best[0]):
-            best = (points, seen, cls)
-    said = f"sender {sender!r} not known" if sender else "no sender (MSH-3 empty)"
-    if best is not None:
-        return Hl7Detection(best[2], f"{said}; layout of the {best[2].description}: {best[1]}")
-    return Hl7Detection(Hl7Driver, f"{said} and no layout recognised: HL7 v2 reading")
+    return by_sender_then_layout(
+        candidates,
+        lambda cls: cls.recognises(message),
+        lambda cls: cls.score(message),
+        sender,
+        f"sender {sender!r} not known" if sender else "no sender (MSH-3 empty)",
+        Hl7Driver,
+        "HL7 v2 reading",
+    )
 
 
 class Hl7AutoDriver(Hl7Driver):
@@ -423,24 +415,14 @@ class Hl7AutoDriver(Hl7Driver):
         candidates: Sequence[type[Hl7Driver]],
     ) -> None:
         super().__init__(options, instrument)
-        self._options, self._instrument = options, instrument
+        self._made: Instances[Hl7Driver] = Instances(options, instrument)
         self._candidates = candidates
-        self._made: dict[type[Hl7Driver], Hl7Driver] = {}
-        self.detection: Hl7Detection | None = None
+        self.detection: Detection[Hl7Driver] | None = None
 
     def choose(self, message: Hl7Message) -> Hl7Driver:
-        found = detect_hl7(message, self._candidates)
-        before = self.detection
-        if found.driver is Hl7Driver and before is not None and before.driver is not Hl7Driver:
-            unknown = found.reason.removesuffix(": HL7 v2 reading")
-            found = Hl7Detection(
-                before.driver, f"{unknown}: read as the message before by {before.driver.name}"
-            )
+        found = or_before(detect_hl7(message, self._candidates), self.detection, Hl7Driver)
         self.detection = found
-        made = self._made.get(found.driver)
-        if made is None:
-            made = self._made[found.driver] = found.driver(self._options, self._instrument)
-        return made
+        return self._made.of(found.driver)
 
     def read(self, message: Hl7Message) -> InstrumentMessage:
         return self.choose(message).read(message)
