@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.daemon import DaemonProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -62,3 +65,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA public CASCADE")
         conn.execute("CREATE SCHEMA public")
+
+
+@pytest.fixture
+def start_daemon(database_url: str, tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """Starts the daemon as a process with one tcp-server instrument on ``port`` (its
+    fields given as keywords; ``settings`` for the daemon's), stopped after the test."""
+    started: list[DaemonProcess] = []
+
+    def start(port: int, **instrument: Any) -> DaemonProcess:
+        settings = instrument.pop("settings", {})
+        config = {"name": "an1", "transport": "tcp-server", "host": "127.0.0.1", "port": port}
+        daemon = DaemonProcess(
+            tmp_path, [config | instrument], database_url=database_url, **settings
+        )
+        daemon.start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()

@@ -7,7 +7,8 @@ received is kept once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -102,22 +103,9 @@ class MllpPeer:
 
 
 @pytest.fixture
-def start_daemon(database_url: str, tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-
-    def start(
-        port: int, settings: dict[str, Any] | None = None, **instrument: Any
-    ) -> DaemonProcess:
-        config = {"name": "elite", "transport": "tcp-server", "host": "127.0.0.1", "port": port,
-                  "protocol": "hl7"} | instrument  # fmt: skip
-        daemon = DaemonProcess(tmp_path, [config], database_url=database_url, **(settings or {}))
-        daemon.start()
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.stop()
+def start_daemon(start_daemon: Callable[..., DaemonProcess]) -> Callable[..., DaemonProcess]:
+    """The suite's daemon, its instrument an analyser speaking HL7."""
+    return functools.partial(start_daemon, name="elite", protocol="hl7")
 
 
 def _connection_id(url: str) -> str:

@@ -12,7 +12,6 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -88,25 +87,6 @@ def connection_ids(url: str) -> list[str]:
         "GROUP BY connection_id ORDER BY min(id)",
     )
     return [row[0] for row in rows]
-
-
-@pytest.fixture
-def start_daemon(database_url: str, tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-
-    def start(port: int, **instrument: Any) -> DaemonProcess:
-        settings = instrument.pop("settings", {})
-        config = {"name": "an1", "transport": "tcp-server", "host": "127.0.0.1", "port": port}
-        daemon = DaemonProcess(
-            tmp_path, [config | instrument], database_url=database_url, **settings
-        )
-        daemon.start()
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.stop()
 
 
 @contextlib.contextmanager
