@@ -13,12 +13,10 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import structlog
 
 import drivers
-from drivers import DriverOptions
 from middleware.astm.link import LinkSettings, Role
 from middleware.control import Control, EngineNotRunning, RulesRefused
 from middleware.delivery import LisSender
@@ -201,10 +199,7 @@ class Daemon:
                 log.warning("rules in force not checked", error=repr(exc))
 
     def _driver(self, config: InstrumentConfig) -> drivers.Driver:
-        options = DriverOptions(
-            test_map=dict(config.test_map), control_pattern=config.control_pattern
-        )
-        return drivers.get(config.driver, options, config.name)
+        return drivers.get(config.driver, config.driver_options, config.name)
 
     def _attach(self, config: InstrumentConfig, store: Store, channel: LinkChannel) -> None:
         """A new connection gets a pipeline of its own; nothing of another connection,
@@ -223,7 +218,7 @@ class Daemon:
             encoding=config.encoding,
             engine=self.engine,
             lis=self.control.lis,
-            timezone=ZoneInfo(config.timezone) if config.timezone else None,
+            timezone=config.zone,
             max_message_bytes=config.max_message_bytes,
         )
         channel.handler = self._forget_when_closed(config.name, channel, pipeline)

@@ -20,12 +20,11 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 from typing import TypeVar
-from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy import Connection
 
-from drivers import DriverOptions, get_hl7
+from drivers import get_hl7
 from drivers.hl7 import Hl7AutoDriver, Hl7Driver
 from middleware.assessment import assess_message
 from middleware.domain import InstrumentMessage
@@ -409,18 +408,15 @@ class Hl7Instrument:
 
     def connection(self, peer: str) -> Hl7Connection:
         config = self.config
-        options = DriverOptions(
-            test_map=dict(config.test_map), control_pattern=config.control_pattern
-        )
         return Hl7Connection(
             config.name,
-            get_hl7(config.driver, options, config.name),
+            get_hl7(config.driver, config.driver_options, config.name),
             self.store,
             name=f"{config.name}/{peer}",
             encoding=config.encoding,
             engine=self.engine(),
             lis=self.lis(),
-            timezone=ZoneInfo(config.timezone) if config.timezone else None,
+            timezone=config.zone,
             max_message_bytes=config.max_message_bytes,
             idle_timeout=config.frame_timeout or 30.0,
         )

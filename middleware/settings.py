@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -162,6 +163,18 @@ class InstrumentConfig(BaseModel):
         if value is not None and not math.isfinite(value):
             raise ValueError("must be a finite number of seconds")
         return value
+
+    @property
+    def driver_options(self) -> drivers.DriverOptions:
+        """What this instrument's configuration changes in its driver."""
+        return drivers.DriverOptions(
+            test_map=dict(self.test_map), control_pattern=self.control_pattern
+        )
+
+    @property
+    def zone(self) -> ZoneInfo | None:
+        """The analyser's clock's zone; None for the host's."""
+        return ZoneInfo(self.timezone) if self.timezone else None
 
     @property
     def speaks(self) -> str:
