@@ -9,13 +9,13 @@ from typing import Any
 import drivers
 from drivers import AUTO, Driver
 from drivers.detect import AutoDriver
-from drivers.hl7 import Hl7AutoDriver
+from drivers.hl7 import Hl7AutoDriver, Hl7Driver
 from middleware.astm.capture import Capture, CapturedMessage, CaptureError, read_capture
 from middleware.astm.frames import FrameTolerances
 from middleware.astm.records import DecodedMessage, decode_message
 from middleware.domain import ControlResult, Result
-from middleware.hl7.capture import looks_like_hl7, read_hl7_capture
-from middleware.hl7.segments import Hl7Error, decode_text, parse_message
+from middleware.hl7.capture import CapturedHl7, Hl7Capture, looks_like_hl7, read_hl7_capture
+from middleware.hl7.segments import Hl7Error, Hl7Message, decode_text, parse_message
 
 
 @dataclass(slots=True)
@@ -135,25 +135,36 @@ def decode_capture(
     return report
 
 
-def decode_hl7_capture(data: bytes, driver_name: str | None = AUTO) -> DecodeReport:
-    """What an HL7 capture holds, read by the HL7 driver named, or detected per message."""
-    report = DecodeReport()
+@dataclass(frozen=True, slots=True)
+class ReadHl7:
+    """One analyser message of an HL7 capture, the driver that reads it (and why), and
+    what was wrong with its bytes and segments."""
+
+    captured: CapturedHl7
+    message: Hl7Message
+    driver: Hl7Driver
+    reason: str
+    errors: list[CaptureError]
+
+
+def read_hl7_messages(
+    data: bytes, driver_name: str | None = AUTO
+) -> tuple[Hl7Capture, list[ReadHl7], list[CaptureError]]:
+    """The capture's analyser messages (not the other side's ACKs), each with its driver,
+    and the blocks that are no HL7 message at all. ValueError when the driver named reads
+    ASTM."""
     if drivers.protocol(driver_name) != "hl7" and driver_name not in (None, AUTO):
-        detail = f"the capture is HL7; driver {driver_name} reads ASTM"
-        report.errors.append({"kind": "driver", "detail": detail, "offset": 0})
-        return report
+        raise ValueError(f"the capture is HL7; driver {driver_name} reads ASTM")
     driver = drivers.get_hl7(driver_name)
     capture = read_hl7_capture(data)
-    report.errors += [e.as_dict() for e in capture.errors]
+    read: list[ReadHl7] = []
+    unreadable: list[CaptureError] = []
     for captured in capture.messages:
         text, problem = decode_text(captured.data)
-        errors = [e.as_dict() for e in captured.errors]
-        if problem:
-            errors.append(CaptureError("charset", problem, captured.offset).as_dict())
         try:
             message = parse_message(text)
         except Hl7Error as exc:
-            report.errors.append({"kind": "syntax", "detail": str(exc), "offset": captured.offset})
+            unreadable.append(CaptureError("syntax", str(exc), captured.offset))
             continue
         if message.message_type.startswith("ACK"):
             continue  # the other side's answer
@@ -162,19 +173,37 @@ def decode_hl7_capture(data: bytes, driver_name: str | None = AUTO) -> DecodeRep
             reason = driver.detection.reason
         else:
             reason = f"named: --driver {driver.name}"
-        reading = chosen.read(message)
-        errors += [CaptureError("syntax", p, captured.offset).as_dict() for p in message.problems]
-        errors += [CaptureError("reading", p, captured.offset).as_dict() for p in reading.problems]
+        errors = list(captured.errors)
+        if problem:
+            errors.append(CaptureError("charset", problem, captured.offset))
+        errors += [CaptureError("syntax", p, captured.offset) for p in message.problems]
+        read.append(ReadHl7(captured, message, chosen, reason, errors))
+    return capture, read, unreadable
+
+
+def decode_hl7_capture(data: bytes, driver_name: str | None = AUTO) -> DecodeReport:
+    """What an HL7 capture holds, read by the HL7 driver named, or detected per message."""
+    report = DecodeReport()
+    try:
+        capture, read, unreadable = read_hl7_messages(data, driver_name)
+    except ValueError as exc:
+        report.errors.append({"kind": "driver", "detail": str(exc), "offset": 0})
+        return report
+    report.errors += [e.as_dict() for e in [*capture.errors, *unreadable]]
+    for one in read:
+        message, offset = one.message, one.captured.offset
+        reading = one.driver.read(message)
+        errors = one.errors + [CaptureError("reading", p, offset) for p in reading.problems]
         report.messages.append(
             {
                 "sender": reading.sender or None,
-                "driver": chosen.name,
-                "driver_reason": reason,
+                "driver": one.driver.name,
+                "driver_reason": one.reason,
                 "control_id": message.control_id,
                 "records": len(message.segments),
                 "results": [_result_row(r, c) for r, c in reading.measurements()],
-                "errors": errors,
-                "offset": captured.offset,
+                "errors": [e.as_dict() for e in errors],
+                "offset": offset,
             }
         )
     if not capture.messages and not capture.errors:

@@ -8,13 +8,11 @@ import itertools
 from collections.abc import Iterator
 from datetime import datetime
 
-import drivers
 from drivers import AUTO
-from middleware.decode import read_messages
+from middleware.decode import read_hl7_messages, read_messages
 from middleware.domain import InstrumentMessage
-from middleware.hl7.capture import looks_like_hl7, read_hl7_capture
+from middleware.hl7.capture import looks_like_hl7
 from middleware.hl7.results import Reported, Sender, by_specimen
-from middleware.hl7.segments import Hl7Error, decode_text, parse_message
 
 
 def render_capture(
@@ -49,13 +47,5 @@ def _readings(
         for read in read_messages(data, driver_name, tolerate)[1]:
             yield read.driver.read(read.decoded.records)
         return
-    if drivers.protocol(driver_name) != "hl7" and driver_name not in (None, AUTO):
-        raise ValueError(f"the capture is HL7; driver {driver_name} reads ASTM")
-    driver = drivers.get_hl7(driver_name)
-    for captured in read_hl7_capture(data).messages:
-        try:
-            message = parse_message(decode_text(captured.data)[0])
-        except Hl7Error:
-            continue  # decode says what it is
-        if not message.message_type.startswith("ACK"):
-            yield driver.choose(message).read(message)
+    for one in read_hl7_messages(data, driver_name)[1]:
+        yield one.driver.read(one.message)
