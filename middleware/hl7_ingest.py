@@ -37,8 +37,8 @@ from middleware.hl7.segments import (
     Hl7Message,
     decode_text,
     encoding_of,
+    header_fields,
     parse_message,
-    split_segments,
     unescape,
 )
 from middleware.settings import InstrumentConfig
@@ -364,9 +364,7 @@ def _write(conn: Connection, pending: list[Pending], now: datetime) -> None:
 def _answer(text: str, at: datetime, code: str, why: str = "") -> str:
     """The ACK of a message (or of the head of one too long to keep): MSA-2 its MSH-10 as
     written, escapes and all; MSH-5/6 its sender; its trigger, processing id and version."""
-    lines = split_segments(text.lstrip("\ufeff"))
-    first = lines[0] if lines else ""
-    msh = first.split(first[3]) if first.startswith("MSH") and len(first) > 3 else []
+    msh = header_fields(text)
 
     def field(n: int, component: int = 0) -> str:
         # MSH-n is at index n - 1 once split on the separator, which is MSH-1.

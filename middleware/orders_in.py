@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 
 from middleware.hl7.mllp import Discarded, MllpReader, frame
 from middleware.hl7.orders import CANCEL, OrderMessage, OrderRefused, acknowledgment, read_order
+from middleware.hl7.segments import declared_charset, header_fields
 from middleware.store import Store, orders
 from middleware.store.sql import utcnow
 from middleware.transport.tcp import ListenError
@@ -97,7 +98,7 @@ class OrderReceiver:
 
     async def _take(self, data: bytes) -> str:
         now = self.clock()
-        charset = _charset(data)
+        charset = declared_charset(data)
         encoding = CHARSETS.get(charset)
         try:
             if encoding is None:
@@ -135,23 +136,10 @@ def _apply(conn: Connection, message: OrderMessage, at: datetime) -> None:
             orders.put_order(conn, order, at)
 
 
-def _msh(data: bytes) -> list[str]:
-    first = data.replace(b"\n", b"\r").split(b"\r", 1)[0]
-    if not first.startswith(b"MSH"):
-        return []
-    return first.decode("ascii", errors="replace").split("|")
-
-
-def _charset(data: bytes) -> str:
-    """MSH-18, as far as it can be read."""
-    fields = _msh(data)
-    return fields[17].split("~")[0].strip().upper() if len(fields) > 17 else ""
-
-
 def _header(data: bytes) -> tuple[str, str]:
     """MSH-10 and the trigger of MSH-9 of a message that could not be read, as far as
     they can be found, for its answer."""
-    fields = _msh(data)
+    fields = header_fields(data.decode("ascii", errors="replace"))
     control_id = fields[9] if len(fields) > 9 else ""
     kind = fields[8].split("^") if len(fields) > 8 else []
     trigger = kind[1] if len(kind) > 1 and kind[1].isalnum() else "O01"

@@ -119,12 +119,19 @@ CHARSETS = {
 }
 
 
+def header_fields(text: str) -> list[str]:
+    """The fields of a message's MSH as written, escapes and all, split on its own
+    separator: MSH-n is at index n - 1 (from MSH-2 on). Read so, a message that cannot be
+    parsed (or only its head) still gives its control id and character set. Empty when
+    the text does not begin with an MSH."""
+    lines = split_segments(text.lstrip("\ufeff"))
+    first = lines[0] if lines else ""
+    return first.split(first[3]) if first.startswith("MSH") and len(first) > 3 else []
+
+
 def declared_charset(data: bytes) -> str:
     """MSH-18 as far as the first segment's bytes give it ("" when absent)."""
-    first = re.split(rb"[\r\n]", data.lstrip(b"\xef\xbb\xbf"), maxsplit=1)[0]
-    if not first.startswith(b"MSH") or len(first) < 4:
-        return ""
-    fields = first.decode("ascii", errors="replace").split(chr(first[3]))
+    fields = header_fields(data.removeprefix(b"\xef\xbb\xbf").decode("ascii", errors="replace"))
     return fields[17].split("~")[0].strip().upper() if len(fields) > 17 else ""
 
 
