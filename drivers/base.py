@@ -150,6 +150,9 @@ class Tables:
     flag_map: ClassVar[Mapping[str, str]] = {}
     #: A specimen id matching this marks a control sample.
     control_pattern: ClassVar[re.Pattern[str] | None] = None
+    #: Test codes are looked up in upper case too, when the analyser writes them in
+    #: another case than its printouts and the LIS (``Neu#`` for ``NEU#``).
+    codes_any_case: ClassVar[bool] = False
 
     def __init__(self, options: DriverOptions | None = None, instrument: str = "") -> None:
         options = options or DriverOptions()
@@ -162,6 +165,8 @@ class Tables:
         self._problems: list[str] = []
 
     def lab_code(self, code: str) -> str:
+        if self.codes_any_case:
+            return self.codes.get(code) or self.codes.get(code.upper(), code)
         return self.codes.get(code, code)
 
 

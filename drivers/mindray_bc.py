@@ -34,15 +34,12 @@ class MindrayBCDriver(Driver):
     description = "Mindray BC series haematology (BC-5xxx, BC-6xxx), ASTM mode"
     sender_pattern = re.compile(r"^BC-[56]\d{3}", re.I)
     test_map: ClassVar[Mapping[str, str]] = HAEMATOLOGY
+    # The screens write the differential Neu#, Lym%; the printouts and the LIS NEU#, LYM%.
+    codes_any_case = True
 
     def instrument_test_code(self, result: Record) -> str:
         named = [c for c in result.components(3) if c and not _LOINC.match(c)]
         return named[0] if named else super().instrument_test_code(result)
-
-    def lab_code(self, code: str) -> str:
-        # Regardless of case: the screens write the differential Neu#, Lym%, the printouts
-        # and the LIS NEU#, LYM%.
-        return self.codes.get(code) or self.codes.get(code.upper(), code)
 
     def control_info(self, context: Context, group: ResultRecords) -> ControlInfo | None:
         header = context.header

@@ -46,6 +46,7 @@ class MindrayHl7Driver(Hl7Driver):
     description = "Mindray BC series haematology and its OEM models (Erba ELite 580), HL7 mode"
     sender_pattern = re.compile(r"^(?:BC-\d{4}|ELite\s*\d)", re.IGNORECASE)
     test_map: ClassVar[Mapping[str, str]] = HAEMATOLOGY
+    codes_any_case = True
 
     @classmethod
     def score(cls, message: Hl7Message) -> tuple[int, str]:
@@ -65,9 +66,6 @@ class MindrayHl7Driver(Hl7Driver):
 
     def is_result(self, observation: Observation) -> bool:
         return observation.obx.value(3) not in _ATTRIBUTES and not _is_flag(observation)
-
-    def lab_code(self, code: str) -> str:
-        return self.codes.get(code) or self.codes.get(code.upper(), code)
 
     def sample_comments(self, request: Request) -> list[Comment]:
         said = super().sample_comments(request)
