@@ -35,9 +35,11 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _hl7_render(args: argparse.Namespace) -> int:
+    from dataclasses import replace
     from datetime import UTC, datetime
 
     from middleware.hl7.render import render_capture
+    from middleware.hl7.results import Sender
 
     try:
         data = sys.stdin.buffer.read() if args.path == "-" else Path(args.path).read_bytes()
@@ -46,10 +48,23 @@ def _hl7_render(args: argparse.Namespace) -> int:
             f"lis-middleware hl7 render: cannot read {args.path}: {exc.strerror}", file=sys.stderr
         )
         return 2
+    sender = Sender()
+    if args.config is not None:
+        settings = _settings(args, "hl7 render")
+        if settings is None:
+            return 2
+        sender = settings.lis.sender() if settings.lis is not None else sender
+    # Given on the command line, the type and version win over the configuration's.
+    sender = replace(
+        sender,
+        version=args.hl7_version or sender.version,
+        message_type=(args.message_type or "").replace("_", "^") or sender.message_type,
+    )
+    if sender.message_type == "OUL^R22" and sender.version != "2.5.1":
+        print("lis-middleware hl7 render: OUL^R22 is HL7 v2.5.1 only", file=sys.stderr)
+        return 2
     try:
-        messages = render_capture(
-            data, datetime.now(UTC), args.driver, args.tolerate, args.hl7_version
-        )
+        messages = render_capture(data, datetime.now(UTC), args.driver, args.tolerate, sender)
     except (KeyError, ValueError) as exc:
         print(f"lis-middleware hl7 render: {exc.args[0]}", file=sys.stderr)
         return 2
@@ -348,11 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     hl7_sub = hl7.add_subparsers(dest="hl7_command", required=True)
     render = hl7_sub.add_parser(
         "render",
-        help="print the ORU^R01 messages a capture's results become",
-        description="Decode an ASTM capture and print the HL7 ORU^R01 message each "
-        "specimen's patient results would be sent as (one segment per line, a blank line "
-        "between messages), whatever the rules would decide. Exit status 0, or 2 on usage "
-        "errors.",
+        help="print the HL7 messages a capture's results become",
+        description="Decode a capture (ASTM, or the HL7 an analyser sent) and print the HL7 "
+        "message each specimen's patient results would be sent to the LIS as (one segment "
+        "per line, a blank line between messages), whatever the rules would decide. Exit "
+        "status 0, or 2 on usage errors.",
     )
     render.add_argument("path", help="capture file, or - for standard input")
     render.add_argument(
@@ -366,8 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--version",
         dest="hl7_version",
         choices=("2.5.1", "2.3.1"),
-        default="2.5.1",
-        help="HL7 version (default %(default)s)",
+        help="HL7 version (default: the configuration's, else 2.5.1)",
+    )
+    render.add_argument(
+        "--type",
+        dest="message_type",
+        choices=("ORU_R01", "OUL_R22"),
+        type=lambda text: text.replace("^", "_"),
+        help="message type (default: the configuration's, else ORU_R01)",
+    )
+    render.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the daemon's YAML configuration: its lis section (type, version, test names "
+        "and codes, methods, performing laboratory) shapes the messages",
     )
     render.set_defaults(handler=_hl7_render)
 

@@ -24,7 +24,6 @@ from middleware.engine.engine import Engine
 from middleware.engine.qc import LimitsProposal, QcGate
 from middleware.engine.rules import Rules, as_json, from_json, load_rules
 from middleware.engine.rules import diff as rules_diff
-from middleware.hl7.results import Sender
 from middleware.settings import Settings
 from middleware.store import Store, outbox, qc_state, rules_in_force
 from middleware.store.audit import audit
@@ -108,19 +107,7 @@ class Control:
         self.rules: Rules | None = None
         self.rules_version: int | None = None
         """The row of ``rules_in_force`` these rules are."""
-        lis = settings.lis
-        self.lis = (
-            Sender(
-                application=lis.sending_application,
-                facility=lis.sending_facility,
-                receiving_application=lis.receiving_application,
-                receiving_facility=lis.receiving_facility,
-                version=lis.version,
-                review_status="C" if lis.review_notice == "corrected" else "F",
-            )
-            if lis is not None
-            else None
-        )
+        self.lis = settings.lis.sender() if settings.lis is not None else None
         """Who sends to whom, when released results are queued for a LIS."""
         self.engine: Engine | None = None
         """Created by the first rules accepted, then kept: pipelines hold on to it, and a

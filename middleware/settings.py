@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 import drivers
 from middleware.astm.frames import FrameTolerances
+from middleware.hl7.results import CatalogEntry, PerformingLab, Sender
 from middleware.yamlfile import FileError, describe, line_of, read_mapping
 
 
@@ -277,6 +278,37 @@ class TlsConfig(BaseModel):
         return self
 
 
+class LisTestConfig(BaseModel):
+    """How the LIS knows one of the laboratory's tests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", max_length=200)
+    """Sent with the code (OBX-3's text)."""
+    code: str = Field(default="", max_length=100)
+    """The LIS's code for it (a LOINC code, say) when not the laboratory's."""
+    coding_system: str = Field(default="L", min_length=1, max_length=20)
+    """``LN`` for LOINC, ``L`` for a local code (HL7 table 0396)."""
+    method: str = Field(default="", max_length=200)
+    """The observation method (OBX-17)."""
+
+
+class PerformingLabConfig(BaseModel):
+    """The laboratory that produced the results (OBX-23 to OBX-25, HL7 v2.5.1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    street: str = Field(default="", max_length=200)
+    city: str = Field(default="", max_length=100)
+    postal_code: str = Field(default="", max_length=20)
+    country: str = Field(default="", max_length=3)
+    """ISO 3166 code (``FRA``)."""
+    director_id: str = Field(default="", max_length=100)
+    director_family_name: str = Field(default="", max_length=100)
+    director_given_name: str = Field(default="", max_length=100)
+
+
 class LisConfig(BaseModel):
     """The LIS results are delivered to, over MLLP; no outbox is kept without it."""
 
@@ -292,6 +324,15 @@ class LisConfig(BaseModel):
     backoff: BackoffConfig = BackoffConfig()
     version: Literal["2.5.1", "2.3.1"] = "2.5.1"
     """HL7 version of the results sent (docs/hl7.md says what 2.3.1 leaves out)."""
+    message_type: Literal["ORU^R01", "OUL^R22"] = "ORU^R01"
+    """ORU^R01, or OUL^R22 (IHE laboratory, v2.5.1 only) for a LIS that takes it."""
+    reagent_lots: Literal["note", "observation"] = "note"
+    """How an ORU^R01 carries a result's reagent lots: an NTE after it, or an OBX of its
+    own; OUL^R22 carries them in SID segments."""
+    tests: dict[str, LisTestConfig] = {}
+    """By laboratory test code: its name, the LIS's code and the method sent with it."""
+    performing_laboratory: PerformingLabConfig | None = None
+    """Named in each result (v2.5.1), for a LIS that reports it."""
     review_notice: Literal["note", "corrected"] = "note"
     """How a released result put under review by a later QC failure is told to the LIS:
     sent again as final with a note (NTE), or as corrected (OBX-11 C) with the note."""
@@ -317,6 +358,31 @@ class LisConfig(BaseModel):
         for item in value:
             ipaddress.ip_network(item, strict=False)  # a ValueError names what is wrong
         return value
+
+    def sender(self) -> Sender:
+        """What the results are built with: who sends to whom, and how."""
+        lab = self.performing_laboratory
+        return Sender(
+            application=self.sending_application,
+            facility=self.sending_facility,
+            receiving_application=self.receiving_application,
+            receiving_facility=self.receiving_facility,
+            version=self.version,
+            message_type=self.message_type,
+            review_status="C" if self.review_notice == "corrected" else "F",
+            reagent_lots=self.reagent_lots,
+            tests={
+                code: CatalogEntry(t.name, t.code, t.coding_system, t.method)
+                for code, t in self.tests.items()
+            },
+            performing_lab=PerformingLab(**lab.model_dump()) if lab else None,
+        )
+
+    @model_validator(mode="after")
+    def _oul_version(self) -> LisConfig:
+        if self.message_type == "OUL^R22" and self.version != "2.5.1":
+            raise ValueError("message_type OUL^R22 is HL7 v2.5.1: version must be 2.5.1")
+        return self
 
     @model_validator(mode="after")
     def _orders_tls(self) -> LisConfig:

@@ -121,3 +121,40 @@ async def test_no_answer_sends_the_same_message_again_with_the_same_control_id(
     assert {r.control_id for r in lis.received} == {lis.received[0].control_id}
     [(specimen, state, attempts)] = _outbox(database_url)
     assert (specimen, state) == ("S1", "delivered") and attempts == len(lis.received)
+
+
+async def test_a_lis_configured_for_oul_r22_gets_them_with_its_codes_and_laboratory(
+    tmp_path: Path, database_url: str
+) -> None:
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.parser import parse_message
+
+    lis = LisPeer()
+    port = await lis.start()
+    daemon = _daemon(
+        tmp_path, database_url, port,
+        message_type="OUL^R22",
+        tests={"GLU": {"name": "Glucose", "code": "2345-7", "coding_system": "LN",
+                       "method": "HEXOKINASE"}},
+        performing_laboratory={"name": "Central lab", "city": "Lyon", "country": "FRA"},
+    )  # fmt: skip
+    await asyncio.to_thread(daemon.start)
+    try:
+        await _analyser(daemon, qc("5.2", "15.6"), patient("S1", "5.0"))
+        await lis.wait_for(1)
+    finally:
+        assert await asyncio.to_thread(daemon.stop) == 0
+        await lis.stop()
+    (received,) = lis.received
+    segments = received.text.split("\r")
+    assert segments[0].split("|")[8] == "OUL^R22^OUL_R22"
+    assert [s.split("|")[0] for s in segments] == ["MSH", "PID", "SPM", "SAC", "OBR", "OBX"]
+    assert segments[2].startswith("SPM|1|S1|")
+    obx = segments[5].split("|")
+    assert (obx[3], obx[5], obx[17]) == ("2345-7^Glucose^LN^GLU^^L", "5.0", "HEXOKINASE^^L")
+    assert obx[23:] == ["Central lab", "^^Lyon^^^FRA"]
+    message = parse_message(
+        received.text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True
+    )
+    assert message.validate()
+    assert _outbox(database_url) == [("S1", "delivered", 1)]

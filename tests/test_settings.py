@@ -90,6 +90,19 @@ def test_link_settings_combine_driver_and_configuration(tmp_path: Path) -> None:
         ("colour: blue\n", ":1: colour: Extra inputs are not permitted"),
         ("instruments: [\n", "not valid YAML"),
         ("- just\n- a list\n", ":1: the file must be a mapping"),
+        (
+            "lis:\n  host: h\n  port: 1\n  message_type: OUL^R22\n  version: 2.3.1\n",
+            "message_type OUL^R22 is HL7 v2.5.1",
+        ),
+        ("lis:\n  host: h\n  port: 1\n  message_type: ORU^R03\n", ":4: lis.message_type"),
+        (
+            "lis:\n  host: h\n  port: 1\n  tests:\n    GLU: {nmae: Glucose}\n",
+            ":5: lis.tests.GLU.nmae",
+        ),
+        (
+            "lis:\n  host: h\n  port: 1\n  performing_laboratory:\n    city: Lyon\n",
+            "lis.performing_laboratory.name",
+        ),
     ],
 )
 def test_bad_configuration_names_file_line_and_field(
@@ -100,6 +113,24 @@ def test_bad_configuration_names_file_line_and_field(
         load_settings(path)
     assert str(path) in str(caught.value)
     assert expected in str(caught.value)
+
+
+def test_the_lis_section_says_how_results_are_built(tmp_path: Path) -> None:
+    settings = load_settings(
+        write(
+            tmp_path,
+            "lis:\n  host: h\n  port: 1\n  message_type: OUL^R22\n  review_notice: corrected\n"
+            "  reagent_lots: observation\n  tests:\n    GLU: {name: Glucose, method: HK}\n"
+            "  performing_laboratory: {name: Central lab, director_family_name: Martin}\n",
+        )
+    )
+    assert settings.lis is not None
+    sender = settings.lis.sender()
+    assert (sender.message_type, sender.version, sender.review_status) == ("OUL^R22", "2.5.1", "C")
+    assert sender.reagent_lots == "observation"
+    assert sender.tests["GLU"].name == "Glucose" and sender.tests["GLU"].coding_system == "L"
+    assert sender.performing_lab is not None
+    assert sender.performing_lab.director_family_name == "Martin"
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:

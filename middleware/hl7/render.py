@@ -20,12 +20,11 @@ def render_capture(
     at: datetime,
     driver_name: str | None = AUTO,
     tolerate: str | None = None,
-    version: str = "2.5.1",
+    sender: Sender | None = None,
 ) -> list[str]:
     """Every message the capture's patient results would be sent as, whatever the rules
     would decide about them."""
     numbers = itertools.count(1)
-    sender = Sender(version=version)
     out: list[str] = []
     for reading in _readings(data, driver_name, tolerate):
         # Patient results only: controls stay in the middleware.
@@ -33,7 +32,7 @@ def render_capture(
             [Reported(r) for r in reading.results],
             reading.patients,
             at,
-            sender,
+            sender or Sender(),
             lambda: f"MW{next(numbers):08d}",
         )
         out += [b.message for b in built]
