@@ -37,7 +37,7 @@ from middleware.transport.channel import (
 from middleware.transport.reconnect import Backoff, Reconnecting
 from middleware.transport.serial import SerialConnection, SerialSettings
 from middleware.transport.tcp import TcpClient, TcpServer
-from middleware.transport.tls import server_context
+from middleware.transport.tls import instrument_context, server_context, server_name
 
 log = structlog.get_logger("middleware.daemon")
 
@@ -253,15 +253,17 @@ class Daemon:
         if config.transport == "tcp-server":
             assert config.port is not None
             server = TcpServer(
-                config.host, config.port, settings, name=config.name, on_connect=attach
-            )
+                config.host, config.port, settings, name=config.name, on_connect=attach,
+                tls=instrument_context(config), allow=config.allow,
+            )  # fmt: skip
             await server.start()
             self.servers[config.name] = server
         elif config.transport == "tcp-client":
             assert config.port is not None
             client = TcpClient(
-                config.host, config.port, settings, name=config.name, on_connect=attach
-            )
+                config.host, config.port, settings, name=config.name, on_connect=attach,
+                tls=instrument_context(config), server_name=server_name(config),
+            )  # fmt: skip
             self._outgoing.append(client)
             self._tasks.append(asyncio.create_task(_keep_running(config.name, client.run)))
         else:

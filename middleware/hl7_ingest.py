@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import secrets
+import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 from typing import TypeVar
@@ -47,6 +48,7 @@ from middleware.store.ingest import Delivery, RawSpan, Stored, keep_raw, settle,
 from middleware.store.sql import utcnow
 from middleware.transport.reconnect import Backoff
 from middleware.transport.tcp import ListenError
+from middleware.transport.tls import allowed, instrument_context, server_name
 
 log = structlog.get_logger("middleware.hl7_ingest")
 T = TypeVar("T")
@@ -403,6 +405,7 @@ class Hl7Instrument:
         self._server: asyncio.Server | None = None
         self._client: asyncio.Task[None] | None = None
         self._stopping = False
+        self._tls: ssl.SSLContext | None = None
 
     def connection(self, peer: str) -> Hl7Connection:
         config = self.config
@@ -422,9 +425,13 @@ class Hl7Instrument:
     async def start(self) -> None:
         config = self.config
         assert config.port is not None
+        # Built here, not per connection: a certificate that cannot be read stops the start.
+        self._tls = instrument_context(config)
         if config.transport == "tcp-server":
             try:
-                self._server = await asyncio.start_server(self._accept, config.host, config.port)
+                self._server = await asyncio.start_server(
+                    self._accept, config.host, config.port, ssl=self._tls
+                )
             except OSError as exc:
                 raise ListenError(config.name, config.host, config.port, exc) from exc
             port = self._server.sockets[0].getsockname()[1]
@@ -436,6 +443,11 @@ class Hl7Instrument:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if not allowed(str(peer[0]) if isinstance(peer, tuple) else "", self.config.allow):
+            log.warning("connection refused: address not allowed", connection=self.config.name,
+                        peer=where, protocol="hl7")  # fmt: skip
+            writer.close()
+            return
         connection = self.connection(where)
         if self.config.connections == "newest":
             for older in list(self.live):
@@ -456,7 +468,9 @@ class Hl7Instrument:
         next_delay = Backoff().delays()
         while not self._stopping:
             try:
-                reader, writer = await asyncio.open_connection(config.host, config.port)
+                reader, writer = await asyncio.open_connection(
+                    config.host, config.port, ssl=self._tls, server_hostname=server_name(config)
+                )
             except OSError as exc:
                 delay = next_delay()
                 log.warning("cannot open", connection=config.name, error=str(exc), retry_in=delay)

@@ -67,6 +67,39 @@ class Tolerances(BaseModel):
         return FrameTolerances(**values)
 
 
+class TlsConfig(BaseModel):
+    """TLS on a connection (D5): to or from the LIS, to or from an analyser."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: Path | None = None
+    """Certificates the peer's must chain to; the system's when not given."""
+    cert_file: Path | None = None
+    """Our certificate (a server's; a client's for mutual TLS)."""
+    key_file: Path | None = None
+    server_name: str | None = None
+    """The name the server's certificate must carry (the host connected to by default)."""
+    require_client_certificate: bool = False
+    """For a server: the peer must show a certificate that chains to ca_file."""
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.require_client_certificate and self.ca_file is None:
+            raise ValueError("require_client_certificate needs ca_file")
+        return self
+
+
+def _networks(value: list[str]) -> list[str]:
+    """Addresses or networks (CIDR) as written, each checked."""
+    import ipaddress
+
+    for item in value:
+        ipaddress.ip_network(item, strict=False)  # a ValueError names what is wrong
+    return value
+
+
 class InstrumentConfig(BaseModel):
     """One analyser connection."""
 
@@ -98,6 +131,13 @@ class InstrumentConfig(BaseModel):
     max_frame_bytes: int = Field(1 << 20, ge=256, le=1 << 30)
     max_message_bytes: int = Field(8 << 20, ge=1024, le=1 << 30)
     """Larger frames and messages are refused (NAK) and kept raw."""
+    tls: TlsConfig | None = None
+    """TLS on the link (D5). A tcp-server shows cert_file and key_file, and checks the
+    analyser's certificate with require_client_certificate; a tcp-client checks the
+    certificate of the analyser (or its terminal server) it connects to."""
+    allow: list[str] = []
+    """tcp-server: the addresses or networks (CIDR) the analyser may connect from; any
+    when empty."""
 
     @field_validator("timezone")
     @classmethod
@@ -195,12 +235,23 @@ class InstrumentConfig(BaseModel):
             raise ValueError("an HL7 analyser connects over TCP (MLLP): tcp-server or tcp-client")
         return self
 
+    @field_validator("allow")
+    @classmethod
+    def _allow_networks(cls, value: list[str]) -> list[str]:
+        return _networks(value)
+
     @model_validator(mode="after")
     def _transport_needs(self) -> InstrumentConfig:
         if self.transport in ("tcp-server", "tcp-client") and self.port is None:
             raise ValueError(f"transport {self.transport} needs a port")
         if self.transport == "serial" and self.serial is None:
             raise ValueError("transport serial needs a serial section (port, baudrate...)")
+        if self.tls is not None and self.transport == "serial":
+            raise ValueError("tls is for a TCP link, not transport serial")
+        if self.tls is not None and self.transport == "tcp-server" and self.tls.cert_file is None:
+            raise ValueError("tls on a tcp-server needs cert_file and key_file: it serves")
+        if self.allow and self.transport != "tcp-server":
+            raise ValueError(f"allow lists who may connect to a tcp-server, not {self.transport}")
         return self
 
 
@@ -252,30 +303,6 @@ class BackoffConfig(BaseModel):
     multiplier: float = Field(default=2.0, ge=1, le=10)
     ceiling: float = Field(default=60.0, gt=0, le=3600)
     jitter: float = Field(default=0.2, ge=0, le=1)
-
-
-class TlsConfig(BaseModel):
-    """TLS on a connection to or from the LIS (D5)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    ca_file: Path | None = None
-    """Certificates the peer's must chain to; the system's when not given."""
-    cert_file: Path | None = None
-    """Our certificate (a server's; a client's for mutual TLS)."""
-    key_file: Path | None = None
-    server_name: str | None = None
-    """The name the LIS's certificate must carry (the host by default)."""
-    require_client_certificate: bool = False
-    """For the orders server: the LIS must show a certificate that chains to ca_file."""
-
-    @model_validator(mode="after")
-    def _pairs(self) -> TlsConfig:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
-        if self.require_client_certificate and self.ca_file is None:
-            raise ValueError("require_client_certificate needs ca_file")
-        return self
 
 
 class LisTestConfig(BaseModel):
@@ -352,12 +379,8 @@ class LisConfig(BaseModel):
 
     @field_validator("orders_allow")
     @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        import ipaddress
-
-        for item in value:
-            ipaddress.ip_network(item, strict=False)  # a ValueError names what is wrong
-        return value
+    def _orders_networks(cls, value: list[str]) -> list[str]:
+        return _networks(value)
 
     def sender(self) -> Sender:
         """What the results are built with: who sends to whom, and how."""

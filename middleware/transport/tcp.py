@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
+from collections.abc import Sequence
 
 import structlog
 
 from middleware.astm.link import LinkSettings
 from middleware.transport.channel import EventHandler, LinkChannel
 from middleware.transport.reconnect import Backoff, ChannelCallback, Reconnecting, serve
+from middleware.transport.tls import allowed
 
 log = structlog.get_logger("middleware.transport")
 
@@ -43,6 +46,8 @@ class TcpServer:
         *,
         name: str = "tcp-server",
         on_connect: ChannelCallback | None = None,
+        tls: ssl.SSLContext | None = None,
+        allow: Sequence[str] = (),
     ) -> None:
         self.host = host
         self.port = port
@@ -50,6 +55,9 @@ class TcpServer:
         self.handler = handler
         self.name = name
         self.on_connect = on_connect
+        self.tls = tls
+        self.allow = list(allow)
+        """Addresses or networks analysers may connect from; any when empty."""
         self.channels: set[LinkChannel] = set()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -63,14 +71,22 @@ class TcpServer:
 
     async def start(self) -> None:
         try:
-            self._server = await asyncio.start_server(self._accept, self.host, self.port)
+            self._server = await asyncio.start_server(
+                self._accept, self.host, self.port, ssl=self.tls
+            )
         except OSError as exc:
             raise ListenError(self.name, self.host, self.port, exc) from exc
-        log.info("listening", connection=self.name, host=self.host, port=self.bound_port)
+        log.info("listening", connection=self.name, host=self.host, port=self.bound_port,
+                 tls=self.tls is not None)  # fmt: skip
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if not allowed(str(peer[0]) if isinstance(peer, tuple) else "", self.allow):
+            log.warning("connection refused: address not allowed", connection=self.name,
+                        peer=where)  # fmt: skip
+            writer.close()
+            return
         channel = LinkChannel(
             reader, writer, self.settings, self.handler, name=f"{self.name}/{where}"
         )
@@ -125,13 +141,22 @@ class TcpClient(Reconnecting):
         name: str = "tcp-client",
         backoff: Backoff | None = None,
         on_connect: ChannelCallback | None = None,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
         super().__init__(name, settings, handler, backoff=backoff, on_connect=on_connect)
         self.host = host
         self.port = port
+        self.tls = tls
+        self.server_name = server_name
+        """The name the analyser's certificate must carry (the host by default)."""
 
     async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection(self.host, self.port)
+        if self.tls is None:
+            return await asyncio.open_connection(self.host, self.port)
+        return await asyncio.open_connection(
+            self.host, self.port, ssl=self.tls, server_hostname=self.server_name or self.host
+        )
 
     def describe(self) -> dict[str, object]:
-        return {"host": self.host, "port": self.port}
+        return {"host": self.host, "port": self.port, "tls": self.tls is not None}

@@ -1,43 +1,64 @@
-"""TLS for the links to and from the LIS (D5): contexts from the configuration, with the
-peer's certificate checked, and the addresses a server takes connections from."""
+"""TLS for the links to and from the LIS and the analysers (D5): contexts from the
+configuration, with the peer's certificate checked, and the addresses a server takes
+connections from."""
 
 from __future__ import annotations
 
 import ipaddress
 import ssl
 
-from middleware.settings import TlsConfig
+from middleware.settings import InstrumentConfig, TlsConfig
 
 
 class TlsError(Exception):
     """A certificate or key that cannot be used; the message names the file."""
 
 
-def client_context(config: TlsConfig) -> ssl.SSLContext:
-    """Checks the server's certificate and name; shows ours when configured."""
+def client_context(config: TlsConfig, what: str = "TLS to the LIS") -> ssl.SSLContext:
+    """Checks the server's certificate and name; shows ours when configured. ``what``
+    names the link in errors."""
     try:
         context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
         if config.cert_file is not None and config.key_file is not None:
             context.load_cert_chain(config.cert_file, config.key_file)
     except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"TLS to the LIS: {exc}") from None
+        raise TlsError(f"{what}: {exc}") from None
     return context
 
 
-def server_context(config: TlsConfig) -> ssl.SSLContext:
-    """Shows our certificate; checks the client's when it is required."""
+def server_context(config: TlsConfig, what: str = "TLS on the orders port") -> ssl.SSLContext:
+    """Shows our certificate; checks the client's when it is required. ``what`` names the
+    link in errors."""
     if config.cert_file is None or config.key_file is None:
-        raise TlsError("TLS on the orders port needs cert_file and key_file")
+        raise TlsError(f"{what} needs cert_file and key_file")
     try:
         context = ssl.create_default_context(
             ssl.Purpose.CLIENT_AUTH, cafile=str(config.ca_file) if config.ca_file else None
         )
         context.load_cert_chain(config.cert_file, config.key_file)
     except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"TLS on the orders port: {exc}") from None
+        raise TlsError(f"{what}: {exc}") from None
     if config.require_client_certificate:
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def instrument_context(config: InstrumentConfig) -> ssl.SSLContext | None:
+    """The TLS an instrument's link is configured with: ours to show on a tcp-server, the
+    analyser's to check on a tcp-client; None for plain TCP."""
+    if config.tls is None:
+        return None
+    what = f"TLS on instrument {config.name}"
+    if config.transport == "tcp-server":
+        return server_context(config.tls, what)
+    return client_context(config.tls, what)
+
+
+def server_name(config: InstrumentConfig) -> str | None:
+    """The name a tcp-client checks the analyser's certificate for."""
+    if config.tls is None:
+        return None
+    return config.tls.server_name or config.host
 
 
 def allowed(address: str, networks: list[str]) -> bool:
