@@ -38,9 +38,16 @@ ENGINE = Engine(load_rules(ROOT / "rules"))
 LIS = Sender()
 
 
-def _store(conn: Connection, lines: list[bytes], now: datetime, lis: Sender | None = LIS) -> None:
+def _store(
+    conn: Connection,
+    lines: list[bytes],
+    now: datetime,
+    lis: Sender | None = LIS,
+    driver: drivers.Driver | None = None,
+) -> None:
     records = [line.decode() for line in lines]
-    reading = drivers.get("generic", None, "chem-1").read(decode_message(records).records)
+    driver = driver or drivers.get("generic", None, "chem-1")
+    reading = driver.read(decode_message(records).records)
     reading = reading.in_timezone(UTC)
     text_ = "\r".join(records)
     delivery = Delivery("c", "chem-1", text_.encode(), now, text_, len(records), reading)
@@ -77,6 +84,36 @@ def test_released_results_are_queued_with_their_decision_and_held_ones_wait(
         assert len(store.read(outbox.entries)) == 2  # no LIS configured: nothing queued
     finally:
         store.close()
+
+
+def test_a_result_released_later_goes_with_its_comments_and_reagent_lots(
+    database_url: str,
+) -> None:
+    """Held while its QC is missing, released by the QC that comes later: rebuilt from
+    the store, it must reach the LIS as the analyser sent it, lots and comments too."""
+    architect = drivers.get("abbott_architect", drivers.DriverOptions({"685": "GLU"}), "chem-1")
+    message = [
+        b"H|\\^&|||ARCHITECT^9.45^SCM12345^H1P1O1R1C1Q1L1|||||||P|1",
+        b"P|1|||PAT1",
+        b"O|1|S9|S9^A1^1|^^^685^GLU|R",
+        b"R|1|^^^685^GLU^UNDILUTED^F^L42^SER1^^F|5.0|mmol/L||N||F",
+        b"C|1|I|slightly lipaemic|G",
+        b"L|1",
+    ]
+    store = Store(database_url)
+    try:
+        asyncio.run(_run(store, partial(_store, lines=message, now=T0, driver=architect)))
+        assert store.read(outbox.entries) == []  # held: no QC yet
+        _write(store, qc("5.2", "15.6"), T0 + timedelta(minutes=5))
+        (entry,) = store.read(outbox.entries)
+    finally:
+        store.close()
+    segments = entry.message.split("\r")
+    assert segments[3].split("|")[5] == "5.0"
+    assert segments[4:] == [
+        "NTE|1|L|slightly lipaemic",
+        "NTE|2|L|reagent ARCHITECT GLU reagent lot L42",
+    ]
 
 
 def test_a_rolled_back_release_queues_nothing(database_url: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -18,7 +19,9 @@ from typing import Any
 from sqlalchemy import Connection, Row, TextualSelect, bindparam, select, text, tuple_
 
 from middleware.domain import (
+    Comment,
     Measurement,
+    ReagentUse,
     Result,
 )
 from middleware.engine.decision import Decision
@@ -26,6 +29,7 @@ from middleware.store.schema import (
     decisions,
     open_holds,
     reagent_lots,
+    reagent_uses,
     results,
 )
 from middleware.store.sql import new_only, utc
@@ -42,6 +46,24 @@ _SPECIMEN_PATIENTS = (
 
 _REPORTED_LOTS = select(reagent_lots.c.reagent, reagent_lots.c.lot, reagent_lots.c.expiry).where(
     tuple_(reagent_lots.c.reagent, reagent_lots.c.lot).in_(bindparam("pairs", expanding=True))
+)
+
+
+# The reagent lots each result was made with, as the analyser reported them.
+_LOTS_USED = (
+    select(
+        reagent_uses.c.result_id,
+        reagent_uses.c.test_code,
+        reagent_uses.c.calibration_id,
+        reagent_lots.c.reagent,
+        reagent_lots.c.lot,
+        reagent_lots.c.kind,
+        reagent_lots.c.serial,
+        reagent_lots.c.expiry,
+    )
+    .join(reagent_lots, reagent_lots.c.id == reagent_uses.c.reagent_lot_id)
+    .where(reagent_uses.c.result_id.in_(bindparam("ids", expanding=True)))
+    .order_by(reagent_uses.c.id)
 )
 
 
@@ -201,20 +223,46 @@ def record_decisions(
 
 
 def results_by_id(conn: Connection, ids: Iterable[int]) -> list[tuple[int, Result]]:
+    """Stored results as they go to the LIS: with their comments and reagent lots."""
     wanted = sorted(set(ids))
     if not wanted:
         return []
     rows = conn.execute(select(results).where(results.c.id.in_(wanted)).order_by(results.c.id))
-    return [(row.id, result_of(row)) for row in rows]
+    return _with_lots(conn, [(row.id, result_of(row)) for row in rows])
 
 
 def held_results(
     conn: Connection, instrument: str, tests: Iterable[str]
 ) -> list[tuple[int, Result]]:
     """Results of these tests on an instrument whose latest decision is a hold, oldest
-    first."""
+    first, with their comments and reagent lots (a released one goes to the LIS)."""
     rows = conn.execute(_HELD, {"instrument": instrument, "tests": sorted(set(tests))})
-    return [(row.id, result_of(row)) for row in rows]
+    return _with_lots(conn, [(row.id, result_of(row)) for row in rows])
+
+
+def _with_lots(conn: Connection, found: list[tuple[int, Result]]) -> list[tuple[int, Result]]:
+    """One more indexed lookup for the whole batch, not one per result."""
+    if not found:
+        return found
+    used: dict[int, list[ReagentUse]] = {}
+    for row in conn.execute(_LOTS_USED, {"ids": [result_id for result_id, _ in found]}):
+        used.setdefault(row.result_id, []).append(
+            ReagentUse(
+                row.reagent,
+                row.lot,
+                test_code=row.test_code,
+                expiry=row.expiry,
+                calibration_id=row.calibration_id,
+                serial=row.serial,
+                kind=row.kind,
+            )
+        )
+    return [
+        (result_id, replace(result, reagents=tuple(used[result_id])))
+        if result_id in used
+        else (result_id, result)
+        for result_id, result in found
+    ]
 
 
 def _number(text: str, stored: Any) -> Decimal | None:
@@ -246,4 +294,6 @@ def result_of(row: Any) -> Result:
         module=row.module,
         patient_id=row.patient_id,
         sequence=row.sequence,
+        comments=tuple(Comment(line) for line in row.comments.split("\n") if line),
+        dilution=row.dilution,
     )

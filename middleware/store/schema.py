@@ -165,6 +165,7 @@ reagent_uses = Table(
     Column("used_at", DateTime(timezone=True)),
 )
 Index("ix_reagent_uses_lot", reagent_uses.c.reagent_lot_id)
+Index("ix_reagent_uses_result", reagent_uses.c.result_id)
 
 orders = Table(
     "orders",
