@@ -31,7 +31,7 @@ from middleware.engine.qc import (
     TestQc,
 )
 from middleware.hl7.results import Reported, Sender, by_specimen
-from middleware.store import ingest, outbox, qc_records, qc_state, release, sql
+from middleware.store import ingest, orders, outbox, qc_records, qc_state, release, sql
 from middleware.store.qc_state import LotKey, TestKey
 
 
@@ -53,21 +53,40 @@ class _Lookups:
     previous: dict[tuple[str, str], list[tuple[int, Decimal, datetime]]]
     patients_of: dict[str, tuple[str, ...]]
     reported_lots: Mapping[tuple[str, str], date | None]
+    priorities: dict[str, str]
+    """Specimens ordered STAT or ASAP, by the LIS or the analyser."""
 
     @classmethod
     def fetch(
-        cls, conn: Connection, items: list[tuple[int, Result]], delta_tests: frozenset[str]
+        cls,
+        conn: Connection,
+        items: list[tuple[int, Result]],
+        engine: Engine,
+        reading: InstrumentMessage | None = None,
     ) -> _Lookups:
         if not items:
-            return cls({}, {}, {})
+            return cls({}, {}, {}, {})
+        priorities: dict[str, str] = {}
+        if engine.rules.early_release:  # only early release looks at the priority
+            ordered = [*(reading.orders if reading else ()), *orders.orders_for(
+                conn, {r.specimen_id for _, r in items}
+            )]  # fmt: skip
+            for order in ordered:
+                if order.priority in ("S", "A") and priorities.get(order.specimen_id) != "S":
+                    priorities[order.specimen_id] = order.priority
         return cls(
             release.previous_results(
                 conn,
-                ((r.patient_id, r.test_code) for _, r in items if r.test_code in delta_tests),
+                (
+                    (r.patient_id, r.test_code)
+                    for _, r in items
+                    if r.test_code in engine.delta_tests
+                ),
                 max(i for i, _ in items),
             ),
             release.specimen_patients(conn, (r.specimen_id for _, r in items)),
             release.reported_lots(conn, ((u.reagent, u.lot) for _, r in items for u in r.reagents)),
+            priorities,
         )
 
     def context(
@@ -100,6 +119,7 @@ class _Lookups:
             condition=condition,
             other_patient_ids=self.patients_of.get(result.specimen_id, ()),
             reported_lots=self.reported_lots,
+            priority=self.priorities.get(result.specimen_id, "R"),
         )
 
 
@@ -209,7 +229,7 @@ def assess_message(
     book = QcBook.read(conn, {(r.instrument, r.test_code) for r, _ in reading.measurements()})
     book.read_lots(conn, _lots_needed(engine.gate, book, reading.controls))
     lookups = _Lookups.fetch(
-        conn, [(patient_ids[id(r)], r) for r in reading.results], engine.delta_tests
+        conn, [(patient_ids[id(r)], r) for r in reading.results], engine, reading
     )
     decided: list[tuple[int, Result, Decision]] = []
     evaluated: list[tuple[int, ControlResult, QcOutcome]] = []
@@ -231,9 +251,11 @@ def assess_message(
     qc_records.record_evaluations(conn, evaluated, now)
     release.record_decisions(conn, decided, now)
     released = [(r, d) for _, r, d in decided if d.action is not Action.HOLD]
+    if lis is not None:
+        queue_preliminary(conn, lis, [(i, r, d) for i, r, d in decided if d.preliminary], now)
     for instrument, tests in sorted(touched.items()):
         states = {test: book.test((instrument, test)) for test in tests}
-        later = redecide_held(conn, engine, instrument, states, now)
+        later = redecide_held(conn, engine, instrument, states, now, lis)
         out.released_later += [result_id for result_id, _, _ in later]
         released += [(r, d) for _, r, d in later if d.action is not Action.HOLD]
     book.write(conn, now)
@@ -242,6 +264,45 @@ def assess_message(
         if out.under_review:
             queue_review_notices(conn, lis, out.under_review, now)
     return out
+
+
+def queue_preliminary(
+    conn: Connection,
+    lis: Sender,
+    held: Sequence[tuple[int, Result, Decision]],
+    now: datetime,
+    patients: Sequence[Patient] = (),
+) -> list[int]:
+    """Q13: held results the rules let go early, to the LIS as preliminary (OBX-11 P) with
+    the rule's note; each is marked, so that its final, or a notice that its QC failed,
+    follows."""
+    if not held:
+        return []
+    release.mark_preliminary(conn, [result_id for result_id, _, _ in held], now)
+    reported = [Reported(r, status="P", comments=d.comments) for _, r, d in held]
+    return _enqueue(conn, lis, reported, patients, now)
+
+
+def queue_doubts(
+    conn: Connection, lis: Sender, held: Sequence[tuple[int, Result, Decision]], now: datetime
+) -> list[int]:
+    """Results sent as preliminary that their QC did not confirm (they stay held, now for
+    more than a wait): the LIS is told they are under review."""
+    if not held:
+        return []
+    release.mark_preliminary(conn, [result_id for result_id, _, _ in held], None)
+    reported = [
+        Reported(
+            r,
+            status="P",
+            comments=(
+                f"under review: {', '.join(d.reasons)}; the preliminary result sent is not "
+                "confirmed",
+            ),
+        )
+        for _, r, d in held
+    ]
+    return _enqueue(conn, lis, reported, (), now)
 
 
 def queue_review_notices(
@@ -302,18 +363,31 @@ def redecide_held(
     instrument: str,
     states: Mapping[str, TestQc],
     now: datetime,
+    lis: Sender | None = None,
 ) -> list[tuple[int, Result, Decision]]:
     """Look again at the held results of some tests of an instrument, each under its QC
-    state in ``states``; record the decisions that changed, and give them."""
+    state in ``states``; record the decisions that changed, and give those that end the
+    hold. With ``lis``, a result the rules now let go early is sent as preliminary, and
+    one sent so whose QC failed gets its notice (Q13)."""
     held = release.held_results(conn, instrument, states)
-    lookups = _Lookups.fetch(conn, held, engine.delta_tests)
+    lookups = _Lookups.fetch(conn, [(h.result_id, h.result) for h in held], engine)
     changed = []
-    for result_id, result in held:
+    preliminary = []
+    doubted = []
+    for result_id, result, sent_early in held:
         state = states[result.test_code]
         decision = engine.redecide(state, lookups.context(result_id, result, None, now))
+        decided = (result_id, result, decision)
         if decision.action is not Action.HOLD:
-            changed.append((result_id, result, decision))
-    release.record_decisions(conn, changed, now)
+            changed.append(decided)
+        elif lis is not None and decision.preliminary and not sent_early:
+            preliminary.append(decided)
+        elif lis is not None and sent_early and not decision.preliminary:
+            doubted.append(decided)
+    release.record_decisions(conn, [*changed, *preliminary, *doubted], now)
+    if lis is not None:
+        queue_preliminary(conn, lis, preliminary, now)
+        queue_doubts(conn, lis, doubted, now)
     return changed
 
 

@@ -319,7 +319,7 @@ class Control:
                 f"{instrument}/{test}",
                 {"corrective_action": action_id, "action_taken": action_taken},
             )
-            released = redecide_held(conn, engine, instrument, {test: state}, now)
+            released = redecide_held(conn, engine, instrument, {test: state}, now, self.lis)
             book.write(conn, now)
             if self.lis is not None:
                 sent = [(r, d) for _, r, d in released if d.action is not Action.HOLD]

@@ -58,6 +58,8 @@ class ResultContext:
     """Patients this specimen id was already seen with (one id, one patient)."""
     reported_lots: Mapping[tuple[str, str], date | None] = field(default_factory=dict)
     """Expiry of reagent lots (by reagent and lot) as analysers first reported them."""
+    priority: str = "R"
+    """The specimen's order priority: S stat, A as soon as possible, R routine."""
 
 
 __all__ = ["Patient", "PreviousResult", "ResultContext", "SampleCondition"]

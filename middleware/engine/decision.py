@@ -20,6 +20,10 @@ class Action(enum.Enum):
     REJECT = "reject"  # the sample is refused; the reason goes to the LIS
 
 
+#: The code of the finding that sends a held result to the LIS as preliminary (Q13).
+EARLY_RELEASE = "early-release"
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     code: str
@@ -48,6 +52,11 @@ class Decision:
     @property
     def comments(self) -> tuple[str, ...]:
         return tuple(f.comment for f in self.findings if f.comment)
+
+    @property
+    def preliminary(self) -> bool:
+        """Held, and sent to the LIS meanwhile as preliminary (Q13)."""
+        return self.action is Action.HOLD and any(f.code == EARLY_RELEASE for f in self.findings)
 
     @property
     def biologically_validated(self) -> bool:

@@ -18,6 +18,7 @@ from middleware.engine.acceptance import acceptance_findings
 from middleware.engine.autoverify import autoverify
 from middleware.engine.context import ResultContext
 from middleware.engine.decision import Decision, decide
+from middleware.engine.early_release import early_release
 from middleware.engine.qc import ControlStep, LotQc, QcGate, TestQc
 from middleware.engine.reagents import LotRegistry, lots_changed
 from middleware.engine.rules import Rules
@@ -75,11 +76,11 @@ class Engine:
         qc = self.gate.findings(
             state, result.instrument, result.test_code, ctx.now, result.completed_at
         )
-        return decide(
-            [
-                *acceptance_findings(ctx, rules.acceptance),
-                *qc,
-                *self.lots.findings(result, ctx.now.date(), ctx.reported_lots),
-                *autoverify(ctx, rules.ranges, rules.delta_checks, rules.autoverification),
-            ]
-        )
+        findings = [
+            *acceptance_findings(ctx, rules.acceptance),
+            *qc,
+            *self.lots.findings(result, ctx.now.date(), ctx.reported_lots),
+            *autoverify(ctx, rules.ranges, rules.delta_checks, rules.autoverification),
+        ]
+        early = early_release(findings, ctx, rules.early_release)
+        return decide([*findings, early] if early is not None else findings)

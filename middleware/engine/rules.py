@@ -252,6 +252,29 @@ class Autoverification(_Model):
     hold_failed_delta: bool = True
 
 
+#: The holds an early release may go past: a wait for QC, never a finding about the result.
+QcWait = Literal["awaiting-closing-qc", "qc-missing", "qc-expired"]
+
+
+class EarlyRelease(_Model):
+    """Q13: results of these tests, on specimens of these priorities, go to the LIS as
+    preliminary while they are held only to wait for QC; the final (or a notice that the
+    QC failed) follows. Set by the biologist; the result stays held here."""
+
+    tests: list[str] = Field(min_length=1)
+    priorities: list[Literal["S", "A"]] = ["S"]
+    """Order priorities (the analyser's O.6 or the LIS's order): S stat, A as soon as
+    possible."""
+    while_waiting_for: list[QcWait] = ["awaiting-closing-qc"]
+    """The holds it may go past: the QC that closes a bracketed run, a QC level not yet
+    run, a QC that has expired."""
+    comment: str = Field(
+        default="preliminary: sent before the QC that validates it; a final result follows",
+        min_length=1,
+    )
+    """The note that travels with the preliminary result."""
+
+
 class RuleFile(_Model):
     """One YAML file of rules; every section is optional."""
 
@@ -263,6 +286,7 @@ class RuleFile(_Model):
     ranges: list[Range] = []
     delta_checks: list[DeltaCheck] = []
     autoverification: Autoverification | None = None
+    early_release: list[EarlyRelease] = []
 
 
 class Rules(_Model):
@@ -277,6 +301,7 @@ class Rules(_Model):
     ranges: list[Range] = []
     delta_checks: list[DeltaCheck] = []
     autoverification: Autoverification = Autoverification()
+    early_release: list[EarlyRelease] = []
     sources: list[str] = []
 
     def rule_set_for(self, policy: QcPolicy) -> RuleSet:
@@ -295,7 +320,8 @@ class Rules(_Model):
             f"{len(self.sources)} files: {len(self.control_materials)} control materials, "
             f"{len(self.rule_sets)} rule sets, {len(self.qc_policies)} QC policies, "
             f"{len(self.acceptance)} acceptance criteria, {len(self.reagent_lots)} reagent "
-            f"lots, {len(self.ranges)} ranges, {len(self.delta_checks)} delta checks"
+            f"lots, {len(self.ranges)} ranges, {len(self.delta_checks)} delta checks, "
+            f"{len(self.early_release)} early releases"
         )
 
 
@@ -325,6 +351,14 @@ def _cross_check(
             problems.append(
                 f"{at(f'qc_policies.{i}', 'rule_set')}: unknown rule set {policy.rule_set!r}"
             )
+    covered = {test for policy in rules.qc_policies for test in policy.tests}
+    for i, early in enumerate(rules.early_release):
+        for j, test in enumerate(early.tests):
+            if test not in covered:
+                problems.append(
+                    f"{at(f'early_release.{i}', 'tests', j)}: no QC policy covers {test}: "
+                    "its results never wait for QC, there is nothing to release early"
+                )
     seen_lots: set[tuple[str, str]] = set()
     for i, lot in enumerate(rules.reagent_lots):
         if (lot.reagent, lot.lot) in seen_lots:
@@ -361,6 +395,7 @@ def load_rules(directory: Path) -> Rules:
     merged: dict[str, Any] = {
         "control_materials": [], "rule_sets": {}, "sigma_map": [], "qc_policies": [],
         "acceptance": [], "reagent_lots": [], "ranges": [], "delta_checks": [],
+        "early_release": [],
     }  # fmt: skip
     origin: dict[str, tuple[Path, Any, tuple[int | str, ...]]] = {}
     autoverification: Autoverification | None = None
@@ -375,7 +410,7 @@ def load_rules(directory: Path) -> Rules:
             problems.extend(describe(exc, path, root))
             continue
         for section in ("control_materials", "qc_policies", "acceptance", "reagent_lots",
-                        "ranges", "delta_checks"):  # fmt: skip
+                        "ranges", "delta_checks", "early_release"):  # fmt: skip
             items = getattr(parsed, section)
             for i, _ in enumerate(items):
                 origin[f"{section}.{len(merged[section]) + i}"] = (path, root, (section, i))

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Row, TextualSelect, bindparam, select, text, tuple_
 
@@ -73,7 +73,7 @@ _RELEASE_HOLDS = open_holds.delete().where(
 
 
 _HELD = (
-    select(results)
+    select(results, open_holds.c.preliminary_at)
     .join(open_holds, open_holds.c.result_id == results.c.id)
     .where(
         open_holds.c.instrument == bindparam("instrument"),
@@ -231,13 +231,30 @@ def results_by_id(conn: Connection, ids: Iterable[int]) -> list[tuple[int, Resul
     return _with_lots(conn, [(row.id, result_of(row)) for row in rows])
 
 
-def held_results(
-    conn: Connection, instrument: str, tests: Iterable[str]
-) -> list[tuple[int, Result]]:
+class Held(NamedTuple):
+    result_id: int
+    result: Result
+    sent_early: bool
+    """Sent to the LIS as preliminary while held (Q13)."""
+
+
+def held_results(conn: Connection, instrument: str, tests: Iterable[str]) -> list[Held]:
     """Results of these tests on an instrument whose latest decision is a hold, oldest
     first, with their comments and reagent lots (a released one goes to the LIS)."""
-    rows = conn.execute(_HELD, {"instrument": instrument, "tests": sorted(set(tests))})
-    return _with_lots(conn, [(row.id, result_of(row)) for row in rows])
+    rows = list(conn.execute(_HELD, {"instrument": instrument, "tests": sorted(set(tests))}))
+    early = {row.id for row in rows if row.preliminary_at is not None}
+    found = _with_lots(conn, [(row.id, result_of(row)) for row in rows])
+    return [Held(result_id, result, result_id in early) for result_id, result in found]
+
+
+def mark_preliminary(conn: Connection, ids: Iterable[int], at: datetime | None) -> None:
+    """Held results sent to the LIS as preliminary (``at``), or no longer to be taken as
+    such (None: their QC failed and the LIS was told)."""
+    wanted = sorted(set(ids))
+    if wanted:
+        conn.execute(
+            open_holds.update().where(open_holds.c.result_id.in_(wanted)).values(preliminary_at=at)
+        )
 
 
 def _with_lots(conn: Connection, found: list[tuple[int, Result]]) -> list[tuple[int, Result]]:

@@ -237,6 +237,8 @@ open_holds = Table(
     Column("instrument", Text, nullable=False),
     Column("test_code", Text, nullable=False),
     Column("held_since", DateTime(timezone=True), nullable=False),
+    # When it went to the LIS as preliminary while held (Q13); null when it did not.
+    Column("preliminary_at", DateTime(timezone=True)),
 )
 Index("ix_open_holds_test", open_holds.c.instrument, open_holds.c.test_code)
 
