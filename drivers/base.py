@@ -490,26 +490,49 @@ class Driver(Tables):
     ) -> list[Record]:
         """Records answering a host query: the orders held for each specimen asked about,
         or an order marked 'no order' (O.26 = Y) when there are none."""
-        stamp = now.strftime("%Y%m%d%H%M%S")
-        records = [
-            Record.of("H", "\\^&", "", "", "LIS", "", "", "", "", "", "", "P", "LIS2-A2", stamp)
-        ]
+        records = [_host_header(now)]
         asked = self.requested(query, orders)
         for number, (specimen_id, held, codes) in enumerate(asked, start=1):
             patient = held[0].patient_id if held else ""
             priority = held[0].priority if held else "R"
             records.append(Record.of("P", str(number), patient))
-            tests = tuple(("", "", "", code) for code in codes) or (("", "", "", ""),)
-            fields: list[str] = [""] * 25  # O.2 to O.26
-            fields[0] = "1"
-            fields[1] = specimen_id
-            fields[4] = priority
-            fields[10] = "N" if codes else ""
-            fields[24] = "Q" if codes else "Y"
-            plain = Record.of("O", *fields)
-            records.append(Record((*plain.fields[:4], tests, *plain.fields[5:])))
+            action, report = ("N", "Q") if codes else ("", "Y")
+            records.append(_order_record(specimen_id, codes, priority, action, report))
         records.append(Record.of("L", "1", "N"))
         return records
+
+    def download(self, order: Order, cancel: bool, now: datetime) -> list[Record]:
+        """The records that send an analyser taking a downloaded worklist an order (O.12
+        ``N``), or cancel its tests (``C``), in the analyser's test codes."""
+        codes = list(dict.fromkeys(self.analyser_code(code) for code in order.test_codes))
+        return [
+            _host_header(now),
+            Record.of("P", "1", order.patient_id),
+            _order_record(order.specimen_id, codes, order.priority, "C" if cancel else "N", "O"),
+            Record.of("L", "1", "N"),
+        ]
+
+
+def _host_header(now: datetime) -> Record:
+    stamp = now.strftime("%Y%m%d%H%M%S")
+    return Record.of("H", "\\^&", "", "", "LIS", "", "", "", "", "", "", "P", "LIS2-A2", stamp)
+
+
+def _order_record(
+    specimen_id: str, codes: Sequence[str], priority: str, action: str, report: str
+) -> Record:
+    """An O record from the host: O.3 the specimen, O.5 the tests (one repeat each, the
+    code in the fourth component), O.6 the priority, O.12 the action code, O.26 the report
+    type (O order, Q answer to a query, Y no order)."""
+    tests = tuple(("", "", "", code) for code in codes) or (("", "", "", ""),)
+    fields: list[str] = [""] * 25  # O.2 to O.26
+    fields[0] = "1"
+    fields[1] = specimen_id
+    fields[4] = priority
+    fields[10] = action
+    fields[24] = report
+    plain = Record.of("O", *fields)
+    return Record((*plain.fields[:4], tests, *plain.fields[5:]))
 
 
 def _with_trailing(

@@ -38,6 +38,7 @@ from middleware.transport.reconnect import Backoff, Reconnecting
 from middleware.transport.serial import SerialConnection, SerialSettings
 from middleware.transport.tcp import TcpClient, TcpServer
 from middleware.transport.tls import instrument_context, server_context, server_name
+from middleware.worklist_push import WorklistDownloader
 
 log = structlog.get_logger("middleware.daemon")
 
@@ -125,6 +126,8 @@ class Daemon:
         self.store: Store | None = None
         self.servers: dict[str, TcpServer] = {}
         self.connections: dict[str, dict[LinkChannel, ConnectionPipeline]] = {}
+        self.downloaders: dict[str, WorklistDownloader] = {}
+        """Per analyser taking a downloaded worklist."""
         """Per instrument, its live connections, each with its own pipeline."""
         self._tasks: list[asyncio.Task[None]] = []
         self.orders: OrderReceiver | None = None
@@ -157,7 +160,15 @@ class Daemon:
             self._tasks.append(asyncio.create_task(_keep_running("lis", sender.run)))
             if lis.orders_port is not None:
                 tls = server_context(lis.orders_tls) if lis.orders_tls is not None else None
-                self.orders = OrderReceiver(self.store, tls=tls, allow=lis.orders_allow)
+                downloads = {
+                    c.name: frozenset(c.worklist.tests)
+                    for c in self.settings.instruments
+                    if c.enabled and c.worklist is not None
+                }
+                self.orders = OrderReceiver(
+                    self.store, tls=tls, allow=lis.orders_allow, downloads=downloads,
+                    on_taken=self._orders_taken,
+                )  # fmt: skip
                 await self.orders.start(lis.orders_host, lis.orders_port)
         log.info("daemon running", instruments=len(self.connections), owner=self.owner)
 
@@ -201,6 +212,10 @@ class Daemon:
     def _driver(self, config: InstrumentConfig) -> drivers.Driver:
         return drivers.get(config.driver, config.driver_options, config.name)
 
+    def _orders_taken(self) -> None:
+        for downloader in self.downloaders.values():
+            downloader.wake()
+
     def _attach(self, config: InstrumentConfig, store: Store, channel: LinkChannel) -> None:
         """A new connection gets a pipeline of its own; nothing of another connection,
         of this instrument or any other, is ever visible to it."""
@@ -223,6 +238,8 @@ class Daemon:
         )
         channel.handler = self._forget_when_closed(config.name, channel, pipeline)
         live[channel] = pipeline
+        if config.name in self.downloaders:
+            self.downloaders[config.name].wake()  # what waited for the analyser goes now
 
     def _forget_when_closed(
         self, name: str, channel: LinkChannel, pipeline: ConnectionPipeline
@@ -246,6 +263,16 @@ class Daemon:
                      transport=config.transport, protocol="hl7")  # fmt: skip
             return
         settings = link_settings(config, self._driver(config))
+        if config.worklist is not None:
+            name = config.name
+            downloader = WorklistDownloader(
+                name, self._driver(config), store,
+                lambda: list(self.connections.get(name, {})), config.encoding,
+            )  # fmt: skip
+            self.downloaders[name] = downloader
+            self._tasks.append(
+                asyncio.create_task(_keep_running(f"{name}/worklist", downloader.run))
+            )
 
         def attach(channel: LinkChannel) -> None:
             self._attach(config, store, channel)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 import structlog
@@ -16,7 +16,7 @@ from sqlalchemy import Connection
 from middleware.hl7.mllp import Discarded, MllpReader, frame
 from middleware.hl7.orders import CANCEL, OrderMessage, OrderRefused, acknowledgment, read_order
 from middleware.hl7.segments import declared_charset, header_fields
-from middleware.store import Store, orders
+from middleware.store import Store, orders, worklist
 from middleware.store.sql import utcnow
 from middleware.transport.tcp import ListenError
 from middleware.transport.tls import allowed
@@ -40,7 +40,14 @@ class OrderReceiver:
         idle_seconds: float = IDLE_SECONDS,
         tls: ssl.SSLContext | None = None,
         allow: list[str] | None = None,
+        downloads: Mapping[str, frozenset[str]] | None = None,
+        on_taken: Callable[[], None] | None = None,
     ) -> None:
+        self.on_taken = on_taken
+        """Called once orders are kept: downloads may wait."""
+        self.downloads = dict(downloads or {})
+        """Analysers taking a downloaded worklist, each with the tests it runs: orders for
+        them are queued for it with the orders."""
         self.tls = tls
         self.allow = allow or []
         """Networks the LIS may connect from; any when empty."""
@@ -120,20 +127,29 @@ class OrderReceiver:
             return acknowledgment(control_id, "AE", now, "MSH: the message is unreadable", trigger)
         trigger = message.message_type.split("^")[1]
         try:
-            await self.store.write(lambda conn: _apply(conn, message, now))
+            await self.store.write(lambda conn: _apply(conn, message, now, self.downloads))
         except Exception as exc:
             log.error("order not kept", control_id=message.control_id, error=repr(exc))
             return acknowledgment(message.control_id, "AR", now, "not kept; send it again", trigger)
+        if self.on_taken is not None:
+            self.on_taken()
         return acknowledgment(message.control_id, "AA", now, trigger=trigger)
 
 
-def _apply(conn: Connection, message: OrderMessage, at: datetime) -> None:
+def _apply(
+    conn: Connection,
+    message: OrderMessage,
+    at: datetime,
+    downloads: Mapping[str, frozenset[str]],
+) -> None:
     for change in message.changes:
         order = change.order
         if change.action == CANCEL:
             orders.cancel_tests(conn, order.specimen_id, order.test_codes)
+            worklist.enqueue(conn, order, worklist.CANCEL, downloads, at)
         else:
             orders.put_order(conn, order, at)
+            worklist.enqueue(conn, order, worklist.NEW, downloads, at)
 
 
 def _header(data: bytes) -> tuple[str, str]:

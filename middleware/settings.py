@@ -100,6 +100,16 @@ def _networks(value: list[str]) -> list[str]:
     return value
 
 
+class WorklistConfig(BaseModel):
+    """An analyser that takes a downloaded worklist: orders are sent to it as they come."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tests: list[str] = Field(min_length=1)
+    """The laboratory's codes of the tests it runs: orders for them are sent to it (in its
+    own codes, after its test map), each with only the tests it runs."""
+
+
 class InstrumentConfig(BaseModel):
     """One analyser connection."""
 
@@ -138,6 +148,9 @@ class InstrumentConfig(BaseModel):
     allow: list[str] = []
     """tcp-server: the addresses or networks (CIDR) the analyser may connect from; any
     when empty."""
+    worklist: WorklistConfig | None = None
+    """Orders from the LIS sent to the analyser as they arrive (download); without it the
+    analyser asks for them (host query)."""
 
     @field_validator("timezone")
     @classmethod
@@ -233,6 +246,8 @@ class InstrumentConfig(BaseModel):
             )
         if self.speaks == "hl7" and self.transport == "serial":
             raise ValueError("an HL7 analyser connects over TCP (MLLP): tcp-server or tcp-client")
+        if self.speaks == "hl7" and self.worklist is not None:
+            raise ValueError("worklist: orders are sent to analysers speaking ASTM only")
         return self
 
     @field_validator("allow")

@@ -181,6 +181,31 @@ orders = Table(
 )
 Index("ix_orders_specimen", orders.c.specimen_id)
 
+# Orders (and cancellations) waiting to be sent to an analyser that takes a downloaded
+# worklist; written with the orders they come from, marked once the analyser has them.
+worklist_downloads = Table(
+    "worklist_downloads",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("instrument", Text, nullable=False),
+    Column("specimen_id", Text, nullable=False),
+    Column("patient_id", Text, nullable=False, default=""),
+    Column("test_codes", Text, nullable=False),
+    Column("priority", Text, nullable=False, default="R"),
+    Column("action", Text, nullable=False),  # new, cancel
+    Column("state", Text, nullable=False, default="pending"),  # pending, sent, refused
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True)),
+)
+Index(
+    "ix_worklist_downloads_pending",
+    worklist_downloads.c.instrument,
+    worklist_downloads.c.state,
+    worklist_downloads.c.id,
+)
+
 quarantine = Table(
     "quarantine",
     metadata,
