@@ -66,7 +66,7 @@ def test_held_results_follow_every_decision(store: Store) -> None:
             decided = [(i, r, rng.choice([HOLD, HOLD, RELEASE])) for i, r in items]
             release.record_decisions(conn, decided, NOW)
         for test in ("GLU", "K"):
-            held = [i for i, _ in release.held_results(conn, "chem-1", [test])]
+            held = [h.result_id for h in release.held_results(conn, "chem-1", [test])]
             assert held == _held_by_every_decision(conn, "chem-1", test)
             assert held  # the mix leaves some held and releases others
 
