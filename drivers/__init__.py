@@ -32,6 +32,8 @@ _MODULES = (
     "cepheid_genexpert",
     "abbott_afinion",
     "siemens_dca",
+    "siemens_centaur",
+    "sysmex_ca",
     "hl7",
     "mindray_hl7",
     "pixcell_hemoscreen",
