@@ -252,7 +252,8 @@ def assess_message(
     release.record_decisions(conn, decided, now)
     released = [(r, d) for _, r, d in decided if d.action is not Action.HOLD]
     if lis is not None:
-        queue_preliminary(conn, lis, [(i, r, d) for i, r, d in decided if d.preliminary], now)
+        early = [(i, r, d) for i, r, d in decided if d.preliminary]
+        queue_preliminary(conn, lis, early, now, reading.patients)
     for instrument, tests in sorted(touched.items()):
         states = {test: book.test((instrument, test)) for test in tests}
         later = redecide_held(conn, engine, instrument, states, now, lis)

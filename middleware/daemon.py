@@ -126,9 +126,9 @@ class Daemon:
         self.store: Store | None = None
         self.servers: dict[str, TcpServer] = {}
         self.connections: dict[str, dict[LinkChannel, ConnectionPipeline]] = {}
+        """Per instrument, its live connections, each with its own pipeline."""
         self.downloaders: dict[str, WorklistDownloader] = {}
         """Per analyser taking a downloaded worklist."""
-        """Per instrument, its live connections, each with its own pipeline."""
         self._tasks: list[asyncio.Task[None]] = []
         self.orders: OrderReceiver | None = None
         """Takes the LIS's orders, when configured."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,16 +28,18 @@ def _postgres_admin_url() -> str | None:
 
 
 @contextlib.contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database, dropped afterwards (skips without a server)."""
+def fresh_postgres_database(template: str | None = None) -> Iterator[str]:
+    """A new PostgreSQL database, dropped afterwards (skips without a server): empty, or
+    a copy of the database ``template`` names."""
     admin = _postgres_admin_url()
     if admin is None:
         pytest.skip("PostgreSQL tests need MIDDLEWARE_TEST_POSTGRES_URL")
     import psycopg
 
     name = f"mw_test_{uuid.uuid4().hex[:10]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"{copy}')
     base, _, _ = admin.rpartition("/")
     try:
         yield f"{base}/{name}"
@@ -52,19 +55,48 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Databases the migrations ran on once, for each test to start from a copy of: the
+    migrations run on every fresh database would cost most of the suite's time. The
+    migrations themselves are tested on empty databases (``empty_database_url``)."""
+    from middleware.store import Store
+
+    sqlite = tmp_path_factory.mktemp("migrated") / "middleware.db"
+    Store(f"sqlite:///{sqlite}").close()
+    templates = {"sqlite": str(sqlite)}
+    if _postgres_admin_url() is None:
+        yield templates
+        return
+    with fresh_postgres_database() as url:
+        Store(url).close()
+        templates["postgresql"] = url.rpartition("/")[2]
+        yield templates
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Each storage test runs on SQLite and on PostgreSQL, each time on an empty schema."""
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, migrated: dict[str, str]
+) -> Iterator[str]:
+    """Each storage test runs on SQLite and on PostgreSQL, each time on a database of its
+    own, at the newest schema and holding nothing."""
+    if request.param == "sqlite":
+        path = tmp_path / "middleware.db"
+        shutil.copyfile(migrated["sqlite"], path)
+        yield f"sqlite:///{path}"
+        return
+    with fresh_postgres_database(migrated.get("postgresql")) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLite and PostgreSQL, empty: for the migrations themselves."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'middleware.db'}"
         return
-    url: str = request.getfixturevalue("postgres_url")
-    yield url
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA public CASCADE")
-        conn.execute("CREATE SCHEMA public")
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

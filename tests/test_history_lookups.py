@@ -74,8 +74,8 @@ def test_held_results_follow_every_decision(store: Store) -> None:
         work(conn)
 
 
-def test_the_migration_lists_what_was_held_before_it(database_url: str) -> None:
-    engine = open_engine(database_url)
+def test_the_migration_lists_what_was_held_before_it(empty_database_url: str) -> None:
+    engine = open_engine(empty_database_url)
     try:
         migrate(engine, "0004")
         with engine.begin() as conn:

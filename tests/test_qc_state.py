@@ -231,10 +231,10 @@ def test_a_database_kept_before_qc_state_gets_the_same_state_once(
 
 
 def test_the_migration_asks_for_the_conversion_only_where_messages_are_kept(
-    tmp_path: Path, database_url: str
+    tmp_path: Path, empty_database_url: str
 ) -> None:
     empty = open_engine(f"sqlite:///{tmp_path / 'empty.db'}")
-    engine = open_engine(database_url)
+    engine = open_engine(empty_database_url)
     try:
         migrate(empty)
         with empty.connect() as conn:

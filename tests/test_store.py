@@ -232,8 +232,8 @@ def test_a_failing_unit_fails_alone(store: Store) -> None:
     assert store.read(lambda conn: conn.execute(select(results)).all())
 
 
-def test_migrations_are_idempotent(database_url: str) -> None:
-    Store(database_url).close()
-    again = Store(database_url)  # opening an up-to-date database changes nothing
+def test_migrations_are_idempotent(empty_database_url: str) -> None:
+    Store(empty_database_url).close()  # every migration, from an empty database
+    again = Store(empty_database_url)  # opening an up-to-date database changes nothing
     assert again.read(reading.counts)["messages"] == 0
     again.close()
