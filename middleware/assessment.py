@@ -17,7 +17,7 @@ from functools import partial
 
 from sqlalchemy import Connection
 
-from middleware.domain import ControlResult, InstrumentMessage, Patient, Result
+from middleware.domain import ControlResult, InstrumentMessage, Order, Patient, Result, Specimen
 from middleware.engine.context import PreviousResult, ResultContext, SampleCondition
 from middleware.engine.decision import Action, Decision
 from middleware.engine.engine import Engine
@@ -55,6 +55,8 @@ class _Lookups:
     reported_lots: Mapping[tuple[str, str], date | None]
     priorities: dict[str, str]
     """Specimens ordered STAT or ASAP, by the LIS or the analyser."""
+    ordered: dict[str, Order]
+    """The LIS's order of each specimen: what it says of the specimen."""
 
     @classmethod
     def fetch(
@@ -65,13 +67,15 @@ class _Lookups:
         reading: InstrumentMessage | None = None,
     ) -> _Lookups:
         if not items:
-            return cls({}, {}, {}, {})
+            return cls({}, {}, {}, {}, {})
         priorities: dict[str, str] = {}
-        if engine.rules.early_release:  # only early release looks at the priority
-            ordered = [*(reading.orders if reading else ()), *orders.orders_for(
-                conn, {r.specimen_id for _, r in items}
-            )]  # fmt: skip
-            for order in ordered:
+        ordered: dict[str, Order] = {}
+        # Only early release looks at the priority, and sample acceptance at what the
+        # LIS says of the specimen: one indexed lookup for the batch, when they are on.
+        if engine.rules.early_release or engine.rules.acceptance:
+            from_lis = orders.orders_for(conn, {r.specimen_id for _, r in items})
+            ordered = {order.specimen_id: order for order in from_lis}
+            for order in [*(reading.orders if reading else ()), *from_lis]:
                 if order.priority in ("S", "A") and priorities.get(order.specimen_id) != "S":
                     priorities[order.specimen_id] = order.priority
         return cls(
@@ -87,6 +91,7 @@ class _Lookups:
             release.specimen_patients(conn, (r.specimen_id for _, r in items)),
             release.reported_lots(conn, ((u.reagent, u.lot) for _, r in items for u in r.reagents)),
             priorities,
+            ordered,
         )
 
     def context(
@@ -110,6 +115,9 @@ class _Lookups:
                 (s for s in reading.specimens if s.specimen_id == result.specimen_id), None
             )
             patient = next((p for p in reading.patients if p.patient_id == result.patient_id), None)
+        order = self.ordered.get(result.specimen_id)
+        if order is not None:
+            specimen = _with_order(specimen or Specimen(result.specimen_id), order)
         return ResultContext(
             result,
             now,
@@ -121,6 +129,17 @@ class _Lookups:
             reported_lots=self.reported_lots,
             priority=self.priorities.get(result.specimen_id, "R"),
         )
+
+
+def _with_order(specimen: Specimen, order: Order) -> Specimen:
+    """The specimen as the analyser saw it, with what the LIS's order says of it where the
+    analyser said nothing (its type, container, collection time)."""
+    return replace(
+        specimen,
+        specimen_type=specimen.specimen_type or order.specimen_type,
+        container=specimen.container or order.container,
+        collected_at=specimen.collected_at or order.collected_at,
+    )
 
 
 class QcBook:

@@ -62,6 +62,11 @@ class Order:
     action_code: str = ""  # E1394 O.12: N new, Q control, A add...
     ordered_at: datetime | None = None
     patient_id: str = ""
+    collected_at: datetime | None = None
+    specimen_type: str = ""
+    container: str = ""
+    """What the LIS says of the specimen (collection, type, container), for sample
+    acceptance where the analyser does not say it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import Connection, select
 
 from middleware.domain import Order
 from middleware.hl7.orders import CANCEL, NEW, REPLACE, OrderRefused, acknowledgment, read_order
@@ -25,6 +26,7 @@ from tests.peer import StreamPeer, receive_message, send_message
 
 MSH = "MSH|^~\\&|LIS|LAB|MW|LAB|20261130120000||{kind}|{control}|P|2.5.1"
 PID = "PID|1||PAT7^^^^MR||Doe^Jo||19800101|F"
+AT = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 def orm(control: str = "O1", order_control: str = "NW", *obr: str, kind: str = "ORM^O01") -> str:
@@ -175,6 +177,76 @@ def test_specimens_come_from_their_spm_in_oml() -> None:
         "ORC|NW|ORD1", "OBR|1|ORD1||GLU^^L", "SPM|1|^FL9&LAB",
     ])  # fmt: skip
     assert read_order(o21).changes[0].order.specimen_id == "FL9"
+
+
+def test_what_the_lis_says_of_the_specimen_is_kept_with_its_order(database_url: str) -> None:
+    """Collection time, type and container: from the SPM (v2.5), else OBR-7 and OBR-15
+    (v2.3); kept with the order, times in UTC."""
+    o21 = "\r".join([
+        MSH.format(kind="OML^O21^OML_O21", control="O8"), PID, "ORC|NW|ORD1",
+        "OBR|1|ORD1||K^^L|||20261130080000",
+        "SPM|1|S400||SER^Serum^HL70487|||||||||||||20261130071500+0100"
+        "||||||||||SST^Serum separator tube^HL70785",
+    ])  # fmt: skip
+    order = read_order(o21).changes[0].order
+    assert order.collected_at == datetime(2026, 11, 30, 6, 15, tzinfo=UTC)
+    assert (order.specimen_type, order.container) == ("Serum", "Serum separator tube")
+    orm_231 = orm("O9", "NW", "OBR|1|ORD1|S401|K^^L|||20261130083000||||||||PLAS&Plasma")
+    older = read_order(orm_231).changes[0].order
+    assert older.collected_at == datetime(2026, 11, 30, 8, 30, tzinfo=UTC)
+    assert (older.specimen_type, older.container) == ("Plasma", "")
+    with pytest.raises(OrderRefused, match="SPM-17"):
+        read_order(o21.replace("20261130071500+0100", "2026-11-30"))
+    store = Store(database_url)
+    try:
+        asyncio.run(store.write(lambda conn: orders.put_order(conn, order, AT)))
+        (kept,) = store.read(lambda conn: orders.orders_for(conn, ["S400"]))
+        assert kept == order
+    finally:
+        store.close()
+
+
+def test_sample_acceptance_reads_what_the_lis_says_of_the_specimen(database_url: str) -> None:
+    """The analyser says nothing of the tube: the LIS's order does, and the acceptance
+    criteria judge by it (a serum tube for a blood count; potassium analysed 5 h after
+    collection)."""
+    from middleware.store.schema import decisions
+    from tests.test_outbox import _store
+
+    collected = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
+    lis_orders = [
+        Order("S500", ("WBC",), collected_at=collected, specimen_type="Serum", container="SST"),
+        Order("S501", ("K",), collected_at=collected),
+    ]
+    analysed = b"20261130110000"  # 5 h after collection, in UTC as the message is read
+    messages = [
+        [b"H|\\^&|||CHEM-1|||||||P|LIS2-A2", b"P|1||PAT8", b"O|1|" + specimen + b"||^^^" + test
+         + b"|R", b"R|1|^^^" + test + b"|" + value + b"|u||N||F||||" + analysed, b"L|1|N"]
+        for specimen, test, value in ((b"S500", b"WBC", b"7.1"), (b"S501", b"K", b"4.1"))
+    ]  # fmt: skip
+    store = Store(database_url)
+
+    def work(conn: Connection) -> None:
+        for order in lis_orders:
+            orders.put_order(conn, order, AT)
+        for lines in messages:
+            _store(conn, lines, AT)
+
+    try:
+        asyncio.run(store.write(work))
+        rows = store.read(
+            lambda conn: conn.execute(
+                select(decisions.c.specimen_id, decisions.c.action, decisions.c.reasons).order_by(
+                    decisions.c.id
+                )
+            ).all()
+        )
+    finally:
+        store.close()
+    found = {specimen: (action, reasons) for specimen, action, reasons in rows}
+    assert found["S500"][0] == "reject" and "wrong-sample-type" in found["S500"][1]
+    assert "wrong-container" in found["S500"][1]
+    assert found["S501"][0] == "reject" and "delay-exceeded" in found["S501"][1]
 
 
 async def test_orders_in_other_character_sets_are_read_or_refused(tmp_path: Path) -> None:

@@ -5,9 +5,10 @@ Per order group (ORC and its OBR segments): the specimen is SPM-2 when the messa
 one, else OBR-3 (the filler order number, which laboratories give the tube's barcode;
 OBR-2, the LIS's own order number, is not a specimen); the tests are OBR-4's first
 components (the laboratory's codes); STAT when ORC-7 or OBR-27 (priority component) or
-OBR-5 says S. ORC-1 says what to do: NW new (an order for a specimen already known
-replaces it), XO changed (replaces it), CA / OC / DC cancel the tests named. What cannot
-be read is refused with the segment and field named.
+OBR-5 says S; the specimen's collection time, type and container from its SPM (SPM-17,
+SPM-4, SPM-27), else OBR-7 and OBR-15. ORC-1 says what to do: NW new (an order for a
+specimen already known replaces it), XO changed (replaces it), CA / OC / DC cancel the
+tests named. What cannot be read is refused with the segment and field named.
 """
 
 from __future__ import annotations
@@ -74,25 +75,53 @@ def _identifier(segment: hl7.Segment, number: int) -> str:
 
 def _specimens_of_requests(
     kind: str, names: list[str], segments: list[hl7.Segment]
-) -> dict[int, str]:
-    """SPM-2 of each OBR's specimen, by the OBR's position: in OML^O33 the SPM comes
+) -> dict[int, hl7.Segment]:
+    """The SPM of each OBR's specimen, by the OBR's position: in OML^O33 the SPM comes
     before the orders on it, in OML^O21 after the OBR it belongs to."""
-    found: dict[int, str] = {}
+    found: dict[int, hl7.Segment] = {}
     for position, name in enumerate(names):
         if name != "OBR":
             continue
         if kind == "OML^O33":
             before = [i for i in range(position) if names[i] == "SPM"]
             if before:
-                found[position] = _identifier(segments[before[-1]], 2)
+                found[position] = segments[before[-1]]
         else:
             for after in range(position + 1, len(names)):
                 if names[after] in ("OBR", "ORC"):
                     break
                 if names[after] == "SPM":
-                    found[position] = _identifier(segments[after], 2)
+                    found[position] = segments[after]
                     break
     return found
+
+
+def _coded(field: str) -> str:
+    """A coded field's text (second component), else its code; subcomponents dropped."""
+    parts = [part.split("&", 1)[0].strip() for part in field.split("^")]
+    return (parts[1] if len(parts) > 1 and parts[1] else parts[0]) if parts else ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Specimen:
+    collected_at: datetime | None
+    specimen_type: str
+    container: str
+
+
+def _specimen(spm: hl7.Segment | None, obr: hl7.Segment, where: str) -> _Specimen:
+    """What the LIS says of a specimen: SPM-17 (else OBR-7) collected, SPM-4 (else OBR-15,
+    v2.3's specimen source) its type, SPM-27 its container."""
+    if spm is not None and _first(spm, 17):
+        collected = _moment(_first(spm, 17), f"SPM-17 {where}")
+    else:
+        collected = _moment(_first(obr, 7), f"OBR-7 {where}")
+    kind = _coded(_field(spm, 4)) if spm is not None else ""
+    return _Specimen(
+        collected,
+        kind or _coded(_field(obr, 15).split("^", 1)[0].replace("&", "^")),
+        _coded(_field(spm, 27)) if spm is not None else "",
+    )
 
 
 def read_order(text: str) -> OrderMessage:
@@ -115,6 +144,7 @@ def read_order(text: str) -> OrderMessage:
     # One change per action and specimen: a message naming a specimen's tests in several
     # OBRs (routine and STAT among them) orders them all.
     tests: dict[tuple[str, str], list[str]] = {}
+    details: dict[tuple[str, str], _Specimen] = {}
     urgent: set[tuple[str, str]] = set()
     for position, (segment, name) in enumerate(zip(segments, names, strict=True)):
         where = f"(segment {position + 1})"
@@ -130,7 +160,8 @@ def read_order(text: str) -> OrderMessage:
         elif name == "OBR":
             if not action:
                 raise OrderRefused(f"OBR {where}: no ORC before it")
-            specimen = spm.get(position) or _identifier(segment, 3)
+            own = spm.get(position)
+            specimen = (_identifier(own, 2) if own is not None else "") or _identifier(segment, 3)
             test = _first(segment, 4)
             if not specimen:
                 raise OrderRefused(f"OBR-3 {where}: no specimen id (nor SPM-2)")
@@ -138,6 +169,7 @@ def read_order(text: str) -> OrderMessage:
                 raise OrderRefused(f"OBR-4 {where}: no test code")
             key = (action, specimen)
             tests.setdefault(key, []).append(test)
+            details.setdefault(key, _specimen(own, segment, where))
             if (
                 stat
                 or _first(segment, 5).upper() == "S"
@@ -149,9 +181,11 @@ def read_order(text: str) -> OrderMessage:
     changes = []
     for (act, specimen), codes in tests.items():
         priority = "S" if (act, specimen) in urgent else "R"
+        about = details[(act, specimen)]
         order = Order(
             specimen, tuple(dict.fromkeys(codes)), priority, ordered_at=ordered_at,
-            patient_id=patient_id,
+            patient_id=patient_id, collected_at=about.collected_at,
+            specimen_type=about.specimen_type, container=about.container,
         )  # fmt: skip
         changes.append(OrderChange(act, order))
     return OrderMessage(control_id, kind, tuple(changes))

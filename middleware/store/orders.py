@@ -7,7 +7,7 @@ several writes can share one commit.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     Connection,
@@ -20,6 +20,7 @@ from middleware.domain import (
 from middleware.store.schema import (
     orders,
 )
+from middleware.store.sql import utc
 
 
 def add_order(conn: Connection, order: Order, at: datetime, source: str = "lis") -> int:
@@ -32,11 +33,21 @@ def add_order(conn: Connection, order: Order, at: datetime, source: str = "lis")
                 "test_codes": ",".join(order.test_codes),
                 "priority": order.priority,
                 "source": source,
-                "ordered_at": order.ordered_at,
+                "ordered_at": _in_utc(order.ordered_at),
                 "created_at": at,
+                "collected_at": _in_utc(order.collected_at),
+                "specimen_type": order.specimen_type,
+                "container": order.container,
             },
         ).scalar_one()
     )
+
+
+def _in_utc(moment: datetime | None) -> datetime | None:
+    """SQLite keeps a time without its offset: each is kept in UTC, read back as such."""
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC)
 
 
 def orders_for(conn: Connection, specimen_ids: Iterable[str]) -> list[Order]:
@@ -48,8 +59,11 @@ def orders_for(conn: Connection, specimen_ids: Iterable[str]) -> list[Order]:
             specimen_id=row.specimen_id,
             test_codes=tuple(c for c in row.test_codes.split(",") if c),
             priority=row.priority,
-            ordered_at=row.ordered_at,
+            ordered_at=utc(row.ordered_at),
             patient_id=row.patient_id,
+            collected_at=utc(row.collected_at),
+            specimen_type=row.specimen_type,
+            container=row.container,
         )
         for row in rows
     ]

@@ -178,6 +178,9 @@ orders = Table(
     Column("source", Text, nullable=False, default="lis"),
     Column("ordered_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("collected_at", DateTime(timezone=True)),
+    Column("specimen_type", Text, nullable=False, default=""),
+    Column("container", Text, nullable=False, default=""),
 )
 Index("ix_orders_specimen", orders.c.specimen_id)
 
