@@ -23,6 +23,7 @@ from middleware.domain import (
     Specimen,
 )
 from middleware.store import Store, audit, ingest, orders, reading
+from middleware.store.database import HEAD, current_revision
 from middleware.store.schema import raw_transmissions, reagent_uses, results
 
 NOW = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
@@ -232,8 +233,20 @@ def test_a_failing_unit_fails_alone(store: Store) -> None:
     assert store.read(lambda conn: conn.execute(select(results)).all())
 
 
+def test_head_is_the_newest_migration() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from middleware.store.database import HEAD, MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == HEAD
+
+
 def test_migrations_are_idempotent(empty_database_url: str) -> None:
     Store(empty_database_url).close()  # every migration, from an empty database
     again = Store(empty_database_url)  # opening an up-to-date database changes nothing
     assert again.read(reading.counts)["messages"] == 0
+    assert current_revision(again.engine) == HEAD
     again.close()
