@@ -24,9 +24,24 @@ def _below_outgoing() -> tuple[int, int]:
     return min(10000, low // 2), low
 
 
+def use_share(index: int, count: int) -> None:
+    """Take ports only from the ``index``-th of ``count`` equal slices of the range, so that
+    processes picking ports side by side (parallel test workers) never pick the same."""
+    if not 0 <= index < count:
+        raise ValueError(f"share {index} of {count}")
+    _share[:] = [index, count]
+
+
+_share = [0, 1]
+
+
 def free_port() -> int:
-    """A port nobody listens on now, outside the range of outgoing connections."""
+    """A port nobody listens on now, outside the range of outgoing connections (and in
+    this process's share of it)."""
     low, high = _below_outgoing()
+    index, count = _share
+    width = (high - low) // count
+    low, high = low + index * width, low + (index + 1) * width
     for _ in range(1000):
         port = random.randrange(low, high)
         if port in _given:

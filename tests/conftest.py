@@ -12,10 +12,16 @@ from typing import Any
 
 import pytest
 
+from simulators.ports import use_share
 from tests.daemon import DaemonProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
+
+# Parallel workers (pytest -n) each pick their ports from a slice of their own.
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _worker.startswith("gw"):
+    use_share(int(_worker[2:]), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
 def _postgres_admin_url() -> str | None:
