@@ -130,6 +130,39 @@ def test_a_download_the_analyser_did_not_take_goes_again_on_its_next_connection(
     assert error == ""
 
 
+def test_an_order_the_analysers_characters_cannot_carry_is_set_aside_not_mangled(
+    tmp_path: Path, database_url: str
+) -> None:
+    daemon, orders = _daemon(tmp_path, database_url)
+
+    async def scenario() -> list[bytes]:
+        # The analyser reads Latin-1 (the default): a specimen id in Greek cannot be sent.
+        assert await _order(orders, orm("O1", "NW", "OBR|1|ORD1|S\u03a91|WBC^^L")) == "AA"
+        assert await _order(orders, orm("O2", "NW", "OBR|1|ORD2|S601|WBC^^L")) == "AA"
+        peer = StreamPeer(*await connect(daemon.ports[1]))
+        records = await receive_message(peer)
+        await peer.close()
+        return records
+
+    try:
+        records = asyncio.run(scenario())
+    finally:
+        daemon.stop()
+    assert records[2].split(b"|")[2] == b"S601"  # the next order went on
+    # Both settled: the refused one, and the one the analyser took.
+    rows = wait_for(
+        lambda: (
+            [r for r in _downloads(database_url) if r[4] != "pending"][1:]
+            and _downloads(database_url)
+        )
+    )
+    assert [(r[1], r[4]) for r in rows] == [("S\u03a91", "refused"), ("S601", "sent")]
+    [(error,)] = query(
+        database_url, "SELECT last_error FROM worklist_downloads WHERE state = 'refused'"
+    )
+    assert "cannot be written in latin-1" in error
+
+
 def test_a_worklist_is_for_an_astm_analyser_and_names_its_tests() -> None:
     base = {"name": "a", "transport": "tcp-server", "port": 1}
     with pytest.raises(ValidationError, match="ASTM only"):

@@ -81,15 +81,6 @@ def pending(conn: Connection, instrument: str, limit: int = 20) -> list[Download
     return [_download(row) for row in rows]
 
 
-def of_specimen(conn: Connection, specimen_id: str) -> list[Download]:
-    rows = conn.execute(
-        select(worklist_downloads)
-        .where(worklist_downloads.c.specimen_id == specimen_id)
-        .order_by(worklist_downloads.c.id)
-    )
-    return [_download(row) for row in rows]
-
-
 def mark_sent(conn: Connection, download_id: int, at: datetime) -> None:
     conn.execute(
         worklist_downloads.update()
