@@ -16,14 +16,16 @@ def patient(specimen: str, value: str, patient_id: str = "PAT1") -> list[bytes]:
     ]
 
 
-def qc(level_1: str, level_2: str) -> list[bytes]:
-    """A QC message (H.12 = Q): both glucose control levels, the sample id being the lot."""
+def qc(level_1: str, level_2: str, test: str = "GLU") -> list[bytes]:
+    """A QC message (H.12 = Q): both chemistry control levels of a test (glucose by
+    default), the sample id being the lot."""
+    code = test.encode()
     return [
         b"H|\\^&|||CHEM-1|||||||Q|LIS2-A2",
         b"P|1",
-        b"O|1|CC-45781||^^^GLU|R",
-        b"R|1|^^^GLU|" + level_1.encode() + b"|mmol/L||N||F",
-        b"O|2|CC-45782||^^^GLU|R",
-        b"R|1|^^^GLU|" + level_2.encode() + b"|mmol/L||N||F",
+        b"O|1|CC-45781||^^^" + code + b"|R",
+        b"R|1|^^^" + code + b"|" + level_1.encode() + b"|mmol/L||N||F",
+        b"O|2|CC-45782||^^^" + code + b"|R",
+        b"R|1|^^^" + code + b"|" + level_2.encode() + b"|mmol/L||N||F",
         b"L|1|N",
     ]

@@ -26,6 +26,7 @@ from middleware.store import Store, orders, outbox
 from middleware.store.ingest import Delivery, store_delivery
 from middleware.yamlfile import FileError
 from tests.conftest import ROOT
+from tests.messages import qc
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 LIS = Sender()
@@ -54,15 +55,7 @@ def _stamp(at: datetime) -> bytes:
 
 
 def k_qc(level_1: str, level_2: str) -> list[bytes]:
-    return [
-        b"H|\\^&|||CHEM-1|||||||Q|LIS2-A2",
-        b"P|1",
-        b"O|1|CC-45781||^^^K|R",
-        b"R|1|^^^K|" + level_1.encode() + b"|mmol/L||N||F",
-        b"O|2|CC-45782||^^^K|R",
-        b"R|1|^^^K|" + level_2.encode() + b"|mmol/L||N||F",
-        b"L|1|N",
-    ]
+    return qc(level_1, level_2, "K")
 
 
 def k_patient(
