@@ -7,7 +7,7 @@ several writes can share one commit.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import (
     Connection,
@@ -33,21 +33,14 @@ def add_order(conn: Connection, order: Order, at: datetime, source: str = "lis")
                 "test_codes": ",".join(order.test_codes),
                 "priority": order.priority,
                 "source": source,
-                "ordered_at": _in_utc(order.ordered_at),
+                "ordered_at": order.ordered_at,
                 "created_at": at,
-                "collected_at": _in_utc(order.collected_at),
+                "collected_at": order.collected_at,
                 "specimen_type": order.specimen_type,
                 "container": order.container,
             },
         ).scalar_one()
     )
-
-
-def _in_utc(moment: datetime | None) -> datetime | None:
-    """SQLite keeps a time without its offset: each is kept in UTC, read back as such."""
-    if moment is None or moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC)
 
 
 def orders_for(conn: Connection, specimen_ids: Iterable[str]) -> list[Order]:
