@@ -47,8 +47,8 @@ from middleware.store import Store
 from middleware.store.ingest import Delivery, RawSpan, Stored, keep_raw, settle, store_delivery
 from middleware.store.sql import utcnow
 from middleware.transport.reconnect import Backoff
-from middleware.transport.tcp import ListenError
-from middleware.transport.tls import allowed, instrument_context, server_name
+from middleware.transport.tcp import ListenError, peer_name
+from middleware.transport.tls import instrument_context, peer_allowed, server_name
 
 log = structlog.get_logger("middleware.hl7_ingest")
 T = TypeVar("T")
@@ -441,9 +441,8 @@ class Hl7Instrument:
             self._client = asyncio.create_task(self._connect_out())
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        if not allowed(str(peer[0]) if isinstance(peer, tuple) else "", self.config.allow):
+        where = peer_name(writer)
+        if not peer_allowed(writer, self.config.allow):
             log.warning("connection refused: address not allowed", connection=self.config.name,
                         peer=where, protocol="hl7")  # fmt: skip
             writer.close()

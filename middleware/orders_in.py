@@ -19,7 +19,7 @@ from middleware.hl7.segments import declared_charset, header_fields
 from middleware.store import Store, orders, worklist
 from middleware.store.sql import utcnow
 from middleware.transport.tcp import ListenError
-from middleware.transport.tls import allowed
+from middleware.transport.tls import peer_allowed
 
 log = structlog.get_logger("middleware.orders")
 
@@ -74,7 +74,7 @@ class OrderReceiver:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        if not allowed(str(peer[0]) if peer else "", self.allow):
+        if not peer_allowed(writer, self.allow):
             log.warning("order connection refused: address not allowed", peer=peer)
             writer.close()
             return

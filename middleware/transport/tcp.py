@@ -12,7 +12,7 @@ import structlog
 from middleware.astm.link import LinkSettings
 from middleware.transport.channel import EventHandler, LinkChannel
 from middleware.transport.reconnect import Backoff, ChannelCallback, Reconnecting, serve
-from middleware.transport.tls import allowed
+from middleware.transport.tls import peer_allowed
 
 log = structlog.get_logger("middleware.transport")
 
@@ -32,6 +32,12 @@ class ListenError(OSError):
         self.name = name
         self.host = host
         self.port = port
+
+
+def peer_name(writer: asyncio.StreamWriter) -> str:
+    """``address:port`` of a connection's peer, for names and logs."""
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
 class TcpServer:
@@ -80,9 +86,8 @@ class TcpServer:
                  tls=self.tls is not None)  # fmt: skip
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        if not allowed(str(peer[0]) if isinstance(peer, tuple) else "", self.allow):
+        where = peer_name(writer)
+        if not peer_allowed(writer, self.allow):
             log.warning("connection refused: address not allowed", connection=self.name,
                         peer=where)  # fmt: skip
             writer.close()

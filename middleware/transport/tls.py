@@ -4,8 +4,10 @@ connections from."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import ssl
+from collections.abc import Sequence
 
 from middleware.settings import InstrumentConfig, TlsConfig
 
@@ -61,7 +63,13 @@ def server_name(config: InstrumentConfig) -> str | None:
     return config.tls.server_name or config.host
 
 
-def allowed(address: str, networks: list[str]) -> bool:
+def peer_allowed(writer: asyncio.StreamWriter, networks: Sequence[str]) -> bool:
+    """Whether the peer of a connection is in one of ``networks`` (any when empty)."""
+    peer = writer.get_extra_info("peername")
+    return allowed(str(peer[0]) if isinstance(peer, tuple) else "", networks)
+
+
+def allowed(address: str, networks: Sequence[str]) -> bool:
     """Whether a peer's address is in one of ``networks`` (any address when empty)."""
     if not networks:
         return True
