@@ -30,9 +30,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import ClassVar
 
-from drivers.base import Context, Driver, DriverOptions, ResultRecords
+from drivers.base import Context, DriverOptions, ResultRecords
+from drivers.sysmex import SysmexDriver
 from middleware.astm.records import Record
-from middleware.domain import Comment, InstrumentMessage, ReagentUse, Specimen
+from middleware.domain import Comment, InstrumentMessage, ReagentUse
 
 _CALIBRATION, _LOT = "CAL", "LOT"
 _PARAMETER = re.compile(r"^\d{3}$")
@@ -49,7 +50,7 @@ def _traceability(comment: Record) -> tuple[str, ...]:
     return parts if parts and parts[0] in (_CALIBRATION, _LOT) else ()
 
 
-class SysmexCaDriver(Driver):
+class SysmexCaDriver(SysmexDriver):
     name = "sysmex_ca"
     description = "Sysmex CA and CS series coagulation (CA-500 to CA-7000, CS-2000i to CS-5100)"
     sender_pattern = re.compile(r"^C[AS]-\d", re.IGNORECASE)
@@ -64,19 +65,12 @@ class SysmexCaDriver(Driver):
         self._lots: dict[str, tuple[str, str]] = {}
         """The message being read's reagent lots, by test group: reagent and lot."""
 
+    test_layout = "^^^parameter^name^dilution"
+
     @classmethod
-    def score(cls, records: Sequence[Record]) -> tuple[int, str]:
-        """A padded sample number in O.4 and a three-digit parameter with its dilution in
-        R.3: the CA/CS layout."""
-        order = next((r for r in records if r.type == "O"), None)
-        result = next((r for r in records if r.type == "R"), None)
-        if order is None or result is None:
-            return 0, ""
-        sample, test = order.components(4), result.components(3)
-        padded = len(sample) > 2 and sample[2].startswith(" ")
-        if padded and len(test) > 5 and _PARAMETER.match(test[3]) and test[5]:
-            return 2, "O.4 rack^position^padded sample no. and R.3 ^^^parameter^name^dilution"
-        return 0, ""
+    def is_test_layout(cls, test: tuple[str, ...]) -> bool:
+        """A three-digit parameter with its dilution in R.3: the CA/CS layout."""
+        return len(test) > 5 and bool(_PARAMETER.match(test[3])) and bool(test[5])
 
     def read(self, records: Sequence[Record]) -> InstrumentMessage:
         # A group's lot comes after its last result: known before any result is read.
@@ -87,13 +81,6 @@ class SysmexCaDriver(Driver):
                 if parts and parts[0] == _LOT and len(parts) > 3 and parts[3]:
                     self._lots[_group(parts[1])] = (parts[2], parts[3])
         return super().read(records)
-
-    def specimen_id(self, context: Context, order: Record) -> str:
-        return order.value(4, 2).strip() or order.value(3).strip()
-
-    def specimen(self, context: Context, order: Record) -> Specimen:
-        specimen = super().specimen(context, order)
-        return replace(specimen, rack=order.value(4, 0), position=order.value(4, 1))
 
     def value_text(self, result: Record) -> str:
         return super().value_text(result).strip()

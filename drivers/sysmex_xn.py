@@ -33,6 +33,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from drivers.base import Context, ControlInfo, Driver, ResultRecords
+from drivers.sysmex import SysmexDriver
 from middleware.astm.records import Record
 from middleware.domain import (
     Comment,
@@ -41,7 +42,6 @@ from middleware.domain import (
     InstrumentMessage,
     Order,
     Result,
-    Specimen,
 )
 
 #: Width of the sample number component in O.3/O.4 and Q.3.
@@ -70,7 +70,7 @@ def _is_image(code: str, value: str) -> bool:
     return code.startswith(("SCAT_", "DIST_")) or bool(_IMAGE_FILE.search(value))
 
 
-class SysmexXNDriver(Driver):
+class SysmexXNDriver(SysmexDriver):
     name = "sysmex_xn"
     description = (
         "Sysmex XN series haematology (XN-L, XN-1000 to XN-9000) and the XS, XT, XE and XP series"
@@ -82,20 +82,12 @@ class SysmexXNDriver(Driver):
     # configuration, says where the control's lot (and level) stand in the sample number.
     control_pattern = re.compile(r"^QC-(?P<lot>.+)$")
 
+    test_layout = "^^^^parameter"
+
     @classmethod
-    def score(cls, records: Sequence[Record]) -> tuple[int, str]:
-        """A space-padded sample number in O.4 and the parameter in R.3's fifth component:
-        the Sysmex layout, XN and siblings that share it."""
-        order = next((r for r in records if r.type == "O"), None)
-        result = next((r for r in records if r.type == "R"), None)
-        if order is None or result is None:
-            return 0, ""
-        sample = order.components(4)
-        test = result.components(3)
-        padded = len(sample) > 2 and sample[2].startswith(" ")
-        if padded and len(test) > 4 and not test[3] and test[4]:
-            return 2, "O.4 rack^position^padded sample no. and R.3 ^^^^parameter"
-        return 0, ""
+    def is_test_layout(cls, test: tuple[str, ...]) -> bool:
+        """The parameter in R.3's fifth component: the XN and the siblings sharing it."""
+        return len(test) > 4 and not test[3] and bool(test[4])
 
     # The XN's parameter names are the laboratory's codes: nothing to map.
 
@@ -128,13 +120,6 @@ class SysmexXNDriver(Driver):
                 f"sample {specimen_id}: flags {', '.join(flags[specimen_id])} without results"
             )
         return message
-
-    def specimen_id(self, context: Context, order: Record) -> str:
-        return order.value(4, 2).strip() or order.value(3, 2).strip() or order.value(3)
-
-    def specimen(self, context: Context, order: Record) -> Specimen:
-        specimen = super().specimen(context, order)
-        return replace(specimen, rack=order.value(4, 0), position=order.value(4, 1))
 
     def instrument_test_code(self, result: Record) -> str:
         return result.value(3, 4) or super().instrument_test_code(result)
