@@ -6,7 +6,7 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,28 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
         return
     with fresh_postgres_database() as url:
         yield url
+
+
+def issue_certificates(
+    directory: Path, trusted: Sequence[str], untrusted: Sequence[str] = ()
+) -> dict[str, Path]:
+    """The lab's CA (``ca``) and a stranger's (``stranger_ca``), and for each name a
+    certificate for 127.0.0.1 (``<name>_cert``, ``<name>_key``): from the lab's CA for
+    ``trusted``, from the stranger's for ``untrusted``."""
+    import trustme
+
+    ca, stranger = trustme.CA(), trustme.CA()
+    files = {"ca": directory / "ca.pem", "stranger_ca": directory / "stranger.pem"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    stranger.cert_pem.write_to_path(str(files["stranger_ca"]))
+    issuers = [(name, ca) for name in trusted] + [(name, stranger) for name in untrusted]
+    for name, authority in issuers:
+        issued = authority.issue_cert("127.0.0.1", "localhost")
+        files[f"{name}_cert"] = directory / f"{name}.pem"
+        files[f"{name}_key"] = directory / f"{name}.key"
+        issued.cert_chain_pems[0].write_to_path(str(files[f"{name}_cert"]))
+        issued.private_key_pem.write_to_path(str(files[f"{name}_key"]))
+    return files
 
 
 @pytest.fixture

@@ -15,11 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import trustme
 from pydantic import ValidationError
 
 from middleware.settings import InstrumentConfig
-from tests.conftest import ROOT
+from tests.conftest import ROOT, issue_certificates
 from tests.daemon import DaemonProcess, free_port, query
 from tests.messages import patient
 from tests.peer import ACK, ENQ, StreamPeer, send_message
@@ -29,19 +28,9 @@ from tests.test_ingest_integrity import wait_for
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The lab's CA with certificates for the daemon and an analyser at 127.0.0.1, and a
-    stranger's CA with an impostor's."""
-    directory = tmp_path_factory.mktemp("pki")
-    ca, stranger = trustme.CA(), trustme.CA()
-    files = {"ca": directory / "ca.pem"}
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    for name, authority in (("daemon", ca), ("analyser", ca), ("impostor", stranger)):
-        issued = authority.issue_cert("127.0.0.1", "localhost")
-        files[f"{name}_cert"] = directory / f"{name}.pem"
-        files[f"{name}_key"] = directory / f"{name}.key"
-        issued.cert_chain_pems[0].write_to_path(str(files[f"{name}_cert"]))
-        issued.private_key_pem.write_to_path(str(files[f"{name}_key"]))
-    return files
+    """The lab's CA with certificates for the daemon and an analyser at 127.0.0.1, and an
+    impostor's from a stranger's CA."""
+    return issue_certificates(tmp_path_factory.mktemp("pki"), ["daemon", "analyser"], ["impostor"])
 
 
 def _serving(pki: dict[str, Path]) -> dict[str, str]:

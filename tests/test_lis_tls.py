@@ -10,7 +10,6 @@ from pathlib import Path
 
 import hl7
 import pytest
-import trustme
 
 from middleware.delivery import LisSender
 from middleware.domain import Measurement, Result
@@ -19,6 +18,7 @@ from middleware.orders_in import OrderReceiver
 from middleware.settings import LisConfig, TlsConfig
 from middleware.store import Store, outbox
 from middleware.transport.tls import TlsError, client_context, server_context
+from tests.conftest import issue_certificates
 from tests.lis_peer import LisPeer
 from tests.test_lis_orders import orm
 
@@ -28,18 +28,7 @@ AT = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A lab CA with the LIS's certificate for 127.0.0.1, and a stranger's CA."""
-    directory = tmp_path_factory.mktemp("pki")
-    ca, stranger = trustme.CA(), trustme.CA()
-    files = {"ca": directory / "ca.pem", "stranger_ca": directory / "stranger.pem"}
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    stranger.cert_pem.write_to_path(str(files["stranger_ca"]))
-    for name, authority in (("lis", ca), ("impostor", stranger)):
-        issued = authority.issue_cert("127.0.0.1", "localhost")
-        files[f"{name}_cert"] = directory / f"{name}.pem"
-        files[f"{name}_key"] = directory / f"{name}.key"
-        issued.cert_chain_pems[0].write_to_path(str(files[f"{name}_cert"]))
-        issued.private_key_pem.write_to_path(str(files[f"{name}_key"]))
-    return files
+    return issue_certificates(tmp_path_factory.mktemp("pki"), ["lis"], ["impostor"])
 
 
 def _server(pki: dict[str, Path], name: str) -> ssl.SSLContext:
