@@ -52,6 +52,12 @@ class Specimen:
     position: str = ""
 
 
+def analyser_zone(configured: tzinfo | None) -> tzinfo:
+    """The zone of an analyser's clock: as configured, else this host's (analysers send
+    wall-clock times without a zone, and sit beside the host)."""
+    return configured or datetime.now().astimezone().tzinfo or UTC
+
+
 @dataclass(frozen=True, slots=True)
 class Order:
     """Tests asked for a specimen (from the LIS, or echoed by the analyser)."""

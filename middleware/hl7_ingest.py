@@ -19,7 +19,7 @@ import functools
 import secrets
 import ssl
 from collections.abc import Callable
-from datetime import UTC, datetime, tzinfo
+from datetime import datetime, tzinfo
 from typing import TypeVar
 
 import structlog
@@ -28,7 +28,7 @@ from sqlalchemy import Connection
 from drivers import get_hl7
 from drivers.hl7 import Hl7AutoDriver, Hl7Driver
 from middleware.assessment import assess_message
-from middleware.domain import InstrumentMessage
+from middleware.domain import InstrumentMessage, analyser_zone
 from middleware.engine.engine import Engine
 from middleware.hl7.mllp import Discarded, MessageReceived, MllpReader, frame
 from middleware.hl7.orders import acknowledgment
@@ -90,7 +90,7 @@ class Hl7Connection:
         self.encoding = encoding
         self.engine = engine
         self.lis = lis
-        self.timezone = timezone or datetime.now().astimezone().tzinfo or UTC
+        self.timezone = analyser_zone(timezone)
         self.idle_timeout = idle_timeout
         """How long a message begun may stay silent before it is kept unfinished."""
         self.clock = clock

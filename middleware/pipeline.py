@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, tzinfo
+from datetime import datetime, tzinfo
 
 import structlog
 from sqlalchemy import Connection
@@ -36,7 +36,7 @@ from middleware.astm.link import (
     TransferStarted,
 )
 from middleware.astm.records import Record, decode_message, encode_record, split_records
-from middleware.domain import InstrumentMessage
+from middleware.domain import InstrumentMessage, analyser_zone
 from middleware.engine.engine import Engine
 from middleware.hl7.results import Sender
 from middleware.store import Store
@@ -108,8 +108,7 @@ class ConnectionPipeline:
         """Decides about every result in the transaction that stores it; None: store only."""
         self.lis = lis
         """Released results are queued for this LIS in the same transaction; None: none."""
-        # Analysers send wall-clock times without a zone: the site's local time by default.
-        self.timezone = timezone or datetime.now().astimezone().tzinfo or UTC
+        self.timezone = analyser_zone(timezone)
         self.encoding = encoding
         self.clock = clock
         self.max_message_bytes = max_message_bytes
