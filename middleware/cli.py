@@ -432,6 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep results of rejected runs in the windows of later runs",
     )
     evaluate.set_defaults(handler=_qc_evaluate)
+
+    from middleware import records_cli
+
+    records_cli.add_parsers(sub)  # backup, restore, archive, purge
     return parser
 
 

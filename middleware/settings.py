@@ -274,7 +274,48 @@ class LogConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["json", "console"] = "json"
+    format: Literal["auto", "json", "console"] = "auto"
+    """``auto``: readable lines on a terminal, JSON otherwise (under systemd, to a file)."""
+
+
+class EventsConfig(BaseModel):
+    """Events published to an MQTT broker (docs/events.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^mqtts?://")
+    """``mqtt://[user[:password]@]host[:port]``, or ``mqtts://`` for TLS (port 8883)."""
+    prefix: str = Field(default="lis-middleware", min_length=1, max_length=200)
+    """Topics begin with it; no wildcard characters."""
+    client_id: str | None = Field(default=None, min_length=1, max_length=200)
+    """The MQTT client id; the daemon's node name by default."""
+    qos: Literal[0, 1] = 1
+    queue_limit: int = Field(default=1000, ge=1, le=1_000_000)
+    """Events waiting while the broker is slow or away; more are dropped and counted."""
+    tls: TlsConfig | None = None
+    """For ``mqtts://``: whose certificates the broker's must chain to, ours if it asks."""
+
+    @field_validator("prefix")
+    @classmethod
+    def _plain_topic(cls, value: str) -> str:
+        if any(c in value for c in "+#\x00") or value.startswith("/") or value.endswith("/"):
+            raise ValueError("prefix: topic levels without +, # or a leading or trailing /")
+        return value
+
+    @model_validator(mode="after")
+    def _address(self) -> EventsConfig:
+        from urllib.parse import urlsplit
+
+        try:
+            address = urlsplit(self.url)
+            address.port  # noqa: B018 - a port that is not a number raises here
+        except ValueError as exc:
+            raise ValueError(f"url: {exc}") from None
+        if not address.hostname:
+            raise ValueError("url: no broker host")
+        if self.tls is not None and address.scheme != "mqtts":
+            raise ValueError("tls goes with an mqtts:// url")
+        return self
 
 
 class ApiConfig(BaseModel):
@@ -429,6 +470,41 @@ class LisConfig(BaseModel):
         return self
 
 
+class RetentionConfig(BaseModel):
+    """How many years each kind of record is kept before ``purge`` may delete it (D9):
+    at least what the regulations ask, and the audit log as long as the longest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_results: int = Field(default=5, ge=5, le=100)
+    """Patient results, with their decisions, specimens and reagent lots."""
+    chronological_register: int = Field(default=10, ge=10, le=100)
+    """The chronological register: raw transmissions, messages, quarantine, the messages
+    sent to the LIS and their log."""
+    qc: int = Field(default=5, ge=3, le=100)
+    """Control results, QC evaluations, corrective actions, reviews, limits, QC events."""
+    audit: int = Field(default=10, ge=1, le=100)
+    """The audit log and the rules put in force."""
+
+    @model_validator(mode="after")
+    def _audit_longest(self) -> RetentionConfig:
+        longest = max(self.patient_results, self.chronological_register, self.qc)
+        if self.audit < longest:
+            raise ValueError(
+                f"audit ({self.audit} years) must be kept at least as long as the longest "
+                f"other kind ({longest} years)"
+            )
+        return self
+
+
+class ArchiveConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key_file: Path | None = None
+    """The key archive manifests are signed with (HMAC-SHA256); ``state_dir/archive.key``,
+    made on first use, when not given. Keep a copy apart from the archives."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MIDDLEWARE_", env_nested_delimiter="__", extra="forbid"
@@ -452,6 +528,14 @@ class Settings(BaseSettings):
     instruments: list[InstrumentConfig] = []
     lis: LisConfig | None = None
     """Where released results go; without it nothing is queued for a LIS."""
+    retention: RetentionConfig = RetentionConfig()
+    """Years each kind of record is kept (``purge``)."""
+    archive: ArchiveConfig = ArchiveConfig()
+    events: EventsConfig | None = None
+    """The MQTT broker events are published to; none when not given."""
+    figures_interval: float = Field(5.0, gt=0, le=3600)
+    """Seconds between readings of the store's figures (outbox, holds, QC states) for
+    the metrics and the events."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
@@ -494,6 +578,11 @@ def load_settings(path: Path | None) -> Settings:
             value = data.get(key)
             if isinstance(value, str) and not Path(value).is_absolute():
                 data[key] = str(path.parent / value)
+        archive = data.get("archive")
+        if isinstance(archive, dict):
+            key_file = archive.get("key_file")
+            if isinstance(key_file, str) and not Path(key_file).is_absolute():
+                data["archive"] = {**archive, "key_file": str(path.parent / key_file)}
     # BaseSettings would take _env_prefix, _secrets_dir... as options of its own: from the
     # file they are unknown keys like any other.
     problems = [

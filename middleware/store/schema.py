@@ -470,3 +470,56 @@ instrument_leases = Table(
     Column("acquired_at", DateTime(timezone=True), nullable=False),
     Column("renewed_at", DateTime(timezone=True), nullable=False),
 )
+
+# Each closed month written to archives (middleware/archive.py): where its two copies
+# went, the hash of its signed manifest, and when the copies were last checked.
+archives = Table(
+    "archives",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("period", Text, nullable=False),  # YYYY-MM, a calendar month in UTC
+    Column("period_start", DateTime(timezone=True), nullable=False),
+    Column("period_end", DateTime(timezone=True), nullable=False),
+    Column("destinations", Text, nullable=False),  # JSON list of directories
+    Column("manifest_sha256", Text, nullable=False),
+    Column("key_id", Text, nullable=False),  # which key signed the manifest
+    Column("row_count", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("verified_at", DateTime(timezone=True)),
+    UniqueConstraint("period", name="uq_archives_period"),
+)
+
+# A row here exists only inside a purge's transaction: while it does, the append-only
+# tables' triggers let that transaction delete (store/retention.py).
+purge_permit = Table(
+    "purge_permit",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("granted_at", DateTime(timezone=True), nullable=False),
+)
+
+# The times that place a row in an archive's month, and the references a purge's deletes
+# are checked against (migration 0015).
+Index("ix_raw_transmissions_received", raw_transmissions.c.received_at)
+Index("ix_messages_received", messages.c.received_at)
+Index("ix_quarantine_received", quarantine.c.received_at)
+Index("ix_results_stored", results.c.stored_at)
+Index("ix_control_results_stored", control_results.c.stored_at)
+Index("ix_decisions_decided", decisions.c.decided_at)
+Index("ix_qc_evaluations_evaluated", qc_evaluations.c.evaluated_at)
+Index("ix_corrective_actions_closed", corrective_actions.c.closed_at)
+Index("ix_qc_reviews_reviewed", qc_reviews.c.reviewed_at)
+Index("ix_outbox_answered", outbox.c.answered_at)
+Index("ix_outbox_log_at", outbox_log.c.at)
+Index("ix_audit_log_at", audit_log.c.at)
+Index("ix_results_message", results.c.message_id)
+Index("ix_control_results_message", control_results.c.message_id)
+Index("ix_specimens_first_message", specimens.c.first_message_id)
+Index("ix_quarantine_raw", quarantine.c.raw_id)
+Index("ix_quarantine_message", quarantine.c.message_id)
+Index("ix_qc_evaluations_control_result", qc_evaluations.c.control_result_id)
+Index("ix_reagent_uses_control_result", reagent_uses.c.control_result_id)
+Index("ix_qc_reviews_result", qc_reviews.c.result_id)
+Index("ix_qc_reviews_corrective_action", qc_reviews.c.corrective_action_id)
+Index("ix_corrective_actions_closing", corrective_actions.c.closing_evaluation_id)
