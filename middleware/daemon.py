@@ -10,6 +10,7 @@ import secrets
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -21,9 +22,13 @@ from middleware.astm.link import LinkSettings, Role
 from middleware.control import Control, EngineNotRunning, RulesRefused
 from middleware.delivery import LisSender
 from middleware.engine.engine import Engine
+from middleware.events import EventPublisher, broker_of, instrument_event
 from middleware.hl7_ingest import Hl7Instrument
+from middleware.metrics import Metrics
+from middleware.monitor import Monitor
 from middleware.orders_in import OrderReceiver
 from middleware.pipeline import ConnectionPipeline
+from middleware.service import Notifier
 from middleware.settings import InstrumentConfig, Settings
 from middleware.store import Store, leases
 from middleware.store.leases import Held
@@ -37,13 +42,20 @@ from middleware.transport.channel import (
 from middleware.transport.reconnect import Backoff, Reconnecting
 from middleware.transport.serial import SerialConnection, SerialSettings
 from middleware.transport.tcp import TcpClient, TcpServer
-from middleware.transport.tls import instrument_context, server_context, server_name
+from middleware.transport.tls import (
+    client_context,
+    instrument_context,
+    server_context,
+    server_name,
+)
 from middleware.worklist_push import WorklistDownloader
 
 log = structlog.get_logger("middleware.daemon")
 
 
-def configure_logging(level: str = "info", form: str = "json") -> None:
+def configure_logging(level: str = "info", form: str = "auto") -> None:
+    if form == "auto":
+        form = "console" if sys.stderr.isatty() else "json"
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if form == "json"
@@ -60,9 +72,22 @@ def configure_logging(level: str = "info", form: str = "json") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=lambda *_: _LogLines(sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+class _LogLines(structlog.PrintLogger):
+    """Log lines to a stream that may go away (a journald stream closed, a pipe whose
+    reader ended): a line that cannot be written is lost, never raised into the thread
+    that logged it, which may be the store writer."""
+
+    def msg(self, message: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            super().msg(message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
 
 
 def link_settings(config: InstrumentConfig, driver: drivers.Driver) -> LinkSettings:
@@ -135,6 +160,11 @@ class Daemon:
         self._outgoing: list[Reconnecting] = []
         self.hl7: dict[str, Hl7Instrument] = {}
         """Instruments that speak HL7 over MLLP, each with its connections."""
+        self.metrics = Metrics()
+        self.events: EventPublisher | None = None
+        """Publishes to the MQTT broker, when one is configured."""
+        self.monitor: Monitor | None = None
+        """The store's figures and the daemon's readiness, once the store is open."""
 
     @property
     def engine(self) -> Engine | None:
@@ -148,6 +178,7 @@ class Daemon:
         )
         log.info("store open", database=_safe_url(self.settings.database))
         self.control.store = self.store
+        self._observe(self.store)
         if self.settings.rules_dir is not None and await self.reload_rules("daemon start"):
             raise SystemExit(2)
         await self._claim_instruments(self.store)
@@ -170,7 +201,35 @@ class Daemon:
                     on_taken=self._orders_taken,
                 )  # fmt: skip
                 await self.orders.start(lis.orders_host, lis.orders_port)
+        if self.monitor is not None:
+            self.monitor.serving = True
         log.info("daemon running", instruments=len(self.connections), owner=self.owner)
+
+    def _observe(self, store: Store) -> None:
+        """Metrics, events and figures from what the store commits."""
+        store.writer.listeners.append(self.metrics.committed)
+        config = self.settings.events
+        if config is not None:
+            tls = client_context(config.tls, "TLS to the event broker") if config.tls else None
+            self.events = EventPublisher(
+                broker_of(config.url, tls), config.prefix, config.client_id or self.owner,
+                qos=config.qos, queue_limit=config.queue_limit,
+                on_count=lambda outcome: self.metrics.events.labels(outcome).inc(),
+            )  # fmt: skip
+            store.writer.listeners.append(self.events.committed)
+            self._tasks.append(asyncio.create_task(_keep_running("events", self.events.run)))
+        self.monitor = Monitor(
+            store, self.metrics, events=self.events, interval=self.settings.figures_interval,
+            stuck=lambda: self.stuck(time.monotonic(), 0.0),
+        )  # fmt: skip
+        self._tasks.append(asyncio.create_task(_keep_running("figures", self.monitor.run)))
+
+    def instrument_status(self, name: str, state: str, **detail: Any) -> None:
+        """An instrument's connection state, for the metrics and the retained event."""
+        live = len(self.connections.get(name, {}))
+        self.metrics.connections.labels(name).set(live)
+        if self.events is not None:
+            self.events.publish(instrument_event(name, state, live, utcnow(), **detail))
 
     @property
     def _served(self) -> list[str]:
@@ -235,9 +294,11 @@ class Daemon:
             lis=self.control.lis,
             timezone=config.zone,
             max_message_bytes=config.max_message_bytes,
+            metrics=self.metrics,
         )
         channel.handler = self._forget_when_closed(config.name, channel, pipeline)
         live[channel] = pipeline
+        self.instrument_status(config.name, "connected", peer=channel.name)
         if config.name in self.downloaders:
             self.downloaders[config.name].wake()  # what waited for the analyser goes now
 
@@ -249,14 +310,19 @@ class Daemon:
                 await pipeline(ch, event)
             finally:
                 if isinstance(event, ConnectionClosed):
-                    self.connections.get(name, {}).pop(channel, None)
+                    live = self.connections.get(name, {})
+                    if live.pop(channel, None) is not None:
+                        state = "connected" if live else "disconnected"
+                        self.instrument_status(name, state, reason=event.reason)
 
         return handler
 
     async def _start_instrument(self, config: InstrumentConfig, store: Store) -> None:
         self.connections.setdefault(config.name, {})
         if config.speaks == "hl7":
-            instrument = Hl7Instrument(config, store, lambda: self.engine, lambda: self.control.lis)
+            instrument = Hl7Instrument(
+                config, store, lambda: self.engine, lambda: self.control.lis, self.metrics
+            )
             await instrument.start()
             self.hl7[config.name] = instrument
             log.info("instrument configured", instrument=config.name, driver=config.driver,
@@ -285,6 +351,7 @@ class Daemon:
             )  # fmt: skip
             await server.start()
             self.servers[config.name] = server
+            self.instrument_status(config.name, "listening")
         elif config.transport == "tcp-client":
             assert config.port is not None
             client = TcpClient(
@@ -293,12 +360,14 @@ class Daemon:
             )  # fmt: skip
             self._outgoing.append(client)
             self._tasks.append(asyncio.create_task(_keep_running(config.name, client.run)))
+            self.instrument_status(config.name, "connecting")
         else:
             assert config.serial is not None
             line = SerialSettings(**config.serial.model_dump())
             serial = SerialConnection(line, settings, name=config.name, on_connect=attach)
             self._outgoing.append(serial)
             self._tasks.append(asyncio.create_task(_keep_running(config.name, serial.run)))
+            self.instrument_status(config.name, "connecting")
         log.info(
             "instrument configured",
             instrument=config.name,
@@ -317,24 +386,37 @@ class Daemon:
             return [str(exc)]
         return []
 
+    def stuck(self, now: float, limit: float) -> str | None:
+        """Why the daemon can no longer keep what analysers send, None while it can (the
+        service watchdog is fed only then). A write may wait its lock timeout for a lock
+        and that is not stuck, whatever ``limit`` says."""
+        if self.store is None:
+            return None
+        return self.store.writer.stuck(now, max(limit, _grace(self.settings)))
+
     async def stop(self) -> None:
         # Connections are closed, not cancelled: each keeps what it received (waiting for
-        # a store lock if need be) before its task ends.
-        grace = self.settings.database_lock_timeout + 5
-        if self.orders is not None:
-            await self.orders.close()
-        for server in self.servers.values():
-            await server.close(grace)
-        await asyncio.gather(*(instrument.close(grace) for instrument in self.hl7.values()))
+        # a store lock if need be) before its task ends. All of them at once, so that
+        # the stop takes one grace however many instruments there are.
+        grace = _grace(self.settings)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         closing = [c.channel for c in self._outgoing if c.channel is not None]
         for channel in closing:
             channel.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
+        await asyncio.gather(
+            *([self.orders.close()] if self.orders is not None else []),
+            *(server.close(grace) for server in self.servers.values()),
+            *(instrument.close(grace) for instrument in self.hl7.values()),
+        )
         while loop.time() < deadline and any(
             channel in live for channel in closing for live in self.connections.values()
         ):
             await asyncio.sleep(0.05)
+        if self.events is not None:
+            for name in self._served:
+                self.instrument_status(name, "stopped")
+            await self.events.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -342,10 +424,31 @@ class Daemon:
                 await task
         if self.store is not None:
             if not self.lease_lost.is_set():
+                # Bounded: a writer that cannot commit must not hold the stop; the leases
+                # then run out by themselves.
                 with contextlib.suppress(Exception):
-                    await self.store.write(lambda conn: leases.release(conn, self.owner))
+                    await asyncio.wait_for(
+                        self.store.write(lambda conn: leases.release(conn, self.owner)),
+                        _LEASE_RELEASE_SECONDS,
+                    )
             await asyncio.to_thread(self.store.close)
         log.info("daemon stopped")
+
+
+_LEASE_RELEASE_SECONDS = 5.0
+
+
+def _grace(settings: Settings) -> float:
+    """How long a connection may take to keep what it holds at stop: a store write may
+    wait its lock timeout for a lock."""
+    return settings.database_lock_timeout + 5
+
+
+def stop_seconds(settings: Settings) -> float:
+    """The longest :meth:`Daemon.stop` takes, which the service manager's stop timeout
+    must allow: the connections' grace, the events' last publications (2 s), the leases'
+    release, and the store writer's last batch (``StoreWriter.close``, 10 s)."""
+    return _grace(settings) + 2 + _LEASE_RELEASE_SECONDS + 10
 
 
 async def _keep_running(
@@ -381,6 +484,7 @@ def _safe_url(url: str) -> str:
 async def serve(settings: Settings) -> None:
     from middleware.web.api import bind_api_socket
 
+    notifier = Notifier()
     # Bound before any analyser connection opens: a port in use stops the start cleanly.
     api_socket = bind_api_socket(settings.api.host, settings.api.port) if settings.api else None
     daemon = Daemon(settings)
@@ -398,14 +502,19 @@ async def serve(settings: Settings) -> None:
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     api: asyncio.Task[None] | None = None
     try:
+        notifier.status("starting: opening the store and the instruments' ports")
         await daemon.start()
         if api_socket is not None:
-            api = asyncio.create_task(serve_api(daemon, api_socket))
+            serving = asyncio.Event()
+            api = asyncio.create_task(serve_api(daemon, api_socket, serving))
+            await _until_serving(api, serving)
+        notifier.ready(f"serving {len(daemon.connections)} instrument(s)", daemon.stuck)
         ends = [asyncio.ensure_future(e.wait()) for e in (stopping, daemon.lease_lost)]
         await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
         for end in ends:
             end.cancel()
     finally:
+        notifier.stopping("stopping: finishing the commits under way")
         if api is not None:
             api.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -413,11 +522,22 @@ async def serve(settings: Settings) -> None:
         if api_socket is not None:
             api_socket.close()
         await daemon.stop()
+        await notifier.close("stopped")
     if daemon.lease_lost.is_set():
         raise LeaseLost("another daemon took over this daemon's instruments")
 
 
-async def serve_api(daemon: Daemon, sock: socket.socket) -> None:
+async def _until_serving(api: asyncio.Task[None], serving: asyncio.Event) -> None:
+    """Until the API answers, or its task ended without (its error comes out at stop)."""
+    started = asyncio.ensure_future(serving.wait())
+    await asyncio.wait({api, started}, return_when=asyncio.FIRST_COMPLETED)
+    started.cancel()
+
+
+async def serve_api(
+    daemon: Daemon, sock: socket.socket, serving: asyncio.Event | None = None
+) -> None:
+    """Serve the control API on ``sock``; ``serving`` is set once it answers."""
     import uvicorn
 
     from middleware.web.api import create_app
@@ -428,8 +548,15 @@ async def serve_api(daemon: Daemon, sock: socket.socket) -> None:
             # The daemon owns SIGTERM, SIGINT and SIGHUP; uvicorn must not take them.
             yield
 
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if serving is not None and self.started:
+                serving.set()
+
     config = uvicorn.Config(
-        create_app(daemon.control, lambda: daemon.connections), log_level="warning", lifespan="off"
+        create_app(daemon.control, lambda: daemon.connections, daemon.monitor),
+        log_level="warning",
+        lifespan="off",
     )
     host, port = sock.getsockname()[:2]
     log.info("control API listening", host=host, port=port)

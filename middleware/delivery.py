@@ -70,14 +70,19 @@ class LisSender:
                 if entry is None:
                     await asyncio.sleep(POLL_SECONDS)
                     continue
-                try:
-                    answer = await self._deliver(entry)
-                except NoAnswer as failure:
-                    await self._no_answer(entry, failure, next_delay())
-                    continue
-                next_delay = self.backoff.delays()
-                if answer is not None:
-                    await self._close_entry(entry, answer)
+                # Every line logged about the entry names it, its specimen and instrument.
+                with structlog.contextvars.bound_contextvars(
+                    outbox_id=entry.id, control_id=entry.control_id,
+                    specimen=entry.specimen_id, instrument=entry.instrument,
+                ):  # fmt: skip
+                    try:
+                        answer = await self._deliver(entry)
+                    except NoAnswer as failure:
+                        await self._no_answer(entry, failure, next_delay())
+                        continue
+                    next_delay = self.backoff.delays()
+                    if answer is not None:
+                        await self._close_entry(entry, answer)
         finally:
             await self._close()
 
@@ -199,6 +204,8 @@ class LisSender:
             self.log.warning(
                 "answer came after the claim ran out; kept in the log only", outbox_id=entry.id
             )
+        elif answer.accepted:
+            self.log.info("delivered to the LIS")
 
     async def _close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import secrets
 import ssl
+import time
 from collections.abc import Callable
 from datetime import datetime, tzinfo
 from typing import TypeVar
@@ -42,6 +43,7 @@ from middleware.hl7.segments import (
     parse_message,
     unescape,
 )
+from middleware.metrics import Metrics
 from middleware.settings import InstrumentConfig
 from middleware.store import Store
 from middleware.store.ingest import Delivery, RawSpan, Stored, keep_raw, settle, store_delivery
@@ -81,9 +83,11 @@ class Hl7Connection:
         max_message_bytes: int = 8 << 20,
         idle_timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
+        metrics: Metrics | None = None,
     ) -> None:
         self.instrument = instrument
         self.driver = driver
+        self.metrics = metrics
         self.store = store
         self.name = name
         self.id = secrets.token_hex(8)
@@ -207,17 +211,23 @@ class Hl7Connection:
         answer = functools.partial(_answer, text, now)
         control_id = message.control_id if message else ""
 
+        began = time.perf_counter()
         try:
             stored = await self._keep(delivery, now)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if self.metrics is not None:
+                self.metrics.link_errors.labels(self.instrument, "not-stored").inc()
             self.log.error("message not stored; refused", control_id=control_id, error=repr(exc))
             self._pending.append((span, "refused"))
             self._release(event.end)
             return answer("AR", "not stored; send it again")
         self._release(event.end)
         self.kept += 1
+        if self.metrics is not None:
+            self.metrics.ack_latency.labels(self.instrument).observe(time.perf_counter() - began)
+            self.metrics.kept(self.instrument, stored)
         self.log.info(
             "message kept",
             message_id=stored.message_id,
@@ -396,11 +406,13 @@ class Hl7Instrument:
         store: Store,
         engine: Callable[[], Engine | None],
         lis: Callable[[], Sender | None],
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.engine = engine
         self.lis = lis
+        self.metrics = metrics
         self.live: dict[Hl7Connection, asyncio.Task[None] | None] = {}
         self._server: asyncio.Server | None = None
         self._client: asyncio.Task[None] | None = None
@@ -420,6 +432,7 @@ class Hl7Instrument:
             timezone=config.zone,
             max_message_bytes=config.max_message_bytes,
             idle_timeout=config.frame_timeout or 30.0,
+            metrics=self.metrics,
         )
 
     async def start(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, tzinfo
 
@@ -39,6 +40,7 @@ from middleware.astm.records import Record, decode_message, encode_record, split
 from middleware.domain import InstrumentMessage, analyser_zone
 from middleware.engine.engine import Engine
 from middleware.hl7.results import Sender
+from middleware.metrics import Metrics
 from middleware.store import Store
 from middleware.store.ingest import Delivery, RawSpan, Stored, keep_raw, settle, store_delivery
 from middleware.store.orders import orders_for
@@ -96,6 +98,7 @@ class ConnectionPipeline:
         timezone: tzinfo | None = None,
         max_message_bytes: int = 8 << 20,
         lis: Sender | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.instrument = instrument
         self.driver = driver
@@ -112,6 +115,7 @@ class ConnectionPipeline:
         self.encoding = encoding
         self.clock = clock
         self.max_message_bytes = max_message_bytes
+        self.metrics = metrics
         self.log = log.bind(instrument=instrument)
         self.channel: LinkChannel | None = None
         self.kept = 0
@@ -158,11 +162,13 @@ class ConnectionPipeline:
             )
             self._send_answers(channel)
         elif isinstance(event, TimedOut) and event.phase == "frame":
+            self._link_error(f"timeout-{event.phase}")
             reason = f"link timed out: {event.detail}"
             await self._end_of_transfer(channel, event.end, reason, leftover=event.leftover)
         elif isinstance(event, DuplicateFrame):
             self._repeated = True
         elif isinstance(event, FrameRejected):
+            self._link_error(event.kind)
             self._rejections.append(f"{event.kind}: {event.detail}")
             self.log.warning("frame refused", kind=event.kind, detail=event.detail,
                              offset=event.offset)  # fmt: skip
@@ -202,12 +208,20 @@ class ConnectionPipeline:
         self._lines, self._size = lines, size
 
     async def _complete(self, channel: LinkChannel, lines: list[str], end: int) -> None:
+        began = time.perf_counter()
         delivery = self._message(channel, lines, end)
         reading = delivery.reading
         # Sent after our ACK of the previous message of the transfer: the analyser had that
         # ACK, unless this is the same message again (it did not, and sends it anew).
         confirm, self._unconfirmed = self._unconfirmed, []
-        stored = await self._keep(channel, delivery, end, confirm=confirm)
+        try:
+            stored = await self._keep(channel, delivery, end, confirm=confirm)
+        except Exception:
+            self._link_error("not-stored")
+            raise
+        if self.metrics is not None:
+            # The ACK goes out as soon as this returns: its wait is the commit's.
+            self.metrics.ack_latency.labels(self.instrument).observe(time.perf_counter() - began)
         reply_timeout = channel.link.settings.reply_timeout
         arrived = delivery.span.last_received_at if delivery.span else delivery.received_at
         late = (channel.wallclock() - arrived).total_seconds() >= reply_timeout
@@ -374,6 +388,8 @@ class ConnectionPipeline:
         self._repeated = False
         self.kept += 1
         self.last = stored
+        if self.metrics is not None:
+            self.metrics.kept(self.instrument, stored)
         self.log.info(
             "message kept",
             message_id=stored.message_id,
@@ -384,6 +400,10 @@ class ConnectionPipeline:
             quarantined=stored.quarantined,
             problems=delivery.problems or None,
         )
+
+    def _link_error(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.link_errors.labels(self.instrument, kind).inc()
 
     # --- what is not a message --------------------------------------------------------------
 

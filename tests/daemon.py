@@ -38,13 +38,22 @@ class DaemonProcess:
     def database(self) -> Path:
         return self.workdir / "state" / "middleware.db"
 
-    def start(self, timeout: float = 20.0) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MIDDLEWARE_")}
+    def start(
+        self, timeout: float = 20.0, *, env: dict[str, str] | None = None, wait: bool = True
+    ) -> None:
+        """Start the process with ``env`` added to its environment; with ``wait``, return
+        once it listens on its instruments' ports (or says it runs)."""
+        # Nothing of the service manager that may run the tests reaches the daemon.
+        foreign = ("MIDDLEWARE_", "NOTIFY_SOCKET", "WATCHDOG_")
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(foreign)}
+        env = inherited | (env or {})
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "middleware", "run", "--config", str(self.config)],
                 cwd=ROOT, stdout=log, stderr=log, env=env,
             )  # fmt: skip
+        if not wait:
+            return
         deadline = time.monotonic() + timeout
         waiting = list(self.ports)
         while waiting:

@@ -869,3 +869,69 @@ def test_tolerance_numbering_restarts_for_each_message() -> None:
     # Only a frame 1 that starts a message restarts the count.
     tolerant.receive_data(build_frame(1, b"P|1\r", True), 2.0)
     assert tolerant.data_to_send() == B_NAK
+
+
+# --- closing -----------------------------------------------------------------------------
+
+
+def test_closing_while_sending_ends_our_transfer_with_eot_and_fails_the_queue() -> None:
+    link, first = sending([b"P|1"])
+    second = link.send_message([b"P|2"], 0.0)
+    link.receive_data(B_ACK, 1.0)
+    assert link.data_to_send() == build_frame(1, b"P|1\r", True)
+    link.close()
+    assert link.data_to_send() == B_EOT
+    assert events(link) == [SendFailed(first, "link closed"), SendFailed(second, "link closed")]
+    assert link.pending_messages == 0 and link.deadline is None
+    # The peer's late ACK starts nothing, and nothing more is ever sent.
+    link.receive_data(B_ACK, 2.0)
+    later = link.send_message([b"P|3"], 3.0)
+    link.handle_timer(100.0)
+    assert link.data_to_send() == b""
+    assert events(link) == [SendFailed(later, "link closed")]
+
+
+def test_closing_while_establishing_sends_eot_for_the_enq() -> None:
+    link, message_id = sending([b"P|1"])
+    link.close()
+    assert link.data_to_send() == B_EOT
+    assert events(link) == [SendFailed(message_id, "link closed")]
+
+
+def test_closing_while_the_peer_sends_answers_nothing_more_but_counts_every_byte() -> None:
+    link = receiving()
+    link.receive_data(build_frame(1, b"H|\\^&\r", False), 1.0)
+    assert link.data_to_send() == B_ACK
+    link.close()
+    assert link.data_to_send() == b""  # the line is the peer's: no EOT from us
+    late = build_frame(2, b"L|1|N\r", True) + B_EOT + B_ENQ
+    before = link.received
+    link.receive_data(late, 2.0)
+    assert link.data_to_send() == b""
+    assert events(link) == []
+    assert link.received == before + len(late)
+    assert link.pending_text == b"H|\\^&\r"  # kept for the shell to store as unfinished
+
+
+def test_closing_while_a_commit_is_under_way_still_answers_it_then_nothing() -> None:
+    link = receiving()
+    link.receive_data(build_frame(1, b"L|1|N\r", True), 1.0)
+    event = link.next_event()
+    assert isinstance(event, TextReceived)
+    link.close()
+    assert link.data_to_send() == b""
+    link.receive_data(B_EOT + B_ENQ, 1.5)
+    link.acknowledge(2.0)
+    assert link.data_to_send() == B_ACK  # what was kept is acknowledged
+    assert events(link) == []  # the EOT and ENQ that came after are not read
+    assert link.deadline is None
+
+
+def test_closing_while_a_commit_is_under_way_and_it_fails_naks_it() -> None:
+    link = receiving()
+    link.receive_data(build_frame(1, b"L|1|N\r", True), 1.0)
+    assert isinstance(link.next_event(), TextReceived)
+    link.close()
+    link.refuse(2.0)
+    assert link.data_to_send() == B_NAK
+    assert link.deadline is None

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from middleware.astm.frames import FrameTolerances
-from middleware.astm.link import Event, LinkSettings, TextReceived, TransferEnded
-from middleware.transport.channel import LinkChannel, SendError
+from middleware.astm.link import Event, LinkSettings, SendFailed, TextReceived, TransferEnded
+from middleware.transport.channel import ConnectionClosed, LinkChannel, SendError
 from middleware.transport.reconnect import Backoff
 from middleware.transport.serial import SerialConnection, SerialSettings
 from middleware.transport.tcp import TcpClient, TcpServer
@@ -288,3 +288,133 @@ def test_serial_settings_are_checked() -> None:
         "rtscts": True,
         "dsrdtr": False,
     }
+
+
+# --- closing from our side (the daemon stops) ---------------------------------------------
+
+
+async def until_end(peer: StreamPeer) -> bytes:
+    """Everything the middleware still writes, up to its end of the connection."""
+    return await asyncio.wait_for(peer.reader.read(), 5)
+
+
+async def test_closing_while_we_send_ends_the_transfer_with_eot() -> None:
+    async with tcp_server(Collector()) as (server, peer):
+        channel = await wait_for_channel(server)
+        sending = asyncio.create_task(channel.send([b"H|\\^&", b"O|1|S1||^^^GLU|R", b"L|1|N"]))
+        assert await peer.read(1) == ENQ
+        await peer.write(ACK)
+        assert (await peer.read_until(b"\r\n")).startswith(b"\x021H|")
+        channel.close()
+        assert await until_end(peer) == EOT
+        with pytest.raises(SendError):
+            await asyncio.wait_for(sending, 5)
+
+
+async def test_closing_during_a_commit_answers_it_and_nothing_after() -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(channel: LinkChannel, event: Event) -> None:
+        if isinstance(event, TextReceived):
+            entered.set()
+            await release.wait()
+
+    server = TcpServer("127.0.0.1", 0, LinkSettings(), handler)
+    await server.start()
+    port = server.bound_port
+    try:
+        committing = StreamPeer(*await asyncio.open_connection("127.0.0.1", port))
+        sending = StreamPeer(*await asyncio.open_connection("127.0.0.1", port))
+        await committing.write(ENQ)
+        assert await committing.read(1) == ACK
+        await committing.write(frame(1, b"L|1|N\r"))
+        await asyncio.wait_for(entered.wait(), 5)
+        await sending.write(ENQ)
+        assert await sending.read(1) == ACK
+        await sending.write(frame(1, b"H|\\^&\r", last=False))
+        assert await sending.read(1) == ACK
+
+        closing = asyncio.create_task(server.close())
+        await asyncio.sleep(0.1)
+        # Stopping: no new connection, and a frame sent now is not answered.
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+        await sending.write(frame(2, b"L|1|N\r"))
+        assert await until_end(sending) == b""
+        # The commit under way finishes, and the analyser has its ACK before the end.
+        assert not closing.done()
+        release.set()
+        assert await until_end(committing) == ACK
+        await asyncio.wait_for(closing, 5)
+    finally:
+        release.set()
+        await server.close()
+
+
+async def test_closing_a_serial_line_while_we_send_ends_with_eot() -> None:
+    peer, connection, task = await serial_connection(Collector())
+    try:
+        assert connection.channel is not None
+        sending = asyncio.create_task(connection.channel.send([b"H|\\^&", b"L|1|N"]))
+        assert await peer.read(1) == ENQ
+        await peer.write(ACK)
+        assert (await peer.read_until(b"\r\n")).startswith(b"\x021H|")
+        connection.channel.close()
+        assert await peer.read(1) == EOT
+        with pytest.raises(SendError):
+            await asyncio.wait_for(sending, 5)
+    finally:
+        await stop(task)
+        await peer.close()
+
+
+class Wire:
+    """A byte stream the test feeds by hand, and a sink that keeps what is written."""
+
+    def __init__(self) -> None:
+        self.chunks: asyncio.Queue[bytes] = asyncio.Queue()
+        self.written = bytearray()
+        self.closing = False
+
+    async def read(self, n: int = -1) -> bytes:
+        return await self.chunks.get()
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    async def drain(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+async def test_bytes_read_while_the_channel_closes_are_kept_not_answered() -> None:
+    wire, release = Wire(), asyncio.Event()
+    ends: list[int] = []
+
+    async def handler(channel: LinkChannel, event: object) -> None:
+        if isinstance(event, SendFailed):
+            await release.wait()  # the channel is busy when the last bytes come in
+        elif isinstance(event, ConnectionClosed):
+            ends.append(event.end)
+
+    channel = LinkChannel(wire, wire, LinkSettings(), handler)
+    running = asyncio.create_task(channel.run())
+    sending = asyncio.create_task(channel.send([b"H|\\^&", b"L|1|N"]))
+    await asyncio.sleep(0.05)
+    channel.close()
+    await asyncio.sleep(0.05)
+    late = ENQ + frame(1, b"H|\\^&\r")
+    await wire.chunks.put(late)
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.wait_for(running, 5)
+    with pytest.raises(SendError):
+        await sending
+    assert bytes(wire.written) == ENQ + EOT  # our ENQ, then EOT; the late ENQ unanswered
+    assert ends == [len(late)]
+    assert channel.received.peek(len(late), channel.wallclock()).data == late

@@ -17,6 +17,11 @@ not) it answers NAK and keeps the text of the message's earlier ETB frames, so t
 repeat of the final frame completes the same whole message. There is no way to turn this
 off: it is what lets an analyser trust our ACK.
 
+**Closing.** :meth:`Link.close` is how we end a connection: a message we are sending ends
+with EOT (the termination phase, so the peer is neutral at once rather than after its
+timer); a final frame whose commit is under way is still answered; nothing received after
+that is read or answered, so the sender sends it again, to the next connection.
+
 Every event that concerns received bytes carries the stream offset where they end, so the
 shell can account for each byte (the raw bytes of a message are the bytes up to the end of
 its final frame). Input is bounded: a frame longer than ``max_frame_bytes`` or a message
@@ -236,12 +241,15 @@ class Link:
         self._text_start: int | None = None  # stream offset of the text's first frame
         self._interrupt_requested = False
         self._before_decision: tuple[int, Frame | None, int] = (1, None, 0)
+        self._closed = False
 
     # --- what the shell reads ------------------------------------------------------------
 
     @property
     def deadline(self) -> float | None:
         """When :meth:`handle_timer` must be called next, or None when nothing is timed."""
+        if self._closed:
+            return None
         if self.state is State.NEUTRAL:
             return self._not_before if self._queue else None
         return self._deadline
@@ -268,11 +276,18 @@ class Link:
     def pending_messages(self) -> int:
         return len(self._queue)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     # --- what the shell tells us ---------------------------------------------------------
 
     def send_message(self, records: Sequence[bytes], now: float) -> int:
         """Queue a message (its records, without terminators); returns its id."""
         message_id = next(self._ids)
+        if self._closed:
+            self._events.append(SendFailed(message_id, "link closed"))
+            return message_id
         frames: list[bytes] = []
         number = 1
         for record in records:
@@ -282,6 +297,21 @@ class Link:
         self._queue.append(_Outgoing(message_id, frames))
         self._maybe_establish(now)
         return message_id
+
+    def close(self) -> None:
+        """We are ending the connection. A message of ours in progress is abandoned with
+        EOT, and every queued message fails (:class:`SendFailed`); a final frame waiting
+        for its commit is still answered by :meth:`acknowledge` or :meth:`refuse`; bytes
+        received from now on are counted in :attr:`received` and nothing else."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.state in (State.ESTABLISHING, State.SENDING):
+            self._out.append(EOT)
+            self.state = State.NEUTRAL
+        while self._queue:
+            self._events.append(SendFailed(self._queue.popleft().message_id, "link closed"))
+        self._deadline = None
 
     def interrupt(self) -> None:
         """Answer the peer's next frame with EOT instead of ACK (a receiver interrupt)."""
@@ -313,6 +343,8 @@ class Link:
         self.state = State.RECEIVING
 
     def handle_timer(self, now: float) -> None:
+        if self._closed:
+            return
         if self.state is State.NEUTRAL:
             self._maybe_establish(now)
             return
@@ -355,6 +387,8 @@ class Link:
             self._pos = 0
 
     def _parse(self, now: float) -> None:
+        if self._closed:
+            return
         while self._pos < len(self._buffer) and self.state is not State.AWAITING_DECISION:
             if self.state is State.RECEIVING:
                 if not self._parse_receiving(now):
@@ -464,6 +498,8 @@ class Link:
         self._maybe_establish(now)
 
     def _maybe_establish(self, now: float) -> None:
+        if self._closed:
+            return
         if self.state is State.NEUTRAL and self._queue and now >= self._not_before:
             self._out.append(ENQ)
             self.state = State.ESTABLISHING

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, exists, func, or_, select, text
 
+from middleware.store import notices
 from middleware.store.schema import outbox, outbox_log
 from middleware.store.sql import utc
 
@@ -60,7 +61,7 @@ def enqueue(
         conn.execute(
             text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"outbox/{specimen_id}"}
         )
-    return int(
+    entry_id = int(
         conn.execute(
             outbox.insert().returning(outbox.c.id),
             {
@@ -76,6 +77,8 @@ def enqueue(
             },
         ).scalar_one()
     )
+    notices.tell(conn, notices.OutboxChanged(entry_id, "queued", PENDING, at))
+    return entry_id
 
 
 def claim_next(conn: Connection, owner: str, at: datetime, hold: timedelta) -> Entry | None:
@@ -162,6 +165,8 @@ def answered(
     )
     event = "answered" if done.rowcount else "answered-late"
     log(conn, entry_id, event, answer, detail, at)
+    if done.rowcount:
+        notices.tell(conn, notices.OutboxChanged(entry_id, "answered", state, at))
     return bool(done.rowcount)
 
 
@@ -200,6 +205,7 @@ def retry(conn: Connection, entry_id: int, at: datetime) -> bool:
     )
     if done.rowcount:
         log(conn, entry_id, "retried", "", "", at)
+        notices.tell(conn, notices.OutboxChanged(entry_id, "retried", PENDING, at))
     return bool(done.rowcount)
 
 
@@ -210,6 +216,7 @@ def dismiss(conn: Connection, entry_id: int, at: datetime) -> bool:
     )
     if done.rowcount:
         log(conn, entry_id, "dismissed", "", "", at)
+        notices.tell(conn, notices.OutboxChanged(entry_id, "dismissed", DEAD, at))
     return bool(done.rowcount)
 
 

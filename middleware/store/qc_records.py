@@ -24,6 +24,7 @@ from middleware.domain import (
     Result,
 )
 from middleware.engine.qc import QcOutcome
+from middleware.store import notices
 from middleware.store.release import result_of
 from middleware.store.schema import (
     control_limits,
@@ -56,8 +57,23 @@ def record_evaluations(
     conn: Connection, evaluated: Sequence[tuple[int, ControlResult, QcOutcome]], at: datetime
 ) -> None:
     rows = []
+    told = []
     for control_id, control, outcome in evaluated:
         evaluation, target = outcome.evaluation, outcome.target
+        z = _four_places(evaluation.z) if evaluation else None
+        told.append(
+            notices.QcEvaluated(
+                instrument=control.result.instrument,
+                test_code=control.result.test_code,
+                run=outcome.run,
+                level=outcome.level,
+                status=evaluation.status if evaluation else "unevaluated",
+                violations=tuple(evaluation.violations) if evaluation else (),
+                warnings=tuple(evaluation.warnings) if evaluation else (),
+                z=None if z is None else str(z),
+                at=at,
+            )
+        )
         rows.append(
             {
                 "control_result_id": control_id,
@@ -65,7 +81,7 @@ def record_evaluations(
                 "test_code": control.result.test_code,
                 "run": outcome.run,
                 "level": outcome.level,
-                "z": _four_places(evaluation.z) if evaluation else None,
+                "z": z,
                 "target_mean": target.mean if target else None,
                 "target_sd": target.sd if target else None,
                 "provisional": outcome.provisional,
@@ -77,6 +93,7 @@ def record_evaluations(
         )
     if rows:
         conn.execute(_INSERT_EVALUATIONS, rows)
+        notices.tell(conn, *told)
 
 
 def open_corrective_action(
@@ -103,6 +120,12 @@ def open_corrective_action(
     if review_since is not None:
         released = released.where(decisions.c.decided_at >= review_since)
     ids = sorted({row.result_id for row in conn.execute(released)})
+    notices.tell(
+        conn,
+        notices.CorrectiveActionChanged(
+            action_id, instrument, test_code, "opened", reason, "engine", at
+        ),
+    )
     if ids:
         conn.execute(
             qc_reviews.insert(),
@@ -164,6 +187,12 @@ def mark_corrective_action_closed(
         .values(
             closed_at=at, closed_by=by, action_taken=action_taken, closing_evaluation_id=closing
         )
+    )
+    notices.tell(
+        conn,
+        notices.CorrectiveActionChanged(
+            action_id, action.instrument, action.test_code, "closed", action_taken, by, at
+        ),
     )
 
 

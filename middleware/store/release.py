@@ -25,6 +25,7 @@ from middleware.domain import (
     Result,
 )
 from middleware.engine.decision import Decision
+from middleware.store import notices
 from middleware.store.schema import (
     decisions,
     open_holds,
@@ -171,6 +172,7 @@ def record_decisions(
     at: datetime,
     by: str = "engine",
 ) -> None:
+    decided_list = list(decided)
     rows = [
         {
             "result_id": result_id,
@@ -196,11 +198,28 @@ def record_decisions(
             "decided_at": at,
             "decided_by": by,
         }
-        for result_id, result, decision in decided
+        for result_id, result, decision in decided_list
     ]
     if not rows:
         return
     conn.execute(_INSERT_DECISIONS, rows)
+    notices.tell(
+        conn,
+        *(
+            notices.ResultDecided(
+                result_id=result_id,
+                instrument=result.instrument,
+                specimen_id=result.specimen_id,
+                test_code=result.test_code,
+                action=decision.action.value,
+                reasons=tuple(decision.reasons),
+                urgent=decision.urgent,
+                decided_by=by,
+                at=at,
+            )
+            for result_id, result, decision in decided_list
+        ),
+    )
     # The open holds are what a new QC or a closed corrective action looks at again: kept
     # as their own rows so that finding them costs the same whatever the history.
     held = {r["result_id"]: r for r in rows if r["action"] == "hold"}

@@ -11,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import Connection, Engine
+
+from middleware.store import notices
+from middleware.store.notices import Notice
 
 log = structlog.get_logger("middleware.store")
 
@@ -34,6 +38,20 @@ class _Job:
 _STOP = object()
 
 
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """One transaction of the writer, once committed: what it told, and how long it took
+    from its start to the end of its commit."""
+
+    notices: Sequence[Notice]
+    seconds: float
+    units: int
+
+
+#: Called on the event loop's thread after each commit; it must not block.
+CommitListener = Callable[[Committed], None]
+
+
 class StoreWriter:
     def __init__(self, engine: Engine, max_batch: int = 256) -> None:
         self.engine = engine
@@ -41,6 +59,12 @@ class StoreWriter:
         self._queue: queue.Queue[_Job | object] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self.commits = 0
+        self.listeners: list[CommitListener] = []
+        self.busy_since: float | None = None
+        """When (``time.monotonic``) the batch being committed was taken off the queue;
+        None while the writer waits for work. Written by the writer thread alone, read
+        lock-free by :meth:`stuck`."""
+        self._closed = False
 
     def start(self) -> None:
         self._thread.start()
@@ -59,6 +83,7 @@ class StoreWriter:
 
     def close(self, timeout: float = 10.0) -> None:
         """Finish what was submitted, then stop."""
+        self._closed = True
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join(timeout)
@@ -79,14 +104,33 @@ class StoreWriter:
                     stopping = True
                     break
                 batch.append(item)  # type: ignore[arg-type]
-            self._commit(batch)
+            # Per batch, not per unit: the health signal costs nothing on the hot path.
+            self.busy_since = time.monotonic()
+            try:
+                self._commit(batch)
+            finally:
+                self.busy_since = None
+
+    def stuck(self, now: float, limit: float) -> str | None:
+        """Why the writer is not taking work, None while it is: a batch in hand for longer
+        than ``limit`` seconds (everything queued behind it waits as long), or the thread
+        gone before :meth:`close`. ``now`` is ``time.monotonic()``; any thread may ask."""
+        since = self.busy_since
+        if since is not None and now - since > limit:
+            return f"store writer busy with one batch for {now - since:.0f} s"
+        if self._thread.ident is not None and not self._thread.is_alive() and not self._closed:
+            return "store writer thread ended"
+        return None
 
     def _commit(self, batch: list[_Job]) -> None:
+        started = time.perf_counter()
         try:
             with self.engine.connect() as conn:
                 conn.execution_options(write=True)
                 with conn.begin():
+                    notices.begin(conn)
                     values = [job.work(conn) for job in batch]
+                told = notices.take(conn)
         except Exception as exc:
             if len(batch) == 1:
                 log.error("store write failed", error=repr(exc))
@@ -97,6 +141,10 @@ class StoreWriter:
                 self._commit([job])
             return
         self.commits += 1
+        if self.listeners:
+            committed = Committed(told, time.perf_counter() - started, len(batch))
+            for listener in self.listeners:
+                batch[0].loop.call_soon_threadsafe(_tell, listener, committed)
         for job, value in zip(batch, values, strict=True):
             job.loop.call_soon_threadsafe(_resolve, job.future, value, None)
 
@@ -108,3 +156,11 @@ def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | Non
         future.set_result(value)
     else:
         future.set_exception(error)
+
+
+def _tell(listener: CommitListener, committed: Committed) -> None:
+    try:
+        listener(committed)
+    except Exception:
+        # Whoever listens (events, metrics) must never stop what the store does.
+        log.exception("commit listener failed")

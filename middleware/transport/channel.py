@@ -28,6 +28,7 @@ from middleware.astm.link import (
     LinkSettings,
     MessageSent,
     SendFailed,
+    State,
     TextReceived,
 )
 from middleware.transport.received import ReceivedBytes
@@ -122,10 +123,19 @@ class LinkChannel:
         self.closed = False
 
     def close(self) -> None:
-        """End the connection from our side (the handler still hears ConnectionClosed)."""
+        """End the connection from our side (the handler still hears ConnectionClosed).
+
+        The link ends first (see :meth:`Link.close`): a message we are sending is cut with
+        EOT and nothing received from now on is answered. A final frame whose commit is
+        under way keeps the connection open until it is answered: the analyser then has
+        the ACK of what was kept, rather than sending it again.
+        """
         self._closing = True
+        self.link.close()
         with contextlib.suppress(Exception):
-            self.writer.close()
+            self._flush()
+            if self.link.state is not State.AWAITING_DECISION:
+                self.writer.close()
         self._wake.set()
 
     async def send(self, records: Sequence[bytes]) -> None:
@@ -182,7 +192,13 @@ class LinkChannel:
             reason = "closed at shutdown"
             raise
         finally:
+            self.link.close()
             if reading is not None:
+                if reading.done() and not reading.cancelled() and reading.exception() is None:
+                    # Read but not yet looked at: kept like every other byte received.
+                    late = reading.result()
+                    self.received.add(late, self.wallclock())
+                    self.link.receive_data(late, self.clock())
                 reading.cancel()
             self._close()
             # What this connection received and nobody kept yet is kept now.

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from middleware.control import (
@@ -23,6 +24,7 @@ from middleware.control import (
     QcEventKind,
     RulesRefused,
 )
+from middleware.monitor import Monitor
 from middleware.settings import ApiConfig
 from middleware.transport.tcp import ListenError
 from middleware.web.guards import BodyLimit, HostCheck, StrictJsonRoute
@@ -80,9 +82,13 @@ async def _refused(_request: Request, refusal: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(refusal)}, status)
 
 
-def create_app(control: Control, instruments: Callable[[], Iterable[str]]) -> FastAPI:
+def create_app(
+    control: Control,
+    instruments: Callable[[], Iterable[str]],
+    monitor: Monitor | None = None,
+) -> FastAPI:
     """The API over ``control``; ``instruments`` gives the names of the instruments
-    the daemon serves now."""
+    the daemon serves now; ``monitor`` its metrics and readiness."""
     config = control.settings.api or ApiConfig()
     app = FastAPI(title="lis-middleware control API", version="1")
     app.router.route_class = StrictJsonRoute
@@ -98,6 +104,9 @@ def create_app(control: Control, instruments: Callable[[], Iterable[str]]) -> Fa
             "instruments": sorted(instruments()),
             "rules": control.rules.summary() if control.rules else None,
         }
+
+    if monitor is not None:
+        _probes(app, monitor)
 
     @app.post("/api/rules/reload")
     async def reload_rules(who: Who) -> dict[str, Any]:
@@ -174,3 +183,29 @@ def create_app(control: Control, instruments: Callable[[], Iterable[str]]) -> Fa
         return {"dismissed": entry_id}
 
     return app
+
+
+def _probes(app: FastAPI, monitor: Monitor) -> None:
+    """Prometheus's scrape and the liveness and readiness probes."""
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(monitor.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        """Live: the event loop answers and the store writer is not stuck."""
+        problems = monitor.not_live()
+        return JSONResponse(
+            {"status": "fail" if problems else "ok", "problems": problems},
+            503 if problems else 200,
+        )
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Ready: the store answers, the listeners are bound, the LIS outbox is moving."""
+        problems = monitor.not_ready()
+        return JSONResponse(
+            {"status": "fail" if problems else "ok", "problems": problems},
+            503 if problems else 200,
+        )
