@@ -25,7 +25,7 @@ from sqlalchemy import types as sqltypes
 from middleware.store import archives as recorded_archives
 from middleware.store.archives import ArchiveRecord, Month
 from middleware.store.audit import audit
-from middleware.store.backup import file_sha256
+from middleware.store.backup import file_sha256, fsync_path
 from middleware.store.records import RECORD_TABLES, RecordTable, earliest
 from middleware.store.sql import utc
 
@@ -283,20 +283,12 @@ def write_month(
         "signature": sign(key, manifest_bytes),
     }
     _write_file(directory, SIGNATURE, _json(signature))
-    _sync_directory(directory)
+    fsync_path(directory)
     return manifest_bytes, sum(int(f.get("rows", 0)) for f in files)
 
 
 def _json(value: Any) -> bytes:
     return (json.dumps(value, indent=2) + "\n").encode("ascii")
-
-
-def _sync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -307,7 +299,7 @@ def _copy(source: Path, target: Path) -> None:
             shutil.copyfileobj(src, dst, _CHUNK)
             dst.flush()
             os.fsync(dst.fileno())
-    _sync_directory(target)
+    fsync_path(target)
 
 
 def _partial(destination: Path, month: Month) -> Path:
@@ -448,12 +440,12 @@ def archive_month(
         with conn.begin():
             manifest, rows = write_month(conn, first, month, key, now)
     first.rename(finals[0])
-    _sync_directory(destinations[0])
+    fsync_path(destinations[0])
     for destination, final in zip(destinations[1:], finals[1:], strict=True):
         partial = _partial(destination, month)
         _copy(finals[0], partial)
         partial.rename(final)
-        _sync_directory(destination)
+        fsync_path(destination)
     for final in finals:
         problems = verify(final, key)
         if problems:

@@ -29,3 +29,17 @@ def qc(level_1: str, level_2: str, test: str = "GLU") -> list[bytes]:
         b"R|1|^^^" + code + b"|" + level_2.encode() + b"|mmol/L||N||F",
         b"L|1|N",
     ]
+
+
+def three_tests(n: int, sender: bytes) -> list[bytes]:
+    """Message ``n`` of a stream: one patient's glucose, creatinine and potassium, each
+    message with values of its own, so that every stored row can be told apart."""
+    return [
+        b"H|\\^&|||" + sender + b"|||||||P|LIS2-A2|20260301080000",
+        b"P|1||PAT%04d" % n,
+        b"O|1|S%04d||^^^GLU\\^^^CREA\\^^^K|R" % n,
+        b"R|1|^^^GLU|%d.1|mmol/L||N||F||||20260301075900" % n,
+        b"R|2|^^^CREA|%d|umol/L||N||F||||20260301075900" % (60 + n),
+        b"R|3|^^^K|4.%d|mmol/L||N||F||||20260301075900" % (n % 10),
+        b"L|1|N",
+    ]

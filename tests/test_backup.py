@@ -22,6 +22,7 @@ from middleware.store.database import HEAD, open_engine
 from middleware.store.schema import instrument_leases
 from tests.conftest import fresh_postgres_database
 from tests.daemon import DaemonProcess, connect, free_port, query
+from tests.messages import three_tests
 from tests.peer import EOT, StreamPeer, send_message
 from tests.record_store import store_month, write_config
 
@@ -29,15 +30,7 @@ NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 
 
 def message(n: int) -> list[bytes]:
-    return [
-        b"H|\\^&|||BACKUP-TEST|||||||P|LIS2-A2|20260301080000",
-        b"P|1||PAT%04d" % n,
-        b"O|1|S%04d||^^^GLU\\^^^CREA\\^^^K|R" % n,
-        b"R|1|^^^GLU|%d.1|mmol/L||N||F||||20260301075900" % n,
-        b"R|2|^^^CREA|%d|umol/L||N||F||||20260301075900" % (60 + n),
-        b"R|3|^^^K|4.%d|mmol/L||N||F||||20260301075900" % (n % 10),
-        b"L|1|N",
-    ]
+    return three_tests(n, b"BACKUP-TEST")
 
 
 @contextlib.contextmanager

@@ -6,19 +6,12 @@ import asyncio
 from pathlib import Path
 
 from tests.daemon import DaemonProcess, connect, free_port, query
+from tests.messages import three_tests
 from tests.peer import ACK, ENQ, EOT, StreamPeer, frames_for, send_message
 
 
 def message(n: int) -> list[bytes]:
-    return [
-        b"H|\\^&|||CRASH-TEST|||||||P|LIS2-A2|20260301080000",
-        b"P|1||PAT%03d" % n,
-        b"O|1|S%04d||^^^GLU\\^^^CREA\\^^^K|R" % n,
-        b"R|1|^^^GLU|%d.1|mmol/L||N||F||||20260301075900" % n,
-        b"R|2|^^^CREA|%d|umol/L||N||F||||20260301075900" % (60 + n),
-        b"R|3|^^^K|4.%d|mmol/L||N||F||||20260301075900" % (n % 10),
-        b"L|1|N",
-    ]
+    return three_tests(n, b"CRASH-TEST")
 
 
 async def send_until_killed(peer: StreamPeer, records: list[bytes], frames_sent: int) -> None:

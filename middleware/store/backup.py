@@ -81,7 +81,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file or a directory (the names it holds) to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -156,9 +157,9 @@ def backup(url: str, destination: Path, now: datetime) -> Manifest:
     manifest = Manifest(now.isoformat(), engine.dialect.name, revision, files, rows)
     partial = destination / f".{MANIFEST}.partial"
     partial.write_bytes(manifest.to_json())
-    _fsync(partial)
+    fsync_path(partial)
     partial.rename(destination / MANIFEST)
-    _fsync(destination)
+    fsync_path(destination)
     return manifest
 
 
@@ -190,9 +191,9 @@ def _backup_sqlite(url: str, destination: Path) -> tuple[str, str | None, dict[s
             revision, rows = _revision(conn), row_counts(conn)
     finally:
         copy.dispose()
-    _fsync(partial)
+    fsync_path(partial)
     partial.rename(destination / SQLITE_FILE)
-    _fsync(destination)
+    fsync_path(destination)
     return SQLITE_FILE, revision, rows
 
 
@@ -217,9 +218,9 @@ def _backup_postgres(
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
         raise BackupError(f"pg_dump failed: {done.stderr.strip()}")
-    _fsync(partial)
+    fsync_path(partial)
     partial.rename(destination / POSTGRES_FILE)
-    _fsync(destination)
+    fsync_path(destination)
     return POSTGRES_FILE, revision, rows
 
 
@@ -373,7 +374,7 @@ def _restore_sqlite(backup_file: Path, target: Path, now: datetime) -> Path | No
         dst.flush()
         os.fsync(dst.fileno())
     partial.rename(target)
-    _fsync(target.parent)
+    fsync_path(target.parent)
     return set_aside
 
 
