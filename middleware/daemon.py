@@ -224,9 +224,13 @@ class Daemon:
         )  # fmt: skip
         self._tasks.append(asyncio.create_task(_keep_running("figures", self.monitor.run)))
 
-    def instrument_status(self, name: str, state: str, **detail: Any) -> None:
-        """An instrument's connection state, for the metrics and the retained event."""
-        live = len(self.connections.get(name, {}))
+    def instrument_status(
+        self, name: str, state: str, live: int | None = None, **detail: Any
+    ) -> None:
+        """An instrument's connection state, for the metrics and the retained event;
+        ``live``: its open connections (an ASTM instrument's are counted here)."""
+        if live is None:
+            live = len(self.connections.get(name, {}))
         self.metrics.connections.labels(name).set(live)
         if self.events is not None:
             self.events.publish(instrument_event(name, state, live, utcnow(), **detail))
@@ -320,9 +324,13 @@ class Daemon:
     async def _start_instrument(self, config: InstrumentConfig, store: Store) -> None:
         self.connections.setdefault(config.name, {})
         if config.speaks == "hl7":
+            name = config.name
             instrument = Hl7Instrument(
-                config, store, lambda: self.engine, lambda: self.control.lis, self.metrics
-            )
+                config, store, lambda: self.engine, lambda: self.control.lis, self.metrics,
+                on_status=lambda state, live, **detail: self.instrument_status(
+                    name, state, live, **detail
+                ),
+            )  # fmt: skip
             await instrument.start()
             self.hl7[config.name] = instrument
             log.info("instrument configured", instrument=config.name, driver=config.driver,

@@ -227,6 +227,10 @@ class InstrumentMessage:
     message with problems and nothing else is quarantined, otherwise the problems travel
     with it."""
 
+    def specimen_ids(self) -> list[str]:
+        """The specimens the message concerns (what its log line names: never a patient)."""
+        return sorted({s.specimen_id for s in self.specimens if s.specimen_id})
+
     def in_timezone(self, zone: tzinfo) -> InstrumentMessage:
         """The same message with the analyser's wall-clock times (which carry no zone)
         read in ``zone`` and given in UTC, so they compare with the middleware's clock.

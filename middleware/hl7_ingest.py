@@ -53,6 +53,9 @@ from middleware.transport.tcp import ListenError, peer_name
 from middleware.transport.tls import instrument_context, peer_allowed, server_name
 
 log = structlog.get_logger("middleware.hl7_ingest")
+
+#: ``(state, live connections, detail)``: an instrument's connection state changed.
+StatusListener = Callable[..., None]
 T = TypeVar("T")
 
 #: What waits for the next write: bytes that made no message with their outcome, or a
@@ -237,6 +240,7 @@ class Hl7Connection:
             controls=stored.controls,
             duplicate=stored.duplicate,
             quarantined=stored.quarantined,
+            specimens=reading.specimen_ids() if reading else None,
         )
         if stored.quarantined:
             why = "; ".join(delivery.problems or (reading.problems if reading else [])) or "unread"
@@ -407,12 +411,15 @@ class Hl7Instrument:
         engine: Callable[[], Engine | None],
         lis: Callable[[], Sender | None],
         metrics: Metrics | None = None,
+        on_status: StatusListener | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.engine = engine
         self.lis = lis
         self.metrics = metrics
+        self.on_status = on_status
+        """Told each change of the instrument's connection state, with its live connections."""
         self.live: dict[Hl7Connection, asyncio.Task[None] | None] = {}
         self._server: asyncio.Server | None = None
         self._client: asyncio.Task[None] | None = None
@@ -450,8 +457,14 @@ class Hl7Instrument:
             port = self._server.sockets[0].getsockname()[1]
             log.info("listening", connection=config.name, host=config.host, port=port,
                      protocol="hl7")  # fmt: skip
+            self._status("listening")
         else:
             self._client = asyncio.create_task(self._connect_out())
+            self._status("connecting")
+
+    def _status(self, state: str, **detail: str) -> None:
+        if self.on_status is not None:
+            self.on_status(state, len(self.live), **detail)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         where = peer_name(writer)
@@ -467,11 +480,13 @@ class Hl7Instrument:
                 older.close()
         self.live[connection] = asyncio.current_task()
         connection.log.info("analyser connected", protocol="hl7")
+        self._status("connected", peer=connection.name)
         try:
             await connection.serve(reader, writer)
         finally:
             self.live.pop(connection, None)
             connection.log.info("analyser disconnected")
+            self._status("connected" if self.live else "disconnected")
 
     async def _connect_out(self) -> None:
         """Connect out, serve, and connect again after a growing delay, until stopped;
@@ -492,12 +507,14 @@ class Hl7Instrument:
             connection = self.connection(f"{config.host}:{config.port}")
             self.live[connection] = None
             connection.log.info("connected", protocol="hl7")
+            self._status("connected", peer=connection.name)
             try:
                 await connection.serve(reader, writer)
             except Exception:
                 connection.log.exception("connection failed")
             finally:
                 self.live.pop(connection, None)
+                self._status("disconnected")
             if not self._stopping:
                 await asyncio.sleep(next_delay())
 

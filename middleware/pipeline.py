@@ -399,6 +399,7 @@ class ConnectionPipeline:
             duplicate=stored.duplicate,
             quarantined=stored.quarantined,
             problems=delivery.problems or None,
+            specimens=delivery.reading.specimen_ids() if delivery.reading else None,
         )
 
     def _link_error(self, kind: str) -> None:

@@ -250,3 +250,28 @@ async def test_the_daemon_publishes_what_it_commits_and_goes_on_when_the_broker_
         print(daemon.log.read_text()[-3000:])
         raise
     assert "event broker lost" in daemon.log.read_text()
+
+
+async def test_an_hl7_analysers_connection_state_is_published(
+    tmp_path: Path, broker: Broker
+) -> None:
+    prefix, port = _prefix(), free_port()
+    daemon = DaemonProcess(
+        tmp_path,
+        [{"name": "elite", "transport": "tcp-server", "host": "127.0.0.1", "port": port,
+          "driver": "mindray_hl7"}],
+        events={"url": broker.url, "prefix": prefix},
+    )  # fmt: skip
+    async with Subscriber("127.0.0.1", broker.port, prefix).listening() as sub:
+        daemon.start()
+        try:
+            await sub.wait_for("instruments/elite/status", state="listening")
+            _, writer = await connect(port)
+            connected = await sub.wait_for("instruments/elite/status", state="connected")
+            assert connected["connections"] == 1
+            writer.close()
+            gone = await sub.wait_for("instruments/elite/status", state="disconnected")
+            assert gone["connections"] == 0
+        finally:
+            assert daemon.stop() == 0
+        await sub.wait_for("instruments/elite/status", state="stopped")

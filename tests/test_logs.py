@@ -73,6 +73,7 @@ async def test_log_lines_name_what_they_concern_and_no_patient(
     assert len(kept) == 2
     assert all(line["instrument"] == "chem-1" and line["connection_id"] for line in kept)
     assert all(line["message_id"] for line in kept)
+    assert kept[-1]["specimens"] == ["S-77"]
     delivered = [line for line in lines if line["event"] == "delivered to the LIS"]
     assert len(delivered) == 1
     assert delivered[0]["specimen"] == "S-77" and delivered[0]["outbox_id"]
