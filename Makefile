@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck check demo bench bench-setup clean
+.PHONY: install browser test lint typecheck check demo bench bench-setup clean
 
 install: $(STAMP)
 
@@ -14,8 +14,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The status page's browser tests drive Debian's Chromium (no browser download): taken
+# from the system's package manager when it is missing.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser:
+	@test -x $(CHROMIUM) || $(SUDO) apt-get install -y -q chromium >/dev/null \
+		|| { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }
+
 # Two workers: most tests wait on a daemon process or a socket, not on the CPU.
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q -n 2
 
 lint: install

@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import IO, Any
 from sqlalchemy import Column, Connection, Engine
 from sqlalchemy import types as sqltypes
 
+from middleware import keyfile
 from middleware.store import archives as recorded_archives
 from middleware.store.archives import ArchiveRecord, Month
 from middleware.store.audit import audit
@@ -53,24 +53,12 @@ def load_key(key_file: Path | None, state_dir: Path, create: bool = False) -> by
     FILE)"`` computes the same signature."""
     if key_file is None:
         key_file = state_dir / "archive.key"
-        if create and not key_file.exists():
-            key_file.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass  # another command made it at the same moment: use that one
-            else:
-                with os.fdopen(fd, "w") as out:
-                    out.write(secrets.token_hex(32) + "\n")
-                    out.flush()
-                    os.fsync(out.fileno())
+    else:
+        create = False  # a configured key is the laboratory's to make
     try:
-        key = key_file.read_bytes().strip()
-    except OSError as exc:
-        raise ArchiveError(f"archive key {key_file}: {exc.strerror}") from None
-    if len(key) < 32:
-        raise ArchiveError(f"archive key {key_file}: shorter than 32 characters")
-    return key
+        return keyfile.load(key_file, create)
+    except keyfile.KeyFileError as exc:
+        raise ArchiveError(f"archive key {exc}") from None
 
 
 def key_id(key: bytes) -> str:

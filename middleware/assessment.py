@@ -19,7 +19,8 @@ from sqlalchemy import Connection
 
 from middleware.domain import ControlResult, InstrumentMessage, Order, Patient, Result, Specimen
 from middleware.engine.context import PreviousResult, ResultContext, SampleCondition
-from middleware.engine.decision import Action, Decision
+from middleware.engine.decision import Action, Decision, Finding
+from middleware.engine.early_release import qc_waits
 from middleware.engine.engine import Engine
 from middleware.engine.qc import (
     NO_LOT_QC,
@@ -31,7 +32,7 @@ from middleware.engine.qc import (
     TestQc,
 )
 from middleware.hl7.results import Reported, Sender, by_specimen
-from middleware.store import ingest, orders, outbox, qc_records, qc_state, release, sql
+from middleware.store import ingest, orders, outbox, qc_records, qc_state, recalls, release, sql
 from middleware.store.qc_state import LotKey, TestKey
 
 
@@ -57,6 +58,8 @@ class _Lookups:
     """Specimens ordered STAT or ASAP, by the LIS or the analyser."""
     ordered: dict[str, Order]
     """The LIS's order of each specimen: what it says of the specimen."""
+    recalled: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    """Lots a person recalled among those the results used, with the reason."""
 
     @classmethod
     def fetch(
@@ -78,6 +81,7 @@ class _Lookups:
             for order in [*(reading.orders if reading else ()), *from_lis]:
                 if order.priority in ("S", "A") and priorities.get(order.specimen_id) != "S":
                     priorities[order.specimen_id] = order.priority
+        lots = [(u.reagent, u.lot) for _, r in items for u in r.reagents]
         return cls(
             release.previous_results(
                 conn,
@@ -89,9 +93,10 @@ class _Lookups:
                 max(i for i, _ in items),
             ),
             release.specimen_patients(conn, (r.specimen_id for _, r in items)),
-            release.reported_lots(conn, ((u.reagent, u.lot) for _, r in items for u in r.reagents)),
+            release.reported_lots(conn, lots),
             priorities,
             ordered,
+            recalls.recalled_among(conn, lots),
         )
 
     def context(
@@ -127,6 +132,7 @@ class _Lookups:
             condition=condition,
             other_patient_ids=self.patients_of.get(result.specimen_id, ()),
             reported_lots=self.reported_lots,
+            recalled_lots=self.recalled,
             priority=self.priorities.get(result.specimen_id, "R"),
         )
 
@@ -269,6 +275,8 @@ def assess_message(
         out.decisions.append((result_id, decision))
     qc_records.record_evaluations(conn, evaluated, now)
     release.record_decisions(conn, decided, now)
+    # Before any result is looked at again: one replaced by its re-run must not be.
+    release.supersede_reruns(conn, [(i, r) for i, r, _ in decided], now)
     released = [(r, d) for _, r, d in decided if d.action is not Action.HOLD]
     if lis is not None:
         early = [(i, r, d) for i, r, d in decided if d.preliminary]
@@ -292,13 +300,14 @@ def queue_preliminary(
     held: Sequence[tuple[int, Result, Decision]],
     now: datetime,
     patients: Sequence[Patient] = (),
+    by: str | None = None,
 ) -> list[int]:
-    """Q13: held results the rules let go early, to the LIS as preliminary (OBX-11 P) with
-    the rule's note; each is marked, so that its final, or a notice that its QC failed,
-    follows."""
+    """Q13: held results the rules (or ``by``, a biologist) let go early, to the LIS as
+    preliminary (OBX-11 P) with the note; each is marked, so that its final, or a notice
+    that its QC failed, follows."""
     if not held:
         return []
-    release.mark_preliminary(conn, [result_id for result_id, _, _ in held], now)
+    release.mark_preliminary(conn, [result_id for result_id, _, _ in held], now, by)
     reported = [Reported(r, status="P", comments=d.comments) for _, r, d in held]
     return _enqueue(conn, lis, reported, patients, now)
 
@@ -389,26 +398,63 @@ def redecide_held(
     state in ``states``; record the decisions that changed, and give those that end the
     hold. With ``lis``, a result the rules now let go early is sent as preliminary, and
     one sent so whose QC failed gets its notice (Q13)."""
-    held = release.held_results(conn, instrument, states)
+    # A result a person asked a re-run of waits for its re-run, whatever QC says now.
+    held = [h for h in release.held_results(conn, instrument, states) if not h.rerun_requested]
     lookups = _Lookups.fetch(conn, [(h.result_id, h.result) for h in held], engine)
     changed = []
     preliminary = []
     doubted = []
-    for result_id, result, sent_early in held:
+    for result_id, result, sent_early, early_by, _ in held:
         state = states[result.test_code]
         decision = engine.redecide(state, lookups.context(result_id, result, None, now))
         decided = (result_id, result, decision)
+        # Sent early by a biologist, it stands while it only waits for QC, whichever wait.
+        standing = decision.preliminary or (
+            early_by is not None and qc_waits(decision.findings) is not None
+        )
         if decision.action is not Action.HOLD:
             changed.append(decided)
         elif lis is not None and decision.preliminary and not sent_early:
             preliminary.append(decided)
-        elif lis is not None and sent_early and not decision.preliminary:
+        elif lis is not None and sent_early and not standing:
             doubted.append(decided)
     release.record_decisions(conn, [*changed, *preliminary, *doubted], now)
     if lis is not None:
         queue_preliminary(conn, lis, preliminary, now)
         queue_doubts(conn, lis, doubted, now)
     return changed
+
+
+@dataclass(frozen=True, slots=True)
+class Redecided:
+    """What the engine decides of a held result now, and its QC findings among that."""
+
+    held: release.Held
+    decision: Decision
+    qc: tuple[Finding, ...]
+    """Why the QC of its test on its instrument does not let it go now (Q1): what no
+    person may release it over."""
+
+
+def decide_again(
+    conn: Connection, engine: Engine, held: Sequence[release.Held], now: datetime
+) -> list[Redecided]:
+    """The engine's decision now on held results, recording nothing: the QC state of
+    their tests and the lookups of a message, read once for them all."""
+    if not held:
+        return []
+    book = QcBook.read(conn, {(h.result.instrument, h.result.test_code) for h in held})
+    lookups = _Lookups.fetch(conn, [(h.result_id, h.result) for h in held], engine)
+    out = []
+    for h in held:
+        result = h.result
+        state = book.test((result.instrument, result.test_code))
+        decision = engine.redecide(state, lookups.context(h.result_id, result, None, now))
+        qc = engine.gate.findings(
+            state, result.instrument, result.test_code, now, result.completed_at
+        )
+        out.append(Redecided(h, decision, tuple(qc)))
+    return out
 
 
 #: The conversion a migration leaves when the QC state of a database that already held

@@ -436,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     from middleware import records_cli
 
     records_cli.add_parsers(sub)  # backup, restore, archive, purge
+    from middleware import access_cli
+
+    access_cli.add_parsers(sub)  # users, tokens, audit verify
     return parser
 
 

@@ -1,5 +1,7 @@
 """Operator commands: reload the rules, approve a control lot's own limits, record QC
-events, close corrective actions; used by the control API.
+events, close corrective actions, and act on held results (release, reject, comment,
+re-run, send early, recall a reagent lot: middleware/person_actions.py); used by the
+control API and the status page.
 
 The daemon owns one :class:`Control`, which holds the rules in force and the engine they
 drive. A command refuses what it cannot do with a :class:`ControlError` saying why, in
@@ -10,7 +12,7 @@ never the operator's mistake.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, TypeVar
@@ -18,20 +20,34 @@ from typing import Literal, TypeVar
 import structlog
 from sqlalchemy import Connection, Row, select
 
+from middleware import person_actions
 from middleware.assessment import QcBook, convert_history, queue_released, redecide_held
 from middleware.engine.decision import Action
 from middleware.engine.engine import Engine
 from middleware.engine.qc import LimitsProposal, QcGate
 from middleware.engine.rules import Rules, as_json, from_json, load_rules
 from middleware.engine.rules import diff as rules_diff
+from middleware.person_actions import (
+    MAX_NAME,
+    Acted,
+    LotRecalled,
+    Refusal,
+    RunReleased,
+    clean_ids,
+    clean_key,
+    clean_text,
+)
 from middleware.settings import Settings
-from middleware.store import Store, outbox, qc_state, rules_in_force
+from middleware.store import Store, held_view, outbox, qc_state, recalls, rules_in_force
 from middleware.store.audit import audit
+from middleware.store.comments import ResultComment
+from middleware.store.held_view import Cursor, HeldPage
 from middleware.store.qc_records import (
     approve_limits,
     mark_corrective_action_closed,
     record_qc_event,
 )
+from middleware.store.recalls import LotInUse, LotResult
 from middleware.store.schema import corrective_actions
 from middleware.store.sql import utcnow
 from middleware.yamlfile import FileError
@@ -99,11 +115,19 @@ class Control:
     ``rules_dir`` is configured, there is no engine and QC commands are refused.
     """
 
-    def __init__(self, settings: Settings, store: Store | None = None, node: str = "") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store | None = None,
+        node: str = "",
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.node = node
         """Names this daemon where it puts rules in force."""
+        self.clock = clock
+        """The time the acts on held results are done at (QC validity is judged at it)."""
         self.rules: Rules | None = None
         self.rules_version: int | None = None
         """The row of ``rules_in_force`` these rules are."""
@@ -367,3 +391,161 @@ class Control:
             return None
 
         await self._write(self._store(), work)
+
+    # --- what a person does to held results --------------------------------------------
+
+    async def _act(self, work: Callable[[Connection], T | Refusal]) -> T:
+        """One act on held results in one transaction, its refusal raised here."""
+        store, _ = self._running()
+
+        def run(conn: Connection) -> T | ControlError:
+            outcome = work(conn)
+            return _refused(outcome) if isinstance(outcome, Refusal) else outcome
+
+        return await self._write(store, run)
+
+    async def release_results(self, result_ids: Iterable[int], by: str) -> Acted:
+        """A validator releases held results over what holds them (a delta, a critical
+        value, a flag, a reagent lot...), never over their QC: a result whose test's QC
+        does not let it go now is refused (Q1). Refused as well: results not held (a
+        released one is never released twice) and unknown ones (NotFound)."""
+        ids, who = _given(clean_ids(result_ids)), _who(by)
+        _, engine = self._running()
+        return await self._act(
+            lambda conn: person_actions.release_results(
+                conn, engine, self.lis, ids, who, self.clock()
+            )
+        )
+
+    async def reject_results(self, result_ids: Iterable[int], reason: str, by: str) -> Acted:
+        """A validator rejects held results, saying why; the LIS gets each as not obtained
+        (OBX-11 X) with the reason. Refused: no reason, results not held, unknown ones."""
+        ids, who = _given(clean_ids(result_ids)), _who(by)
+        why = _given(clean_text(reason, "the reason", True))
+        self._running()
+        return await self._act(
+            lambda conn: person_actions.reject_results(conn, self.lis, ids, why, who, self.clock())
+        )
+
+    async def comment_result(self, result_id: int, text: str, by: str) -> ResultComment:
+        """A comment on a result, held or not (at most 2,000 characters, no control
+        characters); it goes to the LIS with the result when that is released after."""
+        (one,) = _given(clean_ids([result_id]))
+        written, who = _given(clean_text(text, "the comment", True)), _who(by)
+        self._running()
+        return await self._act(
+            lambda conn: person_actions.comment_result(conn, one, written, who, self.clock())
+        )
+
+    async def request_rerun(self, result_ids: Iterable[int], by: str, reason: str = "") -> Acted:
+        """A technician asks for held results to be measured again: they stay held until
+        the re-run result of their specimen and test replaces them. Refused: results not
+        held, or whose re-run is asked for already; unknown ones."""
+        ids, who = _given(clean_ids(result_ids)), _who(by)
+        why = _given(clean_text(reason, "the reason", False))
+        self._running()
+        return await self._act(
+            lambda conn: person_actions.request_rerun(conn, self.lis, ids, why, who, self.clock())
+        )
+
+    async def release_run(self, instrument: str, test: str, by: str) -> RunReleased:
+        """Once the QC of a test on an instrument is valid, its held results are decided
+        again (and those the engine releases go to the LIS). Refused while its QC is not
+        valid; an instrument not configured is NotFound."""
+        self._configured(instrument)
+        code, who = _given(clean_key(test, "the test")), _who(by)
+        _, engine = self._running()
+        return await self._act(
+            lambda conn: person_actions.release_run(
+                conn, engine, self.lis, instrument, code, who, self.clock()
+            )
+        )
+
+    async def send_early(self, result_ids: Iterable[int], by: str) -> Acted:
+        """Q13, by a biologist: held results that wait for nothing but their QC go to the
+        LIS as preliminary now and stay held; the final follows. Refused: results held for
+        anything else, sent early already, not held or unknown, and any without a LIS."""
+        ids, who = _given(clean_ids(result_ids)), _who(by)
+        _, engine = self._running()
+        lis = self.lis
+        if lis is None:
+            raise Conflict("no LIS is configured: nothing can be sent to it")
+        return await self._act(
+            lambda conn: person_actions.send_early(conn, engine, lis, ids, who, self.clock())
+        )
+
+    async def recall_reagent_lot(self, reagent: str, lot: str, by: str, reason: str) -> LotRecalled:
+        """R4: a reagent lot recalled, with the reason: results made with it are held from
+        now on, and every result made with it so far is listed (the released ones for
+        review). Refused: a lot recalled already, no reason."""
+        name, number = _given(clean_key(reagent, "the reagent")), _given(clean_key(lot, "the lot"))
+        why, who = _given(clean_text(reason, "the reason", True)), _who(by)
+        self._running()
+        return await self._act(
+            lambda conn: person_actions.recall_lot(
+                conn, self.lis, name, number, why, who, self.clock()
+            )
+        )
+
+    async def lots_in_use(self, instrument: str) -> list[LotInUse]:
+        """The reagent lots the latest results of an instrument's tests were made with."""
+        self._configured(instrument)
+        return await self._store().read_async(lambda conn: recalls.lots_in_use(conn, instrument))
+
+    async def results_of_lot(
+        self, reagent: str, lot: str, after: int = 0, limit: int = 100
+    ) -> list[LotResult]:
+        """Results made with a reagent lot, by id from ``after`` on, a page of ``limit``."""
+        name, number = _given(clean_key(reagent, "the reagent")), _given(clean_key(lot, "the lot"))
+        count = max(1, min(limit, held_view.MAX_PAGE))
+
+        def read(conn: Connection) -> list[LotResult]:
+            if (
+                not recalls.reported(conn, name, number)
+                and recalls.find(conn, name, number) is None
+            ):
+                raise NotFound(f"no analyser reported {name} lot {number}")
+            return recalls.results_of_lot(conn, name, number, after, count)
+
+        return await self._store().read_async(read)
+
+    async def held_results(
+        self,
+        instrument: str | None = None,
+        specimen: str | None = None,
+        after: Cursor | None = None,
+        limit: int = 100,
+    ) -> HeldPage:
+        """The results held now, by instrument and specimen, a page at a time, each with
+        every reason, the comments, its reagent lots, whether it went early, and the
+        patient's previous result of the test."""
+        return await self._store().read_async(
+            lambda conn: held_view.held_page(conn, instrument, specimen, after, limit)
+        )
+
+    async def record_view(self, by: str, result_ids: Iterable[int]) -> None:
+        """D8: ``by`` was shown these patient results."""
+        shown = sorted(set(result_ids))
+        if not shown:
+            return
+        who, at = _who(by), self.clock()
+        await self._store().write(
+            lambda conn: audit(conn, at, who, "results.view", "", {"results": shown})
+        )
+
+
+def _refused(refusal: Refusal) -> ControlError:
+    if refusal.kind == "not-found":
+        return NotFound(refusal.message)
+    return Conflict(refusal.message)
+
+
+def _given(value: T | Refusal) -> T:
+    """What a person gave, once checked; refused here, before any transaction."""
+    if isinstance(value, Refusal):
+        raise _refused(value)
+    return value
+
+
+def _who(by: str) -> str:
+    return _given(clean_text(by, "who acts", True, MAX_NAME))

@@ -9,6 +9,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,11 +26,11 @@ from middleware.engine.engine import Engine
 from middleware.events import EventPublisher, broker_of, instrument_event
 from middleware.hl7_ingest import Hl7Instrument
 from middleware.metrics import Metrics
-from middleware.monitor import Monitor
+from middleware.monitor import InstrumentState, Monitor
 from middleware.orders_in import OrderReceiver
 from middleware.pipeline import ConnectionPipeline
 from middleware.service import Notifier
-from middleware.settings import InstrumentConfig, Settings
+from middleware.settings import ApiConfig, InstrumentConfig, Settings
 from middleware.store import Store, leases
 from middleware.store.leases import Held
 from middleware.store.sql import utcnow
@@ -223,6 +224,26 @@ class Daemon:
             stuck=lambda: self.stuck(time.monotonic(), 0.0),
         )  # fmt: skip
         self._tasks.append(asyncio.create_task(_keep_running("figures", self.monitor.run)))
+
+    def instrument_states(self) -> list[InstrumentState]:
+        """Every instrument served, with its open connections, for the status page."""
+        states = []
+        for config in self.settings.instruments:
+            if not config.enabled:
+                continue
+            hl7 = self.hl7.get(config.name)
+            live = len(hl7.live) if hl7 is not None else len(self.connections.get(config.name, {}))
+            waiting = "listening" if config.transport == "tcp-server" else "connecting"
+            states.append(
+                InstrumentState(
+                    config.name,
+                    config.transport,
+                    config.speaks,
+                    "connected" if live else waiting,
+                    live,
+                )
+            )
+        return states
 
     def instrument_status(
         self, name: str, state: str, live: int | None = None, **detail: Any
@@ -493,7 +514,9 @@ async def serve(settings: Settings) -> None:
     from middleware.web.api import bind_api_socket
 
     notifier = Notifier()
-    # Bound before any analyser connection opens: a port in use stops the start cleanly.
+    # Bound before any analyser connection opens: a port in use stops the start cleanly,
+    # and so does a certificate that cannot be used.
+    api_tls = api_context(settings.api)
     api_socket = bind_api_socket(settings.api.host, settings.api.port) if settings.api else None
     daemon = Daemon(settings)
     stopping = asyncio.Event()
@@ -514,7 +537,7 @@ async def serve(settings: Settings) -> None:
         await daemon.start()
         if api_socket is not None:
             serving = asyncio.Event()
-            api = asyncio.create_task(serve_api(daemon, api_socket, serving))
+            api = asyncio.create_task(serve_api(daemon, api_socket, serving, api_tls))
             await _until_serving(api, serving)
         notifier.ready(f"serving {len(daemon.connections)} instrument(s)", daemon.stuck)
         ends = [asyncio.ensure_future(e.wait()) for e in (stopping, daemon.lease_lost)]
@@ -542,10 +565,31 @@ async def _until_serving(api: asyncio.Task[None], serving: asyncio.Event) -> Non
     started.cancel()
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def api_context(config: ApiConfig | None) -> ssl.SSLContext | None:
+    """The TLS the API is configured with (HTTPS), or None; a :class:`TlsError` names a
+    certificate or key that cannot be used."""
+    if config is None or config.tls is None:
+        return None
+    return server_context(config.tls, "TLS on the control API")
+
+
 async def serve_api(
-    daemon: Daemon, sock: socket.socket, serving: asyncio.Event | None = None
+    daemon: Daemon,
+    sock: socket.socket,
+    serving: asyncio.Event | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve the control API on ``sock``; ``serving`` is set once it answers."""
+    """Serve the control API on ``sock`` (over ``tls`` when given); ``serving`` is set
+    once it answers."""
     import uvicorn
 
     from middleware.web.api import create_app
@@ -562,10 +606,24 @@ async def serve_api(
                 serving.set()
 
     config = uvicorn.Config(
-        create_app(daemon.control, lambda: daemon.connections, daemon.monitor),
+        create_app(
+            daemon.control,
+            lambda: daemon.connections,
+            daemon.monitor,
+            live=daemon.instrument_states,
+        ),
         log_level="warning",
         lifespan="off",
     )
+    if tls is not None:
+        config.load()  # uvicorn makes its context from files; ours is made as the others
+        config.ssl = tls
     host, port = sock.getsockname()[:2]
-    log.info("control API listening", host=host, port=port)
+    log.info("control API listening", host=host, port=port, https=tls is not None)
+    if tls is None and not _loopback(str(host)):
+        log.warning(
+            "control API listening beyond this machine without TLS: passwords and session "
+            "cookies cross the network in clear (configure api.tls)",
+            host=host,
+        )
     await Server(config).serve(sockets=[sock])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
@@ -16,6 +17,18 @@ from middleware.store.figures import Figures, read_figures
 from middleware.store.sql import utcnow
 
 log = structlog.get_logger("middleware.monitor")
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentState:
+    """An instrument served, as the status page shows it."""
+
+    name: str
+    transport: str
+    protocol: str
+    state: str
+    """listening or connecting while no analyser is connected; connected."""
+    connections: int
 
 
 class Monitor:

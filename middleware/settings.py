@@ -7,6 +7,7 @@ given as JSON (``MIDDLEWARE_INSTRUMENTS='[...]'``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -319,33 +320,48 @@ class EventsConfig(BaseModel):
 
 
 class ApiConfig(BaseModel):
+    """The status page and the control API: who may use them is checked for every request
+    (users and roles, docs/operations.md), so they may listen beyond the loopback."""
+
     model_config = ConfigDict(extra="forbid")
 
     host: str = "127.0.0.1"
-    """A loopback address: the API has no authentication yet."""
+    """The address listened on: a loopback address unless people reach the status page
+    from other machines; then with ``tls``."""
     port: int = Field(default=8470, ge=0, le=65535)
     allowed_hosts: list[str] = ["127.0.0.1", "localhost", "::1"]
     """Names a request's Host header may give (with any port); ``host`` is always one.
     Other names are refused, so a web page cannot reach the API by DNS rebinding."""
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     """Larger request bodies are refused (413) before they are read."""
+    tls: TlsConfig | None = None
+    """HTTPS (D5): cert_file and key_file shown to browsers and clients; the session
+    cookie is then sent over HTTPS only."""
+    session_key_file: Path | None = None
+    """The key session cookies are signed with; ``state_dir/session.key`` by default,
+    made at first use. Daemons serving one lab behind one name share it."""
+    session_idle_minutes: float = Field(default=15, gt=0, le=24 * 60)
+    """A session not used for this long ends."""
+    session_hours: float = Field(default=12, gt=0, le=7 * 24)
+    """A session ends this long after its login, used or not."""
 
     @field_validator("host")
     @classmethod
-    def _loopback_only(cls, value: str) -> str:
+    def _an_address(cls, value: str) -> str:
         import ipaddress
 
-        if value.lower() == "localhost":
-            return value
         try:
-            loopback = ipaddress.ip_address(value).is_loopback
+            ipaddress.ip_address(value)
         except ValueError:
-            loopback = False
-        if not loopback:
-            raise ValueError(
-                f"{value!r} is not a loopback address; until the API authenticates its users "
-                "it listens only on 127.0.0.1, ::1 or localhost"
-            )
+            if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", value):
+                raise ValueError(f"{value!r} is neither an IP address nor a host name") from None
+        return value
+
+    @field_validator("tls")
+    @classmethod
+    def _serves(cls, value: TlsConfig | None) -> TlsConfig | None:
+        if value is not None and value.cert_file is None:
+            raise ValueError("api.tls needs cert_file and key_file: the API serves")
         return value
 
 
@@ -583,6 +599,11 @@ def load_settings(path: Path | None) -> Settings:
             key_file = archive.get("key_file")
             if isinstance(key_file, str) and not Path(key_file).is_absolute():
                 data["archive"] = {**archive, "key_file": str(path.parent / key_file)}
+        api = data.get("api")
+        if isinstance(api, dict):
+            key_file = api.get("session_key_file")
+            if isinstance(key_file, str) and not Path(key_file).is_absolute():
+                data["api"] = {**api, "session_key_file": str(path.parent / key_file)}
     # BaseSettings would take _env_prefix, _secrets_dir... as options of its own: from the
     # file they are unknown keys like any other.
     problems = [

@@ -94,7 +94,34 @@ def _config(state: Path, ports: dict[str, int]) -> Path:
     return path
 
 
-def _guide(state: Path, config: Path, record: Path, ports: dict[str, int]) -> str:
+def _demo_access(state: Path) -> tuple[str, str]:
+    """A biologist's token for the API calls the guide shows, and the password of the
+    biologist ``demo`` for the status page; the demo's database is made for them here,
+    before the daemon opens it."""
+    import secrets
+    from datetime import UTC
+
+    from middleware.accounts import hash_password, new_token, token_digest
+    from middleware.store.database import migrate
+    from middleware.store.users import add_token, add_user
+    from middleware.web.roles import Role
+
+    token, password = new_token(), secrets.token_urlsafe(12)
+    engine = open_engine(f"sqlite:///{state / 'middleware.db'}")
+    try:
+        migrate(engine)
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            add_token(conn, "demo", Role.BIOLOGIST, token_digest(token), "demo", now)
+            add_user(conn, "demo", Role.BIOLOGIST, hash_password(password), "demo", now)
+    finally:
+        engine.dispose()
+    return token, password
+
+
+def _guide(
+    state: Path, config: Path, record: Path, ports: dict[str, int], token: str, password: str
+) -> str:
     cli = f"{Path(sys.executable).parent / 'lis-middleware'}"
     lines = [
         "",
@@ -116,10 +143,10 @@ def _guide(state: Path, config: Path, record: Path, ports: dict[str, int]) -> st
         "      messages to the LIS not delivered yet",
         f"  {cli} reagents trace 82517LI00 --config {config}",
         "      every result made with the new immunoassay reagent lot",
-        f"  curl -s http://127.0.0.1:{ports['api']}/api/health",
+        f"  curl -s -H 'Authorization: Bearer {token}' http://127.0.0.1:{ports['api']}/api/health",
         "      the control API (corrective actions, rules reload, outbox)",
         f"  tail -f {state / 'daemon.log'}",
-        "  The status page is not built yet.",
+        f"  http://127.0.0.1:{ports['api']}/  the status page: log in as demo, password {password}",
         "",
         "Ctrl-C stops everything.",
         "",
@@ -176,7 +203,7 @@ class Counts:
         self.engine.dispose()
 
 
-def _what_happened(counts: Counts, api: int) -> str:
+def _what_happened(counts: Counts, api: int, token: str) -> str:
     lines = ["", "The analysers have sent their runs. Results held now, by reason:"]
     lines += [f"  {reason:<32} {n}" for reason, n in counts.held_by_reason().items()]
     actions = counts.open_corrective_actions()
@@ -188,8 +215,8 @@ def _what_happened(counts: Counts, api: int) -> str:
             "The QC re-run was in control: close one as a biologist would, and its held",
             "results are released and sent to the LIS:",
             f"  curl -s -X POST http://127.0.0.1:{api}/api/corrective-actions/{first}/close \\",
-            "       -H 'Content-Type: application/json' \\",
-            '       -d \'{"by": "biologist", "action_taken": "recalibrated"}\'',
+            f"       -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\",
+            '       -d \'{"action_taken": "recalibrated"}\'',
         ]
     lines += ["The daemon and the LIS go on; Ctrl-C stops everything.", ""]
     return "\n".join(lines)
@@ -253,7 +280,8 @@ async def _run(state: Path, stop: asyncio.Event) -> int:
     running: asyncio.Future[list[Tally]] | None = None
     status = 0
     try:
-        print(_guide(state, config, record_path, ports), flush=True)
+        token, password = _demo_access(state)
+        print(_guide(state, config, record_path, ports, token, password), flush=True)
         daemon = _spawn_daemon(config, log)
         await _listening(daemon, [ports[b.instrument] for b in BENCHES], log)
         counts = Counts(f"sqlite:///{state / 'middleware.db'}")
@@ -272,7 +300,7 @@ async def _run(state: Path, stop: asyncio.Event) -> int:
                 else:
                     await asyncio.sleep(1.0)  # the last messages' decisions and deliveries
                     print(f"{CLEAR}{counts.line(lis)}", flush=True)
-                    print(_what_happened(counts, ports["api"]), flush=True)
+                    print(_what_happened(counts, ports["api"], token), flush=True)
             if TERMINAL:  # one summary line, rewritten in place
                 print(f"{CLEAR}{counts.line(lis)}", end="", flush=True)
             elif tick % 5 == 0 and not finished:

@@ -1,4 +1,5 @@
-"""The control API of a running daemon: rules reload and closing corrective actions."""
+"""The control API of a running daemon: rules reload and closing corrective actions, by
+the users whose tokens the store holds."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import httpx
 
+from middleware.web.roles import Role
+from tests import credentials
 from tests.conftest import ROOT
 from tests.daemon import DaemonProcess, connect, free_port
 from tests.messages import patient, qc
@@ -44,18 +47,22 @@ def test_rules_reload_and_corrective_action_over_the_api(tmp_path: Path) -> None
     api = f"http://127.0.0.1:{api_port}/api"
     try:
         wait_until_listening(api_port)
-        assert httpx.get(f"{api}/health").json()["instruments"] == ["chem-1"]
+        database = f"sqlite:///{daemon.database}"
+        alice = credentials.bearer(database, Role.BIOLOGIST, "alice")
+        bob = credentials.bearer(database, Role.TECHNICIAN, "bob")
+        assert httpx.get(f"{api}/health").status_code == 401  # who asks must be known
+        assert httpx.get(f"{api}/health", headers=bob).json()["instruments"] == ["chem-1"]
 
         # A refused reload says why and changes nothing.
         westgard = rules / "westgard.yaml"
         good = westgard.read_text()
         westgard.write_text(good.replace("[1-3s, 2-2s, R-4s, 4-1s, 10x]", "[1-3s, R-5s]"))
-        refused = httpx.post(f"{api}/rules/reload", json={"by": "alice"})
+        refused = httpx.post(f"{api}/rules/reload", headers=alice)
         assert refused.status_code == 422
         assert "westgard.rule_sets.default.rules.1" in refused.json()["detail"]["problems"][0]
         westgard.write_text(good)
-        assert httpx.post(f"{api}/rules/reload", json={"by": "alice"}).json()["accepted"]
-        assert httpx.post(f"{api}/rules/reload", json={}).status_code == 422  # who is required
+        assert httpx.post(f"{api}/rules/reload", headers=bob).status_code == 403  # a biologist's
+        assert httpx.post(f"{api}/rules/reload", headers=alice).json()["accepted"]
 
         async def analyser(*messages: list[bytes]) -> None:
             peer = StreamPeer(*await connect(analyser_port))
@@ -67,26 +74,28 @@ def test_rules_reload_and_corrective_action_over_the_api(tmp_path: Path) -> None
         with sqlite3.connect(daemon.database) as conn:
             [(action_id,)] = conn.execute("SELECT id FROM corrective_actions").fetchall()
         close = f"{api}/corrective-actions/{action_id}/close"
-        body = {"by": "bob", "action_taken": "new calibration"}
-        early = httpx.post(close, json=body)
+        body = {"action_taken": "new calibration"}
+        early = httpx.post(close, json=body, headers=bob)
         assert early.status_code == 409 and "not in control again" in early.json()["detail"]
         asyncio.run(analyser(qc("5.25", "15.5")))  # the re-run, in control
-        closed = httpx.post(close, json=body)
+        closed = httpx.post(close, json=body, headers=bob)
         assert closed.status_code == 200, closed.text
         assert closed.json()["test"] == "GLU" and len(closed.json()["released"]) == 1
-        assert httpx.post(close, json=body).status_code == 409  # already closed
-        assert httpx.post(f"{api}/corrective-actions/999/close", json=body).status_code == 404
+        assert httpx.post(close, json=body, headers=bob).status_code == 409  # already closed
+        missing = httpx.post(f"{api}/corrective-actions/999/close", json=body, headers=bob)
+        assert missing.status_code == 404
     finally:
         assert daemon.stop() == 0
     with sqlite3.connect(daemon.database) as conn:
         row = conn.execute(
             "SELECT closed_by, action_taken, closing_evaluation_id FROM corrective_actions"
         ).fetchone()
-        assert row[:2] == ("bob", "new calibration") and row[2] is not None
+        assert row[:2] == ("token:bob", "new calibration") and row[2] is not None
         actions = [a for (a,) in conn.execute("SELECT action FROM decisions ORDER BY id")]
         assert actions == ["hold", "release"]  # held for the failure, released at closing
         audit = conn.execute("SELECT actor, action FROM audit_log ORDER BY id").fetchall()
-        assert ("bob", "qc.corrective_action.close") in audit
+        assert ("token:bob", "qc.corrective_action.close") in audit
+        assert ("token:bob", "api.refused") in audit  # the early close, refused
         assert audit[0] == ("daemon start", "rules.load")
 
 
@@ -109,26 +118,34 @@ def test_own_limits_approval_and_calibration_survive_a_restart(tmp_path: Path) -
     daemon.start()
     try:
         wait_until_listening(api_port)
+        database = f"sqlite:///{daemon.database}"
+        dr = credentials.bearer(database, Role.BIOLOGIST, "dr-lab")
+        tech = credentials.bearer(database, Role.TECHNICIAN, "tech")
         runs = []
         for i in range(20):  # 20 runs of both levels, a patient between runs
             runs += [qc(f"5.{15 + i % 10}", f"15.{50 + i % 20}"), patient(f"R{i}", "5.0")]
         asyncio.run(analyser(*runs))
-        proposals = httpx.get(f"{api}/qc/proposals").json()
+        proposals = httpx.get(f"{api}/qc/proposals", headers=tech).json()
         assert sorted(p["lot"] for p in proposals) == ["CC-45781", "CC-45782"]
         assert all(p["results"] == 20 for p in proposals)
-        approve = {"instrument": "chem-1", "test": "GLU", "lot": "CC-45781", "by": "dr-lab"}
-        assert httpx.post(f"{api}/qc/proposals/approve", json=approve).status_code == 200
-        assert [p["lot"] for p in httpx.get(f"{api}/qc/proposals").json()] == ["CC-45782"]
-        assert httpx.post(f"{api}/qc/proposals/approve", json=approve).status_code == 404
-        event = {"instrument": "chem-1", "tests": ["GLU"], "kind": "calibration", "by": "tech"}
-        assert httpx.post(f"{api}/qc/events", json=event).status_code == 200
+        approve = {"instrument": "chem-1", "test": "GLU", "lot": "CC-45781"}
+        url = f"{api}/qc/proposals/approve"
+        assert httpx.post(url, json=approve, headers=tech).status_code == 403  # a biologist's
+        assert httpx.post(url, json=approve, headers=dr).status_code == 200
+        assert [p["lot"] for p in httpx.get(f"{api}/qc/proposals", headers=dr).json()] == [
+            "CC-45782"
+        ]
+        assert httpx.post(url, json=approve, headers=dr).status_code == 404
+        event = {"instrument": "chem-1", "tests": ["GLU"], "kind": "calibration"}
+        assert httpx.post(f"{api}/qc/events", json=event, headers=tech).status_code == 200
         asyncio.run(analyser(patient("AFTER-CAL", "5.0")))
     finally:
         assert daemon.stop() == 0
     daemon.start()  # everything above must come back from the store
     try:
         wait_until_listening(api_port)
-        assert [p["lot"] for p in httpx.get(f"{api}/qc/proposals").json()] == ["CC-45782"]
+        proposals = httpx.get(f"{api}/qc/proposals", headers=dr).json()  # the token is kept
+        assert [p["lot"] for p in proposals] == ["CC-45782"]
         asyncio.run(
             analyser(patient("AFTER-RESTART", "5.0"), qc("5.2", "15.6"), patient("AFTER-QC", "5.0"))
         )

@@ -17,8 +17,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from middleware.daemon import Daemon
-from middleware.settings import ConfigError, Settings, load_settings
+from middleware.settings import Settings, load_settings
+from middleware.store import Store
 from middleware.web.api import bind_api_socket, create_app
+from middleware.web.roles import Role
+from tests import credentials
 from tests.conftest import ROOT
 
 MiB = 1024 * 1024
@@ -41,6 +44,24 @@ def idle(**settings: Any) -> Daemon:
 
 
 @pytest.fixture
+def users(tmp_path: Path) -> Iterator[Store]:
+    """The store the API of an idle daemon finds its users in (:func:`with_users`)."""
+    store = Store(f"sqlite:///{tmp_path / 'users.db'}")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def token(users: Store) -> dict[str, str]:
+    return credentials.bearer(users, Role.BIOLOGIST, "alice")
+
+
+def with_users(daemon: Daemon, store: Store) -> Daemon:
+    daemon.control.store = store
+    return daemon
+
+
+@pytest.fixture
 async def running(tmp_path: Path) -> AsyncIterator[Daemon]:
     """A started daemon with the rules engine and one configured (idle) analyser."""
     chem = {"name": "chem-1", "transport": "tcp-server", "port": 5001, "enabled": False}
@@ -48,6 +69,11 @@ async def running(tmp_path: Path) -> AsyncIterator[Daemon]:
     await daemon.start()
     yield daemon
     await daemon.stop()
+
+
+def bearer(daemon: Daemon, role: Role, name: str) -> dict[str, str]:
+    assert daemon.store is not None
+    return credentials.bearer(daemon.store, role, name)
 
 
 @contextlib.asynccontextmanager
@@ -97,10 +123,12 @@ def pieces(data: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
         yield data[start : start + size]
 
 
-async def test_a_large_body_is_refused_at_once_and_the_loop_keeps_turning() -> None:
-    async with serving(api_of(idle())) as base:
-        url = f"{base}/api/rules/reload"
-        headers = {"content-type": "application/json"}
+async def test_a_large_body_is_refused_at_once_and_the_loop_keeps_turning(
+    users: Store, token: dict[str, str]
+) -> None:
+    async with serving(api_of(with_users(idle(), users))) as base:
+        url = f"{base}/api/qc/events"  # a route that reads its body
+        headers = {"content-type": "application/json", **token}
         # The client runs in a thread: only the server's work is on this loop.
         for body in (HEAVY, pieces(HEAVY)):
             async with longest_stall() as stall:
@@ -113,12 +141,15 @@ async def test_a_large_body_is_refused_at_once_and_the_loop_keeps_turning() -> N
             assert refused.json() == {"detail": f"request body over {MiB} bytes"}
             assert took < 3
             assert stall[0] < 0.5, f"event loop stalled {stall[0]:.2f} s"
-        answered = await asyncio.to_thread(httpx.post, url, json={"by": "alice"})
-        assert answered.status_code == 422  # read and answered: no rules directory here
-        assert "no rules directory" in answered.text
+        event = {"instrument": "chem-1", "tests": ["GLU"], "kind": "unlock"}
+        answered = await asyncio.to_thread(httpx.post, url, json=event, headers=token)
+        assert answered.status_code == 404  # read and answered: no such instrument here
+        assert "unknown instrument" in answered.text
 
 
-async def test_a_chunked_body_is_read_no_further_than_the_limit() -> None:
+async def test_a_chunked_body_is_read_no_further_than_the_limit(
+    users: Store, token: dict[str, str]
+) -> None:
     pulled = 0
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -127,21 +158,21 @@ async def test_a_chunked_body_is_read_no_further_than_the_limit() -> None:
             pulled += 1
             yield b" " * (64 * 1024)
 
-    async with client(api_of(idle(api={"max_body_bytes": MiB}))) as api:
-        headers = {"content-type": "application/json"}
-        refused = await api.post("/api/rules/reload", content=chunks(), headers=headers)
+    async with client(api_of(with_users(idle(api={"max_body_bytes": MiB}), users))) as api:
+        headers = {"content-type": "application/json", **token}
+        refused = await api.post("/api/qc/events", content=chunks(), headers=headers)
         assert refused.status_code == 413
         assert pulled == 17  # 16 chunks make the limit, the 17th goes past it
 
         pulled = 0
         declared = {**headers, "content-length": str(100 * 64 * 1024)}
-        refused = await api.post("/api/rules/reload", content=chunks(), headers=declared)
+        refused = await api.post("/api/qc/events", content=chunks(), headers=declared)
         assert refused.status_code == 413
         assert pulled == 0  # refused on its Content-Length, before anything is read
 
-        at_limit = b'{"by": "alice"}'.ljust(MiB)
-        answered = await api.post("/api/rules/reload", content=at_limit, headers=headers)
-        assert answered.status_code == 422 and "no rules directory" in answered.text
+        event = b'{"instrument": "chem-1", "tests": ["GLU"], "kind": "unlock"}'
+        answered = await api.post("/api/qc/events", content=event.ljust(MiB), headers=headers)
+        assert answered.status_code == 404 and "unknown instrument" in answered.text
 
 
 @pytest.mark.parametrize(
@@ -161,65 +192,78 @@ async def test_a_chunked_body_is_read_no_further_than_the_limit() -> None:
         ("", 400),
     ],
 )
-async def test_host_header_must_name_the_api(host: str, status: int) -> None:
-    async with client(api_of(idle(api={"host": "127.0.0.2"}))) as api:
-        answer = await api.get("/api/health", headers={"host": host})
+async def test_host_header_must_name_the_api(
+    host: str, status: int, users: Store, token: dict[str, str]
+) -> None:
+    async with client(api_of(with_users(idle(api={"host": "127.0.0.2"}), users))) as api:
+        answer = await api.get("/api/health", headers={"host": host, **token})
     assert answer.status_code == status
     if status == 400:
         assert answer.json() == {"detail": f"host {host!r} not allowed"}
 
 
-async def test_allowed_hosts_replace_the_defaults() -> None:
-    app = api_of(idle(api={"allowed_hosts": ["lab-pc"]}))
+async def test_allowed_hosts_replace_the_defaults(users: Store, token: dict[str, str]) -> None:
+    app = api_of(with_users(idle(api={"allowed_hosts": ["lab-pc"]}), users))
     async with client(app) as api:
-        assert (await api.get("/api/health", headers={"host": "lab-pc:8470"})).status_code == 200
-        assert (await api.get("/api/health", headers={"host": "localhost"})).status_code == 400
-        assert (await api.get("/api/health")).status_code == 200  # 127.0.0.1, its own host
+        lab_pc = {"host": "lab-pc:8470", **token}
+        assert (await api.get("/api/health", headers=lab_pc)).status_code == 200
+        localhost = {"host": "localhost", **token}
+        assert (await api.get("/api/health", headers=localhost)).status_code == 400
+        # 127.0.0.1, its own host
+        assert (await api.get("/api/health", headers=token)).status_code == 200
 
 
 @pytest.mark.parametrize(
     ("body", "problem"),
     [
-        (b'{"by": NaN}', "NaN is not a JSON value"),
-        (b'{"by": -Infinity}', "-Infinity is not a JSON value"),
-        (b'{"by": "alice", "extra": Infinity}', "Infinity is not a JSON value"),
-        (b'{"by": 1e999}', "1e999 is too large a number"),
-        (b'{"by": ' + b"9" * 5000 + b"}", "Exceeds the limit"),
+        (b'{"kind": NaN}', "NaN is not a JSON value"),
+        (b'{"kind": -Infinity}', "-Infinity is not a JSON value"),
+        (b'{"kind": "unlock", "extra": Infinity}', "Infinity is not a JSON value"),
+        (b'{"kind": 1e999}', "1e999 is too large a number"),
+        (b'{"kind": ' + b"9" * 5000 + b"}", "Exceeds the limit"),
     ],
 )
-async def test_json_that_is_not_json_is_refused(body: bytes, problem: str) -> None:
-    async with client(api_of(idle())) as api:
-        headers = {"content-type": "application/json"}
-        answer = await api.post("/api/rules/reload", content=body, headers=headers)
+async def test_json_that_is_not_json_is_refused(
+    body: bytes, problem: str, users: Store, token: dict[str, str]
+) -> None:
+    async with client(api_of(with_users(idle(), users))) as api:
+        headers = {"content-type": "application/json", **token}
+        answer = await api.post("/api/qc/events", content=body, headers=headers)
     assert answer.status_code == 422, answer.text
     assert problem in answer.json()["detail"]
 
 
 async def test_ids_beyond_the_database_range_are_refused(running: Daemon) -> None:
-    closing = {"by": "bob", "action_taken": "new calibration"}
+    closing = {"action_taken": "new calibration"}
+    bob = bearer(running, Role.TECHNICIAN, "bob")
     async with client(api_of(running)) as api:
         for action_id in ("99999999999999999999999", str(2**31), "0", "-1"):
-            answer = await api.post(f"/api/corrective-actions/{action_id}/close", json=closing)
+            url = f"/api/corrective-actions/{action_id}/close"
+            answer = await api.post(url, json=closing, headers=bob)
             assert answer.status_code == 422, (action_id, answer.text)
             assert answer.json()["detail"][0]["loc"] == ["path", "action_id"]
-        largest = await api.post(f"/api/corrective-actions/{2**31 - 1}/close", json=closing)
+        url = f"/api/corrective-actions/{2**31 - 1}/close"
+        largest = await api.post(url, json=closing, headers=bob)
         assert largest.status_code == 404
 
 
 async def test_qc_for_an_instrument_not_configured_is_refused_unrecorded(
     running: Daemon, tmp_path: Path
 ) -> None:
-    event = {"instrument": "ghost", "tests": ["GLU"], "kind": "calibration", "by": "tech"}
-    approval = {"instrument": "ghost", "test": "GLU", "lot": "CC-45781", "by": "dr-lab"}
+    event = {"instrument": "ghost", "tests": ["GLU"], "kind": "calibration"}
+    approval = {"instrument": "ghost", "test": "GLU", "lot": "CC-45781"}
+    tech = bearer(running, Role.TECHNICIAN, "tech")
+    dr = bearer(running, Role.BIOLOGIST, "dr-lab")
     async with client(api_of(running)) as api:
-        refused = await api.post("/api/qc/events", json=event)
+        refused = await api.post("/api/qc/events", json=event, headers=tech)
         assert refused.status_code == 404
         assert refused.json()["detail"] == "unknown instrument 'ghost': not in the configuration"
-        refused = await api.post("/api/qc/proposals/approve", json=approval)
+        refused = await api.post("/api/qc/proposals/approve", json=approval, headers=dr)
         assert refused.status_code == 404
         assert "unknown instrument 'ghost'" in refused.json()["detail"]
         # an instrument that is configured but not enabled is still the lab's
-        known = await api.post("/api/qc/events", json={**event, "instrument": "chem-1"})
+        chem = {**event, "instrument": "chem-1"}
+        known = await api.post("/api/qc/events", json=chem, headers=tech)
         assert known.status_code == 200, known.text
     with sqlite3.connect(tmp_path / "state" / "middleware.db") as conn:
         events = conn.execute("SELECT instrument FROM qc_events").fetchall()
@@ -227,26 +271,16 @@ async def test_qc_for_an_instrument_not_configured_is_refused_unrecorded(
     assert events == [("chem-1",)] and audited == [("chem-1",)]
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "lab-pc.example", "[::1]"])
-def test_the_api_listens_on_loopback_only(tmp_path: Path, host: str) -> None:
-    path = tmp_path / "middleware.yaml"
-    path.write_text(f"api:\n  port: 8470\n  host: '{host}'\n")
-    with pytest.raises(ConfigError) as caught:
-        load_settings(path)
-    assert f"{path}:3: api.host: Value error, {host!r} is not a loopback address" in str(
-        caught.value
-    )
-
-
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "::1", "localhost"])
-def test_loopback_addresses_are_accepted(tmp_path: Path, host: str) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "::1", "localhost", "0.0.0.0"])
+def test_the_api_listens_where_configured(tmp_path: Path, host: str) -> None:
+    """Anywhere, now that every request is authenticated (tests/test_auth.py)."""
     path = tmp_path / "middleware.yaml"
     path.write_text(f"api:\n  host: '{host}'\n")
     settings = load_settings(path)
     assert settings.api is not None and settings.api.host == host
 
 
-def test_the_environment_cannot_open_the_api_either(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_can_open_the_api_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MIDDLEWARE_API__HOST", "0.0.0.0")
-    with pytest.raises(ConfigError, match=r"environment: api.host: .* not a loopback address"):
-        load_settings(None)
+    settings = load_settings(None)
+    assert settings.api is not None and settings.api.host == "0.0.0.0"

@@ -23,6 +23,7 @@ from middleware.archive import (
 from middleware.cli import main
 from middleware.store import Store
 from middleware.store.archives import Month, recorded
+from middleware.store.database import HEAD
 from tests.record_store import count, store_month, write_config
 
 MARCH = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -74,7 +75,7 @@ def test_a_month_is_written_to_both_media_readable_and_recorded(
     assert [e["action"] for e in _lines(folder / "audit_log.jsonl")] == ["rules.reload"]
 
     manifest = json.loads((folder / "MANIFEST.json").read_text())
-    assert manifest["period"] == "2026-03" and manifest["revision"] == "0015"
+    assert manifest["period"] == "2026-03" and manifest["revision"] == HEAD
     assert manifest["key_id"] == key_id(KEY)
     listed = {f["name"]: f for f in manifest["files"]}
     assert listed["results.jsonl"]["rows"] == 2

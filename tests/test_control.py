@@ -31,6 +31,8 @@ from middleware.store import Store, outbox, qc_state
 from middleware.store.schema import audit_log, control_limits, corrective_actions, qc_events
 from middleware.transport.tcp import TcpServer
 from middleware.web.api import create_app
+from middleware.web.roles import Role
+from tests import credentials
 from tests.conftest import ROOT
 from tests.messages import patient, qc
 from tests.peer import StreamPeer, send_message
@@ -97,10 +99,13 @@ def audited(store: Store) -> list[tuple[str, str]]:
     return [(row.actor, row.action) for row in rows]
 
 
-def api(control: Control) -> httpx.AsyncClient:
+def api(control: Control, name: str = "bob") -> httpx.AsyncClient:
+    """A client of the API over ``control`` with a biologist's token named ``name``."""
+    assert control.store is not None
     app = create_app(control, lambda: ["chem-1"])
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
+    headers = credentials.bearer(control.store, Role.BIOLOGIST, name)
+    return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=headers)
 
 
 # --- rules ---------------------------------------------------------------------------------
@@ -246,8 +251,8 @@ async def test_an_instrument_not_configured_is_not_found_and_nothing_is_recorded
 async def test_refusals_have_their_status_over_the_api(
     control: Control, without_rules: Control
 ) -> None:
-    closing = {"by": "bob", "action_taken": "new calibration"}
-    approval = {"instrument": "chem-1", "test": "GLU", "lot": "CC-45781", "by": "dr-lab"}
+    closing = {"action_taken": "new calibration"}
+    approval = {"instrument": "chem-1", "test": "GLU", "lot": "CC-45781"}
     async with api(control) as running:
         health = (await running.get("/api/health")).json()
         assert health["instruments"] == ["chem-1"] and health["rules"]
@@ -256,8 +261,8 @@ async def test_refusals_have_their_status_over_the_api(
         assert missing.json() == {"detail": "no corrective action 999"}
         unproposed = await running.post("/api/qc/proposals/approve", json=approval)
         assert unproposed.status_code == 404
-    async with api(without_rules) as idle:
-        refused = await idle.post("/api/rules/reload", json={"by": "alice"})
+    async with api(without_rules, "alice") as idle:
+        refused = await idle.post("/api/rules/reload")
         assert refused.status_code == 422
         assert refused.json() == {
             "detail": {
@@ -277,12 +282,12 @@ async def test_refusals_have_their_status_over_the_api(
         (
             "middleware.control.record_qc_event",
             "/api/qc/events",
-            {"instrument": "chem-1", "tests": ["GLU"], "kind": "calibration", "by": "tech"},
+            {"instrument": "chem-1", "tests": ["GLU"], "kind": "calibration"},
         ),
         (
             "middleware.control._corrective_action",
             "/api/corrective-actions/1/close",
-            {"by": "bob", "action_taken": "new calibration"},
+            {"action_taken": "new calibration"},
         ),
     ],
 )
@@ -299,8 +304,8 @@ async def test_a_fault_inside_a_command_is_a_500_not_the_operators_mistake(
         raise fault
 
     monkeypatch.setattr(broken, fails)
-    before = audited(store)
     async with api(control) as client:
+        before = audited(store)
         answer = await client.post(path, json=body)
     assert answer.status_code == 500
     assert audited(store) == before  # rolled back
@@ -317,9 +322,7 @@ async def test_the_outbox_over_the_api(without_rules: Control, store: Store) -> 
     async with api(without_rules) as client:  # the outbox needs no rules
         [listed] = (await client.get("/api/outbox")).json()
         assert (listed["id"], listed["state"], listed["detail"]) == (entry_id, "stopped", "AE: no")
-        body = {"by": "bob"}
-        assert (await client.post("/api/outbox/999/retry", json=body)).status_code == 404
-        assert (await client.post(f"/api/outbox/{entry_id}/retry", json={})).status_code == 422
-        assert (await client.post(f"/api/outbox/{entry_id}/retry", json=body)).status_code == 200
-        again = await client.post(f"/api/outbox/{entry_id}/dismiss", json=body)
+        assert (await client.post("/api/outbox/999/retry")).status_code == 404
+        assert (await client.post(f"/api/outbox/{entry_id}/retry")).status_code == 200
+        again = await client.post(f"/api/outbox/{entry_id}/dismiss")
         assert again.status_code == 409 and "cannot be dismissed" in again.json()["detail"]

@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from middleware.web.roles import Role
+from tests import credentials
 from tests.daemon import ROOT, DaemonProcess, connect, free_port, query
 from tests.messages import patient, qc
 from tests.peer import StreamPeer, send_message
@@ -162,15 +164,17 @@ def test_rules_put_in_force_through_one_daemon_apply_on_the_other(
     try:
         health = f"http://127.0.0.1:{ports['a'][1]}/api/health"
         wait_until_listening(ports["a"][1])
-        assert "3 delta checks" in httpx.get(health).json()["rules"]
+        wait_until_listening(ports["b"][1])
+        alice = credentials.bearer(database_url, Role.BIOLOGIST, "alice")
+        assert "3 delta checks" in httpx.get(health, headers=alice).json()["rules"]
         # Glucose gets a delta check, in daemon b's rule files only, put in force through b.
         (tmp_path / "b" / "rules" / "delta-glu.yaml").write_text(
             "delta_checks:\n  - {test: GLU, percent: 10}\n"
         )
         reload = f"http://127.0.0.1:{ports['b'][1]}/api/rules/reload"
-        assert httpx.post(reload, json={"by": "alice"}, timeout=10).json()["accepted"]
+        assert httpx.post(reload, headers=alice, timeout=10).json()["accepted"]
         deadline = time.monotonic() + 10
-        while "4 delta checks" not in httpx.get(health).json()["rules"]:
+        while "4 delta checks" not in httpx.get(health, headers=alice).json()["rules"]:
             assert time.monotonic() < deadline, "daemon a never applied the new rules"
             time.sleep(0.2)
 
@@ -193,4 +197,4 @@ def test_rules_put_in_force_through_one_daemon_apply_on_the_other(
     [(by, node)] = query(
         database_url, "SELECT put_by, node FROM rules_in_force ORDER BY id DESC LIMIT 1"
     )
-    assert by == "alice" and node.startswith("node-b/")
+    assert by == "token:alice" and node.startswith("node-b/")

@@ -39,6 +39,8 @@ from middleware.store.schema import (
     qc_lots,
     qc_tests,
 )
+from middleware.web.roles import Role
+from tests import credentials
 from tests.conftest import ROOT, _postgres_admin_url
 from tests.daemon import DaemonProcess, connect, free_port, query
 from tests.messages import patient, qc
@@ -285,11 +287,12 @@ def test_a_corrective_action_closed_on_one_daemon_releases_holds_another_owns(
         asyncio.run(analyser(chem_1, qc("5.2", "15.6"), qc("5.7", "15.6"), patient("S1", "5.0")))
         [(action_id,)] = query(database_url, "SELECT id FROM corrective_actions")
         close = f"http://127.0.0.1:{ports['b'][1]}/api/corrective-actions/{action_id}/close"
-        body = {"by": "bob", "action_taken": "new calibration"}
-        early = httpx.post(close, json=body, timeout=10)
+        body = {"action_taken": "new calibration"}
+        bob = credentials.bearer(database_url, Role.TECHNICIAN, "bob")
+        early = httpx.post(close, json=body, headers=bob, timeout=10)
         assert early.status_code == 409 and "not in control again" in early.json()["detail"]
         asyncio.run(analyser(chem_1, qc("5.25", "15.5")))  # the re-run, on daemon a
-        closed = httpx.post(close, json=body, timeout=10)  # closed on daemon b
+        closed = httpx.post(close, json=body, headers=bob, timeout=10)  # closed on daemon b
         assert closed.status_code == 200, closed.text
         assert len(closed.json()["released"]) == 1
         # daemon a decides the next patient under the state daemon b changed

@@ -26,7 +26,9 @@ from middleware.engine.qc import RESULTS_FOR_OWN_LIMITS, to_westgard
 from middleware.engine.rules import load_rules
 from middleware.settings import ApiConfig, Settings
 from middleware.web.api import create_app
+from middleware.web.roles import Role
 from middleware.yamlfile import FileError
+from tests import credentials
 from tests.conftest import ROOT
 from tests.qc_memory import InMemoryGate
 
@@ -380,15 +382,19 @@ async def test_hostile_reload_over_the_api_is_refused_and_the_rules_stay(
         in_force = daemon.control.rules
         app = create_app(daemon.control, lambda: daemon.connections)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as api:
+        assert daemon.store is not None
+        headers = credentials.bearer(daemon.store, Role.BIOLOGIST, "dr-lab")
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://127.0.0.1", headers=headers
+        ) as api:
             (rules_dir / HOSTILE).write_text(text)
-            refused = await api.post("/api/rules/reload", json={"by": "lab-it"})
+            refused = await api.post("/api/rules/reload")
             assert refused.status_code == 422, refused.text
             problems = refused.json()["detail"]["problems"]
             assert problems[0].startswith(f"{rules_dir / HOSTILE}:{line}: ")
             assert daemon.control.rules is in_force
             (rules_dir / HOSTILE).unlink()
-            accepted = await api.post("/api/rules/reload", json={"by": "lab-it"})
+            accepted = await api.post("/api/rules/reload")
             assert accepted.status_code == 200 and accepted.json()["accepted"]
     finally:
         await daemon.stop()

@@ -245,7 +245,7 @@ def test_ready_once_listening_then_watchdog_pings_then_stopping_and_exit_0(
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
         with socket.create_connection(("127.0.0.1", api_port), timeout=1) as api:
             api.settimeout(2)
-            api.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            api.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             assert api.recv(12) == b"HTTP/1.1 200"
         first = manager.received[0][1]
         assert first[0].startswith("STATUS=starting") and "READY=1" not in first

@@ -31,6 +31,7 @@ import drivers
 from drivers.base import DriverOptions
 from middleware.astm.records import decode_message
 from middleware.domain import InstrumentMessage
+from middleware.web.roles import Role
 from simulators.analyser import (
     Analyser,
     FaultSettings,
@@ -42,6 +43,7 @@ from simulators.analyser import (
 from simulators.lis import OrderToSend, send_orders
 from simulators.profiles import PROFILES, Profile, Sample, profile
 from simulators.scenarios import SCENARIOS, Step, plan
+from tests import credentials
 from tests.conftest import ROOT, fresh_postgres_database
 from tests.daemon import DaemonProcess, free_port, query
 
@@ -188,6 +190,7 @@ class Campaign:
     api: int
     daemon: DaemonProcess
     ordered: dict[str, tuple[str, ...]]
+    token: str = ""
 
     def delivered(self) -> list[dict[str, Any]]:
         lines = self.record.read_text().splitlines() if self.record.exists() else []
@@ -197,9 +200,13 @@ class Campaign:
         return query(self.url, sql, **params)
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Posts as a biologist, with a token made at the first call."""
+        if not self.token:
+            self.token = credentials.token(self.url, Role.BIOLOGIST, "biologist")
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.api}{path}", json.dumps(body).encode(),
-            {"Content-Type": "application/json"}, method="POST",
+            {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
+            method="POST",
         )  # fmt: skip
         with urllib.request.urlopen(request, timeout=10) as answer:
             return dict(json.load(answer))
@@ -432,7 +439,7 @@ def test_a_qc_shift_holds_results_until_corrective_qc_and_a_person(
     assert {test for _, test in actions} == set(rules)
     for action_id, _ in actions:
         campaign.post(f"/api/corrective-actions/{action_id}/close",
-                      {"by": "biologist", "action_taken": "recalibrated"})  # fmt: skip
+                      {"action_taken": "recalibrated"})  # fmt: skip
     latest = _latest(campaign, instrument)
     assert {latest[key][0] for key in held} == {"release"}
     _wait_delivered(campaign, instrument, held)

@@ -158,7 +158,7 @@ def test_the_daemon_runs_where_memory_cannot_be_writable_and_executable(
         asyncio.run(analyser())
         with socket.create_connection(("127.0.0.1", api_port), timeout=5) as api:
             api.settimeout(5)
-            api.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            api.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             assert api.recv(12) == b"HTTP/1.1 200"
         assert daemon.process is not None
         daemon.process.send_signal(signal.SIGTERM)

@@ -58,6 +58,9 @@ class ResultContext:
     """Patients this specimen id was already seen with (one id, one patient)."""
     reported_lots: Mapping[tuple[str, str], date | None] = field(default_factory=dict)
     """Expiry of reagent lots (by reagent and lot) as analysers first reported them."""
+    recalled_lots: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    """Lots a person recalled (R4), by reagent and lot, with the reason given: the rule
+    files are not the only place a recall is known."""
     priority: str = "R"
     """The specimen's order priority: S stat, A as soon as possible, R routine."""
 

@@ -79,7 +79,7 @@ class Engine:
         findings = [
             *acceptance_findings(ctx, rules.acceptance),
             *qc,
-            *self.lots.findings(result, ctx.now.date(), ctx.reported_lots),
+            *self.lots.findings(result, ctx.now.date(), ctx.reported_lots, ctx.recalled_lots),
             *autoverify(ctx, rules.ranges, rules.delta_checks, rules.autoverification),
         ]
         early = early_release(findings, ctx, rules.early_release)

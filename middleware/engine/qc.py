@@ -123,6 +123,24 @@ class TestQc:
 NO_QC = TestQc()
 NO_LOT_QC = LotQc()
 
+#: The codes (before any ``:``) of the findings :meth:`QcGate.findings` gives: a result
+#: held for one of them waits for the QC of its test (Q1), not for a look at itself. The
+#: void reasons are the events that void QC (:meth:`QcGate.void`).
+QC_FINDING_CODES = frozenset(
+    {
+        "method-locked",
+        "corrective-action-open",
+        "qc-policy-missing",
+        "qc-missing",
+        "qc-expired",
+        "qc-rejected",
+        "awaiting-closing-qc",
+        "reagent-lot-changed",
+        "calibration",
+        "maintenance",
+    }
+)
+
 
 @dataclass(frozen=True, slots=True)
 class LimitsProposal:

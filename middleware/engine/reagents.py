@@ -49,11 +49,16 @@ class LotRegistry:
         return found
 
     def findings(
-        self, result: Result, on: date, reported: Mapping[tuple[str, str], date | None]
+        self,
+        result: Result,
+        on: date,
+        reported: Mapping[tuple[str, str], date | None],
+        recalled: Mapping[tuple[str, str], str] | None = None,
     ) -> list[Finding]:
         """Expired and recalled lots among those a result used. A lot the rules do not
         name is judged by the expiry the analyser gave when it first reported it
-        (``reported``, by reagent and lot) and the one it gives now."""
+        (``reported``, by reagent and lot) and the one it gives now. ``recalled``: lots a
+        person recalled, by reagent and lot as reported, with the reason."""
         out: list[Finding] = []
         for use in result.reagents:
             if not use.lot:
@@ -62,7 +67,11 @@ class LotRegistry:
             first = lot.expiry if lot is not None else reported.get((use.reagent, use.lot))
             expiries = [d for d in (first, use.expiry) if d is not None]
             name = f"{use.reagent} lot {use.lot}"
-            if lot is not None and lot.recalled:
+            why = (recalled or {}).get((use.reagent, use.lot))
+            if why is not None:
+                message = f"{name} is recalled: {why}" if why else f"{name} is recalled"
+                out.append(Finding(f"reagent-recalled:{use.lot}", message))
+            elif lot is not None and lot.recalled:
                 out.append(Finding(f"reagent-recalled:{use.lot}", f"{name} is recalled"))
             elif expiries and min(expiries) < on:
                 out.append(Finding(f"reagent-expired:{use.lot}", f"{name} expired {min(expiries)}"))

@@ -43,6 +43,8 @@ from middleware.store.schema import (
     raw_transmissions,
     reagent_lots,
     reagent_uses,
+    recalled_lots,
+    result_comments,
     results,
     rules_in_force,
     specimens,
@@ -169,6 +171,24 @@ RECORD_TABLES: tuple[RecordTable, ...] = (
         results,
         "result_id",
         needed=lambda: _result_needed(reagent_uses.c.result_id),
+    ),
+    RecordTable(
+        "result_comments",
+        result_comments,
+        "patient_results",
+        "written_at",
+        needed=lambda: _result_needed(result_comments.c.result_id),
+    ),
+    RecordTable(
+        "recalled_lots",
+        recalled_lots,
+        "patient_results",
+        "recalled_at",
+        # kept while the lot is: a recall forgotten would let the lot's next result go
+        needed=lambda: exists().where(
+            reagent_lots.c.reagent == recalled_lots.c.reagent,
+            reagent_lots.c.lot == recalled_lots.c.lot,
+        ),
     ),
     RecordTable("control_results", control_results, "qc", "stored_at"),
     RecordTable(

@@ -16,7 +16,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Row, TextualSelect, bindparam, select, text, tuple_
+from sqlalchemy import Connection, Row, TextualSelect, bindparam, func, select, text, tuple_
 
 from middleware.domain import (
     Comment,
@@ -24,8 +24,8 @@ from middleware.domain import (
     ReagentUse,
     Result,
 )
-from middleware.engine.decision import Decision
-from middleware.store import notices
+from middleware.engine.decision import Action, Decision, Finding
+from middleware.store import comments, notices
 from middleware.store.schema import (
     decisions,
     open_holds,
@@ -34,6 +34,10 @@ from middleware.store.schema import (
     results,
 )
 from middleware.store.sql import new_only, utc
+
+#: The action of a decision that ends the hold of a result a re-run replaced: it never
+#: goes to the LIS (the engine's own actions are release, hold and reject).
+SUPERSEDED = "superseded"
 
 _INSERT_DECISIONS = decisions.insert()
 
@@ -73,14 +77,30 @@ _RELEASE_HOLDS = open_holds.delete().where(
 )
 
 
-_HELD = (
-    select(results, open_holds.c.preliminary_at)
+_HOLDS = select(
+    results,
+    open_holds.c.preliminary_at,
+    open_holds.c.preliminary_by,
+    open_holds.c.rerun_requested_at,
+).join(open_holds, open_holds.c.result_id == results.c.id)
+
+_HELD = _HOLDS.where(
+    open_holds.c.instrument == bindparam("instrument"),
+    open_holds.c.test_code.in_(bindparam("tests", expanding=True)),
+).order_by(results.c.id)
+
+_HELD_AMONG = _HOLDS.where(open_holds.c.result_id.in_(bindparam("ids", expanding=True))).order_by(
+    results.c.id
+)
+
+# Held results waiting for the re-run a person asked for, of some specimens.
+_AWAITING_RERUN = (
+    select(results.c.id, results.c.specimen_id, results.c.test_code, results.c.instrument)
     .join(open_holds, open_holds.c.result_id == results.c.id)
     .where(
-        open_holds.c.instrument == bindparam("instrument"),
-        open_holds.c.test_code.in_(bindparam("tests", expanding=True)),
+        results.c.specimen_id.in_(bindparam("specimens", expanding=True)),
+        open_holds.c.rerun_requested_at.is_not(None),
     )
-    .order_by(results.c.id)
 )
 
 
@@ -247,7 +267,7 @@ def results_by_id(conn: Connection, ids: Iterable[int]) -> list[tuple[int, Resul
     if not wanted:
         return []
     rows = conn.execute(select(results).where(results.c.id.in_(wanted)).order_by(results.c.id))
-    return _with_lots(conn, [(row.id, result_of(row)) for row in rows])
+    return _with_notes(conn, _with_lots(conn, [(row.id, result_of(row)) for row in rows]))
 
 
 class Held(NamedTuple):
@@ -255,25 +275,217 @@ class Held(NamedTuple):
     result: Result
     sent_early: bool
     """Sent to the LIS as preliminary while held (Q13)."""
+    early_by: str | None = None
+    """Who sent it early, when a person did; None when the rules did, or nobody."""
+    rerun_requested: bool = False
+    """A person asked for a re-run: the re-run result replaces it."""
+
+
+def _held(conn: Connection, rows: list[Row[Any]]) -> list[Held]:
+    marks = {row.id: row for row in rows}
+    found = _with_notes(conn, _with_lots(conn, [(row.id, result_of(row)) for row in rows]))
+    return [
+        Held(
+            result_id,
+            result,
+            marks[result_id].preliminary_at is not None,
+            marks[result_id].preliminary_by,
+            marks[result_id].rerun_requested_at is not None,
+        )
+        for result_id, result in found
+    ]
 
 
 def held_results(conn: Connection, instrument: str, tests: Iterable[str]) -> list[Held]:
     """Results of these tests on an instrument whose latest decision is a hold, oldest
     first, with their comments and reagent lots (a released one goes to the LIS)."""
     rows = list(conn.execute(_HELD, {"instrument": instrument, "tests": sorted(set(tests))}))
-    early = {row.id for row in rows if row.preliminary_at is not None}
-    found = _with_lots(conn, [(row.id, result_of(row)) for row in rows])
-    return [Held(result_id, result, result_id in early) for result_id, result in found]
+    return _held(conn, rows)
 
 
-def mark_preliminary(conn: Connection, ids: Iterable[int], at: datetime | None) -> None:
-    """Held results sent to the LIS as preliminary (``at``), or no longer to be taken as
-    such (None: their QC failed and the LIS was told)."""
+def holds_among(conn: Connection, ids: Iterable[int], lock: bool = False) -> list[Held]:
+    """Those of these results that are held now, as :func:`held_results` gives them.
+    With ``lock``, their holds stay this transaction's until it ends (PostgreSQL; on
+    SQLite a write transaction has the whole database): two people acting on one result
+    at once act one after the other, and the second finds it no longer held."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return []
+    query = _HELD_AMONG.with_for_update(of=open_holds) if lock else _HELD_AMONG
+    return _held(conn, list(conn.execute(query, {"ids": wanted})))
+
+
+def existing_results(conn: Connection, ids: Iterable[int]) -> set[int]:
+    """Which of these ids are stored patient results."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return set()
+    return set(conn.execute(select(results.c.id).where(results.c.id.in_(wanted))).scalars())
+
+
+class StoredDecision(NamedTuple):
+    result_id: int
+    action: str
+    findings: tuple[Finding, ...]
+    decided_at: datetime
+    decided_by: str
+
+
+def _finding(data: dict[str, Any]) -> Finding:
+    try:
+        action = Action(data.get("action", "hold"))
+    except ValueError:
+        action = Action.HOLD
+    return Finding(
+        str(data.get("code", "")),
+        str(data.get("message", "")),
+        action,
+        bool(data.get("urgent", False)),
+        str(data.get("comment", "")),
+    )
+
+
+def current_decisions(conn: Connection, ids: Iterable[int]) -> dict[int, StoredDecision]:
+    """The latest decision of each of these results, with its findings."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    latest = (
+        select(func.max(decisions.c.id))
+        .where(decisions.c.result_id.in_(wanted))
+        .group_by(decisions.c.result_id)
+    )
+    rows = conn.execute(select(decisions).where(decisions.c.id.in_(latest)))
+    return {
+        row.result_id: StoredDecision(
+            row.result_id,
+            row.action,
+            tuple(_finding(f) for f in json.loads(row.findings or "[]")),
+            utc(row.decided_at) or row.decided_at,
+            row.decided_by,
+        )
+        for row in rows
+    }
+
+
+def mark_preliminary(
+    conn: Connection, ids: Iterable[int], at: datetime | None, by: str | None = None
+) -> None:
+    """Held results sent to the LIS as preliminary (``at``; ``by`` a person, None for the
+    rules), or no longer to be taken as such (None: their QC failed and the LIS was
+    told)."""
     wanted = sorted(set(ids))
     if wanted:
         conn.execute(
-            open_holds.update().where(open_holds.c.result_id.in_(wanted)).values(preliminary_at=at)
+            open_holds.update()
+            .where(open_holds.c.result_id.in_(wanted))
+            .values(preliminary_at=at, preliminary_by=by if at is not None else None)
         )
+
+
+def mark_rerun_requested(conn: Connection, ids: Iterable[int], at: datetime) -> None:
+    """Held results a person asked a re-run of: kept held until the re-run replaces them."""
+    wanted = sorted(set(ids))
+    if wanted:
+        conn.execute(
+            open_holds.update()
+            .where(open_holds.c.result_id.in_(wanted))
+            .values(rerun_requested_at=at)
+        )
+
+
+def supersede_reruns(
+    conn: Connection, new: Iterable[tuple[int, Result]], at: datetime
+) -> list[tuple[int, int]]:
+    """End the hold of each result waiting for a re-run that one of the ``new`` results
+    (of the same specimen and test, stored after it) is: it never goes to the LIS, its
+    re-run is decided in its place. One indexed lookup by specimen. Gives (replaced,
+    re-run) pairs."""
+    arrived: dict[tuple[str, str], list[tuple[int, Result]]] = {}
+    for result_id, result in new:
+        if result.specimen_id:
+            arrived.setdefault((result.specimen_id, result.test_code), []).append(
+                (result_id, result)
+            )
+    if not arrived:
+        return []
+    specimens = sorted({specimen for specimen, _ in arrived})
+    replaced: list[tuple[Any, int]] = []
+    for old in conn.execute(_AWAITING_RERUN, {"specimens": specimens}):
+        later = [i for i, _ in arrived.get((old.specimen_id, old.test_code), ()) if i > old.id]
+        if later:
+            replaced.append((old, min(later)))
+    if not replaced:
+        return []
+    rows = [
+        {
+            "result_id": old.id,
+            "instrument": old.instrument,
+            "test_code": old.test_code,
+            "specimen_id": old.specimen_id,
+            "action": SUPERSEDED,
+            "reasons": f"superseded-by:{rerun}",
+            "findings": json.dumps(
+                [
+                    {
+                        "code": f"superseded-by:{rerun}",
+                        "message": f"replaced by its re-run, result {rerun}",
+                        "action": Action.RELEASE.value,
+                        "urgent": False,
+                        "comment": "",
+                    }
+                ]
+            ),
+            "urgent": False,
+            "comments": "",
+            "decided_at": at,
+            "decided_by": "engine",
+        }
+        for old, rerun in replaced
+    ]
+    conn.execute(_INSERT_DECISIONS, rows)
+    conn.execute(_RELEASE_HOLDS, {"ids": [old.id for old, _ in replaced]})
+    notices.tell(
+        conn,
+        *(
+            notices.ResultDecided(
+                result_id=old.id,
+                instrument=old.instrument,
+                specimen_id=old.specimen_id,
+                test_code=old.test_code,
+                action=SUPERSEDED,
+                reasons=(f"superseded-by:{rerun}",),
+                urgent=False,
+                decided_by="engine",
+                at=at,
+            )
+            for old, rerun in replaced
+        ),
+    )
+    return [(old.id, rerun) for old, rerun in replaced]
+
+
+def _with_notes(conn: Connection, found: list[tuple[int, Result]]) -> list[tuple[int, Result]]:
+    """What people wrote about the results, after the analyser's comments: it goes to the
+    LIS with them. One indexed lookup for the batch."""
+    if not found:
+        return found
+    written = comments.of_results(conn, [result_id for result_id, _ in found])
+    return [
+        (
+            result_id,
+            replace(
+                result,
+                comments=(
+                    *result.comments,
+                    *(Comment(c.text, source="middleware") for c in written[result_id]),
+                ),
+            ),
+        )
+        if written.get(result_id)
+        else (result_id, result)
+        for result_id, result in found
+    ]
 
 
 def _with_lots(conn: Connection, found: list[tuple[int, Result]]) -> list[tuple[int, Result]]:

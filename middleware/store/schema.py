@@ -224,6 +224,9 @@ quarantine = Table(
     Column("resolved_by", Text),
 )
 
+# Who did what and when (store/audit.py). Never updated; deleted only by a purge of what
+# an archive holds. Each entry carries the hash of the one before it and its own, over
+# both: an entry changed or removed breaks the chain (``lis-middleware audit verify``).
 audit_log = Table(
     "audit_log",
     metadata,
@@ -233,10 +236,13 @@ audit_log = Table(
     Column("action", Text, nullable=False),
     Column("subject", Text, nullable=False, default=""),
     Column("detail", Text, nullable=False, default=""),
+    Column("prev_hash", Text),  # SHA-256, hex; NULL only in a database not migrated
+    Column("hash", Text),
 )
 
 # Every decision the engine made about a result; a later decision (QC came in, a person
-# released it) is a new row: the history of why a result was held stays.
+# released it) is a new row: the history of why a result was held stays. action: release,
+# hold, reject, or superseded (a re-run result of its specimen and test replaced it).
 decisions = Table(
     "decisions",
     metadata,
@@ -267,8 +273,43 @@ open_holds = Table(
     Column("held_since", DateTime(timezone=True), nullable=False),
     # When it went to the LIS as preliminary while held (Q13); null when it did not.
     Column("preliminary_at", DateTime(timezone=True)),
+    # Who sent it early, when a person did rather than the rules: such a preliminary
+    # stands for as long as the result only waits for QC, whichever wait it is.
+    Column("preliminary_by", Text),
+    # When a technician asked for a re-run: the engine no longer releases it, and the
+    # re-run result of its specimen and test replaces it.
+    Column("rerun_requested_at", DateTime(timezone=True)),
 )
 Index("ix_open_holds_test", open_holds.c.instrument, open_holds.c.test_code)
+
+# What people wrote about a result: shown with it, and sent with it to the LIS (NTE)
+# when it is released after.
+result_comments = Table(
+    "result_comments",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("result_id", Integer, ForeignKey("results.id"), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("written_by", Text, nullable=False),
+    Column("written_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_result_comments_result", result_comments.c.result_id)
+Index("ix_result_comments_written", result_comments.c.written_at)
+
+# Reagent lots recalled by a person (R4), besides those the rule files mark: a result
+# made with one is held. By reagent and lot as the analysers report them.
+recalled_lots = Table(
+    "recalled_lots",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("reagent", Text, nullable=False),
+    Column("lot", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("recalled_by", Text, nullable=False),
+    Column("recalled_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("reagent", "lot", name="uq_recalled_lots"),
+)
+Index("ix_recalled_lots_recalled", recalled_lots.c.recalled_at)
 
 # QC evaluations of control results, with the Westgard outcome.
 qc_evaluations = Table(
@@ -488,6 +529,40 @@ archives = Table(
     Column("created_by", Text, nullable=False),
     Column("verified_at", DateTime(timezone=True)),
     UniqueConstraint("period", name="uq_archives_period"),
+)
+
+# The people who use the status page and the control API (web/auth.py): a role each
+# (web/roles.py), an argon2 hash of the password. Sessions issued before
+# ``sessions_revoked_at`` (a logout) or ``password_changed_at`` no longer count.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("password_hash", Text, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("password_changed_at", DateTime(timezone=True), nullable=False),
+    Column("sessions_revoked_at", DateTime(timezone=True)),
+    UniqueConstraint("name", name="uq_users_name"),
+)
+
+# Machines that call the control API, each with a token of its own: only the token's
+# SHA-256 is kept (a random token of 256 bits needs no slow hash).
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("token_sha256", Text, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", Text, nullable=False),
+    UniqueConstraint("name", name="uq_api_tokens_name"),
+    UniqueConstraint("token_sha256", name="uq_api_tokens_sha256"),
 )
 
 # A row here exists only inside a purge's transaction: while it does, the append-only

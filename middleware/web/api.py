@@ -1,16 +1,18 @@
 """The control API: what lab IT and the QC officer do to a running daemon.
 
-It has no authentication of its own yet, so it listens on a loopback address only (the
-configuration refuses any other) until users and roles arrive.
+Every route names the action it serves (web/roles.py) and is refused to whoever may not
+take it (web/auth.py); what a command does is audited under the name of who asked. Only
+the probes, the metrics (neither shows patient data) and the API's description are open.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
@@ -24,10 +26,24 @@ from middleware.control import (
     QcEventKind,
     RulesRefused,
 )
-from middleware.monitor import Monitor
+from middleware.monitor import InstrumentState, Monitor
 from middleware.settings import ApiConfig
+from middleware.store.sql import utcnow
 from middleware.transport.tcp import ListenError
+from middleware.web.auth import (
+    SAFE_METHODS,
+    Auth,
+    User,
+    auth_of,
+    authenticated,
+    check_guarded,
+    csrf_token,
+    install,
+    require,
+)
 from middleware.web.guards import BodyLimit, HostCheck, StrictJsonRoute
+from middleware.web.pages import add_pages
+from middleware.web.roles import Action, allowed
 
 #: How the API answers each refusal of a command. Any other exception is a fault of the
 #: middleware: a 500, logged by the server, never passed off as the operator's mistake.
@@ -40,21 +56,21 @@ REFUSALS: dict[type[ControlError], int] = {
 }
 
 
-class Who(BaseModel):
-    by: str = Field(min_length=1, description="who asks (recorded in the audit log)")
+# Who asks is the user logged in or the token's name, never what a body says: a ``by``
+# that older clients send is ignored like any other field a model does not have.
 
 
-class Closing(Who):
+class Closing(BaseModel):
     action_taken: str = Field(min_length=1, description="what was done about the failure")
 
 
-class Approval(Who):
+class Approval(BaseModel):
     instrument: str = Field(min_length=1)
     test: str = Field(min_length=1)
     lot: str = Field(min_length=1)
 
 
-class QcEvent(Who):
+class QcEvent(BaseModel):
     instrument: str = Field(min_length=1)
     tests: list[str] = Field(min_length=1)
     kind: QcEventKind
@@ -75,49 +91,101 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
         raise ListenError("control API", host, port, exc) from exc
 
 
-async def _refused(_request: Request, refusal: Exception) -> JSONResponse:
+async def _refused(request: Request, refusal: Exception) -> JSONResponse:
     status = next(code for kind, code in REFUSALS.items() if isinstance(refusal, kind))
+    user = request.scope.get("state", {}).get("user")
+    if request.method not in SAFE_METHODS and isinstance(user, User):
+        # What was asked and refused is audited too: the command itself records only
+        # what it did.
+        reason = refusal.problems if isinstance(refusal, RulesRefused) else str(refusal)
+        await auth_of(request).record(
+            user.name,
+            "api.refused",
+            f"{request.method} {request.url.path}",
+            {"status": status, "reason": reason},
+        )
     if isinstance(refusal, RulesRefused):
         return JSONResponse({"detail": {"accepted": False, "problems": refusal.problems}}, status)
     return JSONResponse({"detail": str(refusal)}, status)
+
+
+def _host_names(config: ApiConfig) -> list[str]:
+    """The names a Host header may give: an address listening on every interface
+    (0.0.0.0, ::) is no name a client uses."""
+    import ipaddress
+
+    try:
+        unspecified = ipaddress.ip_address(config.host).is_unspecified
+    except ValueError:
+        unspecified = False
+    return [*config.allowed_hosts, *([] if unspecified else [config.host])]
 
 
 def create_app(
     control: Control,
     instruments: Callable[[], Iterable[str]],
     monitor: Monitor | None = None,
+    *,
+    clock: Callable[[], datetime] = utcnow,
+    live: Callable[[], Iterable[InstrumentState]] | None = None,
 ) -> FastAPI:
     """The API over ``control``; ``instruments`` gives the names of the instruments
-    the daemon serves now; ``monitor`` its metrics and readiness."""
+    the daemon serves now; ``monitor`` its metrics and readiness. Users and tokens are
+    those of ``control``'s store; ``clock`` times sessions and logins. ``live`` gives
+    the instruments' connection states for the status page."""
     config = control.settings.api or ApiConfig()
     app = FastAPI(title="lis-middleware control API", version="1")
     app.router.route_class = StrictJsonRoute
+    install(app, Auth(lambda: control.store, config, control.settings.state_dir, clock))
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
-    app.add_middleware(HostCheck, allowed=[*config.allowed_hosts, config.host])
+    app.add_middleware(HostCheck, allowed=_host_names(config))
     for kind in REFUSALS:
         app.add_exception_handler(kind, _refused)
 
     @app.get("/api/health")
-    async def health() -> dict[str, Any]:
+    async def health(_user: Annotated[User, Depends(require(Action.VIEW))]) -> dict[str, Any]:
         return {
             "status": "ok",
             "instruments": sorted(instruments()),
             "rules": control.rules.summary() if control.rules else None,
         }
 
+    @app.get("/api/session")
+    async def session(user: Annotated[User, Depends(authenticated())]) -> dict[str, Any]:
+        """Who is asking, what their role may do, and (for a session) the CSRF token its
+        POSTs must send as ``X-CSRF-Token``."""
+        return {
+            "user": user.name,
+            "role": user.role.value,
+            "may": [action.value for action in Action if allowed(user.role, action)],
+            "csrf_token": user.csrf_token,
+        }
+
     if monitor is not None:
         _probes(app, monitor)
 
     @app.post("/api/rules/reload")
-    async def reload_rules(who: Who) -> dict[str, Any]:
+    async def reload_rules(
+        request: Request, user: Annotated[User, Depends(require(Action.RELOAD_RULES))]
+    ) -> dict[str, Any]:
         """Read the rule files again; refused files change nothing (422 with every problem)."""
-        rules = await control.reload_rules(who.by)
+        before = control.rules_version
+        rules = await control.reload_rules(user.name)
+        if control.rules_version == before:
+            # The command audits a change only; the request is audited all the same.
+            await auth_of(request).record(
+                user.name, "rules.reload", str(control.settings.rules_dir), {"changed": False}
+            )
         return {"accepted": True, "summary": rules.summary()}
 
     @app.post("/api/corrective-actions/{action_id}/close")
-    async def close_corrective_action(action_id: RowId, closing: Closing) -> dict[str, Any]:
+    async def close_corrective_action(
+        action_id: RowId,
+        closing: Closing,
+        user: Annotated[User, Depends(require(Action.RECORD_CORRECTIVE_ACTION))],
+    ) -> dict[str, Any]:
         """Close a QC failure's corrective action (409 while QC is not in control again)."""
-        closed = await control.close_corrective_action(action_id, closing.by, closing.action_taken)
+        closed = await control.close_corrective_action(action_id, user.name, closing.action_taken)
         return {
             "closed": closed.action_id,
             "instrument": closed.instrument,
@@ -126,7 +194,9 @@ def create_app(
         }
 
     @app.get("/api/qc/proposals")
-    async def proposals() -> list[dict[str, Any]]:
+    async def proposals(
+        _user: Annotated[User, Depends(require(Action.VIEW))],
+    ) -> list[dict[str, Any]]:
         """Q3: control lots with 20 results in 20 runs whose own limits await approval."""
         return [
             {
@@ -141,20 +211,26 @@ def create_app(
         ]
 
     @app.post("/api/qc/proposals/approve")
-    async def approve(approval: Approval) -> dict[str, Any]:
+    async def approve(
+        approval: Approval, user: Annotated[User, Depends(require(Action.APPROVE_LIMITS))]
+    ) -> dict[str, Any]:
         approved = await control.approve_limits(
-            approval.instrument, approval.test, approval.lot, approval.by
+            approval.instrument, approval.test, approval.lot, user.name
         )
         return {"approved": approval.lot, "mean": str(approved.mean), "sd": str(approved.sd)}
 
     @app.post("/api/qc/events")
-    async def qc_event(event: QcEvent) -> dict[str, Any]:
+    async def qc_event(
+        event: QcEvent, user: Annotated[User, Depends(require(Action.RECORD_QC_EVENT))]
+    ) -> dict[str, Any]:
         """Calibration or maintenance (voids the tests' QC), or unlock (lifts a method lock)."""
-        await control.record_qc_event(event.instrument, event.tests, event.kind, event.by)
+        await control.record_qc_event(event.instrument, event.tests, event.kind, user.name)
         return {"recorded": event.kind, "tests": event.tests}
 
     @app.get("/api/outbox")
-    async def outbox_entries() -> list[dict[str, Any]]:
+    async def outbox_entries(
+        _user: Annotated[User, Depends(require(Action.VIEW))],
+    ) -> list[dict[str, Any]]:
         """Messages to the LIS not delivered yet: pending, stopped by an error, dead."""
         return [
             {
@@ -171,17 +247,29 @@ def create_app(
         ]
 
     @app.post("/api/outbox/{entry_id}/retry")
-    async def retry(entry_id: RowId, who: Who) -> dict[str, Any]:
+    async def retry(
+        entry_id: RowId, user: Annotated[User, Depends(require(Action.OUTBOX_RETRY))]
+    ) -> dict[str, Any]:
         """Send a stopped or dead message again (409 when it is neither)."""
-        await control.retry_outbox(entry_id, who.by)
+        await control.retry_outbox(entry_id, user.name)
         return {"retried": entry_id}
 
     @app.post("/api/outbox/{entry_id}/dismiss")
-    async def dismiss(entry_id: RowId, who: Who) -> dict[str, Any]:
+    async def dismiss(
+        entry_id: RowId, user: Annotated[User, Depends(require(Action.OUTBOX_DISMISS))]
+    ) -> dict[str, Any]:
         """Set a stopped message aside; its specimen's later messages go on."""
-        await control.dismiss_outbox(entry_id, who.by)
+        await control.dismiss_outbox(entry_id, user.name)
         return {"dismissed": entry_id}
 
+    def unknown_states() -> list[InstrumentState]:
+        return [InstrumentState(name, "", "", "unknown", 0) for name in instruments()]
+
+    add_pages(
+        app, control, require=require, csrf_token=csrf_token,
+        instruments=live or unknown_states, clock=clock,
+    )  # fmt: skip
+    check_guarded(app)
     return app
 
 

@@ -1,0 +1,448 @@
+"""The status page: server-rendered HTML (Jinja2) over the control layer.
+
+Every page and form names the action it serves (web/roles.py); the dependency that
+checks it (the session, the role and, for a form, its CSRF token) is given by the
+application, so this module knows nothing of how people log in. A page's live block
+is served alone when asked with ``X-Fragment: 1`` (static/live.js polls it), so a page
+stays current without reloading and without a script build. Forms answer with a
+redirect to the page they came from (303, with what was done or refused), so that a
+reload never posts twice and every page's address can be bookmarked.
+"""
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+from urllib.parse import quote, urlencode
+
+from fastapi import Depends, FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from middleware.control import Control, ControlError, NotFound
+from middleware.monitor import InstrumentState
+from middleware.store import qc_records, views
+from middleware.store.sql import utcnow
+from middleware.web.charts import ChartPoint, levey_jennings
+from middleware.web.rawbytes import caret, hexdump
+from middleware.web.roles import Action, Role, allowed
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")
+
+NAV = (
+    ("/held", "Held results"),
+    ("/qc", "QC"),
+    ("/instruments", "Instruments"),
+    ("/reagents", "Reagent lots"),
+    ("/lis", "LIS link"),
+)
+
+
+class Person(Protocol):
+    """Who is asking, as the application's login gives it."""
+
+    name: str
+    role: Role
+
+
+Require = Callable[[Action], Any]
+"""An action's dependency: ``Depends(require(action))`` gives the person, or refuses."""
+
+
+def _fragment(request: Request) -> bool:
+    return request.headers.get("x-fragment") == "1"
+
+
+def add_pages(
+    app: FastAPI,
+    control: Control,
+    *,
+    require: Require,
+    csrf_token: Callable[[Request], str],
+    instruments: Callable[[], Iterable[InstrumentState]],
+    clock: Callable[[], datetime] = utcnow,
+) -> None:
+    """The status pages and their forms, on ``app``."""
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    def render(
+        request: Request, name: str, person: Person, title: str, section: str, **context: Any
+    ) -> HTMLResponse:
+        live = name.removesuffix(".html") + "_live.html"
+        if _fragment(request) and (HERE / "templates" / live).exists():
+            name = live
+        return templates.TemplateResponse(
+            request,
+            name,
+            {
+                "title": title,
+                "section": section,
+                "nav": NAV,
+                "user": person,
+                "csrf_token": csrf_token(request),
+                "done": request.query_params.get("done", ""),
+                "error": request.query_params.get("error", ""),
+                **context,
+            },
+        )
+
+    def store() -> Any:
+        if control.store is None:
+            raise NotFound("the store is not open yet")
+        return control.store
+
+    @app.get("/", include_in_schema=False)
+    async def home(person: Annotated[Person, Depends(require(Action.VIEW))]) -> Response:
+        start = "/held" if allowed(person.role, Action.VIEW_PATIENT_RESULTS) else "/qc"
+        return RedirectResponse(start, 303)
+
+    viewed = _Viewed()
+
+    @app.get("/held", response_class=HTMLResponse, include_in_schema=False)
+    async def held_page(
+        request: Request,
+        person: Annotated[Person, Depends(require(Action.VIEW_PATIENT_RESULTS))],
+        instrument: str | None = None,
+        specimen: str | None = None,
+        after_instrument: str | None = None,
+        after_specimen: str | None = None,
+        after_id: int | None = None,
+    ) -> Any:
+        after = None
+        if after_instrument is not None and after_specimen is not None and after_id is not None:
+            after = (after_instrument, after_specimen, after_id)
+        page = await control.held_results(instrument or None, specimen or None, after)
+        shown = [r.result_id for r in page.results]
+        new = viewed.new(person.name, shown)
+        if new:
+            # D8: who saw which patient result; a page polled again records only what
+            # this person had not seen yet.
+            await control.record_view(person.name, new)
+        next_query = ""
+        if page.next_after is not None:
+            next_instrument, next_specimen, next_id = page.next_after
+            next_query = urlencode(
+                {
+                    "instrument": instrument or "",
+                    "specimen": specimen or "",
+                    "after_instrument": next_instrument,
+                    "after_specimen": next_specimen,
+                    "after_id": next_id,
+                }
+            )
+        role = person.role
+        can = {
+            "release": allowed(role, Action.RELEASE),
+            "reject": allowed(role, Action.REJECT),
+            "early": allowed(role, Action.EARLY_RELEASE),
+            "rerun": allowed(role, Action.REQUEST_RERUN),
+            "comment": allowed(role, Action.COMMENT),
+        }
+        return render(
+            request, "held.html", person, "Held results", "/held", page=page, can=can,
+            instrument=instrument, specimen=specimen, next_query=next_query,
+            instrument_names=sorted(i.name for i in instruments()),
+        )  # fmt: skip
+
+    async def act(back: str, done: str, work: Awaitable[Any]) -> Response:
+        try:
+            await work
+        except ControlError as refused:
+            return _back(back, error=str(refused))
+        return _back(back, done=done)
+
+    @app.post("/held/{result_id}/release", include_in_schema=False)
+    async def release(
+        result_id: int, person: Annotated[Person, Depends(require(Action.RELEASE))]
+    ) -> Response:
+        work = control.release_results([result_id], person.name)
+        return await act("/held", f"result {result_id} released", work)
+
+    @app.post("/held/{result_id}/reject", include_in_schema=False)
+    async def reject(
+        result_id: int,
+        person: Annotated[Person, Depends(require(Action.REJECT))],
+        reason: Annotated[str, Form(max_length=2000)] = "",
+    ) -> Response:
+        work = control.reject_results([result_id], reason, person.name)
+        return await act("/held", f"result {result_id} rejected", work)
+
+    @app.post("/held/{result_id}/send-early", include_in_schema=False)
+    async def send_early(
+        result_id: int, person: Annotated[Person, Depends(require(Action.EARLY_RELEASE))]
+    ) -> Response:
+        work = control.send_early([result_id], person.name)
+        return await act("/held", f"result {result_id} sent as preliminary", work)
+
+    @app.post("/held/{result_id}/rerun", include_in_schema=False)
+    async def rerun(
+        result_id: int, person: Annotated[Person, Depends(require(Action.REQUEST_RERUN))]
+    ) -> Response:
+        work = control.request_rerun([result_id], person.name)
+        return await act("/held", f"re-run of result {result_id} asked for", work)
+
+    @app.post("/held/{result_id}/comment", include_in_schema=False)
+    async def comment(
+        result_id: int,
+        person: Annotated[Person, Depends(require(Action.COMMENT))],
+        text: Annotated[str, Form(max_length=2000)] = "",
+    ) -> Response:
+        work = control.comment_result(result_id, text, person.name)
+        return await act("/held", f"comment added to result {result_id}", work)
+
+    @app.post("/qc/{instrument}/{test}/release-run", include_in_schema=False)
+    async def release_run(
+        instrument: str, test: str, person: Annotated[Person, Depends(require(Action.RELEASE))]
+    ) -> Response:
+        back = f"/qc/{quote(instrument, safe='')}/{quote(test, safe='')}"
+        try:
+            run = await control.release_run(instrument, test, person.name)
+        except ControlError as refused:
+            return _back(back, error=str(refused))
+        return _back(back, done=f"{len(run.released)} held result(s) released")
+
+    @app.get("/reagents", response_class=HTMLResponse, include_in_schema=False)
+    async def reagents_page(
+        request: Request, person: Annotated[Person, Depends(require(Action.VIEW))]
+    ) -> Any:
+        names = sorted(i.name for i in instruments())
+        by_instrument = [(name, await control.lots_in_use(name)) for name in names]
+        return render(
+            request, "reagents.html", person, "Reagent lots", "/reagents",
+            by_instrument=by_instrument, today=clock().date(),
+            can_recall=allowed(person.role, Action.RECALL_REAGENT_LOT),
+        )  # fmt: skip
+
+    @app.get("/reagents/{reagent}/{lot}", response_class=HTMLResponse, include_in_schema=False)
+    async def reagent_lot_page(
+        request: Request,
+        reagent: str,
+        lot: str,
+        person: Annotated[Person, Depends(require(Action.VIEW_PATIENT_RESULTS))],
+        after: int = 0,
+    ) -> Any:
+        try:
+            found = await control.results_of_lot(reagent, lot, after)
+        except NotFound as missing:
+            return HTMLResponse(str(missing), 404)
+        new = viewed.new(person.name, [r.result_id for r in found])
+        if new:
+            await control.record_view(person.name, new)
+        return render(
+            request, "reagent_lot.html", person, f"Results made with {reagent} lot {lot}",
+            "/reagents", results=found,
+            next_after=found[-1].result_id if len(found) >= 100 else None,
+        )  # fmt: skip
+
+    @app.post("/reagents/{reagent}/{lot}/recall", include_in_schema=False)
+    async def recall(
+        reagent: str,
+        lot: str,
+        person: Annotated[Person, Depends(require(Action.RECALL_REAGENT_LOT))],
+        reason: Annotated[str, Form(max_length=2000)] = "",
+    ) -> Response:
+        try:
+            recalled = await control.recall_reagent_lot(reagent, lot, person.name, reason)
+        except ControlError as refused:
+            return _back("/reagents", error=str(refused))
+        held, released = len(recalled.held), len(recalled.released)
+        done = f"{reagent} lot {lot} recalled: {held} result(s) held, {released} to review"
+        return _back("/reagents", done=done)
+
+    @app.get("/qc", response_class=HTMLResponse, include_in_schema=False)
+    async def qc_page(
+        request: Request, person: Annotated[Person, Depends(require(Action.VIEW))]
+    ) -> Any:
+        tests = await store().read_async(views.qc_tests_view)
+        return render(request, "qc.html", person, "Quality control", "/qc", tests=tests)
+
+    @app.get("/qc/{instrument}/{test}", response_class=HTMLResponse, include_in_schema=False)
+    async def qc_test_page(
+        request: Request,
+        instrument: str,
+        test: str,
+        person: Annotated[Person, Depends(require(Action.VIEW))],
+    ) -> Any:
+        def read(conn: Any) -> tuple[Any, ...]:
+            known = [t for t in views.qc_tests_view(conn, recent=0) if t.instrument == instrument]
+            state = next((t for t in known if t.test_code == test), None)
+            lots = views.control_lots(conn, instrument, test)
+            points = {
+                lot.lot: views.evaluations(
+                    conn, instrument, test, lot=lot.lot, material=lot.material
+                )
+                for lot in lots
+            }
+            actions = [
+                a
+                for a in qc_records.open_corrective_actions(conn)
+                if a.instrument == instrument and a.test_code == test
+            ]
+            return state, lots, points, actions
+
+        state, lots, points, actions = await store().read_async(read)
+        proposals = [
+            p
+            for p in (await control.limits_proposals() if control.engine else [])
+            if p.instrument == instrument and p.test == test
+        ]
+        charts = {
+            lot.lot: _chart(f"{instrument} {test} control lot {lot.lot}", points[lot.lot])
+            for lot in lots
+        }
+        return render(
+            request, "qc_test.html", person, f"QC of {test} on {instrument}", "/qc",
+            instrument=instrument, test_code=test, test=state, lots=lots, charts=charts,
+            corrective_actions=actions, proposals=proposals,
+            can_close=allowed(person.role, Action.RECORD_CORRECTIVE_ACTION),
+            can_approve=allowed(person.role, Action.APPROVE_LIMITS),
+            can_release_run=allowed(person.role, Action.RELEASE),
+        )  # fmt: skip
+
+    @app.post("/qc/corrective-actions/{action_id}/close", include_in_schema=False)
+    async def close_corrective_action(
+        action_id: int,
+        person: Annotated[Person, Depends(require(Action.RECORD_CORRECTIVE_ACTION))],
+        action_taken: Annotated[str, Form(max_length=2000)] = "",
+    ) -> Response:
+        back = "/qc"
+        if not action_taken.strip():
+            return _back(back, error="say what was done to correct the failure")
+        try:
+            closed = await control.close_corrective_action(action_id, person.name, action_taken)
+        except ControlError as refused:
+            return _back(back, error=str(refused))
+        back = f"/qc/{quote(closed.instrument, safe='')}/{quote(closed.test, safe='')}"
+        return _back(back, done=f"corrective action closed; {len(closed.released)} released")
+
+    @app.post("/qc/{instrument}/{test}/lots/{lot}/approve", include_in_schema=False)
+    async def approve_limits(
+        instrument: str,
+        test: str,
+        lot: str,
+        person: Annotated[Person, Depends(require(Action.APPROVE_LIMITS))],
+    ) -> Response:
+        back = f"/qc/{quote(instrument, safe='')}/{quote(test, safe='')}"
+        try:
+            approved = await control.approve_limits(instrument, test, lot, person.name)
+        except ControlError as refused:
+            return _back(back, error=str(refused))
+        return _back(back, done=f"limits of {lot} approved: mean {approved.mean}, SD {approved.sd}")
+
+    @app.get("/instruments", response_class=HTMLResponse, include_in_schema=False)
+    async def instruments_page(
+        request: Request, person: Annotated[Person, Depends(require(Action.VIEW))]
+    ) -> Any:
+        now = clock()
+        start_of_day = datetime(now.year, now.month, now.day, tzinfo=UTC)
+        days = await store().read_async(lambda c: views.instruments_today(c, start_of_day))
+        return render(
+            request, "instruments.html", person, "Instruments", "/instruments",
+            instruments=sorted(instruments(), key=lambda i: i.name), days=days,
+        )  # fmt: skip
+
+    @app.get("/instruments/{name}/quarantine", response_class=HTMLResponse, include_in_schema=False)
+    async def quarantine_page(
+        request: Request, name: str, person: Annotated[Person, Depends(require(Action.VIEW))]
+    ) -> Any:
+        entries = await store().read_async(lambda c: views.quarantined(c, name))
+        return render(
+            request, "quarantine.html", person, f"Quarantined messages of {name}",
+            "/instruments", entries=entries,
+        )  # fmt: skip
+
+    @app.get("/quarantine/{entry_id}", response_class=HTMLResponse, include_in_schema=False)
+    async def quarantine_entry(
+        request: Request, entry_id: int, person: Annotated[Person, Depends(require(Action.VIEW))]
+    ) -> Any:
+        entry = await store().read_async(lambda c: views.quarantined_entry(c, entry_id))
+        if entry is None:
+            return HTMLResponse("no such quarantined message", 404)
+        return render(
+            request, "quarantine_entry.html", person, f"Quarantined message {entry_id}",
+            "/instruments", entry=entry, caret=caret(entry.data), hex=hexdump(entry.data),
+        )  # fmt: skip
+
+    @app.get("/lis", response_class=HTMLResponse, include_in_schema=False)
+    async def lis_page(
+        request: Request, person: Annotated[Person, Depends(require(Action.VIEW))]
+    ) -> Any:
+        link = await store().read_async(views.lis_link)
+        oldest = link.figures.oldest_pending_at
+        return render(
+            request, "lis.html", person, "LIS link", "/lis", link=link,
+            oldest=int((clock() - oldest).total_seconds()) if oldest else None,
+            can_retry=allowed(person.role, Action.OUTBOX_RETRY),
+            can_dismiss=allowed(person.role, Action.OUTBOX_DISMISS),
+        )  # fmt: skip
+
+    @app.post("/lis/outbox/{entry_id}/retry", include_in_schema=False)
+    async def retry(
+        entry_id: int, person: Annotated[Person, Depends(require(Action.OUTBOX_RETRY))]
+    ) -> Response:
+        try:
+            await control.retry_outbox(entry_id, person.name)
+        except ControlError as refused:
+            return _back("/lis", error=str(refused))
+        return _back("/lis", done=f"message {entry_id} will be sent again")
+
+    @app.post("/lis/outbox/{entry_id}/dismiss", include_in_schema=False)
+    async def dismiss(
+        entry_id: int, person: Annotated[Person, Depends(require(Action.OUTBOX_DISMISS))]
+    ) -> Response:
+        try:
+            await control.dismiss_outbox(entry_id, person.name)
+        except ControlError as refused:
+            return _back("/lis", error=str(refused))
+        return _back("/lis", done=f"message {entry_id} set aside")
+
+
+def _back(path: str, **message: str) -> RedirectResponse:
+    return RedirectResponse(f"{path}?{urlencode(message)}" if message else path, 303)
+
+
+def _chart(title: str, evaluations: list[views.Evaluation]) -> str:
+    latest = evaluations[-1] if evaluations else None
+    points = [
+        ChartPoint(
+            e.at,
+            e.value,
+            float(e.z) if e.z is not None else None,
+            e.status,
+            e.violations,
+            e.warnings,
+        )
+        for e in evaluations
+    ]
+    return levey_jennings(
+        points,
+        latest.target_mean if latest else None,
+        latest.target_sd if latest else None,
+        title,
+        latest.units if latest else "",
+    )
+
+
+class _Viewed:
+    """Which patient results each person was last shown, so that a page polled every few
+    seconds records a view (D8) only for what is new to them. Bounded: the least recent
+    person is forgotten first, and then the next view of theirs is recorded again."""
+
+    def __init__(self, people: int = 200, per_person: int = 2000) -> None:
+        self._seen: OrderedDict[str, set[int]] = OrderedDict()
+        self._people = people
+        self._per_person = per_person
+
+    def new(self, person: str, shown: Iterable[int]) -> list[int]:
+        seen = self._seen.pop(person, set())
+        fresh = [i for i in shown if i not in seen]
+        seen.update(fresh)
+        if len(seen) > self._per_person:
+            seen = set(fresh)
+        self._seen[person] = seen
+        while len(self._seen) > self._people:
+            self._seen.popitem(last=False)
+        return fresh

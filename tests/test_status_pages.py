@@ -1,0 +1,171 @@
+"""The status pages over HTTP, on a real store: what each page shows, the live block
+served alone, a view of patient results recorded once per person (D8), text from
+analysers escaped, quarantined bytes shown, and each form's refusals."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from middleware.control import Control
+from middleware.settings import Settings
+from middleware.store import Store
+from middleware.store.schema import audit_log
+from middleware.web.api import create_app
+from middleware.web.roles import Role
+from tests import credentials
+from tests.conftest import ROOT
+from tests.messages import patient, qc
+from tests.test_outbox import T0, _store
+from tests.test_status_views import _quarantine
+
+CHEM = {"name": "chem-1", "transport": "tcp-server", "host": "127.0.0.1", "port": 0}
+
+
+@dataclass
+class Pages:
+    store: Store
+    client: httpx.AsyncClient
+
+    def views(self) -> list[str]:
+        rows = self.store.read(
+            lambda c: c.execute(
+                select(audit_log.c.actor, audit_log.c.detail)
+                .where(audit_log.c.action == "results.view")
+                .order_by(audit_log.c.id)
+            ).all()
+        )
+        return [f"{r.actor} {r.detail}" for r in rows]
+
+
+@pytest.fixture
+async def pages(tmp_path: Path, database_url: str) -> AsyncIterator[Pages]:
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    settings = Settings.model_validate(
+        {"state_dir": tmp_path / "state", "database_url": database_url,
+         "instruments": [CHEM], "rules_dir": rules}
+    )  # fmt: skip
+    store = Store(database_url)
+    control = Control(settings, store, clock=lambda: T0 + timedelta(minutes=5))
+    await control.reload_rules("daemon start")
+    with store.engine.begin() as conn:
+        _store(conn, qc("5.20", "15.60"), T0)
+        _store(conn, patient("S-<b>1</b>", "31.0"), T0)  # critical: held
+        _quarantine(conn, T0)
+    app = create_app(control, lambda: ["chem-1"])
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        yield Pages(store, client)
+    store.close()
+
+
+async def _as(pages: Pages, name: str, role: Role) -> str:
+    """Logs ``pages.client`` in as a new user of ``role``; the session's CSRF token."""
+    credentials.user(pages.store, name, role)
+    pages.client.cookies.clear()
+    form = await pages.client.get("/login")
+    token = form.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    done = await pages.client.post(
+        "/login",
+        data={"username": name, "password": credentials.PASSWORD, "csrf_token": token},
+    )
+    assert done.status_code == 303, done.text
+    session = await pages.client.get("/api/session")
+    csrf: str = session.json()["csrf_token"]
+    return csrf
+
+
+async def test_each_page_shows_its_part_and_escapes_what_analysers_sent(pages: Pages) -> None:
+    await _as(pages, "vic", Role.VIEWER)
+    for path, title in (
+        ("/qc", "Quality control"),
+        ("/qc/chem-1/GLU", "QC of GLU on chem-1"),
+        ("/instruments", "Instruments"),
+        ("/lis", "LIS link"),
+        ("/reagents", "Reagent lots"),
+        ("/held", "Held results"),
+    ):
+        page = await pages.client.get(path)
+        assert page.status_code == 200, (path, page.text)
+        assert f"<h1>{title}</h1>" in page.text
+    held = (await pages.client.get("/held")).text
+    assert "S-&lt;b&gt;1&lt;/b&gt;" in held and "<b>1</b>" not in held
+    assert "critical-high" in held
+    # A viewer is shown no button to act.
+    assert "Release</button>" not in held and "Comment</button>" not in held
+    chart = (await pages.client.get("/qc/chem-1/GLU")).text
+    assert 'class="lj-chart"' in chart and "point accept" in chart
+
+
+async def test_the_live_block_alone_when_asked(pages: Pages) -> None:
+    await _as(pages, "vic", Role.VIEWER)
+    whole = await pages.client.get("/lis")
+    block = await pages.client.get("/lis", headers={"X-Fragment": "1"})
+    assert "<html" in whole.text and 'id="live"' in whole.text
+    assert "<html" not in block.text and "Waiting:" in block.text
+
+
+async def test_a_view_of_patient_results_is_recorded_once_per_person(pages: Pages) -> None:
+    await _as(pages, "vic", Role.VIEWER)
+    await pages.client.get("/held")
+    await pages.client.get("/held", headers={"X-Fragment": "1"})  # polled: nothing new
+    assert len(pages.views()) == 1 and pages.views()[0].startswith("vic ")
+    await _as(pages, "tess", Role.TECHNICIAN)
+    await pages.client.get("/held")
+    assert [v.split()[0] for v in pages.views()] == ["vic", "tess"]
+    # Lab IT is refused patient results, and nothing is recorded for it.
+    await _as(pages, "ian", Role.LAB_IT)
+    assert (await pages.client.get("/held")).status_code == 403
+    assert len(pages.views()) == 2
+
+
+async def test_quarantined_bytes_in_caret_notation_and_hex(pages: Pages) -> None:
+    await _as(pages, "ian", Role.LAB_IT)
+    listing = (await pages.client.get("/instruments/chem-1/quarantine")).text
+    entry_id = listing.split('href="/quarantine/', 1)[1].split('"', 1)[0]
+    entry = (await pages.client.get(f"/quarantine/{entry_id}")).text
+    assert "^B1H|\\^&amp;^M" in entry and "00000000  02 31 48 7C" in entry
+    assert (await pages.client.get("/quarantine/999999")).status_code == 404
+
+
+async def test_forms_act_as_the_person_and_say_what_they_refused(pages: Pages) -> None:
+    held = await _act_on_held(pages, "tess", Role.TECHNICIAN, "release", {})
+    assert held.status_code == 403
+    comment = await _act_on_held(pages, "tess", Role.TECHNICIAN, "comment", {"text": "haemolysed"})
+    assert comment.status_code == 303 and "done=" in comment.headers["location"]
+    refused = await _act_on_held(pages, "val", Role.VALIDATOR, "reject", {"reason": ""})
+    assert refused.status_code == 303 and "error=" in refused.headers["location"]
+    released = await _act_on_held(pages, "val", Role.VALIDATOR, "release", {})
+    assert released.status_code == 303 and "released" in released.headers["location"]
+    again = await _act_on_held(pages, "val2", Role.VALIDATOR, "release", {}, result_id=None)
+    assert again is None  # nothing held any more
+    note = (await pages.client.get("/held")).text
+    assert "No result held." in note
+
+
+async def _act_on_held(
+    pages: Pages,
+    name: str,
+    role: Role,
+    action: str,
+    fields: dict[str, Any],
+    result_id: int | None = 0,
+) -> httpx.Response | None:
+    token = await _as(pages, name, role)
+    page = (await pages.client.get("/held")).text
+    if 'data-result="' not in page:
+        return None
+    found = int(page.split('data-result="', 1)[1].split('"', 1)[0])
+    return await pages.client.post(
+        f"/held/{found if result_id == 0 else result_id}/{action}",
+        data={"csrf_token": token, **fields},
+    )
