@@ -1,5 +1,6 @@
 """The status page in a real browser (Debian's Chromium driven by Playwright) against the
-daemon as its own process, fed by an analyser peer and delivering to a LIS peer: each role
+daemon as its own process, fed by an analyser peer and delivering to the bundled LIS
+simulator: each role
 logs in and sees what it may; a held result shows its reasons, a technician cannot
 release it, a validator does and the LIS gets it; a Levey-Jennings chart marks a
 violation with its rule. Screenshots go to artifacts/screenshots/."""
@@ -15,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from simulators.lis import LisSimulator
 from tests.conftest import ROOT
 from tests.daemon import DaemonProcess, connect, free_port
-from tests.lis_peer import LisPeer
 from tests.messages import patient, qc
 from tests.peer import StreamPeer, send_message
 
@@ -69,7 +70,7 @@ async def test_roles_held_results_release_and_a_levey_jennings_chart(
 ) -> None:
     shots = ROOT / "artifacts" / "screenshots" / database_url.split(":", 1)[0]
     shots.mkdir(parents=True, exist_ok=True)
-    lis = LisPeer()
+    lis = LisSimulator()
     lis_port = await lis.start()
     analyser_port, api_port = free_port(), free_port()
     daemon = DaemonProcess(
@@ -146,7 +147,9 @@ async def test_roles_held_results_release_and_a_levey_jennings_chart(
         await page.wait_for_load_state()
         assert "released" in await page.inner_text(".message.done")
         await lis.wait_for(1)
-        assert lis.received[0].specimen_id == "S-1"
+        (sent,) = lis.received
+        assert sent.specimen_ids == ("S-1",) and sent.answer == "AA"
+        assert [(r.test, r.value, r.status) for r in sent.results] == [("GLU", "31.0", "F")]
         assert await page.locator("tr[data-result]").filter(has_text="S-1").count() == 0
 
         # The biologist sees the CREA chart with the violation marked and named.

@@ -169,3 +169,11 @@ async def _act_on_held(
         f"/held/{found if result_id == 0 else result_id}/{action}",
         data={"csrf_token": token, **fields},
     )
+
+
+async def test_qc_past_its_validity_is_shown_expired(pages: Pages) -> None:
+    await _as(pages, "vic", Role.VIEWER)
+    # The control results are from T0; the page judges them at the time it is now.
+    qc_page = (await pages.client.get("/qc")).text
+    glu = qc_page.split(">GLU</a>", 1)[1].split("</tr>", 1)[0]
+    assert 'class="state expired"' in glu and "valid 24 h after its QC" in glu

@@ -11,7 +11,8 @@ reload never posts twice and every page's address can be bookmarked.
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 from urllib.parse import quote, urlencode
@@ -252,11 +253,31 @@ def add_pages(
         done = f"{reagent} lot {lot} recalled: {held} result(s) held, {released} to review"
         return _back("/reagents", done=done)
 
+    def judged(test: views.QcTest) -> views.QcTest:
+        """The stored state, with what the rules in force add to it: QC past its validity,
+        no QC in control yet, judged on the manufacturer's limits (Q3)."""
+        engine = control.engine
+        if test.state != "in-control" or engine is None:
+            return test
+        policy = engine.gate.policy(test.instrument, test.test_code)
+        if policy is None:
+            return replace(test, state="no-policy", detail="no QC policy for this test")
+        if test.last_in_control_at is None:
+            return replace(test, state="not-established", detail="no QC in control yet")
+        validity = timedelta(hours=float(policy.validity_hours))
+        if clock() - test.last_in_control_at > validity:
+            return replace(
+                test, state="expired", detail=f"valid {policy.validity_hours} h after its QC"
+            )
+        if test.recent and test.recent[-1].provisional:
+            return replace(test, detail="on the manufacturer's limits until the lab's own")
+        return test
+
     @app.get("/qc", response_class=HTMLResponse, include_in_schema=False)
     async def qc_page(
         request: Request, person: Annotated[Person, Depends(require(Action.VIEW))]
     ) -> Any:
-        tests = await store().read_async(views.qc_tests_view)
+        tests = [judged(t) for t in await store().read_async(views.qc_tests_view)]
         return render(request, "qc.html", person, "Quality control", "/qc", tests=tests)
 
     @app.get("/qc/{instrument}/{test}", response_class=HTMLResponse, include_in_schema=False)
@@ -268,7 +289,7 @@ def add_pages(
     ) -> Any:
         def read(conn: Any) -> tuple[Any, ...]:
             known = [t for t in views.qc_tests_view(conn, recent=0) if t.instrument == instrument]
-            state = next((t for t in known if t.test_code == test), None)
+            state = next((judged(t) for t in known if t.test_code == test), None)
             lots = views.control_lots(conn, instrument, test)
             points = {
                 lot.lot: views.evaluations(
