@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 
 from middleware.domain import ControlResult, InstrumentMessage, Order, Patient, Result, Specimen
 from middleware.engine.context import PreviousResult, ResultContext, SampleCondition
-from middleware.engine.decision import Action, Decision, Finding
+from middleware.engine.decision import EARLY_RELEASE, Action, Decision, Finding
 from middleware.engine.early_release import qc_waits
 from middleware.engine.engine import Engine
 from middleware.engine.qc import (
@@ -401,12 +401,14 @@ def redecide_held(
     # A result a person asked a re-run of waits for its re-run, whatever QC says now.
     held = [h for h in release.held_results(conn, instrument, states) if not h.rerun_requested]
     lookups = _Lookups.fetch(conn, [(h.result_id, h.result) for h in held], engine)
+    before = release.current_decisions(conn, [h.result_id for h in held])
     changed = []
     preliminary = []
     doubted = []
     for result_id, result, sent_early, early_by, _ in held:
         state = states[result.test_code]
         decision = engine.redecide(state, lookups.context(result_id, result, None, now))
+        decision = _with_sample_notes(decision, before.get(result_id))
         decided = (result_id, result, decision)
         # Sent early by a biologist, it stands while it only waits for QC, whichever wait.
         standing = decision.preliminary or (
@@ -423,6 +425,26 @@ def redecide_held(
         queue_preliminary(conn, lis, preliminary, now)
         queue_doubts(conn, lis, doubted, now)
     return changed
+
+
+def _with_sample_notes(decision: Decision, before: release.StoredDecision | None) -> Decision:
+    """A held result looked at again is judged without its message, so what the first
+    decision read of the sample there (its condition, the delay since collection) is not
+    seen again: the comments it made to travel with the result (S1, accepted with a
+    comment) are kept."""
+    if before is None:
+        return decision
+    present = {f.code for f in decision.findings}
+    kept = tuple(
+        f
+        for f in before.findings
+        if f.action is Action.RELEASE
+        and f.comment
+        and f.code not in present
+        # Sent early is what the hold was; the rules say again whether it still is.
+        and f.code != EARLY_RELEASE
+    )
+    return Decision(decision.action, decision.findings + kept) if kept else decision
 
 
 @dataclass(frozen=True, slots=True)

@@ -523,6 +523,14 @@ class Control:
             lambda conn: held_view.held_page(conn, instrument, specimen, after, limit)
         )
 
+    async def record_raw_view(self, by: str, quarantine_id: int) -> None:
+        """D8: ``by`` was shown the bytes of a quarantined message (patients and results
+        as the analyser sent them)."""
+        who, at = _who(by), self.clock()
+        await self._store().write(
+            lambda conn: audit(conn, at, who, "quarantine.view", f"quarantine {quarantine_id}")
+        )
+
     async def record_view(self, by: str, result_ids: Iterable[int]) -> None:
         """D8: ``by`` was shown these patient results."""
         shown = sorted(set(result_ids))

@@ -67,7 +67,7 @@ ROUTE_ACTIONS = {
     ("POST", "/qc/{instrument}/{test}/lots/{lot}/approve"): Action.APPROVE_LIMITS,
     ("GET", "/instruments"): Action.VIEW,
     ("GET", "/instruments/{name}/quarantine"): Action.VIEW,
-    ("GET", "/quarantine/{entry_id}"): Action.VIEW,
+    ("GET", "/quarantine/{entry_id}"): Action.VIEW_PATIENT_RESULTS,
     ("GET", "/reagents"): Action.VIEW,
     ("GET", "/reagents/{reagent}/{lot}"): Action.VIEW_PATIENT_RESULTS,
     ("POST", "/reagents/{reagent}/{lot}/recall"): Action.RECALL_REAGENT_LOT,
@@ -583,3 +583,39 @@ def test_a_certificate_that_cannot_be_used_stops_the_start(tmp_path: Path) -> No
         api_context(config)
     with pytest.raises(ValueError, match=r"api\.tls needs cert_file and key_file"):
         ApiConfig.model_validate({"tls": {"ca_file": tmp_path / "cert.pem"}})
+
+
+async def test_wrong_passwords_sent_together_are_limited_all_the_same(api: Api) -> None:
+    credentials.user(api.store, "alice", Role.VIEWER)
+    async with api.client("10.0.0.10") as client:
+        page = await client.get("/login")
+    form = {"username": "alice", "password": "guess", "csrf_token": _login_form(page)}
+
+    async def attempt() -> int:
+        # Each with the same login form, as a script sending them at once would.
+        async with api.client("10.0.0.10") as one:
+            one.cookies = httpx.Cookies(client.cookies)
+            return (await one.post("/login", data=form)).status_code
+
+    codes = sorted(await asyncio.gather(*(attempt() for _ in range(20))))
+    assert codes.count(401) == 5 and codes.count(429) == 15
+
+
+async def test_a_page_refreshing_itself_does_not_keep_its_session_alive(api: Api) -> None:
+    async with logged_in(api, "alice", Role.VIEWER) as (client, _):
+        api.clock.advance(minutes=10)  # a screen left open: only its own refreshes
+        polled = await client.get("/lis", headers={"X-Fragment": "1"})
+        assert polled.status_code == 200 and "set-cookie" not in polled.headers
+        api.clock.advance(minutes=6)  # 16 minutes since the person last did anything
+        assert (await client.get("/lis", headers={"X-Fragment": "1"})).status_code == 303
+
+
+async def test_secrets_beyond_ascii_are_wrong_not_faults(api: Api) -> None:
+    async with logged_in(api, "dr-lab", Role.BIOLOGIST) as (client, _):
+        refused = await client.post("/api/rules/reload", headers={"X-CSRF-Token": "é".encode()})
+        assert refused.status_code == 403
+    async with api.client() as stranger:
+        cookie = {"cookie": "lis_session=a.é".encode()}
+        assert (await stranger.get("/qc", headers=cookie)).status_code == 303
+        form = {"username": "x", "password": "y", "csrf_token": "é"}
+        assert (await stranger.post("/login", data=form)).status_code == 403

@@ -391,3 +391,27 @@ def test_a_correction_from_the_analyser_goes_to_the_lis_as_corrected(tmp_path: P
     ]
     assert statuses == [["F"], ["C"]]
     assert entries[1].message.split("\r")[2].endswith("|C")  # OBR-25: a corrected report
+
+
+def test_a_comment_of_sample_acceptance_travels_when_qc_releases_the_result_later(
+    database_url: str,
+) -> None:
+    # S1: separated 3 h after collection, the glucose is accepted with a comment; it
+    # waits for QC, and the QC that releases it does not read the sample's message again.
+    late = [
+        b"H|\\^&|||CHEM-1|||||||P|LIS2-A2",
+        b"P|1||PAT9",
+        b"O|1|S-9||^^^GLU|R||20260301050000",
+        b"R|1|^^^GLU|5.0|mmol/L||N||F||||20260301075900",
+        b"L|1|N",
+    ]
+    store = Store(database_url)
+    try:
+        _write(store, late, T0)
+        assert store.read(outbox.entries) == []  # held: no QC yet
+        _write(store, qc("5.2", "15.6"), T0 + timedelta(minutes=1))
+        (sent,) = store.read(outbox.entries)
+    finally:
+        store.close()
+    assert sent.specimen_id == "S-9"
+    assert "Glucose may be falsely low" in sent.message

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from middleware.control import Control
 from middleware.settings import Settings
@@ -34,6 +34,16 @@ CHEM = {"name": "chem-1", "transport": "tcp-server", "host": "127.0.0.1", "port"
 class Pages:
     store: Store
     client: httpx.AsyncClient
+
+    def audited(self, action: str) -> list[tuple[str, str]]:
+        rows = self.store.read(
+            lambda c: c.execute(
+                select(audit_log.c.actor, audit_log.c.subject)
+                .where(audit_log.c.action == action)
+                .order_by(audit_log.c.id)
+            ).all()
+        )
+        return [(r.actor, r.subject) for r in rows]
 
     def views(self) -> list[str]:
         rows = self.store.read(
@@ -129,12 +139,35 @@ async def test_a_view_of_patient_results_is_recorded_once_per_person(pages: Page
 
 
 async def test_quarantined_bytes_in_caret_notation_and_hex(pages: Pages) -> None:
-    await _as(pages, "ian", Role.LAB_IT)
+    await _as(pages, "vic", Role.VIEWER)
     listing = (await pages.client.get("/instruments/chem-1/quarantine")).text
     entry_id = listing.split('href="/quarantine/', 1)[1].split('"', 1)[0]
     entry = (await pages.client.get(f"/quarantine/{entry_id}")).text
     assert "^B1H|\\^&amp;^M" in entry and "00000000  02 31 48 7C" in entry
     assert (await pages.client.get("/quarantine/999999")).status_code == 404
+    # The bytes hold patients and results: who saw them is recorded (D8), and lab IT,
+    # which sees no patient data, gets the list without them.
+    assert pages.audited("quarantine.view") == [("vic", f"quarantine {entry_id}")]
+    await _as(pages, "ian", Role.LAB_IT)
+    listing = (await pages.client.get("/instruments/chem-1/quarantine")).text
+    assert "no record could be read" in listing and 'href="/quarantine/' not in listing
+    assert (await pages.client.get(f"/quarantine/{entry_id}")).status_code == 403
+
+
+async def test_pages_escape_what_the_address_holds_and_are_not_cached_or_framed(
+    pages: Pages,
+) -> None:
+    await _as(pages, "vic", Role.VIEWER)
+    missing = await pages.client.get("/reagents/%3Cimg%20src=x%20onerror=alert(1)%3E/LOT1")
+    assert missing.status_code == 404
+    assert "<img" not in missing.text and "&lt;img src=x onerror=alert(1)&gt;" in missing.text
+    page = await pages.client.get("/held")
+    assert page.headers["cache-control"] == "no-store"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    for path in ("/quarantine/99999999999999999999", "/held?after_instrument=a&"
+                 "after_specimen=b&after_id=99999999999999999999"):  # fmt: skip
+        assert (await pages.client.get(path)).status_code == 422, path
 
 
 async def test_forms_act_as_the_person_and_say_what_they_refused(pages: Pages) -> None:
@@ -177,3 +210,17 @@ async def test_qc_past_its_validity_is_shown_expired(pages: Pages) -> None:
     qc_page = (await pages.client.get("/qc")).text
     glu = qc_page.split(">GLU</a>", 1)[1].split("</tr>", 1)[0]
     assert 'class="state expired"' in glu and "valid 24 h after its QC" in glu
+
+
+async def test_lab_it_sees_the_lis_link_without_the_messages_it_carries(pages: Pages) -> None:
+    def stop_the_first(conn: Any) -> None:
+        _store(conn, patient("S-2", "5.0"), T0)  # released: queued for the LIS
+        conn.execute(text("UPDATE outbox SET state = 'stopped', detail = 'AE: no patient'"))
+
+    await pages.store.write(stop_the_first)
+    await _as(pages, "ian", Role.LAB_IT)
+    link = (await pages.client.get("/lis")).text
+    assert "AE: no patient" in link and "Send again" in link
+    assert "PID|" not in link and "<summary>Message</summary>" not in link
+    await _as(pages, "val", Role.VALIDATOR)
+    assert "PID|" in (await pages.client.get("/lis")).text

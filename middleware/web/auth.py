@@ -16,7 +16,6 @@ none, as no browser sends that header of itself.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from middleware.store import users as stored_users
 from middleware.store.audit import audit
 from middleware.store.sql import utcnow
 from middleware.web.roles import Action, Role, allowed
-from middleware.web.sessions import LoginThrottle, Session, SessionCodec, load_key
+from middleware.web.sessions import LoginThrottle, Session, SessionCodec, load_key, same
 
 log = structlog.get_logger("middleware.web")
 
@@ -167,8 +166,10 @@ class Auth:
             return None
         if row.sessions_revoked_at is not None and session.issued < _ms(row.sessions_revoked_at):
             return None
-        # Slides the idle timeout: the cookie goes back with this request's time.
-        _state(request)[_STATE_COOKIE] = self._cookie_header(session)
+        # Slides the idle timeout: the cookie goes back with this request's time. Not for a
+        # page refreshing itself (static/live.js): a screen left open is not a person.
+        if request.headers.get("x-fragment") != "1":
+            _state(request)[_STATE_COOKIE] = self._cookie_header(session)
         return User(row.name, row.role, session.csrf)
 
     def _cookie_header(self, session: Session | None) -> str:
@@ -239,7 +240,7 @@ class Require:
             raise NotAuthenticated()
         if request.method not in SAFE_METHODS and user.csrf_token is not None:
             sent = request.headers.get("x-csrf-token") or await _form_field(request, "csrf_token")
-            if not sent or not hmac.compare_digest(sent, user.csrf_token):
+            if not sent or not same(sent, user.csrf_token):
                 log.warning("request refused: no CSRF token", path=request.url.path, user=user.name)
                 raise HTTPException(403, "missing or wrong CSRF token")
         if self.action is not None and not allowed(user.role, self.action):
@@ -373,14 +374,17 @@ def install(app: FastAPI, auth: Auth) -> None:
             )
             page.headers["Retry-After"] = str(math.ceil(wait))
             return page
+        # Counted as failed before the password is checked (which waits for a hashing
+        # turn): attempts sent together cannot all pass the check above.
+        locked = auth.throttle.failed(keys, now)
         role, why = await auth.check_password(name, password)
         if role is None:
-            locked = auth.throttle.failed(keys, now)
             detail = {"reason": why} | ({"locked": True} if locked else {})
             await auth.record(name[:100], "auth.login.failed", address, detail)
             log.info("login refused", address=address, reason=why, locked=locked)
             return form(request, 401, "Wrong user name or password.", nxt)
         auth.throttle.succeeded(keys[0])
+        auth.throttle.forgive(keys[1:])
         await auth.record(name, "auth.login", address, {"role": role.value})
         response = RedirectResponse(_next(app, nxt), 303)
         auth.start_session(response, name)

@@ -13,11 +13,12 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Annotated, Any, Protocol
+from html import escape
+from pathlib import Path as FilePath
+from typing import Annotated, Any, Protocol, TypeVar
 from urllib.parse import quote, urlencode
 
-from fastapi import Depends, FastAPI, Form, Request
+from fastapi import Depends, FastAPI, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -30,7 +31,7 @@ from middleware.web.charts import ChartPoint, levey_jennings
 from middleware.web.rawbytes import caret, hexdump
 from middleware.web.roles import Action, Role, allowed
 
-HERE = Path(__file__).parent
+HERE = FilePath(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 
 NAV = (
@@ -48,6 +49,10 @@ class Person(Protocol):
     name: str
     role: Role
 
+
+#: Row ids are 32-bit in the schema: a larger one is refused (422), never a fault.
+MAX_ID = 2**31 - 1
+RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 Require = Callable[[Action], Any]
 """An action's dependency: ``Depends(require(action))`` gives the person, or refuses."""
@@ -75,7 +80,7 @@ def add_pages(
         live = name.removesuffix(".html") + "_live.html"
         if _fragment(request) and (HERE / "templates" / live).exists():
             name = live
-        return templates.TemplateResponse(
+        page = templates.TemplateResponse(
             request,
             name,
             {
@@ -89,6 +94,7 @@ def add_pages(
                 **context,
             },
         )
+        return _guarded(page)
 
     def store() -> Any:
         if control.store is None:
@@ -110,7 +116,7 @@ def add_pages(
         specimen: str | None = None,
         after_instrument: str | None = None,
         after_specimen: str | None = None,
-        after_id: int | None = None,
+        after_id: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
     ) -> Any:
         after = None
         if after_instrument is not None and after_specimen is not None and after_id is not None:
@@ -120,8 +126,9 @@ def add_pages(
         new = viewed.new(person.name, shown)
         if new:
             # D8: who saw which patient result; a page polled again records only what
-            # this person had not seen yet.
+            # this person had not seen yet (marked so once the record is written).
             await control.record_view(person.name, new)
+            viewed.seen(person.name, new)
         next_query = ""
         if page.next_after is not None:
             next_instrument, next_specimen, next_id = page.next_after
@@ -157,14 +164,14 @@ def add_pages(
 
     @app.post("/held/{result_id}/release", include_in_schema=False)
     async def release(
-        result_id: int, person: Annotated[Person, Depends(require(Action.RELEASE))]
+        result_id: RowId, person: Annotated[Person, Depends(require(Action.RELEASE))]
     ) -> Response:
         work = control.release_results([result_id], person.name)
         return await act("/held", f"result {result_id} released", work)
 
     @app.post("/held/{result_id}/reject", include_in_schema=False)
     async def reject(
-        result_id: int,
+        result_id: RowId,
         person: Annotated[Person, Depends(require(Action.REJECT))],
         reason: Annotated[str, Form(max_length=2000)] = "",
     ) -> Response:
@@ -173,21 +180,21 @@ def add_pages(
 
     @app.post("/held/{result_id}/send-early", include_in_schema=False)
     async def send_early(
-        result_id: int, person: Annotated[Person, Depends(require(Action.EARLY_RELEASE))]
+        result_id: RowId, person: Annotated[Person, Depends(require(Action.EARLY_RELEASE))]
     ) -> Response:
         work = control.send_early([result_id], person.name)
         return await act("/held", f"result {result_id} sent as preliminary", work)
 
     @app.post("/held/{result_id}/rerun", include_in_schema=False)
     async def rerun(
-        result_id: int, person: Annotated[Person, Depends(require(Action.REQUEST_RERUN))]
+        result_id: RowId, person: Annotated[Person, Depends(require(Action.REQUEST_RERUN))]
     ) -> Response:
         work = control.request_rerun([result_id], person.name)
         return await act("/held", f"re-run of result {result_id} asked for", work)
 
     @app.post("/held/{result_id}/comment", include_in_schema=False)
     async def comment(
-        result_id: int,
+        result_id: RowId,
         person: Annotated[Person, Depends(require(Action.COMMENT))],
         text: Annotated[str, Form(max_length=2000)] = "",
     ) -> Response:
@@ -223,15 +230,16 @@ def add_pages(
         reagent: str,
         lot: str,
         person: Annotated[Person, Depends(require(Action.VIEW_PATIENT_RESULTS))],
-        after: int = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     ) -> Any:
         try:
             found = await control.results_of_lot(reagent, lot, after)
         except NotFound as missing:
-            return HTMLResponse(str(missing), 404)
+            return _guarded(HTMLResponse(escape(str(missing)), 404))
         new = viewed.new(person.name, [r.result_id for r in found])
         if new:
             await control.record_view(person.name, new)
+            viewed.seen(person.name, new)
         return render(
             request, "reagent_lot.html", person, f"Results made with {reagent} lot {lot}",
             "/reagents", results=found,
@@ -325,7 +333,7 @@ def add_pages(
 
     @app.post("/qc/corrective-actions/{action_id}/close", include_in_schema=False)
     async def close_corrective_action(
-        action_id: int,
+        action_id: RowId,
         person: Annotated[Person, Depends(require(Action.RECORD_CORRECTIVE_ACTION))],
         action_taken: Annotated[str, Form(max_length=2000)] = "",
     ) -> Response:
@@ -373,15 +381,20 @@ def add_pages(
         return render(
             request, "quarantine.html", person, f"Quarantined messages of {name}",
             "/instruments", entries=entries,
+            can_read=allowed(person.role, Action.VIEW_PATIENT_RESULTS),
         )  # fmt: skip
 
     @app.get("/quarantine/{entry_id}", response_class=HTMLResponse, include_in_schema=False)
     async def quarantine_entry(
-        request: Request, entry_id: int, person: Annotated[Person, Depends(require(Action.VIEW))]
+        request: Request,
+        entry_id: RowId,
+        person: Annotated[Person, Depends(require(Action.VIEW_PATIENT_RESULTS))],
     ) -> Any:
         entry = await store().read_async(lambda c: views.quarantined_entry(c, entry_id))
         if entry is None:
-            return HTMLResponse("no such quarantined message", 404)
+            return _guarded(HTMLResponse("no such quarantined message", 404))
+        # The bytes an analyser sent hold patients and their results (D8).
+        await control.record_raw_view(person.name, entry_id)
         return render(
             request, "quarantine_entry.html", person, f"Quarantined message {entry_id}",
             "/instruments", entry=entry, caret=caret(entry.data), hex=hexdump(entry.data),
@@ -397,12 +410,13 @@ def add_pages(
             request, "lis.html", person, "LIS link", "/lis", link=link,
             oldest=int((clock() - oldest).total_seconds()) if oldest else None,
             can_retry=allowed(person.role, Action.OUTBOX_RETRY),
+            can_read=allowed(person.role, Action.VIEW_PATIENT_RESULTS),
             can_dismiss=allowed(person.role, Action.OUTBOX_DISMISS),
         )  # fmt: skip
 
     @app.post("/lis/outbox/{entry_id}/retry", include_in_schema=False)
     async def retry(
-        entry_id: int, person: Annotated[Person, Depends(require(Action.OUTBOX_RETRY))]
+        entry_id: RowId, person: Annotated[Person, Depends(require(Action.OUTBOX_RETRY))]
     ) -> Response:
         try:
             await control.retry_outbox(entry_id, person.name)
@@ -412,13 +426,35 @@ def add_pages(
 
     @app.post("/lis/outbox/{entry_id}/dismiss", include_in_schema=False)
     async def dismiss(
-        entry_id: int, person: Annotated[Person, Depends(require(Action.OUTBOX_DISMISS))]
+        entry_id: RowId, person: Annotated[Person, Depends(require(Action.OUTBOX_DISMISS))]
     ) -> Response:
         try:
             await control.dismiss_outbox(entry_id, person.name)
         except ControlError as refused:
             return _back("/lis", error=str(refused))
         return _back("/lis", done=f"message {entry_id} set aside")
+
+
+R = TypeVar("R", bound=Response)
+
+#: Pages show patient results: never cached, never framed by another page, no script but
+#: the page's own file.
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "Vary": "X-Fragment, Cookie",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def _guarded(response: R) -> R:
+    response.headers.update(_HEADERS)
+    return response
 
 
 def _back(path: str, **message: str) -> RedirectResponse:
@@ -458,12 +494,17 @@ class _Viewed:
         self._per_person = per_person
 
     def new(self, person: str, shown: Iterable[int]) -> list[int]:
+        """What of ``shown`` this person has not been recorded seeing."""
+        seen = self._seen.get(person, set())
+        return [i for i in shown if i not in seen]
+
+    def seen(self, person: str, ids: Iterable[int]) -> None:
+        """Recorded: ``ids`` need not be again for this person."""
         seen = self._seen.pop(person, set())
-        fresh = [i for i in shown if i not in seen]
-        seen.update(fresh)
+        fresh = set(ids)
+        seen |= fresh
         if len(seen) > self._per_person:
-            seen = set(fresh)
+            seen = fresh
         self._seen[person] = seen
         while len(self._seen) > self._people:
             self._seen.popitem(last=False)
-        return fresh

@@ -56,12 +56,20 @@ def _signed(key: bytes, purpose: bytes, payload: object) -> str:
     return f"{body}.{_mac(key, purpose, body)}"
 
 
+def same(given: str, expected: str) -> bool:
+    """Whether a secret sent matches, in constant time; any text may be sent (a header or
+    cookie with characters beyond ASCII is a wrong value, not a fault)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
+
+
 def _opened(key: bytes, purpose: bytes, value: str) -> object:
     """The payload of a value this key signed for ``purpose``; None otherwise."""
-    if len(value) > 4096 or value.count(".") != 1:
+    if len(value) > 4096 or not value.isascii() or value.count(".") != 1:
         return None
     body, mac = value.split(".")
-    if not hmac.compare_digest(mac, _mac(key, purpose, body)):
+    if not same(mac, _mac(key, purpose, body)):
         return None
     try:
         return json.loads(_unb64(body))
@@ -121,7 +129,7 @@ class SessionCodec:
 
     def login_token_matches(self, cookie: str, form: str) -> bool:
         token = _opened(self.key, _LOGIN, cookie)
-        return isinstance(token, str) and hmac.compare_digest(token, form)
+        return isinstance(token, str) and same(token, form)
 
 
 class LoginThrottle:
@@ -164,6 +172,14 @@ class LoginThrottle:
 
     def succeeded(self, key: str) -> None:
         self._failures.pop(key, None)
+
+    def forgive(self, keys: Iterable[str]) -> None:
+        """Takes back the latest failure counted for these keys: an attempt counted as
+        failed before its password was checked, which turned out right."""
+        for key in keys:
+            failures = self._failures.get(key)
+            if failures:
+                failures.pop()
 
     def __len__(self) -> int:
         return len(self._failures)
