@@ -170,6 +170,12 @@ def _holds(conn: Connection, ids: Sequence[int]) -> list[release.Held] | Refusal
     missing = [i for i in ids if i not in known]
     if missing:
         return Refusal("not-found", f"no {_named(missing)}")
+    # The QC state of their tests first, then the holds: the order an analyser's QC
+    # message takes them in (it decides the held results of its tests again), so that a
+    # person acting and a QC message on another daemon never wait on each other in a cycle.
+    QcBook.read(
+        conn, {(h.result.instrument, h.result.test_code) for h in release.holds_among(conn, ids)}
+    )
     held = release.holds_among(conn, ids, lock=True)
     if len(held) < len(ids):
         found = {h.result_id for h in held}

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine, literal, select
 from middleware import archive
 from middleware.store import archives as recorded_archives
 from middleware.store.archives import ArchiveRecord
-from middleware.store.audit import audit
+from middleware.store.audit import audit, chain_start
 from middleware.store.records import RECORD_TABLES
 from middleware.store.retention import delete_archived
 
@@ -94,6 +94,9 @@ def purge(
                 "deleted": {name: n for name, n in done.deleted.items() if n},
                 "before": {kind: limit.isoformat() for kind, limit in limits.items()},
                 "archives": done.archives,
+                # Where the audit log's chain now starts: entries gone from its start later
+                # than this purge are then found by audit verify.
+                "audit_resumes_from": chain_start(conn),
             }
             audit(conn, now, by, "retention.purge", "", detail)
     return done

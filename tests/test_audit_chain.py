@@ -24,7 +24,7 @@ from middleware.store.archives import Month
 from middleware.store.audit import GENESIS, ChainCheck, audit, entry_hash, verify_chain
 from middleware.store.database import MIGRATIONS, migrate, open_engine
 from middleware.store.retention import cutoffs
-from middleware.store.schema import audit_log
+from middleware.store.schema import audit_log, purge_permit
 from tests.record_store import store_month, write_config
 
 AT = datetime(2026, 4, 1, 9, 30, 15, 123456, tzinfo=UTC)
@@ -272,3 +272,15 @@ def test_a_purge_leaves_a_chain_that_checks_out_from_the_first_entry_kept(
     # The archive holds the entry purged, with the hash the first one kept follows.
     archived = (tmp_path / "a" / "2015-03" / "audit_log.jsonl").read_text()
     assert checked.starts_after is not None and checked.starts_after in archived
+
+    # Someone able to lift the triggers deletes the oldest entries kept, as a purge does:
+    # the chain no longer starts where the purge left it.
+    with store.engine.connect() as conn:
+        conn.execution_options(write=True)
+        with conn.begin():
+            conn.execute(purge_permit.insert().values(granted_at=now))
+            conn.execute(audit_log.delete().where(audit_log.c.id.in_([2, 3])))
+            conn.execute(purge_permit.delete())
+    tampered = check(store.engine)
+    assert tampered.broken is not None and tampered.broken.id == 4
+    assert "latest purge" in tampered.broken.problem

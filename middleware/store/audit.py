@@ -139,11 +139,17 @@ def verify_chain(conn: Connection, batch: int = 1000) -> ChainCheck:
             break
         if first_id is None:
             first_id, starts_after, expected = row.id, row.prev_hash, row.prev_hash
-            if row.prev_hash != GENESIS and not _purged(conn):
+            purged_to = _purged_to(conn) if row.prev_hash != GENESIS else GENESIS
+            if row.prev_hash != purged_to:
+                why = (
+                    "no purge of the log is recorded"
+                    if purged_to is None
+                    else "nor where the latest purge of the log left its start"
+                )
                 broken = ChainBreak(
                     row.id,
-                    f"({_describe(row)}) is not the first entry ever written, and no purge "
-                    "of the log is recorded: the entries before it were deleted",
+                    f"({_describe(row)}) is not the first entry ever written, and {why}: "
+                    "the entries before it were deleted",
                 )
                 break
         if row.prev_hash != expected:
@@ -165,13 +171,31 @@ def verify_chain(conn: Connection, batch: int = 1000) -> ChainCheck:
     return ChainCheck(count, first_id, last_id, starts_after, head, broken)
 
 
-def _purged(conn: Connection) -> bool:
-    """A purge records itself after it deletes, and the latest purge's entry is newer than
-    anything a purge deletes: entries gone from the start are explained by one."""
+def chain_start(conn: Connection) -> str:
+    """The hash the oldest entry kept follows (GENESIS while nothing was purged): what a
+    purge records, once it has deleted, as where the chain starts now."""
     found = conn.execute(
-        select(audit_log.c.id).where(audit_log.c.action == "retention.purge").limit(1)
-    ).first()
-    return found is not None
+        select(audit_log.c.prev_hash).order_by(audit_log.c.id).limit(1)
+    ).scalar_one_or_none()
+    return found or GENESIS
+
+
+def _purged_to(conn: Connection) -> str | None:
+    """Where the latest purge left the start of the chain; None when none is recorded.
+    Entries gone from the start are explained by a purge only if the chain starts there."""
+    detail = conn.execute(
+        select(audit_log.c.detail)
+        .where(audit_log.c.action == "retention.purge")
+        .order_by(audit_log.c.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if detail is None:
+        return None
+    try:
+        start = json.loads(detail).get("audit_resumes_from")
+    except (ValueError, AttributeError):
+        return None
+    return start if isinstance(start, str) else None
 
 
 __all__ = [
@@ -179,6 +203,7 @@ __all__ = [
     "ChainBreak",
     "ChainCheck",
     "audit",
+    "chain_start",
     "entry_hash",
     "instant",
     "last_hash",
