@@ -79,7 +79,7 @@ def with_timing(prefix: str, argv: list[str]) -> int:
         "store", pipeline.store_delivery, lambda _conn, delivery, *_: delivery.reading
     )
     pipeline.assess_message = timed(
-        "engine", pipeline.assess_message, lambda _conn, _engine, _stored, reading, _now: reading
+        "engine", pipeline.assess_message, lambda _conn, _engine, _stored, reading, *_: reading
     )
     uncommitted = StoreWriter._commit
 
