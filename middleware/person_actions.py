@@ -17,7 +17,7 @@ engine's (Q12).
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -254,15 +254,7 @@ def release_results(
     queued = []
     if lis is not None:
         queued = queue_released(conn, lis, [(r, d) for _, r, d in decided], (), now)
-    for result_id, result, decision in decided:
-        audit(
-            conn,
-            now,
-            by,
-            "results.release",
-            f"result {result_id}",
-            {**_about(result), "over": list(decision.reasons)},
-        )
+    _audit_each(conn, now, by, "results.release", decided, lambda d: {"over": list(d.reasons)})
     return Acted(tuple(ids), tuple(queued))
 
 
@@ -288,15 +280,7 @@ def reject_results(
     queued = []
     if lis is not None:
         queued = queue_released(conn, lis, [(r, d) for _, r, d in decided], (), now)
-    for result_id, result, _ in decided:
-        audit(
-            conn,
-            now,
-            by,
-            "results.reject",
-            f"result {result_id}",
-            {**_about(result), "reason": reason},
-        )
+    _audit_each(conn, now, by, "results.reject", decided, lambda _: {"reason": reason})
     return Acted(tuple(ids), tuple(queued))
 
 
@@ -343,15 +327,7 @@ def request_rerun(
     release.record_decisions(conn, decided, now, by)
     release.mark_rerun_requested(conn, ids, now)
     queued = _doubt(conn, lis, held, decided, now)
-    for result_id, result, _ in decided:
-        audit(
-            conn,
-            now,
-            by,
-            "results.rerun",
-            f"result {result_id}",
-            {**_about(result), "reason": reason},
-        )
+    _audit_each(conn, now, by, "results.rerun", decided, lambda _: {"reason": reason})
     return Acted(tuple(ids), tuple(queued))
 
 
@@ -440,15 +416,9 @@ def send_early(
         decided.append((found.held.result_id, found.held.result, decide([*findings, early])))
     release.record_decisions(conn, decided, now, by)
     queued = queue_preliminary(conn, lis, decided, now, by=by)
-    for result_id, result, decision in decided:
-        audit(
-            conn,
-            now,
-            by,
-            "results.send_early",
-            f"result {result_id}",
-            {**_about(result), "waiting_for": list(decision.reasons)},
-        )
+    _audit_each(
+        conn, now, by, "results.send_early", decided, lambda d: {"waiting_for": list(d.reasons)}
+    )
     return Acted(tuple(ids), tuple(queued))
 
 
@@ -526,6 +496,20 @@ def _doubt(
         release.mark_preliminary(conn, early, None)
         return []
     return queue_doubts(conn, lis, doubted, now)
+
+
+def _audit_each(
+    conn: Connection,
+    now: datetime,
+    by: str,
+    action: str,
+    decided: Sequence[tuple[int, Result, Decision]],
+    detail: Callable[[Decision], dict[str, object]],
+) -> None:
+    """One audit row per result acted on: which result, where it was measured, and what
+    ``detail`` says of the decision."""
+    for result_id, result, decision in decided:
+        audit(conn, now, by, action, f"result {result_id}", {**_about(result), **detail(decision)})
 
 
 def _about(result: Result) -> dict[str, str]:
