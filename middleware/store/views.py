@@ -134,20 +134,24 @@ def evaluations(
     return [_evaluation(row) for row in reversed(list(rows))]
 
 
-def qc_tests_view(conn: Connection, recent: int = 4) -> list[QcTest]:
-    """Every instrument test the QC state knows, with its latest evaluations."""
-    rows = conn.execute(
-        select(
-            qc_tests.c.instrument,
-            qc_tests.c.test_code,
-            qc_tests.c.corrective_action_since,
-            qc_tests.c.corrective_action_reason,
-            qc_tests.c.locked,
-            qc_tests.c.void_reason,
-            qc_tests.c.last_in_control_at,
-            qc_tests.c.lots_in_use,
-        ).order_by(qc_tests.c.instrument, qc_tests.c.test_code)
-    ).all()
+def qc_tests_view(
+    conn: Connection, recent: int = 4, only: tuple[str, str] | None = None
+) -> list[QcTest]:
+    """Every instrument test the QC state knows (``only`` one: instrument and test), with
+    its latest evaluations."""
+    query = select(
+        qc_tests.c.instrument,
+        qc_tests.c.test_code,
+        qc_tests.c.corrective_action_since,
+        qc_tests.c.corrective_action_reason,
+        qc_tests.c.locked,
+        qc_tests.c.void_reason,
+        qc_tests.c.last_in_control_at,
+        qc_tests.c.lots_in_use,
+    ).order_by(qc_tests.c.instrument, qc_tests.c.test_code)
+    if only is not None:
+        query = query.where(qc_tests.c.instrument == only[0], qc_tests.c.test_code == only[1])
+    rows = conn.execute(query).all()
     tests = []
     for row in rows:
         state = qc_state(row.corrective_action_since, row.locked, row.void_reason)

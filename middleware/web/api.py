@@ -283,17 +283,17 @@ def _probes(app: FastAPI, monitor: Monitor) -> None:
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         """Live: the event loop answers and the store writer is not stuck."""
-        problems = monitor.not_live()
-        return JSONResponse(
-            {"status": "fail" if problems else "ok", "problems": problems},
-            503 if problems else 200,
-        )
+        return _probe(monitor.not_live())
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         """Ready: the store answers, the listeners are bound, the LIS outbox is moving."""
-        problems = monitor.not_ready()
-        return JSONResponse(
-            {"status": "fail" if problems else "ok", "problems": problems},
-            503 if problems else 200,
-        )
+        return _probe(monitor.not_ready())
+
+
+def _probe(problems: list[str]) -> JSONResponse:
+    """A probe's answer: 200 when nothing is wrong, else 503 with every reason."""
+    return JSONResponse(
+        {"status": "fail" if problems else "ok", "problems": problems},
+        503 if problems else 200,
+    )

@@ -296,8 +296,8 @@ def add_pages(
         person: Annotated[Person, Depends(require(Action.VIEW))],
     ) -> Any:
         def read(conn: Any) -> tuple[Any, ...]:
-            known = [t for t in views.qc_tests_view(conn, recent=0) if t.instrument == instrument]
-            state = next((judged(t) for t in known if t.test_code == test), None)
+            found = views.qc_tests_view(conn, recent=0, only=(instrument, test))
+            state = judged(found[0]) if found else None
             lots = views.control_lots(conn, instrument, test)
             points = {
                 lot.lot: views.evaluations(
