@@ -26,7 +26,7 @@ from sqlalchemy import Connection, select  # noqa: E402
 
 from middleware.delivery import LisSender  # noqa: E402
 from middleware.domain import Measurement, Result  # noqa: E402
-from middleware.hl7.results import Reported, oru_r01  # noqa: E402
+from middleware.hl7.results import Reported, new_control_id, oru_r01  # noqa: E402
 from middleware.settings import LisConfig  # noqa: E402
 from middleware.store import Store, outbox  # noqa: E402
 from middleware.store.schema import outbox_log  # noqa: E402
@@ -51,7 +51,7 @@ def fill(conn: Connection, messages: int, results: int) -> None:
             )
             for i in range(results)
         ]
-        control_id = outbox.new_control_id()
+        control_id = new_control_id()
         message = oru_r01(control_id, AT, f"S{n}", None, reported)
         outbox.enqueue(conn, f"S{n}", "chem-1", control_id, message, AT)
 

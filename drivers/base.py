@@ -169,6 +169,32 @@ class Tables:
             return self.codes.get(code) or self.codes.get(code.upper(), code)
         return self.codes.get(code, code)
 
+    def analyser_code(self, lab_code: str) -> str:
+        for analyser, lab in self.codes.items():
+            if lab == lab_code:
+                return analyser
+        return lab_code
+
+    def requested(
+        self, query: HostQuery, orders: Iterable[Order]
+    ) -> list[tuple[str, list[Order], list[str]]]:
+        """For each specimen a query asks about: the orders held for it and the analyser's
+        codes of the tests to run (those asked for, once each, in order)."""
+        by_specimen: dict[str, list[Order]] = {}
+        for order in orders:
+            by_specimen.setdefault(order.specimen_id, []).append(order)
+        out = []
+        for specimen_id in query.specimen_ids:
+            held = by_specimen.get(specimen_id, [])
+            codes = dict.fromkeys(
+                self.analyser_code(c)
+                for o in held
+                for c in o.test_codes
+                if query.all_tests or c in query.test_codes
+            )
+            out.append((specimen_id, held, list(codes)))
+        return out
+
 
 class Driver(Tables):
     """The LIS2-A2 reading; subclasses override tables and hooks."""
@@ -458,32 +484,6 @@ class Driver(Tables):
         )
 
     # --- answering -------------------------------------------------------------------------
-
-    def analyser_code(self, lab_code: str) -> str:
-        for analyser, lab in self.codes.items():
-            if lab == lab_code:
-                return analyser
-        return lab_code
-
-    def requested(
-        self, query: HostQuery, orders: Iterable[Order]
-    ) -> list[tuple[str, list[Order], list[str]]]:
-        """For each specimen a query asks about: the orders held for it and the analyser's
-        codes of the tests to run (those asked for, once each, in order)."""
-        by_specimen: dict[str, list[Order]] = {}
-        for order in orders:
-            by_specimen.setdefault(order.specimen_id, []).append(order)
-        out = []
-        for specimen_id in query.specimen_ids:
-            held = by_specimen.get(specimen_id, [])
-            codes = dict.fromkeys(
-                self.analyser_code(c)
-                for o in held
-                for c in o.test_codes
-                if query.all_tests or c in query.test_codes
-            )
-            out.append((specimen_id, held, list(codes)))
-        return out
 
     def answer_query(
         self, query: HostQuery, orders: Iterable[Order], now: datetime

@@ -28,16 +28,19 @@ import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import ClassVar
 
 from drivers.base import ControlInfo, DriverOptions, Tables
 from drivers.detect import Detection, Instances, by_sender_then_layout, or_before
+from drivers.hl7_query import QUERY_MESSAGES, answers, read_query
 from middleware.domain import (
     Comment,
     ControlResult,
+    HostQuery,
     InstrumentMessage,
     Measurement,
+    Order,
     Patient,
     ReagentUse,
     Result,
@@ -50,6 +53,11 @@ _STAMP = re.compile(r"([0-9]{8}(?:[0-9]{2}(?:[0-9]{2}(?:[0-9]{2})?)?)?)(?:\.[0-9
 _SEQUENCE = re.compile(r"[0-9]{1,9}")
 #: Message types that carry results.
 RESULT_MESSAGES = frozenset({"ORU^R01", "OUL^R21", "OUL^R22", "OUL^R23", "OUL^R24"})
+
+
+def is_acknowledgment(message: Hl7Message) -> bool:
+    """An ACK (MSH-9 ``ACK``, any trigger): the answer to a message, not one to answer."""
+    return message.header.value(9).strip().upper() == "ACK"
 
 
 def parse_hl7_time(text: str) -> datetime | None:
@@ -269,6 +277,23 @@ class Hl7Driver(Tables):
                 self._problems.append(problem)
         return moment
 
+    # --- host queries ----------------------------------------------------------------------
+
+    def query(self, message: Hl7Message) -> tuple[HostQuery | None, str]:
+        """The tubes a query asks about, or None and why it cannot be read."""
+        return read_query(message)
+
+    def answer_query(
+        self,
+        message: Hl7Message,
+        query: HostQuery,
+        orders: Iterable[Order],
+        now: datetime,
+        zone: tzinfo,
+    ) -> list[str]:
+        """The messages answering a query, in the order they are sent."""
+        return answers(message, self.requested(query, orders), now, zone)
+
     # --- reading ---------------------------------------------------------------------------
 
     def read(self, message: Hl7Message) -> InstrumentMessage:
@@ -278,6 +303,16 @@ class Hl7Driver(Tables):
         self._problems = reading.problems
         self._sub = message.encoding.subcomponent
         kind = message.message_type
+        if kind in QUERY_MESSAGES:
+            query, why = self.query(message)
+            if query is None:
+                reading.problems.append(why)
+            else:
+                reading.queries.append(query)
+            return reading
+        if is_acknowledgment(message):
+            # The analyser's answer to one of ours (a query's DSR): nothing to read.
+            return reading
         if kind not in RESULT_MESSAGES:
             reading.problems.append(f"MSH-9: a {kind or 'message without type'} carries no results")
             return reading

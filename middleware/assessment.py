@@ -31,7 +31,7 @@ from middleware.engine.qc import (
     QcOutcome,
     TestQc,
 )
-from middleware.hl7.results import Reported, Sender, by_specimen
+from middleware.hl7.results import Reported, Sender, by_specimen, new_control_id
 from middleware.store import ingest, orders, outbox, qc_records, qc_state, recalls, release, sql
 from middleware.store.qc_state import LotKey, TestKey
 
@@ -382,7 +382,7 @@ def _enqueue(
 ) -> list[int]:
     return [
         outbox.enqueue(conn, b.specimen_id, b.instrument, b.control_id, b.message, now)
-        for b in by_specimen(reported, patients, now, lis, outbox.new_control_id)
+        for b in by_specimen(reported, patients, now, lis, new_control_id)
     ]
 
 

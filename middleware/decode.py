@@ -13,7 +13,7 @@ from drivers.hl7 import Hl7AutoDriver, Hl7Driver
 from middleware.astm.capture import Capture, CapturedMessage, CaptureError, read_capture
 from middleware.astm.frames import FrameTolerances
 from middleware.astm.records import DecodedMessage, decode_message
-from middleware.domain import ControlResult, Result
+from middleware.domain import ControlResult, HostQuery, Result
 from middleware.hl7.capture import CapturedHl7, Hl7Capture, looks_like_hl7, read_hl7_capture
 from middleware.hl7.segments import Hl7Error, Hl7Message, decode_text, parse_message
 
@@ -126,6 +126,7 @@ def decode_capture(
                 "results": [
                     _result_row(result, control) for result, control in reading.measurements()
                 ],
+                "queries": [_query_row(q) for q in reading.queries],
                 "errors": errors,
                 "offset": captured.offsets[0],
             }
@@ -202,6 +203,7 @@ def decode_hl7_capture(data: bytes, driver_name: str | None = AUTO) -> DecodeRep
                 "control_id": message.control_id,
                 "records": len(message.segments),
                 "results": [_result_row(r, c) for r, c in reading.measurements()],
+                "queries": [_query_row(q) for q in reading.queries],
                 "errors": [e.as_dict() for e in errors],
                 "offset": offset,
             }
@@ -209,6 +211,13 @@ def decode_hl7_capture(data: bytes, driver_name: str | None = AUTO) -> DecodeRep
     if not capture.messages and not capture.errors:
         report.errors.append({"kind": "empty", "detail": "no HL7 message found", "offset": 0})
     return report
+
+
+def _query_row(query: HostQuery) -> dict[str, Any]:
+    return {
+        "specimen_ids": list(query.specimen_ids),
+        "test_codes": None if query.all_tests else list(query.test_codes),
+    }
 
 
 def _result_row(result: Result, control: ControlResult | None) -> dict[str, Any]:
@@ -259,6 +268,9 @@ def render_text(report: DecodeReport) -> str:
                 f"{r['units']:<10} {r['reference_range']:<14} {flags:<6} {r['status']:<2} "
                 f"{r['completed_at'] or ''}{tag}"
             )
+        for q in message["queries"]:
+            tests = ", ".join(q["test_codes"]) if q["test_codes"] is not None else "all tests"
+            lines.append(f"  host query for {', '.join(q['specimen_ids'])}: {tests}")
         for e in message["errors"]:
             lines.append(f"  error {e['kind']} at {e['offset']}: {e['detail']}")
     for e in report.errors:

@@ -27,7 +27,7 @@ import structlog
 from sqlalchemy import Connection
 
 from drivers import get_hl7
-from drivers.hl7 import Hl7AutoDriver, Hl7Driver
+from drivers.hl7 import Hl7AutoDriver, Hl7Driver, is_acknowledgment
 from middleware.assessment import assess_message
 from middleware.domain import InstrumentMessage, analyser_zone
 from middleware.engine.engine import Engine
@@ -47,6 +47,7 @@ from middleware.metrics import Metrics
 from middleware.settings import InstrumentConfig
 from middleware.store import Store
 from middleware.store.ingest import Delivery, RawSpan, Stored, keep_raw, settle, store_delivery
+from middleware.store.orders import orders_for
 from middleware.store.sql import utcnow
 from middleware.transport.reconnect import Backoff
 from middleware.transport.tcp import ListenError, peer_name
@@ -105,6 +106,8 @@ class Hl7Connection:
         self.log = log.bind(instrument=instrument, connection=name, connection_id=self.id)
         self.kept = 0
         self._announced: type[Hl7Driver] | None = None
+        self._chosen: Hl7Driver | None = None
+        """The family that read the last message: the one that answers its queries."""
         self._arrivals: list[tuple[int, datetime]] = []
         """Stream offset and time of each piece received that is not yet stored."""
         self._pending: list[Pending] = []
@@ -160,22 +163,24 @@ class Hl7Connection:
         for event in events:
             if isinstance(event, Discarded):
                 answer = self._discarded(event, ending)
-                if answer is None:
-                    continue
+                replies = [answer] if answer is not None else []
                 head = event.data[1:]
             else:
-                answer, head = await self._message(event), event.message
-            if writer is not None:
+                replies, head = await self._message(event), event.message
+            if writer is not None and replies:
                 # In the character set of the message answered, whose names it repeats.
                 codec = encoding_of(head, self.encoding)
-                writer.write(frame(answer.encode(codec, errors="replace")))
+                for reply in replies:
+                    writer.write(frame(reply.encode(codec, errors="replace")))
                 await writer.drain()
         if self._pending:
             await self._flush(final=writer is None)
 
     # --- one message --------------------------------------------------------------------
 
-    async def _message(self, event: MessageReceived) -> str:
+    async def _message(self, event: MessageReceived) -> list[str]:
+        """Store a message, then what answers it: its ACK, or a query's answers; nothing
+        for the analyser's acknowledgment of one of ours."""
         raw = b"\x0b" + event.message + (b"\x1c" if event.missing_cr else b"\x1c\r")
         span = self._span(event.start, raw)
         text, charset_problem = decode_text(event.message, self.encoding)
@@ -225,7 +230,7 @@ class Hl7Connection:
             self.log.error("message not stored; refused", control_id=control_id, error=repr(exc))
             self._pending.append((span, "refused"))
             self._release(event.end)
-            return answer("AR", "not stored; send it again")
+            return [answer("AR", "not stored; send it again")]
         self._release(event.end)
         self.kept += 1
         if self.metrics is not None:
@@ -244,8 +249,36 @@ class Hl7Connection:
         )
         if stored.quarantined:
             why = "; ".join(delivery.problems or (reading.problems if reading else [])) or "unread"
-            return answer("AE", f"kept in quarantine: {why}")
-        return answer("AA")
+            return [answer("AE", f"kept in quarantine: {why}")]
+        if message is not None and is_acknowledgment(message):
+            self._acknowledged(message)
+            return []
+        if message is not None and reading is not None and reading.queries:
+            # A query sent again (our answer did not reach the analyser) is answered again.
+            return await self._answers(message, reading, now)
+        return [answer("AA")]
+
+    def _acknowledged(self, message: Hl7Message) -> None:
+        code = message.all("MSA")[0].value(1).upper() if message.all("MSA") else ""
+        said = self.log.info if code in ("AA", "CA") else self.log.warning
+        said("analyser acknowledged", code=code or None, answered=_msa_id(message))
+
+    async def _answers(
+        self, message: Hl7Message, reading: InstrumentMessage, now: datetime
+    ) -> list[str]:
+        """A host query's answers, from the orders held for the tubes it names."""
+        driver = self._chosen or self.driver
+        replies: list[str] = []
+        for query in reading.queries:
+            held = await self.store.read_async(
+                functools.partial(orders_for, specimen_ids=query.specimen_ids)
+            )
+            sent = driver.answer_query(message, query, held, now, self.timezone)
+            self.log.info(
+                "host query answered", specimens=list(query.specimen_ids), messages=len(sent)
+            )
+            replies += sent
+        return replies
 
     def _read(self, message: Hl7Message, problems: list[str]) -> InstrumentMessage | None:
         try:
@@ -260,6 +293,7 @@ class Hl7Connection:
                     driver=chosen.name,
                     reason=detection.reason if detection is not None else "configured",
                 )
+            self._chosen = chosen
             return chosen.read(message).in_timezone(self.timezone)
         except Exception as exc:  # a driver must never take the connection down
             self.log.exception("driver failed")
@@ -375,6 +409,12 @@ def _write(conn: Connection, pending: list[Pending], now: datetime) -> None:
             store_delivery(conn, item, now)
         else:
             keep_raw(conn, *item)
+
+
+def _msa_id(message: Hl7Message) -> str | None:
+    """MSA-2 of an acknowledgment: the control id of the message it answers."""
+    msa = message.all("MSA")
+    return msa[0].value(2) if msa else None
 
 
 def _answer(text: str, at: datetime, code: str, why: str = "") -> str:

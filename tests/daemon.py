@@ -95,8 +95,19 @@ class DaemonProcess:
         return int(self.process.returncode)
 
 
-async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", port)
+async def connect(
+    port: int, within: float = 0.0
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to the daemon; ``within`` seconds for a port it opens after its start (the
+    LIS order port opens once the instruments are served)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await asyncio.open_connection("127.0.0.1", port)
+        except ConnectionRefusedError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.05)
 
 
 def query(url: str, sql: str, **params: Any) -> list[Any]:

@@ -24,6 +24,7 @@ from tests.conftest import ROOT
 from tests.daemon import DaemonProcess, connect, free_port, query
 from tests.lis_peer import LisPeer
 from tests.test_ingest_integrity import raw_stream, wait_for, write_lock
+from tests.test_lis_orders import orm
 
 HAEMATOLOGY = {  # parameter: (LOINC, units, value of a patient)
     "WBC": ("6690-2", "10*3/uL", "6.75"),
@@ -86,12 +87,16 @@ class MllpPeer:
         await self.writer.drain()
 
     async def answer(self, timeout: float = 10.0) -> Answer:
+        return read_answer(await self.message(timeout))
+
+    async def message(self, timeout: float = 10.0) -> str:
+        """The next message the daemon sent, as text."""
         while not self.answers:
             data = await asyncio.wait_for(self.reader.read(65536), timeout)
             assert data, "the daemon closed the connection"
             events = self.mllp.receive_data(data)
             self.answers += [e.message for e in events if isinstance(e, MessageReceived)]
-        return read_answer(self.answers.pop(0).decode())
+        return self.answers.pop(0).decode()
 
     async def send(self, message: bytes) -> Answer:
         await self.write(frame(message))
@@ -183,7 +188,7 @@ def test_what_cannot_be_read_is_kept_and_answered_ae(
 ) -> None:
     port = free_port()
     start_daemon(port, driver="mindray_hl7")
-    query_message = b"MSH|^~\\&|BC-5380|Mindray|||20260105||QRY^Q02|Q-9|P|2.3.1\rQRD|1\r"
+    query_message = b"MSH|^~\\&|BC-5380|Mindray|||20260105||ADT^A01|Q-9|P|2.3.1\rEVN|A01\r"
     garbled = oru("P-10", "S-10").replace(b"\rOBX|3|", b"\robx|3|")
     with_nul = oru("P-11", "S-11").replace(b"|12.9|", b"|12\x009|")
     # A NUL written as an escape, and a blank line before the MSH: taken.
@@ -197,7 +202,7 @@ def test_what_cannot_be_read_is_kept_and_answered_ae(
         for _ in range(2):  # sent again: the same answer
             asked = await peer.send(query_message)
             assert (asked.code, asked.control_id) == ("AE", "Q-9")
-            assert "QRY^Q02 carries no results" in unescape(asked.text)
+            assert "ADT^A01 carries no results" in unescape(asked.text)
         # A segment that cannot be read may have held a result: not taken without it.
         cut = await peer.send(garbled)
         assert (cut.code, cut.control_id) == ("AE", "P-10")
@@ -217,7 +222,7 @@ def test_what_cannot_be_read_is_kept_and_answered_ae(
     reasons = [r for (r,) in query(database_url, "SELECT reason FROM quarantine ORDER BY id")]
     assert len(reasons) == 5
     assert reasons[0].startswith("not an HL7 message")
-    assert reasons[1] == "MSH-9: a QRY^Q02 carries no results"
+    assert reasons[1] == "MSH-9: a ADT^A01 carries no results"
     assert reasons[2].startswith("segment 7: 'obx|3|NM|789-8^RBC^L' is not a segment; left out")
     assert reasons[3] == "NUL characters in the message text"
     assert reasons[4] == "message cut short: the connection ended before its FS"
@@ -235,6 +240,64 @@ def test_what_cannot_be_read_is_kept_and_answered_ae(
     )
     assert patients == [("PAT-S-10", 13), ("PAT\ufffd3", 14)]
     assert raw_stream(database_url, _connection_id(database_url)) == peer.sent
+
+
+def _mindray_query(control_id: str, *tubes: str) -> bytes:
+    """A QRY^Q02 as the Mindray BS host interface manual lays it out: the tube in QRD-8."""
+    return "\r".join([
+        f"MSH|^~\\&|Mindray|BS-240|||20261201083000||QRY^Q02|{control_id}|P|2.3.1||||||ASCII",
+        f"QRD|20261201083000|R|D|{control_id}|||RD|{'~'.join(tubes)}|OTH|||T",
+        "QRF|BS-240|20261201083000|20261201083000|||RCT|COR|ALL",
+    ]).encode() + b"\r"  # fmt: skip
+
+
+def test_a_host_query_over_hl7_is_answered_from_the_lis_orders(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port, orders_port = free_port(), free_port()
+    lis = {"host": "127.0.0.1", "port": free_port(), "orders_host": "127.0.0.1",
+           "orders_port": orders_port}  # fmt: skip
+    start_daemon(port, settings={"lis": lis})
+
+    async def lis_and_analyser() -> list[str]:
+        reader, writer = await connect(orders_port, within=10)
+        stat = orm("O1", "NW", "OBR|1|ORD1|S200|GLU^Glucose^L|S", "OBR|2|ORD1|S200|CREA^^L")
+        writer.write(frame(stat.encode()))
+        await writer.drain()
+        await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 10)
+        writer.close()
+        peer = MllpPeer(*await connect(port))
+        await peer.write(frame(_mindray_query("Q-1", "S200")))
+        got = [await peer.message(), await peer.message()]
+        dsr_id = got[1].split("\r")[0].split("|")[9]
+        # The analyser acknowledges the DSR; that is answered with nothing.
+        ack = f"MSH|^~\\&|Mindray|BS-240|||20261201083001||ACK^Q03|A-1|P|2.3.1\rMSA|AA|{dsr_id}"
+        await peer.write(frame(ack.encode()))
+        await peer.write(frame(_mindray_query("Q-2", "S999")))
+        got.append(await peer.message())
+        taken = await peer.send(oru("P-20", "S-20"))
+        assert (taken.code, taken.control_id) == ("AA", "P-20")
+        await peer.close()
+        return got
+
+    qck, dsr, not_found = asyncio.run(lis_and_analyser())
+    qck_segments = qck.split("\r")
+    assert "|QCK^Q02|" in qck_segments[0] and "|Mindray|BS-240|" in qck_segments[0]
+    assert qck_segments[1:] == ["MSA|AA|Q-1|Message accepted|||0|", "ERR|0|", "QAK|SR|OK|"]
+    lines = dsr.split("\r")
+    assert "|DSR^Q03|" in lines[0] and lines[0].endswith("|P|2.3.1||||||ASCII")
+    assert lines[1:4] == qck_segments[1:]
+    assert lines[4].startswith("QRD|20261201083000|R|D|Q-1|||RD|S200|OTH")
+    assert lines[5].startswith("QRF|BS-240|")
+    display = {int(line.split("|")[1]): line.split("|")[3] for line in lines if line[:4] == "DSP|"}
+    assert (display[1], display[21], display[24]) == ("PAT7", "S200", "Y")
+    assert (display[29], display[30]) == ("GLU^^^", "CREA^^^") and 31 not in display
+    assert lines[-1] == "DSC||"
+    assert not_found.split("\r")[1:] == ["MSA|AA|Q-2|Message accepted|||0|", "ERR|0|",
+                                          "QAK|SR|NF|"]  # fmt: skip
+    # Every message kept as it came, the queries and the analyser's ACK among them.
+    wait_for(lambda: query(database_url, "SELECT count(*) FROM messages") == [(4,)])
+    assert query(database_url, "SELECT count(*) FROM quarantine") == [(0,)]
 
 
 def test_a_message_too_long_to_keep_is_answered_ae(

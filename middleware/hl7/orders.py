@@ -20,8 +20,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import hl7
 
 from middleware.domain import Order
-from middleware.hl7.results import escape, timestamp
-from middleware.store.outbox import new_control_id
+from middleware.hl7.results import escape, new_control_id, timestamp
 
 TYPES = frozenset({"ORM^O01", "OML^O21", "OML^O33"})
 NEW, REPLACE, CANCEL = "new", "replace", "cancel"

@@ -11,6 +11,7 @@ comments, the reagent lots that made it).
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -38,6 +39,12 @@ def escape(text: str) -> str:
     text = _SPECIAL.sub(lambda m: _ESCAPES[m.group()], text)
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\.br\\")
     return _CONTROL.sub("", text.replace("\t", " "))
+
+
+def new_control_id() -> str:
+    """A message control id (MSH-10), unique across daemons and restarts: 20 characters,
+    the most HL7 v2.3 allows."""
+    return "MW" + secrets.token_hex(9).upper()
 
 
 def timestamp(moment: datetime | None) -> str:

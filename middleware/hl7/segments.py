@@ -42,6 +42,8 @@ class Segment:
     """Field 1 first: ``fields[n - 1]`` is field n."""
     index: int = 0
     """Position in its message, 0 for MSH."""
+    line: str = ""
+    """The segment as written, escapes and all (what an answer repeats of a query)."""
 
     def field(self, n: int) -> Field:
         return self.fields[n - 1] if 1 <= n <= len(self.fields) else _EMPTY
@@ -197,8 +199,8 @@ def _segment(name: str, line: str, enc: Encoding, index: int) -> Segment:
     if name == "MSH":
         # MSH-1 is the separator and MSH-2 the encoding characters, taken as they are.
         head: list[Field] = [((enc.field,),), ((raw[0] if raw else "",),)]
-        return Segment(name, tuple(head + [_field(f, enc) for f in raw[1:]]), index)
-    return Segment(name, tuple(_field(f, enc) for f in raw), index)
+        return Segment(name, tuple(head + [_field(f, enc) for f in raw[1:]]), index, line)
+    return Segment(name, tuple(_field(f, enc) for f in raw), index, line)
 
 
 def _field(raw: str, enc: Encoding) -> Field:

@@ -12,7 +12,6 @@ the same control id. Every send and answer is kept in ``outbox_log``.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,12 +37,6 @@ class Entry:
     detail: str = ""
     created_at: datetime | None = None
     answered_at: datetime | None = None
-
-
-def new_control_id() -> str:
-    """A message control id (MSH-10), unique across daemons and restarts: 20 characters,
-    the most HL7 v2.3 allows."""
-    return "MW" + secrets.token_hex(9).upper()
 
 
 def enqueue(

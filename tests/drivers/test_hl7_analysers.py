@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import drivers
 from drivers.hl7 import Hl7AutoDriver, Hl7Driver, parse_hl7_time
 from drivers.mindray_hl7 import MindrayHl7Driver
 from middleware.decode import decode_capture
+from middleware.domain import Order
 from middleware.hl7.capture import read_hl7_capture
 from middleware.hl7.segments import parse_message
 from tests.conftest import CORPUS, ROOT
@@ -114,9 +115,78 @@ def test_controls_by_specimen_role_processing_id_or_pattern() -> None:
 
 
 def test_a_message_that_carries_no_results_says_so() -> None:
-    query = "MSH|^~\\&|BS-200|Mindray|||20260105||QRY^Q02|7|P|2.3.1\rQRD|20260105|R|D|1"
-    reading = Hl7Driver().read(parse_message(query))
-    assert not reading.results and reading.problems == ["MSH-9: a QRY^Q02 carries no results"]
+    admission = "MSH|^~\\&|BS-200|Mindray|||20260105||ADT^A01|7|P|2.3.1\rEVN|A01"
+    reading = Hl7Driver().read(parse_message(admission))
+    assert not reading.results and reading.problems == ["MSH-9: a ADT^A01 carries no results"]
+
+
+# After the Mindray BS-200 host interface manual (sample request, HL7 v2.3.1): the tube in
+# QRD-8; the answer QCK^Q02, then DSR^Q03 with numbered DSP lines.
+QRY = "\r".join([
+    "MSH|^~\\&|Mindray|BS-200|||20261201083000||QRY^Q02|Q7|P|2.3.1||||||ASCII",
+    "QRD|20261201083000|R|D|7|||RD|S240001~S2\\T\\B|OTH|||T",
+    "QRF|BS-200|20261201083000|20261201083000|||RCT|COR|ALL",
+])  # fmt: skip
+
+
+def test_a_host_query_names_the_tubes_it_asks_about() -> None:
+    reading = Hl7Driver().read(parse_message(QRY))
+    assert reading.problems == [] and not reading.results
+    (asked,) = reading.queries
+    assert (asked.specimen_ids, asked.all_tests) == (("S240001", "S2&B"), True)
+    without = QRY.replace("RD|S240001~S2\\T\\B|OTH", "RD||OTH")
+    assert Hl7Driver().read(parse_message(without)).problems == ["QRD-8: no barcode asked about"]
+    no_qrd = QRY.split("\r")[0]
+    assert Hl7Driver().read(parse_message(no_qrd)).problems == [
+        "QRY without a QRD segment: no tube asked about"
+    ]
+    # The analyser's acknowledgment of our answer is neither results nor a problem.
+    ack = "MSH|^~\\&|Mindray|BS-200|||20261201083001||ACK^Q03|A1|P|2.3.1\rMSA|AA|MW1"
+    read = Hl7Driver().read(parse_message(ack))
+    assert (read.results, read.queries, read.problems) == ([], [], [])
+
+
+def test_a_host_query_is_answered_qck_then_a_dsr_per_tube_held() -> None:
+    message = parse_message(QRY)
+    (asked,) = Hl7Driver().read(message).queries
+    driver = Hl7Driver(drivers.DriverOptions(test_map={"1": "GLU"}))
+    held = [
+        Order("S240001", ("GLU", "ALT"), "S", patient_id="P|7", specimen_type="serum",
+              collected_at=datetime(2026, 12, 1, 7, 30, tzinfo=UTC)),
+        Order("S240001", ("GLU",), patient_id="P|7"),
+    ]  # fmt: skip
+    zone = timezone(timedelta(hours=1))
+    now = datetime(2026, 12, 1, 7, 31, tzinfo=UTC)
+    qck, dsr = driver.answer_query(message, asked, held, now, zone)
+    head = qck.split("\r")
+    assert head[0].startswith(
+        "MSH|^~\\&|LIS-MIDDLEWARE|LAB|Mindray|BS-200|20261201083100||QCK^Q02|"
+    )
+    assert head[0].endswith("|P|2.3.1||||||ASCII")
+    assert head[1:] == ["MSA|AA|Q7|Message accepted|||0|", "ERR|0|", "QAK|SR|OK|"]
+    lines = dsr.split("\r")
+    assert "|DSR^Q03|" in lines[0] and lines[1:4] == head[1:]
+    # The query repeated as it came, escapes and all.
+    assert lines[4:6] == [QRY.split("\r")[1], QRY.split("\r")[2]]
+    display = lines[6:-1]
+    assert len(display) == 30 and lines[-1] == "DSC||"
+    assert display[0] == "DSP|1||P\\F\\7|||"
+    assert display[20:26] == [
+        "DSP|21||S240001|||", "DSP|22||S240001|||", "DSP|23||20261201083000|||",
+        "DSP|24||Y|||", "DSP|25|||||", "DSP|26||serum|||",
+    ]  # fmt: skip
+    # The analyser's codes (its test no. 1 for glucose), each test once.
+    assert display[28:] == ["DSP|29||1^^^|||", "DSP|30||ALT^^^|||"]
+    # Nothing held for the other tube: no DSR for it; nothing at all: QAK NF.
+    (only,) = driver.answer_query(message, asked, [], now, zone)
+    assert only.split("\r")[3] == "QAK|SR|NF|"
+
+
+def test_decode_shows_a_host_query() -> None:
+    report = decode_capture(b"\x0b" + QRY.encode() + b"\x1c\r")
+    assert report.ok
+    (message,) = report.messages
+    assert message["queries"] == [{"specimen_ids": ["S240001", "S2&B"], "test_codes": None}]
 
 
 def test_hl7_times() -> None:
