@@ -16,6 +16,7 @@ from middleware.astm.records import DecodedMessage, decode_message
 from middleware.domain import ControlResult, HostQuery, Result
 from middleware.hl7.capture import CapturedHl7, Hl7Capture, looks_like_hl7, read_hl7_capture
 from middleware.hl7.segments import Hl7Error, Hl7Message, decode_text, parse_message
+from middleware.sniff import spoken_on_astm_line
 
 
 @dataclass(slots=True)
@@ -93,6 +94,10 @@ def decode_capture(
         return DecodeReport(errors=[{"kind": "driver", "detail": detail, "offset": 0}])
     capture, read = read_messages(data, driver_name, tolerate)
     report = DecodeReport(errors=[e.as_dict() for e in capture.errors])
+    foreign = spoken_on_astm_line(data)
+    if foreign is not None:
+        spoken, offset = foreign
+        report.errors.insert(0, {"kind": "protocol", "detail": spoken.advice, "offset": offset})
     for message in read:
         captured, decoded = message.captured, message.decoded
         reading = message.driver.read(decoded.records)

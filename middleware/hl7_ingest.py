@@ -45,6 +45,7 @@ from middleware.hl7.segments import (
 )
 from middleware.metrics import Metrics
 from middleware.settings import InstrumentConfig
+from middleware.sniff import spoken_on_hl7_line
 from middleware.store import Store
 from middleware.store.ingest import Delivery, RawSpan, Stored, keep_raw, settle, store_delivery
 from middleware.store.orders import orders_for
@@ -107,6 +108,7 @@ class Hl7Connection:
         self.kept = 0
         self._announced: type[Hl7Driver] | None = None
         self._chosen: Hl7Driver | None = None
+        self._foreign_said = False
         """The family that read the last message: the one that answers its queries."""
         self._arrivals: list[tuple[int, datetime]] = []
         """Stream offset and time of each piece received that is not yet stored."""
@@ -143,6 +145,8 @@ class Hl7Connection:
                 if not data:
                     break
                 self._arrivals.append((self.reader.received, self.clock()))
+                if not self._foreign_said:
+                    self._say_foreign(data)
                 await self._events(self.reader.receive_data(data), writer, "")
         except (ConnectionError, OSError) as exc:
             self.log.warning("connection lost", error=repr(exc))
@@ -153,6 +157,15 @@ class Hl7Connection:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 5)
+
+    def _say_foreign(self, data: bytes) -> None:
+        """Once per connection: the analyser speaks another protocol than HL7 (its bytes
+        are kept as noise all the same)."""
+        spoken = spoken_on_hl7_line(data)
+        if spoken is not None:
+            self._foreign_said = True
+            self.log.error("the analyser speaks another protocol", protocol=spoken.protocol,
+                           advice=spoken.advice)  # fmt: skip
 
     async def _events(
         self,

@@ -31,6 +31,7 @@ from middleware.astm.link import (
     State,
     TextReceived,
 )
+from middleware.sniff import spoken_on_astm_line
 from middleware.transport.received import ReceivedBytes
 
 log = structlog.get_logger("middleware.transport")
@@ -120,6 +121,7 @@ class LinkChannel:
         self._wake = asyncio.Event()
         self._sent: dict[int, asyncio.Future[None]] = {}
         self._closing = False
+        self._foreign_said = False
         self.closed = False
 
     def close(self) -> None:
@@ -152,6 +154,16 @@ class LinkChannel:
         self._wake.set()
         await done
 
+    def _say_foreign(self, data: bytes) -> None:
+        """Once per connection: the analyser speaks another protocol than ASTM (its bytes
+        are kept as noise all the same)."""
+        found = spoken_on_astm_line(data)
+        if found is not None:
+            spoken = found[0]
+            self._foreign_said = True
+            self.log.error("the analyser speaks another protocol", protocol=spoken.protocol,
+                           advice=spoken.advice)  # fmt: skip
+
     async def run(self) -> None:
         """Serve the connection until the peer closes it or the task is cancelled."""
         reading: asyncio.Task[bytes] | None = None
@@ -179,6 +191,8 @@ class LinkChannel:
                         self.log.info(reason)
                         return
                     self.received.add(data, self.wallclock())
+                    if not self._foreign_said:
+                        self._say_foreign(data)
                     self.link.receive_data(data, self.clock())
                 elif not self._closing:
                     self.link.handle_timer(self.clock())

@@ -1,0 +1,63 @@
+"""Which protocol bytes are in, when they are not the one a line is configured for.
+
+An analyser plugged into a port set up for another protocol sends bytes the link reads
+as noise: an HL7 analyser's MLLP blocks on an ASTM port wait for an ENQ that never comes,
+an ASTM analyser's ENQ on an HL7 port is no MLLP block, and a Siemens Dimension in its
+own LIS protocol polls forever unanswered. Each side keeps those bytes as noise; this
+says what they are and what to configure, once per connection, so that a lab sees why
+nothing arrives instead of an analyser reporting a host error.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Spoken:
+    protocol: str
+    """``hl7``, ``astm`` or ``dimension``."""
+    advice: str
+    """What to configure, for a person."""
+
+
+_MLLP = re.compile(rb"\x0bMSH.")
+# A Dimension block: STX, the message's letter, FS (no frame number, unlike E1381).
+_DIMENSION = re.compile(rb"\x02[A-Z]\x1c")
+
+HL7 = Spoken(
+    "hl7",
+    "the analyser sends HL7 v2 over MLLP: configure the instrument with protocol: hl7 "
+    "(or an HL7 driver)",
+)
+ASTM = Spoken(
+    "astm",
+    "the analyser speaks ASTM E1381 (it sent ENQ): configure the instrument with "
+    "protocol: astm, or remove its HL7 driver",
+)
+DIMENSION = Spoken(
+    "dimension",
+    "the analyser speaks the Siemens Dimension LIS protocol (STX, a letter, FS), which is "
+    "not ASTM E1381 and is not supported: set its host interface to ASTM where it has one",
+)
+
+
+def spoken_on_astm_line(data: bytes) -> tuple[Spoken, int] | None:
+    """The other protocol bytes received outside any ASTM transfer are in, if any, and
+    the offset of its first block."""
+    for pattern, spoken in ((_MLLP, HL7), (_DIMENSION, DIMENSION)):
+        found = pattern.search(data)
+        if found is not None:
+            return spoken, found.start()
+    return None
+
+
+def spoken_on_hl7_line(data: bytes) -> Spoken | None:
+    """The other protocol a piece received on an HL7 line is in, if any: an ASTM analyser
+    opens each transfer with an ENQ sent alone; no HL7 text holds STX."""
+    if data.startswith(b"\x05"):
+        return ASTM
+    if _DIMENSION.search(data):
+        return DIMENSION
+    return None
