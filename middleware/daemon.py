@@ -231,8 +231,7 @@ class Daemon:
         for config in self.settings.instruments:
             if not config.enabled:
                 continue
-            hl7 = self.hl7.get(config.name)
-            live = len(hl7.live) if hl7 is not None else len(self.connections.get(config.name, {}))
+            live = self._live(config.name)
             waiting = "listening" if config.transport == "tcp-server" else "connecting"
             states.append(
                 InstrumentState(
@@ -245,13 +244,17 @@ class Daemon:
             )
         return states
 
-    def instrument_status(
-        self, name: str, state: str, live: int | None = None, **detail: Any
-    ) -> None:
-        """An instrument's connection state, for the metrics and the retained event;
-        ``live``: its open connections (an ASTM instrument's are counted here)."""
-        if live is None:
-            live = len(self.connections.get(name, {}))
+    def _live(self, name: str) -> int:
+        """An instrument's open connections, of either protocol."""
+        hl7 = self.hl7.get(name)
+        return len(self.connections.get(name, {})) + (len(hl7.live) if hl7 is not None else 0)
+
+    def instrument_status(self, name: str, state: str, **detail: Any) -> None:
+        """An instrument's connection state, for the metrics and the retained event. A
+        connection that ends leaves the instrument connected while another is open."""
+        live = self._live(name)
+        if state == "disconnected" and live:
+            state = "connected"
         self.metrics.connections.labels(name).set(live)
         if self.events is not None:
             self.events.publish(instrument_event(name, state, live, utcnow(), **detail))
@@ -300,16 +303,21 @@ class Daemon:
         for downloader in self.downloaders.values():
             downloader.wake()
 
+    def _replace_older(self, name: str) -> None:
+        """The analyser came back while its old socket looked open: the old connections
+        of the instrument, of either protocol, are closed, and what they left unfinished
+        is kept as quarantined."""
+        hl7 = self.hl7.get(name)
+        for older in [*self.connections.get(name, {}), *(hl7.live if hl7 is not None else ())]:
+            older.log.warning("replaced by a newer connection of the instrument")
+            older.close()
+
     def _attach(self, config: InstrumentConfig, store: Store, channel: LinkChannel) -> None:
         """A new connection gets a pipeline of its own; nothing of another connection,
         of this instrument or any other, is ever visible to it."""
         live = self.connections.setdefault(config.name, {})
         if config.connections == "newest":
-            for older in list(live):
-                # The analyser came back while its old socket looked open: the old one is
-                # closed, and what it left unfinished is kept as quarantined.
-                older.log.warning("replaced by a newer connection of the instrument")
-                older.close()
+            self._replace_older(config.name)
         pipeline = ConnectionPipeline(
             config.name,
             self._driver(config),
@@ -334,26 +342,25 @@ class Daemon:
             try:
                 await pipeline(ch, event)
             finally:
-                if isinstance(event, ConnectionClosed):
-                    live = self.connections.get(name, {})
-                    if live.pop(channel, None) is not None:
-                        state = "connected" if live else "disconnected"
-                        self.instrument_status(name, state, reason=event.reason)
+                live = self.connections.get(name, {})
+                if isinstance(event, ConnectionClosed) and live.pop(channel, None) is not None:
+                    self.instrument_status(name, "disconnected", reason=event.reason)
 
         return handler
 
     async def _start_instrument(self, config: InstrumentConfig, store: Store) -> None:
         self.connections.setdefault(config.name, {})
-        if config.speaks == "hl7":
+        hl7: Hl7Instrument | None = None
+        if config.speaks in ("hl7", "auto"):
             name = config.name
-            instrument = Hl7Instrument(
+            hl7 = Hl7Instrument(
                 config, store, lambda: self.engine, lambda: self.control.lis, self.metrics,
-                on_status=lambda state, live, **detail: self.instrument_status(
-                    name, state, live, **detail
-                ),
+                on_status=lambda state, **detail: self.instrument_status(name, state, **detail),
             )  # fmt: skip
-            await instrument.start()
-            self.hl7[config.name] = instrument
+            self.hl7[config.name] = hl7
+        if config.speaks == "hl7":
+            assert hl7 is not None
+            await hl7.start()
             log.info("instrument configured", instrument=config.name, driver=config.driver,
                      transport=config.transport, protocol="hl7")  # fmt: skip
             return
@@ -377,6 +384,11 @@ class Daemon:
             server = TcpServer(
                 config.host, config.port, settings, name=config.name, on_connect=attach,
                 tls=instrument_context(config), allow=config.allow,
+                hl7=hl7.accept if hl7 is not None else None,
+                replace_older=(
+                    (lambda: self._replace_older(config.name))
+                    if config.connections == "newest" else None
+                ),
             )  # fmt: skip
             await server.start()
             self.servers[config.name] = server
@@ -402,6 +414,7 @@ class Daemon:
             instrument=config.name,
             driver=config.driver,
             transport=config.transport,
+            protocol=config.speaks,
         )
 
     async def reload_rules(self, actor: str) -> list[str]:

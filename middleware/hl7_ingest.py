@@ -50,13 +50,14 @@ from middleware.store import Store
 from middleware.store.ingest import Delivery, RawSpan, Stored, keep_raw, settle, store_delivery
 from middleware.store.orders import orders_for
 from middleware.store.sql import utcnow
+from middleware.transport.channel import ByteStream
 from middleware.transport.reconnect import Backoff
 from middleware.transport.tcp import ListenError, peer_name
 from middleware.transport.tls import instrument_context, peer_allowed, server_name
 
 log = structlog.get_logger("middleware.hl7_ingest")
 
-#: ``(state, live connections, detail)``: an instrument's connection state changed.
+#: ``(state, detail)``: an instrument's connection state changed.
 StatusListener = Callable[..., None]
 T = TypeVar("T")
 
@@ -128,7 +129,7 @@ class Hl7Connection:
 
     # --- the connection -----------------------------------------------------------------
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: ByteStream, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         try:
             while not self._closing:
@@ -503,7 +504,7 @@ class Hl7Instrument:
         if config.transport == "tcp-server":
             try:
                 self._server = await asyncio.start_server(
-                    self._accept, config.host, config.port, ssl=self._tls
+                    self.accept, config.host, config.port, ssl=self._tls
                 )
             except OSError as exc:
                 raise ListenError(config.name, config.host, config.port, exc) from exc
@@ -517,9 +518,11 @@ class Hl7Instrument:
 
     def _status(self, state: str, **detail: str) -> None:
         if self.on_status is not None:
-            self.on_status(state, len(self.live), **detail)
+            self.on_status(state, **detail)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def accept(self, reader: ByteStream, writer: asyncio.StreamWriter) -> None:
+        """Serve a connection the analyser opened: on this instrument's own port, or on
+        one that takes either protocol, once its first bytes said HL7."""
         where = peer_name(writer)
         if not peer_allowed(writer, self.config.allow):
             log.warning("connection refused: address not allowed", connection=self.config.name,

@@ -122,7 +122,8 @@ class InstrumentConfig(BaseModel):
     transport: Literal["tcp-server", "tcp-client", "serial"]
     protocol: Literal["astm", "hl7"] | None = None
     """What the analyser speaks: ASTM (E1381 link), or HL7 over MLLP. By default, the
-    driver's (an HL7 driver speaks HL7); with ``driver: auto``, ASTM."""
+    driver's (an HL7 driver speaks HL7); with ``driver: auto``, told from each
+    connection's first bytes on a ``tcp-server`` (:attr:`sniffs`), else ASTM."""
     host: str = "0.0.0.0"
     port: int | None = Field(None, ge=0, le=65535)
     serial: SerialLine | None = None
@@ -232,8 +233,23 @@ class InstrumentConfig(BaseModel):
         return ZoneInfo(self.timezone) if self.timezone else None
 
     @property
+    def sniffs(self) -> bool:
+        """Whether each connection's first bytes choose its protocol: a port analysers
+        connect to, no protocol or driver naming one, and no worklist (which the daemon
+        sends unasked, so it must know the protocol before the analyser speaks)."""
+        return (
+            self.protocol is None
+            and self.driver == drivers.AUTO
+            and self.transport == "tcp-server"
+            and self.worklist is None
+        )
+
+    @property
     def speaks(self) -> str:
-        """The protocol in force: the one configured, else the driver's."""
+        """The protocol in force: the one configured, else the driver's; ``auto`` when
+        each connection's first bytes tell."""
+        if self.sniffs:
+            return "auto"
         return self.protocol or drivers.protocol(self.driver)
 
     @model_validator(mode="after")

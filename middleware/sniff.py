@@ -1,4 +1,5 @@
-"""Which protocol bytes are in, when they are not the one a line is configured for.
+"""Which protocol bytes are in: told from an analyser's first bytes on a port that takes
+either, and named when they are not the one a line is configured for.
 
 An analyser plugged into a port set up for another protocol sends bytes the link reads
 as noise: an HL7 analyser's MLLP blocks on an ASTM port wait for an ENQ that never comes,
@@ -6,6 +7,10 @@ an ASTM analyser's ENQ on an HL7 port is no MLLP block, and a Siemens Dimension 
 own LIS protocol polls forever unanswered. Each side keeps those bytes as noise; this
 says what they are and what to configure, once per connection, so that a lab sees why
 nothing arrives instead of an analyser reporting a host error.
+
+On a port that takes either (an instrument with ``driver: auto`` and no ``protocol``),
+the first bytes an analyser sends choose: an MLLP block opens with VT, an ASTM transfer
+with ENQ.
 """
 
 from __future__ import annotations
@@ -41,6 +46,13 @@ DIMENSION = Spoken(
     "the analyser speaks the Siemens Dimension LIS protocol (STX, a letter, FS), which is "
     "not ASTM E1381 and is not supported: set its host interface to ASTM where it has one",
 )
+
+
+def opens_mllp(first: bytes) -> bool:
+    """Whether the first bytes of a connection open an MLLP block (VT before any ENQ):
+    HL7; otherwise the connection is read as ASTM, which keeps any noise as such."""
+    block, enquiry = first.find(b"\x0b"), first.find(b"\x05")
+    return block >= 0 and (enquiry < 0 or block < enquiry)
 
 
 def spoken_on_astm_line(data: bytes) -> tuple[Spoken, int] | None:

@@ -405,7 +405,12 @@ def _config(**fields: Any) -> InstrumentConfig:
 def test_the_protocol_follows_the_driver_and_must_agree_with_it() -> None:
     assert _config(driver="mindray_hl7").speaks == "hl7"
     assert _config(driver="auto", protocol="hl7").speaks == "hl7"
-    assert _config().speaks == "astm"
+    # driver: auto on a port analysers connect to: each connection's first bytes tell.
+    assert (_config().speaks, _config().sniffs) == ("auto", True)
+    assert _config(protocol="astm").speaks == "astm"
+    assert _config(transport="tcp-client", host="10.0.0.9").speaks == "astm"
+    assert _config(driver="sysmex_xn").speaks == "astm"
+    assert _config(worklist={"tests": ["GLU"]}).speaks == "astm"
     with pytest.raises(
         ValidationError, match="driver mindray_hl7 reads HL7, not the protocol astm"
     ):

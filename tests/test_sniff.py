@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from middleware.decode import decode_capture
 from middleware.hl7.mllp import frame
 from middleware.sniff import ASTM, DIMENSION, HL7, spoken_on_astm_line, spoken_on_hl7_line
 from tests.daemon import DaemonProcess, connect, free_port, query
-from tests.test_hl7_ingest import oru
-from tests.test_ingest_integrity import wait_for
+from tests.peer import StreamPeer, frames_for
+from tests.test_hl7_ingest import MllpPeer, oru
+from tests.test_ingest_integrity import connection_ids, message, raw_stream, wait_for
 
 # A Dimension's idle poll and the host's "no request", as the Dimension LIS protocol
 # frames them (STX, the message's letter, FS-ended fields, checksum, ETX).
@@ -67,7 +69,7 @@ def test_an_hl7_analyser_on_an_astm_port_is_named_once_per_connection(
     database_url: str, start_daemon: Callable[..., DaemonProcess], tmp_path: Path
 ) -> None:
     port = free_port()
-    start_daemon(port)
+    start_daemon(port, protocol="astm")
 
     async def analyser() -> None:
         for _ in range(2):
@@ -108,3 +110,76 @@ def test_an_astm_analyser_on_an_hl7_port_is_named(
     wait_for(lambda: len(_said(log)) == 1)
     assert _said(log)[0]["protocol"] == "astm"
     wait_for(lambda: query(database_url, "SELECT outcome FROM raw_transmissions") == [("noise",)])
+
+
+def test_one_port_takes_either_protocol_by_the_first_bytes_of_each_connection(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    daemon = start_daemon(port, connections="all")  # driver: auto, no protocol
+    records = message("S-ASTM", "P-ASTM")
+
+    async def analysers() -> None:
+        silent = await connect(port)  # never speaks: served by neither, kept nothing
+        _reader, leaving = await connect(port)
+        leaving.close()  # leaves without a word
+        astm = StreamPeer(*await connect(port))
+        hl7 = MllpPeer(*await connect(port))
+        await astm.write(b"\x05")  # ENQ: ASTM, answered as the link answers
+        assert await astm.read(1) == b"\x06"
+        for data in frames_for(records):
+            await astm.write(data)
+            assert await astm.read(1) == b"\x06"
+        await astm.write(b"\x04")
+        taken = await hl7.send(oru("H-1", "S-HL7"))
+        assert (taken.code, taken.control_id) == ("AA", "H-1")
+        await astm.close()
+        await hl7.close()
+        # Stopping does not wait on the analyser that never spoke.
+        started = time.monotonic()
+        assert await asyncio.to_thread(daemon.stop) == 0
+        assert time.monotonic() - started < 10
+        silent[1].close()
+
+    asyncio.run(analysers())
+    drivers_by_specimen = query(
+        database_url,
+        "SELECT r.specimen_id, m.driver, count(*) FROM results r "
+        "JOIN messages m ON m.id = r.message_id GROUP BY r.specimen_id, m.driver ORDER BY 1",
+    )
+    assert drivers_by_specimen == [("S-ASTM", "generic", 1), ("S-HL7", "mindray_hl7", 14)]
+    # Each connection's bytes kept once, the first ones read to tell its protocol included.
+    for connection_id in connection_ids(database_url):
+        stream = raw_stream(database_url, connection_id)
+        assert stream.startswith((b"\x05", b"\x0b")), stream[:20]
+    assert query(database_url, "SELECT count(*) FROM quarantine") == [(0,)]
+
+
+def test_a_newer_connection_replaces_the_older_before_it_speaks_whatever_their_protocols(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    start_daemon(port)  # connections: newest
+    taken = frame(oru("H-3", "S-OLD"))
+
+    async def analyser() -> None:
+        old = MllpPeer(*await connect(port))
+        assert (await old.send(oru("H-2", "S-OLD"))).code == "AA"
+        await old.write(taken[:100])  # then its socket looks half open
+        silent = StreamPeer(*await connect(port))  # replaced in turn, never having spoken
+        new = StreamPeer(*await connect(port))
+        assert await asyncio.wait_for(old.reader.read(), 10) == b""
+        assert await asyncio.wait_for(silent.reader.read(), 10) == b""
+        await new.write(b"\x05")
+        assert await new.read(1) == b"\x06"
+        for data in frames_for(message("S-NEW", "P-NEW")):
+            await new.write(data)
+            assert await new.read(1) == b"\x06"
+        await new.write(b"\x04")
+        await new.close()
+        await old.close()
+
+    asyncio.run(analyser())
+    wait_for(lambda: query(database_url, "SELECT count(*) FROM quarantine") == [(1,)])
+    specimens = query(database_url, "SELECT DISTINCT specimen_id FROM results ORDER BY 1")
+    assert specimens == [("S-NEW",), ("S-OLD",)]

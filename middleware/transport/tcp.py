@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
 from middleware.astm.link import LinkSettings
-from middleware.transport.channel import EventHandler, LinkChannel
+from middleware.sniff import opens_mllp
+from middleware.transport.channel import ByteStream, EventHandler, LinkChannel
 from middleware.transport.reconnect import Backoff, ChannelCallback, Reconnecting, serve
 from middleware.transport.tls import peer_allowed
 
@@ -40,8 +41,33 @@ def peer_name(writer: asyncio.StreamWriter) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
+#: Serves a connection of another protocol, given what was read of it already.
+OtherProtocol = Callable[[ByteStream, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Replayed:
+    """A connection's stream read again from its start: the bytes already read to choose
+    its protocol, then the rest as it comes."""
+
+    def __init__(self, head: bytes, rest: ByteStream) -> None:
+        self._head = head
+        self._rest = rest
+
+    async def read(self, n: int = -1) -> bytes:
+        if self._head:
+            size = len(self._head) if n < 0 else n
+            data, self._head = self._head[:size], self._head[size:]
+            return data
+        return await self._rest.read(n)
+
+
 class TcpServer:
-    """Accepts analyser connections; each gets its own link channel."""
+    """Accepts analyser connections; each gets its own link channel. Given ``hl7``, the
+    port takes either protocol: a connection whose first bytes open an MLLP block is
+    served by it instead. Given ``replace_older`` too, a connection that arrives replaces
+    the older ones at once, before it speaks: ``replace_older`` closes those being served
+    and the ones still silent are dropped (an analyser that came back while its old socket
+    looked open)."""
 
     def __init__(
         self,
@@ -54,8 +80,12 @@ class TcpServer:
         on_connect: ChannelCallback | None = None,
         tls: ssl.SSLContext | None = None,
         allow: Sequence[str] = (),
+        hl7: OtherProtocol | None = None,
+        replace_older: Callable[[], None] | None = None,
     ) -> None:
         self.host = host
+        self.hl7 = hl7
+        self.replace_older = replace_older
         self.port = port
         self.settings = settings
         self.handler = handler
@@ -67,6 +97,8 @@ class TcpServer:
         self.channels: set[LinkChannel] = set()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._undecided: set[asyncio.Task[None]] = set()
+        """Connections whose analyser has not spoken yet (their protocol unknown)."""
 
     @property
     def bound_port(self) -> int:
@@ -92,22 +124,63 @@ class TcpServer:
                         peer=where)  # fmt: skip
             writer.close()
             return
-        channel = LinkChannel(
-            reader, writer, self.settings, self.handler, name=f"{self.name}/{where}"
-        )
-        channel.log.info("analyser connected")
-        self.channels.add(channel)
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        try:
+            stream: ByteStream = reader
+            if self.hl7 is not None:
+                if self.replace_older is not None:
+                    self.replace_older()
+                    for older in list(self._undecided):
+                        older.cancel()
+                first = await self._first_bytes(reader, where)
+                if not first:
+                    writer.close()
+                    return
+                stream = Replayed(first, reader)
+                if opens_mllp(first):
+                    await self.hl7(stream, writer)
+                    return
+            await self._serve(stream, writer, where)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _first_bytes(self, reader: asyncio.StreamReader, where: str) -> bytes:
+        """What the analyser sends first, however long it stays silent (b"" when it
+        leaves without a word, or the server closes meanwhile)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._undecided.add(task)
+        log.info("analyser connected; its first bytes will say its protocol",
+                 connection=self.name, peer=where)  # fmt: skip
+        try:
+            return await reader.read(65536)
+        except asyncio.CancelledError:
+            log.info("connection closed at shutdown before the analyser spoke",
+                     connection=self.name, peer=where)  # fmt: skip
+            return b""
+        except (ConnectionError, OSError) as exc:
+            log.info("connection lost before the analyser spoke", connection=self.name,
+                     peer=where, error=str(exc))  # fmt: skip
+            return b""
+        finally:
+            if task is not None:
+                self._undecided.discard(task)
+
+    async def _serve(self, stream: ByteStream, writer: asyncio.StreamWriter, where: str) -> None:
+        channel = LinkChannel(
+            stream, writer, self.settings, self.handler, name=f"{self.name}/{where}"
+        )
+        channel.log.info("analyser connected")
+        self.channels.add(channel)
         try:
             await serve(channel, self.on_connect)
         except asyncio.CancelledError:
             channel.log.info("connection closed at shutdown")
         finally:
             self.channels.discard(channel)
-            if task is not None:
-                self._tasks.discard(task)
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting and close every connection; each keeps what it received, and
@@ -115,6 +188,8 @@ class TcpServer:
         cancelled."""
         if self._server is not None:
             self._server.close()
+        for task in list(self._undecided):
+            task.cancel()  # nothing received: nothing to keep
         for channel in list(self.channels):
             channel.close()
         pending = list(self._tasks)
