@@ -65,6 +65,13 @@ def _said(log: Path) -> list[dict[str, object]]:
     return [e for e in lines if e.get("event") == "the analyser speaks another protocol"]
 
 
+async def _close_soon(writer: asyncio.StreamWriter) -> None:
+    """Close a connection once the daemon has had time to read what was written."""
+    await asyncio.sleep(0.3)
+    writer.close()
+    await writer.wait_closed()
+
+
 def test_an_hl7_analyser_on_an_astm_port_is_named_once_per_connection(
     database_url: str, start_daemon: Callable[..., DaemonProcess], tmp_path: Path
 ) -> None:
@@ -77,9 +84,7 @@ def test_an_hl7_analyser_on_an_astm_port_is_named_once_per_connection(
             for n in range(2):
                 writer.write(frame(oru(f"P-{n}", "S-1")))
                 await writer.drain()
-            await asyncio.sleep(0.2)
-            writer.close()
-            await writer.wait_closed()
+            await _close_soon(writer)
 
     asyncio.run(analyser())
     log = tmp_path / "daemon.log"
@@ -101,9 +106,7 @@ def test_an_astm_analyser_on_an_hl7_port_is_named(
         _reader, writer = await connect(port)
         writer.write(b"\x05")
         await writer.drain()
-        await asyncio.sleep(0.3)
-        writer.close()
-        await writer.wait_closed()
+        await _close_soon(writer)
 
     asyncio.run(analyser())
     log = tmp_path / "daemon.log"

@@ -158,8 +158,9 @@ class TcpServer:
         try:
             return await reader.read(65536)
         except asyncio.CancelledError:
-            log.info("connection closed at shutdown before the analyser spoke",
-                     connection=self.name, peer=where)  # fmt: skip
+            # The daemon stopping, or a newer connection of the analyser replacing it.
+            log.info("connection dropped before the analyser spoke", connection=self.name,
+                     peer=where)  # fmt: skip
             return b""
         except (ConnectionError, OSError) as exc:
             log.info("connection lost before the analyser spoke", connection=self.name,

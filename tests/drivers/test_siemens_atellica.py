@@ -19,7 +19,7 @@ from drivers.siemens_centaur import SiemensCentaurDriver
 from middleware.astm.records import decode_message, encode_record
 from middleware.decode import decode_capture
 from middleware.domain import HostQuery, Order
-from tests.drivers import header
+from tests.drivers import capture, header
 
 CHEMISTRY = [
     "H|\\^&|||Atellica^1.27|||||LIS||P|LIS2-A2|20261201101500",
@@ -63,10 +63,6 @@ DAMAGED = [
 ]
 
 
-def _encoded(lines: list[str]) -> bytes:
-    return "\r\n".join(lines).encode("latin-1")
-
-
 def test_registered_under_its_name() -> None:
     driver = drivers.get("siemens_atellica")
     assert isinstance(driver, SiemensAtellicaDriver)
@@ -107,7 +103,7 @@ def test_the_centaur_keeps_its_messages_and_a_renamed_atellica_goes_to_it() -> N
 
 
 def test_a_chemistry_message_is_read_exactly() -> None:
-    report = decode_capture(_encoded(CHEMISTRY))
+    report = decode_capture(capture(CHEMISTRY))
     assert report.ok, report.as_dict()
     (message,) = report.messages
     assert message["driver"] == "siemens_atellica"
@@ -133,7 +129,7 @@ def test_a_chemistry_message_is_read_exactly() -> None:
 
 
 def test_an_immunoassay_message_is_read_exactly() -> None:
-    report = decode_capture(_encoded(IMMUNOASSAY))
+    report = decode_capture(capture(IMMUNOASSAY))
     assert report.ok, report.as_dict()
     (message,) = report.messages
     assert message["driver"] == "siemens_atellica"
@@ -156,7 +152,7 @@ def test_an_immunoassay_message_is_read_exactly() -> None:
 
 
 def test_a_control_is_read_as_one_with_its_material_and_lot() -> None:
-    report = decode_capture(_encoded(CONTROL))
+    report = decode_capture(capture(CONTROL))
     assert report.ok, report.as_dict()
     (row,) = report.messages[0]["results"]
     assert row["control"] is True
@@ -177,7 +173,7 @@ def test_what_cannot_be_read_is_said_not_dropped() -> None:
         "result 1, R.13: '20261341112205' is not a date and time; left out",
         "result 2 has no test code",
     ]
-    report = decode_capture(_encoded(DAMAGED))
+    report = decode_capture(capture(DAMAGED))
     assert not report.ok
     (message,) = report.messages
     assert message["driver"] == "siemens_atellica"

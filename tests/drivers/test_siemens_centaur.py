@@ -9,7 +9,7 @@ import drivers
 from drivers.siemens_centaur import SiemensCentaurDriver
 from middleware.astm.records import decode_message
 from middleware.decode import decode_capture
-from tests.drivers import header
+from tests.drivers import capture, header
 
 PATIENTS = [
     "H|\\^&|||NG_LIS|||||LIS_ID||P|1",
@@ -36,10 +36,6 @@ CONTROL = [
 ]
 
 
-def _encoded(lines: list[str]) -> bytes:
-    return "\r\n".join(lines).encode("latin-1")
-
-
 def test_found_by_its_layout_whatever_the_site_named_it() -> None:
     found = drivers.identify(decode_message(PATIENTS).records)
     assert found.driver is SiemensCentaurDriver and "aspect" in found.reason
@@ -47,7 +43,7 @@ def test_found_by_its_layout_whatever_the_site_named_it() -> None:
 
 
 def test_each_aspect_is_read_for_what_it_is() -> None:
-    report = decode_capture(_encoded(PATIENTS))
+    report = decode_capture(capture(PATIENTS))
     assert report.ok, report.as_dict()
     (message,) = report.messages
     assert message["driver"] == "siemens_centaur"

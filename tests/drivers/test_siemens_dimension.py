@@ -15,7 +15,7 @@ from drivers.siemens_dimension import SiemensDimensionDriver
 from middleware.astm.records import decode_message, encode_record
 from middleware.decode import decode_capture
 from middleware.domain import InstrumentMessage, Order
-from tests.drivers import header
+from tests.drivers import capture, header
 
 HEADER = "H|\\^&|||Dimension Vista^3.8^V1500-0412|||||LIS||P|LIS2-A2|20261201101500"
 PATIENT = [
@@ -121,14 +121,14 @@ def test_a_result_that_cannot_be_read_is_said_not_dropped() -> None:
     # The readable one is kept, without the time that was not one.
     (alb,) = message.results
     assert (alb.test_code, alb.value.text, alb.completed_at) == ("ALB", "41", None)
-    report = decode_capture("\r\n".join(lines).encode("latin-1"))
+    report = decode_capture(capture(lines))
     assert not report.ok
     (decoded,) = report.messages
     assert [e["detail"] for e in decoded["errors"]] == message.problems
 
 
 def test_decode_chooses_the_driver_by_itself() -> None:
-    report = decode_capture("\r\n".join(PATIENT + CONTROL).encode("latin-1"))
+    report = decode_capture(capture(PATIENT + CONTROL))
     assert report.ok, report.as_dict()
     first, second = report.messages
     assert first["driver"] == second["driver"] == "siemens_dimension"
