@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test lint typecheck check demo bench bench-setup clean
+.PHONY: install browser test lint typecheck check demo bench bench-setup fuzz clean
 
 install: $(STAMP)
 
@@ -26,6 +26,12 @@ browser:
 # Two workers: most tests wait on a daemon process or a socket, not on the CPU.
 test: install browser
 	$(BIN)/python -m pytest -q -n 2
+
+# Coverage-guided fuzzing (atheris) of every reader of outside input, a million inputs per
+# target, two at a time; what crashes is kept in fuzz/crashes (see fuzz/run.py). Long:
+# about an hour and a half on two cores.
+fuzz: install
+	$(BIN)/python fuzz/run.py --runs 1000000 --jobs 2
 
 lint: install
 	$(BIN)/ruff check .
