@@ -29,7 +29,7 @@ test: install browser
 
 # Coverage-guided fuzzing (atheris) of every reader of outside input, a million inputs per
 # target, two at a time; what crashes is kept in fuzz/crashes (see fuzz/run.py). Long:
-# about an hour and a half on two cores.
+# about two hours and a quarter on two cores (docs/fuzzing.md).
 fuzz: install
 	$(BIN)/python fuzz/run.py --runs 1000000 --jobs 2
 

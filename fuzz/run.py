@@ -76,14 +76,18 @@ def _child(name: str, runs: int, workdir: str) -> None:
 
 def _run(name: str, runs: int) -> Outcome:
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as workdir:
+    logs = CRASHES.parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    # Written as it runs: libFuzzer's progress lines show how far a long run is.
+    with (
+        tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as workdir,
+        (logs / f"{name}.log").open("w") as out,
+    ):
         done = subprocess.run(
             [sys.executable, __file__, "--child", name, "--runs", str(runs), "--workdir", workdir],
-            capture_output=True, text=True, errors="replace", cwd=ROOT, check=False,
+            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, check=False,
         )  # fmt: skip
-    log = done.stdout + done.stderr
-    (CRASHES.parent / "logs").mkdir(parents=True, exist_ok=True)
-    (CRASHES.parent / "logs" / f"{name}.log").write_text(log)
+    log = (logs / f"{name}.log").read_text(errors="replace")
     executed = re.findall(r"stat::number_of_executed_units: (\d+)", log)
     crash = ""
     if done.returncode != 0:
