@@ -15,6 +15,10 @@ v2.3.1 chapter 2 ("query sent for deferred response"):
   test, ``<analyser test code>^^^``;
 * the analyser acknowledges the DSR with ``ACK^Q03``.
 
+When the orders cannot be read (the database away), the QCK says so (MSA-1 ``AE``,
+QAK-2 ``AE``) and the analyser asks again: ``NF`` would have it run the tube without its
+tests.
+
 Timestamps go out without an offset, in the analyser's clock (these analysers read no
 offset), as the daemon's other answers to them do.
 """
@@ -69,6 +73,17 @@ def answers(
         lines = _display(tube, held, codes, zone)
         out.append("\r".join([_msh(header, "DSR^Q03", moment), *head, *asked, *lines, "DSC||"]))
     return out
+
+
+def unanswered(message: Hl7Message, now: datetime, zone: tzinfo, why: str) -> str:
+    """The ``QCK^Q02`` of a query that could not be answered now (QAK-2 ``AE``): the
+    analyser asks again, where ``NF`` would have it run the tube without its tests."""
+    return "\r".join([
+        _msh(message.header, "QCK^Q02", _moment(now, zone)),
+        f"MSA|AE|{_id(message.control_id)}|{escape(why[:200])}|||0|",
+        "ERR|0|",
+        "QAK|SR|AE|",
+    ])  # fmt: skip
 
 
 def _display(tube: str, held: list[Order], codes: list[str], zone: tzinfo) -> list[str]:

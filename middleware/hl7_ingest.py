@@ -28,6 +28,7 @@ from sqlalchemy import Connection
 
 from drivers import get_hl7
 from drivers.hl7 import Hl7AutoDriver, Hl7Driver, is_acknowledgment
+from drivers.hl7_query import unanswered
 from middleware.assessment import assess_message
 from middleware.domain import InstrumentMessage, analyser_zone
 from middleware.engine.engine import Engine
@@ -109,8 +110,8 @@ class Hl7Connection:
         self.kept = 0
         self._announced: type[Hl7Driver] | None = None
         self._chosen: Hl7Driver | None = None
-        self._foreign_said = False
         """The family that read the last message: the one that answers its queries."""
+        self._foreign_said = False
         self._arrivals: list[tuple[int, datetime]] = []
         """Stream offset and time of each piece received that is not yet stored."""
         self._pending: list[Pending] = []
@@ -284,10 +285,16 @@ class Hl7Connection:
         driver = self._chosen or self.driver
         replies: list[str] = []
         for query in reading.queries:
-            held = await self.store.read_async(
-                functools.partial(orders_for, specimen_ids=query.specimen_ids)
-            )
-            sent = driver.answer_query(message, query, held, now, self.timezone)
+            try:
+                held = await self.store.read_async(
+                    functools.partial(orders_for, specimen_ids=query.specimen_ids)
+                )
+                sent = driver.answer_query(message, query, held, now, self.timezone)
+            except Exception as exc:
+                # The query is kept; "nothing found" would have the tube run without its
+                # tests, so the analyser is told to ask again instead.
+                self.log.exception("host query not answered")
+                return [unanswered(message, now, self.timezone, f"orders not read: {exc!r}")]
             self.log.info(
                 "host query answered", specimens=list(query.specimen_ids), messages=len(sent)
             )

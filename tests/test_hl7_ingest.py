@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from sqlalchemy import text
 
 from middleware.hl7.ack import Answer, read_answer
 from middleware.hl7.mllp import MessageReceived, MllpReader, frame
 from middleware.hl7.segments import unescape
 from middleware.settings import InstrumentConfig
+from middleware.store.database import open_engine
 from tests.conftest import ROOT
 from tests.daemon import DaemonProcess, connect, free_port, query
 from tests.lis_peer import LisPeer
@@ -298,6 +300,43 @@ def test_a_host_query_over_hl7_is_answered_from_the_lis_orders(
     # Every message kept as it came, the queries and the analyser's ACK among them.
     wait_for(lambda: query(database_url, "SELECT count(*) FROM messages") == [(4,)])
     assert query(database_url, "SELECT count(*) FROM quarantine") == [(0,)]
+
+
+def _alter(url: str, sql: str) -> None:
+    engine = open_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(sql))
+    finally:
+        engine.dispose()
+
+
+def test_a_host_query_whose_orders_cannot_be_read_is_answered_ask_again(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    start_daemon(port)
+
+    async def analyser() -> list[str]:
+        peer = MllpPeer(*await connect(port))
+        # The worklist unreadable: a real error of the database, not a stand-in.
+        await asyncio.to_thread(_alter, database_url, "ALTER TABLE orders RENAME TO away")
+        await peer.write(frame(_mindray_query("Q-5", "S200")))
+        got = [await peer.message()]
+        await asyncio.to_thread(_alter, database_url, "ALTER TABLE away RENAME TO orders")
+        await peer.write(frame(_mindray_query("Q-6", "S200")))
+        got.append(await peer.message())
+        await peer.close()
+        return got
+
+    refused, asked_again = asyncio.run(analyser())
+    lines = refused.split("\r")
+    assert "|QCK^Q02|" in lines[0]
+    assert lines[1].startswith("MSA|AE|Q-5|orders not read: ") and lines[3] == "QAK|SR|AE|"
+    assert asked_again.split("\r")[1:] == ["MSA|AA|Q-6|Message accepted|||0|", "ERR|0|",
+                                            "QAK|SR|NF|"]  # fmt: skip
+    # Both queries kept, as every message.
+    wait_for(lambda: query(database_url, "SELECT count(*) FROM messages") == [(2,)])
 
 
 def test_a_message_too_long_to_keep_is_answered_ae(
