@@ -28,10 +28,11 @@ test: install browser
 	$(BIN)/python -m pytest -q -n 2
 
 # Coverage-guided fuzzing (atheris) of every reader of outside input, a million inputs per
-# target, two at a time; what crashes is kept in fuzz/crashes (see fuzz/run.py). Long:
+# target, two at a time, then the control API from its OpenAPI schema (schemathesis); what crashes is kept in fuzz/crashes (see fuzz/run.py). Long:
 # about two hours and a quarter on two cores (docs/fuzzing.md).
 fuzz: install
 	$(BIN)/python fuzz/run.py --runs 1000000 --jobs 2
+	MIDDLEWARE_API_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/test_api_schema.py
 
 lint: install
 	$(BIN)/ruff check .
