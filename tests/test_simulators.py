@@ -193,8 +193,10 @@ class Campaign:
     token: str = ""
 
     def delivered(self) -> list[dict[str, Any]]:
-        lines = self.record.read_text().splitlines() if self.record.exists() else []
-        return [json.loads(line) for line in lines]
+        """The messages the LIS simulator has recorded so far: complete lines only, since
+        it may be writing the next one while this reads."""
+        text = self.record.read_text() if self.record.exists() else ""
+        return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
 
     def rows(self, sql: str, **params: Any) -> list[Any]:
         return query(self.url, sql, **params)
