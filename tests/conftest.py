@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from middleware.store import Store
 from simulators.ports import use_share
 from tests.daemon import DaemonProcess
 
@@ -93,6 +94,14 @@ def database_url(
         return
     with fresh_postgres_database(migrated.get("postgresql")) as url:
         yield url
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    """The store of ``database_url``, closed after the test."""
+    opened = Store(database_url)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -32,13 +32,6 @@ PARIS = timezone(timedelta(hours=2))
 Entry = tuple[datetime, str, str, str, object]
 
 
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    opened = Store(database_url)
-    yield opened
-    opened.close()
-
-
 def write(engine: Engine, *entries: Entry) -> None:
     with engine.connect() as conn:
         conn.execution_options(write=True)

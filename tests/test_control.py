@@ -50,13 +50,6 @@ def settings(tmp_path: Path, database_url: str, **more: Any) -> Settings:
 
 
 @pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    store = Store(database_url)
-    yield store
-    store.close()
-
-
-@pytest.fixture
 async def control(tmp_path: Path, database_url: str, store: Store) -> Control:
     """Rules in force (a copy of the default ones, free to edit) and one configured analyser."""
     rules = tmp_path / "rules"

@@ -5,12 +5,10 @@ decisions; a patient's previous result of a test is found by index. SQLite and P
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 
-import pytest
 from sqlalchemy import Connection, func, select, text
 
 from middleware.domain import Result
@@ -23,13 +21,6 @@ from tests.test_store import delivery, result
 NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 HOLD = Decision(Action.HOLD, (Finding("qc-missing", "no QC yet"),))
 RELEASE = Decision(Action.RELEASE, ())
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    opened = Store(database_url)
-    yield opened
-    opened.close()
 
 
 def _store_results(conn: Connection, count: int) -> list[tuple[int, Result]]:

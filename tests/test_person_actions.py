@@ -5,7 +5,6 @@ what each refuses, its audit rows, and a failed act leaving nothing."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -47,13 +46,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    store = Store(database_url)
-    yield store
-    store.close()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -28,13 +27,6 @@ from middleware.store.schema import raw_transmissions, reagent_uses, results
 
 NOW = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
 LOT = ReagentUse("GLU reagent", "L2365", "GLU", date(2026, 12, 8), "CAL-0780")
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    opened = Store(database_url)
-    yield opened
-    opened.close()
 
 
 def result(code: str, value: str, specimen: str = "S1", **extra: object) -> Result:
