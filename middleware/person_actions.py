@@ -251,9 +251,7 @@ def release_results(
         )
         decided.append((h.result_id, h.result, Decision(Action.RELEASE, (person, *over))))
     release.record_decisions(conn, decided, now, by)
-    queued = []
-    if lis is not None:
-        queued = queue_released(conn, lis, [(r, d) for _, r, d in decided], (), now)
+    queued = _to_lis(conn, lis, decided, now)
     _audit_each(conn, now, by, "results.release", decided, lambda d: {"over": list(d.reasons)})
     return Acted(tuple(ids), tuple(queued))
 
@@ -277,9 +275,7 @@ def reject_results(
         (h.result_id, h.result, decide([refusal, *_seen(stored[h.result_id])])) for h in held
     ]
     release.record_decisions(conn, decided, now, by)
-    queued = []
-    if lis is not None:
-        queued = queue_released(conn, lis, [(r, d) for _, r, d in decided], (), now)
+    queued = _to_lis(conn, lis, decided, now)
     _audit_each(conn, now, by, "results.reject", decided, lambda _: {"reason": reason})
     return Acted(tuple(ids), tuple(queued))
 
@@ -358,9 +354,7 @@ def release_run(
             "its held results stay held",
         )
     changed = redecide_held(conn, engine, instrument, {test: state}, now, lis)
-    queued = []
-    if lis is not None:
-        queued = queue_released(conn, lis, [(r, d) for _, r, d in changed], (), now)
+    queued = _to_lis(conn, lis, changed, now)
     released = tuple(i for i, _, d in changed if d.action is Action.RELEASE)
     rejected = tuple(i for i, _, d in changed if d.action is Action.REJECT)
     audit(
@@ -496,6 +490,18 @@ def _doubt(
         release.mark_preliminary(conn, early, None)
         return []
     return queue_doubts(conn, lis, doubted, now)
+
+
+def _to_lis(
+    conn: Connection,
+    lis: Sender | None,
+    decided: Sequence[tuple[int, Result, Decision]],
+    now: datetime,
+) -> list[int]:
+    """What the decisions release or reject, queued for the LIS (when there is one)."""
+    if lis is None:
+        return []
+    return queue_released(conn, lis, [(r, d) for _, r, d in decided], (), now)
 
 
 def _audit_each(
