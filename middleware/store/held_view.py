@@ -20,7 +20,7 @@ from sqlalchemy import Connection, TextualSelect, func, select, text, tuple_
 from middleware.store import comments, release
 from middleware.store.comments import ResultComment
 from middleware.store.schema import decisions, open_holds, results
-from middleware.store.sql import utc
+from middleware.store.sql import in_padded_rounds, utc
 
 #: The most results one page holds.
 MAX_PAGE = 500
@@ -229,16 +229,13 @@ def _earlier(count: int) -> TextualSelect:
 
 def _previous(conn: Connection, held: Sequence[tuple[int, Any]]) -> dict[int, PreviousResult]:
     wanted = [(result_id, r.patient_id, r.test_code) for result_id, r in held if r.patient_id]
-    rows: list[Any] = []
-    for start in range(0, len(wanted), _PER_STATEMENT):
-        chunk = wanted[start : start + _PER_STATEMENT]
-        size = 1 << (len(chunk) - 1).bit_length()
-        params: dict[str, object] = {}
-        for i in range(size):
-            # Padding asks for ids below 0: none.
-            result_id, patient, test = chunk[i] if i < len(chunk) else (0, "", "")
-            params |= {f"p{i}": patient, f"t{i}": test, f"b{i}": result_id}
-        rows += conn.execute(_earlier(size), params).all()
+
+    def params(i: int, item: tuple[int, str, str] | None) -> dict[str, object]:
+        # Padding asks for ids below 0: none.
+        result_id, patient, test = item if item is not None else (0, "", "")
+        return {f"p{i}": patient, f"t{i}": test, f"b{i}": result_id}
+
+    rows = in_padded_rounds(conn, wanted, _earlier, params, _PER_STATEMENT)
     by_pair: dict[tuple[str, str], list[Any]] = {}
     for row in rows:
         by_pair.setdefault((row.patient_id, row.test_code), []).append(row)

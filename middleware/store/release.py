@@ -33,7 +33,7 @@ from middleware.store.schema import (
     reagent_uses,
     results,
 )
-from middleware.store.sql import new_only, utc
+from middleware.store.sql import in_padded_rounds, new_only, utc
 
 #: The action of a decision that ends the hold of a result a re-run replaced: it never
 #: goes to the LIS (the engine's own actions are release, hold and reject).
@@ -142,17 +142,16 @@ def previous_results(
     for patient, test in wanted:
         if patient:
             counts[(patient, test)] = counts.get((patient, test), 0) + 1
-    ordered = sorted(counts.items())
-    rows: list[Row[Any]] = []
-    for start in range(0, len(ordered), _PAIRS_PER_STATEMENT):
-        chunk = ordered[start : start + _PAIRS_PER_STATEMENT]
-        size = 1 << (len(chunk) - 1).bit_length()
-        params: dict[str, object] = {"before": before_id}
-        for i in range(size):
-            # Padding asks for no row: LIMIT 0.
-            (patient, test), count = chunk[i] if i < len(chunk) else (("", ""), -1)
-            params |= {f"p{i}": patient, f"t{i}": test, f"k{i}": count + 1}
-        rows += conn.execute(_latest_results(size), params).all()
+
+    def params(i: int, item: tuple[tuple[str, str], int] | None) -> dict[str, object]:
+        # Padding asks for no row: LIMIT 0.
+        (patient, test), count = item if item is not None else (("", ""), -1)
+        return {f"p{i}": patient, f"t{i}": test, f"k{i}": count + 1}
+
+    rows = in_padded_rounds(
+        conn, sorted(counts.items()), _latest_results, params, _PAIRS_PER_STATEMENT,
+        {"before": before_id},
+    )  # fmt: skip
     found: dict[tuple[str, str], list[tuple[int, Decimal, datetime]]] = {}
     for row in sorted(rows, key=lambda r: r.id):
         moment = utc(row.completed_at or row.stored_at) or row.stored_at

@@ -1,13 +1,14 @@
 """What every store module needs of SQL beside SQLAlchemy: inserts that can say ON
-CONFLICT in either database, and times given back in UTC."""
+CONFLICT in either database, times given back in UTC, and lookups run in padded rounds."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Executable, Row, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
 
@@ -38,3 +39,29 @@ def new_only(dialect: str, table: Table, *keys: str) -> Any:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+T = TypeVar("T")
+
+
+def in_padded_rounds(
+    conn: Connection,
+    items: Sequence[T],
+    statement: Callable[[int], Executable],
+    params: Callable[[int, T | None], dict[str, object]],
+    per_statement: int,
+    shared: Mapping[str, object] | None = None,
+) -> list[Row[Any]]:
+    """The rows of one lookup per item, ``per_statement`` items to a statement, each round
+    padded up to a power of two: ``statement(size)`` (built once per size) serves every
+    count with a handful of statements. ``params(i, item)`` gives the ``i``-th lookup's
+    parameters; for padding (``item`` None) ones that find nothing."""
+    rows: list[Row[Any]] = []
+    for start in range(0, len(items), per_statement):
+        chunk = items[start : start + per_statement]
+        size = 1 << (len(chunk) - 1).bit_length()
+        values: dict[str, object] = dict(shared or {})
+        for i in range(size):
+            values |= params(i, chunk[i] if i < len(chunk) else None)
+        rows += conn.execute(statement(size), values).all()
+    return rows
