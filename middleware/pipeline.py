@@ -20,6 +20,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, tzinfo
 
 import structlog
@@ -68,10 +69,49 @@ def _record_type(line: str) -> str:
 Pending = tuple[RawSpan, str] | Delivery
 
 
+#: Outcomes of bytes between transfers: consecutive ones make one row.
+_BETWEEN = frozenset({"control", "noise"})
+
+
+def _coalesced(pending: list[Pending]) -> list[Pending]:
+    """``pending`` with each run of adjacent bytes between transfers of one outcome made
+    one span: an analyser sending bare ENQs by the thousand makes a row per write, not
+    one per ENQ."""
+    out: list[Pending] = []
+    run: list[RawSpan] = []
+
+    def close_run() -> None:
+        if len(run) == 1:
+            out.append((run[0], outcome))
+        elif run:
+            data = b"".join(span.data for span in run)
+            out.append((replace(run[0], data=data, last_received_at=run[-1].last_received_at),
+                        outcome))  # fmt: skip
+        run.clear()
+
+    outcome = ""
+    for item in pending:
+        if isinstance(item, Delivery) or item[1] not in _BETWEEN:
+            close_run()
+            out.append(item)
+            continue
+        span, kind = item
+        last = run[-1] if run else None
+        if last is None or kind != outcome or (
+            last.connection_id != span.connection_id
+            or last.stream_offset + len(last.data) != span.stream_offset
+        ):
+            close_run()
+            outcome = kind
+        run.append(span)
+    close_run()
+    return out
+
+
 def _write_pending(
     conn: Connection, pending: list[Pending], settled: list[int], now: datetime
 ) -> None:
-    for item in pending:
+    for item in _coalesced(pending):
         if isinstance(item, Delivery):
             store_delivery(conn, item, now)
         else:
@@ -134,6 +174,10 @@ class ConnectionPipeline:
         self._pending: list[Pending] = []
         """What waits for the next write: a transfer's EOT needs no commit of its own."""
         self._in_flight: set[asyncio.Future[None]] = set()
+        self._flushing = False
+        self._closing = False
+        self._keeping = 0
+        """Writes of a message under way: each takes everything waiting with it."""
         self._answers: list[list[bytes]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -361,6 +405,7 @@ class ConnectionPipeline:
             return stored
 
         future = self.store.write_soon(work)
+        self._keeping += 1
         try:
             stored = await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -369,6 +414,8 @@ class ConnectionPipeline:
             with contextlib.suppress(Exception):
                 self._kept(channel, delivery, end, pending, settled, await future)
             raise
+        finally:
+            self._keeping -= 1
         self._kept(channel, delivery, end, pending, settled, stored)
         return stored
 
@@ -485,20 +532,31 @@ class ConnectionPipeline:
 
     def _flush_soon(self) -> None:
         """Write what waits, queued now (before any later write of this connection), but
-        without holding the link for it; what fails waits for the next write."""
+        without holding the link for it; what fails waits for the next write. One such
+        write at a time: what comes meanwhile waits for its end and goes in one write (a
+        flood of bare ENQs would otherwise queue a commit per ENQ ahead of every other
+        analyser's messages)."""
+        if self._flushing:
+            return
         waiting = self._waiting()
         if waiting is None:
             return
         pending, settled, work = waiting
         self._written(pending, settled)
+        self._flushing = True
 
         def done(future: asyncio.Future[None]) -> None:
+            self._flushing = False
             error = None if future.cancelled() else future.exception()
             if future.cancelled() or error is not None:
                 self.log.error("raw bytes not stored yet; kept for the next write",
                                error=repr(error))  # fmt: skip
                 self._pending[:0] = pending
                 self._acknowledged[:0] = settled
+            elif not self._closing and not self._keeping:
+                # What waits now goes in the next write; a message being kept takes it
+                # all with it, and at the end _close writes it.
+                self._flush_soon()
 
         future = self.store.write_soon(work)
         future.add_done_callback(done)
@@ -507,6 +565,7 @@ class ConnectionPipeline:
 
     async def _close(self) -> None:
         """The connection is gone: what it left is written now, a few times if need be."""
+        self._closing = True
         if self._in_flight:
             # Their failures come back to _pending first.
             await asyncio.gather(*self._in_flight, return_exceptions=True)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.daemon import DaemonProcess, connect, free_port, query
-from tests.peer import StreamPeer, frames_for, send_frames_retrying
+from tests.peer import ENQ, EOT, StreamPeer, frames_for, send_frames_retrying, send_message
 
 
 def message(n: int) -> list[bytes]:
@@ -95,3 +96,54 @@ def test_postgresql_backends_terminated_mid_stream_lose_nothing_acknowledged(
     assert query(postgres_only, "SELECT count(*) FROM messages") == [(total,)]
     # Whole messages only: every stored message has all six records.
     assert query(postgres_only, "SELECT min(record_count) FROM messages") == [(6,)]
+
+
+def test_an_analyser_flooding_enq_holds_up_no_other_and_every_byte_is_kept(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Bare ENQs by the hundred thousand on one instrument's line: another analyser's
+    message is taken meanwhile within its ordinary timers, and the flood is kept whole."""
+    flooded, other = free_port(), free_port()
+    daemon = DaemonProcess(
+        tmp_path,
+        [{"name": "flood", "transport": "tcp-server", "host": "127.0.0.1", "port": flooded},
+         {"name": "calm", "transport": "tcp-server", "host": "127.0.0.1", "port": other}],
+        database_url=database_url,
+    )  # fmt: skip
+    flood = ENQ * 200_000 + EOT
+
+    async def analysers() -> float:
+        noisy = StreamPeer(*await connect(flooded))
+        noisy.writer.write(flood)  # not drained: the replies are never read either
+        await asyncio.sleep(0.2)  # the daemon is busy with it
+        calm = StreamPeer(*await connect(other))
+        started = time.monotonic()
+        await send_message(calm, message(1))  # every reply within 5 s, or it fails
+        taken = time.monotonic() - started
+        await calm.close()
+        await noisy.writer.drain()
+        await noisy.close()
+        return taken
+
+    daemon.start()
+    try:
+        taken = asyncio.run(analysers())
+        deadline = time.monotonic() + 60
+        kept = 0
+        while kept < len(flood) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            [(kept,)] = query(
+                database_url,
+                "SELECT coalesce(sum(length(data)), 0) FROM raw_transmissions "
+                "WHERE instrument = 'flood'",
+            )
+        assert daemon.process is not None and daemon.process.poll() is None
+    finally:
+        daemon.stop()
+    assert taken < 5.0
+    assert kept == len(flood)
+    [(rows,)] = query(
+        database_url, "SELECT count(*) FROM raw_transmissions WHERE instrument = 'flood'"
+    )
+    assert rows < 2_000  # a write at a time, not a row per ENQ
+    assert query(database_url, "SELECT DISTINCT specimen_id FROM results") == [("F0001",)]

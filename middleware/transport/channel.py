@@ -35,6 +35,8 @@ from middleware.sniff import spoken_on_astm_line
 from middleware.transport.received import ReceivedBytes
 
 log = structlog.get_logger("middleware.transport")
+#: Link events handled in a row before the other connections get their turn.
+_FAIR_SHARE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +221,13 @@ class LinkChannel:
             await self._handle(ConnectionClosed(reason, self.link.received))
 
     async def _dispatch(self) -> None:
+        handled = 0
         while (event := self.link.next_event()) is not None:
+            handled += 1
+            if handled % _FAIR_SHARE == 0:
+                # One read may hold tens of thousands of events (an analyser flooding
+                # ENQ): the other connections get their turn between every few.
+                await asyncio.sleep(0)
             if isinstance(event, MessageSent):
                 self._settle(event.message_id, None)
             elif isinstance(event, SendFailed):
