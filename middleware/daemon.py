@@ -189,6 +189,7 @@ class Daemon:
         lis = self.settings.lis
         if lis is not None:
             sender = LisSender(lis, self.store, self.owner)
+            self.store.writer.listeners.append(sender.committed)
             self._tasks.append(asyncio.create_task(_keep_running("lis", sender.run)))
             if lis.orders_port is not None:
                 tls = server_context(lis.orders_tls) if lis.orders_tls is not None else None

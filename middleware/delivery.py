@@ -23,14 +23,19 @@ from middleware.hl7.ack import Answer, read_answer
 from middleware.hl7.mllp import Discarded, MllpReader, frame
 from middleware.settings import LisConfig
 from middleware.store import Store, outbox
+from middleware.store.notices import OutboxChanged
 from middleware.store.sql import utcnow
+from middleware.store.writer import Committed
 from middleware.transport.reconnect import Backoff
 from middleware.transport.tls import client_context
 
 log = structlog.get_logger("middleware.delivery")
 
-#: How often the sender looks at an empty outbox.
+#: How often the sender looks at an empty outbox for what it was not told of (another
+#: daemon's messages, claims run out); a message this daemon queues wakes it at once.
 POLL_SECONDS = 0.2
+#: Changes of the outbox that give the sender something to send.
+_SENDABLE = frozenset({"queued", "retried"})
 
 
 class NoAnswer(Exception):
@@ -58,17 +63,29 @@ class LisSender:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._mllp = MllpReader()
+        self._queued = asyncio.Event()
+
+    def committed(self, committed: Committed) -> None:
+        """A commit listener of the store writer: a message queued or sent again wakes the
+        sender, which otherwise would wait for its next look (up to POLL_SECONDS)."""
+        if any(
+            isinstance(n, OutboxChanged) and n.change in _SENDABLE for n in committed.notices
+        ):
+            self._queued.set()
 
     async def run(self) -> None:
         """Deliver until cancelled."""
         next_delay = self.backoff.delays()
         try:
             while True:
+                # Cleared before the claim: what is queued while it runs wakes the next wait.
+                self._queued.clear()
                 entry = await self.store.write(
                     lambda conn: outbox.claim_next(conn, self.owner, self.clock(), self.hold)
                 )
                 if entry is None:
-                    await asyncio.sleep(POLL_SECONDS)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._queued.wait(), POLL_SECONDS)
                     continue
                 # Every line logged about the entry names it, its specimen and instrument.
                 with structlog.contextvars.bound_contextvars(

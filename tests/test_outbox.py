@@ -273,6 +273,35 @@ async def test_two_daemons_drain_one_outbox_once_each_and_in_order(database_url:
         assert mine == sorted(mine)  # in the order they were queued
 
 
+async def test_a_message_queued_wakes_the_idle_sender_at_once(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender listens to the store's commits: with its look at an empty outbox made
+    an hour apart, what is queued still goes at once (a result released on arrival waits
+    for no poll)."""
+    monkeypatch.setattr("middleware.delivery.POLL_SECONDS", 3600.0)
+    store = Store(database_url)
+    lis = LisPeer()
+    config = LisConfig(host="127.0.0.1", port=await lis.start(), ack_timeout=5)
+    sender = LisSender(config, store, "node")
+    store.writer.listeners.append(sender.committed)
+    task = asyncio.create_task(sender.run())
+    try:
+        await asyncio.sleep(0.3)  # idle: the outbox was empty when it looked
+        for n in range(3):
+            await store.write(
+                partial(outbox.enqueue, specimen_id=f"S{n}", instrument="chem-1",
+                        control_id=f"C{n}", message=_oru(f"C{n}", f"S{n}"), at=T0)
+            )  # fmt: skip
+            await lis.wait_for(n + 1, timeout=5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await lis.stop()
+        store.close()
+    assert [r.control_id for r in lis.received] == ["C0", "C1", "C2"]
+
+
 def _oru(control_id: str, specimen: str) -> str:
     result = Result(specimen, "GLU", "GLU", Measurement.parse("5.2"), instrument="chem-1")
     return oru_r01(control_id, T0, specimen, None, [Reported(result)])
