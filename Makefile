@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test lint typecheck check demo bench bench-setup fuzz clean
+.PHONY: install browser test lint typecheck check demo bench bench-setup bench-e2e fuzz faults clean
 
 install: $(STAMP)
 
@@ -34,6 +34,14 @@ fuzz: install
 	$(BIN)/python fuzz/run.py --runs 1000000 --jobs 2
 	MIDDLEWARE_API_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/test_api_schema.py
 
+# Faults during a stream (faults/cases.py; docs/faults.md): the daemon killed 100 times, the
+# LIS down, refusing or slow, analysers misbehaving, PostgreSQL restarted, the disk full,
+# a daemon's instruments taken over, the broker restarted; a table of what became of every
+# result. Needs the local PostgreSQL (restarted by one case) and root for the loop mount.
+# About 35 minutes on two cores.
+faults: install
+	$(BIN)/python faults/run.py
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -56,6 +64,13 @@ bench-setup: install
 
 bench: bench-setup
 	PYTHONPATH=$(BENCH_PYTHONPATH) $(BIN)/python bench/codec.py
+
+# End to end (docs/performance.md): 1, 10, 50 and 200 analysers through the daemon to the
+# LIS simulator, SQLite then PostgreSQL (MIDDLEWARE_TEST_POSTGRES_URL, skipped without it);
+# then the latency at 100 results/s. About 15 minutes on two cores.
+bench-e2e: install
+	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/e2e.py --rate 100 --analysers 1,10,50 --samples 200
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

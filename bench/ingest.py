@@ -130,8 +130,10 @@ def start_daemon(
     database_url: str,
     rules: Path | None,
     measured: tuple[Path, str] | None = None,
+    sections: dict[str, Any] | None = None,
 ) -> tuple[subprocess.Popen[bytes], float]:
-    """The daemon, and the seconds from its start until every port accepts connections."""
+    """The daemon, and the seconds from its start until every port accepts connections.
+    ``sections`` are added to its configuration as they are (bench/e2e.py's ``lis:``)."""
     config: dict[str, Any] = {
         "state_dir": str(workdir / "state"),
         "database_url": database_url,
@@ -151,6 +153,7 @@ def start_daemon(
     }
     if rules is not None:
         config["rules_dir"] = str(rules.resolve())
+    config.update(sections or {})
     path = workdir / "bench.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIDDLEWARE_")}
@@ -196,8 +199,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def peak_rss_mb(pid: int) -> float:
+    return memory_mb(pid, "VmHWM")
+
+
+def memory_mb(pid: int, key: str) -> float:
+    """A memory figure of ``/proc/PID/status`` (VmHWM the peak RSS, VmRSS the RSS now)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 

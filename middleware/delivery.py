@@ -68,9 +68,7 @@ class LisSender:
     def committed(self, committed: Committed) -> None:
         """A commit listener of the store writer: a message queued or sent again wakes the
         sender, which otherwise would wait for its next look (up to POLL_SECONDS)."""
-        if any(
-            isinstance(n, OutboxChanged) and n.change in _SENDABLE for n in committed.notices
-        ):
+        if any(isinstance(n, OutboxChanged) and n.change in _SENDABLE for n in committed.notices):
             self._queued.set()
 
     async def run(self) -> None:

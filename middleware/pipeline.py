@@ -97,8 +97,10 @@ def _coalesced(pending: list[Pending]) -> list[Pending]:
             continue
         span, kind = item
         last = run[-1] if run else None
-        if last is None or kind != outcome or (
-            last.connection_id != span.connection_id
+        if (
+            last is None
+            or kind != outcome
+            or last.connection_id != span.connection_id
             or last.stream_offset + len(last.data) != span.stream_offset
         ):
             close_run()
