@@ -110,10 +110,9 @@ async def lis_slow(o: Options) -> Outcome:
     return _noted(outcome, f"{again} messages received again under their control id")
 
 
-def _faulty_line(fault: str, patients: int, **settings: object) -> list[Station]:
+def _faulty_line(fault: str, patients: int) -> list[Station]:
     chem = profile("chemistry")
     faulty = Station("chemistry-1", chem, plan(chem, fault, patients, 1, datetime.now()))
-    faulty.settings.update(settings)
     return [faulty, *stations("haematology", patients=patients)[:1]]
 
 

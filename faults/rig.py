@@ -72,8 +72,6 @@ class Station:
     profile: Profile
     steps: list[Step] = field(default_factory=list)
     port: int = field(default_factory=free_port)
-    settings: dict[str, Any] = field(default_factory=dict)
-    """Extra settings of its instrument in the daemon's configuration."""
     analyser: Analyser | None = None
 
     def instrument(self, port: int | None = None) -> dict[str, Any]:
@@ -83,7 +81,6 @@ class Station:
             "transport": "tcp-server",
             "host": "127.0.0.1",
             "port": port or self.port,
-            **self.settings,
         }
         if self.profile.test_map:
             config["test_map"] = dict(self.profile.test_map)
