@@ -22,11 +22,12 @@ How it is measured, from the peers' sides:
 
 - For each patient message, the wall-clock time (``time.time()``) its last frame was
   written; specimen ids are unique per run. Latency of a message to the LIS = the
-  outbox's ``answered_at`` (written by the daemon's sender when it records the LIS's
-  ACK, in the store writer's thread: an ACK plus at most one writer batch) minus that
-  time, for the specimen of the message. For messages released on arrival it is split
-  in three: last frame to the analyser's ACK (stored and decided, committed), ACK to the
-  outbox's ``last_sent_at`` (waiting for the sender), sent to ``answered_at`` (the LIS).
+  outbox's ``answered_at`` (when the daemon's sender read the LIS's ACK; it records it
+  with the next batch's claim) minus that time, for the specimen of the message. For
+  messages released on arrival it is split in three: last frame to the analyser's ACK
+  (stored and decided, committed), ACK to the outbox's ``last_sent_at`` (waiting for the
+  sender to claim it: a batch is claimed and logged sent in one transaction), claimed to
+  ``answered_at`` (the batch's messages before it, then the LIS).
 - Waited for QC or released on arrival: from the store's decisions. A message whose
   results' first decision was a hold, and that later went to the LIS, was released by a
   later decision; with no person at work, only a QC does that (the shipped rules hold K
@@ -93,6 +94,7 @@ from ingest import (  # noqa: E402
     peak_rss_mb,
     percentile,
     postgres_database,
+    print_profile,
     start_daemon,
 )
 from ingest_mix import ACK, ENQ, EOT, Kind, Patients, Plan, Stream, frames, load, plans, utcnow  # noqa: E402
@@ -123,8 +125,8 @@ LIS_COMMAND = (sys.executable, "-m", "simulators", "lis")
 #: The stages of a message released on arrival, from its last frame to the LIS's ACK.
 STAGES = (
     "stored (last frame to the analyser's ACK)",
-    "waiting for the sender (ACK to sent)",
-    "LIS (sent to answer recorded)",
+    "waiting for the sender (ACK to claimed)",
+    "LIS (claimed to answered, behind its batch)",
 )
 #: The latency target applies to the load of this many results/s (``--rate``).
 TARGET_RATE = 100
@@ -584,7 +586,13 @@ def run(
     try:
         ports = [free_port() for _ in analysers]
         lis_section = {"lis": {"host": "127.0.0.1", "port": lis_port}}
-        daemon, _ = start_daemon(workdir, analysers, ports, url, args.rules, sections=lis_section)
+        measured = None
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            measured = (args.profile / f"{database}-{n}", "cprofile")
+        daemon, _ = start_daemon(
+            workdir, analysers, ports, url, args.rules, measured, sections=lis_section
+        )
         try:
             started = asyncio.run(
                 everyone(ports, streams, each, pace, traffic, daemon.pid, lis.pid)
@@ -665,6 +673,10 @@ def run(
     if log:
         levels = Counter(_level(line) for line in log)
         print(f"  daemon log: {dict(levels)}; first: {log[0][:300]}")
+    if measured is not None:
+        for part in ("loop", "writer"):
+            if Path(f"{measured[0]}.{part}").exists():
+                print_profile(Path(f"{measured[0]}.{part}"), part, top=30)
     if got.unknown_specimens:
         print(f"  {got.unknown_specimens} delivered messages of specimens no analyser sent")
     return Row(
@@ -783,6 +795,12 @@ def main() -> None:
     parser.add_argument("--only", choices=("sqlite", "postgresql"))
     parser.add_argument(
         "--rules", type=Path, default=ROOT / "rules", help="the daemon's rules_dir and the mix's"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="run the daemon under cProfile (bench/ingest_profile.py), keep the profiles in "
+        "this directory and print where the time goes (the figures are then not to be quoted)",
     )
     parser.add_argument(
         "--timeout",

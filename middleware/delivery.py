@@ -1,13 +1,20 @@
-"""Delivering the outbox to the LIS over MLLP: one entry at a time, each waiting for its
-answer.
+"""Delivering the outbox to the LIS over MLLP: one message at a time, each waiting for
+its answer, claimed and recorded in batches.
 
-The sender claims the oldest entry it may send (``store/outbox.py`` keeps per-specimen
-order and other daemons' claims), records that it sends it, writes it, and waits for the
-LIS's answer naming its control id. AA closes the entry; AE or AR stops it for a person
-or sets it aside, as configured; there is no blind resend loop. No answer within the
-timeout, or a lost connection, closes the connection: after a growing delay (base,
-multiplier, ceiling, jitter) the same message is sent again, with the same control id.
-Every send, answer and failure is in the outbox log.
+The sender claims the oldest entries it may send (``store/outbox.py`` keeps per-specimen
+order and other daemons' claims), records that it sends them, writes each and waits for
+the LIS's answer naming its control id before the next. AA closes an entry; AE or AR
+stops it for a person or sets it aside, as configured; there is no blind resend loop. No
+answer within the timeout, or a lost connection, closes the connection: after a growing
+delay (base, multiplier, ceiling, jitter) the same message is sent again, with the same
+control id. Every send, answer and failure is in the outbox log.
+
+The answers of a batch are recorded in the store write that claims the next one: the
+store has one writer for every analyser and the LIS, and a write or three per message
+would make the LIS wait behind the analysers' messages (a few messages a second while
+ten analysers send). Entries are recorded as sent when claimed, before they go out, so
+that a daemon killed mid-batch leaves no transmission unlogged; what the batch did not
+send after all is taken back, attempt and all.
 """
 
 from __future__ import annotations
@@ -15,9 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
+from typing import TypeVar
 
 import structlog
+from sqlalchemy import Connection
 
 from middleware.hl7.ack import Answer, read_answer
 from middleware.hl7.mllp import Discarded, MllpReader, frame
@@ -34,12 +45,46 @@ log = structlog.get_logger("middleware.delivery")
 #: How often the sender looks at an empty outbox for what it was not told of (another
 #: daemon's messages, claims run out); a message this daemon queues wakes it at once.
 POLL_SECONDS = 0.2
+#: Entries claimed per store write while the connection to the LIS is up (one while it
+#: is not: an unreachable LIS costs one entry's log line per attempt).
+BATCH = 50
+#: An entry of a batch goes out only while its claim outlasts the answer's timeout by this
+#: much, so that its answer is recorded before another daemon may take it.
+CLAIM_MARGIN = timedelta(seconds=5)
+#: How long a stopping sender tries to record what its last batch became.
+RECORD_ON_STOP_SECONDS = 5.0
 #: Changes of the outbox that give the sender something to send.
 _SENDABLE = frozenset({"queued", "retried"})
+#: The log event of an entry recorded as sent that did not go out.
+_WITHDRAWN = "withdrawn"
 
 
 class NoAnswer(Exception):
     """The LIS did not answer in time, or the connection was lost: send again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Answered:
+    entry: outbox.Entry
+    answer: Answer
+    text: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Unanswered:
+    """No answer: the entry waits to be sent again. ``taken_back`` when it was recorded
+    as sent but never went out."""
+
+    entry: outbox.Entry
+    event: str
+    detail: str
+    at: datetime
+    taken_back: bool = False
+
+
+_Outcome = _Answered | _Unanswered
+_T = TypeVar("_T")
 
 
 class LisSender:
@@ -64,6 +109,13 @@ class LisSender:
         self._writer: asyncio.StreamWriter | None = None
         self._mllp = MllpReader()
         self._queued = asyncio.Event()
+        # What the entries claimed became, until a store write records it; kept on the
+        # sender so that a run restarted after a failed write records it still.
+        self._outcomes: list[_Outcome] = []
+        # The claimed entries not yet answered, the first of them on the wire or not.
+        self._unsettled: list[outbox.Entry] = []
+        self._recorded_sent = False
+        self._on_wire = False
 
     def committed(self, committed: Committed) -> None:
         """A commit listener of the store writer: a message queued or sent again wakes the
@@ -78,78 +130,208 @@ class LisSender:
             while True:
                 # Cleared before the claim: what is queued while it runs wakes the next wait.
                 self._queued.clear()
-                entry = await self.store.write(
-                    lambda conn: outbox.claim_next(conn, self.owner, self.clock(), self.hold)
-                )
-                if entry is None:
+                connected = self._connected()
+                batch, at = await self._record(partial(self._claim, connected=connected))
+                if not batch:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._queued.wait(), POLL_SECONDS)
                     continue
-                # Every line logged about the entry names it, its specimen and instrument.
-                with structlog.contextvars.bound_contextvars(
-                    outbox_id=entry.id, control_id=entry.control_id,
-                    specimen=entry.specimen_id, instrument=entry.instrument,
-                ):  # fmt: skip
-                    try:
-                        answer = await self._deliver(entry)
-                    except NoAnswer as failure:
-                        await self._no_answer(entry, failure, next_delay())
-                        continue
-                    next_delay = self.backoff.delays()
-                    if answer is not None:
-                        await self._close_entry(entry, answer)
+                self._unsettled, self._recorded_sent = list(batch), connected
+                deadline: datetime | None = at + self.hold
+                try:
+                    if not connected:
+                        deadline = await self._open(batch[0])
+                    if deadline is not None:
+                        await self._send_batch(deadline)
+                except NoAnswer as failure:
+                    event, detail = failure.args
+                    failed = self._unsettled[0]
+                    self._settle(event, detail, self._on_wire)
+                    await self._close()
+                    await self._record(lambda _conn: None)
+                    delay = next_delay()
+                    self.log.warning(
+                        "LIS did not answer; sending again later",
+                        outbox_id=failed.id,
+                        control_id=failed.control_id,
+                        reason=detail,
+                        retry_in=round(delay, 2),
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                next_delay = self.backoff.delays()
         finally:
-            await self._close()
+            await self._stop()
 
-    async def _no_answer(self, entry: outbox.Entry, failure: NoAnswer, delay: float) -> None:
-        await self._close()
-        event, detail = failure.args
-        await self.store.write(
-            lambda conn: outbox.release_claim(
-                conn, entry.id, self.owner, event, detail, self.clock()
-            )
-        )
-        self.log.warning(
-            "LIS did not answer; sending again later",
-            outbox_id=entry.id,
-            control_id=entry.control_id,
-            reason=detail,
-            retry_in=round(delay, 2),
-        )
-        await asyncio.sleep(delay)
+    def _claim(self, conn: Connection, connected: bool) -> tuple[list[outbox.Entry], datetime]:
+        """The next batch and the time of its claim, read in the transaction: never
+        before the entries were queued."""
+        at = self.clock()
+        entries = outbox.claim(conn, self.owner, at, self.hold, BATCH if connected else 1)
+        if connected:
+            for entry in entries:
+                outbox.sent(conn, entry.id, self.owner, entry.message, at, self.hold)
+        return entries, at
 
-    async def _deliver(self, entry: outbox.Entry) -> tuple[Answer, str] | None:
-        """The LIS's answer to the entry; None when the entry is no longer this sender's
-        to send (its claim ran out and another daemon took it)."""
-        if self._writer is not None and (
-            self._writer.is_closing() or (self._reader is not None and self._reader.at_eof())
-        ):
-            await self._close()  # the LIS closed it since its last answer: a new one
-        if self._writer is None:
-            try:
-                server_name = None
-                if self.tls is not None and self.config.tls is not None:
-                    server_name = self.config.tls.server_name or self.config.host
-                self._reader, self._writer = await asyncio.wait_for(
-                    asyncio.open_connection(
-                        self.config.host, self.config.port, ssl=self.tls,
-                        server_hostname=server_name,
-                    ),
-                    self.config.ack_timeout,
-                )  # fmt: skip
-            except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-                raise NoAnswer("unreachable", f"cannot connect: {exc!r}") from None
-            self._mllp = MllpReader()
-        mine = await self.store.write(
-            lambda conn: outbox.sent(
-                conn, entry.id, self.owner, entry.message, self.clock(), self.hold
-            )
-        )
+    async def _open(self, entry: outbox.Entry) -> datetime | None:
+        """Connect for the one entry claimed while there was no connection and record it
+        as sent: the deadline of its claim, None when the claim ran out meanwhile."""
+        await self._connect()
+
+        def sent(conn: Connection) -> tuple[bool, datetime]:
+            at = self.clock()
+            return outbox.sent(conn, entry.id, self.owner, entry.message, at, self.hold), at
+
+        mine, at = await self.store.write(sent)
         if not mine:
+            self._unsettled = []
             self.log.warning(
                 "claim ran out before sending; left to its new holder", outbox_id=entry.id
             )
             return None
+        self._recorded_sent = True
+        return at + self.hold
+
+    async def _send_batch(self, deadline: datetime) -> None:
+        """Each claimed entry in turn, while its claim outlasts an answer's wait."""
+        wait = timedelta(seconds=self.config.ack_timeout)
+        while self._unsettled:
+            if self.clock() + wait + CLAIM_MARGIN > deadline:
+                self._settle(
+                    _WITHDRAWN, "not sent: its claim would run out before an answer", False
+                )
+                return
+            entry = self._unsettled[0]
+            # Every line logged about the entry names it, its specimen and instrument.
+            with structlog.contextvars.bound_contextvars(
+                outbox_id=entry.id, control_id=entry.control_id,
+                specimen=entry.specimen_id, instrument=entry.instrument,
+            ):  # fmt: skip
+                answer, text = await self._exchange(entry)
+                self._outcomes.append(_Answered(entry, answer, text, self.clock()))
+                self._unsettled.pop(0)
+                self._on_wire = False
+                if not answer.accepted:
+                    self.log.error(
+                        "LIS refused a message",
+                        answer=f"{answer.code}: {answer.text or 'no reason given'}",
+                        state=self._refused_state,
+                    )
+
+    def _settle(self, event: str, detail: str, first_sent: bool) -> None:
+        """The batch ends here: its first unanswered entry gets ``event`` (its attempt
+        kept when it went out, or was never recorded as sent), the others, never sent,
+        are taken back."""
+        if not self._unsettled:
+            return
+        at = self.clock()
+        first, *behind = self._unsettled
+        went = first_sent or not self._recorded_sent
+        self._outcomes.append(_Unanswered(first, event, detail, at, taken_back=not went))
+        if event != _WITHDRAWN:
+            detail = f"not sent: the batch stopped at {first.control_id} ({event})"
+        self._outcomes.extend(
+            _Unanswered(entry, _WITHDRAWN, detail, at, taken_back=True) for entry in behind
+        )
+        self._unsettled, self._on_wire = [], False
+
+    async def _record(self, then: Callable[[Connection], _T]) -> _T:
+        """One store write: what the entries claimed became, then ``then``."""
+        taken, self._outcomes = self._outcomes, []
+
+        def write(conn: Connection) -> tuple[list[bool], _T]:
+            return [self._write_outcome(conn, outcome) for outcome in taken], then(conn)
+
+        try:
+            kept, value = await self.store.write(write)
+        except asyncio.CancelledError:
+            raise  # the write may still commit: recording it twice would log it twice
+        except Exception:
+            self._outcomes = taken + self._outcomes  # rolled back: recorded at the next
+            raise
+        for outcome, mine in zip(taken, kept, strict=True):
+            if isinstance(outcome, _Answered):
+                if not mine:
+                    self.log.warning(
+                        "answer came after the claim ran out; kept in the log only",
+                        outbox_id=outcome.entry.id,
+                    )
+                elif outcome.answer.accepted:
+                    self.log.info(
+                        "delivered to the LIS", outbox_id=outcome.entry.id,
+                        control_id=outcome.entry.control_id,
+                        specimen=outcome.entry.specimen_id,
+                        instrument=outcome.entry.instrument,
+                    )  # fmt: skip
+        return value
+
+    def _write_outcome(self, conn: Connection, outcome: _Outcome) -> bool:
+        entry = outcome.entry
+        if isinstance(outcome, _Answered):
+            answer = outcome.answer
+            if answer.accepted:
+                state, detail = outbox.DELIVERED, ""
+            else:
+                state = self._refused_state
+                detail = f"{answer.code}: {answer.text or 'no reason given'}"
+            return outbox.answered(
+                conn, entry.id, self.owner, state, outcome.text, detail, outcome.at
+            )
+        if outcome.taken_back:
+            outbox.withdraw(conn, entry.id, self.owner, outcome.event, outcome.detail, outcome.at)
+        else:
+            outbox.release_claim(
+                conn, entry.id, self.owner, outcome.event, outcome.detail, outcome.at
+            )
+        return True
+
+    @property
+    def _refused_state(self) -> str:
+        return outbox.STOPPED if self.config.on_error == "stop" else outbox.DEAD
+
+    async def _stop(self) -> None:
+        """Record what the last batch became, so that a restarted daemon sends its
+        unanswered entries at once instead of when their claims run out."""
+        self._settle("interrupted", "the sender stopped before the LIS answered", self._on_wire)
+        try:
+            if self._outcomes:
+                await asyncio.wait_for(self._record(lambda _conn: None), RECORD_ON_STOP_SECONDS)
+        except Exception as exc:  # the claims run out by themselves
+            self.log.warning("could not record the last answers before stopping", error=repr(exc))
+        finally:
+            await self._close()
+
+    def _connected(self) -> bool:
+        """Whether the connection to the LIS is up, as far as can be told without
+        sending: the LIS may have closed it since its last answer."""
+        return not (
+            self._writer is None
+            or self._writer.is_closing()
+            or (self._reader is not None and self._reader.at_eof())
+        )
+
+    async def _connect(self) -> None:
+        await self._close()
+        try:
+            server_name = None
+            if self.tls is not None and self.config.tls is not None:
+                server_name = self.config.tls.server_name or self.config.host
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    self.config.host, self.config.port, ssl=self.tls,
+                    server_hostname=server_name,
+                ),
+                self.config.ack_timeout,
+            )  # fmt: skip
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            raise NoAnswer("unreachable", f"cannot connect: {exc!r}") from None
+        self._mllp = MllpReader()
+
+    async def _exchange(self, entry: outbox.Entry) -> tuple[Answer, str]:
+        """The LIS's answer to the entry, sent on the connection (opened again if the LIS
+        closed it since its last answer)."""
+        if not self._connected():
+            await self._connect()
         try:
             return await asyncio.wait_for(self._send(entry), self.config.ack_timeout)
         except TimeoutError:
@@ -159,6 +341,7 @@ class LisSender:
 
     async def _send(self, entry: outbox.Entry) -> tuple[Answer, str]:
         assert self._writer is not None
+        self._on_wire = True
         self._writer.write(frame(entry.message.encode("utf-8")))
         await self._writer.drain()
         return await self._answer(entry)
@@ -194,33 +377,6 @@ class LisSender:
             )
             return None
         return answer
-
-    async def _close_entry(self, entry: outbox.Entry, found: tuple[Answer, str]) -> None:
-        answer, text = found
-        if answer.accepted:
-            state, detail = outbox.DELIVERED, ""
-        else:
-            state = outbox.STOPPED if self.config.on_error == "stop" else outbox.DEAD
-            detail = f"{answer.code}: {answer.text or 'no reason given'}"
-            self.log.error(
-                "LIS refused a message",
-                outbox_id=entry.id,
-                control_id=entry.control_id,
-                specimen=entry.specimen_id,
-                answer=detail,
-                state=state,
-            )
-        kept = await self.store.write(
-            lambda conn: outbox.answered(
-                conn, entry.id, self.owner, state, text, detail, self.clock()
-            )
-        )
-        if not kept:
-            self.log.warning(
-                "answer came after the claim ran out; kept in the log only", outbox_id=entry.id
-            )
-        elif answer.accepted:
-            self.log.info("delivered to the LIS")
 
     async def _close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None

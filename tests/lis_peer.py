@@ -22,6 +22,13 @@ class Received:
 class LisPeer:
     answer: str = "AA"
     """What every message gets: AA, AE, AR, or "" for no answer at all."""
+    delay: float = 0.0
+    """Seconds before each answer."""
+    hang_up_at: set[int] = field(default_factory=set)
+    """Numbers of the messages (the first received is 1) that get no answer: the LIS
+    closes the connection instead."""
+    unanswered: set[int] = field(default_factory=set)
+    """Numbers of the messages that get no answer, the connection kept."""
     received: list[Received] = field(default_factory=list)
     port: int = 0
     _server: asyncio.Server | None = None
@@ -64,7 +71,11 @@ class LisPeer:
                     control_id = segments["MSH"][9]
                     specimen_id = segments["OBR"][3] if "OBR" in segments else ""
                     self.received.append(Received(control_id, specimen_id, text))
-                    if self.answer:
+                    if len(self.received) in self.hang_up_at:
+                        return
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
+                    if self.answer and len(self.received) not in self.unanswered:
                         writer.write(b"\x0b" + _ack(control_id, self.answer) + b"\x1c\r")
                         await writer.drain()
         except (ConnectionError, OSError):

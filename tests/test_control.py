@@ -307,7 +307,7 @@ async def test_a_fault_inside_a_command_is_a_500_not_the_operators_mistake(
 async def test_the_outbox_over_the_api(without_rules: Control, store: Store) -> None:
     def stopped(conn: Connection) -> int:
         entry_id = outbox.enqueue(conn, "S1", "chem-1", "C1", "message", NOW)
-        outbox.claim_next(conn, "t", NOW, timedelta(seconds=30))
+        outbox.claim(conn, "t", NOW, timedelta(seconds=30))
         outbox.answered(conn, entry_id, "t", outbox.STOPPED, "MSA|AE|C1", "AE: no", NOW)
         return entry_id
 

@@ -146,7 +146,8 @@ def test_one_specimen_in_order_others_go_on_and_an_error_stops_its_queue(
 
     def claim(owner: str, at: datetime = T0) -> outbox.Entry | None:
         with store.engine.begin() as conn:
-            return outbox.claim_next(conn, owner, at, hold)
+            claimed = outbox.claim(conn, owner, at, hold)
+        return claimed[0] if claimed else None
 
     try:
         with store.engine.begin() as conn:
@@ -191,7 +192,7 @@ async def test_a_person_retries_or_dismisses_a_stopped_message_and_is_audited(
 
     def stopped(conn: Connection) -> int:
         entry_id = outbox.enqueue(conn, "S1", "chem-1", "C9", "message", T0)
-        outbox.claim_next(conn, "t", T0, timedelta(seconds=30))
+        outbox.claim(conn, "t", T0, timedelta(seconds=30))
         outbox.answered(conn, entry_id, "t", outbox.STOPPED, "MSA|AE|C9", "AE: unknown test", T0)
         return entry_id
 
@@ -221,7 +222,7 @@ def test_the_outbox_command_lists_and_retries(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'state' / 'middleware.db'}")
     with store.engine.begin() as conn:
         entry_id = outbox.enqueue(conn, "S1", "chem-1", "C9", "message", T0)
-        outbox.claim_next(conn, "t", T0, timedelta(seconds=30))
+        outbox.claim(conn, "t", T0, timedelta(seconds=30))
         outbox.answered(conn, entry_id, "t", outbox.DEAD, "MSA|AR|C9", "AR: refused", T0)
     store.close()
 
@@ -361,9 +362,9 @@ def test_only_the_holder_of_a_claim_sends_or_closes_the_entry(database_url: str)
     try:
         with store.engine.begin() as conn:
             entry_id = outbox.enqueue(conn, "S1", "chem-1", "C1", "message", T0)
-            assert outbox.claim_next(conn, "node-a", T0, hold) is not None
+            assert outbox.claim(conn, "node-a", T0, hold)
             # node-a is slow; its claim runs out and node-b takes the entry
-            assert outbox.claim_next(conn, "node-b", T0 + 2 * hold, hold) is not None
+            assert outbox.claim(conn, "node-b", T0 + 2 * hold, hold)
             assert not outbox.sent(conn, entry_id, "node-a", "message", T0 + 2 * hold, hold)
             assert outbox.sent(conn, entry_id, "node-b", "message", T0 + 2 * hold, hold)
             assert outbox.answered(conn, entry_id, "node-b", "delivered", "MSA|AA|C1", "", T0)
@@ -389,9 +390,9 @@ async def test_a_message_set_aside_is_not_sent_after_a_later_one_of_its_specimen
     def two(conn: Connection) -> int:
         first = outbox.enqueue(conn, "S1", "chem-1", "C1", "old", T0)
         second = outbox.enqueue(conn, "S1", "chem-1", "C2", "new", T0)
-        outbox.claim_next(conn, "t", T0, hold)
+        outbox.claim(conn, "t", T0, hold)
         outbox.answered(conn, first, "t", outbox.DEAD, "MSA|AR|C1", "AR", T0)
-        outbox.claim_next(conn, "t", T0, hold)
+        outbox.claim(conn, "t", T0, hold)
         outbox.answered(conn, second, "t", outbox.DELIVERED, "MSA|AA|C2", "", T0)
         return first
 

@@ -4,10 +4,10 @@ results, sent in order per specimen, closed by the LIS's answer.
 An entry is ``pending`` until the LIS accepts it (``delivered``). An error answer (AE,
 AR) either stops it (``stopped``: the specimen's later entries wait behind it for a
 person) or sets it aside (``dead``), as configured; a person retries or dismisses it. A
-sender claims the oldest entry it may send (none of its specimen's earlier entries still
-pending or stopped, no other daemon's claim running), for as long as it waits for the
-answer: a daemon that dies leaves a claim that runs out, and the entry is sent again, with
-the same control id. Every send and answer is kept in ``outbox_log``.
+sender claims the oldest entries it may send (none of their specimens' earlier entries
+still pending or stopped, no other daemon's claim running), for as long as it waits for
+their answers: a daemon that dies leaves claims that run out, and the entries are sent
+again, with the same control ids. Every send and answer is kept in ``outbox_log``.
 """
 
 from __future__ import annotations
@@ -74,9 +74,12 @@ def enqueue(
     return entry_id
 
 
-def claim_next(conn: Connection, owner: str, at: datetime, hold: timedelta) -> Entry | None:
-    """The oldest entry ``owner`` may send now, claimed until ``at + hold``; None when
-    there is none."""
+def claim(
+    conn: Connection, owner: str, at: datetime, hold: timedelta, limit: int = 1
+) -> list[Entry]:
+    """The oldest entries ``owner`` may send now, at most ``limit`` and at most one per
+    specimen (a specimen's next entry waits for the answer to the one before), claimed
+    until ``at + hold``."""
     earlier = outbox.alias("earlier")
     query = (
         select(outbox)
@@ -96,19 +99,18 @@ def claim_next(conn: Connection, owner: str, at: datetime, hold: timedelta) -> E
             ),
         )
         .order_by(outbox.c.id)
-        .limit(1)
+        .limit(limit)
     )
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True, of=outbox)
-    row = conn.execute(query).first()
-    if row is None:
-        return None
-    conn.execute(
-        outbox.update()
-        .where(outbox.c.id == row.id)
-        .values(claimed_by=owner, claimed_until=at + hold)
-    )
-    return _entry(row)
+    rows = conn.execute(query).all()
+    if rows:
+        conn.execute(
+            outbox.update()
+            .where(outbox.c.id.in_([row.id for row in rows]))
+            .values(claimed_by=owner, claimed_until=at + hold)
+        )
+    return [_entry(row) for row in rows]
 
 
 def _held_by(entry_id: int, owner: str) -> Any:
@@ -169,6 +171,19 @@ def release_claim(
     """No answer (a timeout, a lost connection): the entry waits to be sent again."""
     conn.execute(
         outbox.update().where(_held_by(entry_id, owner)).values(claimed_by=None, claimed_until=None)
+    )
+    log(conn, entry_id, event, "", detail, at)
+
+
+def withdraw(
+    conn: Connection, entry_id: int, owner: str, event: str, detail: str, at: datetime
+) -> None:
+    """Recorded as sent (:func:`sent`, before it went out) but not sent after all: the
+    attempt is taken back and the entry waits to be sent."""
+    conn.execute(
+        outbox.update()
+        .where(_held_by(entry_id, owner))
+        .values(attempts=outbox.c.attempts - 1, claimed_by=None, claimed_until=None)
     )
     log(conn, entry_id, event, "", detail, at)
 

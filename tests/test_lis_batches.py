@@ -1,0 +1,305 @@
+"""The LIS sender claims and records in batches: one store write for many messages, and
+whatever stops a batch (no answer, a lost connection, a claim about to run out, the
+daemon stopping) leaves every entry's attempts equal to the times it went out, with its
+claim free for the next sender at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Connection, select
+
+from middleware import delivery
+from middleware.delivery import LisSender
+from middleware.domain import Measurement, Result
+from middleware.hl7.results import Reported, oru_r01
+from middleware.settings import LisConfig
+from middleware.store import Store, outbox
+from middleware.store.schema import outbox as outbox_table
+from middleware.store.schema import outbox_log
+from tests.lis_peer import LisPeer
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+def _oru(control_id: str, specimen: str) -> str:
+    result = Result(specimen, "GLU", "GLU", Measurement.parse("5.2"), instrument="chem-1")
+    return oru_r01(control_id, T0, specimen, None, [Reported(result)])
+
+
+def _fill(conn: Connection, first: int, count: int, specimens: int | None = None) -> None:
+    for n in range(first, first + count):
+        specimen = f"S{n % specimens if specimens else n:03d}"
+        control_id = f"C{n:03d}"
+        outbox.enqueue(conn, specimen, "chem-1", control_id, _oru(control_id, specimen), T0)
+
+
+async def _queue(store: Store, first: int, count: int) -> None:
+    await store.write(lambda conn: _fill(conn, first, count))
+
+
+def _rows(store: Store) -> dict[str, tuple[str, int, str | None]]:
+    """Control id: state, attempts, claimed by."""
+    rows = store.read(
+        lambda c: c.execute(
+            select(
+                outbox_table.c.control_id,
+                outbox_table.c.state,
+                outbox_table.c.attempts,
+                outbox_table.c.claimed_by,
+            )
+        ).all()
+    )
+    return {control_id: (state, attempts, owner) for control_id, state, attempts, owner in rows}
+
+
+def _events(store: Store) -> dict[str, list[str]]:
+    """Control id: its log events in order."""
+    rows = store.read(
+        lambda c: c.execute(
+            select(outbox_table.c.control_id, outbox_log.c.event)
+            .join(outbox_table, outbox_table.c.id == outbox_log.c.outbox_id)
+            .order_by(outbox_log.c.id)
+        ).all()
+    )
+    found: dict[str, list[str]] = {}
+    for control_id, event in rows:
+        found.setdefault(control_id, []).append(event)
+    return found
+
+
+async def _until(condition: object, timeout: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():  # type: ignore[operator]
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.02)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def _sent_as_often_as_counted(store: Store, lis: LisPeer) -> None:
+    """Every entry's attempts are the times the LIS received it, and its log's sends less
+    its withdrawals say the same."""
+    received = Counter(r.control_id for r in lis.received)
+    for control_id, (_, attempts, _) in _rows(store).items():
+        events = _events(store).get(control_id, [])
+        assert attempts == received[control_id], control_id
+        assert events.count("sent") - events.count("withdrawn") == attempts, (control_id, events)
+
+
+def test_a_claim_takes_the_oldest_entries_one_per_specimen(database_url: str) -> None:
+    store = Store(database_url)
+    hold = timedelta(seconds=30)
+    try:
+        with store.engine.begin() as conn:
+            _fill(conn, 0, 6, specimens=3)  # S000: C000, C003; S001: C001, C004; ...
+            first = outbox.claim(conn, "node-a", T0, hold, limit=2)
+            second = outbox.claim(conn, "node-b", T0, hold, limit=10)
+            again = outbox.claim(conn, "node-a", T0, hold, limit=10)
+        assert [e.control_id for e in first] == ["C000", "C001"]
+        assert [e.control_id for e in second] == ["C002"]  # each specimen's next waits
+        assert [e.control_id for e in again] == ["C000", "C001"]  # its own claims again
+        with store.engine.begin() as conn:
+            entry = first[0]
+            assert outbox.sent(conn, entry.id, "node-a", entry.message, T0, hold)
+            outbox.withdraw(conn, entry.id, "node-a", "withdrawn", "not sent", T0)
+            outbox.withdraw(conn, entry.id, "node-a", "withdrawn", "not sent", T0)  # not held
+        assert _rows(store)["C000"] == ("pending", 0, None)
+        assert _events(store)["C000"] == ["sent", "withdrawn", "withdrawn"]
+    finally:
+        store.close()
+
+
+async def test_a_batch_of_messages_costs_a_store_write_not_three_each(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "POLL_SECONDS", 3600.0)  # woken by the commits alone
+    store = Store(database_url)
+    lis = LisPeer()
+    config = LisConfig(host="127.0.0.1", port=await lis.start(), ack_timeout=5)
+    sender = LisSender(config, store, "node")
+    store.writer.listeners.append(sender.committed)
+    await _queue(store, 0, 1)
+    task = asyncio.create_task(sender.run())
+    try:
+        await lis.wait_for(1)
+        await _until(lambda: _rows(store)["C000"][0] == "delivered")
+        commits = store.writer.commits
+        await _queue(store, 1, 40)  # the connection is up: these go as one batch
+        await lis.wait_for(41)
+        await _until(lambda: all(state == "delivered" for state, _, _ in _rows(store).values()))
+        # queued, then claimed and recorded as sent, then answered: three writes (the
+        # old way took three per message)
+        assert store.writer.commits - commits == 3
+    finally:
+        await _stop(task)
+        await lis.stop()
+    try:
+        assert [r.control_id for r in lis.received] == [f"C{n:03d}" for n in range(41)]
+        _sent_as_often_as_counted(store, lis)
+        assert set(_events(store)["C020"]) == {"sent", "answered"}
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("failure", ["hang-up", "silence"])
+async def test_a_batch_cut_short_sends_the_rest_later_and_counts_only_what_went(
+    database_url: str, failure: str
+) -> None:
+    store = Store(database_url)
+    lis = LisPeer()
+    config = LisConfig(
+        host="127.0.0.1", port=await lis.start(), ack_timeout=1.0,
+        backoff={"base": 0.1, "ceiling": 0.2},
+    )  # fmt: skip
+    # the 5th message gets a closed connection, or no answer within the ACK timeout
+    if failure == "hang-up":
+        lis.hang_up_at = {5}
+    else:
+        lis.unanswered = {5}
+    await _queue(store, 0, 1)
+    task = asyncio.create_task(LisSender(config, store, "node").run())
+    try:
+        await lis.wait_for(1)
+        await _until(lambda: _rows(store)["C000"][0] == "delivered")
+        await _queue(store, 1, 10)
+        await _until(lambda: all(state == "delivered" for state, _, _ in _rows(store).values()))
+    finally:
+        await _stop(task)
+        await lis.stop()
+    try:
+        received = Counter(r.control_id for r in lis.received)
+        assert set(received) == {f"C{n:03d}" for n in range(11)}
+        [(again, twice)] = [(c, n) for c, n in received.items() if n > 1]
+        assert twice == 2  # the one cut off, sent again with its control id
+        _sent_as_often_as_counted(store, lis)
+        events = _events(store)
+        assert events[again][:2] == ["sent", "disconnected" if failure == "hang-up" else "timeout"]
+        behind = [c for c, e in events.items() if "withdrawn" in e]
+        assert behind, "the rest of the batch was taken back"
+        assert all(_rows(store)[c][1] == 1 for c in behind)
+    finally:
+        store.close()
+
+
+async def test_a_batch_stops_before_a_claim_could_run_out_under_its_answer(
+    database_url: str,
+) -> None:
+    """A slow LIS: each message goes only while its claim (2 x 1 s + 5 s) outlasts an
+    answer's wait (1 s) and the margin (5 s); the rest are taken back and claimed again."""
+    store = Store(database_url)
+    lis = LisPeer(delay=0.4)
+    config = LisConfig(host="127.0.0.1", port=await lis.start(), ack_timeout=1.0)
+    await _queue(store, 0, 1)
+    task = asyncio.create_task(LisSender(config, store, "node").run())
+    try:
+        await lis.wait_for(1)
+        await _until(lambda: _rows(store)["C000"][0] == "delivered")
+        await _queue(store, 1, 8)
+        await _until(lambda: all(state == "delivered" for state, _, _ in _rows(store).values()))
+    finally:
+        await _stop(task)
+        await lis.stop()
+    try:
+        assert sorted(r.control_id for r in lis.received) == [f"C{n:03d}" for n in range(9)]
+        _sent_as_often_as_counted(store, lis)
+        events = _events(store)
+        assert any("withdrawn" in e for e in events.values())
+        assert all(e[-1] == "answered" for e in events.values())
+    finally:
+        store.close()
+
+
+async def test_a_stopped_sender_frees_its_claims_for_the_next_at_once(database_url: str) -> None:
+    store = Store(database_url)
+    lis = LisPeer()
+    config = LisConfig(host="127.0.0.1", port=await lis.start(), ack_timeout=5)
+    await _queue(store, 0, 1)
+    task = asyncio.create_task(LisSender(config, store, "node-a").run())
+    try:
+        await lis.wait_for(1)
+        await _until(lambda: _rows(store)["C000"][0] == "delivered")
+        lis.answer = ""
+        await _queue(store, 1, 5)
+        await lis.wait_for(2)  # C001 on the wire, unanswered; C002-C005 claimed behind it
+        await asyncio.sleep(0.1)
+    finally:
+        await _stop(task)
+    rows = _rows(store)
+    assert rows["C001"] == ("pending", 1, None)
+    assert [rows[f"C{n:03d}"] for n in range(2, 6)] == [("pending", 0, None)] * 4
+    events = _events(store)
+    assert events["C001"] == ["sent", "interrupted"]
+    assert events["C002"] == ["sent", "withdrawn"]
+    # another daemon sends them now, not when a claim runs out
+    lis.answer = "AA"
+    other = asyncio.create_task(LisSender(config, store, "node-b").run())
+    try:
+        await lis.wait_for(7, timeout=config.ack_timeout)
+        await _until(lambda: all(state == "delivered" for state, _, _ in _rows(store).values()))
+    finally:
+        await _stop(other)
+        await lis.stop()
+    try:
+        _sent_as_often_as_counted(store, lis)
+    finally:
+        store.close()
+
+
+async def test_a_sender_restarted_after_a_failed_write_records_what_it_had(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answers of a batch wait in the sender for the write that records them: when
+    that write fails (here every write that records an answer, for a while), the sender's
+    task ends, is started again, and records them then; nothing is sent twice."""
+    store = Store(database_url)
+    lis = LisPeer()
+    config = LisConfig(host="127.0.0.1", port=await lis.start(), ack_timeout=5)
+    sender = LisSender(config, store, "node")
+    broken = False
+    real_answered = outbox.answered
+
+    def answered(*args: object) -> bool:
+        if broken:
+            raise OSError("disk I/O error")
+        return real_answered(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(outbox, "answered", answered)
+    await _queue(store, 0, 1)
+    task = asyncio.create_task(sender.run())
+    try:
+        await lis.wait_for(1)
+        await _until(lambda: _rows(store)["C000"][0] == "delivered")
+        broken = True
+        await _queue(store, 1, 3)
+        await lis.wait_for(4)
+        [ended] = await asyncio.gather(task, return_exceptions=True)
+        assert isinstance(ended, OSError)
+        rows = _rows(store)
+        assert [rows[f"C00{n}"] for n in (1, 2, 3)] == [("pending", 1, "node")] * 3
+        broken = False
+        task = asyncio.create_task(sender.run())
+        await _until(lambda: all(state == "delivered" for state, _, _ in _rows(store).values()))
+    finally:
+        await _stop(task)
+        await lis.stop()
+    try:
+        assert len(lis.received) == 4  # nothing sent twice
+        _sent_as_often_as_counted(store, lis)
+    finally:
+        store.close()
+
+
+def test_the_batch_fits_in_a_claim() -> None:
+    """The first entry of a batch always goes: a claim outlasts one answer's wait and the
+    margin for the shortest ACK timeout."""
+    for timeout in (0.5, 1.0, 10.0, 60.0):
+        hold = timedelta(seconds=2 * timeout + 5)
+        assert timedelta(seconds=timeout) + delivery.CLAIM_MARGIN <= hold
