@@ -338,6 +338,10 @@ class LisSimulator:
                 await self._take(event, peer, writer)
         except OSError as exc:
             self._say(f"{peer}: connection lost: {exc!r}")
+        except asyncio.CancelledError:
+            # stop() ends connections so; ending as a finished task keeps the stream
+            # server's callback (Python 3.11) from reporting the cancellation as an error.
+            pass
         finally:
             del self._connections[writer]
             writer.close()

@@ -194,6 +194,24 @@ async def test_dropping_on_command_closes_every_connection_and_keeps_the_port() 
     assert block == expected_ack(block, "AA|MW2")
 
 
+async def test_stopping_with_connections_open_reports_no_error() -> None:
+    """Stopping ends each connection's task; the loop is told of no failure (Python 3.11's
+    stream server reported each cancelled one with a traceback)."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        async with lis() as (_simulator, port):
+            connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+            await asyncio.sleep(0.05)  # both served, waiting for data
+        for _, writer in connections:
+            writer.close()
+        await asyncio.sleep(0.05)
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []
+
+
 async def test_dropped_during_the_delay_the_message_is_recorded_unanswered() -> None:
     async with lis(delay=0.3) as (simulator, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
