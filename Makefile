@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test lint typecheck check demo bench bench-setup bench-e2e fuzz faults clean
+.PHONY: install browser test lint typecheck check demo bench bench-setup bench-e2e soak fuzz faults clean
 
 install: $(STAMP)
 
@@ -71,6 +71,12 @@ bench: bench-setup
 bench-e2e: install
 	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/e2e.py --rate 100 --analysers 1,10,50 --samples 200
+
+# Soak (docs/performance.md): 10 analysers at 100 results/s for 30 minutes through the
+# daemon to the LIS simulator on SQLite; fails unless memory and latency stay flat and
+# every result is accounted for. SOAK_OPTIONS=--both adds PostgreSQL (another 30 minutes).
+soak: install
+	$(BIN)/python bench/soak.py $(SOAK_OPTIONS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

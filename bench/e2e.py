@@ -389,6 +389,8 @@ class Outcome:
     not_recorded: int = 0
     """Entries the daemon marked delivered that the LIS's record does not have."""
     on_arrival: list[float] = field(default_factory=list)
+    on_arrival_sent: list[float] = field(default_factory=list)
+    """When the last frame of each message in ``on_arrival`` was written."""
     waited: list[float] = field(default_factory=list)
     stages: dict[str, list[float]] = field(default_factory=lambda: {stage: [] for stage in STAGES})
     """Messages released on arrival: where their time went."""
@@ -508,6 +510,7 @@ def outcome(url: str, record: Path, traffic: Traffic, rules: Rules) -> Outcome:
             out.waited_reasons.update(r for _, why in first_holds for r in why.split(",") if r)
             continue
         out.on_arrival.append(answered_at - sent)
+        out.on_arrival_sent.append(sent)
         bracketed = bracketed_tests(rules, queued.instrument)
         out.bracketed_on_arrival += sum(1 for t in tests if t in bracketed)
         stored, to_lis = traffic.acked_at[queued.specimen_id], _epoch(queued.last_sent_at)
