@@ -214,7 +214,7 @@ class LisSender:
                 if not answer.accepted:
                     self.log.error(
                         "LIS refused a message",
-                        answer=f"{answer.code}: {answer.text or 'no reason given'}",
+                        answer=_refusal(answer),
                         state=self._refused_state,
                     )
 
@@ -272,17 +272,14 @@ class LisSender:
             if answer.accepted:
                 state, detail = outbox.DELIVERED, ""
             else:
-                state = self._refused_state
-                detail = f"{answer.code}: {answer.text or 'no reason given'}"
+                state, detail = self._refused_state, _refusal(answer)
             return outbox.answered(
                 conn, entry.id, self.owner, state, outcome.text, detail, outcome.at
             )
-        if outcome.taken_back:
-            outbox.withdraw(conn, entry.id, self.owner, outcome.event, outcome.detail, outcome.at)
-        else:
-            outbox.release_claim(
-                conn, entry.id, self.owner, outcome.event, outcome.detail, outcome.at
-            )
+        outbox.release_claim(
+            conn, entry.id, self.owner, outcome.event, outcome.detail, outcome.at,
+            taken_back=outcome.taken_back,
+        )  # fmt: skip
         return True
 
     @property
@@ -384,3 +381,8 @@ class LisSender:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+def _refusal(answer: Answer) -> str:
+    """What the outbox and the log say of an error answer."""
+    return f"{answer.code}: {answer.text or 'no reason given'}"

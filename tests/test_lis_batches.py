@@ -79,6 +79,24 @@ async def _until(condition: object, timeout: float = 20) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _connected(sender: LisSender, store: Store, lis: LisPeer) -> asyncio.Task[None]:
+    """The sender running, its connection to the LIS up: the first entry, C000, queued
+    and delivered (the sender claims one entry at a time until it has a connection)."""
+    await _queue(store, 0, 1)
+    task = asyncio.create_task(sender.run())
+    try:
+        await lis.wait_for(1)
+        await _until(lambda: _rows(store)["C000"][0] == "delivered")
+    except BaseException:
+        await _stop(task)
+        raise
+    return task
+
+
+def _all_delivered(store: Store) -> bool:
+    return all(state == "delivered" for state, _, _ in _rows(store).values())
+
+
 async def _stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -109,8 +127,10 @@ def test_a_claim_takes_the_oldest_entries_one_per_specimen(database_url: str) ->
         with store.engine.begin() as conn:
             entry = first[0]
             assert outbox.sent(conn, entry.id, "node-a", entry.message, T0, hold)
-            outbox.withdraw(conn, entry.id, "node-a", "withdrawn", "not sent", T0)
-            outbox.withdraw(conn, entry.id, "node-a", "withdrawn", "not sent", T0)  # not held
+            for _ in range(2):  # the second time no longer held: changes nothing but the log
+                outbox.release_claim(
+                    conn, entry.id, "node-a", "withdrawn", "not sent", T0, taken_back=True
+                )
         assert _rows(store)["C000"] == ("pending", 0, None)
         assert _events(store)["C000"] == ["sent", "withdrawn", "withdrawn"]
     finally:
@@ -126,15 +146,12 @@ async def test_a_batch_of_messages_costs_a_store_write_not_three_each(
     config = LisConfig(host="127.0.0.1", port=await lis.start(), ack_timeout=5)
     sender = LisSender(config, store, "node")
     store.writer.listeners.append(sender.committed)
-    await _queue(store, 0, 1)
-    task = asyncio.create_task(sender.run())
+    task = await _connected(sender, store, lis)
     try:
-        await lis.wait_for(1)
-        await _until(lambda: _rows(store)["C000"][0] == "delivered")
         commits = store.writer.commits
         await _queue(store, 1, 40)  # the connection is up: these go as one batch
         await lis.wait_for(41)
-        await _until(lambda: all(state == "delivered" for state, _, _ in _rows(store).values()))
+        await _until(lambda: _all_delivered(store))
         # queued, then claimed and recorded as sent, then answered: three writes (the
         # old way took three per message)
         assert store.writer.commits - commits == 3
@@ -164,13 +181,10 @@ async def test_a_batch_cut_short_sends_the_rest_later_and_counts_only_what_went(
         lis.hang_up_at = {5}
     else:
         lis.unanswered = {5}
-    await _queue(store, 0, 1)
-    task = asyncio.create_task(LisSender(config, store, "node").run())
+    task = await _connected(LisSender(config, store, "node"), store, lis)
     try:
-        await lis.wait_for(1)
-        await _until(lambda: _rows(store)["C000"][0] == "delivered")
         await _queue(store, 1, 10)
-        await _until(lambda: all(state == "delivered" for state, _, _ in _rows(store).values()))
+        await _until(lambda: _all_delivered(store))
     finally:
         await _stop(task)
         await lis.stop()
@@ -197,13 +211,10 @@ async def test_a_batch_stops_before_a_claim_could_run_out_under_its_answer(
     store = Store(database_url)
     lis = LisPeer(delay=0.4)
     config = LisConfig(host="127.0.0.1", port=await lis.start(), ack_timeout=1.0)
-    await _queue(store, 0, 1)
-    task = asyncio.create_task(LisSender(config, store, "node").run())
+    task = await _connected(LisSender(config, store, "node"), store, lis)
     try:
-        await lis.wait_for(1)
-        await _until(lambda: _rows(store)["C000"][0] == "delivered")
         await _queue(store, 1, 8)
-        await _until(lambda: all(state == "delivered" for state, _, _ in _rows(store).values()))
+        await _until(lambda: _all_delivered(store))
     finally:
         await _stop(task)
         await lis.stop()
@@ -221,11 +232,8 @@ async def test_a_stopped_sender_frees_its_claims_for_the_next_at_once(database_u
     store = Store(database_url)
     lis = LisPeer()
     config = LisConfig(host="127.0.0.1", port=await lis.start(), ack_timeout=5)
-    await _queue(store, 0, 1)
-    task = asyncio.create_task(LisSender(config, store, "node-a").run())
+    task = await _connected(LisSender(config, store, "node-a"), store, lis)
     try:
-        await lis.wait_for(1)
-        await _until(lambda: _rows(store)["C000"][0] == "delivered")
         lis.answer = ""
         await _queue(store, 1, 5)
         await lis.wait_for(2)  # C001 on the wire, unanswered; C002-C005 claimed behind it
@@ -243,7 +251,7 @@ async def test_a_stopped_sender_frees_its_claims_for_the_next_at_once(database_u
     other = asyncio.create_task(LisSender(config, store, "node-b").run())
     try:
         await lis.wait_for(7, timeout=config.ack_timeout)
-        await _until(lambda: all(state == "delivered" for state, _, _ in _rows(store).values()))
+        await _until(lambda: _all_delivered(store))
     finally:
         await _stop(other)
         await lis.stop()
@@ -272,11 +280,8 @@ async def test_a_sender_restarted_after_a_failed_write_records_what_it_had(
         return real_answered(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(outbox, "answered", answered)
-    await _queue(store, 0, 1)
-    task = asyncio.create_task(sender.run())
+    task = await _connected(sender, store, lis)
     try:
-        await lis.wait_for(1)
-        await _until(lambda: _rows(store)["C000"][0] == "delivered")
         broken = True
         await _queue(store, 1, 3)
         await lis.wait_for(4)
@@ -286,7 +291,7 @@ async def test_a_sender_restarted_after_a_failed_write_records_what_it_had(
         assert [rows[f"C00{n}"] for n in (1, 2, 3)] == [("pending", 1, "node")] * 3
         broken = False
         task = asyncio.create_task(sender.run())
-        await _until(lambda: all(state == "delivered" for state, _, _ in _rows(store).values()))
+        await _until(lambda: _all_delivered(store))
     finally:
         await _stop(task)
         await lis.stop()

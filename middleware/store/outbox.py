@@ -166,25 +166,21 @@ def answered(
 
 
 def release_claim(
-    conn: Connection, entry_id: int, owner: str, event: str, detail: str, at: datetime
+    conn: Connection,
+    entry_id: int,
+    owner: str,
+    event: str,
+    detail: str,
+    at: datetime,
+    taken_back: bool = False,
 ) -> None:
-    """No answer (a timeout, a lost connection): the entry waits to be sent again."""
-    conn.execute(
-        outbox.update().where(_held_by(entry_id, owner)).values(claimed_by=None, claimed_until=None)
-    )
-    log(conn, entry_id, event, "", detail, at)
-
-
-def withdraw(
-    conn: Connection, entry_id: int, owner: str, event: str, detail: str, at: datetime
-) -> None:
-    """Recorded as sent (:func:`sent`, before it went out) but not sent after all: the
-    attempt is taken back and the entry waits to be sent."""
-    conn.execute(
-        outbox.update()
-        .where(_held_by(entry_id, owner))
-        .values(attempts=outbox.c.attempts - 1, claimed_by=None, claimed_until=None)
-    )
+    """No answer (a timeout, a lost connection): the entry waits to be sent again.
+    ``taken_back`` when it was recorded as sent (:func:`sent`, before it went out) but
+    did not go out after all: its attempt is taken back."""
+    values: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
+    if taken_back:
+        values["attempts"] = outbox.c.attempts - 1
+    conn.execute(outbox.update().where(_held_by(entry_id, owner)).values(**values))
     log(conn, entry_id, event, "", detail, at)
 
 
