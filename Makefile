@@ -32,7 +32,7 @@ test: install browser
 # about two hours and a quarter on two cores (docs/fuzzing.md).
 fuzz: install
 	$(BIN)/python fuzz/run.py --runs 1000000 --jobs 2
-	MIDDLEWARE_API_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/test_api_schema.py
+	MIDDLEWARE_API_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/test_api_schema.py tests/test_page_inputs.py
 
 # Faults during a stream (faults/cases.py; docs/faults.md): the daemon killed 100 times, the
 # LIS down, refusing or slow, analysers misbehaving, PostgreSQL restarted, the disk full,

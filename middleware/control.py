@@ -250,6 +250,8 @@ class Control:
     async def approve_limits(self, instrument: str, test: str, lot: str, by: str) -> LimitsProposal:
         """Q3: a biologist approves the lab's own mean and SD for a control lot."""
         self._configured(instrument)
+        test, lot = _given(clean_key(test, "the test")), _given(clean_key(lot, "the lot"))
+        by = _who(by)
         store, _ = self._running()
 
         def work(conn: Connection) -> LimitsProposal | ControlError:
@@ -289,6 +291,8 @@ class Control:
         """A calibration or maintenance voids the QC of these tests; ``unlock`` lifts a
         method lock once the cause is fixed."""
         self._configured(instrument)
+        tests = [_given(clean_key(test, "the test")) for test in tests]
+        by = _who(by)
         store, engine = self._running()
 
         def work(conn: Connection) -> None:
@@ -315,6 +319,8 @@ class Control:
         """Q9: a person closes a QC failure's corrective action, saying what was done; the
         QC re-run that closes it must be in control. Held results of the test are then
         decided again, whichever daemon serves its instrument."""
+        action_taken = _given(clean_text(action_taken, "what was done", True))
+        by = _who(by)
         store, engine = self._running()
 
         def work(conn: Connection) -> CorrectiveActionClosed | ControlError:

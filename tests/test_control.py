@@ -238,6 +238,29 @@ async def test_an_instrument_not_configured_is_not_found_and_nothing_is_recorded
     assert audited(store)[-1] == ("tech", "qc.calibration")
 
 
+async def test_what_a_person_gives_is_checked_before_the_store_sees_it(
+    control: Control, store: Store
+) -> None:
+    # PostgreSQL refuses a NUL that SQLite would store: each is a refusal on both, before
+    # any transaction, and nothing is recorded.
+    await send(control, qc("5.2", "15.6"), qc("5.7", "15.6"))
+    [action_id] = store.read(lambda c: c.execute(select(corrective_actions.c.id)).scalars().all())
+    with pytest.raises(Conflict, match=r"the test holds a control character \(U\+0000\)"):
+        await control.approve_limits("chem-1", "GL\x00U", "CC-45781", "dr-lab")
+    with pytest.raises(Conflict, match=r"the lot holds a control character \(U\+0000\)"):
+        await control.approve_limits("chem-1", "GLU", "CC\x00", "dr-lab")
+    with pytest.raises(Conflict, match="who acts is required"):
+        await control.approve_limits("chem-1", "GLU", "CC-45781", " ")
+    with pytest.raises(Conflict, match=r"the test holds a control character \(U\+0000\)"):
+        await control.record_qc_event("chem-1", ["GLU", "\x00"], "calibration", "tech")
+    with pytest.raises(Conflict, match="what was done is required"):
+        await control.close_corrective_action(action_id, "bob", "  ")
+    with pytest.raises(Conflict, match=r"what was done holds a control character \(U\+0000\)"):
+        await control.close_corrective_action(action_id, "bob", "re\x00calibrated")
+    assert store.read(lambda c: c.execute(select(qc_events)).all()) == []
+    assert store.read(lambda c: c.execute(select(control_limits)).all()) == []
+
+
 # --- over the API --------------------------------------------------------------------------
 
 

@@ -44,6 +44,7 @@ def _store(
     now: datetime,
     lis: Sender | None = LIS,
     driver: drivers.Driver | None = None,
+    engine: Engine = ENGINE,
 ) -> None:
     records = [line.decode() for line in lines]
     driver = driver or drivers.get("generic", None, "chem-1")
@@ -51,7 +52,7 @@ def _store(
     reading = reading.in_timezone(UTC)
     text_ = "\r".join(records)
     delivery = Delivery("c", "chem-1", text_.encode(), now, text_, len(records), reading)
-    assess_message(conn, ENGINE, store_delivery(conn, delivery, now), reading, now, lis)
+    assess_message(conn, engine, store_delivery(conn, delivery, now), reading, now, lis)
 
 
 def _write(store: Store, lines: list[bytes], now: datetime, lis: Sender | None = LIS) -> None:

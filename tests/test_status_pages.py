@@ -158,7 +158,7 @@ async def test_pages_escape_what_the_address_holds_and_are_not_cached_or_framed(
     pages: Pages,
 ) -> None:
     await _as(pages, "vic", Role.VIEWER)
-    missing = await pages.client.get("/reagents/%3Cimg%20src=x%20onerror=alert(1)%3E/LOT1")
+    missing = await pages.client.get("/reagents/%3Cimg%20src=x%20onerror=alert(1)%3E/lots/LOT1")
     assert missing.status_code == 404
     assert "<img" not in missing.text and "&lt;img src=x onerror=alert(1)&gt;" in missing.text
     page = await pages.client.get("/held")

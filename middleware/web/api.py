@@ -41,7 +41,7 @@ from middleware.web.auth import (
     install,
     require,
 )
-from middleware.web.guards import BodyLimit, HostCheck, StrictJsonRoute
+from middleware.web.guards import BodyLimit, HostCheck, NoNulInAddress, StrictJsonRoute
 from middleware.web.pages import add_pages
 from middleware.web.roles import Action, allowed
 
@@ -138,6 +138,7 @@ def create_app(
     app.router.route_class = StrictJsonRoute
     install(app, Auth(lambda: control.store, config, control.settings.state_dir, clock))
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(NoNulInAddress)
     app.add_middleware(HostCheck, allowed=_host_names(config))
     for kind in REFUSALS:
         app.add_exception_handler(kind, _refused)

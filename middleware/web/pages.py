@@ -34,12 +34,14 @@ from middleware.web.roles import Action, Role, allowed
 HERE = FilePath(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 
+#: The menu: each page with the action that may see it, so no role is shown a page it
+#: would be refused.
 NAV = (
-    ("/held", "Held results"),
-    ("/qc", "QC"),
-    ("/instruments", "Instruments"),
-    ("/reagents", "Reagent lots"),
-    ("/lis", "LIS link"),
+    ("/held", "Held results", Action.VIEW_PATIENT_RESULTS),
+    ("/qc", "QC", Action.VIEW),
+    ("/instruments", "Instruments", Action.VIEW),
+    ("/reagents", "Reagent lots", Action.VIEW),
+    ("/lis", "LIS link", Action.VIEW),
 )
 
 
@@ -86,7 +88,7 @@ def add_pages(
             {
                 "title": title,
                 "section": section,
-                "nav": NAV,
+                "nav": [(href, label) for href, label, may in NAV if allowed(person.role, may)],
                 "user": person,
                 "csrf_token": csrf_token(request),
                 "done": request.query_params.get("done", ""),
@@ -173,7 +175,7 @@ def add_pages(
     async def reject(
         result_id: RowId,
         person: Annotated[Person, Depends(require(Action.REJECT))],
-        reason: Annotated[str, Form(max_length=2000)] = "",
+        reason: Annotated[str, Form()] = "",
     ) -> Response:
         work = control.reject_results([result_id], reason, person.name)
         return await act("/held", f"result {result_id} rejected", work)
@@ -196,12 +198,12 @@ def add_pages(
     async def comment(
         result_id: RowId,
         person: Annotated[Person, Depends(require(Action.COMMENT))],
-        text: Annotated[str, Form(max_length=2000)] = "",
+        text: Annotated[str, Form()] = "",
     ) -> Response:
         work = control.comment_result(result_id, text, person.name)
         return await act("/held", f"comment added to result {result_id}", work)
 
-    @app.post("/qc/{instrument}/{test}/release-run", include_in_schema=False)
+    @app.post("/qc/{instrument}/{test:path}/release-run", include_in_schema=False)
     async def release_run(
         instrument: str, test: str, person: Annotated[Person, Depends(require(Action.RELEASE))]
     ) -> Response:
@@ -222,9 +224,14 @@ def add_pages(
             request, "reagents.html", person, "Reagent lots", "/reagents",
             by_instrument=by_instrument, today=clock().date(),
             can_recall=allowed(person.role, Action.RECALL_REAGENT_LOT),
+            can_see_results=allowed(person.role, Action.VIEW_PATIENT_RESULTS),
         )  # fmt: skip
 
-    @app.get("/reagents/{reagent}/{lot}", response_class=HTMLResponse, include_in_schema=False)
+    @app.get(
+        "/reagents/{reagent:path}/lots/{lot:path}",
+        response_class=HTMLResponse,
+        include_in_schema=False,
+    )
     async def reagent_lot_page(
         request: Request,
         reagent: str,
@@ -234,7 +241,7 @@ def add_pages(
     ) -> Any:
         try:
             found = await control.results_of_lot(reagent, lot, after)
-        except NotFound as missing:
+        except ControlError as missing:  # unknown, or a name no analyser could report
             return _guarded(HTMLResponse(escape(str(missing)), 404))
         new = viewed.new(person.name, [r.result_id for r in found])
         if new:
@@ -246,12 +253,12 @@ def add_pages(
             next_after=found[-1].result_id if len(found) >= 100 else None,
         )  # fmt: skip
 
-    @app.post("/reagents/{reagent}/{lot}/recall", include_in_schema=False)
+    @app.post("/reagents/{reagent:path}/lots/{lot:path}/recall", include_in_schema=False)
     async def recall(
         reagent: str,
         lot: str,
         person: Annotated[Person, Depends(require(Action.RECALL_REAGENT_LOT))],
-        reason: Annotated[str, Form(max_length=2000)] = "",
+        reason: Annotated[str, Form()] = "",
     ) -> Response:
         try:
             recalled = await control.recall_reagent_lot(reagent, lot, person.name, reason)
@@ -288,7 +295,7 @@ def add_pages(
         tests = [judged(t) for t in await store().read_async(views.qc_tests_view)]
         return render(request, "qc.html", person, "Quality control", "/qc", tests=tests)
 
-    @app.get("/qc/{instrument}/{test}", response_class=HTMLResponse, include_in_schema=False)
+    @app.get("/qc/{instrument}/{test:path}", response_class=HTMLResponse, include_in_schema=False)
     async def qc_test_page(
         request: Request,
         instrument: str,
@@ -335,7 +342,7 @@ def add_pages(
     async def close_corrective_action(
         action_id: RowId,
         person: Annotated[Person, Depends(require(Action.RECORD_CORRECTIVE_ACTION))],
-        action_taken: Annotated[str, Form(max_length=2000)] = "",
+        action_taken: Annotated[str, Form()] = "",
     ) -> Response:
         back = "/qc"
         if not action_taken.strip():
@@ -347,7 +354,7 @@ def add_pages(
         back = f"/qc/{quote(closed.instrument, safe='')}/{quote(closed.test, safe='')}"
         return _back(back, done=f"corrective action closed; {len(closed.released)} released")
 
-    @app.post("/qc/{instrument}/{test}/lots/{lot}/approve", include_in_schema=False)
+    @app.post("/qc/{instrument}/{test:path}/lots/{lot:path}/approve", include_in_schema=False)
     async def approve_limits(
         instrument: str,
         test: str,
