@@ -190,7 +190,7 @@ class Daemon:
         if lis is not None:
             sender = LisSender(lis, self.store, self.owner)
             self.store.writer.listeners.append(sender.committed)
-            self._tasks.append(asyncio.create_task(_keep_running("lis", sender.run)))
+            self._tasks.append(asyncio.create_task(_keep_running(sender.run, task="lis sender")))
             if lis.orders_port is not None:
                 tls = server_context(lis.orders_tls) if lis.orders_tls is not None else None
                 downloads = {
@@ -219,12 +219,12 @@ class Daemon:
                 on_count=lambda outcome: self.metrics.events.labels(outcome).inc(),
             )  # fmt: skip
             store.writer.listeners.append(self.events.committed)
-            self._tasks.append(asyncio.create_task(_keep_running("events", self.events.run)))
+            self._tasks.append(asyncio.create_task(_keep_running(self.events.run, task="events")))
         self.monitor = Monitor(
             store, self.metrics, events=self.events, interval=self.settings.figures_interval,
             stuck=lambda: self.stuck(time.monotonic(), 0.0),
         )  # fmt: skip
-        self._tasks.append(asyncio.create_task(_keep_running("figures", self.monitor.run)))
+        self._tasks.append(asyncio.create_task(_keep_running(self.monitor.run, task="figures")))
 
     def instrument_states(self) -> list[InstrumentState]:
         """Every instrument served, with its open connections, for the status page."""
@@ -374,7 +374,7 @@ class Daemon:
             )  # fmt: skip
             self.downloaders[name] = downloader
             self._tasks.append(
-                asyncio.create_task(_keep_running(f"{name}/worklist", downloader.run))
+                asyncio.create_task(_keep_running(downloader.run, instrument=name, task="worklist"))
             )
 
         def attach(channel: LinkChannel) -> None:
@@ -401,14 +401,16 @@ class Daemon:
                 tls=instrument_context(config), server_name=server_name(config),
             )  # fmt: skip
             self._outgoing.append(client)
-            self._tasks.append(asyncio.create_task(_keep_running(config.name, client.run)))
+            kept = _keep_running(client.run, instrument=config.name)
+            self._tasks.append(asyncio.create_task(kept))
             self.instrument_status(config.name, "connecting")
         else:
             assert config.serial is not None
             line = SerialSettings(**config.serial.model_dump())
             serial = SerialConnection(line, settings, name=config.name, on_connect=attach)
             self._outgoing.append(serial)
-            self._tasks.append(asyncio.create_task(_keep_running(config.name, serial.run)))
+            kept = _keep_running(serial.run, instrument=config.name)
+            self._tasks.append(asyncio.create_task(kept))
             self.instrument_status(config.name, "connecting")
         log.info(
             "instrument configured",
@@ -495,10 +497,11 @@ def stop_seconds(settings: Settings) -> float:
 
 
 async def _keep_running(
-    name: str, run: Callable[[], Awaitable[None]], backoff: Backoff | None = None
+    run: Callable[[], Awaitable[None]], backoff: Backoff | None = None, **about: str
 ) -> None:
-    """An instrument's connection task must not stop silently: whatever ends it is
-    logged, and it starts again after a growing delay."""
+    """A daemon task (an instrument's connection, the LIS sender, the events, the figures)
+    must not stop silently: whatever ends it is logged with ``about`` (``instrument=`` or
+    ``task=``), and it starts again after a growing delay."""
     next_delay = (backoff or Backoff()).delays()
     while True:
         try:
@@ -507,10 +510,10 @@ async def _keep_running(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("instrument task failed", instrument=name)
+            log.exception("task failed", **about)
             reason = repr(exc)
         delay = next_delay()
-        log.error("instrument task restarts", instrument=name, reason=reason, retry_in=delay)
+        log.error("task restarts", reason=reason, retry_in=delay, **about)
         await asyncio.sleep(delay)
 
 

@@ -1,4 +1,4 @@
-"""An instrument's connection task never stops silently: it is logged and started again."""
+"""A daemon task never stops silently: it is logged, under what it serves, and started again."""
 
 from __future__ import annotations
 
@@ -24,16 +24,37 @@ async def test_a_failing_instrument_task_is_logged_and_restarted_with_backoff() 
 
     with structlog.testing.capture_logs() as logs:
         task = asyncio.create_task(
-            _keep_running("an1", run, Backoff(initial=0.01, maximum=0.02, jitter=0))
+            _keep_running(run, Backoff(initial=0.01, maximum=0.02, jitter=0), instrument="an1")
         )
         await asyncio.wait_for(third_run.wait(), 2)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled()
-    restarts = [entry for entry in logs if entry["event"] == "instrument task restarts"]
+    restarts = [entry for entry in logs if entry["event"] == "task restarts"]
     assert [r["reason"] for r in restarts] == [
         "RuntimeError('serial port vanished (1)')",
         "RuntimeError('serial port vanished (2)')",
     ]
     assert [r["retry_in"] for r in restarts] == [0.01, 0.02]
     assert all(r["instrument"] == "an1" for r in restarts)
+
+
+async def test_a_task_other_than_an_instruments_is_logged_as_what_it_is() -> None:
+    ran = asyncio.Event()
+
+    async def run() -> None:
+        if ran.is_set():
+            await asyncio.Event().wait()
+        ran.set()
+        raise ConnectionError("store gone")
+
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(
+            _keep_running(run, Backoff(initial=0.01, maximum=0.02, jitter=0), task="lis sender")
+        )
+        await asyncio.wait_for(ran.wait(), 2)
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    [failed] = [entry for entry in logs if entry["event"] == "task failed"]
+    assert failed["task"] == "lis sender" and "instrument" not in failed
