@@ -46,19 +46,31 @@ class Outcome:
     crash: str
 
 
-def seed_dirs(name: str) -> list[Path]:
-    from fuzz.targets import SEEDS
+def seed_dirs(name: str, scratch: Path) -> list[Path]:
+    """The folders a target's seeds are in; those made of the messages read from the
+    corpus's captures are written under ``scratch``."""
+    from fuzz.targets import SEEDS, captured_messages
 
     found = []
     for seed in SEEDS[name]:
+        if seed.startswith("messages:"):
+            protocol = seed.removeprefix("messages:")
+            made = scratch / seed.replace(":", "-")
+            made.mkdir(parents=True, exist_ok=True)
+            for path in sorted((CORPUS / protocol).iterdir()):
+                for n, message in enumerate(captured_messages(protocol, path.read_bytes())):
+                    (made / f"{path.name}-{n}").write_bytes(message[:MAX_LEN])
+            found.append(made)
+            continue
         where = CORPUS / seed.removeprefix("corpus:") if seed.startswith("corpus:") else ROOT / seed
         if where.is_dir():
             found.append(where)
     return found
 
 
-def _child(name: str, runs: int, workdir: str) -> None:
-    """One target under atheris, in this process (started by :func:`_run`)."""
+def _child(name: str, runs: int, workdir: str, seeds: list[str]) -> None:
+    """One target under atheris, in this process (started by :func:`_run`), its inputs
+    grown from ``seeds`` (folders)."""
     import atheris
 
     with atheris.instrument_imports(include=INSTRUMENTED):
@@ -68,7 +80,7 @@ def _child(name: str, runs: int, workdir: str) -> None:
     args = [
         sys.argv[0], f"-runs={runs}", f"-max_len={MAX_LEN}", "-print_final_stats=1",
         f"-artifact_prefix={CRASHES}/{name}-", "-timeout=30", "-rss_limit_mb=4096",
-        workdir, *(str(d) for d in seed_dirs(name)),
+        workdir, *seeds,
     ]  # fmt: skip
     atheris.Setup(args, target)
     atheris.Fuzz()
@@ -80,11 +92,15 @@ def _run(name: str, runs: int) -> Outcome:
     logs.mkdir(parents=True, exist_ok=True)
     # Written as it runs: libFuzzer's progress lines show how far a long run is.
     with (
-        tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as workdir,
+        tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as scratch,
         (logs / f"{name}.log").open("w") as out,
     ):
+        workdir = Path(scratch) / "corpus"  # what the fuzzer adds
+        workdir.mkdir()
+        seeds = [str(d) for d in seed_dirs(name, Path(scratch) / "seeds")]
         done = subprocess.run(
-            [sys.executable, __file__, "--child", name, "--runs", str(runs), "--workdir", workdir],
+            [sys.executable, __file__, "--child", name, "--runs", str(runs),
+             "--workdir", str(workdir), "--seeds", *seeds],
             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, check=False,
         )  # fmt: skip
     log = (logs / f"{name}.log").read_text(errors="replace")
@@ -103,10 +119,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--seeds", nargs="*", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         # Before anything imports the code under test: atheris instruments it on import.
-        _child(args.child, args.runs, args.workdir)
+        _child(args.child, args.runs, args.workdir, args.seeds)
         return 0
     from fuzz.targets import TARGETS
 

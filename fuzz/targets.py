@@ -131,15 +131,16 @@ def astm_capture(data: bytes) -> None:
 
 
 def _one_of(names: list[str], data: bytes) -> str:
-    """The driver an input is for, by its first byte: over many inputs, every driver."""
-    return names[data[0] % len(names)] if data else names[0]
+    """The driver an input is for, by its last byte: over many inputs, every driver. The
+    input is read whole, so a seed that is a message is read as that message."""
+    return names[data[-1] % len(names)] if data else names[0]
 
 
 def astm_drivers(data: bytes) -> None:
-    """An ASTM driver (each in turn, by the input's first byte) reading the records of any
+    """An ASTM driver (each in turn, by the input's last byte) reading the records of any
     text, and answering the queries among them."""
     name = _one_of(_ASTM_DRIVERS, data)
-    records = decode_message(split_records(data[1:].decode("latin-1"))).records
+    records = decode_message(split_records(data.decode("latin-1"))).records
     driver = drivers.get(name)
     reading = driver.read(records)
     for query in reading.queries:
@@ -151,10 +152,10 @@ def astm_drivers(data: bytes) -> None:
 
 def hl7_messages(data: bytes) -> None:
     """Any text as an analyser's HL7 message (read by an HL7 driver, each in turn by the
-    input's first byte; a query answered, the answers HL7 that reads back), as the LIS's
+    input's last byte; a query answered, the answers HL7 that reads back), as the LIS's
     acknowledgment, and as an order from the LIS."""
     name = _one_of(_HL7_DRIVERS, data)
-    text = data[1:].decode("latin-1")
+    text = data.decode("latin-1")
     try:
         message = parse_message(text)
     except Hl7Error as exc:
@@ -250,16 +251,30 @@ TARGETS: dict[str, Target] = {
 }
 
 #: Where each target's seeds are: folders of the shared corpus (``corpus:astm``, read where
-#: they lie, never copied here), or the project's own files.
+#: they lie, never copied here), the messages read from its captures (``messages:hl7``, for
+#: the targets that take a message rather than a capture: a capture's framing or log lines
+#: would be refused at the first byte, and the fuzzer would learn nothing past it), or the
+#: project's own files.
 SEEDS: dict[str, tuple[str, ...]] = {
     "astm_link": ("corpus:astm",),
-    "astm_records": ("corpus:astm",),
+    "astm_records": ("messages:astm",),
     "astm_capture": ("corpus:astm",),
-    "astm_drivers": ("corpus:astm",),
-    "hl7_messages": ("corpus:hl7",),
+    "astm_drivers": ("messages:astm",),
+    "hl7_messages": ("messages:hl7",),
     "hl7_capture": ("corpus:hl7",),
     "mllp": ("corpus:hl7",),
     "rule_file": ("rules",),
     "configuration": ("config",),
     "qc_evaluate": (),
 }
+
+
+def captured_messages(protocol: str, data: bytes) -> list[bytes]:
+    """The messages of a capture file (``astm`` or ``hl7``), each as the targets that
+    read a message take it: HL7 as sent, ASTM as its records, one per line."""
+    if protocol == "hl7":
+        return [message.data for message in read_hl7_capture(data).messages]
+    return [
+        "\r".join(message.lines).encode("latin-1", "replace")
+        for message in read_capture(data).messages
+    ]

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from fuzz.run import MAX_LEN, seed_dirs
 from fuzz.targets import TARGETS, mllp
 from middleware.hl7.mllp import MllpReader
+from middleware.hl7.segments import parse_message
 from tests.conftest import ROOT
 
 REGRESSIONS = ROOT / "fuzz" / "regressions"
@@ -26,8 +27,8 @@ def _files(directories: list[Path]) -> list[Path]:
 
 
 @pytest.mark.parametrize("name", list(TARGETS))
-def test_each_target_takes_its_seeds_and_what_once_crashed_it(name: str) -> None:
-    seeds = _files(seed_dirs(name))
+def test_each_target_takes_its_seeds_and_what_once_crashed_it(name: str, tmp_path: Path) -> None:
+    seeds = _files(seed_dirs(name, tmp_path))
     assert seeds or name == "qc_evaluate", f"{name}: no seed found"
     for path in [*seeds, *_files([REGRESSIONS / name])]:
         TARGETS[name](path.read_bytes()[:MAX_LEN])
@@ -38,6 +39,19 @@ def test_each_target_takes_its_seeds_and_what_once_crashed_it(name: str) -> None
 @given(data=st.binary(max_size=1024))
 def test_each_target_takes_any_bytes(name: str, data: bytes) -> None:
     TARGETS[name](data)
+
+
+def test_the_targets_that_read_a_message_start_from_the_corpus_messages(tmp_path: Path) -> None:
+    # A capture's framing or log lines would be refused at the first byte: the seeds of
+    # these targets are the messages read from the captures, which the readers take.
+    hl7 = _files(seed_dirs("hl7_messages", tmp_path))
+    astm = _files(seed_dirs("astm_drivers", tmp_path))
+    assert len(hl7) >= 10 and len(astm) >= 19
+    for path in hl7:
+        parse_message(path.read_bytes().decode("latin-1"))
+    # Nearly all start with their header (a capture of fragmented reads cuts a few).
+    headed = [path for path in astm if path.read_bytes()[:2] == b"H|"]
+    assert len(headed) >= 0.9 * len(astm)
 
 
 def test_a_target_catches_a_reader_that_loses_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
