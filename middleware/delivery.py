@@ -167,11 +167,9 @@ class LisSender:
         """The next batch and the time of its claim, read in the transaction: never
         before the entries were queued."""
         at = self.clock()
-        entries = outbox.claim(conn, self.owner, at, self.hold, BATCH if connected else 1)
         if connected:
-            for entry in entries:
-                outbox.sent(conn, entry.id, self.owner, entry.message, at, self.hold)
-        return entries, at
+            return outbox.claim(conn, self.owner, at, self.hold, BATCH, sending=True), at
+        return outbox.claim(conn, self.owner, at, self.hold), at
 
     async def _open(self, entry: outbox.Entry) -> datetime | None:
         """Connect for the one entry claimed while there was no connection and record it

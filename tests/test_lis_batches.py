@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Connection, select
+from sqlalchemy.event import listen, remove
 
 from middleware import delivery
 from middleware.delivery import LisSender
@@ -20,6 +21,7 @@ from middleware.settings import LisConfig
 from middleware.store import Store, outbox
 from middleware.store.schema import outbox as outbox_table
 from middleware.store.schema import outbox_log
+from middleware.store.sql import utc
 from tests.lis_peer import LisPeer
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
@@ -133,6 +135,32 @@ def test_a_claim_takes_the_oldest_entries_one_per_specimen(database_url: str) ->
                 )
         assert _rows(store)["C000"] == ("pending", 0, None)
         assert _events(store)["C000"] == ["sent", "withdrawn", "withdrawn"]
+    finally:
+        store.close()
+
+
+def test_a_claim_to_send_records_the_batch_sent_in_three_statements(database_url: str) -> None:
+    store = Store(database_url)
+    hold = timedelta(seconds=30)
+    statements: list[str] = []
+
+    def counted(*args: object) -> None:
+        statements.append(str(args[2]).split()[0])
+
+    try:
+        with store.engine.begin() as conn:
+            _fill(conn, 0, 40)
+            listen(conn, "before_cursor_execute", counted)
+            claimed = outbox.claim(conn, "node-a", T0, hold, limit=50, sending=True)
+            remove(conn, "before_cursor_execute", counted)
+        # The choice, the claim with the attempt, the log: not a statement per entry.
+        assert statements == ["SELECT", "UPDATE", "INSERT"]
+        assert len(claimed) == 40 and {e.attempts for e in claimed} == {1}
+        assert {_rows(store)[e.control_id][:2] for e in claimed} == {("pending", 1)}
+        assert {tuple(events) for events in _events(store).values()} == {("sent",)}
+        with store.engine.begin() as conn:
+            sent_at = conn.execute(select(outbox_table.c.last_sent_at)).scalars().all()
+        assert {utc(at) for at in sent_at} == {T0}
     finally:
         store.close()
 

@@ -12,7 +12,7 @@ again, with the same control ids. Every send and answer is kept in ``outbox_log`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -75,11 +75,17 @@ def enqueue(
 
 
 def claim(
-    conn: Connection, owner: str, at: datetime, hold: timedelta, limit: int = 1
+    conn: Connection,
+    owner: str,
+    at: datetime,
+    hold: timedelta,
+    limit: int = 1,
+    sending: bool = False,
 ) -> list[Entry]:
     """The oldest entries ``owner`` may send now, at most ``limit`` and at most one per
     specimen (a specimen's next entry waits for the answer to the one before), claimed
-    until ``at + hold``."""
+    until ``at + hold``. ``sending``: each is also recorded as :func:`sent` at ``at``, in
+    one update and one insert for them all."""
     earlier = outbox.alias("earlier")
     query = (
         select(outbox)
@@ -104,13 +110,28 @@ def claim(
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True, of=outbox)
     rows = conn.execute(query).all()
-    if rows:
-        conn.execute(
-            outbox.update()
-            .where(outbox.c.id.in_([row.id for row in rows]))
-            .values(claimed_by=owner, claimed_until=at + hold)
+    if not rows:
+        return []
+    claimed = outbox.update().where(outbox.c.id.in_([row.id for row in rows]))
+    if not sending:
+        conn.execute(claimed.values(claimed_by=owner, claimed_until=at + hold))
+        return [_entry(row) for row in rows]
+    conn.execute(
+        claimed.values(
+            claimed_by=owner,
+            claimed_until=at + hold,
+            attempts=outbox.c.attempts + 1,
+            last_sent_at=at,
         )
-    return [_entry(row) for row in rows]
+    )
+    conn.execute(
+        outbox_log.insert(),
+        [
+            {"outbox_id": row.id, "at": at, "event": "sent", "data": row.message, "detail": ""}
+            for row in rows
+        ],
+    )
+    return [replace(_entry(row), attempts=row.attempts + 1) for row in rows]
 
 
 def _held_by(entry_id: int, owner: str) -> Any:
