@@ -25,7 +25,6 @@ from middleware.engine.engine import Engine
 from middleware.engine.qc import (
     NO_LOT_QC,
     NO_QC,
-    QC_FINDING_CODES,
     LimitsProposal,
     LotQc,
     QcGate,
@@ -406,7 +405,6 @@ def redecide_held(
     changed = []
     preliminary = []
     doubted = []
-    reworded = []
     for result_id, result, sent_early, early_by, _ in held:
         state = states[result.test_code]
         decision = engine.redecide(state, lookups.context(result_id, result, None, now))
@@ -422,32 +420,11 @@ def redecide_held(
             preliminary.append(decided)
         elif lis is not None and sent_early and not standing:
             doubted.append(decided)
-        elif (again := _reworded(decision, before.get(result_id))) is not None:
-            # What the page and the audit show is why it is held now.
-            reworded.append((result_id, result, again))
-    release.record_decisions(conn, [*changed, *preliminary, *doubted, *reworded], now)
+    release.record_decisions(conn, [*changed, *preliminary, *doubted], now)
     if lis is not None:
         queue_preliminary(conn, lis, preliminary, now)
         queue_doubts(conn, lis, doubted, now)
     return changed
-
-
-def _qc_finding(finding: Finding) -> bool:
-    return finding.code.split(":", 1)[0] in QC_FINDING_CODES
-
-
-def _reworded(decision: Decision, before: release.StoredDecision | None) -> Decision | None:
-    """A result still held whose QC reasons changed (a critical value no longer also
-    waiting for its QC): the hold with the QC reasons of now and the others as first
-    decided, which read the message this look does not. None when its QC reasons are
-    those recorded (by code and action: their wording names values and times)."""
-    if before is None:
-        return None
-    qc_now = tuple(f for f in decision.findings if _qc_finding(f))
-    qc_before = {(f.code, f.action) for f in before.findings if _qc_finding(f)}
-    if {(f.code, f.action) for f in qc_now} == qc_before:
-        return None
-    return Decision(Action.HOLD, qc_now + tuple(f for f in before.findings if not _qc_finding(f)))
 
 
 def _with_sample_notes(decision: Decision, before: release.StoredDecision | None) -> Decision:

@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 import drivers
 from middleware.assessment import assess_message
@@ -24,7 +24,6 @@ from middleware.engine.rules import load_rules
 from middleware.hl7.results import Sender
 from middleware.store import Store, orders, outbox
 from middleware.store.ingest import Delivery, store_delivery
-from middleware.store.schema import decisions, results
 from middleware.yamlfile import FileError
 from tests.conftest import ROOT
 from tests.messages import qc
@@ -203,36 +202,3 @@ def test_a_bad_early_release_rule_is_refused_naming_file_line_and_field(
     with pytest.raises(FileError) as refused:
         load_rules(_rules(tmp_path, text))
     assert expected in str(refused.value)
-
-
-def test_a_held_result_shows_why_it_is_held_now_once_its_qc_decided(database_url: str) -> None:
-    """A critical potassium also waits for the QC closing its run; once that QC is in
-    control it stays held, and its latest decision says for the critical value only."""
-    engine = Engine(load_rules(ROOT / "rules"))
-    store = Store(database_url)
-
-    def reasons(conn: Connection) -> list[list[str]]:
-        [result_id] = conn.execute(
-            select(results.c.id).where(results.c.specimen_id == "S1")
-        ).scalars()
-        rows = conn.execute(
-            select(decisions.c.reasons)
-            .where(decisions.c.result_id == result_id)
-            .order_by(decisions.c.id)
-        ).scalars()
-        return [sorted(r.split(",")) for r in rows]
-
-    try:
-        _write(store, engine, k_qc("4.0", "6.2"), T0)  # opens the run
-        _write(store, engine, k_patient("S1", "7.0", T0 + timedelta(minutes=5)), T0)
-        first = store.read(reasons)
-        assert len(first) == 1 and "awaiting-closing-qc" in first[0]
-        closing = T0 + timedelta(minutes=30)
-        _write(store, engine, k_qc("4.02", "6.18"), closing)
-        critical_only = [c for c in first[0] if c != "awaiting-closing-qc"]
-        assert store.read(reasons) == [first[0], critical_only]
-        # A further look with nothing new about its QC records nothing.
-        _write(store, engine, k_qc("4.01", "6.19"), closing + timedelta(minutes=30))
-        assert len(store.read(reasons)) == 2
-    finally:
-        store.close()

@@ -302,18 +302,13 @@ def test_a_corrective_action_closed_on_one_daemon_releases_holds_another_owns(
             assert daemon.stop() == 0
     decisions = query(
         database_url,
-        "SELECT r.specimen_id, d.action, d.decided_by, d.reasons FROM decisions d "
+        "SELECT r.specimen_id, d.action, d.decided_by FROM decisions d "
         "JOIN results r ON r.id = d.result_id ORDER BY d.id",
     )
-    assert [row[:3] for row in decisions] == [
+    assert decisions == [
         ("S1", "hold", "engine"),
-        ("S1", "hold", "engine"),  # the re-run in control: held for the open action only
         ("S1", "release", "engine"),
         ("S2", "release", "engine"),
-    ]
-    assert [row[3] for row in decisions[:2]] == [
-        "corrective-action-open,qc-rejected:1-3s",
-        "corrective-action-open",
     ]
 
 
