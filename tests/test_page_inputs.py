@@ -25,19 +25,17 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 import drivers
-from middleware.control import Control
 from middleware.engine.engine import Engine
 from middleware.engine.rules import load_rules
-from middleware.settings import Settings
 from middleware.store import Store
 from middleware.store.ingest import Delivery, store_delivery
 from middleware.web.api import create_app
 from middleware.web.roles import Role
-from tests import credentials
 from tests.conftest import ROOT
 from tests.messages import patient, qc
 from tests.test_api_hostile import serving
 from tests.test_outbox import T0, _store
+from tests.test_status_pages import in_force, log_in
 
 #: Markup that, shown unescaped, makes an element or an attribute of its own, whether it
 #: lands between tags or inside a quoted attribute. No ASTM delimiter: it travels in a field.
@@ -46,7 +44,6 @@ MARKUP = "<inj-tag>\" inj-dq=\"1' inj-sq='1"
 TEST = 'G/<inj-test>" inj-test="1'
 LOT = "L/<inj-lot>'1"
 REAGENT = 'R/<inj-reagent>" inj-reagent="1'
-CHEM = {"name": "chem-1", "transport": "tcp-server", "host": "127.0.0.1", "port": 0}
 
 
 @dataclass
@@ -88,13 +85,7 @@ def _with_markup(lines: list[bytes]) -> list[bytes]:
 @pytest.fixture
 async def site(tmp_path: Path, database_url: str) -> AsyncIterator[Site]:
     rules = _hostile_rules(tmp_path)
-    settings_ = Settings.model_validate(
-        {"state_dir": tmp_path / "state", "database_url": database_url,
-         "instruments": [CHEM], "rules_dir": rules}
-    )  # fmt: skip
-    store = Store(database_url)
-    control = Control(settings_, store, clock=lambda: T0 + timedelta(minutes=30))
-    await control.reload_rules("daemon start")
+    store, control = await in_force(tmp_path, database_url, rules, T0 + timedelta(minutes=30))
     engine = Engine(load_rules(rules))
     at = [T0 + timedelta(minutes=n) for n in range(6)]
     with store.engine.begin() as conn:
@@ -118,19 +109,6 @@ async def site(tmp_path: Path, database_url: str) -> AsyncIterator[Site]:
     async with serving(app) as base:
         yield Site(store, base)
     store.close()
-
-
-async def _login(client: httpx.AsyncClient, site: Site, name: str, role: Role) -> str:
-    """``client`` logged in as a new user of ``role``; the session's CSRF token."""
-    credentials.user(site.store, name, role)
-    form = await client.get("/login")
-    token = form.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
-    done = await client.post(
-        "/login", data={"username": name, "password": credentials.PASSWORD, "csrf_token": token}
-    )
-    assert done.status_code == 303, done.text
-    csrf: str = (await client.get("/api/session")).json()["csrf_token"]
-    return csrf
 
 
 class _Reading(HTMLParser):
@@ -191,7 +169,7 @@ async def test_every_page_shows_outside_text_as_text_with_links_that_lead_somewh
     site: Site, role: Role
 ) -> None:
     async with httpx.AsyncClient(base_url=site.base) as client:
-        await _login(client, site, "pat", role)
+        await log_in(client, site.store, "pat", role)
         pages = await _crawl(client, ["/"])
         made = {address: p.made for address, p in pages.items() if p.made}
         assert made == {}
@@ -272,7 +250,7 @@ FORMS = [
 
 async def test_the_forms_take_any_text_and_show_what_they_stored_as_text(site: Site) -> None:
     async with httpx.AsyncClient(base_url=site.base) as client:
-        csrf = await _login(client, site, "bea", Role.BIOLOGIST)
+        csrf = await log_in(client, site.store, "bea", Role.BIOLOGIST)
         held = (await client.get("/held")).text
         result = int(held.split('data-result="', 1)[1].split('"', 1)[0])
         comment = await client.post(
@@ -324,6 +302,6 @@ def _get_pages(base: str, cookies: httpx.Cookies) -> list[str]:
 
 async def test_addresses_naming_anything_are_shown_or_refused(site: Site) -> None:
     async with httpx.AsyncClient(base_url=site.base) as client:
-        await _login(client, site, "bea", Role.BIOLOGIST)
+        await log_in(client, site.store, "bea", Role.BIOLOGIST)
         found = await asyncio.to_thread(_get_pages, site.base, client.cookies)
     assert not found, "\n".join(found)

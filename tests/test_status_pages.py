@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,17 +56,26 @@ class Pages:
         return [f"{r.actor} {r.detail}" for r in rows]
 
 
-@pytest.fixture
-async def pages(tmp_path: Path, database_url: str) -> AsyncIterator[Pages]:
-    rules = tmp_path / "rules"
-    shutil.copytree(ROOT / "rules", rules)
+async def in_force(
+    tmp_path: Path, database_url: str, rules: Path, now: datetime
+) -> tuple[Store, Control]:
+    """A store and the control of a daemon serving chem-1 under ``rules``, its clock
+    stopped at ``now``."""
     settings = Settings.model_validate(
         {"state_dir": tmp_path / "state", "database_url": database_url,
          "instruments": [CHEM], "rules_dir": rules}
     )  # fmt: skip
     store = Store(database_url)
-    control = Control(settings, store, clock=lambda: T0 + timedelta(minutes=5))
+    control = Control(settings, store, clock=lambda: now)
     await control.reload_rules("daemon start")
+    return store, control
+
+
+@pytest.fixture
+async def pages(tmp_path: Path, database_url: str) -> AsyncIterator[Pages]:
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    store, control = await in_force(tmp_path, database_url, rules, T0 + timedelta(minutes=5))
     with store.engine.begin() as conn:
         _store(conn, qc("5.20", "15.60"), T0)
         _store(conn, patient("S-<b>1</b>", "31.0"), T0)  # critical: held
@@ -78,20 +87,24 @@ async def pages(tmp_path: Path, database_url: str) -> AsyncIterator[Pages]:
     store.close()
 
 
-async def _as(pages: Pages, name: str, role: Role) -> str:
-    """Logs ``pages.client`` in as a new user of ``role``; the session's CSRF token."""
-    credentials.user(pages.store, name, role)
-    pages.client.cookies.clear()
-    form = await pages.client.get("/login")
+async def log_in(client: httpx.AsyncClient, store: Store, name: str, role: Role) -> str:
+    """Logs ``client`` in as a new user of ``role``; the session's CSRF token."""
+    credentials.user(store, name, role)
+    client.cookies.clear()
+    form = await client.get("/login")
     token = form.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
-    done = await pages.client.post(
+    done = await client.post(
         "/login",
         data={"username": name, "password": credentials.PASSWORD, "csrf_token": token},
     )
     assert done.status_code == 303, done.text
-    session = await pages.client.get("/api/session")
+    session = await client.get("/api/session")
     csrf: str = session.json()["csrf_token"]
     return csrf
+
+
+async def _as(pages: Pages, name: str, role: Role) -> str:
+    return await log_in(pages.client, pages.store, name, role)
 
 
 async def test_each_page_shows_its_part_and_escapes_what_analysers_sent(pages: Pages) -> None:
