@@ -401,14 +401,12 @@ def redecide_held(
     # A result a person asked a re-run of waits for its re-run, whatever QC says now.
     held = [h for h in release.held_results(conn, instrument, states) if not h.rerun_requested]
     lookups = _Lookups.fetch(conn, [(h.result_id, h.result) for h in held], engine)
-    before = release.current_decisions(conn, [h.result_id for h in held])
     changed = []
     preliminary = []
     doubted = []
     for result_id, result, sent_early, early_by, _ in held:
         state = states[result.test_code]
         decision = engine.redecide(state, lookups.context(result_id, result, None, now))
-        decision = _with_sample_notes(decision, before.get(result_id))
         decided = (result_id, result, decision)
         # Sent early by a biologist, it stands while it only waits for QC, whichever wait.
         standing = decision.preliminary or (
@@ -420,6 +418,13 @@ def redecide_held(
             preliminary.append(decided)
         elif lis is not None and sent_early and not standing:
             doubted.append(decided)
+    # The notes kept from the first decision change neither the action nor what the
+    # hold waits for, so only the decisions that are recorded need the ones before.
+    before = release.current_decisions(conn, [i for i, _, _ in [*changed, *preliminary, *doubted]])
+    changed, preliminary, doubted = (
+        [(i, r, _with_sample_notes(d, before.get(i))) for i, r, d in group]
+        for group in (changed, preliminary, doubted)
+    )
     release.record_decisions(conn, [*changed, *preliminary, *doubted], now)
     if lis is not None:
         queue_preliminary(conn, lis, preliminary, now)
