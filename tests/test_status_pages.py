@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -196,6 +197,29 @@ async def test_forms_act_as_the_person_and_say_what_they_refused(pages: Pages) -
     assert again is None  # nothing held any more
     note = (await pages.client.get("/held")).text
     assert "No result held." in note
+
+
+async def test_a_page_shows_only_the_notice_its_form_wrote_for_that_session(
+    pages: Pages,
+) -> None:
+    comment = await _act_on_held(pages, "tess", Role.TECHNICIAN, "comment", {"text": "lipaemic"})
+    assert comment is not None and comment.status_code == 303
+    back = comment.headers["location"]
+    assert "seal=" in back
+    said = '<div class="message done" role="status">comment added to result'
+    assert said in (await pages.client.get(back)).text
+    # A link made elsewhere puts no words on the page: unsealed, its seal altered, or
+    # sealed for another session.
+    spoofed = "Session expired: log in again at https://elsewhere.example"
+    for link in (
+        f"/held?error={quote(spoofed)}",
+        f"/held?done={quote(spoofed)}&{back.split('&', 1)[1]}",
+        back.replace("seal=", "seal=0"),
+    ):
+        page = (await pages.client.get(link)).text
+        assert "elsewhere.example" not in page and 'class="message' not in page, link
+    await _as(pages, "tom", Role.TECHNICIAN)
+    assert 'class="message' not in (await pages.client.get(back)).text
 
 
 async def _act_on_held(

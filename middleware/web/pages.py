@@ -9,8 +9,10 @@ redirect to the page they came from (303, with what was done or refused), so tha
 reload never posts twice and every page's address can be bookmarked.
 """
 
+import hashlib
+import hmac
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from html import escape
@@ -30,6 +32,7 @@ from middleware.store.sql import utcnow
 from middleware.web.charts import ChartPoint, levey_jennings
 from middleware.web.rawbytes import caret, hexdump
 from middleware.web.roles import Action, Role, allowed
+from middleware.web.sessions import same
 
 HERE = FilePath(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -50,6 +53,8 @@ class Person(Protocol):
 
     name: str
     role: Role
+    csrf_token: str | None
+    """The session's secret; None for a request made with a token."""
 
 
 #: Row ids are 32-bit in the schema: a larger one is refused (422), never a fault.
@@ -91,8 +96,7 @@ def add_pages(
                 "nav": [(href, label) for href, label, may in NAV if allowed(person.role, may)],
                 "user": person,
                 "csrf_token": csrf_token(request),
-                "done": request.query_params.get("done", ""),
-                "error": request.query_params.get("error", ""),
+                **_notice(request.query_params, person.csrf_token),
                 **context,
             },
         )
@@ -157,19 +161,19 @@ def add_pages(
             instrument_names=sorted(i.name for i in instruments()),
         )  # fmt: skip
 
-    async def act(back: str, done: str, work: Awaitable[Any]) -> Response:
+    async def act(person: Person, back: str, done: str, work: Awaitable[Any]) -> Response:
         try:
             await work
         except ControlError as refused:
-            return _back(back, error=str(refused))
-        return _back(back, done=done)
+            return _back(person, back, error=str(refused))
+        return _back(person, back, done=done)
 
     @app.post("/held/{result_id}/release", include_in_schema=False)
     async def release(
         result_id: RowId, person: Annotated[Person, Depends(require(Action.RELEASE))]
     ) -> Response:
         work = control.release_results([result_id], person.name)
-        return await act("/held", f"result {result_id} released", work)
+        return await act(person, "/held", f"result {result_id} released", work)
 
     @app.post("/held/{result_id}/reject", include_in_schema=False)
     async def reject(
@@ -178,21 +182,21 @@ def add_pages(
         reason: Annotated[str, Form()] = "",
     ) -> Response:
         work = control.reject_results([result_id], reason, person.name)
-        return await act("/held", f"result {result_id} rejected", work)
+        return await act(person, "/held", f"result {result_id} rejected", work)
 
     @app.post("/held/{result_id}/send-early", include_in_schema=False)
     async def send_early(
         result_id: RowId, person: Annotated[Person, Depends(require(Action.EARLY_RELEASE))]
     ) -> Response:
         work = control.send_early([result_id], person.name)
-        return await act("/held", f"result {result_id} sent as preliminary", work)
+        return await act(person, "/held", f"result {result_id} sent as preliminary", work)
 
     @app.post("/held/{result_id}/rerun", include_in_schema=False)
     async def rerun(
         result_id: RowId, person: Annotated[Person, Depends(require(Action.REQUEST_RERUN))]
     ) -> Response:
         work = control.request_rerun([result_id], person.name)
-        return await act("/held", f"re-run of result {result_id} asked for", work)
+        return await act(person, "/held", f"re-run of result {result_id} asked for", work)
 
     @app.post("/held/{result_id}/comment", include_in_schema=False)
     async def comment(
@@ -201,7 +205,7 @@ def add_pages(
         text: Annotated[str, Form()] = "",
     ) -> Response:
         work = control.comment_result(result_id, text, person.name)
-        return await act("/held", f"comment added to result {result_id}", work)
+        return await act(person, "/held", f"comment added to result {result_id}", work)
 
     @app.post("/qc/{instrument}/{test:path}/release-run", include_in_schema=False)
     async def release_run(
@@ -211,8 +215,8 @@ def add_pages(
         try:
             run = await control.release_run(instrument, test, person.name)
         except ControlError as refused:
-            return _back(back, error=str(refused))
-        return _back(back, done=f"{len(run.released)} held result(s) released")
+            return _back(person, back, error=str(refused))
+        return _back(person, back, done=f"{len(run.released)} held result(s) released")
 
     @app.get("/reagents", response_class=HTMLResponse, include_in_schema=False)
     async def reagents_page(
@@ -263,10 +267,10 @@ def add_pages(
         try:
             recalled = await control.recall_reagent_lot(reagent, lot, person.name, reason)
         except ControlError as refused:
-            return _back("/reagents", error=str(refused))
+            return _back(person, "/reagents", error=str(refused))
         held, released = len(recalled.held), len(recalled.released)
         done = f"{reagent} lot {lot} recalled: {held} result(s) held, {released} to review"
-        return _back("/reagents", done=done)
+        return _back(person, "/reagents", done=done)
 
     def judged(test: views.QcTest) -> views.QcTest:
         """The stored state, with what the rules in force add to it: QC past its validity,
@@ -346,13 +350,15 @@ def add_pages(
     ) -> Response:
         back = "/qc"
         if not action_taken.strip():
-            return _back(back, error="say what was done to correct the failure")
+            return _back(person, back, error="say what was done to correct the failure")
         try:
             closed = await control.close_corrective_action(action_id, person.name, action_taken)
         except ControlError as refused:
-            return _back(back, error=str(refused))
+            return _back(person, back, error=str(refused))
         back = f"/qc/{quote(closed.instrument, safe='')}/{quote(closed.test, safe='')}"
-        return _back(back, done=f"corrective action closed; {len(closed.released)} released")
+        return _back(
+            person, back, done=f"corrective action closed; {len(closed.released)} released"
+        )
 
     @app.post("/qc/{instrument}/{test:path}/lots/{lot:path}/approve", include_in_schema=False)
     async def approve_limits(
@@ -365,8 +371,10 @@ def add_pages(
         try:
             approved = await control.approve_limits(instrument, test, lot, person.name)
         except ControlError as refused:
-            return _back(back, error=str(refused))
-        return _back(back, done=f"limits of {lot} approved: mean {approved.mean}, SD {approved.sd}")
+            return _back(person, back, error=str(refused))
+        return _back(
+            person, back, done=f"limits of {lot} approved: mean {approved.mean}, SD {approved.sd}"
+        )
 
     @app.get("/instruments", response_class=HTMLResponse, include_in_schema=False)
     async def instruments_page(
@@ -428,8 +436,8 @@ def add_pages(
         try:
             await control.retry_outbox(entry_id, person.name)
         except ControlError as refused:
-            return _back("/lis", error=str(refused))
-        return _back("/lis", done=f"message {entry_id} will be sent again")
+            return _back(person, "/lis", error=str(refused))
+        return _back(person, "/lis", done=f"message {entry_id} will be sent again")
 
     @app.post("/lis/outbox/{entry_id}/dismiss", include_in_schema=False)
     async def dismiss(
@@ -438,8 +446,8 @@ def add_pages(
         try:
             await control.dismiss_outbox(entry_id, person.name)
         except ControlError as refused:
-            return _back("/lis", error=str(refused))
-        return _back("/lis", done=f"message {entry_id} set aside")
+            return _back(person, "/lis", error=str(refused))
+        return _back(person, "/lis", done=f"message {entry_id} set aside")
 
 
 R = TypeVar("R", bound=Response)
@@ -464,8 +472,31 @@ def _guarded(response: R) -> R:
     return response
 
 
-def _back(path: str, **message: str) -> RedirectResponse:
-    return RedirectResponse(f"{path}?{urlencode(message)}" if message else path, 303)
+def _seal(secret: str, kind: str, text: str) -> str:
+    body = f"lis-notice/1\0{kind}\0{text}".encode("utf-8", "surrogatepass")
+    return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def _back(person: Person, path: str, **message: str) -> RedirectResponse:
+    """To the page a form came from, with what was done or refused, sealed with the
+    session's secret: the page shows only a notice it wrote for that session, so a link
+    made elsewhere cannot put its own words on our page."""
+    if not message or not person.csrf_token:
+        return RedirectResponse(path, 303)
+    [(kind, text)] = message.items()
+    query = urlencode({kind: text, "seal": _seal(person.csrf_token, kind, text)})
+    return RedirectResponse(f"{path}?{query}", 303)
+
+
+def _notice(query: Mapping[str, str], secret: str | None) -> dict[str, str]:
+    """``done`` and ``error`` for the page: the one sent back by :func:`_back` for this
+    session, or nothing."""
+    out = {"done": "", "error": ""}
+    for kind in out:
+        text = query.get(kind)
+        if text is not None and secret and same(query.get("seal", ""), _seal(secret, kind, text)):
+            out[kind] = text
+    return out
 
 
 def _chart(title: str, evaluations: list[views.Evaluation]) -> str:
