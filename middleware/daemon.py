@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 import drivers
+from middleware import open_files
 from middleware.astm.link import LinkSettings, Role
 from middleware.control import Control, EngineNotRunning, RulesRefused
 from middleware.delivery import LisSender
@@ -535,6 +536,7 @@ async def serve(settings: Settings) -> None:
     # and so does a certificate that cannot be used.
     api_tls = api_context(settings.api)
     api_socket = bind_api_socket(settings.api.host, settings.api.port) if settings.api else None
+    open_files.raise_limit(len(settings.instruments))
     daemon = Daemon(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
