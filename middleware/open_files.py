@@ -27,7 +27,7 @@ def raise_limit(instruments: int) -> int:
     """Raise the soft limit on open files to the hard limit; the soft limit then. A limit
     the daemon may not change (a sandbox refusing the call) is kept and said."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
+    if soft < hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard

@@ -119,11 +119,7 @@ def test_the_daemon_started_with_a_low_soft_limit_serves_with_the_hard_one(
         daemon.start(wait=False)
     try:
         assert daemon.process is not None
-        deadline = time.monotonic() + 20
-        while '"daemon running"' not in daemon.log.read_text():
-            assert daemon.process.poll() is None, daemon.log.read_text()[-2000:]
-            assert time.monotonic() < deadline, "the daemon did not start"
-            time.sleep(0.05)
+        daemon._wait_for_log('"daemon running"', time.monotonic() + 20)
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         assert _max_open_files(daemon.process.pid) == (hard, hard)
         assert "open files limit" not in daemon.log.read_text()

@@ -9,8 +9,6 @@ redirect to the page they came from (303, with what was done or refused), so tha
 reload never posts twice and every page's address can be bookmarked.
 """
 
-import hashlib
-import hmac
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
@@ -32,7 +30,7 @@ from middleware.store.sql import utcnow
 from middleware.web.charts import ChartPoint, levey_jennings
 from middleware.web.rawbytes import caret, hexdump
 from middleware.web.roles import Action, Role, allowed
-from middleware.web.sessions import same
+from middleware.web.sessions import mac, same
 
 HERE = FilePath(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -473,8 +471,7 @@ def _guarded(response: R) -> R:
 
 
 def _seal(secret: str, kind: str, text: str) -> str:
-    body = f"lis-notice/1\0{kind}\0{text}".encode("utf-8", "surrogatepass")
-    return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    return mac(secret.encode("utf-8"), b"lis-notice/1.", f"{kind}\0{text}")
 
 
 def _back(person: Person, path: str, **message: str) -> RedirectResponse:

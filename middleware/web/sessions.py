@@ -47,13 +47,16 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _mac(key: bytes, purpose: bytes, body: str) -> str:
-    return _b64(hmac.new(key, purpose + body.encode("ascii"), hashlib.sha256).digest())
+def mac(key: bytes, purpose: bytes, body: str) -> str:
+    """HMAC-SHA256 of ``body`` for one ``purpose``, so that a value signed for one use
+    is never taken for another."""
+    data = purpose + body.encode("utf-8", "surrogatepass")
+    return _b64(hmac.new(key, data, hashlib.sha256).digest())
 
 
 def _signed(key: bytes, purpose: bytes, payload: object) -> str:
     body = _b64(json.dumps(payload, separators=(",", ":")).encode("utf-8"))
-    return f"{body}.{_mac(key, purpose, body)}"
+    return f"{body}.{mac(key, purpose, body)}"
 
 
 def same(given: str, expected: str) -> bool:
@@ -68,8 +71,8 @@ def _opened(key: bytes, purpose: bytes, value: str) -> object:
     """The payload of a value this key signed for ``purpose``; None otherwise."""
     if len(value) > 4096 or not value.isascii() or value.count(".") != 1:
         return None
-    body, mac = value.split(".")
-    if not same(mac, _mac(key, purpose, body)):
+    body, given = value.split(".")
+    if not same(given, mac(key, purpose, body)):
         return None
     try:
         return json.loads(_unb64(body))
