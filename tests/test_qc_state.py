@@ -127,6 +127,7 @@ def _run(url: str, restart: bool) -> tuple[list[tuple[Any, ...]], list[tuple[Any
         for now, lines in _days():
             if restart:  # a new process: a new store and a new engine, nothing else
                 store.close()
+                _forget_parsed_states()
                 store = Store(url)
             engine = Engine(load_rules(ROOT / "rules")) if restart else ENGINE
             asyncio.run(_write(store, partial(_store, engine=engine, lines=lines, now=now)))
@@ -136,6 +137,12 @@ def _run(url: str, restart: bool) -> tuple[list[tuple[Any, ...]], list[tuple[Any
 
 
 ENGINE = Engine(RULES)
+
+
+def _forget_parsed_states() -> None:
+    """What a new process starts without: every state row is parsed from its text."""
+    qc_state.PARSED_TESTS.clear()
+    qc_state.PARSED_LOTS.clear()
 
 
 async def _write(store: Store, work: Callable[[Connection], object]) -> object:
@@ -409,18 +416,76 @@ def test_qc_state_rows_give_back_exactly_the_state_written(
 ) -> None:
     for store in sqlite_and_postgres:
 
-        def roundtrip(conn: Connection) -> tuple[object, object]:
-            qc_state.save_tests(conn, {("i", "t"): test}, T0)
-            qc_state.save_lots(conn, {("i", "t", "l"): lot}, T0)
+        def load(conn: Connection) -> tuple[object, object]:
             return (
                 qc_state.load_tests(conn, [("i", "t")])[("i", "t")],
                 qc_state.load_lots(conn, [("i", "t", "l")])[("i", "t", "l")],
             )
 
         with store.engine.connect() as conn:
-            back = roundtrip(conn)
+            qc_state.save_tests(conn, {("i", "t"): test}, T0)
+            qc_state.save_lots(conn, {("i", "t", "l"): lot}, T0)
+            remembered = load(conn)
+            # The states written are kept by their rows' content: that is exact only if
+            # the text parses back to the very state.
+            _forget_parsed_states()
+            parsed = load(conn)
             conn.rollback()
-        assert back == (test, lot)
+        assert parsed == remembered == (test, lot)
+
+
+def test_a_state_row_changed_behind_the_writer_is_read_as_it_is(database_url: str) -> None:
+    """Another daemon's write, or this one's rolled back: the row's content is what the
+    state is read from, never what this process last wrote or read."""
+    store = Store(database_url)
+    test_key, lot_key = ("chem-1", "TP"), ("chem-1", "TP", "CC-45781")
+    first = replace(engine_qc.NO_QC, run_number=1)
+    lot = replace(engine_qc.NO_LOT_QC, material="chem-control", over_limit_cycles=1)
+
+    def save(test: engine_qc.TestQc, lot: LotQc) -> Callable[[Connection], None]:
+        def work(conn: Connection) -> None:
+            qc_state.save_tests(conn, {test_key: test}, T0)
+            qc_state.save_lots(conn, {lot_key: lot}, T0)
+
+        return work
+
+    def load(conn: Connection) -> tuple[engine_qc.TestQc, LotQc]:
+        return (
+            qc_state.load_tests(conn, [test_key])[test_key],
+            qc_state.load_lots(conn, [lot_key])[lot_key],
+        )
+
+    def rolled_back(conn: Connection) -> None:
+        save(replace(first, run_number=2), replace(lot, over_limit_cycles=2))(conn)
+        raise RuntimeError("the commit failed")
+
+    try:
+        asyncio.run(_write(store, save(first, lot)))
+        test, lot_now = store.read(load)
+        assert test is first and lot_now is lot  # kept as written, not parsed again
+        with pytest.raises(RuntimeError):
+            asyncio.run(_write(store, rolled_back))
+        assert store.read(load) == (first, lot)
+
+        def elsewhere(conn: Connection) -> None:
+            conn.execute(qc_tests.update().values(run_number=7))
+            conn.execute(qc_lots.update().values(over_limit_cycles=3))
+
+        asyncio.run(_write(store, elsewhere))
+        test, lot_now = store.read(load)
+        assert (test.run_number, lot_now.over_limit_cycles) == (7, 3)
+    finally:
+        store.close()
+
+
+def test_recent_states_keep_no_more_than_their_room() -> None:
+    recent: qc_state.RecentStates[str] = qc_state.RecentStates(2)
+    for n in range(3):
+        recent.put((n,), f"state {n}")
+    assert recent.get((0,)) is None
+    assert recent.get((1,)) == "state 1"  # now the most recent
+    recent.put((3,), "state 3")
+    assert (recent.get((2,)), recent.get((1,)), recent.get((3,))) == (None, "state 1", "state 3")
 
 
 def test_two_transactions_making_a_tests_first_state_take_turns(database_url: str) -> None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Insert, Table, bindparam, select
 
@@ -67,11 +69,11 @@ _NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _lockable(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """On PostgreSQL, make the rows about to be read FOR UPDATE exist: a row that does not
+    """Make the rows about to be read FOR UPDATE on PostgreSQL exist: a row that does not
     exist yet locks nothing, and two transactions would each write their own first state,
     the second over the first. A row another transaction is making makes this one wait
     for it, and then read what it made."""
-    if rows and conn.dialect.name == "postgresql":
+    if rows:
         conn.execute(new_only("postgresql", table), rows)
 
 
@@ -79,12 +81,13 @@ def load_tests(conn: Connection, keys: Iterable[TestKey]) -> dict[TestKey, TestQ
     """The stored state of each instrument and test wanted; one not stored yet is absent
     (on PostgreSQL it is made empty, and locked like the others)."""
     wanted = sorted(set(keys))
-    _lockable(conn, qc_tests, [_test_row(key, NO_QC, _NEVER) for key in wanted])
+    if conn.dialect.name == "postgresql":
+        _lockable(conn, qc_tests, [_test_row(key, NO_QC, _NEVER) for key in wanted])
     found: dict[TestKey, TestQc] = {}
     query = _TESTS_FOR_UPDATE if conn.dialect.name == "postgresql" else _TESTS
     for instrument, tests in sorted(_by_instrument(wanted).items()):
         for row in conn.execute(query, {"instrument": instrument, "tests": sorted(tests)}):
-            found[(row.instrument, row.test_code)] = _test_qc(row)
+            found[(row.instrument, row.test_code)] = _test_state(row)
     return found
 
 
@@ -100,7 +103,8 @@ def load_lots(conn: Connection, keys: Iterable[LotKey]) -> dict[LotKey, LotQc]:
     """The stored state of each control lot wanted; one not stored yet is absent (on
     PostgreSQL it is made empty, and locked like the others)."""
     wanted = set(keys)
-    _lockable(conn, qc_lots, [_lot_row(key, NO_LOT_QC, _NEVER) for key in sorted(wanted)])
+    if conn.dialect.name == "postgresql":
+        _lockable(conn, qc_lots, [_lot_row(key, NO_LOT_QC, _NEVER) for key in sorted(wanted)])
     found: dict[LotKey, LotQc] = {}
     query = _LOTS_FOR_UPDATE if conn.dialect.name == "postgresql" else _LOTS
     for instrument, tests in sorted(_by_instrument(wanted).items()):
@@ -109,7 +113,7 @@ def load_lots(conn: Connection, keys: Iterable[LotKey]) -> dict[LotKey, LotQc]:
         for row in conn.execute(query, params):
             key = (row.instrument, row.test_code, row.lot)
             if key in wanted:
-                found[key] = _lot_qc(row)
+                found[key] = _lot_state(row)
     return found
 
 
@@ -117,7 +121,7 @@ def lots_of(conn: Connection, instrument: str, test: str) -> dict[LotKey, LotQc]
     """Every control lot kept for an instrument and test."""
     query = select(qc_lots).where(qc_lots.c.instrument == instrument, qc_lots.c.test_code == test)
     return {
-        (row.instrument, row.test_code, row.lot): _lot_qc(row)
+        (row.instrument, row.test_code, row.lot): _lot_state(row)
         for row in conn.execute(_locking(conn, query))
     }
 
@@ -131,7 +135,7 @@ def proposals(conn: Connection) -> list[LimitsProposal]:
     )
     out = []
     for row in rows:
-        proposal = QcGate.proposal(row.instrument, row.test_code, row.lot, _lot_qc(row))
+        proposal = QcGate.proposal(row.instrument, row.test_code, row.lot, _lot_state(row))
         if proposal is not None:
             out.append(proposal)
     return out
@@ -153,14 +157,20 @@ def _saving(dialect: str, table: Table) -> Insert:
 
 def save_tests(conn: Connection, states: Mapping[TestKey, TestQc], at: datetime) -> None:
     if states:
-        rows = [_test_row(key, state, at) for key, state in sorted(states.items())]
+        ordered = sorted(states.items())
+        rows = [_test_row(key, state, at) for key, state in ordered]
         conn.execute(_saving(conn.dialect.name, qc_tests), rows)
+        for row, (_, state) in zip(rows, ordered, strict=True):
+            PARSED_TESTS.put(_content(row, _TEST_STATE), state)
 
 
 def save_lots(conn: Connection, states: Mapping[LotKey, LotQc], at: datetime) -> None:
     if states:
-        rows = [_lot_row(key, state, at) for key, state in sorted(states.items())]
+        ordered = sorted(states.items())
+        rows = [_lot_row(key, state, at) for key, state in ordered]
         conn.execute(_saving(conn.dialect.name, qc_lots), rows)
+        for row, (_, state) in zip(rows, ordered, strict=True):
+            PARSED_LOTS.put(_content(row, _LOT_STATE), state)
 
 
 def conversion_pending(conn: Connection, name: str) -> bool:
@@ -175,6 +185,82 @@ def conversion_done(conn: Connection, name: str) -> None:
 
 
 # --- rows and states -------------------------------------------------------------------------
+
+
+State = TypeVar("State")
+
+
+class RecentStates(Generic[State]):
+    """The states of rows recently read or written, by the rows' content, up to ``size``.
+
+    Every message reads the state rows of its tests and every control writes those of its
+    lots; parsing them again (JSON, exact fractions written as text) was a third of a QC
+    message's work. Keyed by everything the state is made from, an entry cannot go stale:
+    a row another daemon changed, or one whose write rolled back, has other content and
+    is parsed. States are immutable, so one object serves every reader; the writer and
+    the readers of the API share the entries, hence the lock."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._states: OrderedDict[tuple[object, ...], State] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[object, ...]) -> State | None:
+        with self._lock:
+            state = self._states.get(key)
+            if state is not None:
+                self._states.move_to_end(key)
+            return state
+
+    def put(self, key: tuple[object, ...], state: State) -> None:
+        with self._lock:
+            self._states[key] = state
+            self._states.move_to_end(key)
+            if len(self._states) > self._size:
+                self._states.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._states.clear()
+
+
+#: Room for a laboratory's streams (an instrument and test, a control lot on it) several
+#: times over, each written state taking an entry: about 1.4 kB each, 11 MB when full.
+#: Least recently used go first; one of those read again is parsed again.
+PARSED_TESTS: RecentStates[TestQc] = RecentStates(4096)
+PARSED_LOTS: RecentStates[LotQc] = RecentStates(4096)
+
+_TEST_STATE = [
+    c.name for c in qc_tests.columns if c.name not in ("instrument", "test_code", "updated_at")
+]
+_LOT_STATE = [
+    c.name
+    for c in qc_lots.columns
+    if c.name not in ("instrument", "test_code", "lot", "updated_at")
+]
+
+
+def _content(values: Mapping[str, Any], columns: list[str]) -> tuple[object, ...]:
+    # SQLite gives times back without their zone; written, they have it.
+    return tuple(utc(v) if isinstance(v, datetime) else v for v in (values[c] for c in columns))
+
+
+def _test_state(row: Any) -> TestQc:
+    key = _content(row._mapping, _TEST_STATE)
+    state = PARSED_TESTS.get(key)
+    if state is None:
+        state = _test_qc(row)
+        PARSED_TESTS.put(key, state)
+    return state
+
+
+def _lot_state(row: Any) -> LotQc:
+    key = _content(row._mapping, _LOT_STATE)
+    state = PARSED_LOTS.get(key)
+    if state is None:
+        state = _lot_qc(row)
+        PARSED_LOTS.put(key, state)
+    return state
 
 
 def _window(data: dict[str, Any]) -> westgard.Window:
