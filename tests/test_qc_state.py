@@ -439,7 +439,7 @@ def test_a_state_row_changed_behind_the_writer_is_read_as_it_is(database_url: st
     state is read from, never what this process last wrote or read."""
     store = Store(database_url)
     test_key, lot_key = ("chem-1", "TP"), ("chem-1", "TP", "CC-45781")
-    first = replace(engine_qc.NO_QC, run_number=1)
+    first = replace(engine_qc.NO_QC, run_number=1, corrective_action_since=T0)
     lot = replace(engine_qc.NO_LOT_QC, material="chem-control", over_limit_cycles=1)
 
     def save(test: engine_qc.TestQc, lot: LotQc) -> Callable[[Connection], None]:

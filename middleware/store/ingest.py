@@ -8,6 +8,7 @@ several writes can share one commit.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -16,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Insert,
     Table,
     bindparam,
     select,
@@ -323,6 +325,12 @@ def _result_row(r: Result, message_id: int, stored_at: datetime) -> dict[str, An
     }
 
 
+@functools.lru_cache(maxsize=4)
+def _inserting(table: Table) -> Insert:
+    # RETURNING over many rows comes back in insertion order with sort_by_parameter_order.
+    return table.insert().returning(table.c.id, sort_by_parameter_order=True)
+
+
 def _insert_results(
     conn: Connection,
     table: Table,
@@ -333,10 +341,7 @@ def _insert_results(
     if not items:
         return []
     rows = [_result_row(r, message_id, stored_at) | extra for r, extra in items]
-    # RETURNING over many rows comes back in insertion order with sort_by_parameter_order.
-    returned = conn.execute(
-        table.insert().returning(table.c.id, sort_by_parameter_order=True), rows
-    )
+    returned = conn.execute(_inserting(table), rows)
     return [int(row[0]) for row in returned]
 
 

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     Connection,
+    bindparam,
     select,
 )
 
@@ -43,10 +44,16 @@ def add_order(conn: Connection, order: Order, at: datetime, source: str = "lis")
     )
 
 
+# Built once: every patient message asks it, and building it cost as much as running it.
+_ORDERS_FOR = (
+    select(orders)
+    .where(orders.c.specimen_id.in_(bindparam("specimens", expanding=True)))
+    .order_by(orders.c.id)
+)
+
+
 def orders_for(conn: Connection, specimen_ids: Iterable[str]) -> list[Order]:
-    rows = conn.execute(
-        select(orders).where(orders.c.specimen_id.in_(list(specimen_ids))).order_by(orders.c.id)
-    )
+    rows = conn.execute(_ORDERS_FOR, {"specimens": list(specimen_ids)})
     return [
         Order(
             specimen_id=row.specimen_id,

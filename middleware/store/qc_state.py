@@ -21,7 +21,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection, Insert, Table, bindparam, select
+from sqlalchemy import Connection, DateTime, Insert, Table, bindparam, select
 
 from middleware.engine import westgard
 from middleware.engine.qc import (
@@ -161,7 +161,7 @@ def save_tests(conn: Connection, states: Mapping[TestKey, TestQc], at: datetime)
         rows = [_test_row(key, state, at) for key, state in ordered]
         conn.execute(_saving(conn.dialect.name, qc_tests), rows)
         for row, (_, state) in zip(rows, ordered, strict=True):
-            PARSED_TESTS.put(_content(row, _TEST_STATE), state)
+            PARSED_TESTS.put(_content(row, _TEST_STATE, _TEST_TIMES), state)
 
 
 def save_lots(conn: Connection, states: Mapping[LotKey, LotQc], at: datetime) -> None:
@@ -170,7 +170,7 @@ def save_lots(conn: Connection, states: Mapping[LotKey, LotQc], at: datetime) ->
         rows = [_lot_row(key, state, at) for key, state in ordered]
         conn.execute(_saving(conn.dialect.name, qc_lots), rows)
         for row, (_, state) in zip(rows, ordered, strict=True):
-            PARSED_LOTS.put(_content(row, _LOT_STATE), state)
+            PARSED_LOTS.put(_content(row, _LOT_STATE, []), state)
 
 
 def conversion_pending(conn: Connection, name: str) -> bool:
@@ -233,6 +233,9 @@ PARSED_LOTS: RecentStates[LotQc] = RecentStates(4096)
 _TEST_STATE = [
     c.name for c in qc_tests.columns if c.name not in ("instrument", "test_code", "updated_at")
 ]
+_TEST_TIMES = [
+    i for i, name in enumerate(_TEST_STATE) if isinstance(qc_tests.c[name].type, DateTime)
+]
 _LOT_STATE = [
     c.name
     for c in qc_lots.columns
@@ -240,13 +243,15 @@ _LOT_STATE = [
 ]
 
 
-def _content(values: Mapping[str, Any], columns: list[str]) -> tuple[object, ...]:
-    # SQLite gives times back without their zone; written, they have it.
-    return tuple(utc(v) if isinstance(v, datetime) else v for v in (values[c] for c in columns))
+def _content(values: Mapping[str, Any], columns: list[str], times: list[int]) -> tuple[object, ...]:
+    found = [values[c] for c in columns]
+    for i in times:  # SQLite gives times back without their zone; written, they have it.
+        found[i] = utc(found[i])
+    return tuple(found)
 
 
 def _test_state(row: Any) -> TestQc:
-    key = _content(row._mapping, _TEST_STATE)
+    key = _content(row._mapping, _TEST_STATE, _TEST_TIMES)
     state = PARSED_TESTS.get(key)
     if state is None:
         state = _test_qc(row)
@@ -255,7 +260,7 @@ def _test_state(row: Any) -> TestQc:
 
 
 def _lot_state(row: Any) -> LotQc:
-    key = _content(row._mapping, _LOT_STATE)
+    key = _content(row._mapping, _LOT_STATE, [])
     state = PARSED_LOTS.get(key)
     if state is None:
         state = _lot_qc(row)
