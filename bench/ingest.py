@@ -466,6 +466,24 @@ def print_timing(path: Path) -> None:
             f"p50 {ms(statistics.median(both)) if both else '-'} ms, "
             f"mean {ms(statistics.fmean(both)) if both else '-'} ms"
         )
+    cpu = {
+        kind: [
+            a + b
+            for a, b in zip(times[f"{kind} store cpu"], times[f"{kind} engine cpu"], strict=False)
+        ]
+        for kind in ("patient", "qc")
+        if times.get(f"{kind} store cpu")
+    }
+    if len(cpu) == 2:
+        medians = {kind: statistics.median(values) for kind, values in cpu.items()}
+        means = {kind: statistics.fmean(values) for kind, values in cpu.items()}
+        print(
+            f"  writer CPU per message (store and engine, the thread's own time): patient p50 "
+            f"{ms(medians['patient'])} / mean {ms(means['patient'])} ms, QC p50 "
+            f"{ms(medians['qc'])} / mean {ms(means['qc'])} ms: a QC message adds "
+            f"{ms(medians['qc'] - medians['patient'])} ms p50, "
+            f"{ms(means['qc'] - means['patient'])} ms mean"
+        )
     sizes = times.get("batch", [])
     print(
         f"  transactions: {len(sizes):,}, {statistics.fmean(sizes):.1f} units each on average;"

@@ -60,6 +60,8 @@ class _Lookups:
     """The LIS's order of each specimen: what it says of the specimen."""
     recalled: Mapping[tuple[str, str], str] = field(default_factory=dict)
     """Lots a person recalled among those the results used, with the reason."""
+    conditions: dict[str, SampleCondition] = field(default_factory=dict)
+    """What the message's results say of each specimen's tube, worked out once."""
 
     @classmethod
     def fetch(
@@ -113,9 +115,13 @@ class _Lookups:
         specimen = patient = None
         condition = SampleCondition()
         if reading is not None:
-            condition = SampleCondition.from_results(
-                r for r in reading.results if r.specimen_id == result.specimen_id
-            )
+            known = self.conditions.get(result.specimen_id)
+            if known is None:
+                known = SampleCondition.from_results(
+                    r for r in reading.results if r.specimen_id == result.specimen_id
+                )
+                self.conditions[result.specimen_id] = known
+            condition = known
             specimen = next(
                 (s for s in reading.specimens if s.specimen_id == result.specimen_id), None
             )

@@ -194,12 +194,19 @@ class QcGate:
         # Derived from the rules alone, once per instrument and test named by a policy.
         self._rule_sets: dict[tuple[str, str], westgard.RuleSet] = {}
         self._bases: dict[tuple[str, str], str] = {}
+        # Every result asks for its test's policy several times: the policies naming each
+        # test, in the rules' order (the first that matches the instrument applies).
+        self._policies: dict[str, list[QcPolicy]] = {}
+        for policy in rules.qc_policies:
+            for test in policy.tests:
+                self._policies.setdefault(test, []).append(policy)
 
     # --- configuration ---------------------------------------------------------------------
 
     def policy(self, instrument: str, test: str) -> QcPolicy | None:
         return next(
-            (p for p in self.rules.qc_policies if _policy_matches(p, instrument, test)), None
+            (p for p in self._policies.get(test, ()) if _policy_matches(p, instrument, test)),
+            None,
         )
 
     def rule_set(self, instrument: str, test: str) -> westgard.RuleSet:
