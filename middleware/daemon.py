@@ -33,6 +33,7 @@ from middleware.pipeline import ConnectionPipeline
 from middleware.service import Notifier
 from middleware.settings import ApiConfig, InstrumentConfig, Settings
 from middleware.store import Store, leases
+from middleware.store.database import risky_settings
 from middleware.store.leases import Held
 from middleware.store.sql import utcnow
 from middleware.transport.channel import (
@@ -179,6 +180,13 @@ class Daemon:
             Store, self.settings.database, self.settings.database_lock_timeout
         )
         log.info("store open", database=_safe_url(self.settings.database))
+        for risky in await self.store.read_async(risky_settings):
+            log.warning(
+                "database setting puts results at risk",
+                setting=risky.name,
+                value=risky.value,
+                consequence=risky.consequence,
+            )
         self.control.store = self.store
         self._observe(self.store)
         if self.settings.rules_dir is not None and await self.reload_rules("daemon start"):

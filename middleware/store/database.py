@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,45 @@ def open_engine(url: str, lock_timeout: float = 10.0) -> Engine:
         pool_pre_ping=True,
         connect_args={"options": f"-c lock_timeout={int(lock_timeout * 1000)}"},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RiskySetting:
+    """A database server setting under which what the daemon keeps may be lost or let
+    grow: the daemon says so at start, and carries on (the server is lab IT's)."""
+
+    name: str
+    value: str
+    consequence: str
+
+
+#: PostgreSQL settings, the value that is a risk, and what it means for the lab.
+_RISKS = {
+    "fsync": ("off", "a power cut or a crash of the server can lose committed results and "
+              "corrupt the database"),
+    "synchronous_commit": ("off", "results the analysers were told were kept can be lost when "
+                           "the server crashes or loses power"),
+    "full_page_writes": ("off", "a crash of the server can leave pages half written"),
+    "autovacuum": ("off", "tables changed all day (open holds, the LIS outbox, the QC state) "
+                   "are never vacuumed: they and their indexes grow and every lookup slows"),
+    "track_counts": ("off", "autovacuum cannot tell which tables need vacuuming"),
+}  # fmt: skip
+
+
+def risky_settings(conn: Connection) -> list[RiskySetting]:
+    """The server's settings that put what the daemon keeps at risk; none on SQLite, whose
+    settings the daemon makes itself."""
+    if conn.dialect.name != "postgresql":
+        return []
+    rows = conn.execute(
+        text("SELECT name, setting FROM pg_settings WHERE name = ANY(:names) ORDER BY name"),
+        {"names": sorted(_RISKS)},
+    )
+    return [
+        RiskySetting(name, value, _RISKS[name][1])
+        for name, value in rows
+        if value == _RISKS[name][0]
+    ]
 
 
 def current_revision(engine: Engine) -> str | None:
