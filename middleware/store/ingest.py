@@ -38,7 +38,7 @@ from middleware.store.schema import (
     results,
     specimens,
 )
-from middleware.store.sql import new_only, upsert, utcnow
+from middleware.store.sql import new_only, utcnow
 
 #: The longest identifier (specimen, patient, test code, reagent, lot) kept, in UTF-8
 #: bytes: PostgreSQL refuses index entries past about 2700 bytes, and an index may hold
@@ -345,16 +345,19 @@ def _insert_results(
     return [int(row[0]) for row in returned]
 
 
+# Built once: a message from an analyser that reports its reagents asks it for each.
+_LOT_ID = select(reagent_lots.c.id).where(
+    reagent_lots.c.reagent == bindparam("reagent"), reagent_lots.c.lot == bindparam("lot")
+)
+
+
 def _lot_id(conn: Connection, use: ReagentUse, seen_at: datetime) -> int:
-    found = conn.execute(
-        select(reagent_lots.c.id).where(
-            reagent_lots.c.reagent == use.reagent, reagent_lots.c.lot == use.lot
-        )
-    ).scalar_one_or_none()
+    key = {"reagent": use.reagent, "lot": use.lot}
+    found = conn.execute(_LOT_ID, key).scalar_one_or_none()
     if found is not None:
         return int(found)
     conn.execute(
-        upsert(conn, reagent_lots).on_conflict_do_nothing(index_elements=["reagent", "lot"]),
+        new_only(conn.dialect.name, reagent_lots, "reagent", "lot"),
         {
             "reagent": use.reagent,
             "lot": use.lot,
@@ -364,13 +367,7 @@ def _lot_id(conn: Connection, use: ReagentUse, seen_at: datetime) -> int:
             "first_seen_at": seen_at,
         },
     )
-    return int(
-        conn.execute(
-            select(reagent_lots.c.id).where(
-                reagent_lots.c.reagent == use.reagent, reagent_lots.c.lot == use.lot
-            )
-        ).scalar_one()
-    )
+    return int(conn.execute(_LOT_ID, key).scalar_one())
 
 
 def _reagent_uses(

@@ -89,6 +89,15 @@ _HELD = _HOLDS.where(
     open_holds.c.test_code.in_(bindparam("tests", expanding=True)),
 ).order_by(results.c.id)
 
+# Built once: every QC message that ends holds asks it.
+_CURRENT_DECISIONS = select(decisions).where(
+    decisions.c.id.in_(
+        select(func.max(decisions.c.id))
+        .where(decisions.c.result_id.in_(bindparam("ids", expanding=True)))
+        .group_by(decisions.c.result_id)
+    )
+)
+
 _HELD_AMONG = _HOLDS.where(open_holds.c.result_id.in_(bindparam("ids", expanding=True))).order_by(
     results.c.id
 )
@@ -349,12 +358,7 @@ def current_decisions(conn: Connection, ids: Iterable[int]) -> dict[int, StoredD
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    latest = (
-        select(func.max(decisions.c.id))
-        .where(decisions.c.result_id.in_(wanted))
-        .group_by(decisions.c.result_id)
-    )
-    rows = conn.execute(select(decisions).where(decisions.c.id.in_(latest)))
+    rows = conn.execute(_CURRENT_DECISIONS, {"ids": wanted})
     return {
         row.result_id: StoredDecision(
             row.result_id,
