@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -23,7 +24,7 @@ from middleware.domain import (
 )
 from middleware.store import Store, audit, ingest, orders, reading
 from middleware.store.database import HEAD, current_revision
-from middleware.store.schema import raw_transmissions, reagent_uses, results
+from middleware.store.schema import control_results, raw_transmissions, reagent_uses, results
 
 NOW = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
 LOT = ReagentUse("GLU reagent", "L2365", "GLU", date(2026, 12, 8), "CAL-0780")
@@ -141,6 +142,48 @@ def test_raw_transmissions_and_audit_log_are_append_only(store: Store) -> None:
         with pytest.raises(DBAPIError, match="append-only"), store.engine.begin() as conn:
             conn.execute(text(statement))
     assert store.read(reading.counts)["raw_transmissions"] == 1
+
+
+def test_each_result_is_given_the_id_of_its_own_row(store: Store) -> None:
+    """Many results and controls in one message, with every kind of value the columns
+    take: the ids given back are those of their rows, in the order sent."""
+    values = ["<15", "abc", "5.40", "-0.001", "1E3", ""]
+    patients = [
+        result(
+            f"T{i:02d}",
+            values[i % len(values)],
+            specimen=f"S{i % 3}",
+            units="µmol/L" if i % 2 else "",
+            completed_at=None if i % 4 == 0 else datetime(2026, 3, 1, 8, i % 60, tzinfo=UTC),
+            sequence=i,
+        )
+        for i in range(37)
+    ]
+    controls = [
+        ControlResult(result(f"C{i}", f"{i}.5", specimen="QC1"), "Lyphochek", "45781", str(i))
+        for i in range(5)
+    ]
+    d = delivery(results=patients, controls=controls)
+    for n in range(2):  # and the next message's ids follow on
+        d = replace(d, text=f"{d.text}\rC|1|{n}", raw=d.raw + b".")
+        stored = write(store, lambda conn, d=d: ingest.store_delivery(conn, d))
+        assert len(stored.result_ids) == 37 and len(stored.control_ids) == 5
+
+        def rows(conn: Connection, table: object, ids: list[int]) -> dict[int, object]:
+            found = conn.execute(select(table).where(table.c.id.in_(ids)))  # type: ignore[attr-defined]
+            return {row.id: row for row in found}
+
+        kept = store.read(lambda conn, s=stored: rows(conn, results, s.result_ids))
+        for result_id, sent in zip(stored.result_ids, patients, strict=True):
+            row = kept[result_id]
+            assert (row.test_code, row.value_text, row.censor, row.units, row.sequence) == (
+                sent.test_code, sent.value.text, sent.value.censor, sent.units, sent.sequence
+            )  # fmt: skip
+            assert row.value_number == sent.value.number
+            assert (row.completed_at is None) is (sent.completed_at is None)
+        kept = store.read(lambda conn, s=stored: rows(conn, control_results, s.control_ids))
+        assert [kept[i].level for i in stored.control_ids] == ["0", "1", "2", "3", "4"]
+        assert list(stored.result_ids) == sorted(stored.result_ids)
 
 
 def test_reagent_lots_trace_patient_and_control_results(store: Store) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     bindparam,
     select,
 )
+from sqlalchemy.engine import Dialect
 
 from middleware.domain import (
     InstrumentMessage,
@@ -331,6 +332,24 @@ def _inserting(table: Table) -> Insert:
     return table.insert().returning(table.c.id, sort_by_parameter_order=True)
 
 
+@functools.lru_cache(maxsize=4)
+def _inserting_arrays(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> str:
+    """PostgreSQL: the rows given as one array per column, unnested in their order. The
+    text is the same whatever the number of rows, so the driver and the server parse it
+    once; one row per parameter made a new statement of hundreds of parameters for every
+    message, which psycopg parses again each time (a fifth of the writer's work)."""
+    arrays = ", ".join(
+        f"%({name})s::{table.c[name].type.compile(dialect=dialect)}[]" for name in columns
+    )
+    names = ", ".join(columns)
+    # Ids come from the table's sequence row after row in this order: sorted, they are
+    # the rows' ids in the order given (as SQLAlchemy's many-row RETURNING relies on).
+    return (
+        f"INSERT INTO {table.name} ({names}) SELECT {names} FROM unnest({arrays}) "
+        f"WITH ORDINALITY AS given({names}, position) ORDER BY position RETURNING id"
+    )
+
+
 def _insert_results(
     conn: Connection,
     table: Table,
@@ -341,6 +360,11 @@ def _insert_results(
     if not items:
         return []
     rows = [_result_row(r, message_id, stored_at) | extra for r, extra in items]
+    if conn.dialect.name == "postgresql":
+        columns = tuple(rows[0])
+        arrays = {name: [row[name] for row in rows] for name in columns}
+        returned = conn.exec_driver_sql(_inserting_arrays(conn.dialect, table, columns), arrays)
+        return sorted(int(row[0]) for row in returned)
     returned = conn.execute(_inserting(table), rows)
     return [int(row[0]) for row in returned]
 
