@@ -169,6 +169,9 @@ class LinkChannel:
     async def run(self) -> None:
         """Serve the connection until the peer closes it or the task is cancelled."""
         reading: asyncio.Task[bytes] | None = None
+        # Kept from one turn to the next like the read: a task made and cancelled at every
+        # frame cost the event loop more than the frame's own work in the link.
+        woken: asyncio.Task[bool] | None = None
         reason = "closed by the middleware"
         try:
             while not self._closing:
@@ -178,12 +181,15 @@ class LinkChannel:
                 timeout = None if deadline is None else max(0.0, deadline - self.clock())
                 if reading is None:
                     reading = asyncio.ensure_future(self.reader.read(65536))
-                woken = asyncio.ensure_future(self._wake.wait())
+                if woken is None:
+                    woken = asyncio.ensure_future(self._wake.wait())
                 done, _ = await asyncio.wait(
                     {reading, woken}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
-                woken.cancel()
-                self._wake.clear()
+                if woken in done:
+                    # Each turn flushes what is waiting to go; a wake is only to turn.
+                    woken = None
+                    self._wake.clear()
                 if reading in done:
                     data = reading.result()
                     reading = None
@@ -208,6 +214,8 @@ class LinkChannel:
             reason = "closed at shutdown"
             raise
         finally:
+            if woken is not None:
+                woken.cancel()
             self.link.close()
             if reading is not None:
                 if reading.done() and not reading.cancelled() and reading.exception() is None:
