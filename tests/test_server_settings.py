@@ -51,9 +51,7 @@ def test_the_settings_that_put_results_at_risk_are_named(database_url: str) -> N
         assert ("autovacuum" in found) is (_server_says(database_url, "autovacuum") == "off")
 
 
-def test_the_daemon_says_at_start_what_the_server_risks(
-    database_url: str, tmp_path: Path
-) -> None:
+def test_the_daemon_says_at_start_what_the_server_risks(database_url: str, tmp_path: Path) -> None:
     postgres = database_url.startswith("postgresql")
     if postgres:
         _for_new_sessions(database_url, "synchronous_commit", "off")

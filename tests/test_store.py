@@ -7,9 +7,10 @@ import hashlib
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, Table, select, text
 from sqlalchemy.exc import DBAPIError
 
 from middleware.domain import (
@@ -163,16 +164,15 @@ def test_each_result_is_given_the_id_of_its_own_row(store: Store) -> None:
         ControlResult(result(f"C{i}", f"{i}.5", specimen="QC1"), "Lyphochek", "45781", str(i))
         for i in range(5)
     ]
+
+    def rows(conn: Connection, table: Table, ids: tuple[int, ...]) -> dict[int, Any]:
+        return {row.id: row for row in conn.execute(select(table).where(table.c.id.in_(ids)))}
+
     d = delivery(results=patients, controls=controls)
     for n in range(2):  # and the next message's ids follow on
         d = replace(d, text=f"{d.text}\rC|1|{n}", raw=d.raw + b".")
         stored = write(store, lambda conn, d=d: ingest.store_delivery(conn, d))
         assert len(stored.result_ids) == 37 and len(stored.control_ids) == 5
-
-        def rows(conn: Connection, table: object, ids: list[int]) -> dict[int, object]:
-            found = conn.execute(select(table).where(table.c.id.in_(ids)))  # type: ignore[attr-defined]
-            return {row.id: row for row in found}
-
         kept = store.read(lambda conn, s=stored: rows(conn, results, s.result_ids))
         for result_id, sent in zip(stored.result_ids, patients, strict=True):
             row = kept[result_id]

@@ -336,8 +336,8 @@ def _inserting(table: Table) -> Insert:
 def _inserting_arrays(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> str:
     """PostgreSQL: the rows given as one array per column, unnested in their order. The
     text is the same whatever the number of rows, so the driver and the server parse it
-    once; one row per parameter made a new statement of hundreds of parameters for every
-    message, which psycopg parses again each time (a fifth of the writer's work)."""
+    once. A row's values as parameters made a statement of hundreds of them, more than
+    psycopg keeps parsed, so it parsed the whole text again for every message."""
     arrays = ", ".join(
         f"%({name})s::{table.c[name].type.compile(dialect=dialect)}[]" for name in columns
     )

@@ -169,8 +169,8 @@ class LinkChannel:
     async def run(self) -> None:
         """Serve the connection until the peer closes it or the task is cancelled."""
         reading: asyncio.Task[bytes] | None = None
-        # Kept from one turn to the next like the read: a task made and cancelled at every
-        # frame cost the event loop more than the frame's own work in the link.
+        # Kept from one turn to the next like the read, not made and cancelled at every
+        # frame: each cancelled task took the event loop another turn.
         woken: asyncio.Task[bool] | None = None
         reason = "closed by the middleware"
         try:
