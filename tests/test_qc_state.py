@@ -479,7 +479,7 @@ def test_a_state_row_changed_behind_the_writer_is_read_as_it_is(database_url: st
 
 
 def test_recent_states_keep_no_more_than_their_room() -> None:
-    recent: qc_state.RecentStates[str] = qc_state.RecentStates(2)
+    recent: qc_state.RecentStates[str] = qc_state.RecentStates(qc_lots, 2)
     for n in range(3):
         recent.put((n,), f"state {n}")
     assert recent.get((0,)) is None

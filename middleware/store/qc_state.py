@@ -15,7 +15,7 @@ import functools
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
@@ -87,7 +87,7 @@ def load_tests(conn: Connection, keys: Iterable[TestKey]) -> dict[TestKey, TestQ
     query = _TESTS_FOR_UPDATE if conn.dialect.name == "postgresql" else _TESTS
     for instrument, tests in sorted(_by_instrument(wanted).items()):
         for row in conn.execute(query, {"instrument": instrument, "tests": sorted(tests)}):
-            found[(row.instrument, row.test_code)] = _test_state(row)
+            found[(row.instrument, row.test_code)] = PARSED_TESTS.read(row, _test_qc)
     return found
 
 
@@ -113,7 +113,7 @@ def load_lots(conn: Connection, keys: Iterable[LotKey]) -> dict[LotKey, LotQc]:
         for row in conn.execute(query, params):
             key = (row.instrument, row.test_code, row.lot)
             if key in wanted:
-                found[key] = _lot_state(row)
+                found[key] = PARSED_LOTS.read(row, _lot_qc)
     return found
 
 
@@ -121,7 +121,7 @@ def lots_of(conn: Connection, instrument: str, test: str) -> dict[LotKey, LotQc]
     """Every control lot kept for an instrument and test."""
     query = select(qc_lots).where(qc_lots.c.instrument == instrument, qc_lots.c.test_code == test)
     return {
-        (row.instrument, row.test_code, row.lot): _lot_state(row)
+        (row.instrument, row.test_code, row.lot): PARSED_LOTS.read(row, _lot_qc)
         for row in conn.execute(_locking(conn, query))
     }
 
@@ -135,7 +135,9 @@ def proposals(conn: Connection) -> list[LimitsProposal]:
     )
     out = []
     for row in rows:
-        proposal = QcGate.proposal(row.instrument, row.test_code, row.lot, _lot_state(row))
+        proposal = QcGate.proposal(
+            row.instrument, row.test_code, row.lot, PARSED_LOTS.read(row, _lot_qc)
+        )
         if proposal is not None:
             out.append(proposal)
     return out
@@ -161,7 +163,7 @@ def save_tests(conn: Connection, states: Mapping[TestKey, TestQc], at: datetime)
         rows = [_test_row(key, state, at) for key, state in ordered]
         conn.execute(_saving(conn.dialect.name, qc_tests), rows)
         for row, (_, state) in zip(rows, ordered, strict=True):
-            PARSED_TESTS.put(_content(row, _TEST_STATE, _TEST_TIMES), state)
+            PARSED_TESTS.written(row, state)
 
 
 def save_lots(conn: Connection, states: Mapping[LotKey, LotQc], at: datetime) -> None:
@@ -170,7 +172,7 @@ def save_lots(conn: Connection, states: Mapping[LotKey, LotQc], at: datetime) ->
         rows = [_lot_row(key, state, at) for key, state in ordered]
         conn.execute(_saving(conn.dialect.name, qc_lots), rows)
         for row, (_, state) in zip(rows, ordered, strict=True):
-            PARSED_LOTS.put(_content(row, _LOT_STATE, []), state)
+            PARSED_LOTS.written(row, state)
 
 
 def conversion_pending(conn: Connection, name: str) -> bool:
@@ -191,7 +193,8 @@ State = TypeVar("State")
 
 
 class RecentStates(Generic[State]):
-    """The states of rows recently read or written, by the rows' content, up to ``size``.
+    """The states of a table's rows recently read or written, by the rows' content (every
+    column but the key and ``updated_at``), up to ``size``.
 
     Every message reads the state rows of its tests and every control writes those of its
     lots; parsing them again (JSON, exact fractions written as text) took about a third
@@ -201,8 +204,13 @@ class RecentStates(Generic[State]):
     serves every reader; the writer and the readers of the API share the entries, hence
     the lock."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, table: Table, size: int) -> None:
         self._size = size
+        left_out = {c.name for c in table.primary_key.columns} | {"updated_at"}
+        self._columns = [c.name for c in table.columns if c.name not in left_out]
+        self._times = [
+            i for i, name in enumerate(self._columns) if isinstance(table.c[name].type, DateTime)
+        ]
         self._states: OrderedDict[tuple[object, ...], State] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -224,49 +232,30 @@ class RecentStates(Generic[State]):
         with self._lock:
             self._states.clear()
 
+    def _content(self, values: Mapping[str, Any]) -> tuple[object, ...]:
+        found = [values[c] for c in self._columns]
+        for i in self._times:  # SQLite gives times back without their zone; written, they have it.
+            found[i] = utc(found[i])
+        return tuple(found)
+
+    def read(self, row: Any, parse: Callable[[Any], State]) -> State:
+        """The state of a row read from the table: parsed only if not seen before."""
+        key = self._content(row._mapping)
+        state = self.get(key)
+        if state is None:
+            state = parse(row)
+            self.put(key, state)
+        return state
+
+    def written(self, row: Mapping[str, Any], state: State) -> None:
+        self.put(self._content(row), state)
+
 
 #: Room for a laboratory's streams (an instrument and test, a control lot on it) several
 #: times over, each written state taking an entry: about 1.4 kB each, 11 MB when full.
 #: Least recently used go first; one of those read again is parsed again.
-PARSED_TESTS: RecentStates[TestQc] = RecentStates(4096)
-PARSED_LOTS: RecentStates[LotQc] = RecentStates(4096)
-
-_TEST_STATE = [
-    c.name for c in qc_tests.columns if c.name not in ("instrument", "test_code", "updated_at")
-]
-_TEST_TIMES = [
-    i for i, name in enumerate(_TEST_STATE) if isinstance(qc_tests.c[name].type, DateTime)
-]
-_LOT_STATE = [
-    c.name
-    for c in qc_lots.columns
-    if c.name not in ("instrument", "test_code", "lot", "updated_at")
-]
-
-
-def _content(values: Mapping[str, Any], columns: list[str], times: list[int]) -> tuple[object, ...]:
-    found = [values[c] for c in columns]
-    for i in times:  # SQLite gives times back without their zone; written, they have it.
-        found[i] = utc(found[i])
-    return tuple(found)
-
-
-def _test_state(row: Any) -> TestQc:
-    key = _content(row._mapping, _TEST_STATE, _TEST_TIMES)
-    state = PARSED_TESTS.get(key)
-    if state is None:
-        state = _test_qc(row)
-        PARSED_TESTS.put(key, state)
-    return state
-
-
-def _lot_state(row: Any) -> LotQc:
-    key = _content(row._mapping, _LOT_STATE, [])
-    state = PARSED_LOTS.get(key)
-    if state is None:
-        state = _lot_qc(row)
-        PARSED_LOTS.put(key, state)
-    return state
+PARSED_TESTS: RecentStates[TestQc] = RecentStates(qc_tests, 4096)
+PARSED_LOTS: RecentStates[LotQc] = RecentStates(qc_lots, 4096)
 
 
 def _window(data: dict[str, Any]) -> westgard.Window:
