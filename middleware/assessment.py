@@ -407,9 +407,11 @@ def redecide_held(
     # A result a person asked a re-run of waits for its re-run, whatever QC says now.
     held = [h for h in release.held_results(conn, instrument, states) if not h.rerun_requested]
     lookups = _Lookups.fetch(conn, [(h.result_id, h.result) for h in held], engine)
+    before = release.current_decisions(conn, [h.result_id for h in held])
     changed = []
     preliminary = []
     doubted = []
+    reasoned = []
     for result_id, result, sent_early, early_by, _ in held:
         state = states[result.test_code]
         decision = engine.redecide(state, lookups.context(result_id, result, None, now))
@@ -424,18 +426,38 @@ def redecide_held(
             preliminary.append(decided)
         elif lis is not None and sent_early and not standing:
             doubted.append(decided)
-    # The notes kept from the first decision change neither the action nor what the
-    # hold waits for, so only the decisions that are recorded need the ones before.
-    before = release.current_decisions(conn, [i for i, _, _ in [*changed, *preliminary, *doubted]])
-    changed, preliminary, doubted = (
-        [(i, r, _with_sample_notes(d, before.get(i))) for i, r, d in group]
-        for group in (changed, preliminary, doubted)
+        elif _holds_for_other_reasons(decision, before.get(result_id)):
+            # Still held, but no longer for what the latest decision says (its QC came,
+            # a critical value remains): the page shows why it is held now. One a person
+            # sent early keeps the note that says so while that preliminary stands.
+            early = _early_note(before.get(result_id)) if early_by and standing else ()
+            reasoned.append(
+                (result_id, result, Decision(decision.action, decision.findings + early))
+            )
+
+    def noted(group: list[tuple[int, Result, Decision]]) -> list[tuple[int, Result, Decision]]:
+        return [(i, r, _with_sample_notes(d, before.get(i))) for i, r, d in group]
+
+    changed, preliminary, doubted, reasoned = (
+        noted(group) for group in (changed, preliminary, doubted, reasoned)
     )
-    release.record_decisions(conn, [*changed, *preliminary, *doubted], now)
+    release.record_decisions(conn, [*changed, *preliminary, *doubted, *reasoned], now)
     if lis is not None:
         queue_preliminary(conn, lis, preliminary, now)
         queue_doubts(conn, lis, doubted, now)
     return changed
+
+
+def _holds_for_other_reasons(decision: Decision, before: release.StoredDecision | None) -> bool:
+    """A hold whose reasons are not those of the decision stored before it."""
+    if before is None:
+        return True
+    held_for = {f.code for f in before.findings if f.action is not Action.RELEASE}
+    return set(decision.reasons) != held_for
+
+
+def _early_note(before: release.StoredDecision | None) -> tuple[Finding, ...]:
+    return tuple(f for f in before.findings if f.code == EARLY_RELEASE) if before else ()
 
 
 def _with_sample_notes(decision: Decision, before: release.StoredDecision | None) -> Decision:

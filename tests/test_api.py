@@ -91,8 +91,11 @@ def test_rules_reload_and_corrective_action_over_the_api(tmp_path: Path) -> None
             "SELECT closed_by, action_taken, closing_evaluation_id FROM corrective_actions"
         ).fetchone()
         assert row[:2] == ("token:bob", "new calibration") and row[2] is not None
-        actions = [a for (a,) in conn.execute("SELECT action FROM decisions ORDER BY id")]
-        assert actions == ["hold", "release"]  # held for the failure, released at closing
+        actions = conn.execute("SELECT action, reasons FROM decisions ORDER BY id").fetchall()
+        # held for the failure, then (its QC in control again) for the open action alone,
+        # released when that is closed
+        assert [a for a, _ in actions] == ["hold", "hold", "release"]
+        assert actions[1][1] == "corrective-action-open"
         audit = conn.execute("SELECT actor, action FROM audit_log ORDER BY id").fetchall()
         assert ("token:bob", "qc.corrective_action.close") in audit
         assert ("token:bob", "api.refused") in audit  # the early close, refused

@@ -17,7 +17,7 @@ from middleware.engine.engine import Engine
 from middleware.engine.rules import load_rules
 from middleware.pipeline import ConnectionPipeline
 from middleware.store import Store, reading
-from middleware.store.schema import corrective_actions, qc_evaluations, qc_reviews
+from middleware.store.schema import corrective_actions, decisions, qc_evaluations, qc_reviews
 from middleware.transport.tcp import TcpServer
 from tests.conftest import ROOT
 from tests.messages import patient, qc
@@ -211,3 +211,23 @@ async def test_haemolysis_index_reported_by_the_analyser_rejects_potassium(
     findings = json.loads(haemolysed["findings"])
     assert any("index 80, limit 50" in f["message"] for f in findings)
     assert "haemolysed" not in rows[("H2", "K")]["reasons"]
+
+
+async def test_a_held_result_whose_qc_wait_ends_names_what_still_holds_it(
+    line: tuple[Store, StreamPeer, ConnectionPipeline, Clock],
+) -> None:
+    store, peer, _, clock = line
+    await send_message(peer, patient("S9", "26"))  # critical, and no QC yet
+    assert current(store)["S9"] == ("hold", "qc-missing:1,qc-missing:2,critical-high")
+    clock.now += timedelta(minutes=10)
+    await send_message(peer, qc("5.2", "15.6"))
+    # The QC came: the critical value alone holds it now, and the page says so.
+    assert current(store)["S9"] == ("hold", "critical-high")
+    decided = store.read(
+        lambda c: c.execute(select(decisions.c.reasons).order_by(decisions.c.id)).scalars().all()
+    )
+    assert len(decided) == 2
+    # A QC that changes nothing of why it is held records nothing more.
+    clock.now += timedelta(minutes=10)
+    await send_message(peer, qc("5.1", "15.5"))
+    assert store.read(lambda c: len(c.execute(select(decisions.c.id)).all())) == 2

@@ -393,8 +393,20 @@ async def test_a_biologist_sends_early_a_result_waiting_only_for_qc(
     one_level = [*k_qc("4.0", "6.2")[:4], b"L|1|N"]
     await send(control, one_level, T0 + timedelta(minutes=10))
     assert len(sent(store)) == 1
+    # What it waits for is now level 2 alone: said so, with the note of who sent it early.
+    decision = latest(store, result_id)
+    assert (decision.action, decision.reasons, decision.decided_by) == (
+        "hold",
+        "qc-missing:2",
+        "engine",
+    )
+    assert "sent to the LIS as preliminary by dr-bio" in decision.findings
     await send(control, k_qc("4.0", "6.2"), T0 + timedelta(minutes=20))
     assert sent(store)[1:] == [("S1", "4.1", "F", "")]
+    # The critical one is held for its value alone now that its QC is in.
+    decision = latest(store, critical)
+    assert (decision.action, decision.reasons) == ("hold", "flag:HH,critical-high")
+    assert held(store) == [critical]
 
 
 async def test_without_a_lis_nothing_is_sent_early(

@@ -309,13 +309,14 @@ def test_a_corrective_action_closed_on_one_daemon_releases_holds_another_owns(
             assert daemon.stop() == 0
     decisions = query(
         database_url,
-        "SELECT r.specimen_id, d.action, d.decided_by FROM decisions d "
+        "SELECT r.specimen_id, d.action, d.reasons, d.decided_by FROM decisions d "
         "JOIN results r ON r.id = d.result_id ORDER BY d.id",
     )
     assert decisions == [
-        ("S1", "hold", "engine"),
-        ("S1", "release", "engine"),
-        ("S2", "release", "engine"),
+        ("S1", "hold", "corrective-action-open,qc-rejected:1-3s", "engine"),
+        ("S1", "hold", "corrective-action-open", "engine"),  # its QC in control again
+        ("S1", "release", "", "engine"),
+        ("S2", "release", "", "engine"),
     ]
 
 
