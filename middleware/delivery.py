@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -46,8 +48,10 @@ log = structlog.get_logger("middleware.delivery")
 #: daemon's messages, claims run out); a message this daemon queues wakes it at once.
 POLL_SECONDS = 0.2
 #: Entries claimed per store write while the connection to the LIS is up (one while it
-#: is not: an unreachable LIS costs one entry's log line per attempt).
+#: is not: an unreachable LIS costs one entry's log line per attempt), at least.
 BATCH = 50
+#: At most, when the store's writer is busy (see :func:`batch_size`).
+MAX_BATCH = 1000
 #: An entry of a batch goes out only while its claim outlasts the answer's timeout by this
 #: much, so that its answer is recorded before another daemon may take it.
 CLAIM_MARGIN = timedelta(seconds=5)
@@ -57,6 +61,19 @@ RECORD_ON_STOP_SECONDS = 5.0
 _SENDABLE = frozenset({"queued", "retried"})
 #: The log event of an entry recorded as sent that did not go out.
 _WITHDRAWN = "withdrawn"
+
+
+def batch_size(claim_wait: float, per_message: float, room: float) -> int:
+    """How many entries the next claim takes. A claim is a store write, queued behind
+    every analyser's messages: while they keep the writer busy, a claim waits, and the
+    LIS waits with it. The batch is made long enough for its sending to last about twice
+    that wait (``per_message``: the seconds one took to go and be answered), no shorter
+    than BATCH, and no longer than what can go within ``room`` seconds of its claim, nor
+    MAX_BATCH."""
+    if per_message <= 0:
+        return BATCH
+    wanted = math.ceil(2 * claim_wait / per_message)
+    return max(BATCH, min(wanted, int(room / per_message), MAX_BATCH))
 
 
 class NoAnswer(Exception):
@@ -105,6 +122,10 @@ class LisSender:
         self.backoff = Backoff(backoff.base, backoff.ceiling, backoff.jitter, backoff.multiplier)
         # Long enough for the answer; a daemon that dies leaves a claim that runs out.
         self.hold = timedelta(seconds=2 * config.ack_timeout + 5)
+        # The seconds after its claim in which a batch's entries may go.
+        self._room = (
+            self.hold - timedelta(seconds=config.ack_timeout) - CLAIM_MARGIN
+        ).total_seconds()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._mllp = MllpReader()
@@ -116,6 +137,7 @@ class LisSender:
         self._unsettled: list[outbox.Entry] = []
         self._recorded_sent = False
         self._on_wire = False
+        self._batch = BATCH
 
     def committed(self, committed: Committed) -> None:
         """A commit listener of the store writer: a message queued or sent again wakes the
@@ -131,7 +153,9 @@ class LisSender:
                 # Cleared before the claim: what is queued while it runs wakes the next wait.
                 self._queued.clear()
                 connected = self._connected()
+                asked = time.monotonic()
                 batch, at = await self._record(partial(self._claim, connected=connected))
+                claim_wait = time.monotonic() - asked
                 if not batch:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._queued.wait(), POLL_SECONDS)
@@ -142,7 +166,14 @@ class LisSender:
                     if not connected:
                         deadline = await self._open(batch[0])
                     if deadline is not None:
-                        await self._send_batch(deadline)
+                        sending = time.monotonic()
+                        answered = await self._send_batch(deadline)
+                        if connected and answered and len(batch) == self._batch:
+                            # A full batch: the outbox has more waiting.
+                            per_message = (time.monotonic() - sending) / answered
+                            self._batch = batch_size(claim_wait, per_message, self._room)
+                        else:
+                            self._batch = BATCH
                 except NoAnswer as failure:
                     event, detail = failure.args
                     failed = self._unsettled[0]
@@ -168,7 +199,7 @@ class LisSender:
         before the entries were queued."""
         at = self.clock()
         if connected:
-            return outbox.claim(conn, self.owner, at, self.hold, BATCH, sending=True), at
+            return outbox.claim(conn, self.owner, at, self.hold, self._batch, sending=True), at
         return outbox.claim(conn, self.owner, at, self.hold), at
 
     async def _open(self, entry: outbox.Entry) -> datetime | None:
@@ -190,15 +221,17 @@ class LisSender:
         self._recorded_sent = True
         return at + self.hold
 
-    async def _send_batch(self, deadline: datetime) -> None:
-        """Each claimed entry in turn, while its claim outlasts an answer's wait."""
+    async def _send_batch(self, deadline: datetime) -> int:
+        """Each claimed entry in turn, while its claim outlasts an answer's wait; how
+        many were answered."""
         wait = timedelta(seconds=self.config.ack_timeout)
+        answered = 0
         while self._unsettled:
             if self.clock() + wait + CLAIM_MARGIN > deadline:
                 self._settle(
                     _WITHDRAWN, "not sent: its claim would run out before an answer", False
                 )
-                return
+                return answered
             entry = self._unsettled[0]
             # Every line logged about the entry names it, its specimen and instrument.
             with structlog.contextvars.bound_contextvars(
@@ -209,12 +242,14 @@ class LisSender:
                 self._outcomes.append(_Answered(entry, answer, text, self.clock()))
                 self._unsettled.pop(0)
                 self._on_wire = False
+                answered += 1
                 if not answer.accepted:
                     self.log.error(
                         "LIS refused a message",
                         answer=_refusal(answer),
                         state=self._refused_state,
                     )
+        return answered
 
     def _settle(self, event: str, detail: str, first_sent: bool) -> None:
         """The batch ends here: its first unanswered entry gets ``event`` (its attempt

@@ -6,6 +6,7 @@ claim free for the next sender at once."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -336,3 +337,58 @@ def test_the_batch_fits_in_a_claim() -> None:
     for timeout in (0.5, 1.0, 10.0, 60.0):
         hold = timedelta(seconds=2 * timeout + 5)
         assert timedelta(seconds=timeout) + delivery.CLAIM_MARGIN <= hold
+
+
+def test_a_busy_store_makes_the_batches_longer_within_a_claim() -> None:
+    # an idle writer: the least batch
+    assert delivery.batch_size(0.002, 0.003, 30.0) == delivery.BATCH
+    # a claim that waited 0.6 s behind the analysers, 3 ms a message: 1.2 s of sending
+    assert delivery.batch_size(0.6, 0.003, 30.0) == 400
+    # never more than fits in the claim's time, nor the most
+    assert delivery.batch_size(0.6, 0.003, 0.9) == 300
+    assert delivery.batch_size(30.0, 0.003, 30.0) == delivery.MAX_BATCH
+    # a slow LIS on a claim that fits few: still the least, the claim stops it in time
+    assert delivery.batch_size(0.6, 0.5, 1.0) == delivery.BATCH
+    assert delivery.batch_size(0.6, 0.0, 30.0) == delivery.BATCH
+
+
+async def test_while_analysers_keep_the_writer_busy_the_sender_claims_more_at_once(
+    database_url: str,
+) -> None:
+    store = Store(database_url)
+    lis = LisPeer()
+    config = LisConfig(host="127.0.0.1", port=await lis.start(), ack_timeout=5)
+    sender = LisSender(config, store, "node")
+    store.writer.listeners.append(sender.committed)
+
+    async def analysers() -> None:
+        # Each write holds the store's one writer 0.3 s, as a burst of messages does:
+        # a claim waits behind it.
+        while True:
+            await store.write(lambda _conn: time.sleep(0.3))
+
+    task = await _connected(sender, store, lis)
+    busy = asyncio.create_task(analysers())
+    try:
+        await _queue(store, 1, 400)
+        await _until(lambda: _all_delivered(store), timeout=60)
+    finally:
+        busy.cancel()
+        await asyncio.gather(busy, return_exceptions=True)
+        await _stop(task)
+        await lis.stop()
+    try:
+        _sent_as_often_as_counted(store, lis)
+        assert sorted(r.control_id for r in lis.received) == [f"C{n:03d}" for n in range(401)]
+        # the claims, by the time each recorded its entries sent
+        sent_at = store.read(
+            lambda c: (
+                c.execute(select(outbox_log.c.at).where(outbox_log.c.event == "sent"))
+                .scalars()
+                .all()
+            )
+        )
+        claims = sorted(Counter(sent_at).values(), reverse=True)
+        assert claims[0] > delivery.BATCH, claims
+    finally:
+        store.close()
