@@ -37,7 +37,6 @@ from middleware.web.auth import (
     auth_of,
     authenticated,
     check_guarded,
-    csrf_token,
     install,
     require,
 )
@@ -266,10 +265,7 @@ def create_app(
     def unknown_states() -> list[InstrumentState]:
         return [InstrumentState(name, "", "", "unknown", 0) for name in instruments()]
 
-    add_pages(
-        app, control, require=require, csrf_token=csrf_token,
-        instruments=live or unknown_states, clock=clock,
-    )  # fmt: skip
+    add_pages(app, control, require=require, instruments=live or unknown_states, clock=clock)
     check_guarded(app)
     return app
 

@@ -266,13 +266,6 @@ def authenticated() -> Require:
     return Require(None)
 
 
-def csrf_token(request: Request) -> str:
-    """The CSRF token of the request's session, for the forms of a page (a hidden field
-    ``csrf_token``); empty for a request made with a token."""
-    user: User | None = _state(request).get("user")
-    return (user.csrf_token or "") if user is not None else ""
-
-
 async def _form_field(request: Request, name: str) -> str | None:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
@@ -437,7 +430,6 @@ __all__ = [
     "User",
     "authenticated",
     "check_guarded",
-    "csrf_token",
     "install",
     "require",
 ]

@@ -72,7 +72,6 @@ def add_pages(
     control: Control,
     *,
     require: Require,
-    csrf_token: Callable[[Request], str],
     instruments: Callable[[], Iterable[InstrumentState]],
     clock: Callable[[], datetime] = utcnow,
 ) -> None:
@@ -93,7 +92,8 @@ def add_pages(
                 "section": section,
                 "nav": [(href, label) for href, label, may in NAV if allowed(person.role, may)],
                 "user": person,
-                "csrf_token": csrf_token(request),
+                # Empty for a request made with a token: it posts no form.
+                "csrf_token": person.csrf_token or "",
                 **_notice(request.query_params, person.csrf_token),
                 **context,
             },
