@@ -273,7 +273,12 @@ class LisSender:
         taken, self._outcomes = self._outcomes, []
 
         def write(conn: Connection) -> tuple[list[bool], _T]:
-            return [self._write_outcome(conn, outcome) for outcome in taken], then(conn)
+            answers = [self._answering(o) for o in taken if isinstance(o, _Answered)]
+            mine = iter(outbox.answered_all(conn, self.owner, answers) if answers else ())
+            kept = [
+                next(mine) if isinstance(o, _Answered) else self._release(conn, o) for o in taken
+            ]
+            return kept, then(conn)
 
         try:
             kept, value = await self.store.write(write)
@@ -298,19 +303,17 @@ class LisSender:
                     )  # fmt: skip
         return value
 
-    def _write_outcome(self, conn: Connection, outcome: _Outcome) -> bool:
-        entry = outcome.entry
-        if isinstance(outcome, _Answered):
-            answer = outcome.answer
-            if answer.accepted:
-                state, detail = outbox.DELIVERED, ""
-            else:
-                state, detail = self._refused_state, _refusal(answer)
-            return outbox.answered(
-                conn, entry.id, self.owner, state, outcome.text, detail, outcome.at
-            )
+    def _answering(self, outcome: _Answered) -> outbox.Answering:
+        answer = outcome.answer
+        if answer.accepted:
+            state, detail = outbox.DELIVERED, ""
+        else:
+            state, detail = self._refused_state, _refusal(answer)
+        return outbox.Answering(outcome.entry.id, state, outcome.text, detail, outcome.at)
+
+    def _release(self, conn: Connection, outcome: _Unanswered) -> bool:
         outbox.release_claim(
-            conn, entry.id, self.owner, outcome.event, outcome.detail, outcome.at,
+            conn, outcome.entry.id, self.owner, outcome.event, outcome.detail, outcome.at,
             taken_back=outcome.taken_back,
         )  # fmt: skip
         return True

@@ -195,6 +195,59 @@ async def test_a_batch_of_messages_costs_a_store_write_not_three_each(
         store.close()
 
 
+def test_a_batch_of_answers_is_recorded_in_three_statements_each_only_on_its_own_claim(
+    database_url: str,
+) -> None:
+    store = Store(database_url)
+    hold = timedelta(seconds=30)
+    statements: list[str] = []
+
+    def counted(*args: object) -> None:
+        statements.append(str(args[2]).split()[0])
+
+    try:
+        with store.engine.begin() as conn:
+            _fill(conn, 0, 4)
+            c0, c1, c2, c3 = outbox.claim(conn, "node-a", T0, hold, limit=4, sending=True)
+        later = T0 + timedelta(minutes=1)
+        with store.engine.begin() as conn:
+            # node-a's claim of C002 ran out and node-b took it, as its claim does
+            conn.execute(
+                outbox_table.update()
+                .where(outbox_table.c.id == c2.id)
+                .values(claimed_by="node-b", claimed_until=later + hold)
+            )
+        answers = [
+            outbox.Answering(c0.id, outbox.DELIVERED, "MSA|AA|C000", "", later),
+            outbox.Answering(c1.id, outbox.STOPPED, "MSA|AE|C001", "AE: unknown test", later),
+            outbox.Answering(c2.id, outbox.DELIVERED, "MSA|AA|C002", "", later),
+            outbox.Answering(c3.id, outbox.DEAD, "MSA|AR|C003", "AR: refused", later),
+            outbox.Answering(c0.id, outbox.DELIVERED, "MSA|AA|C000", "", later),  # again
+        ]
+        with store.engine.begin() as conn:
+            listen(conn, "before_cursor_execute", counted)
+            kept = outbox.answered_all(conn, "node-a", answers)
+            remove(conn, "before_cursor_execute", counted)
+        # Which are still ours, their new states, the log: not two statements per answer.
+        assert statements == ["SELECT", "UPDATE", "INSERT"]
+        assert kept == [True, True, False, True, False]
+        rows = _rows(store)
+        assert rows["C000"] == ("delivered", 1, None)
+        assert rows["C001"] == ("stopped", 1, None)
+        assert rows["C002"] == ("pending", 1, "node-b")  # node-b's answer is to come
+        assert rows["C003"] == ("dead", 1, None)
+        events = _events(store)
+        assert events["C000"] == ["sent", "answered", "answered-late"]
+        assert events["C002"] == ["sent", "answered-late"]
+        with store.engine.begin() as conn:
+            details = dict(
+                conn.execute(select(outbox_table.c.control_id, outbox_table.c.detail)).all()
+            )
+        assert details["C001"] == "AE: unknown test" and details["C003"] == "AR: refused"
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("failure", ["hang-up", "silence"])
 async def test_a_batch_cut_short_sends_the_rest_later_and_counts_only_what_went(
     database_url: str, failure: str
@@ -301,14 +354,14 @@ async def test_a_sender_restarted_after_a_failed_write_records_what_it_had(
     config = LisConfig(host="127.0.0.1", port=await lis.start(), ack_timeout=5)
     sender = LisSender(config, store, "node")
     broken = False
-    real_answered = outbox.answered
+    real_answered = outbox.answered_all
 
-    def answered(*args: object) -> bool:
+    def answered_all(*args: object) -> list[bool]:
         if broken:
             raise OSError("disk I/O error")
         return real_answered(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(outbox, "answered", answered)
+    monkeypatch.setattr(outbox, "answered_all", answered_all)
     task = await _connected(sender, store, lis)
     try:
         broken = True

@@ -12,11 +12,12 @@ again, with the same control ids. Every send and answer is kept in ``outbox_log`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, and_, exists, func, or_, select, text
+from sqlalchemy import Connection, and_, bindparam, exists, func, or_, select, text
 
 from middleware.store import notices
 from middleware.store.schema import outbox, outbox_log
@@ -155,6 +156,41 @@ def sent(
     return bool(done.rowcount)
 
 
+class Answering(NamedTuple):
+    """What the LIS's answer to an entry makes it (``state``), and what it said."""
+
+    entry_id: int
+    state: str
+    answer: str
+    detail: str
+    at: datetime
+
+
+# Built once: every batch the sender sends ends with them.
+_HELD = select(outbox.c.id).where(
+    outbox.c.id.in_(bindparam("ids", expanding=True)),
+    outbox.c.state == PENDING,
+    outbox.c.claimed_by == bindparam("owner"),
+)
+_HELD_LOCKED = _HELD.with_for_update()
+_ANSWER = (
+    outbox.update()
+    .where(
+        outbox.c.id == bindparam("entry_id"),
+        outbox.c.state == PENDING,
+        outbox.c.claimed_by == bindparam("owner"),
+    )
+    .values(
+        state=bindparam("new_state"),
+        answer=bindparam("answer_text"),
+        answered_at=bindparam("answered"),
+        detail=bindparam("new_detail"),
+        claimed_by=None,
+        claimed_until=None,
+    )
+)
+
+
 def answered(
     conn: Connection,
     entry_id: int,
@@ -167,23 +203,45 @@ def answered(
     """The LIS answered: delivered, stopped or dead, with what it said. An answer to a
     claim that is no longer ``owner``'s is logged and changes nothing (another daemon sent
     the entry again and has its own answer coming)."""
-    done = conn.execute(
-        outbox.update()
-        .where(_held_by(entry_id, owner))
-        .values(
-            state=state,
-            answer=answer,
-            answered_at=at,
-            detail=detail,
-            claimed_by=None,
-            claimed_until=None,
-        )
+    return answered_all(conn, owner, [Answering(entry_id, state, answer, detail, at)])[0]
+
+
+def answered_all(conn: Connection, owner: str, answers: Sequence[Answering]) -> list[bool]:
+    """:func:`answered` for each of a batch's answers, in three statements for them all;
+    for each, whether the claim was still ``owner``'s."""
+    if not answers:
+        return []
+    # On PostgreSQL they stay ours until the commit: a claim another daemon takes over
+    # waits for it.
+    held = _HELD_LOCKED if conn.dialect.name == "postgresql" else _HELD
+    ids = sorted({a.entry_id for a in answers})
+    mine = set(conn.execute(held, {"ids": ids, "owner": owner}).scalars())
+    kept = []
+    for a in answers:
+        kept.append(a.entry_id in mine)
+        mine.discard(a.entry_id)  # a second answer to one claim comes late
+    taken = [a for a, ours in zip(answers, kept, strict=True) if ours]
+    if taken:
+        conn.execute(
+            _ANSWER,
+            [
+                {"entry_id": a.entry_id, "owner": owner, "new_state": a.state,
+                 "answer_text": a.answer, "answered": a.at, "new_detail": a.detail}
+                for a in taken
+            ],
+        )  # fmt: skip
+    conn.execute(
+        outbox_log.insert(),
+        [
+            {"outbox_id": a.entry_id, "at": a.at, "event": "answered" if ours else "answered-late",
+             "data": a.answer, "detail": a.detail}
+            for a, ours in zip(answers, kept, strict=True)
+        ],
+    )  # fmt: skip
+    notices.tell(
+        conn, *(notices.OutboxChanged(a.entry_id, "answered", a.state, a.at) for a in taken)
     )
-    event = "answered" if done.rowcount else "answered-late"
-    log(conn, entry_id, event, answer, detail, at)
-    if done.rowcount:
-        notices.tell(conn, notices.OutboxChanged(entry_id, "answered", state, at))
-    return bool(done.rowcount)
+    return kept
 
 
 def release_claim(
