@@ -21,7 +21,7 @@ from middleware.domain import ControlResult, InstrumentMessage, Order, Patient, 
 from middleware.engine.context import PreviousResult, ResultContext, SampleCondition
 from middleware.engine.decision import EARLY_RELEASE, Action, Decision, Finding
 from middleware.engine.early_release import qc_waits
-from middleware.engine.engine import Engine
+from middleware.engine.engine import Engine, standing_findings
 from middleware.engine.qc import (
     NO_LOT_QC,
     NO_QC,
@@ -414,33 +414,30 @@ def redecide_held(
     reasoned = []
     for result_id, result, sent_early, early_by, _ in held:
         state = states[result.test_code]
-        decision = engine.redecide(state, lookups.context(result_id, result, None, now))
+        last = before.get(result_id)
+        decision = engine.redecide(
+            state,
+            lookups.context(result_id, result, None, now),
+            standing_findings(last.findings) if last is not None else None,
+        )
         decided = (result_id, result, decision)
         # Sent early by a biologist, it stands while it only waits for QC, whichever wait.
-        standing = decision.preliminary or (
+        stands = decision.preliminary or (
             early_by is not None and qc_waits(decision.findings) is not None
         )
         if decision.action is not Action.HOLD:
             changed.append(decided)
         elif lis is not None and decision.preliminary and not sent_early:
             preliminary.append(decided)
-        elif lis is not None and sent_early and not standing:
+        elif lis is not None and sent_early and not stands:
             doubted.append(decided)
-        elif _holds_for_other_reasons(decision, before.get(result_id)):
+        elif _holds_for_other_reasons(decision, last):
             # Still held, but no longer for what the latest decision says (its QC came,
             # a critical value remains): the page shows why it is held now. One a person
             # sent early keeps the note that says so while that preliminary stands.
-            early = _early_note(before.get(result_id)) if early_by and standing else ()
-            reasoned.append(
-                (result_id, result, Decision(decision.action, decision.findings + early))
-            )
-
-    def noted(group: list[tuple[int, Result, Decision]]) -> list[tuple[int, Result, Decision]]:
-        return [(i, r, _with_sample_notes(d, before.get(i))) for i, r, d in group]
-
-    changed, preliminary, doubted, reasoned = (
-        noted(group) for group in (changed, preliminary, doubted, reasoned)
-    )
+            if early_by is not None and stands and not decision.preliminary:
+                decision = Decision(decision.action, decision.findings + _early_note(last))
+            reasoned.append((result_id, result, decision))
     release.record_decisions(conn, [*changed, *preliminary, *doubted, *reasoned], now)
     if lis is not None:
         queue_preliminary(conn, lis, preliminary, now)
@@ -458,26 +455,6 @@ def _holds_for_other_reasons(decision: Decision, before: release.StoredDecision 
 
 def _early_note(before: release.StoredDecision | None) -> tuple[Finding, ...]:
     return tuple(f for f in before.findings if f.code == EARLY_RELEASE) if before else ()
-
-
-def _with_sample_notes(decision: Decision, before: release.StoredDecision | None) -> Decision:
-    """A held result looked at again is judged without its message, so what the first
-    decision read of the sample there (its condition, the delay since collection) is not
-    seen again: the comments it made to travel with the result (S1, accepted with a
-    comment) are kept."""
-    if before is None:
-        return decision
-    present = {f.code for f in decision.findings}
-    kept = tuple(
-        f
-        for f in before.findings
-        if f.action is Action.RELEASE
-        and f.comment
-        and f.code not in present
-        # Sent early is what the hold was; the rules say again whether it still is.
-        and f.code != EARLY_RELEASE
-    )
-    return Decision(decision.action, decision.findings + kept) if kept else decision
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,11 +477,17 @@ def decide_again(
         return []
     book = QcBook.read(conn, {(h.result.instrument, h.result.test_code) for h in held})
     lookups = _Lookups.fetch(conn, [(h.result_id, h.result) for h in held], engine)
+    before = release.current_decisions(conn, [h.result_id for h in held])
     out = []
     for h in held:
         result = h.result
         state = book.test((result.instrument, result.test_code))
-        decision = engine.redecide(state, lookups.context(h.result_id, result, None, now))
+        last = before.get(h.result_id)
+        decision = engine.redecide(
+            state,
+            lookups.context(h.result_id, result, None, now),
+            standing_findings(last.findings) if last is not None else None,
+        )
         qc = engine.gate.findings(
             state, result.instrument, result.test_code, now, result.completed_at
         )

@@ -231,3 +231,42 @@ async def test_a_held_result_whose_qc_wait_ends_names_what_still_holds_it(
     clock.now += timedelta(minutes=10)
     await send_message(peer, qc("5.1", "15.5"))
     assert store.read(lambda c: len(c.execute(select(decisions.c.id)).all())) == 2
+
+
+def _haematology(specimen: bytes, hgb: bytes, patient: bytes = b"") -> list[bytes]:
+    return [
+        b"H|\\^&|||HAEM-1|||||||P|LIS2-A2",
+        patient or b"P|1||PAT-" + specimen,
+        b"O|1|" + specimen + b"||^^^HGB|R",
+        b"R|1|^^^HGB|" + hgb + b"|g/dL||N||F||||20260301075900",
+        b"L|1|N",
+    ]
+
+
+def _haematology_qc(low: bytes, normal: bytes, high: bytes) -> list[bytes]:
+    out = [b"H|\\^&|||HAEM-1|||||||Q|LIS2-A2", b"P|1"]
+    for n, (lot, value) in enumerate(
+        ((b"HC-2411-L", low), (b"HC-2411-N", normal), (b"HC-2411-H", high)), start=1
+    ):
+        out += [
+            b"O|%d|" % n + lot + b"||^^^HGB|R",
+            b"R|1|^^^HGB|" + value + b"|g/dL||N||F||||20260301080500",
+        ]
+    return [*out, b"L|1|N"]
+
+
+async def test_a_held_result_decided_again_is_judged_with_its_patient_and_its_sample(
+    line: tuple[Store, StreamPeer, ConnectionPipeline, Clock],
+) -> None:
+    """HGB's ranges are by sex and age: a woman's critical value stays held when its QC
+    comes, and the decision names it, as the first one did."""
+    store, peer, _, clock = line
+    woman = b"P|1||PAT-W1||Doe^Ann||19800101|F"
+    await send_message(peer, _haematology(b"W1", b"5.0", woman))
+    action, reasons = current(store)["W1"]
+    assert action == "hold" and "critical-low" in reasons and "qc-missing" in reasons
+    clock.now += timedelta(minutes=10)
+    await send_message(peer, _haematology_qc(b"6.1", b"13.2", b"16.9"))
+    assert current(store)["W1"] == ("hold", "critical-low")
+    [row] = [r for r in store.read(reading.latest_decisions) if r["specimen_id"] == "W1"]
+    assert row["urgent"]

@@ -576,3 +576,25 @@ async def test_a_failed_act_leaves_nothing(
     assert store.read(lambda c: release.current_decisions(c, [result_id]))[result_id].action == (
         "hold"
     )
+
+
+async def test_a_critical_value_by_the_patients_sex_is_never_sent_early(
+    control: Control, store: Store
+) -> None:
+    """HGB's ranges are by sex and age: looked at again without its message, a woman's
+    critical value is still what holds it, not only its QC."""
+    (result_id,) = await send(
+        control,
+        [
+            b"H|\\^&|||HAEM-1|||||||P|LIS2-A2",
+            b"P|1||PAT-W1||Doe^Ann||19800101|F",
+            b"O|1|W1||^^^HGB|R",
+            b"R|1|^^^HGB|5.0|g/dL||N||F||||20260301075900",
+            b"L|1|N",
+        ],
+        T0,
+    )
+    assert "critical-low" in latest(store, result_id).reasons
+    with pytest.raises(Conflict, match=f"result {result_id} is held for .*critical-low"):
+        await control.send_early([result_id], "dr-bio")
+    assert sent(store) == []

@@ -9,7 +9,7 @@ returned changed, for the caller to keep.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -17,11 +17,21 @@ from middleware.domain import ControlResult, Result
 from middleware.engine.acceptance import acceptance_findings
 from middleware.engine.autoverify import autoverify
 from middleware.engine.context import ResultContext
-from middleware.engine.decision import Decision, decide
+from middleware.engine.decision import EARLY_RELEASE, Decision, Finding, decide
 from middleware.engine.early_release import early_release
-from middleware.engine.qc import ControlStep, LotQc, QcGate, TestQc
+from middleware.engine.qc import QC_FINDING_CODES, ControlStep, LotQc, QcGate, TestQc
 from middleware.engine.reagents import LotRegistry, lots_changed
 from middleware.engine.rules import Rules
+
+#: The codes (before any ``:``) of what a held result's QC, its reagent lots and early
+#: release find: what time changes, looked at anew whenever it is decided again.
+_LOOKED_AT_ANEW = QC_FINDING_CODES | {"reagent-expired", "reagent-recalled", EARLY_RELEASE}
+
+
+def standing_findings(findings: Iterable[Finding]) -> tuple[Finding, ...]:
+    """Of a decision's findings, those about the result itself, its sample, patient and
+    specimen: what deciding it again without its message cannot see, and keeps."""
+    return tuple(f for f in findings if f.code.split(":", 1)[0] not in _LOOKED_AT_ANEW)
 
 
 class Engine:
@@ -69,18 +79,30 @@ class Engine:
         state = self.observe_patient(state, ctx.result, ctx.now)
         return state, self.redecide(state, ctx)
 
-    def redecide(self, state: TestQc, ctx: ResultContext) -> Decision:
-        """The checks alone: for a new result, or a held one looked at again."""
+    def redecide(
+        self, state: TestQc, ctx: ResultContext, standing: Sequence[Finding] | None = None
+    ) -> Decision:
+        """The checks alone: for a new result, or a held one looked at again.
+
+        A held result is looked at again without the message it came in: its patient (the
+        ranges by sex and age), its sample's condition and its specimen are not known
+        then. ``standing`` is what its decision before found of those
+        (:func:`standing_findings`): they stand, and only what time changes (its QC, its
+        reagent lots, whether it goes early) is looked at anew."""
         result = ctx.result
         rules = self.rules
         qc = self.gate.findings(
             state, result.instrument, result.test_code, ctx.now, result.completed_at
         )
-        findings = [
-            *acceptance_findings(ctx, rules.acceptance),
-            *qc,
-            *self.lots.findings(result, ctx.now.date(), ctx.reported_lots, ctx.recalled_lots),
-            *autoverify(ctx, rules.ranges, rules.delta_checks, rules.autoverification),
-        ]
+        lots = self.lots.findings(result, ctx.now.date(), ctx.reported_lots, ctx.recalled_lots)
+        if standing is None:
+            findings = [
+                *acceptance_findings(ctx, rules.acceptance),
+                *qc,
+                *lots,
+                *autoverify(ctx, rules.ranges, rules.delta_checks, rules.autoverification),
+            ]
+        else:
+            findings = [*qc, *lots, *standing]
         early = early_release(findings, ctx, rules.early_release)
         return decide([*findings, early] if early is not None else findings)
