@@ -51,7 +51,7 @@ POLL_SECONDS = 0.2
 #: is not: an unreachable LIS costs one entry's log line per attempt), at least.
 BATCH = 50
 #: At most, when the store's writer is busy (see :func:`batch_size`).
-MAX_BATCH = 1000
+MAX_BATCH = 500
 #: An entry of a batch goes out only while its claim outlasts the answer's timeout by this
 #: much, so that its answer is recorded before another daemon may take it.
 CLAIM_MARGIN = timedelta(seconds=5)
@@ -122,10 +122,11 @@ class LisSender:
         self.backoff = Backoff(backoff.base, backoff.ceiling, backoff.jitter, backoff.multiplier)
         # Long enough for the answer; a daemon that dies leaves a claim that runs out.
         self.hold = timedelta(seconds=2 * config.ack_timeout + 5)
-        # The seconds after its claim in which a batch's entries may go.
+        # The seconds after its claim in which a batch's entries may go, halved: the
+        # LIS's answers may come slower than the batch before's.
         self._room = (
             self.hold - timedelta(seconds=config.ack_timeout) - CLAIM_MARGIN
-        ).total_seconds()
+        ).total_seconds() / 2
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._mllp = MllpReader()
@@ -168,13 +169,16 @@ class LisSender:
                     if deadline is not None:
                         sending = time.monotonic()
                         answered = await self._send_batch(deadline)
-                        if connected and answered and len(batch) == self._batch:
-                            # A full batch: the outbox has more waiting.
+                        if connected and answered == len(batch) == self._batch:
+                            # A full batch, all of it answered: the outbox has more.
                             per_message = (time.monotonic() - sending) / answered
                             self._batch = batch_size(claim_wait, per_message, self._room)
                         else:
                             self._batch = BATCH
+                    else:
+                        self._batch = BATCH
                 except NoAnswer as failure:
+                    self._batch = BATCH
                     event, detail = failure.args
                     failed = self._unsettled[0]
                     self._settle(event, detail, self._on_wire)
