@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -115,6 +117,21 @@ def _sent_as_often_as_counted(store: Store, lis: LisPeer) -> None:
         assert events.count("sent") - events.count("withdrawn") == attempts, (control_id, events)
 
 
+@contextmanager
+def _statements_run(conn: Connection) -> Iterator[list[str]]:
+    """The kind (SELECT, UPDATE...) of each statement run on ``conn`` meanwhile."""
+    kinds: list[str] = []
+
+    def counted(*args: object) -> None:
+        kinds.append(str(args[2]).split()[0])
+
+    listen(conn, "before_cursor_execute", counted)
+    try:
+        yield kinds
+    finally:
+        remove(conn, "before_cursor_execute", counted)
+
+
 def test_a_claim_takes_the_oldest_entries_one_per_specimen(database_url: str) -> None:
     store = Store(database_url)
     hold = timedelta(seconds=30)
@@ -143,17 +160,11 @@ def test_a_claim_takes_the_oldest_entries_one_per_specimen(database_url: str) ->
 def test_a_claim_to_send_records_the_batch_sent_in_three_statements(database_url: str) -> None:
     store = Store(database_url)
     hold = timedelta(seconds=30)
-    statements: list[str] = []
-
-    def counted(*args: object) -> None:
-        statements.append(str(args[2]).split()[0])
-
     try:
         with store.engine.begin() as conn:
             _fill(conn, 0, 40)
-            listen(conn, "before_cursor_execute", counted)
-            claimed = outbox.claim(conn, "node-a", T0, hold, limit=50, sending=True)
-            remove(conn, "before_cursor_execute", counted)
+            with _statements_run(conn) as statements:
+                claimed = outbox.claim(conn, "node-a", T0, hold, limit=50, sending=True)
         # The choice, the claim with the attempt, the log: not a statement per entry.
         assert statements == ["SELECT", "UPDATE", "INSERT"]
         assert len(claimed) == 40 and {e.attempts for e in claimed} == {1}
@@ -200,11 +211,6 @@ def test_a_batch_of_answers_is_recorded_in_three_statements_each_only_on_its_own
 ) -> None:
     store = Store(database_url)
     hold = timedelta(seconds=30)
-    statements: list[str] = []
-
-    def counted(*args: object) -> None:
-        statements.append(str(args[2]).split()[0])
-
     try:
         with store.engine.begin() as conn:
             _fill(conn, 0, 4)
@@ -224,10 +230,8 @@ def test_a_batch_of_answers_is_recorded_in_three_statements_each_only_on_its_own
             outbox.Answering(c3.id, outbox.DEAD, "MSA|AR|C003", "AR: refused", later),
             outbox.Answering(c0.id, outbox.DELIVERED, "MSA|AA|C000", "", later),  # again
         ]
-        with store.engine.begin() as conn:
-            listen(conn, "before_cursor_execute", counted)
+        with store.engine.begin() as conn, _statements_run(conn) as statements:
             kept = outbox.answered_all(conn, "node-a", answers)
-            remove(conn, "before_cursor_execute", counted)
         # Which are still ours, their new states, the log: not two statements per answer.
         assert statements == ["SELECT", "UPDATE", "INSERT"]
         assert kept == [True, True, False, True, False]
