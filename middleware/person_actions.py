@@ -38,6 +38,7 @@ from middleware.engine.decision import EARLY_RELEASE, Action, Decision, Finding,
 from middleware.engine.early_release import qc_waits
 from middleware.engine.engine import Engine
 from middleware.engine.qc import QC_FINDING_CODES
+from middleware.engine.reagents import REAGENT_RECALLED
 from middleware.engine.rules import EarlyRelease
 from middleware.hl7.results import Sender
 from middleware.store import comments, recalls, release
@@ -440,7 +441,7 @@ def recall_lot(
     listed = recalls.results_of_lot(conn, reagent, lot)
     held = release.holds_among(conn, [r.result_id for r in listed if r.state == "held"], lock=True)
     stored = release.current_decisions(conn, [h.result_id for h in held])
-    code = f"reagent-recalled:{lot}"
+    code = f"{REAGENT_RECALLED}:{lot}"
     recalled = Finding(code, f"{reagent} lot {lot} is recalled: {reason}")
     decided = [
         (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -12,8 +13,18 @@ from middleware.engine.acceptance import acceptance_findings
 from middleware.engine.autoverify import autoverify, matching_range
 from middleware.engine.context import Patient, PreviousResult, ResultContext, SampleCondition
 from middleware.engine.decision import Action, Finding, decide
+from middleware.engine.engine import Engine, standing_findings
+from middleware.engine.qc import NO_QC
 from middleware.engine.reagents import LotRegistry, lots_changed
-from middleware.engine.rules import Acceptance, Autoverification, DeltaCheck, Range, ReagentLot
+from middleware.engine.rules import (
+    Acceptance,
+    Autoverification,
+    DeltaCheck,
+    Range,
+    ReagentLot,
+    load_rules,
+)
+from tests.conftest import ROOT
 
 NOW = datetime(2026, 3, 1, 9, 0)
 ADULT_MAN = Patient("P1", "M", date(1970, 5, 1))
@@ -233,3 +244,49 @@ def test_a_lot_change_is_what_replaced_the_lots_in_use() -> None:
     )
     no_lot = result("GLU", "5")
     assert lots_changed(in_use, no_lot) == (in_use, None)
+
+
+# --- a held result decided again ------------------------------------------------------------
+
+
+def test_a_held_result_decided_again_keeps_what_was_found_of_itself() -> None:
+    """Without its message (no patient, no sample), a held result's ranges by sex, its
+    sample's comment and whether its lot had expired when it was made stand as its first
+    decision found them; its QC and a recall of its lot are looked at anew."""
+    rules = load_rules(ROOT / "rules").model_copy(
+        update={
+            "reagent_lots": [
+                ReagentLot(reagent="HGB reagent", lot="A1", expiry=date(2026, 3, 1)),
+                ReagentLot(reagent="HGB reagent", lot="B2", expiry=date(2027, 1, 1),
+                           recalled=True),
+            ]
+        }
+    )  # fmt: skip
+    engine = Engine(rules)
+    state = NO_QC
+    made = result("HGB", "5.0", instrument="haem-1",
+                  reagents=(ReagentUse("HGB reagent", "A1", "HGB"),))  # fmt: skip
+    woman = Patient("P1", "F", date(1980, 1, 1))
+    first = engine.redecide(state, ResultContext(made, NOW, patient=woman))
+    assert first.action is Action.HOLD and "critical-low" in first.reasons
+    assert not any(c.startswith("reagent-expired") for c in first.reasons)
+    lipaemic = Finding("lipaemia", "Lipaemic sample", Action.RELEASE, comment="Lipaemic.")
+    standing = standing_findings([*first.findings, lipaemic])
+    assert {f.code.split(":")[0] for f in standing} >= {"critical-low", "lipaemia"}
+    assert not any(f.code.startswith("qc-") for f in standing)
+
+    # A day later: lot A1 expired since, and nobody knows the patient any more.
+    later = datetime(2026, 3, 2, 9, 0)
+    again = engine.redecide(state, ResultContext(made, later), standing)
+    assert "critical-low" in again.reasons and again.urgent
+    assert "Lipaemic." in again.comments
+    assert not any(c.startswith("reagent-expired") for c in again.reasons)
+    assert any(c.startswith("qc-missing") for c in again.reasons)  # looked at anew
+    # Without what stood, the same look finds neither the critical value nor the sex.
+    assert "critical-low" not in engine.redecide(state, ResultContext(made, later)).reasons
+
+    recalled = replace(made, reagents=(ReagentUse("HGB reagent", "B2", "HGB"),))
+    assert (
+        "reagent-recalled:B2"
+        in engine.redecide(state, ResultContext(recalled, later), standing).reasons
+    )

@@ -20,12 +20,13 @@ from middleware.engine.context import ResultContext
 from middleware.engine.decision import EARLY_RELEASE, Decision, Finding, decide
 from middleware.engine.early_release import early_release
 from middleware.engine.qc import QC_FINDING_CODES, ControlStep, LotQc, QcGate, TestQc
-from middleware.engine.reagents import LotRegistry, lots_changed
+from middleware.engine.reagents import REAGENT_RECALLED, LotRegistry, lots_changed
 from middleware.engine.rules import Rules
 
-#: The codes (before any ``:``) of what a held result's QC, its reagent lots and early
-#: release find: what time changes, looked at anew whenever it is decided again.
-_LOOKED_AT_ANEW = QC_FINDING_CODES | {"reagent-expired", "reagent-recalled", EARLY_RELEASE}
+#: The codes (before any ``:``) of what a held result's QC, a recall of its reagent lots
+#: and early release find: what time changes, looked at anew whenever it is decided
+#: again. Whether a lot had expired is a matter of when the result was made: it stands.
+_LOOKED_AT_ANEW = QC_FINDING_CODES | {REAGENT_RECALLED, EARLY_RELEASE}
 
 
 def standing_findings(findings: Iterable[Finding]) -> tuple[Finding, ...]:
@@ -87,8 +88,8 @@ class Engine:
         A held result is looked at again without the message it came in: its patient (the
         ranges by sex and age), its sample's condition and its specimen are not known
         then. ``standing`` is what its decision before found of those
-        (:func:`standing_findings`): they stand, and only what time changes (its QC, its
-        reagent lots, whether it goes early) is looked at anew."""
+        (:func:`standing_findings`): they stand, and only what time changes (its QC, a
+        recall of its reagent lots, whether it goes early) is looked at anew."""
         result = ctx.result
         rules = self.rules
         qc = self.gate.findings(
@@ -103,6 +104,7 @@ class Engine:
                 *autoverify(ctx, rules.ranges, rules.delta_checks, rules.autoverification),
             ]
         else:
-            findings = [*qc, *lots, *standing]
+            recalled = [f for f in lots if f.code.startswith(f"{REAGENT_RECALLED}:")]
+            findings = [*qc, *recalled, *standing]
         early = early_release(findings, ctx, rules.early_release)
         return decide([*findings, early] if early is not None else findings)

@@ -11,6 +11,9 @@ from middleware.domain import Result
 from middleware.engine.decision import Finding
 from middleware.engine.rules import ReagentLot
 
+#: The code (before its ``:lot``) of a finding that a result was made with a recalled lot.
+REAGENT_RECALLED = "reagent-recalled"
+
 
 @dataclass(frozen=True, slots=True)
 class Lot:
@@ -70,9 +73,9 @@ class LotRegistry:
             why = (recalled or {}).get((use.reagent, use.lot))
             if why is not None:
                 message = f"{name} is recalled: {why}" if why else f"{name} is recalled"
-                out.append(Finding(f"reagent-recalled:{use.lot}", message))
+                out.append(Finding(f"{REAGENT_RECALLED}:{use.lot}", message))
             elif lot is not None and lot.recalled:
-                out.append(Finding(f"reagent-recalled:{use.lot}", f"{name} is recalled"))
+                out.append(Finding(f"{REAGENT_RECALLED}:{use.lot}", f"{name} is recalled"))
             elif expiries and min(expiries) < on:
                 out.append(Finding(f"reagent-expired:{use.lot}", f"{name} expired {min(expiries)}"))
         return out
