@@ -279,9 +279,16 @@ class LisSender:
         def write(conn: Connection) -> tuple[list[bool], _T]:
             answers = [self._answering(o) for o in taken if isinstance(o, _Answered)]
             mine = iter(outbox.answered_all(conn, self.owner, answers) if answers else ())
-            kept = [
-                next(mine) if isinstance(o, _Answered) else self._release(conn, o) for o in taken
-            ]
+            outbox.release_claims(
+                conn,
+                self.owner,
+                [
+                    outbox.Releasing(o.entry.id, o.event, o.detail, o.at, o.taken_back)
+                    for o in taken
+                    if isinstance(o, _Unanswered)
+                ],
+            )
+            kept = [next(mine) if isinstance(o, _Answered) else True for o in taken]
             return kept, then(conn)
 
         try:
@@ -314,13 +321,6 @@ class LisSender:
         else:
             state, detail = self._refused_state, _refusal(answer)
         return outbox.Answering(outcome.entry.id, state, outcome.text, detail, outcome.at)
-
-    def _release(self, conn: Connection, outcome: _Unanswered) -> bool:
-        outbox.release_claim(
-            conn, outcome.entry.id, self.owner, outcome.event, outcome.detail, outcome.at,
-            taken_back=outcome.taken_back,
-        )  # fmt: skip
-        return True
 
     @property
     def _refused_state(self) -> str:

@@ -252,6 +252,40 @@ def test_a_batch_of_answers_is_recorded_in_three_statements_each_only_on_its_own
         store.close()
 
 
+def test_a_batch_cut_short_is_taken_back_in_a_few_statements(database_url: str) -> None:
+    store = Store(database_url)
+    hold = timedelta(seconds=30)
+    try:
+        with store.engine.begin() as conn:
+            _fill(conn, 0, 4)
+            c0, c1, c2, c3 = outbox.claim(conn, "node-a", T0, hold, limit=4, sending=True)
+            # node-b took C003 over meanwhile
+            conn.execute(
+                outbox_table.update()
+                .where(outbox_table.c.id == c3.id)
+                .values(claimed_by="node-b", claimed_until=T0 + 2 * hold)
+            )
+        later = T0 + timedelta(seconds=5)
+        releases = [
+            outbox.Releasing(c0.id, "timeout", "no answer in 5 s", later),  # went out
+            outbox.Releasing(c1.id, "withdrawn", "not sent", later, taken_back=True),
+            outbox.Releasing(c2.id, "withdrawn", "not sent", later, taken_back=True),
+            outbox.Releasing(c3.id, "withdrawn", "not sent", later, taken_back=True),
+        ]
+        with store.engine.begin() as conn, _statements_run(conn) as statements:
+            outbox.release_claims(conn, "node-a", releases)
+        assert statements == ["UPDATE", "UPDATE", "INSERT"]
+        rows = _rows(store)
+        assert rows["C000"] == ("pending", 1, None)  # its attempt stands: it went out
+        assert rows["C001"] == rows["C002"] == ("pending", 0, None)
+        assert rows["C003"] == ("pending", 1, "node-b")  # not ours: left as it is
+        events = _events(store)
+        assert events["C000"] == ["sent", "timeout"]
+        assert events["C001"] == events["C003"] == ["sent", "withdrawn"]
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("failure", ["hang-up", "silence"])
 async def test_a_batch_cut_short_sends_the_rest_later_and_counts_only_what_went(
     database_url: str, failure: str

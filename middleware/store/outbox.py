@@ -244,6 +244,34 @@ def answered_all(conn: Connection, owner: str, answers: Sequence[Answering]) -> 
     return kept
 
 
+class Releasing(NamedTuple):
+    """No answer to an entry (``event``: a timeout, a lost connection, withdrawn)."""
+
+    entry_id: int
+    event: str
+    detail: str
+    at: datetime
+    taken_back: bool = False
+
+
+def _releasing(taken_back: bool) -> Any:
+    values: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
+    if taken_back:
+        values["attempts"] = outbox.c.attempts - 1
+    return (
+        outbox.update()
+        .where(
+            outbox.c.id == bindparam("entry_id"),
+            outbox.c.state == PENDING,
+            outbox.c.claimed_by == bindparam("owner"),
+        )
+        .values(**values)
+    )
+
+
+_RELEASE = {taken_back: _releasing(taken_back) for taken_back in (False, True)}
+
+
 def release_claim(
     conn: Connection,
     entry_id: int,
@@ -256,11 +284,27 @@ def release_claim(
     """No answer (a timeout, a lost connection): the entry waits to be sent again.
     ``taken_back`` when it was recorded as sent (:func:`sent`, before it went out) but
     did not go out after all: its attempt is taken back."""
-    values: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
-    if taken_back:
-        values["attempts"] = outbox.c.attempts - 1
-    conn.execute(outbox.update().where(_held_by(entry_id, owner)).values(**values))
-    log(conn, entry_id, event, "", detail, at)
+    release_claims(conn, owner, [Releasing(entry_id, event, detail, at, taken_back)])
+
+
+def release_claims(conn: Connection, owner: str, releases: Sequence[Releasing]) -> None:
+    """:func:`release_claim` for each of a batch's entries left without an answer, in a
+    statement or two and the log's."""
+    if not releases:
+        return
+    for taken_back, statement in _RELEASE.items():
+        rows = [
+            {"entry_id": r.entry_id, "owner": owner} for r in releases if r.taken_back is taken_back
+        ]
+        if rows:
+            conn.execute(statement, rows)
+    conn.execute(
+        outbox_log.insert(),
+        [
+            {"outbox_id": r.entry_id, "at": r.at, "event": r.event, "data": "", "detail": r.detail}
+            for r in releases
+        ],
+    )
 
 
 def later_delivered(conn: Connection, entry_id: int) -> bool:
