@@ -33,9 +33,15 @@ _SPECIAL = re.compile(r"[\\|^&~]")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+# Any of the above: most values have none, and go as they are.
+_TO_ESCAPE = re.compile(r"[\\|^&~\x00-\x1f\x7f]")
+
+
 def escape(text: str) -> str:
     """Text as an HL7 field value: delimiters escaped, line breaks as ``\\.br\\``, other
     control characters left out."""
+    if not _TO_ESCAPE.search(text):
+        return text
     text = _SPECIAL.sub(lambda m: _ESCAPES[m.group()], text)
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\.br\\")
     return _CONTROL.sub("", text.replace("\t", " "))
