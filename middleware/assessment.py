@@ -415,11 +415,7 @@ def redecide_held(
     for result_id, result, sent_early, early_by, _ in held:
         state = states[result.test_code]
         last = before.get(result_id)
-        decision = engine.redecide(
-            state,
-            lookups.context(result_id, result, None, now),
-            standing_findings(last.findings) if last is not None else None,
-        )
+        decision = _decide_held(engine, state, lookups, result_id, result, last, now)
         decided = (result_id, result, decision)
         # Sent early by a biologist, it stands while it only waits for QC, whichever wait.
         stands = decision.preliminary or (
@@ -443,6 +439,21 @@ def redecide_held(
         queue_preliminary(conn, lis, preliminary, now)
         queue_doubts(conn, lis, doubted, now)
     return changed
+
+
+def _decide_held(
+    engine: Engine,
+    state: TestQc,
+    lookups: _Lookups,
+    result_id: int,
+    result: Result,
+    last: release.StoredDecision | None,
+    now: datetime,
+) -> Decision:
+    """A held result decided again, without the message it came in: what its latest
+    decision (``last``) found of the result itself stands."""
+    standing = standing_findings(last.findings) if last is not None else None
+    return engine.redecide(state, lookups.context(result_id, result, None, now), standing)
 
 
 def _holds_for_other_reasons(decision: Decision, before: release.StoredDecision | None) -> bool:
@@ -483,11 +494,7 @@ def decide_again(
         result = h.result
         state = book.test((result.instrument, result.test_code))
         last = before.get(h.result_id)
-        decision = engine.redecide(
-            state,
-            lookups.context(h.result_id, result, None, now),
-            standing_findings(last.findings) if last is not None else None,
-        )
+        decision = _decide_held(engine, state, lookups, h.result_id, result, last, now)
         qc = engine.gate.findings(
             state, result.instrument, result.test_code, now, result.completed_at
         )
