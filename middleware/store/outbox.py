@@ -135,8 +135,9 @@ def claim(
     return [replace(_entry(row), attempts=row.attempts + 1) for row in rows]
 
 
-def _held_by(entry_id: int, owner: str) -> Any:
-    """The entry, while still pending and claimed by ``owner``."""
+def _held_by(entry_id: Any, owner: Any) -> Any:
+    """The entry, while still pending and claimed by ``owner`` (values, or the parameters
+    of a statement built once)."""
     return and_(outbox.c.id == entry_id, outbox.c.state == PENDING, outbox.c.claimed_by == owner)
 
 
@@ -175,11 +176,7 @@ _HELD = select(outbox.c.id).where(
 _HELD_LOCKED = _HELD.with_for_update()
 _ANSWER = (
     outbox.update()
-    .where(
-        outbox.c.id == bindparam("entry_id"),
-        outbox.c.state == PENDING,
-        outbox.c.claimed_by == bindparam("owner"),
-    )
+    .where(_held_by(bindparam("entry_id"), bindparam("owner")))
     .values(
         state=bindparam("new_state"),
         answer=bindparam("answer_text"),
@@ -259,13 +256,7 @@ def _releasing(taken_back: bool) -> Any:
     if taken_back:
         values["attempts"] = outbox.c.attempts - 1
     return (
-        outbox.update()
-        .where(
-            outbox.c.id == bindparam("entry_id"),
-            outbox.c.state == PENDING,
-            outbox.c.claimed_by == bindparam("owner"),
-        )
-        .values(**values)
+        outbox.update().where(_held_by(bindparam("entry_id"), bindparam("owner"))).values(**values)
     )
 
 
