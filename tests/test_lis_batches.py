@@ -117,6 +117,15 @@ def _sent_as_often_as_counted(store: Store, lis: LisPeer) -> None:
         assert events.count("sent") - events.count("withdrawn") == attempts, (control_id, events)
 
 
+def _taken_over(conn: Connection, entry_id: int, until: datetime) -> None:
+    """node-b claims the entry, as its claim does once node-a's has run out."""
+    conn.execute(
+        outbox_table.update()
+        .where(outbox_table.c.id == entry_id)
+        .values(claimed_by="node-b", claimed_until=until)
+    )
+
+
 @contextmanager
 def _statements_run(conn: Connection) -> Iterator[list[str]]:
     """The kind (SELECT, UPDATE...) of each statement run on ``conn`` meanwhile."""
@@ -217,12 +226,7 @@ def test_a_batch_of_answers_is_recorded_in_three_statements_each_only_on_its_own
             c0, c1, c2, c3 = outbox.claim(conn, "node-a", T0, hold, limit=4, sending=True)
         later = T0 + timedelta(minutes=1)
         with store.engine.begin() as conn:
-            # node-a's claim of C002 ran out and node-b took it, as its claim does
-            conn.execute(
-                outbox_table.update()
-                .where(outbox_table.c.id == c2.id)
-                .values(claimed_by="node-b", claimed_until=later + hold)
-            )
+            _taken_over(conn, c2.id, later + hold)  # node-a's claim of C002 ran out
         answers = [
             outbox.Answering(c0.id, outbox.DELIVERED, "MSA|AA|C000", "", later),
             outbox.Answering(c1.id, outbox.STOPPED, "MSA|AE|C001", "AE: unknown test", later),
@@ -259,12 +263,7 @@ def test_a_batch_cut_short_is_taken_back_in_a_few_statements(database_url: str) 
         with store.engine.begin() as conn:
             _fill(conn, 0, 4)
             c0, c1, c2, c3 = outbox.claim(conn, "node-a", T0, hold, limit=4, sending=True)
-            # node-b took C003 over meanwhile
-            conn.execute(
-                outbox_table.update()
-                .where(outbox_table.c.id == c3.id)
-                .values(claimed_by="node-b", claimed_until=T0 + 2 * hold)
-            )
+            _taken_over(conn, c3.id, T0 + 2 * hold)  # meanwhile
         later = T0 + timedelta(seconds=5)
         releases = [
             outbox.Releasing(c0.id, "timeout", "no answer in 5 s", later),  # went out
