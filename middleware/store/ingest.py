@@ -17,7 +17,6 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Insert,
     Table,
     bindparam,
     select,
@@ -29,6 +28,7 @@ from middleware.domain import (
     ReagentUse,
     Result,
 )
+from middleware.store.direct import Direct, run_text
 from middleware.store.schema import (
     control_results,
     messages,
@@ -100,14 +100,15 @@ def content_hash(instrument: str, text: str) -> str:
     return hashlib.sha256(f"{instrument}\x00{normalised}".encode()).hexdigest()
 
 
-# The statements of every message, built once: building one costs more than running it.
-_INSERT_RAW = raw_transmissions.insert().returning(raw_transmissions.c.id)
+# The statements of every message, built once and run on the driver's cursor: building
+# one costs more than running it, and SQLAlchemy's work at each execution as much again.
+_INSERT_RAW = Direct(raw_transmissions.insert().returning(raw_transmissions.c.id))
 
 
-_INSERT_MESSAGE = messages.insert().returning(messages.c.id)
+_INSERT_MESSAGE = Direct(messages.insert().returning(messages.c.id))
 
 
-_EARLIER_COPY = (
+_EARLIER_COPY = Direct(
     select(messages.c.id, messages.c.settled_at)
     .where(
         messages.c.instrument == bindparam("instrument"),
@@ -118,7 +119,7 @@ _EARLIER_COPY = (
 )
 
 
-_SETTLE = (
+_SETTLE = Direct(
     messages.update()
     .where(messages.c.id.in_(bindparam("ids", expanding=True)), messages.c.settled_at.is_(None))
     .values(settled_at=bindparam("at"))
@@ -130,8 +131,8 @@ def _raw(
 ) -> int:
     span = d.span
     return int(
-        conn.execute(
-            _INSERT_RAW,
+        _INSERT_RAW.scalar(
+            conn,
             {
                 "connection": d.connection,
                 "instrument": d.instrument,
@@ -147,7 +148,7 @@ def _raw(
                 "duplicate": duplicate,
                 "outcome": outcome,
             },
-        ).scalar_one()
+        )
     )
 
 
@@ -161,7 +162,7 @@ def settle(conn: Connection, message_ids: Sequence[int], at: datetime) -> None:
     """The analyser showed it had our ACK of these messages (EOT, or its next frame):
     from now on an identical message from it is a new one."""
     if message_ids:
-        conn.execute(_SETTLE, {"ids": list(message_ids), "at": at})
+        _SETTLE.execute(conn, {"ids": list(message_ids), "at": at})
 
 
 def oversize_keys(reading: InstrumentMessage) -> list[str]:
@@ -220,13 +221,11 @@ def store_delivery(conn: Connection, d: Delivery, at: datetime | None = None) ->
     quarantined = bool(d.problems) or (nothing and bool(reading.problems))
     # The same content again is a re-send only while the analyser has not shown that it
     # had our ACK of the earlier copy; after that it is a new measurement (a re-run).
-    earlier = conn.execute(
-        _EARLIER_COPY, {"instrument": d.instrument, "digest": digest}
-    ).one_or_none()
-    if earlier is not None and earlier.settled_at is None:
-        raw_id = _raw(conn, d, earlier.id, "duplicate", duplicate=True)
+    earlier = _EARLIER_COPY.execute(conn, {"instrument": d.instrument, "digest": digest}).fetchone()
+    if earlier is not None and earlier[1] is None:  # (id, settled_at)
+        raw_id = _raw(conn, d, earlier[0], "duplicate", duplicate=True)
         # The same content was read the same way: what became of the first copy.
-        return Stored(raw_id, earlier.id, duplicate=True, quarantined=quarantined)
+        return Stored(raw_id, earlier[0], duplicate=True, quarantined=quarantined)
 
     row = {
         "instrument": d.instrument,
@@ -242,7 +241,7 @@ def store_delivery(conn: Connection, d: Delivery, at: datetime | None = None) ->
         # No driver is the column's default: left out, rows can also be written to a
         # schema from before the column (as the tests of older revisions' migrations do).
         row["driver"] = reading.driver
-    message_id = int(conn.execute(_INSERT_MESSAGE, row).scalar_one())
+    message_id = int(_INSERT_MESSAGE.scalar(conn, row))
     raw_id = _raw(conn, d, message_id, "quarantine" if quarantined else "message")
     _specimens(conn, reading, message_id)
     stored_at = at or utcnow()
@@ -281,6 +280,9 @@ def store_delivery(conn: Connection, d: Delivery, at: datetime | None = None) ->
     )
 
 
+_NEW_SPECIMENS = Direct(lambda database: new_only(database, specimens, "specimen_id"))
+
+
 def _specimens(conn: Connection, reading: InstrumentMessage, message_id: int) -> None:
     rows = {
         s.specimen_id: {
@@ -297,7 +299,7 @@ def _specimens(conn: Connection, reading: InstrumentMessage, message_id: int) ->
         if s.specimen_id
     }
     if rows:
-        conn.execute(new_only(conn.dialect.name, specimens, "specimen_id"), list(rows.values()))
+        _NEW_SPECIMENS.executemany(conn, list(rows.values()))
 
 
 def _result_row(r: Result, message_id: int, stored_at: datetime) -> dict[str, Any]:
@@ -326,10 +328,10 @@ def _result_row(r: Result, message_id: int, stored_at: datetime) -> dict[str, An
     }
 
 
-@functools.lru_cache(maxsize=4)
-def _inserting(table: Table) -> Insert:
-    # RETURNING over many rows comes back in insertion order with sort_by_parameter_order.
-    return table.insert().returning(table.c.id, sort_by_parameter_order=True)
+# SQLite: one INSERT ... RETURNING per row, its id in the order of the rows.
+_INSERTING = {
+    table.name: Direct(table.insert().returning(table.c.id)) for table in (results, control_results)
+}
 
 
 @functools.lru_cache(maxsize=4)
@@ -363,10 +365,10 @@ def _insert_results(
     if conn.dialect.name == "postgresql":
         columns = tuple(rows[0])
         arrays = {name: [row[name] for row in rows] for name in columns}
-        returned = conn.exec_driver_sql(_inserting_arrays(conn.dialect, table, columns), arrays)
-        return sorted(int(row[0]) for row in returned)
-    returned = conn.execute(_inserting(table), rows)
-    return [int(row[0]) for row in returned]
+        returned = run_text(conn, _inserting_arrays(conn.dialect, table, columns), arrays)
+        return sorted(int(row[0]) for row in returned.fetchall())
+    inserting = _INSERTING[table.name]
+    return [int(inserting.scalar(conn, row)) for row in rows]
 
 
 # Built once: a message from an analyser that reports its reagents asks it for each.

@@ -26,6 +26,7 @@ from middleware.domain import (
 )
 from middleware.engine.decision import Action, Decision, Finding
 from middleware.store import comments, notices
+from middleware.store.direct import Direct
 from middleware.store.schema import (
     decisions,
     open_holds,
@@ -39,10 +40,12 @@ from middleware.store.sql import in_padded_rounds, new_only, utc
 #: goes to the LIS (the engine's own actions are release, hold and reject).
 SUPERSEDED = "superseded"
 
-_INSERT_DECISIONS = decisions.insert()
+# Every message's decisions and holds go on the driver's cursor (see store.direct).
+_INSERT_DECISIONS = Direct(decisions.insert())
+_NEW_HOLDS = Direct(lambda database: new_only(database, open_holds, "result_id"))
 
 
-_SPECIMEN_PATIENTS = (
+_SPECIMEN_PATIENTS = Direct(
     select(results.c.specimen_id, results.c.patient_id)
     .where(results.c.specimen_id.in_(bindparam("ids", expanding=True)))
     .distinct()
@@ -72,8 +75,8 @@ _LOTS_USED = (
 )
 
 
-_RELEASE_HOLDS = open_holds.delete().where(
-    open_holds.c.result_id.in_(bindparam("ids", expanding=True))
+_RELEASE_HOLDS = Direct(
+    open_holds.delete().where(open_holds.c.result_id.in_(bindparam("ids", expanding=True)))
 )
 
 
@@ -175,10 +178,9 @@ def specimen_patients(conn: Connection, specimen_ids: Iterable[str]) -> dict[str
     wanted = sorted(set(specimen_ids))
     seen: dict[str, set[str]] = {s: set() for s in wanted}
     if wanted:
-        rows = conn.execute(_SPECIMEN_PATIENTS, {"ids": wanted})
-        for row in rows:
-            if row.patient_id:
-                seen[row.specimen_id].add(row.patient_id)
+        for specimen_id, patient_id in _SPECIMEN_PATIENTS.execute(conn, {"ids": wanted}):
+            if patient_id:
+                seen[specimen_id].add(patient_id)
     return {s: tuple(sorted(p)) for s, p in seen.items()}
 
 
@@ -230,7 +232,7 @@ def record_decisions(
     ]
     if not rows:
         return
-    conn.execute(_INSERT_DECISIONS, rows)
+    _INSERT_DECISIONS.executemany(conn, rows)
     notices.tell(
         conn,
         *(
@@ -253,10 +255,10 @@ def record_decisions(
     held = {r["result_id"]: r for r in rows if r["action"] == "hold"}
     done = [r["result_id"] for r in rows if r["result_id"] not in held]
     if done:
-        conn.execute(_RELEASE_HOLDS, {"ids": done})
+        _RELEASE_HOLDS.execute(conn, {"ids": done})
     if held:
-        conn.execute(
-            new_only(conn.dialect.name, open_holds, "result_id"),
+        _NEW_HOLDS.executemany(
+            conn,
             [
                 {
                     "result_id": r["result_id"],
@@ -446,8 +448,8 @@ def supersede_reruns(
         }
         for old, rerun in replaced
     ]
-    conn.execute(_INSERT_DECISIONS, rows)
-    conn.execute(_RELEASE_HOLDS, {"ids": [old.id for old, _ in replaced]})
+    _INSERT_DECISIONS.executemany(conn, rows)
+    _RELEASE_HOLDS.execute(conn, {"ids": [old.id for old, _ in replaced]})
     notices.tell(
         conn,
         *(
