@@ -250,8 +250,8 @@ class Driver(Tables):
             specimen_id=context.specimen_id,
             patient_id=self.patient_id(patient) if patient else "",
             specimen_type=order.value(16),
-            collected_at=self.read_timestamp(order.value(8), field_name(order, 8)),
-            received_at=self.read_timestamp(order.value(18), field_name(order, 18)),
+            collected_at=self.timestamp_at(order, 8),
+            received_at=self.timestamp_at(order, 18),
         )
 
     def patient(self, record: Record) -> Patient | None:
@@ -335,7 +335,7 @@ class Driver(Tables):
 
     def completed_at(self, result: Record) -> datetime | None:
         """R.13, the date and time the test was completed."""
-        return self.read_timestamp(result.value(13), field_name(result, 13))
+        return self.timestamp_at(result, 13)
 
     def dilution(self, result: Record) -> str:
         """The standard has no place for a dilution: none by default."""
@@ -345,6 +345,15 @@ class Driver(Tables):
         return result.value(14)
 
     # --- refused fields --------------------------------------------------------------------
+
+    def timestamp_at(self, record: Record, n: int) -> datetime | None:
+        """Field n of ``record`` read as :meth:`read_timestamp` reads it; the field's name
+        is worked out only for a refusal, not for every result."""
+        text = record.value(n)
+        stamp = parse_timestamp(text)
+        if stamp is None and text.strip():
+            self._refuse(field_name(record, n), text, "is not a date and time; left out")
+        return stamp
 
     def read_timestamp(self, text: str, where: str) -> datetime | None:
         """``text`` as a date and time. Text that is not one is left out and the message
@@ -412,7 +421,7 @@ class Driver(Tables):
                 test_codes=tuple(c for c in codes if c),
                 priority=order.value(6) or "R",
                 action_code=order.value(12),
-                ordered_at=self.read_timestamp(order.value(7), field_name(order, 7)),
+                ordered_at=self.timestamp_at(order, 7),
                 patient_id=self.patient_id(context.patient) if context.patient else "",
             )
         )

@@ -7,6 +7,7 @@ about them. They know nothing of ASTM, HL7 or databases.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal, InvalidOperation
@@ -237,33 +238,40 @@ class InstrumentMessage:
         A time that cannot be placed in UTC is left out, and the message says so."""
         problems = list(self.problems)
 
-        def utc(moment: datetime | None, what: str) -> datetime | None:
+        def utc(moment: datetime | None, what: Callable[[], str]) -> datetime | None:
             if moment is None or moment.tzinfo is not None:
                 return moment
             try:
                 return moment.replace(tzinfo=zone).astimezone(UTC)
             except OverflowError:  # year 1 east of UTC, year 9999 west of it
                 problems.append(
-                    f"{what} {moment.isoformat(sep=' ')} in {zone} cannot be given in UTC; left out"
+                    f"{what()} {moment.isoformat(sep=' ')} in {zone} cannot be given in UTC;"
+                    " left out"
                 )
                 return None
 
         def result(r: Result) -> Result:
-            what = f"result {r.test_code} of {r.specimen_id or '?'}: completed"
+            if r.completed_at is None or r.completed_at.tzinfo is not None:
+                return r
+
+            def what() -> str:
+                return f"result {r.test_code} of {r.specimen_id or '?'}: completed"
+
             return replace(r, completed_at=utc(r.completed_at, what))
 
         def specimen(s: Specimen) -> Specimen:
             what = f"specimen {s.specimen_id or '?'}:"
             return replace(
                 s,
-                collected_at=utc(s.collected_at, f"{what} collected"),
-                received_at=utc(s.received_at, f"{what} received"),
-                analysed_at=utc(s.analysed_at, f"{what} analysed"),
+                collected_at=utc(s.collected_at, lambda: f"{what} collected"),
+                received_at=utc(s.received_at, lambda: f"{what} received"),
+                analysed_at=utc(s.analysed_at, lambda: f"{what} analysed"),
             )
 
         def order(o: Order) -> Order:
             return replace(
-                o, ordered_at=utc(o.ordered_at, f"order of {o.specimen_id or '?'}: ordered")
+                o,
+                ordered_at=utc(o.ordered_at, lambda: f"order of {o.specimen_id or '?'}: ordered"),
             )
 
         return replace(

@@ -113,6 +113,17 @@ def test_record_round_trip(case: tuple[Record, Delimiters]) -> None:
 
 
 @settings(max_examples=300)
+@given(record_with_delimiters(), st.integers(-1, 20), st.integers(0, 4), st.integers(0, 4))
+def test_a_value_is_its_component_of_its_repeat_of_its_field(
+    case: tuple[Record, Delimiters], n: int, component: int, repeat: int
+) -> None:
+    record, _ = case
+    comps = record.components(n, repeat)
+    expected = comps[component] if component < len(comps) else ""
+    assert record.value(n, component, repeat) == expected
+
+
+@settings(max_examples=300)
 @given(st.data())
 def test_escape_round_trip_and_output_is_safe(data: st.DataObject) -> None:
     d = data.draw(delimiters)

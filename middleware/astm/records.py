@@ -102,8 +102,16 @@ class Record:
 
     def value(self, n: int, component: int = 0, repeat: int = 0) -> str:
         """One component of one repeat of field n; an empty string when absent."""
-        comps = self.components(n, repeat)
-        return comps[component] if component < len(comps) else ""
+        # Written out rather than through components(): drivers call it for every field
+        # of every record, and the calls were a tenth of reading a message.
+        fields = self.fields
+        if 1 <= n <= len(fields):
+            reps = fields[n - 1]
+            if repeat < len(reps):
+                comps = reps[repeat]
+                if component < len(comps):
+                    return comps[component]
+        return ""
 
     def text(self, n: int) -> str:
         """Field n as a person reads it: components joined by ``^`` and repeats by ``\\``,
