@@ -372,12 +372,15 @@ class Wire:
     """A byte stream the test feeds by hand, and a sink that keeps what is written."""
 
     def __init__(self) -> None:
-        self.chunks: asyncio.Queue[bytes] = asyncio.Queue()
+        self.chunks: asyncio.Queue[bytes | OSError] = asyncio.Queue()
         self.written = bytearray()
         self.closing = False
 
     async def read(self, n: int = -1) -> bytes:
-        return await self.chunks.get()
+        chunk = await self.chunks.get()
+        if isinstance(chunk, OSError):
+            raise chunk
+        return chunk
 
     def write(self, data: bytes) -> None:
         self.written += data
@@ -418,3 +421,51 @@ async def test_bytes_read_while_the_channel_closes_are_kept_not_answered() -> No
     assert bytes(wire.written) == ENQ + EOT  # our ENQ, then EOT; the late ENQ unanswered
     assert ends == [len(late)]
     assert channel.received.peek(len(late), channel.wallclock()).data == late
+
+
+async def test_reading_stops_while_the_link_is_far_behind() -> None:
+    """While a commit is under way the channel reads ahead no more than a stream buffer
+    would: an analyser that does not wait for its ACK cannot make it hold without bound."""
+    wire, committed = Wire(), asyncio.Event()
+
+    async def handler(channel: LinkChannel, event: object) -> None:
+        if isinstance(event, TextReceived):
+            await committed.wait()
+
+    channel = LinkChannel(wire, wire, LinkSettings(), handler)
+    running = asyncio.create_task(channel.run())
+    await wire.chunks.put(ENQ + frame(1, b"H|\\^&\r", last=True))
+    await asyncio.sleep(0.05)
+    noise = b"x" * 4096
+    for _ in range(40):  # 160 KiB while the first frame's commit waits
+        await wire.chunks.put(noise)
+    await asyncio.sleep(0.1)
+    assert wire.chunks.qsize() >= 23  # 64 KiB read ahead at most, the rest left unread
+    committed.set()
+    await asyncio.sleep(0.1)
+    assert wire.chunks.qsize() == 0
+    assert wire.written.startswith(ACK + ACK)  # the ENQ, then the frame once committed
+    channel.close()
+    await asyncio.wait_for(running, 5)
+
+
+async def test_a_stream_error_comes_after_the_bytes_read_before_it() -> None:
+    wire, collector = Wire(), Collector()
+    closed: list[ConnectionClosed] = []
+
+    async def handler(channel: LinkChannel, event: Event | ConnectionClosed) -> None:
+        if isinstance(event, ConnectionClosed):
+            closed.append(event)
+        else:
+            await collector(channel, event)
+
+    channel = LinkChannel(wire, wire, LinkSettings(), handler)
+    running = asyncio.create_task(channel.run())
+    message = ENQ + frame(1, b"H|\\^&\rL|1|N\r", last=True) + EOT
+    await wire.chunks.put(message)
+    await wire.chunks.put(ConnectionResetError("reset by peer"))
+    await asyncio.wait_for(running, 5)
+    assert collector.texts == [b"H|\\^&\rL|1|N"]
+    assert bytes(wire.written) == ACK + ACK
+    assert [c.reason for c in closed] == ["connection lost: reset by peer"]
+    assert closed[0].end == len(message)
