@@ -175,3 +175,18 @@ def _lose_the_connection(store: Store) -> None:
             assert inserting.scalar(conn, _message_row(2)) >= 1
     finally:
         store.close()
+
+
+def test_rows_read_as_sqlalchemy_reads_them(store: Store) -> None:
+    inserting = Direct(raw_transmissions.insert().returning(raw_transmissions.c.id))
+    query = select(raw_transmissions).where(
+        raw_transmissions.c.id.in_(bindparam("ids", expanding=True))
+    )
+    with store.engine.begin() as conn:
+        ids = [inserting.scalar(conn, _raw_row(n)) for n in (1, 2, 3)]
+        direct = Direct(query).rows(conn, {"ids": ids[:2]})
+        core = conn.execute(query, {"ids": ids[:2]}).all()
+    assert [tuple(row) for row in direct] == [tuple(row) for row in core]
+    assert [row._mapping for row in direct] == [dict(row._mapping) for row in core]
+    assert [row.duplicate for row in direct] == [True, False]
+    assert isinstance(direct[0].received_at, datetime)

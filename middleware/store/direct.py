@@ -15,17 +15,19 @@ for statements whose rows are numbers and text, or that return nothing.
 
 from __future__ import annotations
 
+import operator
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, exc
+from sqlalchemy import Connection, Select, exc
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql import ClauseElement, visitors
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import BindParameter
 
 #: Compiled forms kept per statement (one per database, set of parameter names and
 #: padded length of each list): a bound, whatever comes.
@@ -40,28 +42,29 @@ class _Form:
     positional: bool
     names: tuple[str, ...]
     """The driver's parameters, in the order of a positional statement's placeholders."""
-    sources: tuple[tuple[str | None, Any], ...]
-    """Where each driver parameter's value comes from: a given parameter and, when it is
-    one of a list's items, its index; or (None, value) for a value fixed in the
-    statement, or a column's own default, which an INSERT not given the column takes."""
-    convert: tuple[Callable[[Any], Any] | None, ...]
+    values: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+    """Each driver parameter's given value (for a list's item, the list)."""
+    fixed: Mapping[str, Any]
+    """Values set when compiled, already converted: written into the statement (LIMIT
+    1), or a column's own default, which an INSERT not given the column takes."""
+    items: tuple[tuple[int, int], ...]
+    """(position, index) of each list item: lists are padded with their last item, the
+    same IN with fewer forms."""
+    conversions: tuple[tuple[int, Callable[[Any], Any]], ...]
 
     def parameters(self, given: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
-        values = []
-        for (name, item), convert in zip(self.sources, self.convert, strict=True):
-            if name is None:  # fixed when compiled (and converted then)
-                values.append(item)
-                continue
-            if item is None:
-                value = given[name]
-            else:
-                items = given[name]
-                # Lists are padded with their last item: the same IN, fewer forms.
-                value = items[item] if item < len(items) else items[-1]
-            values.append(value if convert is None else convert(value))
+        found = self.values({**self.fixed, **given} if self.fixed else given)
+        if self.items or self.conversions:
+            values = list(found)
+            for position, index in self.items:
+                items = values[position]
+                values[position] = items[index] if index < len(items) else items[-1]
+            for position, convert in self.conversions:
+                values[position] = convert(values[position])
+            found = tuple(values)
         if self.positional:
-            return values
-        return dict(zip(self.names, values, strict=True))
+            return found
+        return dict(zip(self.names, found, strict=True))
 
 
 class Direct:
@@ -76,6 +79,8 @@ class Direct:
     def __init__(self, statement: ClauseElement | Callable[[str], ClauseElement]) -> None:
         self.statement = statement
         self._forms: OrderedDict[tuple[object, ...], _Form] = OrderedDict()
+        self._lists: dict[str, tuple[str, ...]] = {}
+        self._shapes: dict[str, _Shape] = {}
         self._compiling = threading.Lock()
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
@@ -96,6 +101,26 @@ class Direct:
             finally:
                 cursor.close()
 
+    def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
+        """A SELECT's rows, each value as SQLAlchemy reads it (SQLite's text times as
+        datetimes, its integers as booleans), by column name as SQLAlchemy's rows are."""
+        fetched = self.execute(conn, params).fetchall()
+        shape = self._shapes.get(conn.dialect.name)
+        if shape is None:
+            shape = self._shapes[conn.dialect.name] = _shape(
+                self._statement_for(conn.dialect), conn.dialect
+            )
+        make, conversions = shape
+        if not conversions:
+            return [make(row) for row in fetched]
+        out = []
+        for row in fetched:
+            values = list(row)
+            for position, convert in conversions:
+                values[position] = convert(values[position])
+            out.append(make(values))
+        return out
+
     def scalar(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """The first column of the only row (an error when there is none)."""
         row = self.execute(conn, params).fetchone()
@@ -104,37 +129,40 @@ class Direct:
         return row[0]
 
     def _form(self, dialect: Dialect, params: Mapping[str, Any]) -> _Form:
-        key = (
-            dialect.name,
-            *(
-                (name, _padded(len(value))) if isinstance(value, list | tuple) else name
-                for name, value in params.items()
-            ),
-        )
+        lists = self._lists.get(dialect.name)
+        if lists is None:
+            lists = self._lists[dialect.name] = _expanding(self._statement_for(dialect))
+        key: tuple[object, ...] = (dialect.name, tuple(params))
+        if lists:
+            key += tuple(_padded(len(params[name])) for name in lists if name in params)
         form = self._forms.get(key)
         if form is None:
-            form = self._compile(dialect, params)
+            form = self._compile(dialect, params, lists)
             with self._compiling:
                 self._forms[key] = form
                 if len(self._forms) > _KEPT_FORMS:
                     self._forms.popitem(last=False)
         return form
 
-    def _compile(self, dialect: Dialect, params: Mapping[str, Any]) -> _Form:
-        lists = {k: _padded(len(v)) for k, v in params.items() if isinstance(v, list | tuple)}
+    def _statement_for(self, dialect: Dialect) -> ClauseElement:
         statement = self.statement
-        if not isinstance(statement, ClauseElement):
-            statement = statement(dialect.name)
+        return statement if isinstance(statement, ClauseElement) else statement(dialect.name)
+
+    def _compile(
+        self, dialect: Dialect, params: Mapping[str, Any], expanding: tuple[str, ...]
+    ) -> _Form:
+        lists = {name: _padded(len(params[name])) for name in expanding if name in params}
+        statement = self._statement_for(dialect)
         compiled = statement.compile(dialect=dialect, column_keys=list(params))
         if not isinstance(compiled, SQLCompiler):
             raise TypeError(f"not a SQL statement: {statement!r}")
         if compiled.escaped_bind_names:
             raise ValueError("parameter names that need escaping are not supported")
-        defaults: dict[str, Any] = {}
+        fixed: dict[str, Any] = {}
         for column in getattr(compiled, "insert_prefetch", ()):
             if column.default is None or not column.default.is_scalar:
                 raise ValueError(f"column {column.key} needs a value computed at insert")
-            defaults[column.key] = column.default.arg
+            fixed[column.key] = column.default.arg
         # Each list's items become parameters of their own: name_1, name_2, ...
         expanded = compiled.construct_expanded_state(
             {name: [None] * lists[name] if name in lists else None for name in params}
@@ -142,21 +170,96 @@ class Direct:
         names = (
             tuple(expanded.positiontup or ()) if compiled.positional else tuple(expanded.parameters)
         )
-        sources = []
-        convert = []
-        for name in names:
-            key, item = _source(name, lists, defaults)
-            # An expanded list's items share the list's parameter and its type.
-            bind = compiled.binds[name if key is None or item is None else key]
-            if key is not None and key not in params:
-                # A value written into the statement (LIMIT 1) is a parameter too.
-                key, item = None, bind.effective_value
-            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            if key is None and processor is not None:
-                item, processor = processor(item), None
-            sources.append((key, item))
-            convert.append(processor)
-        return _Form(expanded.statement, compiled.positional, names, tuple(sources), tuple(convert))
+        sources: list[str] = []
+        items: list[tuple[int, int]] = []
+        conversions: list[tuple[int, Callable[[Any], Any]]] = []
+        converted: set[str] = set()
+        for position, name in enumerate(names):
+            of_list, index = _list_item(name, lists)
+            source = of_list or name
+            bind = compiled.binds[source]
+            convert = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            sources.append(source)
+            if of_list:
+                items.append((position, index))
+            elif source not in params:
+                if source not in fixed:
+                    fixed[source] = bind.effective_value  # written into the statement: LIMIT 1
+                if convert is not None and source not in converted:
+                    fixed[source] = convert(fixed[source])
+                    converted.add(source)
+                continue
+            if convert is not None:
+                conversions.append((position, convert))
+        return _Form(
+            expanded.statement,
+            compiled.positional,
+            names,
+            _getter(sources),
+            fixed,
+            tuple(items),
+            tuple(conversions),
+        )
+
+
+_Shape = tuple[Callable[[Sequence[Any]], Any], tuple[tuple[int, Callable[[Any], Any]], ...]]
+
+
+def _shape(statement: ClauseElement, dialect: Dialect) -> _Shape:
+    """How a SELECT's rows are made: a row type naming its columns, and the conversion of
+    each column SQLAlchemy converts."""
+    if not isinstance(statement, Select):
+        raise TypeError("rows() reads a SELECT")
+    columns = list(statement.selected_columns)
+    fields = tuple(str(column.key) for column in columns)
+    named: Any = namedtuple("Row", fields)  # type: ignore[misc]
+
+    class Row(named):
+        """Read by name too, and as a mapping (SQLAlchemy's ``row._mapping``)."""
+
+        __slots__ = ()
+
+        @property
+        def _mapping(self) -> dict[str, Any]:
+            return dict(self._asdict())
+
+    conversions = []
+    for position, column in enumerate(columns):
+        convert = column.type.dialect_impl(dialect).result_processor(dialect, None)
+        if convert is not None:
+            conversions.append((position, convert))
+    return Row._make, tuple(conversions)
+
+
+def _expanding(statement: ClauseElement) -> tuple[str, ...]:
+    """The names of a statement's list parameters (for IN)."""
+    return tuple(
+        sorted(
+            {
+                element.key
+                for element in visitors.iterate(statement)
+                if isinstance(element, BindParameter) and element.expanding
+            }
+        )
+    )
+
+
+def _getter(names: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    if len(names) == 1:
+        only = names[0]
+        return lambda given: (given[only],)
+    if not names:
+        return lambda given: ()
+    return operator.itemgetter(*names)
+
+
+def _list_item(name: str, lists: Mapping[str, int]) -> tuple[str | None, int]:
+    """The list a parameter is an item of (``ids_2`` is the second of ``ids``), and its
+    index; (None, 0) for one that is not."""
+    key, _, number = name.rpartition("_")
+    if key in lists and number.isdigit():
+        return key, int(number) - 1
+    return None, 0
 
 
 def _padded(length: int) -> int:
@@ -168,18 +271,6 @@ def run_text(conn: Connection, text: str, params: Mapping[str, Any]) -> Any:
     cursor."""
     with _driver_errors(conn, text) as raw:
         return raw.execute(text, params)
-
-
-def _source(
-    name: str, lists: Mapping[str, int], defaults: Mapping[str, Any]
-) -> tuple[str | None, Any]:
-    if name in defaults:
-        return None, defaults[name]
-    key, _, number = name.rpartition("_")
-    if key in lists and number.isdigit():
-        # An expanded list's parameters are named after it: key_1 is its first item.
-        return key, int(number) - 1
-    return name, None
 
 
 @contextmanager

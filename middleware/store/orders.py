@@ -18,6 +18,7 @@ from sqlalchemy import (
 from middleware.domain import (
     Order,
 )
+from middleware.store.direct import Direct
 from middleware.store.schema import (
     orders,
 )
@@ -44,8 +45,8 @@ def add_order(conn: Connection, order: Order, at: datetime, source: str = "lis")
     )
 
 
-# Built once: every patient message asks it, and building it cost as much as running it.
-_ORDERS_FOR = (
+# Built once, run on the driver's cursor: every patient message asks it.
+_ORDERS_FOR = Direct(
     select(orders)
     .where(orders.c.specimen_id.in_(bindparam("specimens", expanding=True)))
     .order_by(orders.c.id)
@@ -53,7 +54,10 @@ _ORDERS_FOR = (
 
 
 def orders_for(conn: Connection, specimen_ids: Iterable[str]) -> list[Order]:
-    rows = conn.execute(_ORDERS_FOR, {"specimens": list(specimen_ids)})
+    wanted = list(specimen_ids)
+    if not wanted:
+        return []
+    rows = _ORDERS_FOR.rows(conn, {"specimens": wanted})
     return [
         Order(
             specimen_id=row.specimen_id,

@@ -36,6 +36,7 @@ from middleware.engine.qc import (
     TestQc,
 )
 from middleware.engine.rules import Target
+from middleware.store.direct import Direct
 from middleware.store.schema import pending_conversions, qc_lots, qc_tests
 from middleware.store.sql import new_only, upsert_in, utc
 
@@ -57,15 +58,20 @@ def _locking(conn: Connection, query: Any) -> Any:
     return query.with_for_update() if conn.dialect.name == "postgresql" else query
 
 
-_TESTS = select(qc_tests).where(
+_TESTS_QUERY = select(qc_tests).where(
     qc_tests.c.instrument == bindparam("instrument"),
     qc_tests.c.test_code.in_(bindparam("tests", expanding=True)),
 )
-_TESTS_FOR_UPDATE = _TESTS.with_for_update()
+# Every message reads them: on the driver's cursor (see store.direct).
+_TESTS = Direct(_TESTS_QUERY)
+_TESTS_FOR_UPDATE = Direct(_TESTS_QUERY.with_for_update())
 
 
 #: updated_at of a row made empty, before anything was kept in it.
 _NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+_MAKE_EMPTY = {table.name: Direct(new_only("postgresql", table)) for table in (qc_tests, qc_lots)}
 
 
 def _lockable(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -74,7 +80,7 @@ def _lockable(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> Non
     the second over the first. A row another transaction is making makes this one wait
     for it, and then read what it made."""
     if rows:
-        conn.execute(new_only("postgresql", table), rows)
+        _MAKE_EMPTY[table.name].executemany(conn, rows)
 
 
 def load_tests(conn: Connection, keys: Iterable[TestKey]) -> dict[TestKey, TestQc]:
@@ -86,17 +92,18 @@ def load_tests(conn: Connection, keys: Iterable[TestKey]) -> dict[TestKey, TestQ
     found: dict[TestKey, TestQc] = {}
     query = _TESTS_FOR_UPDATE if conn.dialect.name == "postgresql" else _TESTS
     for instrument, tests in sorted(_by_instrument(wanted).items()):
-        for row in conn.execute(query, {"instrument": instrument, "tests": sorted(tests)}):
+        for row in query.rows(conn, {"instrument": instrument, "tests": sorted(tests)}):
             found[(row.instrument, row.test_code)] = PARSED_TESTS.read(row, _test_qc)
     return found
 
 
-_LOTS = select(qc_lots).where(
+_LOTS_QUERY = select(qc_lots).where(
     qc_lots.c.instrument == bindparam("instrument"),
     qc_lots.c.test_code.in_(bindparam("tests", expanding=True)),
     qc_lots.c.lot.in_(bindparam("lots", expanding=True)),
 )
-_LOTS_FOR_UPDATE = _LOTS.with_for_update()
+_LOTS = Direct(_LOTS_QUERY)
+_LOTS_FOR_UPDATE = Direct(_LOTS_QUERY.with_for_update())
 
 
 def load_lots(conn: Connection, keys: Iterable[LotKey]) -> dict[LotKey, LotQc]:
@@ -110,7 +117,7 @@ def load_lots(conn: Connection, keys: Iterable[LotKey]) -> dict[LotKey, LotQc]:
     for instrument, tests in sorted(_by_instrument(wanted).items()):
         lots = sorted({lot for i, _, lot in wanted if i == instrument})
         params = {"instrument": instrument, "tests": sorted(tests), "lots": lots}
-        for row in conn.execute(query, params):
+        for row in query.rows(conn, params):
             key = (row.instrument, row.test_code, row.lot)
             if key in wanted:
                 found[key] = PARSED_LOTS.read(row, _lot_qc)

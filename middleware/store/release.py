@@ -106,7 +106,7 @@ _HELD_AMONG = _HOLDS.where(open_holds.c.result_id.in_(bindparam("ids", expanding
 )
 
 # Held results waiting for the re-run a person asked for, of some specimens.
-_AWAITING_RERUN = (
+_AWAITING_RERUN = Direct(
     select(results.c.id, results.c.specimen_id, results.c.test_code, results.c.instrument)
     .join(open_holds, open_holds.c.result_id == results.c.id)
     .where(
@@ -416,7 +416,7 @@ def supersede_reruns(
         return []
     specimens = sorted({specimen for specimen, _ in arrived})
     replaced: list[tuple[Any, int]] = []
-    for old in conn.execute(_AWAITING_RERUN, {"specimens": specimens}):
+    for old in _AWAITING_RERUN.rows(conn, {"specimens": specimens}):
         later = [i for i, _ in arrived.get((old.specimen_id, old.test_code), ()) if i > old.id]
         if later:
             replaced.append((old, min(later)))
