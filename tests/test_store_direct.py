@@ -4,13 +4,20 @@ caller's transaction, and fail as SQLAlchemy's do: on SQLite and on PostgreSQL."
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import bindparam, exc, select, text
 
 from middleware.store import Store
 from middleware.store.direct import Direct
-from middleware.store.schema import messages, open_holds, raw_transmissions, specimens
+from middleware.store.schema import (
+    messages,
+    open_holds,
+    raw_transmissions,
+    results,
+    specimens,
+)
 from middleware.store.sql import new_only
 from tests.conftest import fresh_postgres_database
 
@@ -190,3 +197,34 @@ def test_rows_read_as_sqlalchemy_reads_them(store: Store) -> None:
     assert [row._mapping for row in direct] == [dict(row._mapping) for row in core]
     assert [row.duplicate for row in direct] == [True, False]
     assert isinstance(direct[0].received_at, datetime)
+
+
+def test_numbers_read_as_sqlalchemy_reads_them(store: Store) -> None:
+    """PostgreSQL's driver says each column's type; SQLite keeps NUMERIC as a float."""
+    query = select(results.c.id, results.c.value_number, results.c.completed_at).where(
+        results.c.id.in_(bindparam("ids", expanding=True))
+    )
+    with store.engine.begin() as conn:
+        message_id = Direct(messages.insert().returning(messages.c.id)).scalar(
+            conn, _message_row(1)
+        )
+        adding = Direct(results.insert().returning(results.c.id))
+        ids = [
+            adding.scalar(
+                conn,
+                {
+                    "message_id": message_id,
+                    "test_code": "K",
+                    "value_text": text_value,
+                    "value_number": number,
+                    "completed_at": AT,
+                    "stored_at": AT,
+                },
+            )
+            for text_value, number in (("4.25", Decimal("4.25")), ("pos", None))
+        ]
+        direct = Direct(query).rows(conn, {"ids": ids})
+        core = conn.execute(query, {"ids": ids}).all()
+    assert [tuple(row) for row in direct] == [tuple(row) for row in core]
+    assert direct[0].value_number == Decimal("4.25")
+    assert direct[1].value_number is None

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, select
 
+from middleware.store.direct import Direct
 from middleware.store.schema import result_comments
 from middleware.store.sql import utc
 
@@ -26,7 +27,7 @@ class ResultComment:
     at: datetime
 
 
-_OF_RESULTS = (
+_OF_RESULTS = Direct(
     select(result_comments)
     .where(result_comments.c.result_id.in_(bindparam("ids", expanding=True)))
     .order_by(result_comments.c.id)
@@ -49,7 +50,7 @@ def of_results(conn: Connection, ids: Iterable[int]) -> dict[int, list[ResultCom
     if not wanted:
         return {}
     found: dict[int, list[ResultComment]] = {}
-    for row in conn.execute(_OF_RESULTS, {"ids": wanted}):
+    for row in _OF_RESULTS.rows(conn, {"ids": wanted}):
         found.setdefault(row.result_id, []).append(
             ResultComment(
                 row.id,

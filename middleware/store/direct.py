@@ -104,12 +104,14 @@ class Direct:
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
         """A SELECT's rows, each value as SQLAlchemy reads it (SQLite's text times as
         datetimes, its integers as booleans), by column name as SQLAlchemy's rows are."""
-        fetched = self.execute(conn, params).fetchall()
+        cursor = self.execute(conn, params)
+        fetched = cursor.fetchall()
         shape = self._shapes.get(conn.dialect.name)
         if shape is None:
-            shape = self._shapes[conn.dialect.name] = _shape(
-                self._statement_for(conn.dialect), conn.dialect
-            )
+            # The driver's type of each column picks the conversion (PostgreSQL numbers).
+            kinds = [column[1] for column in cursor.description]
+            shape = _shape(self._statement_for(conn.dialect), conn.dialect, kinds)
+            self._shapes[conn.dialect.name] = shape
         make, conversions = shape
         if not conversions:
             return [make(row) for row in fetched]
@@ -205,7 +207,7 @@ class Direct:
 _Shape = tuple[Callable[[Sequence[Any]], Any], tuple[tuple[int, Callable[[Any], Any]], ...]]
 
 
-def _shape(statement: ClauseElement, dialect: Dialect) -> _Shape:
+def _shape(statement: ClauseElement, dialect: Dialect, kinds: Sequence[Any]) -> _Shape:
     """How a SELECT's rows are made: a row type naming its columns, and the conversion of
     each column SQLAlchemy converts."""
     if not isinstance(statement, Select):
@@ -224,8 +226,8 @@ def _shape(statement: ClauseElement, dialect: Dialect) -> _Shape:
             return dict(self._asdict())
 
     conversions = []
-    for position, column in enumerate(columns):
-        convert = column.type.dialect_impl(dialect).result_processor(dialect, None)
+    for position, (column, kind) in enumerate(zip(columns, kinds, strict=True)):
+        convert = column.type.dialect_impl(dialect).result_processor(dialect, kind)
         if convert is not None:
             conversions.append((position, convert))
     return Row._make, tuple(conversions)

@@ -25,6 +25,7 @@ from middleware.domain import (
 )
 from middleware.engine.qc import QcOutcome
 from middleware.store import notices
+from middleware.store.direct import Direct
 from middleware.store.release import result_of
 from middleware.store.schema import (
     control_limits,
@@ -40,7 +41,7 @@ from middleware.store.schema import (
 )
 from middleware.store.sql import utc
 
-_INSERT_EVALUATIONS = qc_evaluations.insert()
+_INSERT_EVALUATIONS = Direct(qc_evaluations.insert())
 _FOUR_PLACES = Decimal("0.0001")
 
 
@@ -92,7 +93,7 @@ def record_evaluations(
             }
         )
     if rows:
-        conn.execute(_INSERT_EVALUATIONS, rows)
+        _INSERT_EVALUATIONS.executemany(conn, rows)
         notices.tell(conn, *told)
 
 

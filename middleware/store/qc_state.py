@@ -153,7 +153,6 @@ def proposals(conn: Connection) -> list[LimitsProposal]:
 # --- writing -------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8)
 def _saving(dialect: str, table: Table) -> Insert:
     """INSERT ... ON CONFLICT (key) DO UPDATE, built once per database and table."""
     statement = upsert_in(dialect, table)
@@ -164,11 +163,17 @@ def _saving(dialect: str, table: Table) -> Insert:
     )
 
 
+#: Every QC message writes them: on the driver's cursor (see store.direct).
+_SAVE = {
+    table.name: Direct(functools.partial(_saving, table=table)) for table in (qc_tests, qc_lots)
+}
+
+
 def save_tests(conn: Connection, states: Mapping[TestKey, TestQc], at: datetime) -> None:
     if states:
         ordered = sorted(states.items())
         rows = [_test_row(key, state, at) for key, state in ordered]
-        conn.execute(_saving(conn.dialect.name, qc_tests), rows)
+        _SAVE[qc_tests.name].executemany(conn, rows)
         for row, (_, state) in zip(rows, ordered, strict=True):
             PARSED_TESTS.written(row, state)
 
@@ -177,7 +182,7 @@ def save_lots(conn: Connection, states: Mapping[LotKey, LotQc], at: datetime) ->
     if states:
         ordered = sorted(states.items())
         rows = [_lot_row(key, state, at) for key, state in ordered]
-        conn.execute(_saving(conn.dialect.name, qc_lots), rows)
+        _SAVE[qc_lots.name].executemany(conn, rows)
         for row, (_, state) in zip(rows, ordered, strict=True):
             PARSED_LOTS.written(row, state)
 

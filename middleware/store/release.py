@@ -16,7 +16,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Row, TextualSelect, bindparam, func, select, text, tuple_
+from sqlalchemy import Connection, TextualSelect, bindparam, func, select, text, tuple_
 
 from middleware.domain import (
     Comment,
@@ -58,7 +58,7 @@ _REPORTED_LOTS = select(reagent_lots.c.reagent, reagent_lots.c.lot, reagent_lots
 
 
 # The reagent lots each result was made with, as the analyser reported them.
-_LOTS_USED = (
+_LOTS_USED = Direct(
     select(
         reagent_uses.c.result_id,
         reagent_uses.c.test_code,
@@ -87,23 +87,30 @@ _HOLDS = select(
     open_holds.c.rerun_requested_at,
 ).join(open_holds, open_holds.c.result_id == results.c.id)
 
-_HELD = _HOLDS.where(
-    open_holds.c.instrument == bindparam("instrument"),
-    open_holds.c.test_code.in_(bindparam("tests", expanding=True)),
-).order_by(results.c.id)
+# Held results are read at every QC message, on the driver's cursor.
+_HELD = Direct(
+    _HOLDS.where(
+        open_holds.c.instrument == bindparam("instrument"),
+        open_holds.c.test_code.in_(bindparam("tests", expanding=True)),
+    ).order_by(results.c.id)
+)
 
 # Built once: every QC message that ends holds asks it.
-_CURRENT_DECISIONS = select(decisions).where(
-    decisions.c.id.in_(
-        select(func.max(decisions.c.id))
-        .where(decisions.c.result_id.in_(bindparam("ids", expanding=True)))
-        .group_by(decisions.c.result_id)
+_CURRENT_DECISIONS = Direct(
+    select(decisions).where(
+        decisions.c.id.in_(
+            select(func.max(decisions.c.id))
+            .where(decisions.c.result_id.in_(bindparam("ids", expanding=True)))
+            .group_by(decisions.c.result_id)
+        )
     )
 )
 
-_HELD_AMONG = _HOLDS.where(open_holds.c.result_id.in_(bindparam("ids", expanding=True))).order_by(
-    results.c.id
-)
+_HELD_AMONG_QUERY = _HOLDS.where(
+    open_holds.c.result_id.in_(bindparam("ids", expanding=True))
+).order_by(results.c.id)
+_HELD_AMONG = Direct(_HELD_AMONG_QUERY)
+_HELD_AMONG_LOCKED = Direct(_HELD_AMONG_QUERY.with_for_update(of=open_holds))
 
 # Held results waiting for the re-run a person asked for, of some specimens.
 _AWAITING_RERUN = Direct(
@@ -291,7 +298,7 @@ class Held(NamedTuple):
     """A person asked for a re-run: the re-run result replaces it."""
 
 
-def _held(conn: Connection, rows: list[Row[Any]]) -> list[Held]:
+def _held(conn: Connection, rows: list[Any]) -> list[Held]:
     marks = {row.id: row for row in rows}
     found = _with_notes(conn, _with_lots(conn, [(row.id, result_of(row)) for row in rows]))
     return [
@@ -309,7 +316,7 @@ def _held(conn: Connection, rows: list[Row[Any]]) -> list[Held]:
 def held_results(conn: Connection, instrument: str, tests: Iterable[str]) -> list[Held]:
     """Results of these tests on an instrument whose latest decision is a hold, oldest
     first, with their comments and reagent lots (a released one goes to the LIS)."""
-    rows = list(conn.execute(_HELD, {"instrument": instrument, "tests": sorted(set(tests))}))
+    rows = _HELD.rows(conn, {"instrument": instrument, "tests": sorted(set(tests))})
     return _held(conn, rows)
 
 
@@ -321,8 +328,8 @@ def holds_among(conn: Connection, ids: Iterable[int], lock: bool = False) -> lis
     wanted = sorted(set(ids))
     if not wanted:
         return []
-    query = _HELD_AMONG.with_for_update(of=open_holds) if lock else _HELD_AMONG
-    return _held(conn, list(conn.execute(query, {"ids": wanted})))
+    query = _HELD_AMONG_LOCKED if lock else _HELD_AMONG
+    return _held(conn, query.rows(conn, {"ids": wanted}))
 
 
 def existing_results(conn: Connection, ids: Iterable[int]) -> set[int]:
@@ -360,7 +367,7 @@ def current_decisions(conn: Connection, ids: Iterable[int]) -> dict[int, StoredD
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    rows = conn.execute(_CURRENT_DECISIONS, {"ids": wanted})
+    rows = _CURRENT_DECISIONS.rows(conn, {"ids": wanted})
     return {
         row.result_id: StoredDecision(
             row.result_id,
@@ -498,7 +505,7 @@ def _with_lots(conn: Connection, found: list[tuple[int, Result]]) -> list[tuple[
     if not found:
         return found
     used: dict[int, list[ReagentUse]] = {}
-    for row in conn.execute(_LOTS_USED, {"ids": [result_id for result_id, _ in found]}):
+    for row in _LOTS_USED.rows(conn, {"ids": [result_id for result_id, _ in found]}):
         used.setdefault(row.result_id, []).append(
             ReagentUse(
                 row.reagent,
