@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import Engine, event
+from statement_timing import time_statements
 
 from middleware import pipeline
 from middleware.cli import main
@@ -99,15 +99,11 @@ def with_timing(prefix: str, argv: list[str]) -> int:
     setattr(StoreWriter, "_commit", commit)  # noqa: B010
     slow: list[tuple[float, str]] = []
 
-    @event.listens_for(Engine, "before_cursor_execute")
-    def before(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        conn.info["bench_started"] = time.perf_counter()
-
-    @event.listens_for(Engine, "after_cursor_execute")
-    def after(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        elapsed = time.perf_counter() - conn.info.pop("bench_started", time.perf_counter())
+    def told(statement: str, elapsed: float) -> None:
         if elapsed > SLOW_STATEMENT:
             slow.append((elapsed, " ".join(statement.split())[:400]))
+
+    time_statements(told)
 
     try:
         return int(main(argv))

@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from ingest_mix import Patients, Stream, control_pattern, load, plans, utcnow  # noqa: E402
-from sqlalchemy import Connection, event  # noqa: E402
-from sqlalchemy import Engine as SqlEngine  # noqa: E402
+from sqlalchemy import Connection  # noqa: E402
+from statement_timing import time_statements  # noqa: E402
 
 import drivers  # noqa: E402
 from middleware.assessment import assess_message  # noqa: E402
@@ -97,15 +97,12 @@ def main() -> None:
         store = Store(args.url or f"sqlite:///{Path(tmp) / 'writer.db'}")
         timings: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
 
-        @event.listens_for(SqlEngine, "before_cursor_execute")
-        def before(conn: Any, *_: Any) -> None:
-            conn.info["bench_started"] = time.perf_counter()
-
-        @event.listens_for(SqlEngine, "after_cursor_execute")
-        def after(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        def told(statement: str, elapsed: float) -> None:
             spent = timings[" ".join(statement.split())[:90]]
             spent[0] += 1
-            spent[1] += time.perf_counter() - conn.info.pop("bench_started")
+            spent[1] += elapsed
+
+        time_statements(told)
 
         cpu = time.process_time()
         try:
