@@ -469,3 +469,33 @@ async def test_a_stream_error_comes_after_the_bytes_read_before_it() -> None:
     assert bytes(wire.written) == ACK + ACK
     assert [c.reason for c in closed] == ["connection lost: reset by peer"]
     assert closed[0].end == len(message)
+
+
+class BrokenSink(Wire):
+    """A connection whose sending side fails once something was written to it."""
+
+    async def drain(self) -> None:
+        if self.written:
+            raise ConnectionResetError("Connection lost")
+
+
+async def test_bytes_read_before_our_side_failed_still_complete_their_message() -> None:
+    """An analyser that sends its message and closes before reading our ACKs makes our
+    writes fail: what was read before the failure still reaches the link and its
+    handler, and the message is kept (the analyser, without its ACK, sends it again)."""
+    wire, collector = BrokenSink(), Collector()
+    closed: list[str] = []
+
+    async def handler(channel: LinkChannel, event: Event | ConnectionClosed) -> None:
+        if isinstance(event, ConnectionClosed):
+            closed.append(event.reason)
+        else:
+            await collector(channel, event)
+
+    for chunk in (ENQ, frame(1, b"H|\\^&\r", last=False), frame(2, b"L|1|N\r"), EOT):
+        await wire.chunks.put(chunk)
+    await wire.chunks.put(ConnectionResetError("Connection lost"))
+    channel = LinkChannel(wire, wire, LinkSettings(), handler)
+    await asyncio.wait_for(channel.run(), 5)
+    assert collector.texts == [b"H|\\^&\rL|1|N"]
+    assert closed == ["connection lost: Connection lost"]

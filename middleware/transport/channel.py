@@ -188,7 +188,14 @@ class LinkChannel:
         try:
             while not self._closing:
                 self._flush()
-                await self.writer.drain()
+                try:
+                    await self.writer.drain()
+                except (ConnectionError, OSError):
+                    # Our side of the connection failed (an ACK to a peer that had already
+                    # closed): what was read before still goes to the link, which may
+                    # complete a message with it; the read's own error comes after it.
+                    if not self._arrived:
+                        raise
                 await self._turn()
                 if self._arrived:
                     data = self._take()
