@@ -9,8 +9,10 @@ connection, inside the same transaction. What is stored is what SQLAlchemy would
 stored. A driver's error comes out as SQLAlchemy's (``sqlalchemy.exc.DBAPIError``), and a
 connection the error shows lost is invalidated, as SQLAlchemy does with its own.
 
-Rows come back as the driver gives them: plain tuples, times on SQLite as text. Use it
-for statements whose rows are numbers and text, or that return nothing.
+:meth:`Direct.execute` gives the driver's cursor, its rows as the driver gives them
+(times on SQLite as text); :meth:`Direct.rows` gives them as SQLAlchemy reads them. Run
+them in a transaction the caller began (the store writer's): outside one, SQLite runs
+each statement in a snapshot of its own.
 """
 
 from __future__ import annotations
@@ -223,7 +225,7 @@ def _shape(statement: ClauseElement, dialect: Dialect, kinds: Sequence[Any]) -> 
 
         @property
         def _mapping(self) -> dict[str, Any]:
-            return dict(self._asdict())
+            return self._asdict()
 
     conversions = []
     for position, (column, kind) in enumerate(zip(columns, kinds, strict=True)):
