@@ -141,56 +141,47 @@ def _statements_run(conn: Connection) -> Iterator[list[str]]:
         remove(conn, "before_cursor_execute", counted)
 
 
-def test_a_claim_takes_the_oldest_entries_one_per_specimen(database_url: str) -> None:
-    store = Store(database_url)
+def test_a_claim_takes_the_oldest_entries_one_per_specimen(store: Store) -> None:
     hold = timedelta(seconds=30)
-    try:
-        with store.engine.begin() as conn:
-            _fill(conn, 0, 6, specimens=3)  # S000: C000, C003; S001: C001, C004; ...
-            first = outbox.claim(conn, "node-a", T0, hold, limit=2)
-            second = outbox.claim(conn, "node-b", T0, hold, limit=10)
-            again = outbox.claim(conn, "node-a", T0, hold, limit=10)
-        assert [e.control_id for e in first] == ["C000", "C001"]
-        assert [e.control_id for e in second] == ["C002"]  # each specimen's next waits
-        assert [e.control_id for e in again] == ["C000", "C001"]  # its own claims again
-        with store.engine.begin() as conn:
-            entry = first[0]
-            assert outbox.sent(conn, entry.id, "node-a", entry.message, T0, hold)
-            for _ in range(2):  # the second time no longer held: changes nothing but the log
-                outbox.release_claim(
-                    conn, entry.id, "node-a", "withdrawn", "not sent", T0, taken_back=True
-                )
-        assert _rows(store)["C000"] == ("pending", 0, None)
-        assert _events(store)["C000"] == ["sent", "withdrawn", "withdrawn"]
-    finally:
-        store.close()
+    with store.engine.begin() as conn:
+        _fill(conn, 0, 6, specimens=3)  # S000: C000, C003; S001: C001, C004; ...
+        first = outbox.claim(conn, "node-a", T0, hold, limit=2)
+        second = outbox.claim(conn, "node-b", T0, hold, limit=10)
+        again = outbox.claim(conn, "node-a", T0, hold, limit=10)
+    assert [e.control_id for e in first] == ["C000", "C001"]
+    assert [e.control_id for e in second] == ["C002"]  # each specimen's next waits
+    assert [e.control_id for e in again] == ["C000", "C001"]  # its own claims again
+    with store.engine.begin() as conn:
+        entry = first[0]
+        assert outbox.sent(conn, entry.id, "node-a", entry.message, T0, hold)
+        for _ in range(2):  # the second time no longer held: changes nothing but the log
+            outbox.release_claim(
+                conn, entry.id, "node-a", "withdrawn", "not sent", T0, taken_back=True
+            )
+    assert _rows(store)["C000"] == ("pending", 0, None)
+    assert _events(store)["C000"] == ["sent", "withdrawn", "withdrawn"]
 
 
-def test_a_claim_to_send_records_the_batch_sent_in_three_statements(database_url: str) -> None:
-    store = Store(database_url)
+def test_a_claim_to_send_records_the_batch_sent_in_three_statements(store: Store) -> None:
     hold = timedelta(seconds=30)
-    try:
-        with store.engine.begin() as conn:
-            _fill(conn, 0, 40)
-            with _statements_run(conn) as statements:
-                claimed = outbox.claim(conn, "node-a", T0, hold, limit=50, sending=True)
-        # The choice, the claim with the attempt, the log: not a statement per entry.
-        assert statements == ["SELECT", "UPDATE", "INSERT"]
-        assert len(claimed) == 40 and {e.attempts for e in claimed} == {1}
-        assert {_rows(store)[e.control_id][:2] for e in claimed} == {("pending", 1)}
-        assert {tuple(events) for events in _events(store).values()} == {("sent",)}
-        with store.engine.begin() as conn:
-            sent_at = conn.execute(select(outbox_table.c.last_sent_at)).scalars().all()
-        assert {utc(at) for at in sent_at} == {T0}
-    finally:
-        store.close()
+    with store.engine.begin() as conn:
+        _fill(conn, 0, 40)
+        with _statements_run(conn) as statements:
+            claimed = outbox.claim(conn, "node-a", T0, hold, limit=50, sending=True)
+    # The choice, the claim with the attempt, the log: not a statement per entry.
+    assert statements == ["SELECT", "UPDATE", "INSERT"]
+    assert len(claimed) == 40 and {e.attempts for e in claimed} == {1}
+    assert {_rows(store)[e.control_id][:2] for e in claimed} == {("pending", 1)}
+    assert {tuple(events) for events in _events(store).values()} == {("sent",)}
+    with store.engine.begin() as conn:
+        sent_at = conn.execute(select(outbox_table.c.last_sent_at)).scalars().all()
+    assert {utc(at) for at in sent_at} == {T0}
 
 
 async def test_a_batch_of_messages_costs_a_store_write_not_three_each(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(delivery, "POLL_SECONDS", 3600.0)  # woken by the commits alone
-    store = Store(database_url)
     lis = LisPeer()
     config = LisConfig(host="127.0.0.1", port=await lis.start(), ack_timeout=5)
     sender = LisSender(config, store, "node")
@@ -207,89 +198,75 @@ async def test_a_batch_of_messages_costs_a_store_write_not_three_each(
     finally:
         await _stop(task)
         await lis.stop()
-    try:
-        assert [r.control_id for r in lis.received] == [f"C{n:03d}" for n in range(41)]
-        _sent_as_often_as_counted(store, lis)
-        assert set(_events(store)["C020"]) == {"sent", "answered"}
-    finally:
-        store.close()
+    assert [r.control_id for r in lis.received] == [f"C{n:03d}" for n in range(41)]
+    _sent_as_often_as_counted(store, lis)
+    assert set(_events(store)["C020"]) == {"sent", "answered"}
 
 
 def test_a_batch_of_answers_is_recorded_in_three_statements_each_only_on_its_own_claim(
-    database_url: str,
+    store: Store,
 ) -> None:
-    store = Store(database_url)
     hold = timedelta(seconds=30)
-    try:
-        with store.engine.begin() as conn:
-            _fill(conn, 0, 4)
-            c0, c1, c2, c3 = outbox.claim(conn, "node-a", T0, hold, limit=4, sending=True)
-        later = T0 + timedelta(minutes=1)
-        with store.engine.begin() as conn:
-            _taken_over(conn, c2.id, later + hold)  # node-a's claim of C002 ran out
-        answers = [
-            outbox.Answering(c0.id, outbox.DELIVERED, "MSA|AA|C000", "", later),
-            outbox.Answering(c1.id, outbox.STOPPED, "MSA|AE|C001", "AE: unknown test", later),
-            outbox.Answering(c2.id, outbox.DELIVERED, "MSA|AA|C002", "", later),
-            outbox.Answering(c3.id, outbox.DEAD, "MSA|AR|C003", "AR: refused", later),
-            outbox.Answering(c0.id, outbox.DELIVERED, "MSA|AA|C000", "", later),  # again
-        ]
-        with store.engine.begin() as conn, _statements_run(conn) as statements:
-            kept = outbox.answered_all(conn, "node-a", answers)
-        # Which are still ours, their new states, the log: not two statements per answer.
-        assert statements == ["SELECT", "UPDATE", "INSERT"]
-        assert kept == [True, True, False, True, False]
-        rows = _rows(store)
-        assert rows["C000"] == ("delivered", 1, None)
-        assert rows["C001"] == ("stopped", 1, None)
-        assert rows["C002"] == ("pending", 1, "node-b")  # node-b's answer is to come
-        assert rows["C003"] == ("dead", 1, None)
-        events = _events(store)
-        assert events["C000"] == ["sent", "answered", "answered-late"]
-        assert events["C002"] == ["sent", "answered-late"]
-        with store.engine.begin() as conn:
-            details = dict(
-                conn.execute(select(outbox_table.c.control_id, outbox_table.c.detail)).all()
-            )
-        assert details["C001"] == "AE: unknown test" and details["C003"] == "AR: refused"
-    finally:
-        store.close()
+    with store.engine.begin() as conn:
+        _fill(conn, 0, 4)
+        c0, c1, c2, c3 = outbox.claim(conn, "node-a", T0, hold, limit=4, sending=True)
+    later = T0 + timedelta(minutes=1)
+    with store.engine.begin() as conn:
+        _taken_over(conn, c2.id, later + hold)  # node-a's claim of C002 ran out
+    answers = [
+        outbox.Answering(c0.id, outbox.DELIVERED, "MSA|AA|C000", "", later),
+        outbox.Answering(c1.id, outbox.STOPPED, "MSA|AE|C001", "AE: unknown test", later),
+        outbox.Answering(c2.id, outbox.DELIVERED, "MSA|AA|C002", "", later),
+        outbox.Answering(c3.id, outbox.DEAD, "MSA|AR|C003", "AR: refused", later),
+        outbox.Answering(c0.id, outbox.DELIVERED, "MSA|AA|C000", "", later),  # again
+    ]
+    with store.engine.begin() as conn, _statements_run(conn) as statements:
+        kept = outbox.answered_all(conn, "node-a", answers)
+    # Which are still ours, their new states, the log: not two statements per answer.
+    assert statements == ["SELECT", "UPDATE", "INSERT"]
+    assert kept == [True, True, False, True, False]
+    rows = _rows(store)
+    assert rows["C000"] == ("delivered", 1, None)
+    assert rows["C001"] == ("stopped", 1, None)
+    assert rows["C002"] == ("pending", 1, "node-b")  # node-b's answer is to come
+    assert rows["C003"] == ("dead", 1, None)
+    events = _events(store)
+    assert events["C000"] == ["sent", "answered", "answered-late"]
+    assert events["C002"] == ["sent", "answered-late"]
+    with store.engine.begin() as conn:
+        details = dict(conn.execute(select(outbox_table.c.control_id, outbox_table.c.detail)).all())
+    assert details["C001"] == "AE: unknown test" and details["C003"] == "AR: refused"
 
 
-def test_a_batch_cut_short_is_taken_back_in_a_few_statements(database_url: str) -> None:
-    store = Store(database_url)
+def test_a_batch_cut_short_is_taken_back_in_a_few_statements(store: Store) -> None:
     hold = timedelta(seconds=30)
-    try:
-        with store.engine.begin() as conn:
-            _fill(conn, 0, 4)
-            c0, c1, c2, c3 = outbox.claim(conn, "node-a", T0, hold, limit=4, sending=True)
-            _taken_over(conn, c3.id, T0 + 2 * hold)  # meanwhile
-        later = T0 + timedelta(seconds=5)
-        releases = [
-            outbox.Releasing(c0.id, "timeout", "no answer in 5 s", later),  # went out
-            outbox.Releasing(c1.id, "withdrawn", "not sent", later, taken_back=True),
-            outbox.Releasing(c2.id, "withdrawn", "not sent", later, taken_back=True),
-            outbox.Releasing(c3.id, "withdrawn", "not sent", later, taken_back=True),
-        ]
-        with store.engine.begin() as conn, _statements_run(conn) as statements:
-            outbox.release_claims(conn, "node-a", releases)
-        assert statements == ["UPDATE", "UPDATE", "INSERT"]
-        rows = _rows(store)
-        assert rows["C000"] == ("pending", 1, None)  # its attempt stands: it went out
-        assert rows["C001"] == rows["C002"] == ("pending", 0, None)
-        assert rows["C003"] == ("pending", 1, "node-b")  # not ours: left as it is
-        events = _events(store)
-        assert events["C000"] == ["sent", "timeout"]
-        assert events["C001"] == events["C003"] == ["sent", "withdrawn"]
-    finally:
-        store.close()
+    with store.engine.begin() as conn:
+        _fill(conn, 0, 4)
+        c0, c1, c2, c3 = outbox.claim(conn, "node-a", T0, hold, limit=4, sending=True)
+        _taken_over(conn, c3.id, T0 + 2 * hold)  # meanwhile
+    later = T0 + timedelta(seconds=5)
+    releases = [
+        outbox.Releasing(c0.id, "timeout", "no answer in 5 s", later),  # went out
+        outbox.Releasing(c1.id, "withdrawn", "not sent", later, taken_back=True),
+        outbox.Releasing(c2.id, "withdrawn", "not sent", later, taken_back=True),
+        outbox.Releasing(c3.id, "withdrawn", "not sent", later, taken_back=True),
+    ]
+    with store.engine.begin() as conn, _statements_run(conn) as statements:
+        outbox.release_claims(conn, "node-a", releases)
+    assert statements == ["UPDATE", "UPDATE", "INSERT"]
+    rows = _rows(store)
+    assert rows["C000"] == ("pending", 1, None)  # its attempt stands: it went out
+    assert rows["C001"] == rows["C002"] == ("pending", 0, None)
+    assert rows["C003"] == ("pending", 1, "node-b")  # not ours: left as it is
+    events = _events(store)
+    assert events["C000"] == ["sent", "timeout"]
+    assert events["C001"] == events["C003"] == ["sent", "withdrawn"]
 
 
 @pytest.mark.parametrize("failure", ["hang-up", "silence"])
 async def test_a_batch_cut_short_sends_the_rest_later_and_counts_only_what_went(
-    database_url: str, failure: str
+    store: Store, failure: str
 ) -> None:
-    store = Store(database_url)
     lis = LisPeer()
     config = LisConfig(
         host="127.0.0.1", port=await lis.start(), ack_timeout=1.0,
@@ -307,27 +284,23 @@ async def test_a_batch_cut_short_sends_the_rest_later_and_counts_only_what_went(
     finally:
         await _stop(task)
         await lis.stop()
-    try:
-        received = Counter(r.control_id for r in lis.received)
-        assert set(received) == {f"C{n:03d}" for n in range(11)}
-        [(again, twice)] = [(c, n) for c, n in received.items() if n > 1]
-        assert twice == 2  # the one cut off, sent again with its control id
-        _sent_as_often_as_counted(store, lis)
-        events = _events(store)
-        assert events[again][:2] == ["sent", "disconnected" if failure == "hang-up" else "timeout"]
-        behind = [c for c, e in events.items() if "withdrawn" in e]
-        assert behind, "the rest of the batch was taken back"
-        assert all(_rows(store)[c][1] == 1 for c in behind)
-    finally:
-        store.close()
+    received = Counter(r.control_id for r in lis.received)
+    assert set(received) == {f"C{n:03d}" for n in range(11)}
+    [(again, twice)] = [(c, n) for c, n in received.items() if n > 1]
+    assert twice == 2  # the one cut off, sent again with its control id
+    _sent_as_often_as_counted(store, lis)
+    events = _events(store)
+    assert events[again][:2] == ["sent", "disconnected" if failure == "hang-up" else "timeout"]
+    behind = [c for c, e in events.items() if "withdrawn" in e]
+    assert behind, "the rest of the batch was taken back"
+    assert all(_rows(store)[c][1] == 1 for c in behind)
 
 
 async def test_a_batch_stops_before_a_claim_could_run_out_under_its_answer(
-    database_url: str,
+    store: Store,
 ) -> None:
     """A slow LIS: each message goes only while its claim (2 x 1 s + 5 s) outlasts an
     answer's wait (1 s) and the margin (5 s); the rest are taken back and claimed again."""
-    store = Store(database_url)
     lis = LisPeer(delay=0.4)
     config = LisConfig(host="127.0.0.1", port=await lis.start(), ack_timeout=1.0)
     task = await _connected(LisSender(config, store, "node"), store, lis)
@@ -337,18 +310,14 @@ async def test_a_batch_stops_before_a_claim_could_run_out_under_its_answer(
     finally:
         await _stop(task)
         await lis.stop()
-    try:
-        assert sorted(r.control_id for r in lis.received) == [f"C{n:03d}" for n in range(9)]
-        _sent_as_often_as_counted(store, lis)
-        events = _events(store)
-        assert any("withdrawn" in e for e in events.values())
-        assert all(e[-1] == "answered" for e in events.values())
-    finally:
-        store.close()
+    assert sorted(r.control_id for r in lis.received) == [f"C{n:03d}" for n in range(9)]
+    _sent_as_often_as_counted(store, lis)
+    events = _events(store)
+    assert any("withdrawn" in e for e in events.values())
+    assert all(e[-1] == "answered" for e in events.values())
 
 
-async def test_a_stopped_sender_frees_its_claims_for_the_next_at_once(database_url: str) -> None:
-    store = Store(database_url)
+async def test_a_stopped_sender_frees_its_claims_for_the_next_at_once(store: Store) -> None:
     lis = LisPeer()
     config = LisConfig(host="127.0.0.1", port=await lis.start(), ack_timeout=5)
     task = await _connected(LisSender(config, store, "node-a"), store, lis)
@@ -374,19 +343,15 @@ async def test_a_stopped_sender_frees_its_claims_for_the_next_at_once(database_u
     finally:
         await _stop(other)
         await lis.stop()
-    try:
-        _sent_as_often_as_counted(store, lis)
-    finally:
-        store.close()
+    _sent_as_often_as_counted(store, lis)
 
 
 async def test_a_sender_restarted_after_a_failed_write_records_what_it_had(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The answers of a batch wait in the sender for the write that records them: when
     that write fails (here every write that records an answer, for a while), the sender's
     task ends, is started again, and records them then; nothing is sent twice."""
-    store = Store(database_url)
     lis = LisPeer()
     config = LisConfig(host="127.0.0.1", port=await lis.start(), ack_timeout=5)
     sender = LisSender(config, store, "node")
@@ -414,11 +379,8 @@ async def test_a_sender_restarted_after_a_failed_write_records_what_it_had(
     finally:
         await _stop(task)
         await lis.stop()
-    try:
-        assert len(lis.received) == 4  # nothing sent twice
-        _sent_as_often_as_counted(store, lis)
-    finally:
-        store.close()
+    assert len(lis.received) == 4  # nothing sent twice
+    _sent_as_often_as_counted(store, lis)
 
 
 def test_the_batch_fits_in_a_claim() -> None:
@@ -443,9 +405,8 @@ def test_a_busy_store_makes_the_batches_longer_within_a_claim() -> None:
 
 
 async def test_while_analysers_keep_the_writer_busy_the_sender_claims_more_at_once(
-    database_url: str,
+    store: Store,
 ) -> None:
-    store = Store(database_url)
     lis = LisPeer()
     config = LisConfig(host="127.0.0.1", port=await lis.start(), ack_timeout=5)
     sender = LisSender(config, store, "node")
@@ -467,18 +428,13 @@ async def test_while_analysers_keep_the_writer_busy_the_sender_claims_more_at_on
         await asyncio.gather(busy, return_exceptions=True)
         await _stop(task)
         await lis.stop()
-    try:
-        _sent_as_often_as_counted(store, lis)
-        assert sorted(r.control_id for r in lis.received) == [f"C{n:03d}" for n in range(401)]
-        # the claims, by the time each recorded its entries sent
-        sent_at = store.read(
-            lambda c: (
-                c.execute(select(outbox_log.c.at).where(outbox_log.c.event == "sent"))
-                .scalars()
-                .all()
-            )
+    _sent_as_often_as_counted(store, lis)
+    assert sorted(r.control_id for r in lis.received) == [f"C{n:03d}" for n in range(401)]
+    # the claims, by the time each recorded its entries sent
+    sent_at = store.read(
+        lambda c: (
+            c.execute(select(outbox_log.c.at).where(outbox_log.c.event == "sent")).scalars().all()
         )
-        claims = sorted(Counter(sent_at).values(), reverse=True)
-        assert claims[0] > delivery.BATCH, claims
-    finally:
-        store.close()
+    )
+    claims = sorted(Counter(sent_at).values(), reverse=True)
+    assert claims[0] > delivery.BATCH, claims
