@@ -352,7 +352,7 @@ class Driver(Tables):
         text = record.value(n)
         stamp = parse_timestamp(text)
         if stamp is None and text.strip():
-            self._refuse(field_name(record, n), text, "is not a date and time; left out")
+            return self.read_timestamp(text, field_name(record, n))  # says it is refused
         return stamp
 
     def read_timestamp(self, text: str, where: str) -> datetime | None:
