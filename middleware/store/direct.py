@@ -31,6 +31,8 @@ from sqlalchemy.sql import ClauseElement, visitors
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter
 
+from middleware.store.sql import padded
+
 #: Compiled forms kept per statement (one per database, set of parameter names and
 #: padded length of each list): a bound, whatever comes.
 _KEPT_FORMS = 64
@@ -138,7 +140,7 @@ class Direct:
             lists = self._lists[dialect.name] = _expanding(self._statement_for(dialect))
         key: tuple[object, ...] = (dialect.name, tuple(params))
         if lists:
-            key += tuple(_padded(len(params[name])) for name in lists if name in params)
+            key += tuple(padded(len(params[name])) for name in lists if name in params)
         form = self._forms.get(key)
         if form is None:
             form = self._compile(dialect, params, lists)
@@ -155,7 +157,7 @@ class Direct:
     def _compile(
         self, dialect: Dialect, params: Mapping[str, Any], expanding: tuple[str, ...]
     ) -> _Form:
-        lists = {name: _padded(len(params[name])) for name in expanding if name in params}
+        lists = {name: padded(len(params[name])) for name in expanding if name in params}
         statement = self._statement_for(dialect)
         compiled = statement.compile(dialect=dialect, column_keys=list(params))
         if not isinstance(compiled, SQLCompiler):
@@ -264,10 +266,6 @@ def _list_item(name: str, lists: Mapping[str, int]) -> tuple[str | None, int]:
     if key in lists and number.isdigit():
         return key, int(number) - 1
     return None, 0
-
-
-def _padded(length: int) -> int:
-    return 1 << (length - 1).bit_length() if length else 0
 
 
 def run_text(conn: Connection, text: str, params: Mapping[str, Any]) -> Any:

@@ -44,6 +44,12 @@ def utcnow() -> datetime:
 T = TypeVar("T")
 
 
+def padded(length: int) -> int:
+    """The power of two a count of items is padded up to (0 stays 0): statements shaped
+    by a count are then a handful, whatever the counts."""
+    return 1 << (length - 1).bit_length() if length else 0
+
+
 def in_padded_rounds(
     conn: Connection,
     items: Sequence[T],
@@ -59,7 +65,7 @@ def in_padded_rounds(
     rows: list[Row[Any]] = []
     for start in range(0, len(items), per_statement):
         chunk = items[start : start + per_statement]
-        size = 1 << (len(chunk) - 1).bit_length()
+        size = padded(len(chunk))
         values: dict[str, object] = dict(shared or {})
         for i in range(size):
             values |= params(i, chunk[i] if i < len(chunk) else None)
