@@ -173,7 +173,7 @@ class Control:
             self.rules_version = (await store.write(put)).id
             self.rules = rules
             if self.engine is None:
-                engine = self.engine = Engine(rules)
+                engine = self.engine = Engine(rules, self.settings.zone)
                 replayed = await store.write(lambda conn: convert_history(conn, engine))
                 if replayed is not None:
                     log.info("QC state made once from the history stored", controls=replayed)

@@ -53,9 +53,9 @@ class Specimen:
     position: str = ""
 
 
-def analyser_zone(configured: tzinfo | None) -> tzinfo:
-    """The zone of an analyser's clock: as configured, else this host's (analysers send
-    wall-clock times without a zone, and sit beside the host)."""
+def zone_or_host(configured: tzinfo | None) -> tzinfo:
+    """A zone as configured, else this host's: the zone of an analyser's clock (they send
+    wall-clock times without a zone, and sit beside the host) or the laboratory's."""
     return configured or datetime.now().astimezone().tzinfo or UTC
 
 

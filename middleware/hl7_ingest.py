@@ -30,7 +30,7 @@ from drivers import get_hl7
 from drivers.hl7 import Hl7AutoDriver, Hl7Driver, is_acknowledgment
 from drivers.hl7_query import unanswered
 from middleware.assessment import assess_message
-from middleware.domain import InstrumentMessage, analyser_zone
+from middleware.domain import InstrumentMessage, zone_or_host
 from middleware.engine.engine import Engine
 from middleware.hl7.mllp import Discarded, MessageReceived, MllpReader, frame
 from middleware.hl7.orders import acknowledgment
@@ -101,7 +101,7 @@ class Hl7Connection:
         self.encoding = encoding
         self.engine = engine
         self.lis = lis
-        self.timezone = analyser_zone(timezone)
+        self.timezone = zone_or_host(timezone)
         self.idle_timeout = idle_timeout
         """How long a message begun may stay silent before it is kept unfinished."""
         self.clock = clock

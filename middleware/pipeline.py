@@ -38,7 +38,7 @@ from middleware.astm.link import (
     TransferStarted,
 )
 from middleware.astm.records import Record, decode_message, encode_record, split_records
-from middleware.domain import InstrumentMessage, analyser_zone
+from middleware.domain import InstrumentMessage, zone_or_host
 from middleware.engine.engine import Engine
 from middleware.hl7.results import Sender
 from middleware.metrics import Metrics
@@ -153,7 +153,7 @@ class ConnectionPipeline:
         """Decides about every result in the transaction that stores it; None: store only."""
         self.lis = lis
         """Released results are queued for this LIS in the same transaction; None: none."""
-        self.timezone = analyser_zone(timezone)
+        self.timezone = zone_or_host(timezone)
         self.encoding = encoding
         self.clock = clock
         self.max_message_bytes = max_message_bytes

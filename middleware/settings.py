@@ -101,6 +101,18 @@ def _networks(value: list[str]) -> list[str]:
     return value
 
 
+def _zone_name(value: str | None) -> str | None:
+    """An IANA zone name this host knows, or None."""
+    if value is not None:
+        from zoneinfo import ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+    return value
+
+
 class WorklistConfig(BaseModel):
     """An analyser that takes a downloaded worklist: orders are sent to it as they come."""
 
@@ -134,7 +146,7 @@ class InstrumentConfig(BaseModel):
     control_pattern: str | None = None
     encoding: str = "latin-1"
     timezone: str | None = None
-    """IANA name (Europe/Paris) of the analyser's clock; the host's local zone by default."""
+    """IANA name (Europe/Paris) of the analyser's clock; the laboratory's zone by default."""
     enabled: bool = True
     connections: Literal["newest", "all"] = "newest"
     """tcp-server: when a second connection arrives, ``newest`` closes the older one (an
@@ -157,14 +169,7 @@ class InstrumentConfig(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {value!r}") from None
-        return value
+        return _zone_name(value)
 
     @field_validator("driver")
     @classmethod
@@ -229,7 +234,8 @@ class InstrumentConfig(BaseModel):
 
     @property
     def zone(self) -> ZoneInfo | None:
-        """The analyser's clock's zone; None for the host's."""
+        """The analyser's clock's zone (the laboratory's when it names none: the settings
+        fill it in); None for the host's."""
         return ZoneInfo(self.timezone) if self.timezone else None
 
     @property
@@ -568,6 +574,20 @@ class Settings(BaseSettings):
     figures_interval: float = Field(5.0, gt=0, le=3600)
     """Seconds between readings of the store's figures (outbox, holds, QC states) for
     the metrics and the events."""
+    timezone: str | None = None
+    """IANA name (Europe/Paris) of the laboratory's zone: its calendar says whether a
+    reagent lot had expired and what "today" is on the pages, and analysers' clocks are
+    in it unless an instrument names its own. The host's local zone by default."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        return _zone_name(value)
+
+    @property
+    def zone(self) -> ZoneInfo | None:
+        """The laboratory's zone; None for the host's."""
+        return ZoneInfo(self.timezone) if self.timezone else None
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
@@ -576,6 +596,15 @@ class Settings(BaseSettings):
             if instrument.name in seen:
                 raise ValueError(f"instrument name {instrument.name!r} used twice")
             seen.add(instrument.name)
+        return self
+
+    @model_validator(mode="after")
+    def _clocks_in_the_laboratory(self) -> Settings:
+        # Every reader of an analyser's times takes its instrument's zone, so the
+        # laboratory's is given there once rather than looked up beside each of them.
+        for instrument in self.instruments:
+            if instrument.timezone is None:
+                instrument.timezone = self.timezone
         return self
 
     @classmethod

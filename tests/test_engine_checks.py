@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -230,6 +231,33 @@ def test_expired_and_recalled_lots_hold_the_result() -> None:
     assert held("Z9") == []  # unknown, with no expiry reported
     assert held("Y8") == ["reagent-expired:Y8"]  # the expiry the analyser first reported
     assert held("Y8", expiry=date(2027, 1, 1)) == ["reagent-expired:Y8"]
+
+
+@pytest.mark.parametrize(
+    ("zone", "at", "expired"),
+    [
+        # 1 March 23:30 UTC is already 2 March in Paris: the lot has expired there.
+        ("Europe/Paris", datetime(2026, 3, 1, 23, 30, tzinfo=UTC), True),
+        ("UTC", datetime(2026, 3, 1, 23, 30, tzinfo=UTC), False),
+        # 2 March 02:00 UTC is still the evening of 1 March in New York.
+        ("America/New_York", datetime(2026, 3, 2, 2, 0, tzinfo=UTC), False),
+        ("UTC", datetime(2026, 3, 2, 2, 0, tzinfo=UTC), True),
+    ],
+)
+def test_a_lot_expires_at_the_end_of_its_day_in_the_laboratory(
+    zone: str, at: datetime, expired: bool
+) -> None:
+    rules = load_rules(ROOT / "rules").model_copy(
+        update={"reagent_lots": [ReagentLot(reagent="GLU reagent", lot="A1",
+                                            expiry=date(2026, 3, 1))]}
+    )  # fmt: skip
+    engine = Engine(rules, ZoneInfo(zone))
+    # The analyser reports the lot's expiry too, on the same calendar.
+    for reported in (None, date(2026, 3, 1)):
+        made = result("GLU", "5.0", completed_at=at - timedelta(minutes=5),
+                      reagents=(ReagentUse("GLU reagent", "A1", "GLU", reported),))  # fmt: skip
+        decision = engine.redecide(NO_QC, ResultContext(made, at, patient=ADULT_MAN))
+        assert ("reagent-expired:A1" in decision.reasons) is expired, (zone, at, reported)
 
 
 def test_a_lot_change_is_what_replaced_the_lots_in_use() -> None:

@@ -65,6 +65,18 @@ def test_link_settings_combine_driver_and_configuration(tmp_path: Path) -> None:
     assert link.max_message_bytes == 8 << 20
 
 
+def test_analysers_clocks_are_in_the_laboratory_zone_unless_they_name_their_own(
+    tmp_path: Path,
+) -> None:
+    text = GOOD.replace("state_dir: data\n", "state_dir: data\ntimezone: Pacific/Auckland\n")
+    text += "  - {name: old-1, transport: tcp-server, port: 5003, timezone: UTC}\n"
+    settings = load_settings(write(tmp_path, text))
+    assert str(settings.zone) == "Pacific/Auckland"
+    assert [str(i.zone) for i in settings.instruments] == ["Pacific/Auckland"] * 2 + ["UTC"]
+    host = load_settings(write(tmp_path, GOOD))
+    assert host.zone is None and [i.zone for i in host.instruments] == [None, None]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -87,6 +99,7 @@ def test_link_settings_combine_driver_and_configuration(tmp_path: Path) -> None:
             "used twice",
         ),
         ("log:\n  level: loud\n", ":2: log.level"),
+        ("timezone: Mars/Olympus\n", ":1: timezone: Value error, unknown time zone"),
         ("colour: blue\n", ":1: colour: Extra inputs are not permitted"),
         ("instruments: [\n", "not valid YAML"),
         ("- just\n- a list\n", ":1: the file must be a mapping"),

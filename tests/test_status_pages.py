@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -16,9 +16,12 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 
+from middleware.assessment import Assessment, assess_message
 from middleware.control import Control
+from middleware.domain import InstrumentMessage, Measurement, ReagentUse, Result
 from middleware.settings import Settings
 from middleware.store import Store
+from middleware.store.ingest import Delivery, store_delivery
 from middleware.store.schema import audit_log
 from middleware.web.api import create_app
 from middleware.web.roles import Role
@@ -58,13 +61,13 @@ class Pages:
 
 
 async def in_force(
-    tmp_path: Path, database_url: str, rules: Path, now: datetime
+    tmp_path: Path, database_url: str, rules: Path, now: datetime, timezone: str = "UTC"
 ) -> tuple[Store, Control]:
     """A store and the control of a daemon serving chem-1 under ``rules``, its clock
-    stopped at ``now``."""
+    stopped at ``now``, in a laboratory in ``timezone``."""
     settings = Settings.model_validate(
         {"state_dir": tmp_path / "state", "database_url": database_url,
-         "instruments": [CHEM], "rules_dir": rules}
+         "instruments": [CHEM], "rules_dir": rules, "timezone": timezone}
     )  # fmt: skip
     store = Store(database_url)
     control = Control(settings, store, clock=lambda: now)
@@ -247,6 +250,53 @@ async def test_qc_past_its_validity_is_shown_expired(pages: Pages) -> None:
     qc_page = (await pages.client.get("/qc")).text
     glu = qc_page.split(">GLU</a>", 1)[1].split("</tr>", 1)[0]
     assert 'class="state expired"' in glu and "valid 24 h after its QC" in glu
+
+
+@pytest.mark.parametrize(("timezone", "expired"), [("Pacific/Auckland", True), ("UTC", False)])
+async def test_a_reagent_lot_expires_at_midnight_in_the_laboratory(
+    tmp_path: Path, database_url: str, timezone: str, expired: bool
+) -> None:
+    """1 March 12:00 UTC is 2 March in Auckland: a lot that expires on 1 March has
+    expired there, and not yet in a laboratory on UTC. A message that came at 10:30 UTC
+    came yesterday in Auckland."""
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    store, control = await in_force(tmp_path, database_url, ROOT / "rules", now, timezone)
+    used = ReagentUse("GLU reagent", "A1", "GLU", date(2026, 3, 1))
+    made = Result(
+        "S-9",
+        "GLU",
+        "GLU",
+        Measurement.parse("5.0"),
+        status="F",
+        instrument="chem-1",
+        patient_id="PAT9",
+        completed_at=now,
+        reagents=(used,),
+    )
+    reading = InstrumentMessage("chem-1", results=[made])  # fmt: skip
+
+    def receive(conn: Any) -> Assessment:
+        assert control.engine is not None
+        came = now - timedelta(minutes=90)
+        delivery = Delivery("chem-1/c", "chem-1", b"R|1", came, "R|1", 1, reading)
+        return assess_message(
+            conn, control.engine, store_delivery(conn, delivery, now), reading, now
+        )
+
+    try:
+        ((_, decision),) = (await store.write(receive)).decisions
+        assert ("reagent-expired:A1" in decision.reasons) is expired
+        app = create_app(control, lambda: ["chem-1"], clock=lambda: now)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            await log_in(client, store, "vic", Role.VIEWER)
+            row = (await client.get("/reagents")).text.split(">A1<", 1)[1].split("</tr>", 1)[0]
+            assert "2026-03-01" in row and ("expired" in row) is expired
+            listing = (await client.get("/instruments")).text
+        cells = listing.split(">chem-1<", 1)[1].split("</tr>", 1)[0].split("<td>")
+        assert cells[4].startswith("0</td>" if expired else "1</td>")  # messages today
+    finally:
+        store.close()
 
 
 async def test_lab_it_sees_the_lis_link_without_the_messages_it_carries(pages: Pages) -> None:

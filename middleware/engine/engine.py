@@ -2,18 +2,18 @@
 QC evaluation. It combines the QC gate, reagent lots, sample acceptance and
 autoverification, and knows nothing of storage or HL7.
 
-It holds the rules and nothing else: what it must remember of an instrument and test (a
-:class:`TestQc`) and of a control lot (a :class:`LotQc`) is given to each call and
-returned changed, for the caller to keep.
+It holds the rules and the laboratory's zone, nothing else: what it must remember of an
+instrument and test (a :class:`TestQc`) and of a control lot (a :class:`LotQc`) is given
+to each call and returned changed, for the caller to keep.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, tzinfo
 
-from middleware.domain import ControlResult, Result
+from middleware.domain import ControlResult, Result, zone_or_host
 from middleware.engine.acceptance import acceptance_findings
 from middleware.engine.autoverify import autoverify
 from middleware.engine.context import ResultContext
@@ -42,7 +42,11 @@ class Engine:
     delta_tests: frozenset[str]
     """The tests whose decisions look at the patient's previous result."""
 
-    def __init__(self, rules: Rules) -> None:
+    zone: tzinfo
+    """The laboratory's: a lot's expiry is a date on its calendar."""
+
+    def __init__(self, rules: Rules, zone: tzinfo | None = None) -> None:
+        self.zone = zone_or_host(zone)
         self.replace_rules(rules)
 
     def replace_rules(self, rules: Rules) -> None:
@@ -95,7 +99,10 @@ class Engine:
         qc = self.gate.findings(
             state, result.instrument, result.test_code, ctx.now, result.completed_at
         )
-        lots = self.lots.findings(result, ctx.now.date(), ctx.reported_lots, ctx.recalled_lots)
+        # Judged on the day the result came, which is never before the day it was made:
+        # an analyser's clock cannot make an expired lot look valid.
+        today = ctx.now.astimezone(self.zone).date()
+        lots = self.lots.findings(result, today, ctx.reported_lots, ctx.recalled_lots)
         if standing is None:
             findings = [
                 *acceptance_findings(ctx, rules.acceptance),

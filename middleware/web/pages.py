@@ -12,7 +12,7 @@ reload never posts twice and every page's address can be bookmarked.
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from html import escape
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Protocol, TypeVar
@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from middleware.control import Control, ControlError, NotFound
+from middleware.domain import zone_or_host
 from middleware.monitor import InstrumentState
 from middleware.store import qc_records, views
 from middleware.store.sql import utcnow
@@ -76,6 +77,12 @@ def add_pages(
     clock: Callable[[], datetime] = utcnow,
 ) -> None:
     """The status pages and their forms, on ``app``."""
+    zone = zone_or_host(control.settings.zone)
+
+    def today() -> date:
+        """On the laboratory's calendar."""
+        return clock().astimezone(zone).date()
+
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     def render(
@@ -224,7 +231,7 @@ def add_pages(
         by_instrument = [(name, await control.lots_in_use(name)) for name in names]
         return render(
             request, "reagents.html", person, "Reagent lots", "/reagents",
-            by_instrument=by_instrument, today=clock().date(),
+            by_instrument=by_instrument, today=today(),
             can_recall=allowed(person.role, Action.RECALL_REAGENT_LOT),
             can_see_results=allowed(person.role, Action.VIEW_PATIENT_RESULTS),
         )  # fmt: skip
@@ -378,8 +385,7 @@ def add_pages(
     async def instruments_page(
         request: Request, person: Annotated[Person, Depends(require(Action.VIEW))]
     ) -> Any:
-        now = clock()
-        start_of_day = datetime(now.year, now.month, now.day, tzinfo=UTC)
+        start_of_day = datetime.combine(today(), time(), zone).astimezone(UTC)
         days = await store().read_async(lambda c: views.instruments_today(c, start_of_day))
         return render(
             request, "instruments.html", person, "Instruments", "/instruments",
