@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, TypeVar
 
@@ -494,9 +494,24 @@ class Control:
         )
 
     async def lots_in_use(self, instrument: str) -> list[LotInUse]:
-        """The reagent lots the latest results of an instrument's tests were made with."""
+        """The reagent lots the latest results of an instrument's tests were made with;
+        of a lot the rule files name, the earlier of their effective expiry and the
+        analyser's, and whether they recall it."""
         self._configured(instrument)
-        return await self._store().read_async(lambda conn: recalls.lots_in_use(conn, instrument))
+        lots = await self._store().read_async(lambda conn: recalls.lots_in_use(conn, instrument))
+        registry = self.engine.lots if self.engine is not None else None
+        out = []
+        for lot in lots:
+            known = registry.find(lot.reagent, lot.lot) if registry is not None else None
+            if known is not None:
+                expiries = [d for d in (known.expiry, lot.expiry) if d is not None]
+                lot = replace(
+                    lot,
+                    expiry=min(expiries, default=None),
+                    recalled_in_rules=known.recalled,
+                )
+            out.append(lot)
+        return out
 
     async def results_of_lot(
         self, reagent: str, lot: str, after: int = 0, limit: int = 100

@@ -19,6 +19,7 @@ from sqlalchemy import select, text
 from middleware.assessment import Assessment, assess_message
 from middleware.control import Control
 from middleware.domain import InstrumentMessage, Measurement, ReagentUse, Result
+from middleware.engine.decision import Decision
 from middleware.settings import Settings
 from middleware.store import Store
 from middleware.store.ingest import Delivery, store_delivery
@@ -252,6 +253,42 @@ async def test_qc_past_its_validity_is_shown_expired(pages: Pages) -> None:
     assert 'class="state expired"' in glu and "valid 24 h after its QC" in glu
 
 
+async def made_with(
+    store: Store, control: Control, uses: list[ReagentUse], now: datetime, came: datetime
+) -> list[Decision]:
+    """A GLU result made with each of ``uses``, in a message that came at ``came``, decided
+    by the control's engine at ``now``."""
+    made = [
+        Result(f"S-{n}", use.test_code, use.test_code, Measurement.parse("5.0"), status="F",
+               instrument="chem-1", patient_id=f"PAT{n}", completed_at=came, reagents=(use,))
+        for n, use in enumerate(uses)
+    ]  # fmt: skip
+    reading = InstrumentMessage("chem-1", results=made)
+
+    def receive(conn: Any) -> Assessment:
+        assert control.engine is not None
+        delivery = Delivery("chem-1/c", "chem-1", b"R|1", came, "R|1", 1, reading)
+        stored = store_delivery(conn, delivery, now)
+        return assess_message(conn, control.engine, stored, reading, now)
+
+    return [decision for _, decision in (await store.write(receive)).decisions]
+
+
+async def viewed(
+    store: Store, control: Control, now: datetime, path: str, role: Role = Role.VIEWER
+) -> str:
+    app = create_app(control, lambda: ["chem-1"], clock=lambda: now)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        await log_in(client, store, f"{role.value}-{path.strip('/')}", role)
+        return (await client.get(path)).text
+
+
+def row_of(page: str, cell: str) -> list[str]:
+    """The cells of the table row from the one holding ``cell`` on."""
+    return page.split(f">{cell}<", 1)[1].split("</tr>", 1)[0].split("<td>")
+
+
 @pytest.mark.parametrize(("timezone", "expired"), [("Pacific/Auckland", True), ("UTC", False)])
 async def test_a_reagent_lot_expires_at_midnight_in_the_laboratory(
     tmp_path: Path, database_url: str, timezone: str, expired: bool
@@ -261,40 +298,42 @@ async def test_a_reagent_lot_expires_at_midnight_in_the_laboratory(
     came yesterday in Auckland."""
     now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     store, control = await in_force(tmp_path, database_url, ROOT / "rules", now, timezone)
-    used = ReagentUse("GLU reagent", "A1", "GLU", date(2026, 3, 1))
-    made = Result(
-        "S-9",
-        "GLU",
-        "GLU",
-        Measurement.parse("5.0"),
-        status="F",
-        instrument="chem-1",
-        patient_id="PAT9",
-        completed_at=now,
-        reagents=(used,),
-    )
-    reading = InstrumentMessage("chem-1", results=[made])  # fmt: skip
-
-    def receive(conn: Any) -> Assessment:
-        assert control.engine is not None
-        came = now - timedelta(minutes=90)
-        delivery = Delivery("chem-1/c", "chem-1", b"R|1", came, "R|1", 1, reading)
-        return assess_message(
-            conn, control.engine, store_delivery(conn, delivery, now), reading, now
-        )
-
     try:
-        ((_, decision),) = (await store.write(receive)).decisions
+        use = ReagentUse("GLU reagent", "A1", "GLU", date(2026, 3, 1))
+        (decision,) = await made_with(store, control, [use], now, now - timedelta(minutes=90))
         assert ("reagent-expired:A1" in decision.reasons) is expired
-        app = create_app(control, lambda: ["chem-1"], clock=lambda: now)
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            await log_in(client, store, "vic", Role.VIEWER)
-            row = (await client.get("/reagents")).text.split(">A1<", 1)[1].split("</tr>", 1)[0]
-            assert "2026-03-01" in row and ("expired" in row) is expired
-            listing = (await client.get("/instruments")).text
-        cells = listing.split(">chem-1<", 1)[1].split("</tr>", 1)[0].split("<td>")
-        assert cells[4].startswith("0</td>" if expired else "1</td>")  # messages today
+        lots = await viewed(store, control, now, "/reagents")
+        assert "2026-03-01" in row_of(lots, "A1")[1]
+        assert ("expired" in row_of(lots, "A1")[1]) is expired
+        listing = await viewed(store, control, now, "/instruments")
+        assert row_of(listing, "chem-1")[4].startswith("0<" if expired else "1<")  # today
+    finally:
+        store.close()
+
+
+async def test_the_reagent_page_says_what_the_rule_files_say_of_a_lot(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Lot 2365 of the shipped rules was opened on 1 November 2026 with 60 days'
+    stability: it expired at the end of 31 December, though printed to May 2027, and the
+    analyser says nothing of it. A lot the rule files recall is shown recalled, with no
+    button to recall it again."""
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    with (rules / "reagents.yaml").open("a") as more:
+        more.write("  - {reagent: CREA reagent, lot: R9, expiry: 2029-01-31, recalled: true}\n")
+    now = datetime(2027, 1, 1, 9, 0, tzinfo=UTC)
+    store, control = await in_force(tmp_path, database_url, rules, now)
+    try:
+        uses = [ReagentUse("GLU reagent", "2365", "GLU"), ReagentUse("CREA reagent", "R9", "CREA")]
+        glu, crea = await made_with(store, control, uses, now, now)
+        assert "reagent-expired:2365" in glu.reasons and "reagent-recalled:R9" in crea.reasons
+        lots = await viewed(store, control, now, "/reagents", Role.BIOLOGIST)
+        expiry, _, action = row_of(lots, "2365")[1:4]
+        assert expiry.startswith("2026-12-31 ") and "expired" in expiry and "Recall" in action
+        expiry, _, action = row_of(lots, "R9")[1:4]
+        assert expiry.startswith("2029-01-31<") and "recalled" in action
+        assert "in the rule files" in action and "Recall" not in action
     finally:
         store.close()
 

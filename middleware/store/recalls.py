@@ -67,8 +67,9 @@ class LotInUse:
     lot: str
     tests: tuple[str, ...]
     expiry: date | None
-    """As the analyser first reported it."""
+    """As the analyser first reported it (the control layer adds the rule files')."""
     recalled: RecalledLot | None
+    recalled_in_rules: bool = False
 
 
 def _recalled(row: Any) -> RecalledLot:
