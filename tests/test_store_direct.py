@@ -228,3 +228,28 @@ def test_numbers_read_as_sqlalchemy_reads_them(store: Store) -> None:
     assert [tuple(row) for row in direct] == [tuple(row) for row in core]
     assert direct[0].value_number == Decimal("4.25")
     assert direct[1].value_number is None
+
+
+def test_a_select_written_as_text_reads_as_sqlalchemy_reads_it(store: Store) -> None:
+    """The history lookups are SQL text with their columns' types named: times come back
+    as datetimes on SQLite and numbers as Decimal on both databases."""
+    query = text(
+        "SELECT * FROM (SELECT id, value_number, completed_at FROM results "
+        "WHERE test_code = :t0 ORDER BY id DESC LIMIT :k0) AS latest"
+    ).columns(results.c.id, results.c.value_number, results.c.completed_at)
+    with store.engine.begin() as conn:
+        message_id = Direct(messages.insert().returning(messages.c.id)).scalar(
+            conn, _message_row(1)
+        )
+        adding = Direct(results.insert())
+        for n in range(3):
+            adding.execute(
+                conn,
+                {"message_id": message_id, "test_code": "K", "value_text": f"4.{n}",
+                 "value_number": Decimal(f"4.{n}"), "completed_at": AT, "stored_at": AT},
+            )  # fmt: skip
+        direct = Direct(query).rows(conn, {"t0": "K", "k0": 2})
+        core = conn.execute(query, {"t0": "K", "k0": 2}).all()
+    assert [tuple(row) for row in direct] == [tuple(row) for row in core]
+    assert [row.value_number for row in direct] == [Decimal("4.2"), Decimal("4.1")]
+    assert isinstance(direct[0].completed_at, datetime)  # not SQLite's text

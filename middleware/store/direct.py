@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select, exc
+from sqlalchemy import Connection, Select, TextualSelect, exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement, visitors
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -214,7 +214,7 @@ _Shape = tuple[Callable[[Sequence[Any]], Any], tuple[tuple[int, Callable[[Any], 
 def _shape(statement: ClauseElement, dialect: Dialect, kinds: Sequence[Any]) -> _Shape:
     """How a SELECT's rows are made: a row type naming its columns, and the conversion of
     each column SQLAlchemy converts."""
-    if not isinstance(statement, Select):
+    if not isinstance(statement, Select | TextualSelect):
         raise TypeError("rows() reads a SELECT")
     columns = list(statement.selected_columns)
     fields = tuple(str(column.key) for column in columns)

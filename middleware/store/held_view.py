@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, TextualSelect, func, select, text, tuple_
+from sqlalchemy import Connection, func, select, text, tuple_
 
 from middleware.store import comments, release
 from middleware.store.comments import ResultComment
+from middleware.store.direct import Direct
 from middleware.store.schema import decisions, open_holds, results
 from middleware.store.sql import in_padded_rounds, utc
 
@@ -212,18 +213,20 @@ _ONE_EARLIER = (
 
 
 @functools.lru_cache(maxsize=8)
-def _earlier(count: int) -> TextualSelect:
+def _earlier(count: int) -> Direct:
     """The latest result before each of ``count`` results of their patient and test: one
     lookup on the (patient, test, id) index each."""
     sql = " UNION ALL ".join(_ONE_EARLIER.format(i=i) for i in range(count))
-    return text(sql).columns(
-        results.c.id,
-        results.c.patient_id,
-        results.c.test_code,
-        results.c.value_text,
-        results.c.units,
-        results.c.completed_at,
-        results.c.stored_at,
+    return Direct(
+        text(sql).columns(
+            results.c.id,
+            results.c.patient_id,
+            results.c.test_code,
+            results.c.value_text,
+            results.c.units,
+            results.c.completed_at,
+            results.c.stored_at,
+        )
     )
 
 

@@ -16,7 +16,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, TextualSelect, bindparam, func, select, text, tuple_
+from sqlalchemy import Connection, bindparam, func, select, text, tuple_
 
 from middleware.domain import (
     Comment,
@@ -135,18 +135,20 @@ _ONE_PAIR = (
 
 
 @functools.lru_cache(maxsize=8)
-def _latest_results(pairs: int) -> TextualSelect:
+def _latest_results(pairs: int) -> Direct:
     """The latest numeric results of ``pairs`` (patient, test) pairs, one index lookup
     each. Written as SQL text: as a SQLAlchemy expression, a union of many subqueries
     cost more to build and to key for the statement cache than to run."""
     sql = " UNION ALL ".join(_ONE_PAIR.format(i=i) for i in range(pairs))
-    return text(sql).columns(
-        results.c.id,
-        results.c.patient_id,
-        results.c.test_code,
-        results.c.value_number,
-        results.c.completed_at,
-        results.c.stored_at,
+    return Direct(
+        text(sql).columns(
+            results.c.id,
+            results.c.patient_id,
+            results.c.test_code,
+            results.c.value_number,
+            results.c.completed_at,
+            results.c.stored_at,
+        )
     )
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Connection, Executable, Row, Table
+from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
 
@@ -50,24 +50,30 @@ def padded(length: int) -> int:
     return 1 << (length - 1).bit_length() if length else 0
 
 
+class Lookup(Protocol):
+    """A SELECT run with its parameters (``store.direct.Direct``)."""
+
+    def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]: ...
+
+
 def in_padded_rounds(
     conn: Connection,
     items: Sequence[T],
-    statement: Callable[[int], Executable],
+    statement: Callable[[int], Lookup],
     params: Callable[[int, T | None], dict[str, object]],
     per_statement: int,
     shared: Mapping[str, object] | None = None,
-) -> list[Row[Any]]:
+) -> list[Any]:
     """The rows of one lookup per item, ``per_statement`` items to a statement, each round
     padded up to a power of two: ``statement(size)`` (built once per size) serves every
     count with a handful of statements. ``params(i, item)`` gives the ``i``-th lookup's
     parameters; for padding (``item`` None) ones that find nothing."""
-    rows: list[Row[Any]] = []
+    rows: list[Any] = []
     for start in range(0, len(items), per_statement):
         chunk = items[start : start + per_statement]
         size = padded(len(chunk))
         values: dict[str, object] = dict(shared or {})
         for i in range(size):
             values |= params(i, chunk[i] if i < len(chunk) else None)
-        rows += conn.execute(statement(size), values).all()
+        rows += statement(size).rows(conn, values)
     return rows
