@@ -177,6 +177,17 @@ class AllConnected:
     bench_cpu: float
 
 
+def print_collections(seen: list[dict[str, Any]], up: float) -> None:
+    """The daemon's full collections once it listened: each stopped both its threads."""
+    full = [c for c in seen if c["generation"] == 2 and c["at"] >= up]
+    pauses = ", ".join(f"{c['ms']:.1f}" for c in full) or "none"
+    set_aside = max((c["set_aside"] for c in seen), default=0)
+    print(
+        f"  daemon's full garbage collections once listening: {len(full)} ({pauses} ms); "
+        f"objects start-up set aside: {set_aside:,}; start-up listened after {up:.1f} s"
+    )
+
+
 async def acknowledged(reader: asyncio.StreamReader, plan: Plan, what: str) -> None:
     reply = await reader.readexactly(1)
     if reply != ACK:
@@ -593,7 +604,10 @@ def run(
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
             measured = (args.profile / f"{database}-{n}", "cprofile")
-        daemon, _ = start_daemon(
+        elif args.collections is not None:
+            args.collections.mkdir(parents=True, exist_ok=True)
+            measured = (args.collections / f"{database}-{n}", "collections")
+        daemon, up = start_daemon(
             workdir, analysers, ports, url, args.rules, measured, sections=lis_section
         )
         try:
@@ -680,6 +694,9 @@ def run(
         for part in ("loop", "writer"):
             if Path(f"{measured[0]}.{part}").exists():
                 print_profile(Path(f"{measured[0]}.{part}"), part, top=30)
+        collections = Path(f"{measured[0]}.collections.json")
+        if collections.exists():
+            print_collections(json.loads(collections.read_text()), up)
     if got.unknown_specimens:
         print(f"  {got.unknown_specimens} delivered messages of specimens no analyser sent")
     return Row(
@@ -804,6 +821,12 @@ def main() -> None:
         type=Path,
         help="run the daemon under cProfile (bench/ingest_profile.py), keep the profiles in "
         "this directory and print where the time goes (the figures are then not to be quoted)",
+    )
+    parser.add_argument(
+        "--collections",
+        type=Path,
+        help="record the daemon's garbage collections (bench/ingest_profile.py) in this "
+        "directory and print the full ones made while the analysers sent",
     )
     parser.add_argument(
         "--timeout",

@@ -1,7 +1,7 @@
 """The daemon as ``python -m middleware run`` starts it, measured from inside, for
 bench/ingest.py --profile and --timing.
 
-    python bench/ingest_profile.py PREFIX cprofile|timing run --config daemon.yaml
+    python bench/ingest_profile.py PREFIX cprofile|timing|collections run --config daemon.yaml
 
 ``cprofile``: one profile for the main thread (the event loop: links, pipelines,
 decoding, drivers) and one for the store writer's thread (every transaction: the SQL, the
@@ -18,11 +18,16 @@ message (patient or QC), elapsed and in the thread's CPU (the first includes the
 for the interpreter lock the event loop holds), and each transaction's duration (the
 work of its batch and the commit) and size, and every SQL statement slower than 50 ms,
 written to ``PREFIX.timing.json`` when the daemon stops.
+
+``collections``: no profiler; each run of the garbage collector (when, which generation,
+how long it stopped both threads, how many objects start-up had set aside), written to
+``PREFIX.collections.json`` when the daemon stops.
 """
 
 from __future__ import annotations
 
 import cProfile
+import gc
 import json
 import sys
 import time
@@ -111,6 +116,33 @@ def with_timing(prefix: str, argv: list[str]) -> int:
         Path(prefix + ".timing.json").write_text(json.dumps(times | {"slow": slow}))
 
 
+def with_collections(prefix: str, argv: list[str]) -> int:
+    started = time.perf_counter()
+    began: list[float] = []
+    seen: list[dict[str, Any]] = []
+
+    def collecting(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            began.append(time.perf_counter())
+        elif began:
+            seen.append(
+                {
+                    "at": began[-1] - started,
+                    "generation": info["generation"],
+                    "ms": 1000 * (time.perf_counter() - began.pop()),
+                    "set_aside": gc.get_freeze_count(),
+                }
+            )
+
+    gc.callbacks.append(collecting)
+    try:
+        return int(main(argv))
+    finally:
+        Path(prefix + ".collections.json").write_text(json.dumps(seen))
+
+
+MODES = {"cprofile": with_cprofile, "timing": with_timing, "collections": with_collections}
+
 if __name__ == "__main__":
     prefix, mode, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
-    raise SystemExit((with_cprofile if mode == "cprofile" else with_timing)(prefix, argv))
+    raise SystemExit(MODES[mode](prefix, argv))
