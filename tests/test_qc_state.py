@@ -39,6 +39,7 @@ from middleware.store.schema import (
     qc_lots,
     qc_tests,
 )
+from middleware.store.sql import utc
 from middleware.web.roles import Role
 from tests import credentials
 from tests.conftest import ROOT, _postgres_admin_url
@@ -487,6 +488,49 @@ def test_recent_states_keep_no_more_than_their_room() -> None:
     assert recent.get((1,)) == "state 1"  # now the most recent
     recent.put((3,), "state 3")
     assert (recent.get((2,)), recent.get((1,)), recent.get((3,))) == (None, "state 1", "state 3")
+
+
+def test_two_transactions_making_a_lots_first_state_take_turns(database_url: str) -> None:
+    """The same for a control lot's state: two controls of a new lot, in two write
+    transactions; the second counts on the first's result."""
+    key = ("chem-1", "NEW", "LOT-9")
+    store = Store(database_url)
+    first_wrote = threading.Event()
+
+    def count(then: Callable[[], None] = lambda: None) -> None:
+        with store.engine.connect() as conn:
+            conn.execution_options(write=True)
+            with conn.begin():
+                book = QcBook.read(conn, [])
+                book.read_lots(conn, [key])
+                before = book.lot(key)
+                book.change_lots(
+                    key[:2],
+                    {key[2]: replace(before, over_limit_cycles=before.over_limit_cycles + 1)},
+                )
+                book.write(conn, T0)
+                then()
+
+    def second() -> None:
+        first_wrote.wait(5)
+        count()
+
+    try:
+        threads = [
+            threading.Thread(target=count, args=(lambda: (first_wrote.set(), time.sleep(0.5)),)),
+            threading.Thread(target=second),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        [state] = store.read(lambda conn: qc_state.load_lots(conn, [key])).values()
+        # A state already stored is read and locked, and nothing is made for it again.
+        made = store.read(lambda conn: conn.execute(select(qc_lots.c.updated_at)).scalars().all())
+    finally:
+        store.close()
+    assert state.over_limit_cycles == 2
+    assert [utc(at) for at in made] == [T0]
 
 
 def test_two_transactions_making_a_tests_first_state_take_turns(database_url: str) -> None:

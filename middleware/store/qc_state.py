@@ -75,10 +75,11 @@ _MAKE_EMPTY = {table.name: Direct(new_only("postgresql", table)) for table in (q
 
 
 def _lockable(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Make the rows about to be read FOR UPDATE on PostgreSQL exist: a row that does not
-    exist yet locks nothing, and two transactions would each write their own first state,
-    the second over the first. A row another transaction is making makes this one wait
-    for it, and then read what it made."""
+    """Make rows that a read FOR UPDATE on PostgreSQL did not find exist, to be read
+    again: a row that does not exist yet locks nothing, and two transactions would each
+    write their own first state, the second over the first. A row another transaction
+    is making makes this one wait for it, and then read what it made. Only the missing
+    ones: making every row first cost a statement per row and message."""
     if rows:
         _MAKE_EMPTY[table.name].executemany(conn, rows)
 
@@ -87,8 +88,15 @@ def load_tests(conn: Connection, keys: Iterable[TestKey]) -> dict[TestKey, TestQ
     """The stored state of each instrument and test wanted; one not stored yet is absent
     (on PostgreSQL it is made empty, and locked like the others)."""
     wanted = sorted(set(keys))
-    if conn.dialect.name == "postgresql":
-        _lockable(conn, qc_tests, [_test_row(key, NO_QC, _NEVER) for key in wanted])
+    found = _read_tests(conn, wanted)
+    if conn.dialect.name == "postgresql" and len(found) < len(wanted):
+        missing = [key for key in wanted if key not in found]
+        _lockable(conn, qc_tests, [_test_row(key, NO_QC, _NEVER) for key in missing])
+        found |= _read_tests(conn, missing)
+    return found
+
+
+def _read_tests(conn: Connection, wanted: list[TestKey]) -> dict[TestKey, TestQc]:
     found: dict[TestKey, TestQc] = {}
     query = _TESTS_FOR_UPDATE if conn.dialect.name == "postgresql" else _TESTS
     for instrument, tests in sorted(_by_instrument(wanted).items()):
@@ -110,8 +118,15 @@ def load_lots(conn: Connection, keys: Iterable[LotKey]) -> dict[LotKey, LotQc]:
     """The stored state of each control lot wanted; one not stored yet is absent (on
     PostgreSQL it is made empty, and locked like the others)."""
     wanted = set(keys)
-    if conn.dialect.name == "postgresql":
-        _lockable(conn, qc_lots, [_lot_row(key, NO_LOT_QC, _NEVER) for key in sorted(wanted)])
+    found = _read_lots(conn, wanted)
+    if conn.dialect.name == "postgresql" and len(found) < len(wanted):
+        missing = wanted - found.keys()
+        _lockable(conn, qc_lots, [_lot_row(key, NO_LOT_QC, _NEVER) for key in sorted(missing)])
+        found |= _read_lots(conn, missing)
+    return found
+
+
+def _read_lots(conn: Connection, wanted: set[LotKey]) -> dict[LotKey, LotQc]:
     found: dict[LotKey, LotQc] = {}
     query = _LOTS_FOR_UPDATE if conn.dialect.name == "postgresql" else _LOTS
     for instrument, tests in sorted(_by_instrument(wanted).items()):
