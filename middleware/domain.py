@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
 
 
@@ -51,6 +51,11 @@ class Specimen:
     analysed_at: datetime | None = None
     rack: str = ""
     position: str = ""
+
+
+#: How far ahead of the middleware's clock an analyser's may be when an hour that comes
+#: twice is read (:meth:`InstrumentMessage.in_timezone`).
+CLOCK_DRIFT = timedelta(minutes=15)
 
 
 def zone_or_host(configured: tzinfo | None) -> tzinfo:
@@ -232,17 +237,28 @@ class InstrumentMessage:
         """The specimens the message concerns (what its log line names: never a patient)."""
         return sorted({s.specimen_id for s in self.specimens if s.specimen_id})
 
-    def in_timezone(self, zone: tzinfo) -> InstrumentMessage:
+    def in_timezone(self, zone: tzinfo, received: datetime | None = None) -> InstrumentMessage:
         """The same message with the analyser's wall-clock times (which carry no zone)
         read in ``zone`` and given in UTC, so they compare with the middleware's clock.
-        A time that cannot be placed in UTC is left out, and the message says so."""
+        A time that cannot be placed in UTC is left out, and the message says so.
+
+        A time of the hour that comes twice when the clocks go back is the later of the
+        two if that one is not after the message was ``received`` (give or take
+        :data:`CLOCK_DRIFT`): analysers send what they measure within minutes, and the
+        earlier reading would date a result of the second hour an hour early."""
         problems = list(self.problems)
+        latest = received + CLOCK_DRIFT if received is not None else None
 
         def utc(moment: datetime | None, what: Callable[[], str]) -> datetime | None:
             if moment is None or moment.tzinfo is not None:
                 return moment
             try:
-                return moment.replace(tzinfo=zone).astimezone(UTC)
+                first = moment.replace(tzinfo=zone).astimezone(UTC)
+                if latest is not None:
+                    second = moment.replace(tzinfo=zone, fold=1).astimezone(UTC)
+                    if first < second <= latest:
+                        return second
+                return first
             except OverflowError:  # year 1 east of UTC, year 9999 west of it
                 problems.append(
                     f"{what()} {moment.isoformat(sep=' ')} in {zone} cannot be given in UTC;"

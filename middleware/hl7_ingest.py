@@ -315,7 +315,7 @@ class Hl7Connection:
                     reason=detection.reason if detection is not None else "configured",
                 )
             self._chosen = chosen
-            return chosen.read(message).in_timezone(self.timezone)
+            return chosen.read(message).in_timezone(self.timezone, self.clock())
         except Exception as exc:  # a driver must never take the connection down
             self.log.exception("driver failed")
             problems.append(f"driver failed: {exc!r}")

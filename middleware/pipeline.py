@@ -304,7 +304,7 @@ class ConnectionPipeline:
             lines = [line.replace("\x00", "\ufffd") for line in lines]
         elif decoded.records:
             try:
-                reading = driver.read(decoded.records).in_timezone(self.timezone)
+                reading = driver.read(decoded.records).in_timezone(self.timezone, self.clock())
             except Exception as exc:  # a driver must never take the connection down
                 self.log.exception("driver failed", driver=driver.name)
                 problems.append(f"driver {driver.name} failed: {exc!r}")

@@ -167,6 +167,56 @@ def test_controls_times_are_placed_in_utc_or_left_out() -> None:
     assert message.problems == []  # the message read is left as it was
 
 
+PARIS = ZoneInfo("Europe/Paris")
+
+
+@pytest.mark.parametrize(
+    ("wall_clock", "received", "placed"),
+    [
+        # 25 October 2026: 02:30 comes twice in Paris, at 00:30 and at 01:30 UTC.
+        (
+            datetime(2026, 10, 25, 2, 30),
+            datetime(2026, 10, 25, 1, 35),
+            datetime(2026, 10, 25, 1, 30),
+        ),
+        (
+            datetime(2026, 10, 25, 2, 30),
+            datetime(2026, 10, 25, 0, 35),
+            datetime(2026, 10, 25, 0, 30),
+        ),
+        # An analyser's clock a few minutes ahead of ours still reads as the second hour.
+        (
+            datetime(2026, 10, 25, 2, 30),
+            datetime(2026, 10, 25, 1, 20),
+            datetime(2026, 10, 25, 1, 30),
+        ),
+        # Sent hours later, the later reading is taken.
+        (
+            datetime(2026, 10, 25, 2, 30),
+            datetime(2026, 10, 25, 9, 0),
+            datetime(2026, 10, 25, 1, 30),
+        ),
+        (datetime(2026, 10, 25, 2, 30), None, datetime(2026, 10, 25, 0, 30)),
+        # 29 March: 02:30 never comes; read as before the clocks went forward.
+        (datetime(2026, 3, 29, 2, 30), datetime(2026, 3, 29, 1, 35), datetime(2026, 3, 29, 1, 30)),
+        (
+            datetime(2026, 10, 24, 2, 30),
+            datetime(2026, 10, 25, 1, 35),
+            datetime(2026, 10, 24, 0, 30),
+        ),
+    ],
+)
+def test_an_hour_that_comes_twice_is_read_by_when_the_message_came(
+    wall_clock: datetime, received: datetime | None, placed: datetime
+) -> None:
+    result = Result("S1", "GLU", "GLU", Measurement.parse("5"), completed_at=wall_clock)
+    message = InstrumentMessage("an1", results=[result])
+    came = received.replace(tzinfo=UTC) if received is not None else None
+    moved = message.in_timezone(PARIS, came)
+    assert moved.results[0].completed_at == placed.replace(tzinfo=UTC)
+    assert moved.problems == []
+
+
 def test_field_problems_alone_do_not_quarantine_the_message(tmp_path: Path) -> None:
     raw = message_bytes(r13=SUPERSCRIPT_HOUR, o7=b"99991231235959")
     reading = read(raw).in_timezone(NEW_YORK)
@@ -343,7 +393,7 @@ def test_in_timezone_never_raises(moment: datetime, zone: ZoneInfo) -> None:
         specimens=[Specimen("S1", collected_at=moment)],
         orders=[Order("S1", ("GLU",), ordered_at=moment)],
     )
-    moved = message.in_timezone(zone)
+    moved = message.in_timezone(zone, datetime(2026, 12, 2, 9, 30, tzinfo=UTC))
     placed = moved.specimens[0].collected_at
     assert (placed is None) == bool(moved.problems)
     assert placed is None or placed.tzinfo is UTC

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select, text
@@ -19,6 +20,7 @@ from middleware.domain import InstrumentMessage, Order
 from middleware.pipeline import ConnectionPipeline
 from middleware.store import Store, orders, reading
 from middleware.store.schema import messages
+from middleware.store.sql import utc
 from middleware.transport.tcp import TcpServer
 from tests.peer import (
     ACK,
@@ -241,3 +243,29 @@ async def test_a_detection_that_fails_reads_with_the_standard_reading(tmp_path: 
     kept = store.read(lambda conn: conn.execute(text("SELECT driver FROM messages")).all())
     assert kept == [("generic",)]
     store.close()
+
+
+async def test_an_hour_that_comes_twice_is_read_by_when_the_message_came(tmp_path: Path) -> None:
+    """Paris, 25 October 2026: 02:30 comes at 00:30 and again at 01:30 UTC. A result of
+    02:30 that reaches the pipeline at 01:32 UTC was measured the second time."""
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    pipeline = ConnectionPipeline(
+        "an1",
+        drivers.get("generic"),
+        store,
+        timezone=ZoneInfo("Europe/Paris"),
+        clock=lambda: datetime(2026, 10, 25, 1, 32, tzinfo=UTC),
+    )
+    server = TcpServer("127.0.0.1", 0, LinkSettings(), pipeline, name="an1")
+    await server.start()
+    peer = StreamPeer(*await asyncio.open_connection("127.0.0.1", server.bound_port))
+    try:
+        completed = MESSAGE[3] + b"||||20261025023000"  # R.13
+        await send_message(peer, [*MESSAGE[:3], completed, MESSAGE[4]])
+        await settle(pipeline, 1)
+        [row] = store.read(lambda conn: reading.results_for_specimen(conn, "S100"))
+    finally:
+        await peer.close()
+        await server.close()
+        store.close()
+    assert utc(row["completed_at"]) == datetime(2026, 10, 25, 1, 30, tzinfo=UTC)
