@@ -174,46 +174,27 @@ PARIS = ZoneInfo("Europe/Paris")
     ("wall_clock", "received", "placed"),
     [
         # 25 October 2026: 02:30 comes twice in Paris, at 00:30 and at 01:30 UTC.
-        (
-            datetime(2026, 10, 25, 2, 30),
-            datetime(2026, 10, 25, 1, 35),
-            datetime(2026, 10, 25, 1, 30),
-        ),
-        (
-            datetime(2026, 10, 25, 2, 30),
-            datetime(2026, 10, 25, 0, 35),
-            datetime(2026, 10, 25, 0, 30),
-        ),
+        ("2026-10-25 02:30", "2026-10-25 01:35", "2026-10-25 01:30"),
+        ("2026-10-25 02:30", "2026-10-25 00:35", "2026-10-25 00:30"),
         # An analyser's clock a few minutes ahead of ours still reads as the second hour.
-        (
-            datetime(2026, 10, 25, 2, 30),
-            datetime(2026, 10, 25, 1, 20),
-            datetime(2026, 10, 25, 1, 30),
-        ),
+        ("2026-10-25 02:30", "2026-10-25 01:20", "2026-10-25 01:30"),
         # Sent hours later, the later reading is taken.
-        (
-            datetime(2026, 10, 25, 2, 30),
-            datetime(2026, 10, 25, 9, 0),
-            datetime(2026, 10, 25, 1, 30),
-        ),
-        (datetime(2026, 10, 25, 2, 30), None, datetime(2026, 10, 25, 0, 30)),
+        ("2026-10-25 02:30", "2026-10-25 09:00", "2026-10-25 01:30"),
+        ("2026-10-25 02:30", None, "2026-10-25 00:30"),
         # 29 March: 02:30 never comes; read as before the clocks went forward.
-        (datetime(2026, 3, 29, 2, 30), datetime(2026, 3, 29, 1, 35), datetime(2026, 3, 29, 1, 30)),
-        (
-            datetime(2026, 10, 24, 2, 30),
-            datetime(2026, 10, 25, 1, 35),
-            datetime(2026, 10, 24, 0, 30),
-        ),
+        ("2026-03-29 02:30", "2026-03-29 01:35", "2026-03-29 01:30"),
+        ("2026-10-24 02:30", "2026-10-25 01:35", "2026-10-24 00:30"),
     ],
 )
 def test_an_hour_that_comes_twice_is_read_by_when_the_message_came(
-    wall_clock: datetime, received: datetime | None, placed: datetime
+    wall_clock: str, received: str | None, placed: str
 ) -> None:
-    result = Result("S1", "GLU", "GLU", Measurement.parse("5"), completed_at=wall_clock)
+    measured = datetime.fromisoformat(wall_clock)
+    result = Result("S1", "GLU", "GLU", Measurement.parse("5"), completed_at=measured)
     message = InstrumentMessage("an1", results=[result])
-    came = received.replace(tzinfo=UTC) if received is not None else None
+    came = datetime.fromisoformat(received).replace(tzinfo=UTC) if received else None
     moved = message.in_timezone(PARIS, came)
-    assert moved.results[0].completed_at == placed.replace(tzinfo=UTC)
+    assert moved.results[0].completed_at == datetime.fromisoformat(placed).replace(tzinfo=UTC)
     assert moved.problems == []
 
 
