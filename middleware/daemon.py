@@ -53,6 +53,7 @@ from middleware.transport.tls import (
     server_name,
 )
 from middleware.worklist_push import WorklistDownloader
+from middleware.zones import zone_or_host
 
 log = structlog.get_logger("middleware.daemon")
 
@@ -215,7 +216,9 @@ class Daemon:
                 await self.orders.start(lis.orders_host, lis.orders_port)
         if self.monitor is not None:
             self.monitor.serving = True
-        log.info("daemon running", instruments=len(self.connections), owner=self.owner)
+        # The zone says when lots expire and how analysers' times are read: said once.
+        log.info("daemon running", instruments=len(self.connections), owner=self.owner,
+                 zone=str(zone_or_host(self.settings.zone)))  # fmt: skip
 
     def _observe(self, store: Store) -> None:
         """Metrics, events and figures from what the store commits."""

@@ -58,12 +58,6 @@ class Specimen:
 CLOCK_DRIFT = timedelta(minutes=15)
 
 
-def zone_or_host(configured: tzinfo | None) -> tzinfo:
-    """A zone as configured, else this host's: the zone of an analyser's clock (they send
-    wall-clock times without a zone, and sit beside the host) or the laboratory's."""
-    return configured or datetime.now().astimezone().tzinfo or UTC
-
-
 @dataclass(frozen=True, slots=True)
 class Order:
     """Tests asked for a specimen (from the LIS, or echoed by the analyser)."""

@@ -30,7 +30,7 @@ from drivers import get_hl7
 from drivers.hl7 import Hl7AutoDriver, Hl7Driver, is_acknowledgment
 from drivers.hl7_query import unanswered
 from middleware.assessment import assess_message
-from middleware.domain import InstrumentMessage, zone_or_host
+from middleware.domain import InstrumentMessage
 from middleware.engine.engine import Engine
 from middleware.hl7.mllp import Discarded, MessageReceived, MllpReader, frame
 from middleware.hl7.orders import acknowledgment
@@ -55,6 +55,7 @@ from middleware.transport.channel import ByteStream
 from middleware.transport.reconnect import Backoff
 from middleware.transport.tcp import ListenError, peer_name
 from middleware.transport.tls import instrument_context, peer_allowed, server_name
+from middleware.zones import zone_or_host
 
 log = structlog.get_logger("middleware.hl7_ingest")
 

@@ -38,7 +38,7 @@ from middleware.astm.link import (
     TransferStarted,
 )
 from middleware.astm.records import Record, decode_message, encode_record, split_records
-from middleware.domain import InstrumentMessage, zone_or_host
+from middleware.domain import InstrumentMessage
 from middleware.engine.engine import Engine
 from middleware.hl7.results import Sender
 from middleware.metrics import Metrics
@@ -54,6 +54,7 @@ from middleware.transport.channel import (
     SendError,
 )
 from middleware.transport.received import Span
+from middleware.zones import zone_or_host
 
 log = structlog.get_logger("middleware.pipeline")
 

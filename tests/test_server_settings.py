@@ -11,6 +11,7 @@ import psycopg
 
 from middleware.store import Store
 from middleware.store.database import risky_settings
+from middleware.zones import host_zone
 from tests.daemon import DaemonProcess, free_port
 
 
@@ -61,13 +62,14 @@ def test_the_daemon_says_at_start_what_the_server_risks(database_url: str, tmp_p
     daemon.start()
     try:
         daemon._wait_for_log('"daemon running"', time.monotonic() + 20)
-        said = [
-            json.loads(line)
-            for line in daemon.log.read_text().splitlines()
-            if "database setting puts results at risk" in line
-        ]
+        text = daemon.log.read_text().splitlines()
+        lines = [json.loads(line) for line in text if line.startswith("{")]
+        said = [line for line in lines if line["event"] == "database setting puts results at risk"]
+        running = next(line for line in lines if line["event"] == "daemon running")
     finally:
         assert daemon.stop() == 0
+    # And in which zone it reads analysers' times and lots' expiry: the host's, by name.
+    assert running["zone"] == str(host_zone())
     settings = {line["setting"]: line for line in said}
     if not postgres:
         assert said == []

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, tzinfo
 
-from middleware.domain import ControlResult, Result, zone_or_host
+from middleware.domain import ControlResult, Result
 from middleware.engine.acceptance import acceptance_findings
 from middleware.engine.autoverify import autoverify
 from middleware.engine.context import ResultContext
@@ -22,6 +22,7 @@ from middleware.engine.early_release import early_release
 from middleware.engine.qc import QC_FINDING_CODES, ControlStep, LotQc, QcGate, TestQc
 from middleware.engine.reagents import REAGENT_RECALLED, LotRegistry, lots_changed
 from middleware.engine.rules import Rules
+from middleware.zones import zone_or_host
 
 #: The codes (before any ``:``) of what a held result's QC, a recall of its reagent lots
 #: and early release find: what time changes, looked at anew whenever it is decided

@@ -24,7 +24,6 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from middleware.control import Control, ControlError, NotFound
-from middleware.domain import zone_or_host
 from middleware.monitor import InstrumentState
 from middleware.store import qc_records, views
 from middleware.store.sql import utcnow
@@ -32,6 +31,7 @@ from middleware.web.charts import ChartPoint, levey_jennings
 from middleware.web.rawbytes import caret, hexdump
 from middleware.web.roles import Action, Role, allowed
 from middleware.web.sessions import mac, same
+from middleware.zones import zone_or_host
 
 HERE = FilePath(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
