@@ -58,9 +58,15 @@ def _locking(conn: Connection, query: Any) -> Any:
     return query.with_for_update() if conn.dialect.name == "postgresql" else query
 
 
-_TESTS_QUERY = select(qc_tests).where(
-    qc_tests.c.instrument == bindparam("instrument"),
-    qc_tests.c.test_code.in_(bindparam("tests", expanding=True)),
+# In the order of their keys: two transactions locking rows of the same tests lock them
+# in the same order, and the second waits rather than deadlocks.
+_TESTS_QUERY = (
+    select(qc_tests)
+    .where(
+        qc_tests.c.instrument == bindparam("instrument"),
+        qc_tests.c.test_code.in_(bindparam("tests", expanding=True)),
+    )
+    .order_by(qc_tests.c.test_code)
 )
 # Every message reads them: on the driver's cursor (see store.direct).
 _TESTS = Direct(_TESTS_QUERY)
@@ -105,10 +111,14 @@ def _read_tests(conn: Connection, wanted: list[TestKey]) -> dict[TestKey, TestQc
     return found
 
 
-_LOTS_QUERY = select(qc_lots).where(
-    qc_lots.c.instrument == bindparam("instrument"),
-    qc_lots.c.test_code.in_(bindparam("tests", expanding=True)),
-    qc_lots.c.lot.in_(bindparam("lots", expanding=True)),
+_LOTS_QUERY = (
+    select(qc_lots)
+    .where(
+        qc_lots.c.instrument == bindparam("instrument"),
+        qc_lots.c.test_code.in_(bindparam("tests", expanding=True)),
+        qc_lots.c.lot.in_(bindparam("lots", expanding=True)),
+    )
+    .order_by(qc_lots.c.test_code, qc_lots.c.lot)
 )
 _LOTS = Direct(_LOTS_QUERY)
 _LOTS_FOR_UPDATE = Direct(_LOTS_QUERY.with_for_update())
