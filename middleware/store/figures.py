@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import Connection, func, select
 
 from middleware.store.outbox import DEAD, PENDING, STOPPED
+from middleware.store.qc_state import kept
 from middleware.store.schema import open_holds, outbox, qc_tests
 from middleware.store.sql import utc
 
@@ -53,10 +54,8 @@ def read_figures(conn: Connection) -> Figures:
     }
     held = int(conn.execute(select(func.count()).select_from(open_holds)).scalar_one())
     qc = dict.fromkeys(QC_STATES, 0)
-    rows = conn.execute(
-        select(qc_tests.c.corrective_action_since, qc_tests.c.locked, qc_tests.c.void_reason)
-    )
-    for row in rows:
+    states = select(qc_tests.c.corrective_action_since, qc_tests.c.locked, qc_tests.c.void_reason)
+    for row in conn.execute(states.where(kept(qc_tests))):
         qc[qc_state(row.corrective_action_since, row.locked, row.void_reason)] += 1
     pending = by_state.get(PENDING)
     return Figures(

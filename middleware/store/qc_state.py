@@ -21,7 +21,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection, DateTime, Insert, Table, bindparam, select
+from sqlalchemy import ColumnElement, Connection, DateTime, Insert, Table, bindparam, select
 
 from middleware.engine import westgard
 from middleware.engine.qc import (
@@ -75,6 +75,13 @@ _TESTS_FOR_UPDATE = Direct(_TESTS_QUERY.with_for_update())
 
 #: updated_at of a row made empty, before anything was kept in it.
 _NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def kept(table: Table) -> ColumnElement[bool]:
+    """The state rows something was kept in: on PostgreSQL a row is made empty for each
+    test and lot a message names, to be locked (:func:`_lockable`), and what is shown of
+    the QC must be the same as on SQLite, which makes none."""
+    return table.c.updated_at > _NEVER
 
 
 _MAKE_EMPTY = {table.name: Direct(new_only("postgresql", table)) for table in (qc_tests, qc_lots)}

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, and_, func, or_, select
 
 from middleware.store.figures import Figures, qc_state, read_figures
 from middleware.store.outbox import DEAD, STOPPED, Entry, entries
+from middleware.store.qc_state import kept
 from middleware.store.schema import (
     control_results,
     messages,
@@ -139,16 +140,20 @@ def qc_tests_view(
 ) -> list[QcTest]:
     """Every instrument test the QC state knows (``only`` one: instrument and test), with
     its latest evaluations."""
-    query = select(
-        qc_tests.c.instrument,
-        qc_tests.c.test_code,
-        qc_tests.c.corrective_action_since,
-        qc_tests.c.corrective_action_reason,
-        qc_tests.c.locked,
-        qc_tests.c.void_reason,
-        qc_tests.c.last_in_control_at,
-        qc_tests.c.lots_in_use,
-    ).order_by(qc_tests.c.instrument, qc_tests.c.test_code)
+    query = (
+        select(
+            qc_tests.c.instrument,
+            qc_tests.c.test_code,
+            qc_tests.c.corrective_action_since,
+            qc_tests.c.corrective_action_reason,
+            qc_tests.c.locked,
+            qc_tests.c.void_reason,
+            qc_tests.c.last_in_control_at,
+            qc_tests.c.lots_in_use,
+        )
+        .where(kept(qc_tests))
+        .order_by(qc_tests.c.instrument, qc_tests.c.test_code)
+    )
     if only is not None:
         query = query.where(qc_tests.c.instrument == only[0], qc_tests.c.test_code == only[1])
     rows = conn.execute(query).all()
@@ -184,7 +189,7 @@ def control_lots(conn: Connection, instrument: str, test: str) -> list[ControlLo
             qc_lots.c.approved_mean,
             qc_lots.c.approved_sd,
         )
-        .where(qc_lots.c.instrument == instrument, qc_lots.c.test_code == test)
+        .where(qc_lots.c.instrument == instrument, qc_lots.c.test_code == test, kept(qc_lots))
         .order_by(qc_lots.c.lot)
     )
     return [ControlLot(r.lot, r.material, r.results, r.approved_mean, r.approved_sd) for r in rows]
