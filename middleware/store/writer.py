@@ -37,6 +37,16 @@ class _Job:
 
 _STOP = object()
 
+#: PostgreSQL's codes for a transaction it ended so that another could go on (chosen as
+#: a deadlock's victim, or a serialization failure): the same work again succeeds.
+_TRY_AGAIN = frozenset({"40P01", "40001"})
+#: How many times a unit ended so is run again before its failure is given.
+TRIES = 3
+
+
+def _try_again(exc: BaseException) -> bool:
+    return getattr(getattr(exc, "orig", exc), "sqlstate", None) in _TRY_AGAIN
+
 
 @dataclass(frozen=True, slots=True)
 class Committed:
@@ -122,7 +132,7 @@ class StoreWriter:
             return "store writer thread ended"
         return None
 
-    def _commit(self, batch: list[_Job]) -> None:
+    def _commit(self, batch: list[_Job], tries: int = TRIES) -> None:
         started = time.perf_counter()
         try:
             with self.engine.connect() as conn:
@@ -132,6 +142,12 @@ class StoreWriter:
                     values = [job.work(conn) for job in batch]
                 told = notices.take(conn)
         except Exception as exc:
+            if len(batch) == 1 and tries > 1 and _try_again(exc):
+                # A message NAKed for it would come again; a person's act would fail.
+                log.warning("store write ended by the database for another; again",
+                            error=repr(exc))  # fmt: skip
+                self._commit(batch, tries - 1)
+                return
             if len(batch) == 1:
                 log.error("store write failed", error=repr(exc))
                 batch[0].loop.call_soon_threadsafe(_resolve, batch[0].future, None, exc)

@@ -1,0 +1,72 @@
+"""The store writer runs again a unit the database ended for another transaction's sake,
+and only such a unit."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import psycopg
+import pytest
+from sqlalchemy import Connection, exc, text
+
+from middleware.store import Store
+
+
+def _probe_table(store: Store) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE probe (id INTEGER PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO probe (id) VALUES (1), (2)"))
+
+
+def test_a_deadlocks_victim_is_run_again(store: Store, database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no deadlock to end: a writer holds the whole database")
+    _probe_table(store)
+    tries: list[float] = []
+    holds_2 = threading.Event()
+
+    def work(conn: Connection) -> str:
+        tries.append(time.monotonic())
+        conn.execute(text("SELECT id FROM probe WHERE id = 2 FOR UPDATE"))
+        holds_2.set()
+        conn.execute(text("SELECT id FROM probe WHERE id = 1 FOR UPDATE"))
+        return "kept"
+
+    def other(url: str) -> None:
+        # Another transaction takes the rows the other way round. Its deadlock_timeout
+        # is the longer: the writer's transaction is the one PostgreSQL ends.
+        with psycopg.connect(url) as conn:
+            conn.execute("SET deadlock_timeout = '20s'")
+            conn.execute("SELECT id FROM probe WHERE id = 1 FOR UPDATE")
+            holding_1.set()
+            assert holds_2.wait(20)
+            time.sleep(0.2)  # the writer now waits for row 1
+            conn.execute("SELECT id FROM probe WHERE id = 2 FOR UPDATE")
+            time.sleep(0.3)
+        # Leaving the block commits: the writer's next try goes through.
+
+    holding_1 = threading.Event()
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    thread = threading.Thread(target=other, args=(url,))
+    thread.start()
+    try:
+        assert holding_1.wait(20)
+        assert asyncio.run(asyncio.wait_for(store.write(work), 60)) == "kept"
+    finally:
+        thread.join(30)
+    assert len(tries) == 2
+
+
+def test_any_other_failure_is_given_at_once(store: Store) -> None:
+    _probe_table(store)
+    tries: list[int] = []
+
+    def work(conn: Connection) -> None:
+        tries.append(1)
+        conn.execute(text("INSERT INTO probe (id) VALUES (1)"))  # taken
+
+    with pytest.raises(exc.IntegrityError):
+        asyncio.run(store.write(work))
+    assert tries == [1]
