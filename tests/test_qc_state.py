@@ -47,6 +47,7 @@ from tests.daemon import DaemonProcess, connect, free_port, query
 from tests.messages import patient, qc
 from tests.peer import StreamPeer, send_message
 from tests.test_api import wait_until_listening
+from tests.test_server_settings import _for_new_sessions
 
 RULES = load_rules(ROOT / "rules")
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
@@ -533,10 +534,19 @@ def test_two_transactions_making_a_lots_first_state_take_turns(database_url: str
     assert [utc(at) for at in made] == [T0]
 
 
-def test_two_transactions_making_a_tests_first_state_take_turns(database_url: str) -> None:
+@pytest.mark.parametrize("server_default", ["", "repeatable read"])
+def test_two_transactions_making_a_tests_first_state_take_turns(
+    database_url: str, server_default: str
+) -> None:
     """A message's QC and an operator's calibration, in two write transactions (two
     daemons' writers), on a test with no state yet: the second waits for the first and
-    builds on what it wrote, never writing over it."""
+    builds on what it wrote, never writing over it. Also where lab IT made another
+    isolation the server's default: under it the second would fail, finding a row its
+    snapshot does not show."""
+    if server_default:
+        if not database_url.startswith("postgresql"):
+            pytest.skip("a server default of PostgreSQL's")
+        _for_new_sessions(database_url, "default_transaction_isolation", f"'{server_default}'")
     key = ("chem-1", "NEW")
     store = Store(database_url)
     first_wrote = threading.Event()

@@ -58,6 +58,9 @@ def open_engine(url: str, lock_timeout: float = 10.0) -> Engine:
     return create_engine(
         url,
         pool_pre_ping=True,
+        # What the QC state's locking counts on (a row another transaction made is read
+        # once it commits), whatever default lab IT gave the server or the role.
+        isolation_level="READ COMMITTED",
         connect_args={"options": f"-c lock_timeout={int(lock_timeout * 1000)}"},
     )
 
