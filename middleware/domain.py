@@ -239,18 +239,23 @@ class InstrumentMessage:
         A time of the hour that comes twice when the clocks go back is the later of the
         two if that one is not after the message was ``received`` (give or take
         :data:`CLOCK_DRIFT`): analysers send what they measure within minutes, and the
-        earlier reading would date a result of the second hour an hour early."""
+        earlier reading would date a result of the second hour an hour early. A time of a
+        specimen or of its order (collected, received, analysed, ordered) is moreover not
+        read after the last of the specimen's results: stamped in the first hour and sent
+        in the second, it would come after them."""
         problems = list(self.problems)
         latest = received + CLOCK_DRIFT if received is not None else None
 
-        def utc(moment: datetime | None, what: Callable[[], str]) -> datetime | None:
+        def utc(
+            moment: datetime | None, what: Callable[[], str], before: datetime | None = None
+        ) -> datetime | None:
             if moment is None or moment.tzinfo is not None:
                 return moment
             try:
                 first = moment.replace(tzinfo=zone).astimezone(UTC)
                 if latest is not None:
                     second = moment.replace(tzinfo=zone, fold=1).astimezone(UTC)
-                    if first < second <= latest:
+                    if first < second <= (latest if before is None else min(latest, before)):
                         return second
                 return first
             except OverflowError:  # year 1 east of UTC, year 9999 west of it
@@ -269,26 +274,36 @@ class InstrumentMessage:
 
             return replace(r, completed_at=utc(r.completed_at, what))
 
+        results = [result(r) for r in self.results]
+        controls = [replace(c, result=result(c.result)) for c in self.controls]
+        last_result: dict[str, datetime] = {}
+        for r in [*results, *(c.result for c in controls)]:
+            if r.completed_at is not None:
+                known = last_result.get(r.specimen_id)
+                last_result[r.specimen_id] = (
+                    r.completed_at if known is None else max(known, r.completed_at)
+                )
+
         def specimen(s: Specimen) -> Specimen:
             what = f"specimen {s.specimen_id or '?'}:"
+            before = last_result.get(s.specimen_id)
             return replace(
                 s,
-                collected_at=utc(s.collected_at, lambda: f"{what} collected"),
-                received_at=utc(s.received_at, lambda: f"{what} received"),
-                analysed_at=utc(s.analysed_at, lambda: f"{what} analysed"),
+                collected_at=utc(s.collected_at, lambda: f"{what} collected", before),
+                received_at=utc(s.received_at, lambda: f"{what} received", before),
+                analysed_at=utc(s.analysed_at, lambda: f"{what} analysed", before),
             )
 
         def order(o: Order) -> Order:
-            return replace(
-                o,
-                ordered_at=utc(o.ordered_at, lambda: f"order of {o.specimen_id or '?'}: ordered"),
-            )
+            what = f"order of {o.specimen_id or '?'}: ordered"
+            before = last_result.get(o.specimen_id)
+            return replace(o, ordered_at=utc(o.ordered_at, lambda: what, before))
 
         return replace(
             self,
             specimens=[specimen(s) for s in self.specimens],
-            results=[result(r) for r in self.results],
-            controls=[replace(c, result=result(c.result)) for c in self.controls],
+            results=results,
+            controls=controls,
             orders=[order(o) for o in self.orders],
             problems=problems,
         )

@@ -147,9 +147,10 @@ def test_time_that_cannot_be_given_in_utc_is_left_out(stamp: bytes, zone: ZoneIn
     assert message.problems == [
         f"{what} {shown} cannot be given in UTC; left out"
         for what in (
+            # The results first: a specimen's times are placed before them.
+            "result GLU of S1: completed",
             "specimen S1: collected",
             "specimen S1: received",
-            "result GLU of S1: completed",
             "order of S1: ordered",
         )
     ]
@@ -195,6 +196,38 @@ def test_an_hour_that_comes_twice_is_read_by_when_the_message_came(
     came = datetime.fromisoformat(received).replace(tzinfo=UTC) if received else None
     moved = message.in_timezone(PARIS, came)
     assert moved.results[0].completed_at == datetime.fromisoformat(placed).replace(tzinfo=UTC)
+    assert moved.problems == []
+
+
+@pytest.mark.parametrize(
+    ("collected", "completed", "received", "placed"),
+    [
+        # Both in the first 02:xx (00:20 and 00:40 UTC), sent at 02:05 of the second
+        # (01:05 UTC): 02:20 of the second would be 01:20, after the result. The first.
+        ("02:20", "02:40", "01:05", ("00:20", "00:40")),
+        # Both in the second hour, sent five minutes later: both the second.
+        ("02:10", "02:40", "01:45", ("01:10", "01:40")),
+        # Collected in the first hour, measured in the second: each its own.
+        ("02:50", "02:10", "01:15", ("00:50", "01:10")),
+    ],
+)
+def test_a_specimens_times_in_the_hour_that_comes_twice_come_before_its_results(
+    collected: str, completed: str, received: str, placed: tuple[str, str]
+) -> None:
+    def at(clock: str, zone: ZoneInfo | None = None) -> datetime:
+        hour, minute = map(int, clock.split(":"))
+        return datetime(2026, 10, 25, hour, minute, tzinfo=zone)
+
+    message = InstrumentMessage(
+        "an1",
+        specimens=[Specimen("S1", collected_at=at(collected), received_at=at(collected))],
+        results=[Result("S1", "GLU", "GLU", Measurement.parse("5"), completed_at=at(completed))],
+        orders=[Order("S1", ("GLU",), ordered_at=at(collected))],
+    )
+    moved = message.in_timezone(PARIS, at(received, UTC))
+    (specimen,), (result,), (order,) = moved.specimens, moved.results, moved.orders
+    assert (specimen.collected_at, result.completed_at) == (at(placed[0], UTC), at(placed[1], UTC))
+    assert specimen.received_at == order.ordered_at == specimen.collected_at
     assert moved.problems == []
 
 
