@@ -276,9 +276,10 @@ class InstrumentMessage:
 
         results = [result(r) for r in self.results]
         controls = [replace(c, result=result(c.result)) for c in self.controls]
+        # By specimen id: specimens without one are not told apart, and bound nothing.
         last_result: dict[str, datetime] = {}
         for r in [*results, *(c.result for c in controls)]:
-            if r.completed_at is not None:
+            if r.completed_at is not None and r.specimen_id:
                 known = last_result.get(r.specimen_id)
                 last_result[r.specimen_id] = (
                     r.completed_at if known is None else max(known, r.completed_at)

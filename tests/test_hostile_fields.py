@@ -231,6 +231,21 @@ def test_a_specimens_times_in_the_hour_that_comes_twice_come_before_its_results(
     assert moved.problems == []
 
 
+def test_specimens_without_an_id_bound_no_time() -> None:
+    # Which unnamed specimen a result belongs to is not known: its time bounds none.
+    at, measured = datetime(2026, 10, 25, 2, 50), datetime(2026, 10, 25, 2, 10)
+    message = InstrumentMessage(
+        "an1",
+        specimens=[Specimen("", collected_at=at), Specimen("", collected_at=at)],
+        results=[Result("", "GLU", "GLU", Measurement.parse("5"), completed_at=measured)],
+    )
+    moved = message.in_timezone(PARIS, datetime(2026, 10, 25, 1, 50, tzinfo=UTC))
+    assert moved.results[0].completed_at == datetime(2026, 10, 25, 1, 10, tzinfo=UTC)
+    assert [s.collected_at for s in moved.specimens] == [
+        datetime(2026, 10, 25, 1, 50, tzinfo=UTC)
+    ] * 2
+
+
 def test_field_problems_alone_do_not_quarantine_the_message(tmp_path: Path) -> None:
     raw = message_bytes(r13=SUPERSCRIPT_HOUR, o7=b"99991231235959")
     reading = read(raw).in_timezone(NEW_YORK)
