@@ -15,7 +15,9 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
+from datetime import UTC
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -217,8 +219,13 @@ class Daemon:
         if self.monitor is not None:
             self.monitor.serving = True
         # The zone says when lots expire and how analysers' times are read: said once.
+        zone = zone_or_host(self.settings.zone)
+        if not isinstance(zone, ZoneInfo) and zone is not UTC:
+            log.warning("the host's zone is a fixed offset: summer and winter time are not "
+                        "told apart; name the laboratory's zone in the timezone setting",
+                        offset=str(zone.utcoffset(None)))  # fmt: skip
         log.info("daemon running", instruments=len(self.connections), owner=self.owner,
-                 zone=str(zone_or_host(self.settings.zone)))  # fmt: skip
+                 zone=str(zone))  # fmt: skip
 
     def _observe(self, store: Store) -> None:
         """Metrics, events and figures from what the store commits."""

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from middleware.store import Store
 from middleware.store.database import risky_settings
@@ -77,3 +78,23 @@ def test_the_daemon_says_at_start_what_the_server_risks(database_url: str, tmp_p
     warning = settings["synchronous_commit"]
     assert (warning["level"], warning["value"]) == ("warning", "off")
     assert warning["consequence"]
+
+
+@pytest.mark.parametrize(("tz", "said"), [("CET-1CEST,M3.5.0,M10.5.0/3", True), ("", False)])
+def test_a_host_zone_without_summer_time_is_said(tmp_path: Path, tz: str, said: bool) -> None:
+    # A TZ written as a POSIX rule names no zone the daemon can read: the offset in force
+    # is all it has, and lab IT is told to name the zone. An empty TZ is UTC, which has
+    # no summer time to miss.
+    instrument = {"name": "an1", "transport": "tcp-server", "host": "127.0.0.1",
+                  "port": free_port()}  # fmt: skip
+    daemon = DaemonProcess(tmp_path, [instrument])
+    daemon.start(env={"TZ": tz})
+    try:
+        daemon._wait_for_log('"daemon running"', time.monotonic() + 20)
+        text = daemon.log.read_text().splitlines()
+        lines = [json.loads(line) for line in text if line.startswith("{")]
+    finally:
+        assert daemon.stop() == 0
+    warnings = [line for line in lines if "fixed offset" in line["event"]]
+    assert len(warnings) == said
+    assert all(w["level"] == "warning" and "timezone" in w["event"] for w in warnings)

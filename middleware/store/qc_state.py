@@ -59,7 +59,9 @@ def _locking(conn: Connection, query: Any) -> Any:
 
 
 # In the order of their keys: two transactions locking rows of the same tests lock them
-# in the same order, and the second waits rather than deadlocks.
+# in the same order, and the second waits. Rows made afterwards, and the units of one
+# batch, are locked later: a deadlock left is ended by PostgreSQL, and the store writer
+# runs the unit it ended again.
 _TESTS_QUERY = (
     select(qc_tests)
     .where(

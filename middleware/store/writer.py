@@ -40,7 +40,7 @@ _STOP = object()
 #: PostgreSQL's codes for a transaction it ended so that another could go on (chosen as
 #: a deadlock's victim, or a serialization failure): the same work again succeeds.
 _TRY_AGAIN = frozenset({"40P01", "40001"})
-#: How many times a unit ended so is run again before its failure is given.
+#: How many times in all a unit ended so is run before its failure is given.
 TRIES = 3
 
 
