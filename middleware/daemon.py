@@ -15,9 +15,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
-from datetime import UTC
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -55,7 +53,7 @@ from middleware.transport.tls import (
     server_name,
 )
 from middleware.worklist_push import WorklistDownloader
-from middleware.zones import zone_or_host
+from middleware.zones import without_summer_time, zone_or_host
 
 log = structlog.get_logger("middleware.daemon")
 
@@ -220,7 +218,7 @@ class Daemon:
             self.monitor.serving = True
         # The zone says when lots expire and how analysers' times are read: said once.
         zone = zone_or_host(self.settings.zone)
-        if not isinstance(zone, ZoneInfo) and zone is not UTC:
+        if without_summer_time(zone):
             log.warning("the host's zone is a fixed offset: summer and winter time are not "
                         "told apart; name the laboratory's zone in the timezone setting",
                         offset=str(zone.utcoffset(None)))  # fmt: skip

@@ -23,6 +23,12 @@ def zone_or_host(configured: tzinfo | None) -> tzinfo:
     return configured or host_zone()
 
 
+def without_summer_time(zone: tzinfo) -> bool:
+    """Whether ``zone`` is only the offset in force when it was read (what the host gave
+    when it named no zone :func:`read_host_zone` can read); UTC has no summer to miss."""
+    return not isinstance(zone, ZoneInfo) and zone is not UTC
+
+
 @cache
 def host_zone() -> tzinfo:
     """This host's zone, read once: a process keeps the zone it started with."""

@@ -19,7 +19,7 @@ from middleware.engine.context import ResultContext
 from middleware.engine.engine import Engine
 from middleware.engine.qc import NO_QC
 from middleware.engine.rules import ReagentLot, load_rules
-from middleware.zones import host_zone, read_host_zone, zone_or_host
+from middleware.zones import host_zone, read_host_zone, without_summer_time, zone_or_host
 from tests.test_engine_checks import ADULT_MAN, result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +92,12 @@ def test_no_tz_and_no_system_zone_is_the_offset_in_force(tmp_path: Path) -> None
     now = datetime.now().astimezone()
     for localtime in (tmp_path / "missing", tmp_path / "garbage"):
         assert now.astimezone(read_host_zone(None, localtime)).utcoffset() == now.utcoffset()
+
+
+def test_only_a_fixed_offset_is_without_summer_time(tmp_path: Path) -> None:
+    assert without_summer_time(read_host_zone("CET-1CEST,M3.5.0,M10.5.0/3", tmp_path / "x"))
+    assert not without_summer_time(read_host_zone("Europe/Paris", tmp_path / "x"))
+    assert not without_summer_time(read_host_zone("", tmp_path / "x"))  # UTC
 
 
 @pytest.fixture
