@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -53,6 +54,16 @@ def test_the_settings_that_put_results_at_risk_are_named(database_url: str) -> N
         assert ("autovacuum" in found) is (_server_says(database_url, "autovacuum") == "off")
 
 
+def _said_at_start(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    """The daemon's log lines up to its saying it runs; the daemon is stopped after."""
+    try:
+        daemon._wait_for_log('"daemon running"', time.monotonic() + 20)
+        text = daemon.log.read_text().splitlines()
+    finally:
+        assert daemon.stop() == 0
+    return [json.loads(line) for line in text if line.startswith("{")]
+
+
 def test_the_daemon_says_at_start_what_the_server_risks(database_url: str, tmp_path: Path) -> None:
     postgres = database_url.startswith("postgresql")
     if postgres:
@@ -61,14 +72,9 @@ def test_the_daemon_says_at_start_what_the_server_risks(database_url: str, tmp_p
     instrument = {"name": "an1", "transport": "tcp-server", "host": "127.0.0.1", "port": port}
     daemon = DaemonProcess(tmp_path, [instrument], database_url=database_url)
     daemon.start()
-    try:
-        daemon._wait_for_log('"daemon running"', time.monotonic() + 20)
-        text = daemon.log.read_text().splitlines()
-        lines = [json.loads(line) for line in text if line.startswith("{")]
-        said = [line for line in lines if line["event"] == "database setting puts results at risk"]
-        running = next(line for line in lines if line["event"] == "daemon running")
-    finally:
-        assert daemon.stop() == 0
+    lines = _said_at_start(daemon)
+    said = [line for line in lines if line["event"] == "database setting puts results at risk"]
+    running = next(line for line in lines if line["event"] == "daemon running")
     # And in which zone it reads analysers' times and lots' expiry: the host's, by name.
     assert running["zone"] == str(host_zone())
     settings = {line["setting"]: line for line in said}
@@ -89,12 +95,6 @@ def test_a_host_zone_without_summer_time_is_said(tmp_path: Path, tz: str, said: 
                   "port": free_port()}  # fmt: skip
     daemon = DaemonProcess(tmp_path, [instrument])
     daemon.start(env={"TZ": tz})
-    try:
-        daemon._wait_for_log('"daemon running"', time.monotonic() + 20)
-        text = daemon.log.read_text().splitlines()
-        lines = [json.loads(line) for line in text if line.startswith("{")]
-    finally:
-        assert daemon.stop() == 0
-    warnings = [line for line in lines if "fixed offset" in line["event"]]
+    warnings = [line for line in _said_at_start(daemon) if "fixed offset" in line["event"]]
     assert len(warnings) == said
     assert all(w["level"] == "warning" and "timezone" in w["event"] for w in warnings)
