@@ -103,8 +103,9 @@ class TestQc:
 
     run_number: int = 0
     last_was_patient: bool = True
-    levels: dict[str, LevelState] = field(default_factory=dict)
-    """The latest evaluation of each control level (never changed in place)."""
+    levels: Mapping[str, LevelState] = field(default_factory=dict)
+    """The latest evaluation of each control level: read-only, since a state may be shared
+    (the store keeps parsed states); a new evaluation makes a new mapping."""
     void_reason: str = ""
     void_at: datetime | None = None
     corrective_action_since: datetime | None = None
