@@ -61,15 +61,35 @@ def _named(name: str) -> ZoneInfo | None:
 
 def _linked(localtime: Path) -> ZoneInfo | None:
     """The zone by its name when ``localtime`` links into a zone database (as on Debian
-    and most systems): the name is what the pages and the log can show."""
-    try:
-        parts = localtime.resolve(strict=True).parts
-    except (OSError, RuntimeError):
-        return None
+    and most systems): the name is what the pages and the log can show. Links are
+    followed one at a time so that the name is the one lab IT chose (``US/Eastern``, itself
+    a link to ``America/New_York``, is shown as ``US/Eastern``)."""
+    path = localtime
+    for _ in range(_MOST_LINKS):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return None
+        path = Path(os.path.normpath(path.parent / target))
+        zone = _in_database(path)
+        if zone is not None:
+            return zone
+    return None
+
+
+_MOST_LINKS = 40
+"""Links followed from ``localtime`` before giving up (a loop of links)."""
+
+
+def _in_database(path: Path) -> ZoneInfo | None:
+    parts = path.parts
     if "zoneinfo" not in parts:
         return None
-    start = len(parts) - parts[::-1].index("zoneinfo")
-    return _named("/".join(parts[start:]))
+    name = parts[len(parts) - parts[::-1].index("zoneinfo") :]
+    if name[:1] in (("posix",), ("right",)):
+        # The same rules; ``right/`` counts leap seconds, which the host's clock does not.
+        name = name[1:]
+    return _named("/".join(name))
 
 
 def _from_file(path: Path) -> ZoneInfo | None:

@@ -73,6 +73,40 @@ def test_the_system_zone_by_the_name_its_link_gives(tmp_path: Path) -> None:
 
 
 @needs_zone_files
+def test_an_alias_keeps_the_name_lab_it_chose(tmp_path: Path) -> None:
+    # US/Eastern is itself a link to America/New_York: the name shown is the one chosen.
+    chosen = tmp_path / "chosen"
+    chosen.symlink_to(ZONES / "US" / "Eastern")
+    localtime = tmp_path / "localtime"
+    localtime.symlink_to(chosen)  # through a link outside the zone database
+    zone = read_host_zone(None, localtime)
+    assert isinstance(zone, ZoneInfo)
+    assert zone.key == "US/Eastern"
+    assert offsets(zone) == NEW_YORK
+
+
+@needs_zone_files
+@pytest.mark.parametrize("variant", ["posix", "right"])
+def test_a_posix_or_right_zone_is_read_as_the_zone_it_names(variant: str, tmp_path: Path) -> None:
+    # right/ zones count leap seconds, which the host's clock does not.
+    database = tmp_path / "usr" / "share" / "zoneinfo"
+    (database / variant / "Europe").mkdir(parents=True)
+    shutil.copyfile(ZONES / "Europe" / "Paris", database / variant / "Europe" / "Paris")
+    localtime = tmp_path / "localtime"
+    localtime.symlink_to(database / variant / "Europe" / "Paris")
+    zone = read_host_zone(None, localtime)
+    assert isinstance(zone, ZoneInfo)
+    assert zone.key == "Europe/Paris"
+
+
+def test_a_loop_of_links_is_the_offset_in_force(tmp_path: Path) -> None:
+    localtime, other = tmp_path / "localtime", tmp_path / "other"
+    localtime.symlink_to(other)
+    other.symlink_to(localtime)
+    assert without_summer_time(read_host_zone(None, localtime))
+
+
+@needs_zone_files
 def test_a_copied_zone_file_keeps_its_rules(tmp_path: Path) -> None:
     # Container images often copy the zone's file rather than link it.
     localtime = tmp_path / "localtime"
