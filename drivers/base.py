@@ -337,6 +337,11 @@ class Driver(Tables):
         """R.13, the date and time the test was completed."""
         return self.timestamp_at(result, 13)
 
+    def no_value_reason(self, result: Record) -> str:
+        """Why a result came without a value, where the analyser says so elsewhere than in
+        its comments: nothing by default."""
+        return ""
+
     def dilution(self, result: Record) -> str:
         """The standard has no place for a dilution: none by default."""
         return ""
@@ -372,7 +377,9 @@ class Driver(Tables):
 
     def _refuse(self, where: str, text: str, why: str) -> None:
         """Say in the message being read, once, that a field was not taken as it came."""
-        problem = f"{where}: {_shown(text)} {why}"
+        self._refuse_once(f"{where}: {_shown(text)} {why}")
+
+    def _refuse_once(self, problem: str) -> None:
         if problem not in self._problems:
             self._problems.append(problem)
 
@@ -447,6 +454,13 @@ class Driver(Tables):
         value, refused = Measurement.read(self.value_text(record))
         if refused:
             self._refuse(field_name(record, 4), value.text, f"{refused}; kept as text only")
+        elif not value.text.strip() and record.value(9).upper() != "X":
+            # Kept: its flags and comments say why; the rules hold it (``no-value``).
+            why = self.no_value_reason(record)
+            self._refuse_once(
+                f"{field_name(record, 4)}: test {code} has no value"
+                f"{f' ({why})' if why else ''}; kept without one"
+            )
         result = Result(
             specimen_id=context.specimen_id,
             test_code=self.lab_code(code),

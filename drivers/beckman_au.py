@@ -46,7 +46,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import ClassVar
 
-from drivers.base import Context, ControlInfo, Driver, ResultRecords, field_name
+from drivers.base import Context, ControlInfo, Driver, ResultRecords
 from middleware.astm.records import Record
 from middleware.domain import Specimen
 
@@ -97,18 +97,10 @@ class BeckmanAUDriver(Driver):
         own = tuple(f for f in self.data_flags(group.result) if f not in self.flag_map)
         return (*own, *super().instrument_flags(group))
 
-    def value_text(self, result: Record) -> str:
-        value = super().value_text(result)
-        # The AU leaves the value out when it could not measure; the flags say why. The
-        # result is kept (its flags matter), but nobody should take it for a value.
-        if not value.strip() and result.value(9).upper() != "X":
-            flags = "".join(self.data_flags(result))
-            why = f"data flags {flags!r}" if flags else "no data flag"
-            test = self.instrument_test_code(result) or "?"
-            problem = f"{field_name(result, 4)}: test {test} has no value ({why}); kept without one"
-            if problem not in self._problems:
-                self._problems.append(problem)
-        return value
+    def no_value_reason(self, result: Record) -> str:
+        # The AU leaves the value out when it could not measure; the flags say why.
+        flags = "".join(self.data_flags(result))
+        return f"data flags {flags!r}" if flags else "no data flag"
 
     def control_info(self, context: Context, group: ResultRecords) -> ControlInfo | None:
         control = super().control_info(context, group)

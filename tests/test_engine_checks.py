@@ -115,6 +115,8 @@ def test_instrument_flags_and_status() -> None:
     flagged = result("GLU", "5", instrument_flags=("ORL",), abnormal_flags=("HH",))
     assert codes(ctx_of(flagged)) == ["instrument-flag", "flag:HH"]
     assert codes(ctx_of(result("GLU", "", status="X"))) == ["test-not-done", "non-numeric"]
+    assert codes(ctx_of(result("GLU", " "))) == ["no-value", "non-numeric"]
+    assert codes(ctx_of(result("NOTE", ""))) == ["no-value"]  # held with no range too
     only_some = Autoverification(hold_instrument_flags=["ORL"])
     other = result("GLU", "5", instrument_flags=("W",))
     assert autoverify(ctx_of(other), RANGES, [], only_some) == []

@@ -122,6 +122,25 @@ def test_good_times_are_read_and_raise_no_problem() -> None:
     assert message.problems == []
 
 
+@pytest.mark.parametrize("r4", [b"", b"   ", b"^"])
+def test_a_final_result_without_a_value_is_kept_with_a_problem(r4: bytes) -> None:
+    # A Dimension sends R.9 F and an error comment when it could not measure.
+    message = read(message_bytes(r4=r4))
+    [result] = message.results
+    assert result.value.text.strip() == "" and result.status == "F"
+    assert message.problems == ["result 1, R.4: test GLU has no value; kept without one"]
+    ctx = ResultContext(result, datetime(2026, 1, 1, tzinfo=UTC))
+    no_ranges = [f.code for f in autoverify(ctx, [], [], Autoverification())]
+    assert no_ranges == ["no-value"]
+
+
+def test_a_test_not_done_without_a_value_is_no_problem() -> None:
+    raw = message_bytes(r4=b"").replace(b"|N||F|", b"|N||X|")
+    message = read(raw)
+    assert message.results[0].status == "X"
+    assert message.problems == []
+
+
 def test_other_scripts_digits_are_not_a_date() -> None:
     assert parse_timestamp("٢٠٢٣٠١٠١") is None  # Arabic-Indic digits
     assert parse_date("２０２３０１０１") is None  # fullwidth digits

@@ -43,6 +43,11 @@ def matching_range(
 def flag_findings(result: Result, options: Autoverification) -> Iterator[Finding]:
     if result.status in _NOT_DONE:
         yield Finding("test-not-done", f"the analyser could not do {result.test_code}")
+    elif not result.value.text.strip():
+        # An analyser that could not measure may still call the result final (a Dimension
+        # with an error comment, an AU with data flags): an empty value must not reach the
+        # LIS as the final result, whether or not the test has ranges to check.
+        yield Finding("no-value", f"the analyser sent no value for {result.test_code}")
     holds_any = "*" in options.hold_instrument_flags
     for flag in result.instrument_flags:
         if holds_any or flag in options.hold_instrument_flags:
