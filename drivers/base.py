@@ -35,6 +35,8 @@ from middleware.domain import (
 _STAMP_DIGITS = re.compile(r"[0-9]{8,14}")
 # Up to 9 digits: a sequence number is kept in a 32-bit integer column.
 _SEQUENCE = re.compile(r"[0-9]{1,9}")
+_LIMIT = re.compile(r"(?:[+-]?[0-9]+(?:[.,][0-9]*)?)?")
+"""A reference limit written in a component of R.6: a number, or nothing."""
 
 _RECORD_NAMES = {
     "H": "header",
@@ -66,6 +68,13 @@ def parse_timestamp(text: str) -> datetime | None:
 def parse_date(text: str) -> date | None:
     stamp = parse_timestamp(text)
     return stamp.date() if stamp else None
+
+
+def range_of(low: str, high: str) -> str:
+    """A reference range from its limits, either of which may be missing."""
+    if low and high:
+        return f"{low}-{high}"
+    return f">={low}" if low else f"<={high}" if high else ""
 
 
 def sender_of(header: Record) -> str:
@@ -294,8 +303,13 @@ class Driver(Tables):
         return result.text(4), ()
 
     def reference_range(self, result: Record) -> str:
-        """R.6 as the standard writes it (``3.5 to 5.1``)."""
-        return result.value(6)
+        """R.6 as the standard writes it (``3.5 to 5.1``); written as two limits in
+        components (``0.5^4.0``, as many analysers do), as one text (``0.5-4.0``). Other
+        components are not limits (an Access names the range: ``10 to 20^normal``)."""
+        limits = [c.strip() for c in result.components(6)[:2]]
+        if len(limits) < 2 or not any(limits) or not all(map(_LIMIT.fullmatch, limits)):
+            return result.value(6)
+        return range_of(*limits)
 
     def flags(self, result: Record) -> tuple[str, ...]:
         raw = [rep[0] for rep in result.repeats(7) if rep and rep[0]]

@@ -35,7 +35,15 @@ from dataclasses import replace
 from datetime import datetime
 from typing import ClassVar
 
-from drivers.base import Context, ControlInfo, Driver, DriverOptions, ResultRecords, header_of
+from drivers.base import (
+    Context,
+    ControlInfo,
+    Driver,
+    DriverOptions,
+    ResultRecords,
+    header_of,
+    range_of,
+)
 from middleware.astm.records import Record
 from middleware.domain import Comment, HostQuery, InstrumentMessage, Order, Specimen
 
@@ -127,10 +135,7 @@ class RocheCobasDriver(Driver):
         return super().value_text(result)
 
     def reference_range(self, result: Record) -> str:
-        low, high = result.value(6).strip(), result.value(6, 1).strip()
-        if low and high:
-            return f"{low}-{high}"
-        return f">={low}" if low else f"<={high}" if high else ""
+        return range_of(result.value(6).strip(), result.value(6, 1).strip())
 
     def operator(self, result: Record) -> str:
         return result.value(11).strip()

@@ -141,6 +141,22 @@ def test_a_test_not_done_without_a_value_is_no_problem() -> None:
     assert message.problems == []
 
 
+@pytest.mark.parametrize(
+    ("r6", "shown"),
+    [
+        (b"3.5 to 5.1", "3.5 to 5.1"),  # as E1394 writes it
+        (b"0.000^4.00", "0.000-4.00"),  # as many analysers write it
+        (b"^4.00", "<=4.00"),
+        (b"0.5^", ">=0.5"),
+        (b"10 to 20^normal", "10 to 20"),  # a range's name is not its upper limit
+        (b"^", ""),
+    ],
+)
+def test_a_reference_range_in_components_keeps_both_limits(r6: bytes, shown: str) -> None:
+    raw = message_bytes().replace(b"|mmol/L||N|", b"|mmol/L|" + r6 + b"|N|")
+    assert the_result(read(raw)).reference_range == shown
+
+
 def test_other_scripts_digits_are_not_a_date() -> None:
     assert parse_timestamp("٢٠٢٣٠١٠١") is None  # Arabic-Indic digits
     assert parse_date("２０２３０１０１") is None  # fullwidth digits
