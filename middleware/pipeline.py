@@ -172,6 +172,8 @@ class ConnectionPipeline:
         self._unconfirmed: list[int] = []
         """Messages of this transfer ACKed within the analyser's reply timer: settled once
         it goes on (EOT or its next message) as one does that had the ACK."""
+        self._acked_at: datetime | None = None
+        """When the last message of ``_unconfirmed`` was ACKed (just before, at most)."""
         self._acknowledged: list[int] = []
         """Messages whose ACK the analyser had: to be marked settled with the next write."""
         self._pending: list[Pending] = []
@@ -205,7 +207,7 @@ class ConnectionPipeline:
                 event.end,
                 "transfer ended before the message's L record",
                 leftover=event.leftover,
-                settled=True,
+                settled=self._ended_in_time(channel),
             )
             self._send_answers(channel)
         elif isinstance(event, TimedOut) and event.phase == "frame":
@@ -228,6 +230,15 @@ class ConnectionPipeline:
         elif isinstance(event, BytesPiling):
             self._cut(channel, event.end, "partial" if self._started_at else "noise")
             self._flush_soon()
+
+    def _ended_in_time(self, channel: LinkChannel) -> bool:
+        """Whether the EOT came within the analyser's reply timer of our last ACK, as one
+        that had it sends it. Later, it is the analyser giving up when its timer ran out
+        (E1381): our ACK was lost, and the message will come again."""
+        if self._acked_at is None:
+            return True
+        waited = (channel.wallclock() - self._acked_at).total_seconds()
+        return waited < channel.link.settings.reply_timeout
 
     # --- messages ---------------------------------------------------------------------------
 
@@ -276,6 +287,7 @@ class ConnectionPipeline:
             # Past the analyser's reply timer it may have given up before our ACK came:
             # the message then stays a re-send, never settled by what follows.
             self._unconfirmed.append(stored.message_id)
+            self._acked_at = channel.wallclock()
         # A query sent again (our ACK did not reach the analyser) still wants its answer.
         if reading is not None and reading.queries:
             try:

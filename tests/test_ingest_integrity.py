@@ -444,6 +444,30 @@ def test_a_message_acked_after_the_analysers_timer_stays_a_resend(
     assert outcomes == ["message", "duplicate"]
 
 
+def test_an_eot_after_the_analysers_timer_leaves_the_message_a_resend(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """Our ACK of the last frame was lost: the analyser's reply timer runs out, it ends
+    the transfer with EOT and sends the message again. That EOT, later than the timer,
+    does not show that the ACK arrived."""
+    port = free_port()
+    start_daemon(port, reply_timeout=0.5)
+    records = message("S-LOST", "PAT-LOST")
+
+    async def analyser() -> None:
+        peer = StreamPeer(*await connect(port))
+        await send_frames(peer, frames_for(records))  # its last ACK came, but "was lost"
+        await asyncio.sleep(1.0)  # the analyser's 0.5 s timer runs out
+        await peer.write(EOT)
+        await send_message(peer, records)
+        await send_message(peer, records)  # that EOT was in time: a re-run
+        await peer.close()
+
+    asyncio.run(analyser())
+    assert query(database_url, "SELECT count(*) FROM results") == [(2,)]
+    assert stored_or_resent(database_url) == ["message", "duplicate", "message"]
+
+
 def test_a_shutdown_during_a_commit_keeps_the_message_once(
     database_url: str, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
