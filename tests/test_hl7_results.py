@@ -319,6 +319,9 @@ def test_an_answer_says_its_code_the_message_it_names_and_why() -> None:
     assert (answer.code, answer.control_id, answer.accepted) == ("AE", "MW123", False)
     assert answer.text.startswith("unknown test; ERR|")
     assert read_answer("MSH|^~\\&|L|L|M|L|1||ACK|A2|P|2.5.1\nMSA|ca|MW9").accepted
+    # CR LF between segments, as many LISes write them, and a trailing one.
+    crlf = read_answer("MSH|^~\\&|L|L|M|L|1||ACK|A3|P|2.5.1\r\nMSA|AA|MW10\r\n")
+    assert (crlf.code, crlf.control_id) == ("AA", "MW10")
     for text in ("", "MSH|^~\\&|x", "MSH|^~\\&|L|L|M|L|1||ACK|A|P|2.5.1\rMSA|ZZ|MW1"):
         with pytest.raises(ValueError):
             read_answer(text)

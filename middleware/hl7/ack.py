@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import hl7
 
+from middleware.hl7.segments import split_segments
+
 #: MSA-1 codes that accept a message (original and enhanced acknowledgment modes).
 ACCEPTED = frozenset({"AA", "CA"})
 #: Codes that refuse it: an error in the message (AE, CE) or a rejection (AR, CR).
@@ -30,7 +32,8 @@ class Answer:
 def read_answer(message: str) -> Answer:
     """The answer a message holds; ValueError, saying why, when it is not an answer."""
     try:
-        parsed = hl7.parse(message.replace("\n", "\r"))
+        # CR LF between segments (as many LISes write) or LF alone, no empty segment.
+        parsed = hl7.parse("\r".join(split_segments(message)))
         msa = parsed.segment("MSA")
     # python-hl7 asserts as well as raising on some malformed text.
     except (KeyError, IndexError, ValueError, AssertionError, hl7.ParseException) as exc:
