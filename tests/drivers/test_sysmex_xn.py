@@ -17,6 +17,8 @@ from drivers.sysmex_xn import SysmexXNDriver
 from middleware.astm.records import decode_message, encode_record
 from middleware.decode import decode_capture
 from middleware.domain import HostQuery, InstrumentMessage, Order
+from middleware.engine.autoverify import flag_findings
+from middleware.engine.rules import Autoverification
 from tests.drivers import header
 
 SAMPLE_NO = "1234567890".rjust(22)
@@ -69,6 +71,28 @@ def test_registered_and_recognised_by_its_sender() -> None:
     assert drivers.identify(header("XN-10^00-22^12345")).driver is SysmexXNDriver
     # A sibling series sharing the layout.
     assert drivers.identify(header("XS-1000i^00-11")).driver is SysmexXNDriver
+
+
+def test_senders_of_the_family_as_the_analysers_write_them() -> None:
+    # The XS names its series alone, then its software version and analyser number.
+    for sender in (
+        *("XS^00-20^40711^^^^01234567", "XS", "xs^00-16", "XS-1000i^00-13", "XS-500i"),
+        *("XN-1000^00-22", "XN-10^00-22^12345", "XN-L 550", "XT-4000i", "XT-2000i^00-13"),
+        *("XE-2100^00-22^11001", "XP-300^00-07"),
+    ):
+        found = drivers.identify(header(sender))
+        assert found.driver is SysmexXNDriver, sender
+        assert "names the Sysmex XN" in found.reason, sender
+    # Names that only begin with the series' letters are not the family's.
+    for sender in ("XL-640", "XPERT^1", "XSCAN", "XE2100", "XNET-LAB"):
+        assert drivers.identify(header(sender)).driver is not SysmexXNDriver, sender
+
+
+def test_an_xs_header_names_the_driver_of_a_whole_message() -> None:
+    text = PATIENT.replace("XN-350^00-18^11001^^^^12345678", "XS^00-20^40711^^^^01234567")
+    found = drivers.identify(decode_message(text).records)
+    assert found.driver is SysmexXNDriver
+    assert found.reason.startswith("sender 'XS^00-20^40711^^^^01234567' names the Sysmex XN")
 
 
 def test_sample_number_from_o4_without_its_padding() -> None:
@@ -166,8 +190,8 @@ def test_decode_command_with_the_driver() -> None:
 def test_flags_and_image_references_are_not_results() -> None:
     records = PATIENT.split("\r")
     extra = [
-        "R|7|^^^^Blasts?^1|1|||||||||20240315103000",
-        "R|8|^^^^WBC_Abn_Scattergram^1|1|||||||||20240315103000",
+        "R|7|^^^^Blasts?^1|150|||A||||||20240315103000",
+        "R|8|^^^^WBC_Abn_Scattergram^1||||A||||||20240315103000",
         "R|9|^^^^SCAT_WDF^1|PNG&R&20240315&R&2024_03_15_10_30_1234567890_WDF.PNG|||||||||"
         "20240315103000",
     ]
@@ -175,7 +199,7 @@ def test_flags_and_image_references_are_not_results() -> None:
     assert [r.test_code for r in message.results] == ["WBC", "RBC", "HGB", "PLT", "NEUT#",
                                                       "LYMPH%"]  # fmt: skip
     assert all(
-        r.instrument_flags[-2:] == ("Blasts?=1", "WBC_Abn_Scattergram=1") for r in message.results
+        r.instrument_flags[-2:] == ("Blasts?=150", "WBC_Abn_Scattergram") for r in message.results
     )
     (image,) = message.comments
     # &R& is the escaped repeat delimiter: the path reads with it
@@ -186,10 +210,10 @@ def test_flags_and_image_references_are_not_results() -> None:
 
 def test_flags_of_a_sample_without_results_are_said() -> None:
     lines = PATIENT.split("\r")
-    flags_only = [*lines[:3], "R|1|^^^^Blasts?^1|1|||||||||20240315103000", lines[-1]]
+    flags_only = [*lines[:3], "R|1|^^^^Blasts?^1|120|||A||||||20240315103000", lines[-1]]
     message = read("\r".join(flags_only))
     assert message.results == []
-    assert message.problems == ["sample 1234567890: flags Blasts?=1 without results"]
+    assert message.problems == ["sample 1234567890: flags Blasts?=120 without results"]
 
 
 def test_a_qc_sample_s_flags_and_images_are_not_control_results() -> None:
@@ -203,3 +227,76 @@ def test_a_qc_sample_s_flags_and_images_are_not_control_results() -> None:
     assert all(c.result.test_code not in ("Blasts?", "DIST_RBC") for c in message.controls)
     assert all(c.result.instrument_flags[-1] == "Blasts?=100" for c in message.controls)
     assert [c.kind for c in message.comments] == ["image"]
+
+
+# Q-flags as the XS and XN send them (Sysmex's host interface layout, IP messages of the
+# suspect kind): on every sample, R.3 ``^^^^<name>?`` without a dilution, a value 0-300,
+# R.7 ``A`` only on those the analyser reports (from 100). Values of our own.
+def _with(*extra: str) -> InstrumentMessage:
+    lines = PATIENT.split("\r")
+    return read("\r".join([*lines[:-1], *extra, lines[-1]]))
+
+
+def _q(number: int, name: str, value: str, flag: str = "") -> str:
+    return f"R|{number}|^^^^{name}|{value}|||{flag}||||||20240315103000"
+
+
+def test_q_flags_below_100_are_not_instrument_flags() -> None:
+    message = _with(
+        _q(7, "Blasts?", "0"),
+        _q(8, "NRBC?", "20"),
+        _q(9, "Left_Shift?", "90"),
+        _q(10, "Turbidity/HGB_Interference?", "30"),
+        _q(11, "PLT_Clumps?", "0"),
+    )
+    assert [r.test_code for r in message.results] == ["WBC", "RBC", "HGB", "PLT", "NEUT#",
+                                                      "LYMPH%"]  # fmt: skip
+    assert all(r.instrument_flags == () for r in message.results)
+    # their values kept, once for the sample, not on every result sent to the LIS
+    assert all(r.comments == () for r in message.results)
+    assert [(c.kind, c.text) for c in message.comments] == [
+        (
+            "q-flag",
+            "sample 1234567890: Q-flags below 100, negative: Blasts?=0, NRBC?=20, "
+            "Left_Shift?=90, Turbidity/HGB_Interference?=30, PLT_Clumps?=0",
+        )
+    ]
+    assert not message.problems
+
+
+def test_a_q_flag_the_analyser_reports_is_an_instrument_flag() -> None:
+    message = _with(
+        _q(7, "Blasts?", "20"),
+        _q(8, "Atypical_Lympho?", "100", "A"),
+        _q(9, "NRBC?", "0"),
+        # 100 or more without the A still flags: the factory threshold
+        _q(10, "Fragments?", "130"),
+        # the A flags a value below 100: the analyser's threshold set lower
+        _q(11, "PLT_Clumps?", "80", "A"),
+        # not a number, no A: it cannot be called negative
+        _q(12, "RBC_Agglutination?", "----"),
+    )
+    assert {r.instrument_flags for r in message.results} == {
+        ("Atypical_Lympho?=100", "Fragments?=130", "PLT_Clumps?=80", "RBC_Agglutination?=----")
+    }
+    (negative,) = message.comments
+    assert negative.text == "sample 1234567890: Q-flags below 100, negative: Blasts?=20, NRBC?=0"
+    assert not message.problems
+
+
+def test_a_positive_message_without_a_value_is_a_flag_not_a_result_without_one() -> None:
+    message = _with(_q(7, "Blasts?", "10"), _q(8, "Positive_Morph", "", "A"))
+    assert {r.instrument_flags for r in message.results} == {("Positive_Morph",)}
+    # an IP message carries no value: nothing to say of it
+    assert not message.problems
+
+
+def test_under_the_default_rules_a_negative_q_flag_holds_nothing_a_positive_one_holds() -> None:
+    default = Autoverification()
+    assert default.hold_instrument_flags == ["*"]
+
+    def findings(message: InstrumentMessage) -> set[str]:
+        return {f.code for r in message.results for f in flag_findings(r, default)}
+
+    assert findings(_with(_q(7, "Blasts?", "20"), _q(8, "NRBC?", "0"))) == set()
+    assert findings(_with(_q(7, "Blasts?", "150", "A"), _q(8, "NRBC?", "0"))) == {"instrument-flag"}
