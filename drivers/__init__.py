@@ -39,6 +39,7 @@ _MODULES = (
     "sysmex_ca",
     "hl7",
     "mindray_hl7",
+    "mindray_bs_hl7",
     "pixcell_hemoscreen",
 )
 

@@ -12,6 +12,7 @@ The base class is the reading HL7 v2.5.1 chapter 7 gives an observation:
   OBX-2 types it (SN ``<^15`` is ``<15``; CE/CWE its text), OBX-6 units, OBX-7 reference
   range, OBX-8 abnormal flags (each repeat), OBX-11 status, OBX-16 operator, OBX-18
   instrument or module, and the time OBX-19 (analysis), else OBX-14, else OBR-7;
+* an OBR without OBX is a problem of the message: what it held is not read;
 * NTE after an OBX are its comments; NTE before the first OBX of an OBR the specimen's;
 * SID after an OBX names a reagent lot that produced it (SID-1 reagent, SID-2 lot,
   SID-3 container);
@@ -329,6 +330,13 @@ class Hl7Driver(Tables):
             control = self.control(message, request, specimen_id)
             reading.comments += self.sample_comments(request)
             self._check_numbering(request)
+            if request.obr is not None and not request.observations:
+                # Results written into the OBR itself (a layout this reading does not
+                # know), or OBX lost on the way: either way not an empty message.
+                reading.problems.append(
+                    f"OBR {request.obr.value(1) or '?'}: no OBX follows it; "
+                    "the request's results, if any, are not read"
+                )
             produced: list[Result] = []
             for observation in request.observations:
                 if not self.is_result(observation):

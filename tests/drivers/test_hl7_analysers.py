@@ -114,6 +114,27 @@ def test_controls_by_specimen_role_processing_id_or_pattern() -> None:
     assert (control.lot, control.level) == ("HC-2411-N", "N")
 
 
+def test_an_obr_without_obx_is_a_problem_not_an_empty_message() -> None:
+    # Results written into the OBR (a layout the base reading does not know), or OBX lost.
+    bare = "\r".join([
+        "MSH|^~\\&|CHEM-ONE|LAB|||20260105101500||ORU^R01|C-3|P|2.5.1",
+        "PID|1||P-1",
+        "OBR|1|ORD-A|FIL-A|CHEM|||20260105100000|||||||QC-LOT-7|||H|5.0|0.2|5.1|mmol/L",
+    ])  # fmt: skip
+    reading = Hl7Driver().read(parse_message(bare))
+    assert not reading.results and not reading.controls
+    assert reading.problems == [
+        "OBR 1: no OBX follows it; the request's results, if any, are not read"
+    ]
+    # Beside a request that has its OBX, the empty one is still said.
+    mixed = bare + "\rOBR|2|ORD-B|FIL-B|CHEM\rOBX|1|NM|GLU^Glucose||5.4|mmol/L|||||F"
+    reading = Hl7Driver().read(parse_message(mixed))
+    assert [r.test_code for r in reading.results] == ["GLU"]
+    assert reading.problems == [
+        "OBR 1: no OBX follows it; the request's results, if any, are not read"
+    ]
+
+
 def test_a_message_that_carries_no_results_says_so() -> None:
     admission = "MSH|^~\\&|BS-200|Mindray|||20260105||ADT^A01|7|P|2.3.1\rEVN|A01"
     reading = Hl7Driver().read(parse_message(admission))
