@@ -120,6 +120,10 @@ def test_instrument_flags_and_status() -> None:
     only_some = Autoverification(hold_instrument_flags=["ORL"])
     other = result("GLU", "5", instrument_flags=("W",))
     assert autoverify(ctx_of(other), RANGES, [], only_some) == []
+    # A flag with its value (a Sysmex Q-flag) is listed by its name.
+    q_flag = Autoverification(hold_instrument_flags=["Blasts?"])
+    blasts = result("GLU", "5", instrument_flags=("Blasts?=140",))
+    assert [f.code for f in autoverify(ctx_of(blasts), RANGES, [], q_flag)] == ["instrument-flag"]
 
 
 def test_delta_checks_absolute_and_percent_within_window() -> None:

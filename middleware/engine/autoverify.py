@@ -50,7 +50,13 @@ def flag_findings(result: Result, options: Autoverification) -> Iterator[Finding
         yield Finding("no-value", f"the analyser sent no value for {result.test_code}")
     holds_any = "*" in options.hold_instrument_flags
     for flag in result.instrument_flags:
-        if holds_any or flag in options.hold_instrument_flags:
+        # A flag may carry its value (a Sysmex Q-flag, ``Blasts?=140``): listed by name.
+        named = flag.partition("=")[0]
+        if (
+            holds_any
+            or flag in options.hold_instrument_flags
+            or named in options.hold_instrument_flags
+        ):
             yield Finding("instrument-flag", f"the analyser flagged the result: {flag}")
     for flag in result.abnormal_flags:
         if flag in options.hold_abnormal_flags:

@@ -246,7 +246,8 @@ class DeltaCheck(_Model):
 class Autoverification(_Model):
     enabled: bool = True
     hold_instrument_flags: list[str] = ["*"]
-    """Instrument flags that hold a result (* = any flag the driver reports)."""
+    """Instrument flags that hold a result (* = any flag the driver reports); a flag that
+    carries its value (``Blasts?=140``) is listed by its name (``Blasts?``)."""
     hold_abnormal_flags: list[str] = ["LL", "HH", "AA"]
     hold_outside_measurable_range: bool = True
     hold_failed_delta: bool = True
