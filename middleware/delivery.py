@@ -33,7 +33,7 @@ import structlog
 from sqlalchemy import Connection
 
 from middleware.hl7.ack import Answer, read_answer
-from middleware.hl7.mllp import Discarded, MllpReader, frame
+from middleware.hl7.mllp import CR_WAIT_SECONDS, Discarded, Event, MllpReader, frame
 from middleware.settings import LisConfig
 from middleware.store import Store, outbox
 from middleware.store.notices import OutboxChanged
@@ -388,10 +388,10 @@ class LisSender:
         passed over (D4: an ACK must name the message it answers)."""
         assert self._reader is not None
         while True:
-            data = await self._reader.read(65536)
-            if not data:
+            events = await self._next_events(self._reader)
+            if events is None:
                 raise EOFError("the LIS closed the connection")
-            for event in self._mllp.receive_data(data):
+            for event in events:
                 if isinstance(event, Discarded):
                     self.log.warning("bytes from the LIS outside a message", reason=event.reason)
                     continue
@@ -399,6 +399,21 @@ class LisSender:
                 found = self._read(entry, text)
                 if found is not None:
                     return found, text
+
+    async def _next_events(self, reader: asyncio.StreamReader) -> list[Event] | None:
+        """What the LIS's next bytes make (None once it closed, what was pending said
+        first); an answer ended by FS without its CR is taken when nothing follows."""
+        if not self._mllp.awaiting_cr:
+            data = await reader.read(65536)
+        else:
+            try:
+                data = await asyncio.wait_for(reader.read(65536), CR_WAIT_SECONDS)
+            except TimeoutError:
+                return self._mllp.quiet()
+        if data:
+            return self._mllp.receive_data(data)
+        pending = self._mllp.end_of_stream()
+        return pending or None
 
     def _read(self, entry: outbox.Entry, text: str) -> Answer | None:
         try:

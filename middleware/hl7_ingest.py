@@ -32,7 +32,13 @@ from drivers.hl7_query import unanswered
 from middleware.assessment import assess_message
 from middleware.domain import InstrumentMessage
 from middleware.engine.engine import Engine
-from middleware.hl7.mllp import Discarded, MessageReceived, MllpReader, frame
+from middleware.hl7.mllp import (
+    CR_WAIT_SECONDS,
+    Discarded,
+    MessageReceived,
+    MllpReader,
+    frame,
+)
 from middleware.hl7.orders import acknowledgment
 from middleware.hl7.results import Sender
 from middleware.hl7.segments import (
@@ -135,13 +141,20 @@ class Hl7Connection:
         self._writer = writer
         try:
             while not self._closing:
-                # A message begun must not stay unfinished for ever.
+                # A message begun must not stay unfinished for ever; one ended by FS
+                # without its CR is whole once the analyser waits for our ACK.
+                awaiting_cr = self.reader.awaiting_cr
                 timeout = self.idle_timeout if self._arrivals else None
+                if awaiting_cr:
+                    timeout = CR_WAIT_SECONDS
                 self._waiting = True
                 try:
                     data = await asyncio.wait_for(reader.read(65536), timeout)
                 except TimeoutError:
-                    await self._events(self.reader.end_of_stream(), writer, "silent")
+                    if awaiting_cr:
+                        await self._events(self.reader.quiet(), writer, "")
+                    else:
+                        await self._events(self.reader.end_of_stream(), writer, "silent")
                     continue
                 finally:
                     self._waiting = False

@@ -29,6 +29,10 @@ class LisPeer:
     closes the connection instead."""
     unanswered: set[int] = field(default_factory=set)
     """Numbers of the messages that get no answer, the connection kept."""
+    trailer: bytes = b"\x1c\r"
+    """What ends an answer's block (some LISes send FS without its CR)."""
+    segment_end: str = "\r"
+    """What separates an answer's segments (some LISes send CR LF)."""
     received: list[Received] = field(default_factory=list)
     port: int = 0
     _server: asyncio.Server | None = None
@@ -76,7 +80,10 @@ class LisPeer:
                     if self.delay:
                         await asyncio.sleep(self.delay)
                     if self.answer and len(self.received) not in self.unanswered:
-                        writer.write(b"\x0b" + _ack(control_id, self.answer) + b"\x1c\r")
+                        ack = _ack(control_id, self.answer).replace(
+                            b"\r", self.segment_end.encode()
+                        )
+                        writer.write(b"\x0b" + ack + self.trailer)
                         await writer.drain()
         except (ConnectionError, OSError):
             pass

@@ -489,6 +489,28 @@ def test_a_message_left_unfinished_is_kept_and_the_connection_goes_on(
     assert query(database_url, "SELECT count(*) FROM results") == [(14,)]
 
 
+def test_a_message_ended_by_fs_without_cr_is_answered_at_once(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """An analyser that ends its block with FS alone waits for our ACK: it is answered
+    when nothing follows, not when the connection's idle timer runs out."""
+    port = free_port()
+    start_daemon(port)
+
+    async def analyser() -> None:
+        peer = MllpPeer(*await connect(port))
+        await peer.write(frame(oru("P-10", "S-10"))[:-1])
+        assert (await peer.answer(timeout=5)).code == "AA"
+        # and the connection goes on as before
+        assert (await peer.send(oru("P-11", "S-11"))).code == "AA"
+        await peer.close()
+
+    asyncio.run(analyser())
+    assert query(database_url, "SELECT count(*) FROM results") == [(28,)]
+    outcomes = query(database_url, "SELECT outcome FROM raw_transmissions ORDER BY stream_offset")
+    assert outcomes == [("message",), ("message",)]
+
+
 def test_the_daemon_connects_out_to_an_hl7_analyser_and_stops_cleanly(
     database_url: str, tmp_path: Path
 ) -> None:

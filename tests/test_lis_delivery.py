@@ -65,6 +65,29 @@ async def test_released_results_reach_the_lis_once_each_across_an_outage(
     assert ("unreachable",) in log and log.count(("answered",)) == 4
 
 
+@pytest.mark.parametrize(
+    ("trailer", "segment_end"),
+    [(b"\x1c", "\r"), (b"\x1c\r", "\r\n")],
+    ids=["fs-without-cr", "crlf-segments"],
+)
+async def test_answers_framed_or_separated_as_some_lises_write_them_are_taken(
+    tmp_path: Path, database_url: str, trailer: bytes, segment_end: str
+) -> None:
+    lis = LisPeer(trailer=trailer, segment_end=segment_end)
+    port = await lis.start()
+    daemon = _daemon(tmp_path, database_url, port)
+    await asyncio.to_thread(daemon.start)
+    try:
+        await _analyser(daemon, qc("5.2", "15.6"), patient("S1", "5.0"), patient("S2", "5.1"))
+        await lis.wait_for(2)
+        await asyncio.sleep(1.5)  # past the ACK timeout: a missed answer would send again
+    finally:
+        assert await asyncio.to_thread(daemon.stop) == 0
+        await lis.stop()
+    assert [r.specimen_id for r in lis.received] == ["S1", "S2"]
+    assert _outbox(database_url) == [("S1", "delivered", 1), ("S2", "delivered", 1)]
+
+
 async def test_a_refused_message_stops_its_specimens_queue_and_not_the_others(
     tmp_path: Path, database_url: str
 ) -> None:

@@ -62,6 +62,20 @@ def test_fs_without_cr_ends_the_block_and_is_noted() -> None:
     assert reader.end_of_stream() == [MessageReceived(b"last", 0, 6, missing_cr=True)]
 
 
+def test_fs_without_cr_then_quiet_is_a_message_and_reading_goes_on() -> None:
+    # A sender that ends its block with FS alone and waits for our answer.
+    reader = MllpReader()
+    assert feed(reader, bytes((VT,)) + b"one" + bytes((FS,))) == []
+    assert reader.awaiting_cr
+    assert reader.quiet() == [MessageReceived(b"one", 0, 5, missing_cr=True)]
+    assert not reader.awaiting_cr and reader.quiet() == []
+    assert feed(reader, frame(b"two")) == [MessageReceived(b"two", 5, 11)]
+    # Quiet in the middle of a block or outside one changes nothing.
+    assert feed(reader, bytes((VT,)) + b"thr") == []
+    assert not reader.awaiting_cr and reader.quiet() == []
+    assert feed(reader, b"ee" + bytes((FS, CR))) == [MessageReceived(b"three", 11, 19)]
+
+
 def test_bytes_outside_a_block_are_discarded_and_said() -> None:
     events = feed(MllpReader(), b"\r\nnoise" + frame(b"m"), close=True)
     assert events == [

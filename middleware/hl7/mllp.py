@@ -8,7 +8,9 @@ of its bytes so that a shell can account for every byte it received. It reads no
 and no clock. :func:`frame` wraps a message for sending.
 
 Tolerated, because senders do it: a block ended by ``<FS>`` without the ``<CR>``
-(``MessageReceived.missing_cr``). Not tolerated: a message longer than the bound, which
+(``MessageReceived.missing_cr``), taken once other bytes follow, the stream ends, or the
+shell says the sender went quiet after it (:meth:`MllpReader.quiet`: a sender that waits
+for our answer sends nothing more). Not tolerated: a message longer than the bound, which
 is discarded up to the next ``<VT>`` rather than held in memory.
 """
 
@@ -23,6 +25,9 @@ START, END = bytes((VT,)), bytes((FS, CR))
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 #: Of a message too long to keep, its first bytes are: enough for its MSH (and control id).
 HEAD_KEPT = 1024
+#: How long a shell waits for the CR after a block's FS before it calls the sender quiet
+#: (:meth:`MllpReader.quiet`): the CR comes with the FS, or not at all.
+CR_WAIT_SECONDS = 0.5
 
 
 def frame(message: bytes) -> bytes:
@@ -86,6 +91,16 @@ class MllpReader:
         del self._buffer[: self._pos]
         self._pos = 0
         return events
+
+    @property
+    def awaiting_cr(self) -> bool:
+        """Whether the bytes so far end with a block's ``<FS>``, its ``<CR>`` not come."""
+        return self._in_block and not self._skipping and self._buffer.endswith(bytes((FS,)))
+
+    def quiet(self) -> list[Event]:
+        """The sender has sent nothing more for a while: a block ended by ``<FS>`` alone
+        is whole (its sender waits for our answer); anything else still waits."""
+        return self.end_of_stream() if self.awaiting_cr else []
 
     def end_of_stream(self) -> list[Event]:
         """The connection closed: what is pending ends here, and is said so."""
