@@ -9,8 +9,8 @@ says what they are and what to configure, once per connection, so that a lab see
 nothing arrives instead of an analyser reporting a host error.
 
 On a port that takes either (an instrument with ``driver: auto`` and no ``protocol``),
-the first bytes an analyser sends choose: an MLLP block opens with VT, an ASTM transfer
-with ENQ.
+the first bytes an analyser sends choose: an MLLP block opens with VT and its MSH, an
+ASTM transfer with ENQ. A VT alone is not enough: line noise before an ENQ may hold one.
 """
 
 from __future__ import annotations
@@ -48,11 +48,22 @@ DIMENSION = Spoken(
 )
 
 
+_OPENING = b"\x0bMSH"
+
+
 def opens_mllp(first: bytes) -> bool:
-    """Whether the first bytes of a connection open an MLLP block (VT before any ENQ):
-    HL7; otherwise the connection is read as ASTM, which keeps any noise as such."""
-    block, enquiry = first.find(b"\x0b"), first.find(b"\x05")
+    """Whether the first bytes of a connection open an MLLP block (VT and MSH, before any
+    ENQ): HL7; otherwise the connection is read as ASTM, which keeps any noise as such."""
+    block, enquiry = first.find(_OPENING), first.find(b"\x05")
     return block >= 0 and (enquiry < 0 or block < enquiry)
+
+
+def undecided(first: bytes) -> bool:
+    """Whether the first bytes end in what may be the start of an MLLP block, with no
+    ENQ or block before it: the next bytes tell."""
+    if b"\x05" in first or _OPENING in first:
+        return False
+    return any(first.endswith(_OPENING[:n]) for n in range(1, len(_OPENING)))
 
 
 def spoken_on_astm_line(data: bytes) -> tuple[Spoken, int] | None:

@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 from middleware.astm.frames import build_frames
 from middleware.decode import decode_capture
 from middleware.hl7.mllp import frame
-from middleware.sniff import ASTM, DIMENSION, HL7, spoken_on_astm_line, spoken_on_hl7_line
+from middleware.sniff import (
+    ASTM,
+    DIMENSION,
+    HL7,
+    opens_mllp,
+    spoken_on_astm_line,
+    spoken_on_hl7_line,
+    undecided,
+)
 from tests.daemon import DaemonProcess, connect, free_port, query
 from tests.peer import StreamPeer, frames_for
 from tests.test_hl7_ingest import MllpPeer, oru
@@ -52,6 +60,16 @@ def test_astm_frames_are_never_taken_for_another_protocol(text: bytes, first: in
 def test_mllp_blocks_are_never_taken_for_another_protocol(text: str) -> None:
     block = frame(("MSH|^~\\&|" + text).encode())
     assert spoken_on_hl7_line(block) is None
+
+
+def test_a_block_opens_with_vt_and_msh_before_any_enq_a_vt_alone_is_noise() -> None:
+    assert opens_mllp(b"\x0bMSH|^~\\&|") and opens_mllp(b"\x00\x0bMSH|")
+    assert not opens_mllp(b"\x00\x0b\xff") and not opens_mllp(b"\x0b\xff\x05")
+    assert not opens_mllp(b"\x05\x0bMSH|")  # ENQ first: ASTM, the rest its noise
+    # What the next bytes tell: the read ended on what may begin a block.
+    assert undecided(b"\x0b") and undecided(b"\x00\x0bM") and undecided(b"\x0bMS")
+    assert not undecided(b"") and not undecided(b"\x0b\xff") and not undecided(b"\x0bMSH")
+    assert not undecided(b"\x05\x0b")
 
 
 def test_decode_names_the_dimension_protocol() -> None:
@@ -156,6 +174,38 @@ def test_one_port_takes_either_protocol_by_the_first_bytes_of_each_connection(
         stream = raw_stream(database_url, connection_id)
         assert stream.startswith((b"\x05", b"\x0b")), stream[:20]
     assert query(database_url, "SELECT count(*) FROM quarantine") == [(0,)]
+
+
+def test_noise_holding_a_vt_before_the_enq_leaves_the_connection_astm(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    start_daemon(port, connections="all")  # driver: auto, no protocol
+    records = message("S-NOISE", "P-NOISE")
+
+    async def analysers() -> None:
+        astm = StreamPeer(*await connect(port))
+        await astm.write(b"\x00\x0b\xff")  # line noise, a VT among it
+        await asyncio.sleep(0.3)
+        await astm.write(b"\x05")
+        assert await astm.read(1) == b"\x06"
+        for data in frames_for(records):
+            await astm.write(data)
+            assert await astm.read(1) == b"\x06"
+        await astm.write(b"\x04")
+        # An MLLP sender whose VT comes apart from its MSH is still HL7.
+        hl7 = MllpPeer(*await connect(port))
+        block = frame(oru("H-5", "S-SPLIT"))
+        await hl7.write(block[:1])
+        await asyncio.sleep(0.3)
+        await hl7.write(block[1:])
+        assert (await hl7.answer()).code == "AA"
+        await astm.close()
+        await hl7.close()
+
+    asyncio.run(analysers())
+    specimens = query(database_url, "SELECT DISTINCT specimen_id FROM results ORDER BY 1")
+    assert specimens == [("S-NOISE",), ("S-SPLIT",)]
 
 
 def test_a_newer_connection_replaces_the_older_before_it_speaks_whatever_their_protocols(

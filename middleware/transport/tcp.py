@@ -10,12 +10,15 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 
 from middleware.astm.link import LinkSettings
-from middleware.sniff import opens_mllp
+from middleware.sniff import opens_mllp, undecided
 from middleware.transport.channel import ByteStream, EventHandler, LinkChannel
 from middleware.transport.reconnect import Backoff, ChannelCallback, Reconnecting, serve
 from middleware.transport.tls import peer_allowed
 
 log = structlog.get_logger("middleware.transport")
+
+_REST_SECONDS = 1.0
+"""How long the first bytes, ending in what may begin an MLLP block, wait for the rest."""
 
 
 class ListenError(OSError):
@@ -155,12 +158,24 @@ class TcpServer:
             self._undecided.add(task)
         log.info("analyser connected; its first bytes will say its protocol",
                  connection=self.name, peer=where)  # fmt: skip
+        first = b""
         try:
-            return await reader.read(65536)
+            first = await reader.read(65536)
+            # A VT the read ended on (or VT M, VT MS) opens an MLLP block or is noise: an
+            # MLLP sender sends its MSH with it, so what follows at once tells.
+            while undecided(first) and len(first) < 65536:
+                try:
+                    more = await asyncio.wait_for(reader.read(65536), _REST_SECONDS)
+                except TimeoutError:
+                    break
+                if not more:
+                    break
+                first += more
+            return first
         except asyncio.CancelledError:
             # The daemon stopping, or a newer connection of the analyser replacing it.
             log.info("connection dropped before the analyser spoke", connection=self.name,
-                     peer=where)  # fmt: skip
+                     peer=where, bytes_dropped=len(first))  # fmt: skip
             return b""
         except (ConnectionError, OSError) as exc:
             log.info("connection lost before the analyser spoke", connection=self.name,
