@@ -367,8 +367,22 @@ class LisSender:
     async def _exchange(self, entry: outbox.Entry) -> tuple[Answer, str]:
         """The LIS's answer to the entry, sent on the connection (opened again if the LIS
         closed it since its last answer)."""
-        if not self._connected():
+        reused = self._connected()
+        if not reused:
             await self._connect()
+        heard = self._mllp.received
+        try:
+            return await self._round(entry)
+        except NoAnswer as failed:
+            if not reused or failed.args[0] != "disconnected" or self._mllp.received != heard:
+                raise
+        # A LIS that closes the connection after each answer: its close had not come in
+        # yet when this entry went out on it. Not an attempt it failed: once again at once,
+        # on a new connection (the same control id, as every re-send).
+        await self._connect()
+        return await self._round(entry)
+
+    async def _round(self, entry: outbox.Entry) -> tuple[Answer, str]:
         try:
             return await asyncio.wait_for(self._send(entry), self.config.ack_timeout)
         except TimeoutError:
