@@ -128,6 +128,10 @@ class LisSender:
             self.hold - timedelta(seconds=config.ack_timeout) - CLAIM_MARGIN
         ).total_seconds() / 2
         self._reader: asyncio.StreamReader | None = None
+        self._closed_unanswered = 0
+        """Messages sent on a connection the LIS had kept, that it closed without a word."""
+        self._one_message_a_connection = False
+        """Set once the LIS showed it closes the connection after each answer."""
         self._writer: asyncio.StreamWriter | None = None
         self._mllp = MllpReader()
         self._queued = asyncio.Event()
@@ -367,20 +371,24 @@ class LisSender:
     async def _exchange(self, entry: outbox.Entry) -> tuple[Answer, str]:
         """The LIS's answer to the entry, sent on the connection (opened again if the LIS
         closed it since its last answer)."""
-        reused = self._connected()
+        reused = self._connected() and not self._one_message_a_connection
         if not reused:
             await self._connect()
         heard = self._mllp.received
         try:
             return await self._round(entry)
         except NoAnswer as failed:
-            if not reused or failed.args[0] != "disconnected" or self._mllp.received != heard:
-                raise
-        # A LIS that closes the connection after each answer: its close had not come in
-        # yet when this entry went out on it. Not an attempt it failed: once again at once,
-        # on a new connection (the same control id, as every re-send).
-        await self._connect()
-        return await self._round(entry)
+            if reused and failed.args[0] == "disconnected" and self._mllp.received == heard:
+                # The LIS closed it without a word: once may be a LIS restarting; twice,
+                # it closes after each answer (its close had not come in yet when this
+                # went out). Then a new connection for each message, rather than one
+                # failed attempt in two.
+                self._closed_unanswered += 1
+                if self._closed_unanswered == 2:
+                    self._one_message_a_connection = True
+                    self.log.info("the LIS closes the connection after each answer; a new "
+                                  "connection for each message from now on")  # fmt: skip
+            raise
 
     async def _round(self, entry: outbox.Entry) -> tuple[Answer, str]:
         try:

@@ -29,8 +29,9 @@ class LisPeer:
     closes the connection instead."""
     unanswered: set[int] = field(default_factory=set)
     """Numbers of the messages that get no answer, the connection kept."""
-    hang_up_after_answer: bool = False
-    """Close the connection after each answer, as some LISes do."""
+    hang_up_after_answer: float | None = None
+    """Close the connection this many seconds after each answer, as some LISes do; what
+    comes meanwhile is not read."""
     trailer: bytes = b"\x1c\r"
     """What ends an answer's block (some LISes send FS without its CR)."""
     segment_end: str = "\r"
@@ -87,7 +88,8 @@ class LisPeer:
                         )
                         writer.write(b"\x0b" + ack + self.trailer)
                         await writer.drain()
-                        if self.hang_up_after_answer:
+                        if self.hang_up_after_answer is not None:
+                            await asyncio.sleep(self.hang_up_after_answer)
                             return
         except (ConnectionError, OSError):
             pass
