@@ -71,7 +71,9 @@ def test_a_released_result_byte_by_byte() -> None:
     assert text.split("\r") == [
         "MSH|^~\\&|LIS-MIDDLEWARE|LAB|LIS|LAB|20261130120000+0000||ORU^R01^ORU_R01|MW1|P|2.5.1",
         'PID|1||PAT1^^^^MR||""||19800102|F',
-        "OBR|1||S1|chem-1^chem-1 results^L|||20261130110500+0000" + "|" * 18 + "F",
+        "OBR|1||S1|chem-1^chem-1 results^L|||20261130110500+0000"
+        + "|" * 15
+        + "20261130120000+0000|||F",
         "OBX|1|NM|GLU^^L||5.2|mmol/L|3.9-5.8|N|||F|||20261130110500+0000||tech\\F\\1||"
         "chem-1~chem-1/m2|20261130110500+0000",
         "NTE|1|L|accepted with reservation: lipaemic",
@@ -101,7 +103,9 @@ def test_an_oul_r22_byte_by_byte() -> None:
         'PID|1||PAT1^^^^MR||""||19800102|F',
         'SPM|1|S1||""',
         "SAC|||S1",
-        "OBR|1||S1|chem-1^chem-1 results^L|||20261130110500+0000" + "|" * 18 + "F",
+        "OBR|1||S1|chem-1^chem-1 results^L|||20261130110500+0000"
+        + "|" * 15
+        + "20261130120000+0000|||F",
         "OBX|1|NM|2345-7^Glucose^LN^GLU^^L||5.2|mmol/L|3.9-5.8|N|||F|||20261130110500+0000"
         "|||HEXOKINASE^^L|chem-1~chem-1/m2|20261130110500+0000||||Central lab"
         "|1 rue Pasteur^^Lyon^^69007^FRA|D17^Martin^Anne",

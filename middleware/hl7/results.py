@@ -202,7 +202,7 @@ def oru_r01(
     segments = [
         _msh("ORU^R01", structure, control_id, at, sender, processing_id),
         _pid(patient, reported[0].result.patient_id),
-        _obr(specimen_id, reported),
+        _obr(specimen_id, reported, at),
     ]
     number = 0
     for item in reported:
@@ -248,7 +248,7 @@ def oul_r22(
         # SPM-4 (specimen type) is required; the analyser does not say it: HL7's null.
         _segment("SPM", "1", specimen, "", NULL),
         _segment("SAC", "", "", specimen),
-        _obr(specimen_id, reported),
+        _obr(specimen_id, reported, at),
     ]
     for number, item in enumerate(reported, start=1):
         segments.append(_obx(number, item, sender, ""))
@@ -300,7 +300,9 @@ def _declare_charset(text: str) -> str:
     return FIELD.join(fields) + "\r" + rest
 
 
-def _obr(specimen_id: str, reported: Sequence[Reported]) -> str:
+def _obr(specimen_id: str, reported: Sequence[Reported], at: datetime) -> str:
+    """OBR-7 when the first result was made; OBR-22, when the report's status (OBR-25)
+    was set, is when this message was made (a LIS may order reports by it)."""
     instrument = reported[0].result.instrument
     completed = [r.result.completed_at for r in reported if r.result.completed_at is not None]
     return _segment(
@@ -312,7 +314,10 @@ def _obr(specimen_id: str, reported: Sequence[Reported]) -> str:
         "",
         "",
         timestamp(min(completed) if completed else None),
-        *([""] * 17),
+        *([""] * 14),
+        timestamp(at),
+        "",
+        "",
         _report_status({r.status for r in reported}),
     )
 
