@@ -213,6 +213,65 @@ def test_enq_inside_a_frame_abandons_it_and_restarts_the_transfer() -> None:
     assert link.data_to_send() == B_ACK
 
 
+@pytest.mark.parametrize("whole", [True, False], ids=["one-read", "bytewise"])
+def test_eot_after_a_frame_without_its_lf_ends_the_transfer(whole: bool) -> None:
+    link = receiving()
+    first = build_frame(1, b"H|\\^&\r", True)
+    link.receive_data(first, 1.0)
+    commit(link, 1.0)
+    assert link.data_to_send() == B_ACK
+    cut = build_frame(2, b"P|1||X\r", True)[:-1]
+    assert cut == b"\x022P|1||X\r\x038F\r"  # no LF: the EOT comes where it belongs
+    if whole:
+        link.receive_data(cut + B_EOT, 2.0)
+        sent = link.data_to_send()
+    else:
+        sent = feed_bytewise(link, cut + B_EOT, 2.0)
+    # The frame is dropped unanswered, like one cut short in its text; the EOT ends the
+    # transfer at once, and the line stays quiet.
+    assert sent == b""
+    assert events(link) == [TransferEnded(1 + len(first) + len(cut) + 1)]
+    assert link.state is State.NEUTRAL and link.deadline is None
+    link.handle_timer(100.0)
+    assert link.data_to_send() == b""
+    assert feed_bytewise(link, B_ENQ, 101.0) == B_ACK
+
+
+@pytest.mark.parametrize("kept", [0, 1, 2, 3], ids=["c1", "c2", "cr", "lf"])
+@pytest.mark.parametrize("whole", [True, False], ids=["one-read", "bytewise"])
+def test_control_character_in_a_frames_trailer_abandons_the_frame(kept: int, whole: bool) -> None:
+    """STX, EOT or ENQ where the checksum, CR or LF belongs: the frame is dropped without
+    a reply, as one cut short in its text is, and the byte is read for what it is."""
+    frame = build_frame(1, b"P|1\r", True)
+    cut = frame[: len(frame) - 4 + kept]
+    following = build_frame(1, b"P|2\r", True)
+
+    def run(wire: bytes) -> tuple[Link, bytes]:
+        link = receiving()
+        if whole:
+            link.receive_data(wire, 1.0)
+            return link, link.data_to_send()
+        return link, feed_bytewise(link, wire, 1.0)
+
+    link, sent = run(cut + B_EOT)
+    assert sent == b""
+    assert events(link) == [TransferEnded(1 + len(cut) + 1)]
+    assert link.state is State.NEUTRAL
+
+    link, sent = run(cut + B_ENQ)
+    assert sent == B_ACK  # the ENQ's
+    assert events(link) == [TransferStarted(1 + len(cut))]
+    assert link.state is State.RECEIVING
+
+    link, sent = run(cut + following)
+    assert sent == b""
+    [text] = events(link)
+    assert text == TextReceived(b"P|2\r")
+    assert (text.start, text.end) == (1 + len(cut), 1 + len(cut) + len(following))
+    link.acknowledge(1.0)
+    assert link.data_to_send() == B_ACK
+
+
 def test_frame_longer_than_240_is_naked_by_default() -> None:
     link = receiving()
     link.receive_data(build_frame(1, b"x" * 241, True), 1.0)
@@ -403,8 +462,10 @@ def test_stray_bytes_in_neutral_are_ignored() -> None:
     [
         # The second ENQ abandons the frame and restarts the transfer, so it is answered.
         (b"\x05\x02\x05", B_ACK + B_ACK),
-        # An ENQ where the checksum belongs is part of the frame's trailer, not an ENQ.
-        (b"\x05\x021P\x03\x05", B_ACK),
+        # A frame cut short in its checksum: the line fell silent.
+        (b"\x05\x021P\x03A", B_ACK),
+        # An ENQ where the checksum belongs abandons the frame just the same.
+        (b"\x05\x021P\x03\x05", B_ACK + B_ACK),
     ],
 )
 def test_frame_half_received_when_the_timer_expires_is_discarded(
@@ -693,6 +754,81 @@ def test_resends_on_nak_and_on_any_other_reply() -> None:
     assert link.data_to_send() == B_EOT
 
 
+def test_a_doubled_ack_moves_the_sender_on_one_frame() -> None:
+    link, message_id = sending([b"H|\\^&", b"O|1|123", b"L|1|N"])
+    link.receive_data(B_ACK, 1.0)
+    assert link.data_to_send() == build_frame(1, b"H|\\^&\r", True)
+    before = link.received
+    link.receive_data(B_ACK + B_ACK, 2.0)
+    # The second ACK came before frame 2 was sent: it cannot be frame 2's reply.
+    assert link.data_to_send() == build_frame(2, b"O|1|123\r", True)
+    assert link.received == before + 2  # discarded, but counted
+    link.receive_data(B_ACK, 3.0)
+    assert link.data_to_send() == build_frame(3, b"L|1|N\r", True)
+    link.receive_data(B_ACK, 4.0)
+    assert link.data_to_send() == B_EOT
+    assert events(link) == [MessageSent(message_id)]
+
+
+@pytest.mark.parametrize(
+    ("replies", "after"),
+    [
+        # To the ENQ: the second ACK is not frame 1's reply.
+        (B_ACK + B_ACK, build_frame(1, b"P|1\r", True)),
+        # Noise, then the ACK: the frame goes again once, and that ACK is not its reply.
+        (b"\r" + B_ACK, build_frame(1, b"P|1\r", True)),
+        (B_NAK + B_NAK + B_NAK, build_frame(1, b"P|1\r", True)),
+    ],
+    ids=["ack-ack-to-enq", "noise-ack", "nak-nak-nak"],
+)
+def test_replies_that_came_with_the_one_acted_on_are_not_read(replies: bytes, after: bytes) -> None:
+    link, message_id = sending([b"P|1"])
+    if replies.startswith(B_ACK):
+        link.receive_data(replies, 1.0)  # to the ENQ
+    else:
+        link.receive_data(B_ACK, 0.5)
+        assert link.data_to_send() == after
+        link.receive_data(replies, 1.0)
+    assert link.data_to_send() == after
+    assert events(link) == []
+    assert link.state is State.SENDING and link.deadline == 16.0
+    link.receive_data(B_ACK, 2.0)
+    assert link.data_to_send() == B_EOT
+    assert events(link) == [MessageSent(message_id)]
+
+
+def test_an_ack_that_came_with_the_last_frames_ack_is_not_the_next_enqs_reply() -> None:
+    link, first = sending([b"P|1"])
+    second = link.send_message([b"P|2"], 0.0)
+    link.receive_data(B_ACK, 0.1)
+    link.data_to_send()
+    link.receive_data(B_ACK + B_ACK, 0.2)
+    # EOT ends the first message and ENQ bids for the second; the second ACK came before
+    # that ENQ and does not start the transfer.
+    assert link.data_to_send() == B_EOT + B_ENQ
+    assert link.state is State.ESTABLISHING
+    link.receive_data(B_ACK, 0.3)
+    assert link.data_to_send() == build_frame(1, b"P|2\r", True)
+    link.receive_data(B_ACK, 0.4)
+    assert link.data_to_send() == B_EOT
+    assert events(link) == [MessageSent(first), MessageSent(second)]
+
+
+def test_bytes_that_came_with_an_interrupt_are_not_read() -> None:
+    link, message_id = sending([b"H|\\^&", b"L|1|N"])
+    link.receive_data(B_ACK, 0.5)
+    link.data_to_send()
+    before = link.received
+    link.receive_data(B_EOT + B_ACK + B_ENQ, 1.0)
+    assert link.data_to_send() == B_EOT
+    assert events(link) == [SendInterrupted(message_id, 16.0)]
+    assert link.state is State.NEUTRAL
+    assert link.received == before + 3
+    # The peer, having seen our EOT, bids again.
+    link.receive_data(B_ENQ, 2.0)
+    assert link.data_to_send() == B_ACK
+
+
 def test_gives_up_after_six_attempts_and_sends_eot() -> None:
     link, message_id = sending([b"P|1"])
     link.receive_data(B_ACK, 0.1)
@@ -753,12 +889,85 @@ def test_contention_host_backs_off_20_s_and_answers_the_instrument() -> None:
     assert link.data_to_send() == b""
     assert events(link) == [TransferStarted(), TextReceived(b"H|\\^&\r")]
     link.acknowledge(3.0)
-    # The instrument is done, so the host bids at once rather than after the 20 s.
-    assert link.data_to_send() == B_ACK + B_ENQ
+    # The instrument is done, but the host still waits the 20 s before bidding again.
+    assert link.data_to_send() == B_ACK
+    assert events(link) == [TransferEnded()]
     assert link.pending_messages == 1
-    link.receive_data(B_ACK, 4.0)
-    link.receive_data(B_ACK, 4.1)
+    assert link.deadline == 21.0
+    link.handle_timer(20.9)
+    assert link.data_to_send() == b""
+    link.handle_timer(21.0)
+    assert link.data_to_send() == B_ENQ
+    link.receive_data(B_ACK, 21.1)
+    link.receive_data(B_ACK, 21.2)
     assert events(link)[-1] == MessageSent(message_id)
+
+
+@pytest.mark.parametrize(
+    ("refusal", "not_before"),
+    [
+        (B_ENQ, 21.0),  # contention: the host waits 20 s
+        (B_NAK, 11.0),  # busy: 10 s
+    ],
+    ids=["contention", "busy"],
+)
+def test_the_peers_eot_never_shortens_a_hold_off(refusal: bytes, not_before: float) -> None:
+    link, _ = sending([b"H|\\^&", b"L|1|N"])
+    for byte in refusal:
+        link.receive_data(bytes([byte]), 1.0)
+    assert link.state is State.NEUTRAL and link.deadline == not_before
+    link.data_to_send()
+    events(link)
+    # The peer takes the line for a message of its own, and ends it with EOT.
+    link.receive_data(B_ENQ + build_frame(1, b"H|\\^&\r", True), 2.0)
+    link.acknowledge(2.0)
+    link.receive_data(B_EOT, 3.0)
+    assert link.data_to_send() == B_ACK + B_ACK
+    assert [type(e) for e in events(link)] == [TransferStarted, TextReceived, TransferEnded]
+    assert link.deadline == not_before
+    link.handle_timer(not_before - 0.1)
+    assert link.data_to_send() == b""
+    link.handle_timer(not_before)
+    assert link.data_to_send() == B_ENQ
+
+
+def test_the_message_the_peer_interrupted_for_ends_the_interrupt_hold_off() -> None:
+    link, _ = sending([b"H|\\^&", b"L|1|N"])
+    link.receive_data(B_ACK, 1.0)  # frame 1 taken
+    link.receive_data(B_EOT, 1.0)  # then the receiver interrupts
+    assert link.data_to_send().endswith(B_EOT) and link.deadline == 16.0
+    events(link)
+    link.receive_data(B_ENQ + build_frame(1, b"H|\\^&\r", True), 2.0)
+    link.acknowledge(2.0)
+    assert link.data_to_send() == B_ACK + B_ACK
+    link.receive_data(B_EOT, 3.0)  # its message done: ours goes again at once
+    assert link.data_to_send() == B_ENQ
+
+
+def test_an_interrupt_then_contention_keeps_the_contention_hold_off() -> None:
+    link, _ = sending([b"H|\\^&", b"L|1|N"])
+    link.receive_data(B_ACK, 1.0)
+    link.receive_data(B_EOT, 1.0)  # interrupted: no bid before 16 s
+    link.data_to_send()
+    link.handle_timer(16.0)
+    assert link.data_to_send() == B_ENQ
+    link.receive_data(B_ENQ, 16.5)  # contention: no bid before 36.5 s
+    link.receive_data(B_ENQ + build_frame(1, b"H|\\^&\r", True), 17.0)
+    link.acknowledge(17.0)
+    link.receive_data(B_EOT, 18.0)
+    link.data_to_send()
+    assert link.deadline == 36.5
+
+
+def test_the_peers_eot_after_a_hold_off_lets_the_host_bid_at_once() -> None:
+    link, _ = sending([b"P|1"])
+    link.receive_data(B_ENQ, 1.0)  # contention: no bid before 21 s
+    link.receive_data(B_ENQ, 2.0)
+    link.receive_data(build_frame(1, b"H|\\^&\r", True), 30.0)
+    link.acknowledge(30.0)
+    assert link.data_to_send() == B_ACK + B_ACK
+    link.receive_data(B_EOT, 31.0)
+    assert link.data_to_send() == B_ENQ
 
 
 def test_contention_host_waits_20_s_when_instrument_stays_silent() -> None:

@@ -1,4 +1,5 @@
-"""E1381 receiver against a modelled sender: frames, noise, splits, timers and commits.
+"""E1381 receiver against a modelled sender: frames, noise, splits, timers and commits;
+and E1381 sender against a modelled receiver: replies, doubled, late or noisy, and timers.
 
 The model predicts, from the standard's rules alone, every reply and event the link owes
 for what the sender put on the wire. Arbitrary noise can leave the sender unsure what the
@@ -22,13 +23,18 @@ from hypothesis.stateful import (
     rule,
 )
 
-from middleware.astm.frames import ACK, ENQ, EOT, ETB, ETX, NAK, STX, build_frame
+from middleware.astm.frames import ACK, ENQ, EOT, ETB, ETX, NAK, STX, build_frame, build_frames
 from middleware.astm.link import (
+    Busy,
     DuplicateFrame,
     Event,
     FrameRejected,
     Link,
     LinkSettings,
+    MessageSent,
+    Role,
+    SendFailed,
+    SendInterrupted,
     State,
     TextReceived,
     TimedOut,
@@ -365,18 +371,40 @@ class Receiver(RuleBasedStateMachine):
     @rule(
         piece=_pieces,
         final=st.booleans(),
-        trailer=st.lists(st.sampled_from([ENQ, EOT, STX, 0x30, 0x41, 0x0D]), max_size=3),
+        trailer=st.lists(st.sampled_from([0x30, 0x41, 0x0D, 0x0A, 0x15]), max_size=3),
         cuts=_cuts,
     )
     def sender_falls_silent_in_a_checksum(
         self, piece: bytes, final: bool, trailer: list[int], cuts: list[int]
     ) -> None:
         """The line drops after ETB or ETX: what came after it is the frame's checksum and
-        CR LF, whatever the bytes, and it is all forgotten when the frame timer expires."""
+        CR LF, whatever the bytes (but STX, EOT and ENQ), and it is all forgotten when the
+        frame timer expires."""
         wire = _frame(self.expected, piece, final).wire
         self._send("partial", wire[:-4] + bytes(trailer), cuts)
         assert self.deadline is not None
         self._wait_until(self.deadline)
+
+    @rule(
+        piece=_pieces,
+        final=st.booleans(),
+        kept=st.integers(0, 3),
+        then=st.sampled_from(["enq", "eot", "frame"]),
+        cuts=_cuts,
+    )
+    def sender_abandons_a_frame_in_its_trailer(
+        self, piece: bytes, final: bool, kept: int, then: str, cuts: list[int]
+    ) -> None:
+        """ENQ, EOT or the next frame's STX where the checksum, CR or LF belongs: the frame
+        is abandoned, as one cut short in its text is, and that byte read for what it is."""
+        wire = _frame(self.expected, piece, final).wire
+        self._send("partial", wire[: len(wire) - 4 + kept], cuts)
+        if then == "enq":
+            self.enq(cuts)
+        elif then == "eot":
+            self.eot(cuts)
+        else:
+            self.next_frame(piece, final, cuts)
 
     @precondition(lambda self: not self.undecided)
     @rule(extra=st.integers(1, 40), cuts=_cuts)
@@ -467,6 +495,164 @@ class Receiver(RuleBasedStateMachine):
 
 TestReceiver = Receiver.TestCase
 TestReceiver.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
+
+SENDER = LinkSettings(role=Role.HOST)
+_PHASES = {
+    "neutral": State.NEUTRAL,
+    "establishing": State.ESTABLISHING,
+    "sending": State.SENDING,
+}
+#: What a receiver may put on the line while we send: its replies, and noise (no ENQ, so
+#: the link never becomes the receiver here; the Receiver machine covers that side).
+_reply_bytes = st.sampled_from([ACK, ACK, NAK, EOT, 0x0D, 0x78])
+
+
+class Sender(RuleBasedStateMachine):
+    """The link sending messages, the receiver that replies to it in reads of one or more
+    bytes, and time. A reply answers only what was on the wire before it arrived: once a
+    reply makes the link send (a frame, EOT, ENQ), the rest of that read is not read."""
+
+    @initialize()
+    def start(self) -> None:
+        self.link = Link(SENDER)
+        self.now = 0.0
+        self.fed = 0
+        self.phase = "neutral"
+        self.queue: list[tuple[int, list[bytes]]] = []
+        self.index = 0
+        self.attempts = 0
+        self.not_before = 0.0
+        self.timer: float | None = None
+        self.out = bytearray()
+        self.events: list[Event] = []
+
+    # --- the model ------------------------------------------------------------------------
+
+    @property
+    def deadline(self) -> float | None:
+        if self.phase == "neutral":
+            return self.not_before if self.queue else None
+        return self.timer
+
+    def _establish(self) -> None:
+        if self.phase == "neutral" and self.queue and self.now >= self.not_before:
+            self.out.append(ENQ)
+            self.phase = "establishing"
+            self.timer = self.now + SENDER.reply_timeout
+
+    def _neutral(self, not_before: float | None = None) -> None:
+        self.phase = "neutral"
+        self.timer = None
+        if not_before is not None:
+            self.not_before = max(self.not_before, not_before)
+        self._establish()
+
+    def _send_frame(self, first: bool) -> None:
+        self.attempts = 1 if first else self.attempts + 1
+        self.out += self.queue[0][1][self.index]
+        self.timer = self.now + SENDER.reply_timeout
+
+    def _finish(self) -> None:
+        message_id, _ = self.queue.pop(0)
+        self.out.append(EOT)
+        self.events.append(MessageSent(message_id))
+        self._neutral()
+
+    def _abort(self, reason: str, timed_out: bool) -> None:
+        message_id, _ = self.queue.pop(0)
+        self.out.append(EOT)
+        if timed_out:
+            self.events.append(TimedOut("reply", f"{reason} within {SENDER.reply_timeout:g} s"))
+        self.events.append(SendFailed(message_id, reason))
+        self._neutral()
+
+    def _read(self, chunk: bytes) -> None:
+        for byte in chunk:
+            if self.phase == "establishing":
+                if byte == ACK:
+                    self.phase = "sending"
+                    self.index = 0
+                    self._send_frame(first=True)
+                    return  # the rest came before frame 1 was sent
+                if byte == NAK:
+                    retry_at = self.now + SENDER.busy_retry
+                    self.events.append(Busy(retry_at))
+                    self._neutral(retry_at)
+                # anything else is no reply to an ENQ
+            elif self.phase == "sending":
+                message_id, frames = self.queue[0]
+                last = self.index + 1 == len(frames)
+                if byte == ACK or (byte == EOT and last):
+                    self.index += 1
+                    if self.index == len(frames):
+                        self._finish()
+                    else:
+                        self._send_frame(first=True)
+                elif byte == EOT:
+                    retry_at = self.now + SENDER.interrupt_holdoff
+                    self.out.append(EOT)
+                    self.events.append(SendInterrupted(message_id, retry_at))
+                    self._neutral(retry_at)
+                elif self.attempts >= SENDER.max_attempts:
+                    self._abort(f"{self.attempts} attempts refused", timed_out=False)
+                else:
+                    self._send_frame(first=False)
+                return  # every reply to a frame makes the link send something
+            # neutral: only an ENQ means anything, and this receiver sends none
+
+    # --- driving the link -----------------------------------------------------------------
+
+    def _settle(self) -> None:
+        assert self.link.data_to_send() == bytes(self.out)
+        assert _drain(self.link) == self.events
+        assert self.link.state is _PHASES[self.phase]
+        assert self.link.deadline == self.deadline
+        self.out.clear()
+        self.events.clear()
+
+    @rule(
+        records=st.lists(
+            st.binary(max_size=300).map(lambda b: bytes(0x41 + c % 26 for c in b)),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    def send_message(self, records: list[bytes]) -> None:
+        message_id = self.link.send_message(records, self.now)
+        frames: list[bytes] = []
+        for record in records:
+            frames += build_frames(record + b"\r", len(frames) + 1)
+        self.queue.append((message_id, frames))
+        self._establish()
+        self._settle()
+
+    @rule(chunk=st.lists(_reply_bytes, min_size=1, max_size=4).map(bytes))
+    def replies(self, chunk: bytes) -> None:
+        """What the receiver sent, read in one go: one reply, a doubled one, or several."""
+        self.link.receive_data(chunk, self.now)
+        self.fed += len(chunk)
+        self._read(chunk)
+        self._settle()
+
+    @rule(pause=st.sampled_from([0.1, 1.0, 9.9, 10.0, 14.9, 15.0, 20.0]))
+    def time_passes(self, pause: float) -> None:
+        self.now += pause
+        self.link.handle_timer(self.now)
+        if self.phase == "neutral":
+            self._establish()
+        elif self.timer is not None and self.now >= self.timer:
+            what = "ENQ" if self.phase == "establishing" else "frame"
+            self._abort(f"no reply to {what}", timed_out=True)
+        self._settle()
+
+    @invariant()
+    def every_byte_is_counted(self) -> None:
+        assert self.link.received == self.fed
+
+
+TestSender = Sender.TestCase
+TestSender.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 
 
 @settings(max_examples=300, deadline=None)

@@ -8,6 +8,10 @@ time, writes out :meth:`Link.data_to_send`, handles :meth:`Link.next_event`, and
 
 Phases follow the standard: neutral, establishment (ENQ answered by ACK, or NAK when
 busy), transfer (frames answered by ACK, NAK or EOT for an interrupt), termination (EOT).
+A reply answers only what we sent before it: once one makes us send (a frame, EOT, ENQ),
+the rest of the bytes received with it is older than that and is discarded unread. A
+busy or contention hold-off is never shortened by the peer's EOT; an interrupt's ends
+with the message the peer interrupted us for.
 
 **No acknowledgement before a durable commit.** A frame that ends a message (ETX) is never
 answered on arrival: the link delivers its text in a :class:`TextReceived` event and waits,
@@ -225,6 +229,8 @@ class Link:
         self._events: deque[Event] = deque()
         self._deadline: float | None = None
         self._not_before = 0.0
+        self._interrupted_until: float | None = None
+        """The hold-off an interrupt set, while it is the one in force."""
         self._ids = itertools.count(1)
         self._queue: deque[_Outgoing] = deque()
         # sender side
@@ -404,7 +410,13 @@ class Link:
             else:
                 byte = self._buffer[self._pos]
                 self._skip(1)
+                sent = len(self._out)
                 self._on_byte(byte, now)
+                if len(self._out) > sent:
+                    # That reply made us send (a frame, EOT, ENQ): whatever came with it
+                    # was sent before what we just sent, so it cannot answer it.
+                    self._skip(len(self._buffer) - self._pos)
+                    return
 
     def _on_byte(self, byte: int, now: float) -> None:
         state = self.state
@@ -461,6 +473,7 @@ class Link:
             self._out.append(EOT)
             self._events.append(SendInterrupted(current.message_id, retry_at))
             self._to_neutral(now, not_before=retry_at)
+            self._interrupted_until = self._not_before
         elif self._attempts >= self.settings.max_attempts:
             self._abort_send(now, f"{self._attempts} attempts refused", None)
         else:
@@ -494,7 +507,7 @@ class Link:
         self._text_start = None
         self._interrupt_requested = False
         if not_before is not None:
-            self._not_before = not_before
+            self._not_before = max(self._not_before, not_before)
         self._maybe_establish(now)
 
     def _maybe_establish(self, now: float) -> None:
@@ -514,8 +527,11 @@ class Link:
         if first == EOT:
             self._skip(1)
             self._events.append(TransferEnded(self._at, bytes(self._record)))
-            # An interrupting peer may send again at once.
-            self._to_neutral(now, not_before=now)
+            # The peer's message is done: the interrupt it asked for is over (E1381 lets the
+            # sender bid again then); a contention or busy hold-off still runs its course.
+            if self._not_before == self._interrupted_until:
+                self._not_before = now
+            self._to_neutral(now)
             return True
         if first == ENQ:
             # The peer gave up on the transfer and starts anew: nothing of the old one
@@ -561,8 +577,14 @@ class Link:
             return True
         tolerant = self.settings.tolerances.no_checksum
         trailer = bytes(buf[end + 1 : end + 5])
-        if not tolerant and len(trailer) < 4:
-            return False
+        if not tolerant:
+            # Where C1 C2 CR LF belong, they too mean the sender abandoned the frame.
+            cut = _BETWEEN_FRAMES.search(trailer)
+            if cut is not None:
+                self._skip(end + 1 + cut.start() - self._pos)
+                return True
+            if len(trailer) < 4:
+                return False
         body = bytes(buf[self._pos + 1 : end + 1])
         if tolerant:
             received = trailer[:2] if _is_hex(trailer[:2]) else None
