@@ -124,6 +124,11 @@ def test_instrument_flags_and_status() -> None:
     q_flag = Autoverification(hold_instrument_flags=["Blasts?"])
     blasts = result("GLU", "5", instrument_flags=("Blasts?=140",))
     assert [f.code for f in autoverify(ctx_of(blasts), RANGES, [], q_flag)] == ["instrument-flag"]
+    # A flag with its text (a Dimension Vista's condition) is listed by its code.
+    vista = Autoverification(hold_instrument_flags=["E521", "Blast"])
+    above = result("GLU", "5", instrument_flags=("E521 Above Assay Range",))
+    assert [f.code for f in autoverify(ctx_of(above), RANGES, [], vista)] == ["instrument-flag"]
+    assert autoverify(ctx_of(blasts), RANGES, [], vista) == []  # not by a part of its name
 
 
 def test_delta_checks_absolute_and_percent_within_window() -> None:

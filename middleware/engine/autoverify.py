@@ -50,17 +50,20 @@ def flag_findings(result: Result, options: Autoverification) -> Iterator[Finding
         yield Finding("no-value", f"the analyser sent no value for {result.test_code}")
     holds_any = "*" in options.hold_instrument_flags
     for flag in result.instrument_flags:
-        # A flag may carry its value (a Sysmex Q-flag, ``Blasts?=140``): listed by name.
-        named = flag.partition("=")[0]
-        if (
-            holds_any
-            or flag in options.hold_instrument_flags
-            or named in options.hold_instrument_flags
-        ):
+        if holds_any or any(_names(flag, listed) for listed in options.hold_instrument_flags):
             yield Finding("instrument-flag", f"the analyser flagged the result: {flag}")
     for flag in result.abnormal_flags:
         if flag in options.hold_abnormal_flags:
             yield Finding(f"flag:{flag}", f"the analyser marked the result {flag}", urgent=True)
+
+
+def _names(flag: str, listed: str) -> bool:
+    """Whether a flag listed in the rules is this one: the same, or its name where the
+    flag carries its value (a Sysmex Q-flag, ``Blasts?=140``) or its code its text (a
+    Dimension Vista's ``E521 Above Assay Range``)."""
+    return flag == listed or (
+        flag.startswith(listed) and flag[len(listed) : len(listed) + 1] in ("=", " ")
+    )
 
 
 def range_findings(

@@ -247,7 +247,8 @@ class Autoverification(_Model):
     enabled: bool = True
     hold_instrument_flags: list[str] = ["*"]
     """Instrument flags that hold a result (* = any flag the driver reports); a flag that
-    carries its value (``Blasts?=140``) is listed by its name (``Blasts?``)."""
+    carries its value (``Blasts?=140``) or its code its text (``E521 Above Assay Range``)
+    is listed by its name or code (``Blasts?``, ``E521``)."""
     hold_abnormal_flags: list[str] = ["LL", "HH", "AA"]
     hold_outside_measurable_range: bool = True
     hold_failed_delta: bool = True
