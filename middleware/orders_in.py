@@ -1,6 +1,8 @@
 """Orders from the LIS over MLLP: each message read, its orders put in the worklist in one
 transaction, and answered: AA once committed, AE with the segment and field of what could
-not be taken, AR when the store could not keep it (the LIS sends it again)."""
+not be taken, AR for a message not taken at all (its header says no order this daemon
+takes, it is too long) or when the store could not keep it (the LIS sends it again). The
+answer mirrors the order's header and is in its character set (MSH-18)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,19 @@ from datetime import datetime
 import structlog
 from sqlalchemy import Connection
 
-from middleware.hl7.mllp import Discarded, MllpReader, frame
-from middleware.hl7.orders import CANCEL, OrderMessage, OrderRefused, acknowledgment, read_order
-from middleware.hl7.segments import declared_charset, header_fields
+from middleware.hl7.mllp import CR_WAIT_SECONDS, Discarded, Event, MllpReader, frame
+from middleware.hl7.orders import (
+    CANCEL,
+    PROCESSING_ID,
+    Header,
+    OrderMessage,
+    OrderRefused,
+    acknowledgment,
+    check_header,
+    read_header,
+    read_order,
+)
+from middleware.hl7.segments import declared_charset
 from middleware.store import Store, orders, worklist
 from middleware.store.sql import utcnow
 from middleware.transport.tcp import ListenError
@@ -42,7 +54,10 @@ class OrderReceiver:
         allow: list[str] | None = None,
         downloads: Mapping[str, frozenset[str]] | None = None,
         on_taken: Callable[[], None] | None = None,
+        processing_id: str = PROCESSING_ID,
     ) -> None:
+        self.processing_id = processing_id
+        """MSH-11 of the orders taken: others (training, debugging) are refused."""
         self.on_taken = on_taken
         """Called once orders are kept: downloads may wait."""
         self.downloads = dict(downloads or {})
@@ -85,13 +100,17 @@ class OrderReceiver:
         self._open += 1
         mllp = MllpReader()
         try:
-            while data := await asyncio.wait_for(reader.read(65536), self.idle_seconds):
-                for event in mllp.receive_data(data):
-                    if isinstance(event, Discarded):
+            while (events := await _next_events(reader, mllp, self.idle_seconds)) is not None:
+                for event in events:
+                    if isinstance(event, Discarded) and event.reason == "too-long":
+                        # Unanswered, the LIS would send it again and again.
+                        answer = self._too_long(event.data, mllp.max_message_bytes)
+                    elif isinstance(event, Discarded):
                         log.warning("bytes from the LIS outside a message", reason=event.reason)
                         continue
-                    answer = await self._take(event.message)
-                    writer.write(frame(answer.encode("utf-8")))
+                    else:
+                        answer = await self._take(event.message)
+                    writer.write(frame(answer))
                     await asyncio.wait_for(writer.drain(), self.idle_seconds)
         except TimeoutError:
             log.info("order connection idle; closed", peer=peer)
@@ -103,37 +122,73 @@ class OrderReceiver:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 5)
 
-    async def _take(self, data: bytes) -> str:
+    async def _take(self, data: bytes) -> bytes:
         now = self.clock()
         charset = declared_charset(data)
         encoding = CHARSETS.get(charset)
+        header = read_header(data.decode(encoding or "utf-8", errors="replace"))
         try:
+            check_header(header, self.processing_id)
             if encoding is None:
-                raise OrderRefused(f"MSH-18: character set {charset!r} not taken")
+                raise OrderRefused(
+                    f"MSH-18: character set {charset[:40]!r} not taken", "103", ("MSH", 1, 18)
+                )
             try:
                 text = data.decode(encoding)
             except UnicodeDecodeError as exc:
+                # Where and what, not Python's words ("invalid continuation byte").
                 raise OrderRefused(
-                    f"MSH-18: the message is not {charset or 'UTF-8'} text: {exc.reason}"
-                ) from None
-            message = read_order(text)
+                    f"MSH-18: the message is not {charset or 'UTF-8'} text "
+                    f"(byte 0x{data[exc.start]:02X} at offset {exc.start})",
+                    "102", ("MSH", 1, 18),
+                ) from None  # fmt: skip
+            message = read_order(text, self.processing_id)
         except OrderRefused as refusal:
-            log.warning("order refused", reason=str(refusal))
-            control_id, trigger = _header(data)
-            return acknowledgment(control_id, "AE", now, str(refusal), trigger)
+            log.warning("order refused", control_id=header.control_id, reason=str(refusal))
+            return _answer(header, charset, refusal.code, now, refusal)
         except Exception:  # text from outside must never leave the LIS without an answer
             log.exception("order unreadable")
-            control_id, trigger = _header(data)
-            return acknowledgment(control_id, "AE", now, "MSH: the message is unreadable", trigger)
-        trigger = message.message_type.split("^")[1]
+            unreadable = OrderRefused("MSH: the message is unreadable", "207")
+            return _answer(header, charset, "AE", now, unreadable)
         try:
             await self.store.write(lambda conn: _apply(conn, message, now, self.downloads))
         except Exception as exc:
             log.error("order not kept", control_id=message.control_id, error=repr(exc))
-            return acknowledgment(message.control_id, "AR", now, "not kept; send it again", trigger)
+            unkept = OrderRefused("not kept; send it again", "207", code="AR")
+            return _answer(header, charset, "AR", now, unkept)
         if self.on_taken is not None:
             self.on_taken()
-        return acknowledgment(message.control_id, "AA", now, trigger=trigger)
+        return _answer(header, charset, "AA", now)
+
+    def _too_long(self, head: bytes, bound: int) -> bytes:
+        """The answer to a message too long to keep, from its first bytes: AR, naming the
+        bound, to the control id they give."""
+        head = head.removeprefix(b"\x0b")
+        charset = declared_charset(head)
+        header = read_header(head.decode(CHARSETS.get(charset) or "utf-8", errors="replace"))
+        mib = f" ({bound >> 20} MiB)" if bound and bound % (1 << 20) == 0 else ""
+        refusal = OrderRefused(
+            f"the message is longer than {bound} bytes{mib}, the most taken; not read",
+            "207", code="AR",
+        )  # fmt: skip
+        log.warning("order refused", control_id=header.control_id, reason=str(refusal))
+        return _answer(header, charset, "AR", self.clock(), refusal)
+
+
+async def _next_events(
+    reader: asyncio.StreamReader, mllp: MllpReader, idle_seconds: float
+) -> list[Event] | None:
+    """What the LIS's next bytes make, None once it closed; an order ended by FS without
+    its CR is taken when nothing follows (the LIS waits for our answer). TimeoutError
+    when the connection stays idle."""
+    if not mllp.awaiting_cr:
+        data = await asyncio.wait_for(reader.read(65536), idle_seconds)
+    else:
+        try:
+            data = await asyncio.wait_for(reader.read(65536), CR_WAIT_SECONDS)
+        except TimeoutError:
+            return mllp.quiet()
+    return mllp.receive_data(data) if data else None
 
 
 def _apply(
@@ -152,11 +207,21 @@ def _apply(
             worklist.enqueue(conn, order, worklist.NEW, downloads, at)
 
 
-def _header(data: bytes) -> tuple[str, str]:
-    """MSH-10 and the trigger of MSH-9 of a message that could not be read, as far as
-    they can be found, for its answer."""
-    fields = header_fields(data.decode("ascii", errors="replace"))
-    control_id = fields[9] if len(fields) > 9 else ""
-    kind = fields[8].split("^") if len(fields) > 8 else []
-    trigger = kind[1] if len(kind) > 1 and kind[1].isalnum() else "O01"
-    return control_id, trigger
+def _answer(
+    header: Header,
+    charset: str,
+    code: str,
+    at: datetime,
+    refusal: OrderRefused | None = None,
+) -> bytes:
+    """The ACK of an order, mirroring its header (MSH-3/4 as MSH-5/6, MSH-11, MSH-12), in
+    the character set it declared (MSH-18 saying so) when it is one taken, else UTF-8;
+    what that set cannot carry is replaced."""
+    encoding = CHARSETS.get(charset)
+    text = acknowledgment(
+        header.control_id, code, at, str(refusal) if refusal is not None else "",
+        header.trigger, receiver=header.sender or ("LIS", "LAB"),
+        version=header.version, processing=header.processing,
+        charset=charset if encoding is not None else "", error=refusal,
+    )  # fmt: skip
+    return text.encode(encoding or "utf-8", errors="replace")

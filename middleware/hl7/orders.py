@@ -1,34 +1,79 @@
 """Orders from the LIS (ORM^O01, OML^O21, OML^O33), read into the worklist host queries
 are answered from, and the acknowledgments that answer them.
 
-Per order group (ORC and its OBR segments): the specimen is SPM-2 when the message has
-one, else OBR-3 (the filler order number, which laboratories give the tube's barcode;
+The header is checked first, and a message it does not suit is rejected (AR) whole:
+MSH-9 an order, MSH-12 a version 2.x, MSH-11 the daemon's processing id (``P``), MSH-10
+given. Per order group (ORC and its OBR segments): the specimen is SPM-2 when the message
+has one, else OBR-3 (the filler order number, which laboratories give the tube's barcode;
 OBR-2, the LIS's own order number, is not a specimen); the tests are OBR-4's first
 components (the laboratory's codes); STAT when ORC-7 or OBR-27 (priority component) or
 OBR-5 says S; the specimen's collection time, type and container from its SPM (SPM-17,
 SPM-4, SPM-27), else OBR-7 and OBR-15. ORC-1 says what to do: NW new (an order for a
 specimen already known replaces it), XO changed (replaces it), CA / OC / DC cancel the
-tests named. What cannot be read is refused with the segment and field named.
+tests named. What cannot be read is refused (AE) with the segment and field named.
+
+Segments may be separated by CR, LF or CR LF. Fields are split on the message's own
+delimiters (MSH-1, MSH-2), the first repeat of a field read, and each value has HL7's
+escapes undone as analysers' messages have them (:func:`segments.unescape`), each
+subcomponent on its own (so that ``\\T\\`` is not taken for a subcomponent's end):
+a specimen sent as ``SP\\F\\X`` is ``SP|X``, as the analyser's barcode reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
-import hl7
-
 from middleware.domain import Order
 from middleware.hl7.results import escape, new_control_id, timestamp
+from middleware.hl7.segments import Encoding, split_segments, unescape
 
 TYPES = frozenset({"ORM^O01", "OML^O21", "OML^O33"})
 NEW, REPLACE, CANCEL = "new", "replace", "cancel"
 _ACTIONS = {"NW": NEW, "XO": REPLACE, "CA": CANCEL, "OC": CANCEL, "DC": CANCEL}
+#: The daemon's processing id (MSH-11): its results go as production (``P``, as
+#: ``results.oru_r01`` writes them), and orders are taken in production only.
+PROCESSING_ID = "P"
+_PROCESSING = {"P": "production", "T": "training", "D": "debugging"}  # HL7 table 0103
+#: Versions taken (MSH-12's first component): any 2.x.
+_VERSION = re.compile(r"2\.[0-9]{1,2}(?:\.[0-9]{1,2})?")
+_NAME = re.compile(r"[A-Z][A-Z0-9]{2}")
+
+#: HL7 table 0357, message error condition codes: ERR-3 of a refusal.
+CONDITIONS = {
+    "100": "Segment sequence error",
+    "101": "Required field missing",
+    "102": "Data type error",
+    "103": "Table value not found",
+    "200": "Unsupported message type",
+    "201": "Unsupported event code",
+    "202": "Unsupported processing id",
+    "203": "Unsupported version id",
+    "207": "Application internal error",
+}
 
 
 class OrderRefused(ValueError):
-    """The message cannot be taken; the text names the segment and field."""
+    """The message cannot be taken; the text names the segment and field. ``condition``
+    (HL7 table 0357) and ``location`` (segment, its occurrence among segments of its name,
+    field; 0 when no field) make the answer's ERR segment; ``code`` is its MSA-1: AE for
+    what the message holds, AR for a message not taken at all (its header, its size)."""
+
+    def __init__(
+        self,
+        text: str,
+        condition: str = "207",
+        location: tuple[str, int, int] | None = None,
+        *,
+        code: str = "AE",
+    ) -> None:
+        super().__init__(text)
+        self.condition = condition if condition in CONDITIONS else "207"
+        self.location = location
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,39 +90,189 @@ class OrderMessage:
     changes: tuple[OrderChange, ...]
 
 
-def _field(segment: hl7.Segment, number: int) -> str:
-    return str(segment[number]) if len(segment) > number else ""
+@dataclass(frozen=True, slots=True)
+class Header:
+    """What an answer repeats of the message it answers, as far as its MSH can be read."""
+
+    control_id: str = ""
+    """MSH-10 as written, escapes and all: MSA-2 names it so."""
+    message_type: str = ""
+    """MSH-9's type and trigger: ``ORM^O01``."""
+    sender: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    """MSH-3 and MSH-4, each its components; None when there was no MSH to read."""
+    processing: str = ""
+    """MSH-11's first component."""
+    version: str = ""
+    """MSH-12's first component."""
+    unreadable: OrderRefused | None = dataclasses.field(default=None, compare=False)
+    """Why the MSH could not be read as such (no MSH, its delimiters unusable)."""
+
+    @property
+    def trigger(self) -> str:
+        parts = self.message_type.split("^")
+        return parts[1] if len(parts) > 1 and parts[1].isalnum() else "O01"
 
 
-def _first(segment: hl7.Segment, number: int) -> str:
-    """The first component of a field."""
-    return _field(segment, number).split("^", 1)[0].strip()
+# --- the message as segments and fields -------------------------------------------------
 
 
-#: What python-hl7 raises on text it cannot parse (an assertion among them).
-PARSE_ERRORS = (hl7.ParseException, AssertionError, IndexError, KeyError, ValueError)
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    name: str
+    fields: tuple[str, ...]
+    """``fields[n]`` is field n as written; in MSH, ``fields[1]`` the field separator."""
+    position: int
+    """In the message, from 1."""
+    occurrence: int
+    """Among the message's segments of its name, from 1."""
+    enc: Encoding
+
+    def raw(self, n: int) -> str:
+        """Field n's first repeat as written."""
+        if not 0 < n < len(self.fields):
+            return ""
+        if self.name == "MSH" and n <= 2:
+            return self.fields[n]
+        return self.fields[n].split(self.enc.repetition, 1)[0]
+
+    def components(self, n: int) -> list[str]:
+        return self.raw(n).split(self.enc.component)
+
+    def subcomponents(self, n: int, component: int = 1) -> list[str]:
+        """A component's subcomponents, each plain text."""
+        components = self.components(n)
+        text = components[component - 1] if component <= len(components) else ""
+        return [unescape(part, self.enc).strip() for part in text.split(self.enc.subcomponent)]
+
+    def value(self, n: int, component: int = 1) -> str:
+        """A component's first subcomponent, plain text."""
+        return self.subcomponents(n, component)[0]
+
+    def at(self, n: int = 0) -> tuple[str, int, int]:
+        return (self.name, self.occurrence, n)
 
 
-def _name(segment: hl7.Segment) -> str:
-    return str(segment[0]) if len(segment) else ""
+def _no_msh() -> OrderRefused:
+    return OrderRefused(
+        "MSH: the message does not begin with an MSH segment and its delimiters",
+        "100", ("MSH", 1, 0), code="AR",
+    )  # fmt: skip
 
 
-def _identifier(segment: hl7.Segment, number: int) -> str:
+def _encoding(first: str) -> Encoding:
+    """The delimiters the first segment declares; refused when it is no MSH or they are
+    unusable."""
+    if not first.startswith("MSH") or len(first) < 4:
+        raise _no_msh()
+    separator = first[3]
+    declared = first[4:].split(separator, 1)[0]
+    chars = (separator, *declared[:4])
+    if separator.isalnum() or separator.isspace():
+        raise _no_msh()
+    if len(declared) < 4 or len(set(chars)) != 5 or any(c.isalnum() or c.isspace() for c in chars):
+        raise OrderRefused(
+            f"MSH-2: the encoding characters '{declared[:10]}' are not four delimiters "
+            "(^~\\& as HL7 has them)", "102", ("MSH", 1, 2), code="AR",
+        )  # fmt: skip
+    return Encoding(separator, *declared[:4])
+
+
+def _msh(first: str, enc: Encoding) -> _Segment:
+    return _Segment("MSH", ("MSH", enc.field, *first.split(enc.field)[1:]), 1, 1, enc)
+
+
+def _segments(text: str) -> list[_Segment]:
+    lines = split_segments(text.lstrip("\ufeff"))
+    first = lines[0] if lines else ""
+    enc = _encoding(first)
+    segments = [_msh(first, enc)]
+    seen = {"MSH": 1}
+    for position, line in enumerate(lines[1:], start=2):
+        fields = tuple(line.split(enc.field))
+        seen[fields[0]] = seen.get(fields[0], 0) + 1
+        segments.append(_Segment(fields[0], fields, position, seen[fields[0]], enc))
+    return segments
+
+
+def _header(msh: _Segment) -> Header:
+    kind = [msh.value(9, 1), msh.value(9, 2)]
+    return Header(
+        control_id=msh.fields[10] if len(msh.fields) > 10 else "",
+        message_type="^".join(kind).strip("^"),
+        sender=(
+            tuple(unescape(c, msh.enc) for c in msh.components(3)),
+            tuple(unescape(c, msh.enc) for c in msh.components(4)),
+        ),
+        processing=msh.value(11).upper(),
+        version=msh.value(12),
+    )
+
+
+def read_header(text: str) -> Header:
+    """The header of a message, or of the first bytes of one, as far as it can be read:
+    never refused (an empty header when there is no MSH)."""
+    lines = split_segments(text.lstrip("\ufeff"))
+    first = lines[0] if lines else ""
+    try:
+        return _header(_msh(first, _encoding(first)))
+    except OrderRefused as refusal:
+        # The fields as far as the separator gives them, for the answer to repeat.
+        separator = first[3] if first.startswith("MSH") and len(first) > 3 else "^"
+        if separator.isalnum() or separator.isspace() or separator in "^~\\&":
+            return Header(unreadable=refusal)
+        read = _header(_msh(first, Encoding(field=first[3])))
+        return dataclasses.replace(read, unreadable=refusal)
+
+
+def check_header(header: Header, processing_id: str = PROCESSING_ID) -> None:
+    """Refuse (AR) a message whose header does not make it an order this daemon takes:
+    MSH-9, MSH-12, MSH-11, MSH-10, in that order, once it could be read at all."""
+    if header.unreadable is not None:
+        raise header.unreadable
+    kind = header.message_type
+    if kind not in TYPES:
+        taken = ", ".join(sorted(TYPES))
+        known = kind.split("^")[0] in {t.split("^")[0] for t in TYPES}
+        said = f"{kind[:40]} is not an order" if kind else "no message type"
+        raise OrderRefused(
+            f"MSH-9: {said}; orders are {taken}", "201" if known else "200", ("MSH", 1, 9),
+            code="AR",
+        )  # fmt: skip
+    # Left empty (a LIS that writes a bare header), MSH-12 and MSH-11 refuse nothing: a
+    # training or test order says so, and that is what is refused.
+    if header.version and not _VERSION.fullmatch(header.version):
+        raise OrderRefused(
+            f"MSH-12: HL7 version {header.version[:20] or 'not given'}; orders are taken in 2.x",
+            "203", ("MSH", 1, 12), code="AR",
+        )  # fmt: skip
+    if header.processing and header.processing != processing_id:
+        name = _PROCESSING.get(processing_id, processing_id)
+        raise OrderRefused(
+            f"MSH-11: processing id {header.processing[:20] or 'not given'}; orders are "
+            f"taken in {processing_id} ({name}) only", "202", ("MSH", 1, 11), code="AR",
+        )  # fmt: skip
+    if not header.control_id.strip():
+        raise OrderRefused("MSH-10: no message control id", "101", ("MSH", 1, 10), code="AR")
+
+
+# --- the orders -------------------------------------------------------------------------
+
+
+def _identifier(segment: _Segment, number: int) -> str:
     """The first identifier a field gives: a component's first subcomponent (SPM-2 is
     ``placer&namespace^filler&namespace``)."""
-    for component in _field(segment, number).split("^"):
-        found = component.split("&", 1)[0].strip()
+    for component in range(1, len(segment.components(number)) + 1):
+        found = segment.value(number, component)
         if found:
             return found
     return ""
 
 
-def _specimens_of_requests(
-    kind: str, names: list[str], segments: list[hl7.Segment]
-) -> dict[int, hl7.Segment]:
+def _specimens_of_requests(kind: str, segments: list[_Segment]) -> dict[int, _Segment]:
     """The SPM of each OBR's specimen, by the OBR's position: in OML^O33 the SPM comes
     before the orders on it, in OML^O21 after the OBR it belongs to."""
-    found: dict[int, hl7.Segment] = {}
+    names = [segment.name for segment in segments]
+    found: dict[int, _Segment] = {}
     for position, name in enumerate(names):
         if name != "OBR":
             continue
@@ -95,9 +290,8 @@ def _specimens_of_requests(
     return found
 
 
-def _coded(field: str) -> str:
-    """A coded field's text (second component), else its code; subcomponents dropped."""
-    parts = [part.split("&", 1)[0].strip() for part in field.split("^")]
+def _coded(parts: Sequence[str]) -> str:
+    """A coded value's text (second part), else its code."""
     return (parts[1] if len(parts) > 1 and parts[1] else parts[0]) if parts else ""
 
 
@@ -108,75 +302,80 @@ class _Specimen:
     container: str
 
 
-def _specimen(spm: hl7.Segment | None, obr: hl7.Segment, where: str) -> _Specimen:
+def _specimen(spm: _Segment | None, obr: _Segment) -> _Specimen:
     """What the LIS says of a specimen: SPM-17 (else OBR-7) collected, SPM-4 (else OBR-15,
     v2.3's specimen source) its type, SPM-27 its container."""
-    if spm is not None and _first(spm, 17):
-        collected = _moment(_first(spm, 17), f"SPM-17 {where}")
-    else:
-        collected = _moment(_first(obr, 7), f"OBR-7 {where}")
-    kind = _coded(_field(spm, 4)) if spm is not None else ""
+    collected = _moment(spm, 17) if spm is not None and spm.value(17) else _moment(obr, 7)
+    kind = _coded([spm.value(4, 1), spm.value(4, 2)]) if spm is not None else ""
     return _Specimen(
         collected,
-        kind or _coded(_field(obr, 15).split("^", 1)[0].replace("&", "^")),
-        _coded(_field(spm, 27)) if spm is not None else "",
+        kind or _coded(obr.subcomponents(15, 1)),
+        _coded([spm.value(27, 1), spm.value(27, 2)]) if spm is not None else "",
     )
 
 
-def read_order(text: str) -> OrderMessage:
-    try:
-        message = hl7.parse(text.replace("\n", "\r"))
-        msh = message.segment("MSH")
-        segments = list(message)
-    except PARSE_ERRORS as exc:
-        raise OrderRefused(f"MSH: not an HL7 message: {exc!s:.200}") from None
-    kind = "^".join(_field(msh, 9).split("^")[:2])
-    control_id = _field(msh, 10)
-    if kind not in TYPES:
-        raise OrderRefused(f"MSH-9: {kind or 'no'} message type; orders are {sorted(TYPES)}")
-    names = [_name(segment) for segment in segments]
-    patient_id = next(
-        (_first(s, 3) for s, n in zip(segments, names, strict=True) if n == "PID"), ""
-    )
-    spm = _specimens_of_requests(kind, names, segments)
+def _where(segment: _Segment, n: int = 0) -> str:
+    """``OBR-3 (segment 4)``; ``segment 4`` alone when it has no segment's name."""
+    if not _NAME.fullmatch(segment.name):
+        return f"segment {segment.position}"
+    return f"{segment.name}{f'-{n}' if n else ''} (segment {segment.position})"
+
+
+def read_order(text: str, processing_id: str = PROCESSING_ID) -> OrderMessage:
+    """The orders a message gives; :class:`OrderRefused`, saying why, when it gives none
+    this daemon takes."""
+    segments = _segments(text)
+    header = _header(segments[0])
+    check_header(header, processing_id)
+    kind = header.message_type
+    for segment in segments:
+        holding = next((n for n, f in enumerate(segment.fields) if "\x00" in f), None)
+        if holding is not None:
+            raise OrderRefused(
+                f"{_where(segment, holding)}: a NUL character, which no text may hold",
+                "102", segment.at(holding) if _NAME.fullmatch(segment.name) else None,
+            )  # fmt: skip
+    patient_id = next((s.value(3) for s in segments if s.name == "PID"), "")
+    spm = _specimens_of_requests(kind, segments)
     action, stat, ordered_at = "", False, None
     # One change per action and specimen: a message naming a specimen's tests in several
     # OBRs (routine and STAT among them) orders them all.
     tests: dict[tuple[str, str], list[str]] = {}
     details: dict[tuple[str, str], _Specimen] = {}
     urgent: set[tuple[str, str]] = set()
-    for position, (segment, name) in enumerate(zip(segments, names, strict=True)):
-        where = f"(segment {position + 1})"
+    for position, segment in enumerate(segments):
+        name = segment.name
         if name == "ORC":
-            code = _field(segment, 1).strip().upper()
+            code = segment.value(1).upper()
             if code not in _ACTIONS:
-                raise OrderRefused(f"ORC-1 {where}: order control {code!r} not taken")
+                raise OrderRefused(
+                    f"{_where(segment, 1)}: order control {code[:20]!r} not taken",
+                    "103" if code else "101", segment.at(1),
+                )  # fmt: skip
             action = _ACTIONS[code]
-            stat = _field(segment, 7).split("^")[5:6] == ["S"]
-            ordered_at = _moment(_first(segment, 9), f"ORC-9 {where}")
-        elif name == "TQ1" and _first(segment, 9).upper() == "S":
+            stat = segment.value(7, 6).upper() == "S"
+            ordered_at = _moment(segment, 9)
+        elif name == "TQ1" and segment.value(9).upper() == "S":
             stat = True  # TQ1-9, where v2.5 puts the priority
         elif name == "OBR":
             if not action:
-                raise OrderRefused(f"OBR {where}: no ORC before it")
+                raise OrderRefused(f"{_where(segment)}: no ORC before it", "100", segment.at())
             own = spm.get(position)
             specimen = (_identifier(own, 2) if own is not None else "") or _identifier(segment, 3)
-            test = _first(segment, 4)
+            test = segment.value(4)
             if not specimen:
-                raise OrderRefused(f"OBR-3 {where}: no specimen id (nor SPM-2)")
+                raise OrderRefused(
+                    f"{_where(segment, 3)}: no specimen id (nor SPM-2)", "101", segment.at(3)
+                )
             if not test:
-                raise OrderRefused(f"OBR-4 {where}: no test code")
+                raise OrderRefused(f"{_where(segment, 4)}: no test code", "101", segment.at(4))
             key = (action, specimen)
             tests.setdefault(key, []).append(test)
-            details.setdefault(key, _specimen(own, segment, where))
-            if (
-                stat
-                or _first(segment, 5).upper() == "S"
-                or _field(segment, 27).split("^")[5:6] == ["S"]
-            ):
+            details.setdefault(key, _specimen(own, segment))
+            if stat or segment.value(5).upper() == "S" or segment.value(27, 6).upper() == "S":
                 urgent.add(key)
     if not tests:
-        raise OrderRefused("OBR: the message orders no test")
+        raise OrderRefused("OBR: the message orders no test", "100")
     changes = []
     for (act, specimen), codes in tests.items():
         priority = "S" if (act, specimen) in urgent else "R"
@@ -187,15 +386,15 @@ def read_order(text: str) -> OrderMessage:
             specimen_type=about.specimen_type, container=about.container,
         )  # fmt: skip
         changes.append(OrderChange(act, order))
-    return OrderMessage(control_id, kind, tuple(changes))
+    return OrderMessage(header.control_id, kind, tuple(changes))
 
 
 _DTM = re.compile(r"^(\d{8}(?:\d{4}(?:\d{2})?)?)(?:\.\d+)?(?:([+-])(\d{2})(\d{2}))?$")
 
 
-def _moment(text: str, where: str) -> datetime | None:
+def _moment(segment: _Segment, n: int) -> datetime | None:
     """A DTM, to the day, minute or second, in its offset; UTC when it gives none."""
-    text = text.strip()
+    text = segment.value(n)
     if not text:
         return None
     match = _DTM.match(text)
@@ -210,7 +409,12 @@ def _moment(text: str, where: str) -> datetime | None:
             return datetime.strptime(digits, form).replace(tzinfo=zone).astimezone(UTC)
         except (ValueError, OverflowError):
             pass
-    raise OrderRefused(f"{where}: {text[:40]!r} is not a date and time")
+    raise OrderRefused(
+        f"{_where(segment, n)}: {text[:40]!r} is not a date and time", "102", segment.at(n)
+    )
+
+
+# --- the answer -------------------------------------------------------------------------
 
 
 def acknowledgment(
@@ -220,24 +424,50 @@ def acknowledgment(
     text: str = "",
     trigger: str = "O01",
     *,
-    receiver: tuple[str, str] = ("LIS", "LAB"),
+    receiver: tuple[str | Sequence[str], str | Sequence[str]] = ("LIS", "LAB"),
     version: str = "2.5.1",
     processing: str = "P",
+    charset: str = "",
+    error: OrderRefused | None = None,
 ) -> str:
     """The ACK of a message: MSA-1 ``code`` (AA, AE, AR), MSA-2 the control id it answers
     as it came (already in HL7's escaped form), MSA-3 the reason of a refusal; its own
-    control id is new. ``receiver`` (MSH-5, MSH-6), ``processing`` (MSH-11) and
-    ``version`` (MSH-12) are those of the message answered, whose sender may expect its
-    own."""
+    control id is new. ``receiver`` (MSH-5, MSH-6: each a text, or its components),
+    ``processing`` (MSH-11) and ``version`` (MSH-12) are those of the message answered,
+    whose sender may expect its own; ``charset`` (MSH-18) the character set it is sent
+    in. A refusal's ``error`` adds an ERR segment: in v2.5 and later ERR-2 where, ERR-3 the
+    condition (HL7 table 0357), ERR-4 ``E`` and ERR-8 the text; before, ERR-1."""
     moment = timestamp(at if at.tzinfo else at.replace(tzinfo=UTC))
     answered = re.sub(r"[\x00-\x1f|]", "", control_id)  # a control character would cut it
-    application, facility = (escape(part) for part in receiver)
-    version = version if re.fullmatch(r"2\.[0-9](?:\.[0-9])?", version) else "2.5.1"
-    processing = processing if re.fullmatch(r"[A-Z]", processing) else "P"
-    segments = [
+    application, facility = (_hd(part) for part in receiver)
+    version = version if _VERSION.fullmatch(version) else "2.5.1"
+    processing = processing if processing in _PROCESSING else "P"
+    header = (
         f"MSH|^~\\&|LIS-MIDDLEWARE|LAB|{application}|{facility}|{moment}||"
-        f"ACK^{escape(trigger)}^ACK|{new_control_id()}|{processing}|{version}",
-        # Cut before escaping: an escape sequence cut in two would not read back.
-        f"MSA|{code}|{answered}" + (f"|{escape(text[:400])}" if text else ""),
-    ]
+        f"ACK^{escape(trigger)}^ACK|{new_control_id()}|{processing}|{version}"
+    )
+    if re.fullmatch(r"[A-Z0-9][A-Z0-9 /_-]{0,29}", charset):
+        header += "||||||" + charset  # MSH-13 to MSH-17 empty, then MSH-18
+    # Cut before escaping: an escape sequence cut in two would not read back.
+    said = escape(text[:400]) if text else ""
+    segments = [header, f"MSA|{code}|{answered}" + (f"|{said}" if said else "")]
+    if error is not None and code != "AA":
+        segments.append(_err(error, said, version))
     return "\r".join(segments)
+
+
+def _hd(part: str | Sequence[str]) -> str:
+    """MSH-5 or MSH-6: a text, or the components of the sender's MSH-3 or MSH-4."""
+    if isinstance(part, str):
+        return escape(part)
+    return "^".join(escape(component) for component in part).rstrip("^")
+
+
+def _err(error: OrderRefused, said: str, version: str) -> str:
+    condition = (error.condition, CONDITIONS[error.condition], "HL70357")
+    segment, occurrence, field = error.location or ("", 0, 0)
+    place = [escape(segment), str(occurrence) if segment else "", str(field) if field else ""]
+    if tuple(int(n) for n in version.split(".")[:2]) < (2, 5):
+        return "ERR|" + "^".join([*place, "&".join(condition)])  # ERR-1, ELD
+    where = "^".join(place).rstrip("^")
+    return "|".join(["ERR", "", where, "^".join(condition), "E", "", "", "", said]).rstrip("|")
