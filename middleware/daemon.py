@@ -107,6 +107,8 @@ def link_settings(config: InstrumentConfig, driver: drivers.Driver) -> LinkSetti
         changes["reply_timeout"] = config.reply_timeout
     if config.frame_timeout is not None:
         changes["frame_timeout"] = config.frame_timeout
+    if config.contention_backoff is not None:
+        changes["host_contention_backoff"] = config.contention_backoff
     return replace(settings, **changes)
 
 

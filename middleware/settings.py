@@ -142,6 +142,9 @@ class InstrumentConfig(BaseModel):
     tolerances: Tolerances = Tolerances()
     reply_timeout: float | None = Field(None, gt=0)
     frame_timeout: float | None = Field(None, gt=0)
+    contention_backoff: float | None = Field(None, gt=0)
+    """How long the middleware waits to bid again after its ENQ crossed the analyser's;
+    E1381's 20 s by default."""
     test_map: dict[str, str] = {}
     control_pattern: str | None = None
     encoding: str = "latin-1"
@@ -215,7 +218,7 @@ class InstrumentConfig(BaseModel):
                 raise ValueError("not a valid regular expression: nested too deeply") from None
         return value
 
-    @field_validator("reply_timeout", "frame_timeout")
+    @field_validator("reply_timeout", "frame_timeout", "contention_backoff")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
         import math

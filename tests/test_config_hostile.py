@@ -97,6 +97,12 @@ CASES = {
     # an infinite timeout is a timer that never fires
     ".inf": (instrument(reply_timeout=".inf"), 5, "instruments.0.reply_timeout", "not a finite"),
     "1e999": (instrument(frame_timeout="1e999"), 5, "instruments.0.frame_timeout", "finite"),
+    "inf backoff": (
+        instrument(contention_backoff="inf"),
+        5,
+        "instruments.0.contention_backoff",
+        "finite",
+    ),
     # BaseSettings takes these as options of its own
     "_env_prefix": ("_env_prefix: 5\n", 1, "_env_prefix", "Extra inputs are not permitted"),
     "_cli_parse_args": ("_cli_parse_args: true\n", 1, "_cli_parse_args", "Extra inputs"),

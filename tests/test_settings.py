@@ -25,6 +25,7 @@ instruments:
       parity: even
       bytesize: 7
     frame_timeout: 15
+    contention_backoff: 5
     tolerances:
       long_frames: true
     test_map:
@@ -61,6 +62,10 @@ def test_link_settings_combine_driver_and_configuration(tmp_path: Path) -> None:
     config = settings.instruments[1]
     link = link_settings(config, drivers.get(config.driver))
     assert link.frame_timeout == 15 and link.reply_timeout == 15
+    assert link.host_contention_backoff == 5
+    assert (
+        link_settings(settings.instruments[0], drivers.get("generic")).host_contention_backoff == 20
+    )
     assert link.tolerances == FrameTolerances(long_frames=True)
     assert link.max_message_bytes == 8 << 20
 

@@ -177,7 +177,8 @@ def _runs() -> list[Run]:
         Run("xn-slow", "sysmex-xn", "slow-peer", 3, {"frame_timeout": 1.0}, quick,
             reply_timeout=2.0),
         Run("chem-drop", "cobas-c", "drop-mid-message", 6),
-        Run("chem-contention", "cobas-c", "enq-contention", 2),
+        # The host's back-off after contention shortened from E1381's 20 s (configurable).
+        Run("chem-contention", "cobas-c", "enq-contention", 2, {"contention_backoff": 2.0}),
         Run("xn-oversize", "sysmex-xn", "oversize-frame", 3, {"max_frame_bytes": 65536}, quick),
     ]  # fmt: skip
 
