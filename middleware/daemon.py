@@ -214,6 +214,7 @@ class Daemon:
                 self.orders = OrderReceiver(
                     self.store, tls=tls, allow=lis.orders_allow, downloads=downloads,
                     on_taken=self._orders_taken,
+                    sender=(lis.sending_application, lis.sending_facility),
                 )  # fmt: skip
                 await self.orders.start(lis.orders_host, lis.orders_port)
         if self.monitor is not None:

@@ -457,11 +457,18 @@ def _answer(text: str, at: datetime, code: str, why: str = "") -> str:
     written, escapes and all; MSH-5/6 its sender; its trigger, processing id and version."""
     msh = header_fields(text)
 
-    def field(n: int, component: int = 0) -> str:
+    def components(n: int) -> list[str]:
         # MSH-n is at index n - 1 once split on the separator, which is MSH-1.
         value = msh[n - 1] if len(msh) > n - 1 else ""
-        parts = value.split(msh[1][0]) if len(msh) > 1 and msh[1] else [value]
+        return value.split(msh[1][0]) if len(msh) > 1 and msh[1] else [value]
+
+    def field(n: int, component: int = 0) -> str:
+        parts = components(n)
         return parts[component] if component < len(parts) else ""
+
+    def named(n: int) -> list[str]:
+        """MSH-3 or MSH-4 whole (an HD: namespace^universal id^its type), unescaped."""
+        return [unescape(part) for part in components(n)]
 
     return acknowledgment(
         field(10),
@@ -469,7 +476,7 @@ def _answer(text: str, at: datetime, code: str, why: str = "") -> str:
         at,
         why,
         field(9, 1) or "R01",
-        receiver=(unescape(field(3)), unescape(field(4))),
+        receiver=(named(3), named(4)),
         version=field(12) or "2.5.1",
         processing=field(11) or "P",
     )

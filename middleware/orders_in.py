@@ -55,7 +55,10 @@ class OrderReceiver:
         downloads: Mapping[str, frozenset[str]] | None = None,
         on_taken: Callable[[], None] | None = None,
         processing_id: str = PROCESSING_ID,
+        sender: tuple[str, str] = ("LIS-MIDDLEWARE", "LAB"),
     ) -> None:
+        self.sender = sender
+        """MSH-3 and MSH-4 of the answers: the middleware's names towards the LIS."""
         self.processing_id = processing_id
         """MSH-11 of the orders taken: others (training, debugging) are refused."""
         self.on_taken = on_taken
@@ -145,20 +148,20 @@ class OrderReceiver:
             message = read_order(text, self.processing_id)
         except OrderRefused as refusal:
             log.warning("order refused", control_id=header.control_id, reason=str(refusal))
-            return _answer(header, charset, refusal.code, now, refusal)
+            return _answer(self.sender, header, charset, refusal.code, now, refusal)
         except Exception:  # text from outside must never leave the LIS without an answer
             log.exception("order unreadable")
             unreadable = OrderRefused("MSH: the message is unreadable", "207")
-            return _answer(header, charset, "AE", now, unreadable)
+            return _answer(self.sender, header, charset, "AE", now, unreadable)
         try:
             await self.store.write(lambda conn: _apply(conn, message, now, self.downloads))
         except Exception as exc:
             log.error("order not kept", control_id=message.control_id, error=repr(exc))
             unkept = OrderRefused("not kept; send it again", "207", code="AR")
-            return _answer(header, charset, "AR", now, unkept)
+            return _answer(self.sender, header, charset, "AR", now, unkept)
         if self.on_taken is not None:
             self.on_taken()
-        return _answer(header, charset, "AA", now)
+        return _answer(self.sender, header, charset, "AA", now)
 
     def _too_long(self, head: bytes, bound: int) -> bytes:
         """The answer to a message too long to keep, from its first bytes: AR, naming the
@@ -172,7 +175,7 @@ class OrderReceiver:
             "207", code="AR",
         )  # fmt: skip
         log.warning("order refused", control_id=header.control_id, reason=str(refusal))
-        return _answer(header, charset, "AR", self.clock(), refusal)
+        return _answer(self.sender, header, charset, "AR", self.clock(), refusal)
 
 
 async def _next_events(
@@ -208,6 +211,7 @@ def _apply(
 
 
 def _answer(
+    sender: tuple[str, str],
     header: Header,
     charset: str,
     code: str,
@@ -220,7 +224,7 @@ def _answer(
     encoding = CHARSETS.get(charset)
     text = acknowledgment(
         header.control_id, code, at, str(refusal) if refusal is not None else "",
-        header.trigger, receiver=header.sender or ("LIS", "LAB"),
+        header.trigger, receiver=header.sender or ("LIS", "LAB"), sender=sender,
         version=header.version, processing=header.processing,
         charset=charset if encoding is not None else "", error=refusal,
     )  # fmt: skip

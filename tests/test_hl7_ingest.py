@@ -501,8 +501,12 @@ def test_a_message_ended_by_fs_without_cr_is_answered_at_once(
         peer = MllpPeer(*await connect(port))
         await peer.write(frame(oru("P-10", "S-10"))[:-1])
         assert (await peer.answer(timeout=5)).code == "AA"
-        # and the connection goes on as before
-        assert (await peer.send(oru("P-11", "S-11"))).code == "AA"
+        # and the connection goes on as before; the ACK names the sender as it named
+        # itself, a whole HD (namespace^universal id^its type)
+        named = oru("P-11", "S-11").replace(b"|ELite 580|", b"|ELite 580^1.2.250^ISO|", 1)
+        await peer.write(frame(named))
+        answer = await peer.message()
+        assert "|LAB|ELite 580^1.2.250^ISO|Erba|" in answer and "MSA|AA|P-11" in answer
         await peer.close()
 
     asyncio.run(analyser())

@@ -10,6 +10,7 @@ import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hl7apy.consts import VALIDATION_LEVEL
@@ -49,10 +50,12 @@ def plain(ack: bytes) -> bytes:
     return re.sub(rb"\|ACK\^(\w+)\^ACK\|MW[0-9A-F]{18}\|", rb"|ACK^\1^ACK|MW|", ack)
 
 
-async def exchange(store: Store, *blocks: bytes, trailer: bytes = b"\x1c\r") -> list[bytes]:
+async def exchange(
+    store: Store, *blocks: bytes, trailer: bytes = b"\x1c\r", **receiving: Any
+) -> list[bytes]:
     """Each block sent framed on one connection to the orders port, and the ACK it got,
     unframed."""
-    receiver = OrderReceiver(store, clock=lambda: AT)
+    receiver = OrderReceiver(store, clock=lambda: AT, **receiving)
     port = await receiver.start("127.0.0.1", 0)
     answers = []
     try:
@@ -131,6 +134,15 @@ def test_an_order_ended_by_fs_without_cr_is_answered_at_once(sqlite: Store) -> N
     finally:
         sqlite.close()
     assert b"MSA|AA|O1" in plain(ack)
+
+
+def test_the_acknowledgment_is_sent_under_the_names_the_lis_knows_us_by(sqlite: Store) -> None:
+    try:
+        sent = order().encode()
+        (ack,) = asyncio.run(exchange(sqlite, sent, sender=("MW|CHEM", "CENTRAL LAB")))
+    finally:
+        sqlite.close()
+    assert plain(ack).startswith(b"MSH|^~\\&|MW\\F\\CHEM|CENTRAL LAB|LIS|LAB|")
 
 
 def test_the_acknowledgment_mirrors_the_header_of_the_order(sqlite: Store) -> None:

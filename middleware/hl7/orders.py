@@ -425,6 +425,7 @@ def acknowledgment(
     trigger: str = "O01",
     *,
     receiver: tuple[str | Sequence[str], str | Sequence[str]] = ("LIS", "LAB"),
+    sender: tuple[str, str] = ("LIS-MIDDLEWARE", "LAB"),
     version: str = "2.5.1",
     processing: str = "P",
     charset: str = "",
@@ -434,7 +435,9 @@ def acknowledgment(
     as it came (already in HL7's escaped form), MSA-3 the reason of a refusal; its own
     control id is new. ``receiver`` (MSH-5, MSH-6: each a text, or its components),
     ``processing`` (MSH-11) and ``version`` (MSH-12) are those of the message answered,
-    whose sender may expect its own; ``charset`` (MSH-18) the character set it is sent
+    whose sender may expect its own; ``sender`` (MSH-3, MSH-4) the middleware's own names
+    (the ``lis`` settings' ``sending_application`` and ``sending_facility`` towards the
+    LIS); ``charset`` (MSH-18) the character set it is sent
     in. A refusal's ``error`` adds an ERR segment: in v2.5 and later ERR-2 where, ERR-3 the
     condition (HL7 table 0357), ERR-4 ``E`` and ERR-8 the text; before, ERR-1."""
     moment = timestamp(at if at.tzinfo else at.replace(tzinfo=UTC))
@@ -443,7 +446,7 @@ def acknowledgment(
     version = version if _VERSION.fullmatch(version) else "2.5.1"
     processing = processing if processing in _PROCESSING else "P"
     header = (
-        f"MSH|^~\\&|LIS-MIDDLEWARE|LAB|{application}|{facility}|{moment}||"
+        f"MSH|^~\\&|{escape(sender[0])}|{escape(sender[1])}|{application}|{facility}|{moment}||"
         f"ACK^{escape(trigger)}^ACK|{new_control_id()}|{processing}|{version}"
     )
     if re.fullmatch(r"[A-Z0-9][A-Z0-9 /_-]{0,29}", charset):
