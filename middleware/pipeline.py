@@ -172,8 +172,8 @@ class ConnectionPipeline:
         self._unconfirmed: list[int] = []
         """Messages of this transfer ACKed within the analyser's reply timer: settled once
         it goes on (EOT or its next message) as one does that had the ACK."""
-        self._acked_at: datetime | None = None
-        """When the last message of ``_unconfirmed`` was ACKed (just before, at most)."""
+        self._last_frame_at: datetime | None = None
+        """When the last frame of the last message of ``_unconfirmed`` came."""
         self._acknowledged: list[int] = []
         """Messages whose ACK the analyser had: to be marked settled with the next write."""
         self._pending: list[Pending] = []
@@ -232,13 +232,15 @@ class ConnectionPipeline:
             self._flush_soon()
 
     def _ended_in_time(self, channel: LinkChannel) -> bool:
-        """Whether the EOT came within the analyser's reply timer of our last ACK, as one
-        that had it sends it. Later, it is the analyser giving up when its timer ran out
-        (E1381): our ACK was lost, and the message will come again."""
-        if self._acked_at is None:
+        """Whether the EOT came soon enough after the last frame for the analyser to have
+        had our ACK. Its reply timer runs from that frame: an EOT about when it ran out is
+        the analyser giving up (E1381), our ACK lost, and the message will come again. A
+        tenth of the timer (a second at most) is left for the line and our own clock."""
+        if self._last_frame_at is None:
             return True
-        waited = (channel.wallclock() - self._acked_at).total_seconds()
-        return waited < channel.link.settings.reply_timeout
+        timer = channel.link.settings.reply_timeout
+        waited = (channel.wallclock() - self._last_frame_at).total_seconds()
+        return waited < timer - min(timer / 10, 1.0)
 
     # --- messages ---------------------------------------------------------------------------
 
@@ -287,7 +289,7 @@ class ConnectionPipeline:
             # Past the analyser's reply timer it may have given up before our ACK came:
             # the message then stays a re-send, never settled by what follows.
             self._unconfirmed.append(stored.message_id)
-            self._acked_at = channel.wallclock()
+            self._last_frame_at = arrived
         # A query sent again (our ACK did not reach the analyser) still wants its answer.
         if reading is not None and reading.queries:
             try:

@@ -447,17 +447,24 @@ def test_a_message_acked_after_the_analysers_timer_stays_a_resend(
 def test_an_eot_after_the_analysers_timer_leaves_the_message_a_resend(
     database_url: str, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
-    """Our ACK of the last frame was lost: the analyser's reply timer runs out, it ends
-    the transfer with EOT and sends the message again. That EOT, later than the timer,
-    does not show that the ACK arrived."""
+    """Our ACK of the last frame was lost: the analyser's reply timer, counted from that
+    frame, runs out, it ends the transfer with EOT and sends the message again. That EOT
+    does not show that the ACK arrived, though it comes soon after our ACK when the commit
+    took a while."""
     port = free_port()
-    start_daemon(port, reply_timeout=0.5)
+    start_daemon(port, reply_timeout=1.0, settings={"database_lock_timeout": 5})
     records = message("S-LOST", "PAT-LOST")
 
     async def analyser() -> None:
         peer = StreamPeer(*await connect(port))
-        await send_frames(peer, frames_for(records))  # its last ACK came, but "was lost"
-        await asyncio.sleep(1.0)  # the analyser's 0.5 s timer runs out
+        frames = frames_for(records)
+        await send_frames(peer, frames[:-1])
+        sent_at = time.monotonic()
+        with write_lock(database_url):
+            await peer.write(frames[-1])
+            await asyncio.sleep(0.6)  # the commit waits: our ACK comes late in the timer
+        assert await peer.read(1, timeout=10) == ACK  # "lost": the analyser never sees it
+        await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - sent_at)))  # its 1 s timer
         await peer.write(EOT)
         await send_message(peer, records)
         await send_message(peer, records)  # that EOT was in time: a re-run
