@@ -129,7 +129,8 @@ class LisSender:
         ).total_seconds() / 2
         self._reader: asyncio.StreamReader | None = None
         self._closed_unanswered = 0
-        """Messages sent on a connection the LIS had kept, that it closed without a word."""
+        """Messages in a row sent on a connection the LIS had kept, that it closed without a
+        word."""
         self._one_message_a_connection = False
         """Set once the LIS showed it closes the connection after each answer."""
         self._writer: asyncio.StreamWriter | None = None
@@ -371,14 +372,16 @@ class LisSender:
     async def _exchange(self, entry: outbox.Entry) -> tuple[Answer, str]:
         """The LIS's answer to the entry, sent on the connection (opened again if the LIS
         closed it since its last answer)."""
-        reused = self._connected() and not self._one_message_a_connection
-        if not reused:
+        # Whether the connection already carried an answer (the LIS kept it open so far).
+        carried = self._connected() and self._mllp.received > 0
+        if not self._connected() or (carried and self._one_message_a_connection):
             await self._connect()
+            carried = False
         heard = self._mllp.received
         try:
-            return await self._round(entry)
+            answered = await self._round(entry)
         except NoAnswer as failed:
-            if reused and failed.args[0] == "disconnected" and self._mllp.received == heard:
+            if carried and failed.args[0] == "disconnected" and self._mllp.received == heard:
                 # The LIS closed it without a word: once may be a LIS restarting; twice,
                 # it closes after each answer (its close had not come in yet when this
                 # went out). Then a new connection for each message, rather than one
@@ -389,6 +392,9 @@ class LisSender:
                     self.log.info("the LIS closes the connection after each answer; a new "
                                   "connection for each message from now on")  # fmt: skip
             raise
+        if carried:
+            self._closed_unanswered = 0  # two closes in a row, not two in a lifetime
+        return answered
 
     async def _round(self, entry: outbox.Entry) -> tuple[Answer, str]:
         try:

@@ -296,6 +296,27 @@ async def test_a_batch_cut_short_sends_the_rest_later_and_counts_only_what_went(
     assert all(_rows(store)[c][1] == 1 for c in behind)
 
 
+async def test_two_closes_apart_keep_one_connection_for_many_messages(store: Store) -> None:
+    """A LIS that hangs up twice, with messages answered on a kept connection between,
+    is not one that closes after each answer: the sender keeps its connection."""
+    lis = LisPeer(hang_up_at={3, 8})
+    config = LisConfig(
+        host="127.0.0.1", port=await lis.start(), ack_timeout=1.0,
+        backoff={"base": 0.1, "ceiling": 0.2},
+    )  # fmt: skip
+    sender = LisSender(config, store, "node")
+    task = await _connected(sender, store, lis)
+    try:
+        for n in range(1, 12):  # one at a time: each batch a message
+            await _queue(store, n, 1)
+            await _until(lambda: _all_delivered(store))
+    finally:
+        await _stop(task)
+        await lis.stop()
+    _sent_as_often_as_counted(store, lis)
+    assert not sender._one_message_a_connection
+
+
 async def test_a_batch_stops_before_a_claim_could_run_out_under_its_answer(
     store: Store,
 ) -> None:
