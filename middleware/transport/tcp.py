@@ -161,13 +161,16 @@ class TcpServer:
         first = b""
         try:
             first = await reader.read(65536)
+            if first and task is not None:
+                # It spoke: what it sent is kept, so a newer connection no longer drops it.
+                self._undecided.discard(task)
             # A VT the read ended on (or VT M, VT MS) opens an MLLP block or is noise: an
             # MLLP sender sends its MSH with it, so what follows at once tells.
             while undecided(first) and len(first) < 65536:
                 try:
                     more = await asyncio.wait_for(reader.read(65536), _REST_SECONDS)
-                except TimeoutError:
-                    break
+                except (TimeoutError, ConnectionError, OSError):
+                    break  # what came is served (and kept) as it is
                 if not more:
                     break
                 first += more
