@@ -156,7 +156,10 @@ class MindrayBSHl7Driver(Hl7Driver):
 
     def read(self, message: Hl7Message) -> InstrumentMessage:
         kind = _kind(message)
-        if message.message_type not in RESULT_MESSAGES or kind in ("", _PATIENT):
+        # MSH-16 as HL7 has it (accept acknowledgment: AL, NE, ER, SU), from a clone that
+        # follows the standard there: a message of patient results.
+        standard = kind.upper() in ("AL", "NE", "ER", "SU")
+        if message.message_type not in RESULT_MESSAGES or kind in ("", _PATIENT) or standard:
             return super().read(message)
         reading = InstrumentMessage(
             instrument=self.instrument, driver=self.name, sender=message.sender

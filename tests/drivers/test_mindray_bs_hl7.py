@@ -141,6 +141,11 @@ def test_a_calibration_is_never_a_patient_result() -> None:
         "MSH-16 = '7': not a kind of BS-series message (0 patient results, 1 calibration, "
         "2 QC); not read"
     ]
+    # MSH-16 as HL7 has it (accept acknowledgment), from a clone: patient results.
+    standard = MindrayBSHl7Driver().read(
+        parse_message(PATIENT.replace("||||0||ASCII", "||||AL||ASCII"))
+    )
+    assert standard.results and not standard.problems
 
 
 def test_bs_senders_and_the_bs_layout_are_recognised() -> None:
