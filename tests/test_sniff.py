@@ -208,6 +208,28 @@ def test_noise_holding_a_vt_before_the_enq_leaves_the_connection_astm(
     assert specimens == [("S-NOISE",), ("S-SPLIT",)]
 
 
+def test_first_bytes_awaiting_their_rest_are_kept_when_a_newer_connection_comes(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    start_daemon(port)  # connections: newest; driver: auto, no protocol
+
+    async def analyser() -> None:
+        old = StreamPeer(*await connect(port))
+        await old.write(b"\x00\x0b")  # may begin an MLLP block: its rest is awaited
+        await asyncio.sleep(0.2)
+        new = StreamPeer(*await connect(port))
+        await asyncio.sleep(1.5)
+        await old.close()
+        await new.close()
+
+    asyncio.run(analyser())
+    # Every byte received is in a raw row: the older connection's too.
+    wait_for(
+        lambda: b"\x00\x0b" in [raw_stream(database_url, c) for c in connection_ids(database_url)]
+    )
+
+
 def test_a_newer_connection_replaces_the_older_before_it_speaks_whatever_their_protocols(
     database_url: str, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
