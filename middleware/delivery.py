@@ -33,12 +33,13 @@ import structlog
 from sqlalchemy import Connection
 
 from middleware.hl7.ack import Answer, read_answer
-from middleware.hl7.mllp import CR_WAIT_SECONDS, Discarded, Event, MllpReader, frame
+from middleware.hl7.mllp import Discarded, MllpReader, frame
 from middleware.settings import LisConfig
 from middleware.store import Store, outbox
 from middleware.store.notices import OutboxChanged
 from middleware.store.sql import utcnow
 from middleware.store.writer import Committed
+from middleware.transport.mllp import next_events
 from middleware.transport.reconnect import Backoff
 from middleware.transport.tls import client_context
 
@@ -416,9 +417,11 @@ class LisSender:
         passed over (D4: an ACK must name the message it answers)."""
         assert self._reader is not None
         while True:
-            events = await self._next_events(self._reader)
+            events = await next_events(self._reader, self._mllp)
             if events is None:
-                raise EOFError("the LIS closed the connection")
+                events = self._mllp.end_of_stream()  # an answer it ended by closing
+                if not events:
+                    raise EOFError("the LIS closed the connection")
             for event in events:
                 if isinstance(event, Discarded):
                     self.log.warning("bytes from the LIS outside a message", reason=event.reason)
@@ -427,21 +430,6 @@ class LisSender:
                 found = self._read(entry, text)
                 if found is not None:
                     return found, text
-
-    async def _next_events(self, reader: asyncio.StreamReader) -> list[Event] | None:
-        """What the LIS's next bytes make (None once it closed, what was pending said
-        first); an answer ended by FS without its CR is taken when nothing follows."""
-        if not self._mllp.awaiting_cr:
-            data = await reader.read(65536)
-        else:
-            try:
-                data = await asyncio.wait_for(reader.read(65536), CR_WAIT_SECONDS)
-            except TimeoutError:
-                return self._mllp.quiet()
-        if data:
-            return self._mllp.receive_data(data)
-        pending = self._mllp.end_of_stream()
-        return pending or None
 
     def _read(self, entry: outbox.Entry, text: str) -> Answer | None:
         try:

@@ -15,7 +15,7 @@ from datetime import datetime
 import structlog
 from sqlalchemy import Connection
 
-from middleware.hl7.mllp import CR_WAIT_SECONDS, Discarded, Event, MllpReader, frame
+from middleware.hl7.mllp import Discarded, MllpReader, frame
 from middleware.hl7.orders import (
     CANCEL,
     PROCESSING_ID,
@@ -30,6 +30,7 @@ from middleware.hl7.orders import (
 from middleware.hl7.segments import declared_charset
 from middleware.store import Store, orders, worklist
 from middleware.store.sql import utcnow
+from middleware.transport.mllp import next_events
 from middleware.transport.tcp import ListenError
 from middleware.transport.tls import peer_allowed
 
@@ -103,7 +104,7 @@ class OrderReceiver:
         self._open += 1
         mllp = MllpReader()
         try:
-            while (events := await _next_events(reader, mllp, self.idle_seconds)) is not None:
+            while (events := await next_events(reader, mllp, self.idle_seconds)) is not None:
                 for event in events:
                     if isinstance(event, Discarded) and event.reason == "too-long":
                         # Unanswered, the LIS would send it again and again.
@@ -176,22 +177,6 @@ class OrderReceiver:
         )  # fmt: skip
         log.warning("order refused", control_id=header.control_id, reason=str(refusal))
         return _answer(self.sender, header, charset, "AR", self.clock(), refusal)
-
-
-async def _next_events(
-    reader: asyncio.StreamReader, mllp: MllpReader, idle_seconds: float
-) -> list[Event] | None:
-    """What the LIS's next bytes make, None once it closed; an order ended by FS without
-    its CR is taken when nothing follows (the LIS waits for our answer). TimeoutError
-    when the connection stays idle."""
-    if not mllp.awaiting_cr:
-        data = await asyncio.wait_for(reader.read(65536), idle_seconds)
-    else:
-        try:
-            data = await asyncio.wait_for(reader.read(65536), CR_WAIT_SECONDS)
-        except TimeoutError:
-            return mllp.quiet()
-    return mllp.receive_data(data) if data else None
 
 
 def _apply(
