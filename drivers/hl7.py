@@ -51,7 +51,15 @@ from middleware.hl7.segments import Hl7Message, Segment
 
 _STAMP = re.compile(r"([0-9]{8}(?:[0-9]{2}(?:[0-9]{2}(?:[0-9]{2})?)?)?)(?:\.[0-9]{1,4})?"
                     r"(?:([+-])([0-9]{2})([0-9]{2}))?")  # fmt: skip
+# Up to 9 digits: a sequence number is kept in a 32-bit integer column.
 _SEQUENCE = re.compile(r"[0-9]{1,9}")
+
+
+def sequence_number(text: str) -> int:
+    """A set id (OBX-1, OBR-1) as the result's sequence number; 0 when it is none."""
+    return int(text) if _SEQUENCE.fullmatch(text) else 0
+
+
 #: Message types that carry results.
 RESULT_MESSAGES = frozenset({"ORU^R01", "OUL^R21", "OUL^R22", "OUL^R23", "OUL^R24"})
 
@@ -419,7 +427,7 @@ class Hl7Driver(Tables):
             instrument=self.instrument,
             module=self.module(obx),
             patient_id=self.patient_id(request.patient) if request.patient else "",
-            sequence=int(sequence) if _SEQUENCE.fullmatch(sequence) else 0,
+            sequence=sequence_number(sequence),
             comments=tuple(
                 Comment(note.text(3), "instrument", note.value(4))
                 for note in observation.notes

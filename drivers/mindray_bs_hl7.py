@@ -38,7 +38,14 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import ClassVar
 
-from drivers.hl7 import RESULT_MESSAGES, Hl7Driver, Observation, Request, requests_of
+from drivers.hl7 import (
+    RESULT_MESSAGES,
+    Hl7Driver,
+    Observation,
+    Request,
+    requests_of,
+    sequence_number,
+)
 from drivers.mindray_bs import MindrayBSDriver
 from middleware.domain import (
     ControlResult,
@@ -53,7 +60,6 @@ from middleware.hl7.segments import Hl7Message, Segment
 _PATIENT, _CALIBRATION, _QC = "0", "1", "2"
 _TEST_NO = re.compile(r"[0-9]{1,6}")
 _WORD = re.compile(r"[A-Za-z]")
-_SEQUENCE = re.compile(r"[0-9]{1,9}")
 
 
 def _kind(message: Hl7Message) -> str:
@@ -239,7 +245,7 @@ class MindrayBSHl7Driver(Hl7Driver):
             status="F",
             completed_at=self.read_time(obr.value(ran), obr.where(ran)),
             instrument=self.instrument,
-            sequence=int(sequence) if _SEQUENCE.fullmatch(sequence) else 0,
+            sequence=sequence_number(sequence),
             record_index=index,
         )
         return ControlResult(result, material, lot, level)
