@@ -27,7 +27,9 @@ class Spoken:
     """What to configure, for a person."""
 
 
-_MLLP = re.compile(rb"\x0bMSH.")
+#: What opens an MLLP block: VT and the message's MSH.
+_OPENING = b"\x0bMSH"
+_MLLP = re.compile(re.escape(_OPENING) + rb".")
 # A Dimension block: STX, the message's letter, FS (no frame number, unlike E1381).
 _DIMENSION = re.compile(rb"\x02[A-Z]\x1c")
 
@@ -46,9 +48,6 @@ DIMENSION = Spoken(
     "the analyser speaks the Siemens Dimension LIS protocol (STX, a letter, FS), which is "
     "not ASTM E1381 and is not supported: set its host interface to ASTM where it has one",
 )
-
-
-_OPENING = b"\x0bMSH"
 
 
 def opens_mllp(first: bytes) -> bool:
