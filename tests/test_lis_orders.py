@@ -135,7 +135,7 @@ async def test_an_order_from_the_lis_answers_the_analysers_host_query(
     assert answer[1] == b"P|1|PAT7"
     assert answer[2].startswith(b"O|1|S200||^^^GLU\\^^^CREA|R")
     assert query(database_url, "SELECT specimen_id, test_codes FROM orders") == [
-        ("S200", "GLU,CREA")
+        ("S200", '["GLU", "CREA"]')
     ]
 
 

@@ -431,7 +431,7 @@ async def test_orders_reach_the_middlewares_worklist(database_url: str) -> None:
         store.close()
     assert codes == ["AA", "AA"]
     assert [tuple(row) for row in held] == [
-        ("S200", "GLU,CREA", "R", "PAT7"), ("S201", "K", "S", ""),
+        ("S200", '["GLU", "CREA"]', "R", "PAT7"), ("S201", '["K"]', "S", ""),
     ]  # fmt: skip
 
 

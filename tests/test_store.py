@@ -23,8 +23,8 @@ from middleware.domain import (
     Result,
     Specimen,
 )
-from middleware.store import Store, audit, ingest, orders, reading
-from middleware.store.database import HEAD, current_revision
+from middleware.store import Store, audit, ingest, orders, reading, worklist
+from middleware.store.database import HEAD, current_revision, migrate, open_engine
 from middleware.store.schema import control_results, raw_transmissions, reagent_uses, results
 
 NOW = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
@@ -226,6 +226,55 @@ def test_orders_are_kept_and_found_by_specimen(store: Store) -> None:
     assert [(o.specimen_id, o.test_codes, o.priority) for o in found] == [
         ("S7", ("GLU", "CREA"), "S")
     ]
+
+
+def test_a_test_code_holding_a_comma_is_one_test(store: Store) -> None:
+    order = Order("S9", ("CBC,DIFF", "ÉLEC", "K"), patient_id="P2")
+    write(store, lambda conn: orders.add_order(conn, order, NOW))
+    write(store, lambda conn: orders.cancel_tests(conn, "S9", ["K"]))
+    found = store.read(lambda conn: orders.orders_for(conn, ["S9"]))
+    assert [o.test_codes for o in found] == [("CBC,DIFF", "ÉLEC")]
+    downloads = write(
+        store,
+        lambda conn: worklist.enqueue(conn, order, "new", {"xn": frozenset(order.test_codes)}, NOW),
+    )
+    assert len(downloads) == 1
+    pending = store.read(lambda conn: worklist.pending(conn, "xn"))
+    assert [d.order.test_codes for d in pending] == [("CBC,DIFF", "ÉLEC", "K")]
+
+
+def test_orders_kept_as_comma_joined_codes_are_carried_over(empty_database_url: str) -> None:
+    engine = open_engine(empty_database_url)
+    try:
+        migrate(engine, "0017")
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO orders (specimen_id, patient_id, test_codes, priority, source, "
+                    "created_at, specimen_type, container) "
+                    "VALUES (:s, '', :codes, 'R', 'lis', :at, '', '')"
+                ),
+                [
+                    {"s": f"S{i}", "codes": "GLU,CREA" if i % 2 else "K", "at": NOW}
+                    for i in range(6001)
+                ],
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO worklist_downloads (instrument, specimen_id, patient_id, "
+                    "test_codes, priority, action, state, attempts, last_error, created_at) "
+                    "VALUES ('xn', 'S1', '', 'WBC,RBC', 'R', 'new', 'pending', 0, '', :at)"
+                ),
+                {"at": NOW},
+            )
+        migrate(engine)
+        with engine.connect() as conn:
+            assert orders.orders_for(conn, ["S1", "S2"])[0].test_codes == ("GLU", "CREA")
+            assert orders.orders_for(conn, ["S6000"])[0].test_codes == ("K",)
+            assert orders.orders_for(conn, ["S5999"])[0].test_codes == ("GLU", "CREA")
+            assert [d.order.test_codes for d in worklist.pending(conn, "xn")] == [("WBC", "RBC")]
+    finally:
+        engine.dispose()
 
 
 def test_writer_commits_concurrent_work_in_batches(store: Store) -> None:

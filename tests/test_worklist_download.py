@@ -89,8 +89,8 @@ def test_orders_reach_the_analyser_that_runs_their_tests_once_it_is_connected(
         lambda: (
             _downloads(database_url)
             == [
-                ("chem-1", "S200", "GLU,K", "new", "sent", 1),
-                ("chem-1", "S200", "K", "cancel", "sent", 1),
+                ("chem-1", "S200", '["GLU", "K"]', "new", "sent", 1),
+                ("chem-1", "S200", '["K"]', "cancel", "sent", 1),
             ]
         )
     )  # haem-1 runs none of these tests: nothing for it
@@ -110,7 +110,7 @@ def test_a_download_the_analyser_did_not_take_goes_again_on_its_next_connection(
         await peer.close()
         await asyncio.to_thread(
             wait_for, lambda: _downloads(database_url) == [
-                ("haem-1", "S300", "WBC", "new", "pending", 1)
+                ("haem-1", "S300", '["WBC"]', "new", "pending", 1)
             ],
         )  # fmt: skip
         again = StreamPeer(*await connect(daemon.ports[1]))
@@ -124,7 +124,7 @@ def test_a_download_the_analyser_did_not_take_goes_again_on_its_next_connection(
         daemon.stop()
     assert records[2].split(b"|")[2:5] == [b"S300", b"", b"^^^WBC"]
     assert wait_for(
-        lambda: _downloads(database_url) == [("haem-1", "S300", "WBC", "new", "sent", 2)]
+        lambda: _downloads(database_url) == [("haem-1", "S300", '["WBC"]', "new", "sent", 2)]
     )
     [(error,)] = query(database_url, "SELECT last_error FROM worklist_downloads")
     assert error == ""

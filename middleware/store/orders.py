@@ -6,7 +6,8 @@ several writes can share one commit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import (
@@ -25,6 +26,16 @@ from middleware.store.schema import (
 from middleware.store.sql import utc
 
 
+def codes_text(codes: Sequence[str]) -> str:
+    """A list of test codes as stored: a JSON array, since a LIS's code may hold any
+    character (a comma-joined list read ``A,B`` back as two tests)."""
+    return json.dumps(list(codes), ensure_ascii=False)
+
+
+def codes_of(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
 def add_order(conn: Connection, order: Order, at: datetime, source: str = "lis") -> int:
     return int(
         conn.execute(
@@ -32,7 +43,7 @@ def add_order(conn: Connection, order: Order, at: datetime, source: str = "lis")
             {
                 "specimen_id": order.specimen_id,
                 "patient_id": order.patient_id,
-                "test_codes": ",".join(order.test_codes),
+                "test_codes": codes_text(order.test_codes),
                 "priority": order.priority,
                 "source": source,
                 "ordered_at": order.ordered_at,
@@ -61,7 +72,7 @@ def orders_for(conn: Connection, specimen_ids: Iterable[str]) -> list[Order]:
     return [
         Order(
             specimen_id=row.specimen_id,
-            test_codes=tuple(c for c in row.test_codes.split(",") if c),
+            test_codes=codes_of(row.test_codes),
             priority=row.priority,
             ordered_at=utc(row.ordered_at),
             patient_id=row.patient_id,
@@ -84,10 +95,10 @@ def cancel_tests(conn: Connection, specimen_id: str, tests: Iterable[str]) -> No
     cancelled = set(tests)
     rows = conn.execute(select(orders).where(orders.c.specimen_id == specimen_id)).all()
     for row in rows:
-        kept = [c for c in row.test_codes.split(",") if c and c not in cancelled]
+        kept = [c for c in codes_of(row.test_codes) if c not in cancelled]
         if kept:
             conn.execute(
-                orders.update().where(orders.c.id == row.id).values(test_codes=",".join(kept))
+                orders.update().where(orders.c.id == row.id).values(test_codes=codes_text(kept))
             )
         else:
             conn.execute(orders.delete().where(orders.c.id == row.id))

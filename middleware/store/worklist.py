@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from middleware.domain import Order
+from middleware.store.orders import codes_of, codes_text
 from middleware.store.schema import worklist_downloads
 from middleware.store.sql import utc
 
@@ -54,7 +55,7 @@ def enqueue(
             "instrument": instrument,
             "specimen_id": order.specimen_id,
             "patient_id": order.patient_id,
-            "test_codes": ",".join(mine),
+            "test_codes": codes_text(mine),
             "priority": order.priority,
             "action": action,
             "state": PENDING,
@@ -118,7 +119,7 @@ def _download(row: Any) -> Download:
         instrument=row.instrument,
         order=Order(
             specimen_id=row.specimen_id,
-            test_codes=tuple(c for c in row.test_codes.split(",") if c),
+            test_codes=codes_of(row.test_codes),
             priority=row.priority,
             patient_id=row.patient_id,
         ),
