@@ -51,6 +51,24 @@ def test_sigma_chooses_the_rule_set() -> None:
     assert rules.rule_set_for(glucose).rules == ["1-3s", "2-2s", "R-4s"]
 
 
+def test_a_sigma_below_every_step_gets_the_strictest_set(rules_dir: Path) -> None:
+    qc = rules_dir / "qc.yaml"
+    # A bias larger than the allowed total error: sigma -1.25, under the map's lowest step.
+    qc.write_text(
+        qc.read_text().replace("{tea: 10, bias: 1.5, cv: 1.6}", "{tea: 10, bias: 12, cv: 1.6}")
+    )
+    westgard = rules_dir / "westgard.yaml"
+    westgard.write_text(
+        westgard.read_text().replace(
+            "{min_sigma: 0, rule_set: sigma-low}", "{min_sigma: 2, rule_set: sigma-low}"
+        )
+    )
+    rules = load_rules(rules_dir)
+    glucose = next(p for p in rules.qc_policies if "GLU" in p.tests)
+    assert glucose.sigma is not None and glucose.sigma.value < 0
+    assert rules.rule_set_for(glucose).rules == ["1-3s", "2-2s", "R-4s", "4-1s", "8x"]
+
+
 def test_unknown_rule_is_refused_with_file_line_and_field(rules_dir: Path) -> None:
     path = rules_dir / "westgard.yaml"
     path.write_text(path.read_text().replace("[1-3s, 2-2s, R-4s, 4-1s, 10x]", "[1-3s, R-5s]"))

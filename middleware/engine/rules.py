@@ -310,11 +310,13 @@ class Rules(_Model):
         """The policy's rule set, named or chosen from its sigma by the sigma map."""
         if policy.rule_set:
             return self.rule_sets[policy.rule_set]
-        if policy.sigma is not None:
+        if policy.sigma is not None and self.sigma_map:
+            steps = sorted(self.sigma_map, key=lambda s: s.min_sigma, reverse=True)
             sigma = policy.sigma.value
-            for step in sorted(self.sigma_map, key=lambda s: s.min_sigma, reverse=True):
-                if sigma >= step.min_sigma:
-                    return self.rule_sets[step.rule_set]
+            # Below every step, the lowest step's set, the strictest (as westgard's
+            # rule_set_for_sigma): a method worse than the map foresees needs more control.
+            chosen = next((s for s in steps if sigma >= s.min_sigma), steps[-1])
+            return self.rule_sets[chosen.rule_set]
         return self.rule_sets["default"]
 
     def summary(self) -> str:
