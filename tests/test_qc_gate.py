@@ -90,6 +90,75 @@ def test_corrective_action_closes_only_after_a_good_rerun(gate: Gate) -> None:
         gate.close_corrective_action("chem-1", "GLU", rerun)
 
 
+def test_a_failure_reviews_from_the_last_run_accepted_whole(gate: Gate) -> None:
+    in_control(gate, "GLU", T0, ("5.2", "15.6"))
+    gate.note_patient("chem-1", "GLU")  # released under the run of T0
+    later = T0 + timedelta(hours=2)
+    first = gate.record_control(control("GLU", "5.27", LOT_1), later)  # level 1 in control...
+    assert first.evaluation is not None and first.evaluation.status == "accept"
+    failed = gate.record_control(control("GLU", "14.36", LOT_2), later)  # ...level 2 -3.1 SD
+    assert failed.evaluation is not None and failed.evaluation.violations == ("1-3s",)
+    # Not from level 1 of the failing run: the patients since the run of T0 are in doubt.
+    assert failed.review_since == T0
+
+
+def test_the_rerun_after_a_failure_is_not_judged_with_the_failed_results(gate: Gate) -> None:
+    in_control(gate, "GLU", T0, ("5.2", "15.6"))
+    gate.note_patient("chem-1", "GLU")
+    failed_at = T0 + timedelta(hours=1)
+    failed = gate.record_control(control("GLU", "5.73", LOT_1), failed_at)  # +3.5 SD: 1-3s
+    assert failed.evaluation is not None and failed.evaluation.status == "reject"
+    # Measured again at once, no patient between: a re-run, a run of its own, where +2.2 SD
+    # is a warning; judged in the failed run, 2-2s with the failed +3.5.
+    rerun = gate.record_control(control("GLU", "5.53", LOT_1), failed_at + timedelta(minutes=5))
+    assert rerun.run != failed.run
+    assert rerun.evaluation is not None and rerun.evaluation.status == "warning"
+
+
+def test_a_run_never_spans_more_than_the_qc_validity(gate: Gate) -> None:
+    gate.record_control(control("GLU", "5.575", LOT_1), T0)  # +2.5 SD, a warning
+    gate.record_control(control("GLU", "15.6", LOT_2), T0)
+    # No patient of the test the next day: R-4s is within a run, and this is another.
+    next_day = gate.record_control(control("GLU", "4.825", LOT_1), T0 + timedelta(hours=25))
+    assert next_day.evaluation is not None
+    assert (next_day.evaluation.status, next_day.evaluation.warnings) == ("warning", ("1-2s",))
+
+
+def test_closing_a_corrective_action_needs_every_level_from_a_later_run(gate: Gate) -> None:
+    in_control(gate, "GLU", T0, ("5.2", "15.6"))
+    gate.note_patient("chem-1", "GLU")
+    failed_at = T0 + timedelta(hours=1)
+    gate.record_control(control("GLU", "5.73", LOT_1), failed_at)  # 1-3s
+    gate.record_control(control("GLU", "15.62", LOT_2), failed_at + timedelta(minutes=1))
+    gate.note_patient("chem-1", "GLU")
+    rerun = failed_at + timedelta(minutes=20)
+    gate.record_control(control("GLU", "5.21", LOT_1), rerun)  # level 1 alone re-run
+    # Level 2 was measured after the failure, but in the failed run.
+    with pytest.raises(ValueError, match="re-run every level first"):
+        gate.close_corrective_action("chem-1", "GLU", rerun)
+    gate.record_control(control("GLU", "15.58", LOT_2), rerun)
+    gate.close_corrective_action("chem-1", "GLU", rerun)
+    assert codes(gate, "GLU", rerun) == []
+
+
+def test_the_rerun_counts_in_the_windows_of_the_runs_after_it(gate: Gate) -> None:
+    in_control(gate, "ALB", T0, ("32", "44"))  # the default rule set, with 4-1s
+    gate.note_patient("chem-1", "ALB")
+    failed_at = T0 + timedelta(hours=1)
+    gate.record_control(control("ALB", "35.5", LOT_1), failed_at)  # +3.5 SD: 1-3s
+    gate.record_control(control("ALB", "44", LOT_2), failed_at)
+    rerun = failed_at + timedelta(minutes=10)  # at once, no patient between
+    for value, lot in (("33.5", LOT_1), ("46.0", LOT_2)):  # +1.5 and +1.54 SD
+        assert gate.record_control(control("ALB", value, lot), rerun).evaluation is not None
+    gate.close_corrective_action("chem-1", "ALB", rerun)
+    gate.note_patient("chem-1", "ALB")
+    later = rerun + timedelta(minutes=30)
+    gate.record_control(control("ALB", "33.5", LOT_1), later)
+    fourth = gate.record_control(control("ALB", "46.0", LOT_2), later)
+    # Four results in a row beyond +1 SD: the re-run's two and these.
+    assert fourth.evaluation is not None and fourth.evaluation.violations == ("4-1s",)
+
+
 def test_two_levels_beyond_2sd_in_one_run_reject_by_2_2s(gate: Gate) -> None:
     gate.record_control(control("GLU", "5.51", LOT_1), T0)  # z = +2.07: warning
     outcome = gate.record_control(control("GLU", "16.45", LOT_2), T0)  # z = +2.125

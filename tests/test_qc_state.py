@@ -5,6 +5,7 @@ daemons on one database act on each other's QC."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -265,6 +266,33 @@ def test_the_migration_asks_for_the_conversion_only_where_messages_are_kept(
         engine.dispose()
 
 
+def test_qc_states_kept_before_runs_closed_otherwise_are_carried_over(
+    empty_database_url: str,
+) -> None:
+    engine = open_engine(empty_database_url)
+    try:
+        migrate(engine, "0018")
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO qc_tests (instrument, test_code, run_number, last_was_patient, "
+                    "levels, void_reason, corrective_action_reason, last_in_control_at, locked, "
+                    "westgard, basis, epoch, updated_at) VALUES ('chem-1', 'GLU', 4, :closed, "
+                    "'{}', '', '', :at, '', :westgard, '', 0, :at)"
+                ),
+                {"closed": True, "at": T0, "westgard": json.dumps({"bands": [], "run": None})},
+            )
+        migrate(engine)
+        with engine.connect() as conn:
+            state = qc_state.load_tests(conn, [("chem-1", "GLU")])[("chem-1", "GLU")]
+        assert (state.run_number, state.run_closed) == (4, True)
+        # A failure reviews from the last time QC was in control, as it did before.
+        assert state.accepted_run_at == state.last_in_control_at == T0
+        assert state.corrective_action_run == ""
+    finally:
+        engine.dispose()
+
+
 def test_a_corrective_action_closed_on_one_daemon_releases_holds_another_owns(
     tmp_path: Path, database_url: str
 ) -> None:
@@ -375,13 +403,15 @@ _levels = st.builds(
 _tests = st.builds(
     engine_qc.TestQc,
     run_number=st.integers(0, 10**9),
-    last_was_patient=st.booleans(),
+    run_closed=st.booleans(),
     levels=st.dictionaries(_texts, _levels, max_size=3),
     void_reason=_texts,
     void_at=st.none() | _moments,
     corrective_action_since=st.none() | _moments,
     corrective_action_reason=_texts,
+    corrective_action_run=_texts,
     last_in_control_at=st.none() | _moments,
+    accepted_run_at=st.none() | _moments,
     locked=_texts,
     lots_in_use=st.none() | st.frozensets(_texts, max_size=3),
     stream=st.builds(westgard.Stream, _bands, st.none() | _runs),

@@ -102,7 +102,9 @@ class TestQc:
     """What is remembered of the QC of one test on one instrument."""
 
     run_number: int = 0
-    last_was_patient: bool = True
+    run_closed: bool = True
+    """The run's controls are over (a patient result came, or its failure was dealt with):
+    the next control opens a new run."""
     levels: Mapping[str, LevelState] = field(default_factory=dict)
     """The latest evaluation of each control level: read-only, since a state may be shared
     (the store keeps parsed states); a new evaluation makes a new mapping."""
@@ -110,7 +112,12 @@ class TestQc:
     void_at: datetime | None = None
     corrective_action_since: datetime | None = None
     corrective_action_reason: str = ""
+    corrective_action_run: str = ""
+    """The run whose failure opened the corrective action: its re-run must be another."""
     last_in_control_at: datetime | None = None
+    accepted_run_at: datetime | None = None
+    """Q9: when QC was last in control at the end of a run accepted whole; a failure lists
+    for review the results released after it."""
     locked: str = ""
     lots_in_use: frozenset[str] | None = None
     """Reagent lots of the last result: a change voids QC."""
@@ -269,7 +276,46 @@ class QcGate:
     @staticmethod
     def note_patient(state: TestQc) -> TestQc:
         """A patient result came: the next control starts a new run."""
-        return state if state.last_was_patient else replace(state, last_was_patient=True)
+        return state if state.run_closed else replace(state, run_closed=True)
+
+    @staticmethod
+    def _opens_run(
+        state: TestQc, run: str, level: str, at: datetime, policy: QcPolicy | None
+    ) -> bool:
+        """Whether a control of ``level`` at ``at`` opens a new run rather than joining
+        ``run``, the open one. The controls measured together between patient results are
+        a run, but a run also ends when one of its levels comes again after the run failed
+        (the re-run after a failure is not judged with the failed results, whatever
+        patients came meanwhile) and when its first control is older than the QC's
+        validity (a run never spans days for R-4s and the within-run rules)."""
+        if state.run_closed:
+            return True
+        current = [seen for seen in state.levels.values() if seen.run == run]
+        if not current:
+            return False
+        mine = state.levels.get(level)
+        if mine is not None and mine.run == run and any(s.status == "reject" for s in current):
+            return True
+        if policy is None:
+            return False
+        return at - min(seen.at for seen in current) > timedelta(hours=float(policy.validity_hours))
+
+    @staticmethod
+    def _next_run(state: TestQc, run: str) -> TestQc:
+        """The open run closed and the next opened; a closing run without a failure, all
+        of QC in control at its end, is the one a later failure reviews from."""
+        closing = [seen for seen in state.levels.values() if seen.run == run]
+        accepted = state.accepted_run_at
+        if (
+            closing
+            and state.corrective_action_since is None
+            and state.last_in_control_at is not None
+            and all(seen.status != "reject" for seen in closing)
+        ):
+            accepted = state.last_in_control_at
+        return replace(
+            state, run_number=state.run_number + 1, run_closed=False, accepted_run_at=accepted
+        )
 
     @staticmethod
     def void(state: TestQc, reason: str, at: datetime) -> TestQc:
@@ -283,12 +329,13 @@ class QcGate:
         """``lots`` holds the states of the lots :meth:`lots_needed` names."""
         result = control.result
         instrument, test = result.instrument, result.test_code
-        if state.last_was_patient:
-            state = replace(state, run_number=state.run_number + 1, last_was_patient=False)
-        run = f"{instrument}/{test}/{state.run_number}"
         found = self.control_lot(control)
         level = found[1].level if found else control.level or control.control_material
         policy = self.policy(instrument, test)
+        run = f"{instrument}/{test}/{state.run_number}"
+        if self._opens_run(state, run, level, at, policy):
+            state = self._next_run(state, run)
+            run = f"{instrument}/{test}/{state.run_number}"
         if policy is None:
             return ControlStep(
                 state, {}, QcOutcome(None, run, level, None, True, f"no QC policy for {test}")
@@ -362,8 +409,11 @@ class QcGate:
                     state,
                     corrective_action_since=at,
                     corrective_action_reason=",".join(evaluation.violations),
+                    corrective_action_run=run,
                 )
-            review_since = state.last_in_control_at
+            # Not the last time QC was in control: that may be a level of this very run,
+            # measured before the one that failed it, after the patients to review.
+            review_since = state.accepted_run_at
         elif not self._level_findings(state, instrument, test, at):
             state = replace(state, last_in_control_at=at)
         outcome = QcOutcome(
@@ -421,7 +471,9 @@ class QcGate:
         if since is None:
             raise ValueError(f"no corrective action is open for {test} on {instrument}")
         problems = self._level_findings(state, instrument, test, at)
-        rerun = all(level.at > since for level in state.levels.values())
+        # A level measured after the failure but in the failed run is no re-run.
+        failed = state.corrective_action_run
+        rerun = all(level.at > since and level.run != failed for level in state.levels.values())
         if problems or not rerun:
             raise ValueError(
                 f"QC of {test} on {instrument} is not in control again since the failure: "
@@ -431,7 +483,9 @@ class QcGate:
             state,
             corrective_action_since=None,
             corrective_action_reason="",
+            corrective_action_run="",
             last_in_control_at=at,
+            run_closed=True,
         )
 
     @staticmethod

@@ -401,13 +401,15 @@ qc_tests = Table(
     Column("instrument", Text, primary_key=True),
     Column("test_code", Text, primary_key=True),
     Column("run_number", Integer, nullable=False),
-    Column("last_was_patient", Boolean, nullable=False),
+    Column("run_closed", Boolean, nullable=False),
     Column("levels", Text, nullable=False),  # JSON: the latest evaluation of each level
     Column("void_reason", Text, nullable=False),
     Column("void_at", DateTime(timezone=True)),
     Column("corrective_action_since", DateTime(timezone=True)),
     Column("corrective_action_reason", Text, nullable=False),
+    Column("corrective_action_run", Text, nullable=False),
     Column("last_in_control_at", DateTime(timezone=True)),
+    Column("accepted_run_at", DateTime(timezone=True)),
     Column("locked", Text, nullable=False),
     Column("lots_in_use", Text),  # JSON list, or NULL before the first lot reported
     Column("westgard", Text, nullable=False),  # JSON: closed runs' window and the open run
