@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
 from simulators.profiles import Analyte, Measured, Profile, Sample
 
@@ -54,9 +54,9 @@ class Planner:
         self._sides: dict[tuple[str, str], int] = {}
         self.reagent_lot = profile.reagent_lots[0] if profile.reagent_lots else ""
 
-    def _number(self, analyte: Analyte, value: float) -> str:
+    def _number(self, analyte: Analyte, value: float, rounding: str = ROUND_HALF_EVEN) -> str:
         quantum = Decimal(1).scaleb(-analyte.decimals)
-        return str(Decimal(repr(max(value, 0.0))).quantize(quantum))
+        return str(Decimal(repr(max(value, 0.0))).quantize(quantum, rounding))
 
     def patient(
         self,
@@ -112,14 +112,18 @@ class Planner:
                 if target is None:
                     continue
                 mean, sd = float(target[0]), float(target[1])
+                rounding = ROUND_HALF_EVEN
                 if analyte.lab_code in shifts_here:
                     z = shifts_here[analyte.lab_code] + self.rng.uniform(-noise, noise)
+                    # Away from the mean: a test shown in whole units (ALB in g/L) would
+                    # otherwise round +3.4 SD to +3.0, inside the 1-3s limit.
+                    rounding = ROUND_CEILING if z > 0 else ROUND_FLOOR
                 else:
                     key = (level.lot, analyte.lab_code)
                     side = self._sides.get(key, 0)
                     self._sides[key] = side + 1
                     z = (1 if side % 2 == 0 else -1) * self.rng.uniform(0.1, 0.9)
-                measured.append(Measured(analyte, self._number(analyte, mean + z * sd)))
+                measured.append(Measured(analyte, self._number(analyte, mean + z * sd, rounding)))
             prefix = "QC-" if self.profile.driver == "sysmex_xn" else ""
             samples.append(
                 Sample(

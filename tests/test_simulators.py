@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -450,6 +451,26 @@ def test_a_qc_shift_holds_results_until_corrective_qc_and_a_person(
 
 def test_random_error_trips_1_3s_and_r_4s(campaign: Campaign) -> None:
     assert {"1-3s", "R-4s"} <= {rule for _, rule in _tripped(campaign, "xn-random")}
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_random_error_is_beyond_its_limits_whatever_the_seed(name: str) -> None:
+    """The shifted controls, as the analyser writes them (ALB in whole g/L): beyond 3 SD
+    for 1-3s, beyond +2 and -2 SD in one run for R-4s, for every seed."""
+    now = datetime(2026, 3, 1, 8, tzinfo=UTC)
+    for seed in range(30):
+        steps = plan(profile(name), "random-error", 6, seed, now)
+        z: dict[str, list[Decimal]] = {}
+        for step in steps:
+            sample = step.sample
+            if sample.control is None or "random error" not in sample.label:
+                continue
+            for measured in sample.measured:
+                mean, sd = sample.control.targets[measured.analyte.lab_code]
+                z.setdefault(sample.label, []).append((Decimal(measured.value) - mean) / sd)
+        assert max(abs(v) for v in z["QC random error (1-3s)"]) > 3, (name, seed)
+        spread = z["QC random error (R-4s)"]
+        assert max(spread) > 2 and min(spread) < -2, (name, seed)
 
 
 def test_a_trend_trips_7t(campaign: Campaign) -> None:
