@@ -184,6 +184,29 @@ class Tables:
                 return analyser
         return lab_code
 
+    def writable(self, orders: Iterable[Order], encoding: str) -> tuple[list[Order], list[str]]:
+        """The orders as the analyser's character set can carry them, and what had to be
+        left out. A patient id it cannot write is left empty (never sent with a character
+        replaced: that is another patient's id), a test whose code it cannot write is
+        left out (no code of its own is written so); the specimen's other tests are
+        still asked for, so the tube is run with all it can be."""
+        kept: list[Order] = []
+        left_out: list[str] = []
+        for order in orders:
+            patient = order.patient_id if _can_write(order.patient_id, encoding) else ""
+            codes = tuple(
+                code for code in order.test_codes if _can_write(self.analyser_code(code), encoding)
+            )
+            if patient != order.patient_id:
+                left_out.append(f"{order.specimen_id}: patient id {order.patient_id!r}")
+            left_out += [
+                f"{order.specimen_id}: test {code!r}"
+                for code in order.test_codes
+                if code not in codes
+            ]
+            kept.append(replace(order, patient_id=patient, test_codes=codes))
+        return kept, left_out
+
     def requested(
         self, query: HostQuery, orders: Iterable[Order]
     ) -> list[tuple[str, list[Order], list[str]]]:
@@ -548,6 +571,14 @@ class Driver(Tables):
             _order_record(order.specimen_id, codes, order.priority, "C" if cancel else "N", "O"),
             Record.of("L", "1", "N"),
         ]
+
+
+def _can_write(text: str, encoding: str) -> bool:
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _host_header(now: datetime) -> Record:

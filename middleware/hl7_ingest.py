@@ -284,7 +284,9 @@ class Hl7Connection:
             return []
         if message is not None and reading is not None and reading.queries:
             # A query sent again (our answer did not reach the analyser) is answered again.
-            return await self._answers(message, reading, now)
+            return await self._answers(
+                message, reading, now, encoding_of(event.message, self.encoding)
+            )
         return [answer("AA")]
 
     def _acknowledged(self, message: Hl7Message) -> None:
@@ -293,9 +295,10 @@ class Hl7Connection:
         said("analyser acknowledged", code=code or None, answered=_msa_id(message))
 
     async def _answers(
-        self, message: Hl7Message, reading: InstrumentMessage, now: datetime
+        self, message: Hl7Message, reading: InstrumentMessage, now: datetime, encoding: str
     ) -> list[str]:
-        """A host query's answers, from the orders held for the tubes it names."""
+        """A host query's answers, from the orders held for the tubes it names, in
+        ``encoding``, the character set of the query they answer."""
         driver = self._chosen or self.driver
         replies: list[str] = []
         for query in reading.queries:
@@ -303,6 +306,11 @@ class Hl7Connection:
                 held = await self.store.read_async(
                     functools.partial(orders_for, specimen_ids=query.specimen_ids)
                 )
+                held, left_out = driver.writable(held, encoding)
+                if left_out:
+                    self.log.warning("order answered without what the analyser's character "
+                                     "set cannot carry", encoding=encoding,
+                                     left_out=left_out)  # fmt: skip
                 sent = driver.answer_query(message, query, held, now, self.timezone)
             except Exception as exc:
                 # The query is kept; "nothing found" would have the tube run without its

@@ -626,6 +626,11 @@ class ConnectionPipeline:
             held = await self.store.read_async(
                 functools.partial(orders_for, specimen_ids=query.specimen_ids)
             )
+            held, left_out = self.reader.writable(held, self.encoding)
+            if left_out:
+                self.log.warning("order answered without what the analyser's character set "
+                                 "cannot carry", encoding=self.encoding,
+                                 left_out=left_out)  # fmt: skip
             records = self.reader.answer_query(query, held, self.clock())
             self._answers.append(
                 [encode_record(r, self.reader.delimiters).encode(self.encoding) for r in records]

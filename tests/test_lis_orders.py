@@ -5,6 +5,7 @@ from them, end to end over MLLP."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -136,6 +137,53 @@ async def test_an_order_from_the_lis_answers_the_analysers_host_query(
     assert answer[2].startswith(b"O|1|S200||^^^GLU\\^^^CREA|R")
     assert query(database_url, "SELECT specimen_id, test_codes FROM orders") == [
         ("S200", '["GLU", "CREA"]')
+    ]
+
+
+async def test_a_query_is_answered_with_all_the_analysers_character_set_can_carry(
+    tmp_path: Path, database_url: str
+) -> None:
+    analyser_port, orders_port, lis_port = free_port(), free_port(), free_port()
+    daemon = DaemonProcess(
+        tmp_path,
+        [{"name": "chem-1", "transport": "tcp-server", "host": "127.0.0.1",
+          "port": analyser_port}],
+        database_url=database_url, rules_dir=str(ROOT / "rules"),
+        lis={"host": "127.0.0.1", "port": lis_port, "orders_host": "127.0.0.1",
+             "orders_port": orders_port},
+    )  # fmt: skip
+    utf8 = MSH.format(kind="ORM^O01", control="O9") + "||||||UNICODE UTF-8"
+    # A patient id and a test code latin-1 (the analyser's) cannot write, beside a tube
+    # it can take whole.
+    order = "\r".join([
+        utf8, "PID|1||PAT€02^^^^MR", "ORC|NW|ORD9",
+        "OBR|1|ORD9|S300|GLU^^L", "OBR|2|ORD9|S300|GL€^^L",
+    ])  # fmt: skip
+    await asyncio.to_thread(daemon.start)
+    try:
+        await asyncio.sleep(0.5)
+        reader, writer = await connect(orders_port)
+        for message in (order.encode(), orm("O10", "NW", "OBR|1|ORD1|S301|K^^L").encode()):
+            writer.write(b"\x0b" + message + b"\x1c\r")
+            await writer.drain()
+            block = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 10)
+            assert str(hl7.parse(block[1:-2].decode()).segment("MSA")[1]) == "AA"
+        writer.close()
+        peer = StreamPeer(*await connect(analyser_port))
+        await send_message(peer, [b"H|\\^&|||CHEM-1", b"Q|1|^S300\\^S301||ALL", b"L|1|N"])
+        answer = await asyncio.wait_for(receive_message(peer), 20)
+        await peer.close()
+    finally:
+        assert await asyncio.to_thread(daemon.stop) == 0
+    # Without the patient id (never another patient's, a character replaced) nor the test
+    # it cannot name; the tube is still run for glucose, and the other answered whole.
+    assert answer[1:5] == [
+        b"P|1|", b"O|1|S300||^^^GLU|R||||||N||||||||||||||Q",
+        b"P|2|PAT7", b"O|1|S301||^^^K|R||||||N||||||||||||||Q",
+    ]  # fmt: skip
+    said = [json.loads(line) for line in daemon.log.read_text().splitlines() if "left_out" in line]
+    assert [entry["left_out"] for entry in said] == [
+        ["S300: patient id 'PAT€02'", "S300: test 'GL€'"]
     ]
 
 
