@@ -215,6 +215,7 @@ class Daemon:
                     self.store, tls=tls, allow=lis.orders_allow, downloads=downloads,
                     on_taken=self._orders_taken,
                     sender=(lis.sending_application, lis.sending_facility),
+                    zone=self.settings.zone,
                 )  # fmt: skip
                 await self.orders.start(lis.orders_host, lis.orders_port)
         if self.monitor is not None:

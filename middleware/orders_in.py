@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, tzinfo
 
 import structlog
 from sqlalchemy import Connection
@@ -33,6 +33,7 @@ from middleware.store.sql import utcnow
 from middleware.transport.mllp import next_events
 from middleware.transport.tcp import ListenError
 from middleware.transport.tls import peer_allowed
+from middleware.zones import zone_or_host
 
 log = structlog.get_logger("middleware.orders")
 
@@ -57,7 +58,10 @@ class OrderReceiver:
         on_taken: Callable[[], None] | None = None,
         processing_id: str = PROCESSING_ID,
         sender: tuple[str, str] = ("LIS-MIDDLEWARE", "LAB"),
+        zone: tzinfo | None = None,
     ) -> None:
+        self.zone = zone_or_host(zone)
+        """The laboratory's zone: the LIS's times without an offset are its wall clock."""
         self.sender = sender
         """MSH-3 and MSH-4 of the answers: the middleware's names towards the LIS."""
         self.processing_id = processing_id
@@ -146,7 +150,7 @@ class OrderReceiver:
                     f"(byte 0x{data[exc.start]:02X} at offset {exc.start})",
                     "102", ("MSH", 1, 18),
                 ) from None  # fmt: skip
-            message = read_order(text, self.processing_id)
+            message = read_order(text, self.processing_id, self.zone)
         except OrderRefused as refusal:
             log.warning("order refused", control_id=header.control_id, reason=str(refusal))
             return _answer(self.sender, header, charset, refusal.code, now, refusal)

@@ -8,6 +8,7 @@ import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import hl7
 import pytest
@@ -17,9 +18,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Connection, select
 
+from middleware.daemon import Daemon
 from middleware.domain import Order
 from middleware.hl7.orders import CANCEL, NEW, REPLACE, OrderRefused, acknowledgment, read_order
 from middleware.orders_in import OrderReceiver
+from middleware.settings import Settings
 from middleware.store import Store, orders
 from tests.conftest import ROOT
 from tests.daemon import DaemonProcess, connect, free_port, query
@@ -320,3 +323,58 @@ async def test_orders_in_other_character_sets_are_read_or_refused(tmp_path: Path
     assert codes[0][:2] == ("AE", "O8") and codes[0][2].startswith("MSH-18")
     assert codes[1] == ("AA", "O8", "")
     assert [o.test_codes for o in held] == [("GLU",)]
+
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def test_times_without_an_offset_are_the_laboratorys_wall_clock() -> None:
+    """HL7's DTM without an offset is the sender's local time: in Paris, 09:30 in winter is
+    08:30 UTC and 09:30 in summer 07:30 UTC; a time with its offset keeps it."""
+    winter = orm("O10", "NW", "OBR|1|ORD1|S10|K^^L|||20261203093000")
+    order = read_order(winter.replace("20261130110000", "20261203090000"), zone=PARIS)
+    (change,) = order.changes
+    assert change.order.collected_at == datetime(2026, 12, 3, 8, 30, tzinfo=UTC)
+    assert change.order.ordered_at == datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
+    summer = orm("O11", "NW", "OBR|1|ORD1|S11|K^^L|||20260701093000")
+    assert read_order(summer, zone=PARIS).changes[0].order.collected_at == datetime(
+        2026, 7, 1, 7, 30, tzinfo=UTC
+    )
+    o21 = "\r".join([
+        MSH.format(kind="OML^O21^OML_O21", control="O12"), PID, "ORC|NW|ORD1",
+        "OBR|1|ORD1||K^^L", "SPM|1|S12|||||||||||||||20261203093000",
+        "ORC|NW|ORD2", "OBR|1|ORD2||NA^^L", "SPM|1|S13|||||||||||||||20261203093000-0500",
+    ])  # fmt: skip
+    spm = [c.order.collected_at for c in read_order(o21, zone=PARIS).changes]
+    assert spm == [datetime(2026, 12, 3, h, 30, tzinfo=UTC) for h in (8, 14)]
+    # the hour that comes twice when the clocks go back: its first reading
+    twice = orm("O13", "NW", "OBR|1|ORD1|S14|K^^L|||20261025023000")
+    assert read_order(twice, zone=PARIS).changes[0].order.collected_at == datetime(
+        2026, 10, 25, 0, 30, tzinfo=UTC
+    )
+
+
+async def test_the_daemon_reads_the_lis_times_in_the_laboratorys_zone(tmp_path: Path) -> None:
+    """The laboratory's ``timezone`` setting reaches the orders port: a collection at 09:30
+    in Paris is kept as 08:30 UTC, so the sample's delay is judged from it."""
+    orders_port = free_port()
+    settings = Settings.model_validate({
+        "state_dir": tmp_path / "state", "timezone": "Europe/Paris",
+        "lis": {"host": "127.0.0.1", "port": free_port(), "orders_host": "127.0.0.1",
+                "orders_port": orders_port},
+    })  # fmt: skip
+    daemon = Daemon(settings)
+    await daemon.start()
+    try:
+        reader, writer = await connect(orders_port, within=10)
+        sent = orm("O14", "NW", "OBR|1|ORD1|S15|K^^L|||20261203093000")
+        writer.write(b"\x0b" + sent.encode() + b"\x1c\r")
+        await writer.drain()
+        block = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 10)
+        writer.close()
+        assert b"MSA|AA|O14" in block
+        assert daemon.store is not None
+        (kept,) = daemon.store.read(lambda conn: orders.orders_for(conn, ["S15"]))
+    finally:
+        await daemon.stop()
+    assert kept.collected_at == datetime(2026, 12, 3, 8, 30, tzinfo=UTC)

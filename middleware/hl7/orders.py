@@ -8,9 +8,10 @@ has one, else OBR-3 (the filler order number, which laboratories give the tube's
 OBR-2, the LIS's own order number, is not a specimen); the tests are OBR-4's first
 components (the laboratory's codes); STAT when ORC-7 or OBR-27 (priority component) or
 OBR-5 says S; the specimen's collection time, type and container from its SPM (SPM-17,
-SPM-4, SPM-27), else OBR-7 and OBR-15. ORC-1 says what to do: NW new (an order for a
-specimen already known replaces it), XO changed (replaces it), CA / OC / DC cancel the
-tests named. What cannot be read is refused (AE) with the segment and field named.
+SPM-4, SPM-27), else OBR-7 and OBR-15; a time without an offset is the LIS's wall clock,
+read in the laboratory's zone. ORC-1 says what to do: NW new (an order for a specimen
+already known replaces it), XO changed (replaces it), CA / OC / DC cancel the tests
+named. What cannot be read is refused (AE) with the segment and field named.
 
 Segments may be separated by CR, LF or CR LF. Fields are split on the message's own
 delimiters (MSH-1, MSH-2), the first repeat of a field read, and each value has HL7's
@@ -25,7 +26,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 from middleware.domain import Order
 from middleware.hl7.results import escape, new_control_id, timestamp
@@ -302,10 +303,12 @@ class _Specimen:
     container: str
 
 
-def _specimen(spm: _Segment | None, obr: _Segment) -> _Specimen:
+def _specimen(spm: _Segment | None, obr: _Segment, zone: tzinfo) -> _Specimen:
     """What the LIS says of a specimen: SPM-17 (else OBR-7) collected, SPM-4 (else OBR-15,
     v2.3's specimen source) its type, SPM-27 its container."""
-    collected = _moment(spm, 17) if spm is not None and spm.value(17) else _moment(obr, 7)
+    collected = (
+        _moment(spm, 17, zone) if spm is not None and spm.value(17) else _moment(obr, 7, zone)
+    )
     kind = _coded([spm.value(4, 1), spm.value(4, 2)]) if spm is not None else ""
     return _Specimen(
         collected,
@@ -321,9 +324,10 @@ def _where(segment: _Segment, n: int = 0) -> str:
     return f"{segment.name}{f'-{n}' if n else ''} (segment {segment.position})"
 
 
-def read_order(text: str, processing_id: str = PROCESSING_ID) -> OrderMessage:
+def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC) -> OrderMessage:
     """The orders a message gives; :class:`OrderRefused`, saying why, when it gives none
-    this daemon takes."""
+    this daemon takes. A time without an offset is the LIS's wall clock, read in ``zone``
+    (the laboratory's)."""
     segments = _segments(text)
     header = _header(segments[0])
     check_header(header, processing_id)
@@ -354,7 +358,7 @@ def read_order(text: str, processing_id: str = PROCESSING_ID) -> OrderMessage:
                 )  # fmt: skip
             action = _ACTIONS[code]
             stat = segment.value(7, 6).upper() == "S"
-            ordered_at = _moment(segment, 9)
+            ordered_at = _moment(segment, 9, zone)
         elif name == "TQ1" and segment.value(9).upper() == "S":
             stat = True  # TQ1-9, where v2.5 puts the priority
         elif name == "OBR":
@@ -371,7 +375,7 @@ def read_order(text: str, processing_id: str = PROCESSING_ID) -> OrderMessage:
                 raise OrderRefused(f"{_where(segment, 4)}: no test code", "101", segment.at(4))
             key = (action, specimen)
             tests.setdefault(key, []).append(test)
-            details.setdefault(key, _specimen(own, segment))
+            details.setdefault(key, _specimen(own, segment, zone))
             if stat or segment.value(5).upper() == "S" or segment.value(27, 6).upper() == "S":
                 urgent.add(key)
     if not tests:
@@ -392,8 +396,13 @@ def read_order(text: str, processing_id: str = PROCESSING_ID) -> OrderMessage:
 _DTM = re.compile(r"^(\d{8}(?:\d{4}(?:\d{2})?)?)(?:\.\d+)?(?:([+-])(\d{2})(\d{2}))?$")
 
 
-def _moment(segment: _Segment, n: int) -> datetime | None:
-    """A DTM, to the day, minute or second, in its offset; UTC when it gives none."""
+def _moment(segment: _Segment, n: int, zone: tzinfo) -> datetime | None:
+    """A DTM, to the day, minute or second, in UTC: read in its offset, else in ``zone``
+    (HL7's DTM without an offset is the sender's local time).
+
+    An hour that comes twice when the clocks go back is read as the first: a collection
+    then looks an hour older, and a sample is rather refused as delayed than a delayed one
+    accepted."""
     text = segment.value(n)
     if not text:
         return None
@@ -401,7 +410,6 @@ def _moment(segment: _Segment, n: int) -> datetime | None:
     if match:
         digits, sign, hours, minutes = match.groups()
         form = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}[len(digits)]
-        zone = UTC
         if sign:
             offset = timedelta(hours=int(hours), minutes=int(minutes))
             zone = timezone(offset if sign == "+" else -offset)
