@@ -333,3 +333,33 @@ def test_text_that_is_no_hl7_message_is_rejected_saying_so(sqlite: Store) -> Non
         b"MSA|AR||" + why,
         b"ERR||MSH^1|100^Segment sequence error^HL70357|E||||" + why,
     ]
+
+
+def test_a_second_patient_in_one_order_message_is_refused_naming_it(database_url: str) -> None:
+    """ORM^O01, OML^O21 and OML^O33 have one PATIENT group: SN011, after a second PID, was
+    kept under the first patient. Nothing of the message is kept."""
+    body = [
+        "PID|1||PATA^^^^MR", "ORC|NW|ORD1", "OBR|1|ORD1|SN010|GLU^^L",
+        "PID|2||PATB^^^^MR", "ORC|NW|ORD2", "OBR|1|ORD2|SN011|GLU^^L",
+    ]  # fmt: skip
+    store = Store(database_url)
+    try:
+        (ack,) = asyncio.run(exchange(store, order(body=body).encode()))
+        assert held(store, "SN010", "SN011") == []
+    finally:
+        store.close()
+    why = (
+        b"PID (segment 5): a second patient; an order message carries one patient's orders"
+        b" (send each patient's in a message of their own)"
+    )
+    assert plain(ack).split(b"\r")[1:] == [
+        b"MSA|AE|O1|" + why,
+        b"ERR||PID^2|100^Segment sequence error^HL70357|E||||" + why,
+    ]
+
+
+def test_the_patient_is_the_first_identifier_pid_3_gives() -> None:
+    body = ["PID|1||~PATR1^^^H^MR~PATR2^^^H^MR", *BODY[1:]]
+    assert read_order(order(body=body)).changes[0].order.patient_id == "PATR1"
+    body = ["PID|1||^^^H^MR~P\\F\\R3^^^H^MR", *BODY[1:]]
+    assert read_order(order(body=body)).changes[0].order.patient_id == "P|R3"

@@ -3,8 +3,9 @@ are answered from, and the acknowledgments that answer them.
 
 The header is checked first, and a message it does not suit is rejected (AR) whole:
 MSH-9 an order, MSH-12 a version 2.x, MSH-11 the daemon's processing id (``P``), MSH-10
-given. Per order group (ORC and its OBR segments): the specimen is SPM-2 when the message
-has one, else OBR-3 (the filler order number, which laboratories give the tube's barcode;
+given. One patient per message, PID-3's first identifier given: a second PID is refused.
+Per order group (ORC and its OBR segments): the specimen is SPM-2 when the message has
+one, else OBR-3 (the filler order number, which laboratories give the tube's barcode;
 OBR-2, the LIS's own order number, is not a specimen); the tests are OBR-4's first
 components (the laboratory's codes); STAT when ORC-7 or OBR-27 (priority component) or
 OBR-5 says S; the specimen's collection time, type and container from its SPM (SPM-17,
@@ -14,10 +15,11 @@ already known replaces it), XO changed (replaces it), CA / OC / DC cancel the te
 named. What cannot be read is refused (AE) with the segment and field named.
 
 Segments may be separated by CR, LF or CR LF. Fields are split on the message's own
-delimiters (MSH-1, MSH-2), the first repeat of a field read, and each value has HL7's
-escapes undone as analysers' messages have them (:func:`segments.unescape`), each
-subcomponent on its own (so that ``\\T\\`` is not taken for a subcomponent's end):
-a specimen sent as ``SP\\F\\X`` is ``SP|X``, as the analyser's barcode reads.
+delimiters (MSH-1, MSH-2), the first repeat of a field read (of PID-3, the first naming
+the patient), and each value has HL7's escapes undone as analysers' messages have them
+(:func:`segments.unescape`), each subcomponent on its own (so that ``\\T\\`` is not taken
+for a subcomponent's end): a specimen sent as ``SP\\F\\X`` is ``SP|X``, as the analyser's
+barcode reads.
 """
 
 from __future__ import annotations
@@ -149,6 +151,12 @@ class _Segment:
         """A component's first subcomponent, plain text."""
         return self.subcomponents(n, component)[0]
 
+    def repeats(self, n: int) -> list[str]:
+        """Field n's repeats as written (MSH-1 and MSH-2 have none)."""
+        if not 0 < n < len(self.fields) or (self.name == "MSH" and n <= 2):
+            return [self.raw(n)]
+        return self.fields[n].split(self.enc.repetition)
+
     def at(self, n: int = 0) -> tuple[str, int, int]:
         return (self.name, self.occurrence, n)
 
@@ -269,6 +277,18 @@ def _identifier(segment: _Segment, number: int) -> str:
     return ""
 
 
+def _patient_id(pid: _Segment) -> str:
+    """PID-3's first identifier (CX.1) given: a LIS may leave the first repeat empty and
+    name the patient in the next (``~PAT1^^^H^MR``)."""
+    enc = pid.enc
+    for repeat in pid.repeats(3):
+        first = repeat.split(enc.component, 1)[0].split(enc.subcomponent, 1)[0]
+        found = unescape(first, enc).strip()
+        if found:
+            return found
+    return ""
+
+
 def _specimens_of_requests(kind: str, segments: list[_Segment]) -> dict[int, _Segment]:
     """The SPM of each OBR's specimen, by the OBR's position: in OML^O33 the SPM comes
     before the orders on it, in OML^O21 after the OBR it belongs to."""
@@ -339,7 +359,17 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
                 f"{_where(segment, holding)}: a NUL character, which no text may hold",
                 "102", segment.at(holding) if _NAME.fullmatch(segment.name) else None,
             )  # fmt: skip
-    patient_id = next((s.value(3) for s in segments if s.name == "PID"), "")
+    patients = [segment for segment in segments if segment.name == "PID"]
+    if len(patients) > 1:
+        # ORM^O01, OML^O21 and OML^O33 have one PATIENT group, not a repeating one: the
+        # orders after a second PID would be kept under a patient the message does not
+        # give them, whichever of the two were chosen.
+        second = patients[1]
+        raise OrderRefused(
+            f"{_where(second)}: a second patient; an order message carries one patient's "
+            "orders (send each patient's in a message of their own)", "100", second.at(),
+        )  # fmt: skip
+    patient_id = _patient_id(patients[0]) if patients else ""
     spm = _specimens_of_requests(kind, segments)
     action, stat, ordered_at = "", False, None
     # One change per action and specimen: a message naming a specimen's tests in several
