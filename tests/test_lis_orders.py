@@ -378,3 +378,23 @@ async def test_the_daemon_reads_the_lis_times_in_the_laboratorys_zone(tmp_path: 
     finally:
         await daemon.stop()
     assert kept.collected_at == datetime(2026, 12, 3, 8, 30, tzinfo=UTC)
+
+
+def test_each_order_keeps_the_time_of_its_own_orc() -> None:
+    """ORC-9 of the last ORC was given to every order of the message."""
+    text = "\r".join([
+        MSH.format(kind="ORM^O01", control="O15"), PID,
+        "ORC|NW|ORD1|||||||20261130080000", "OBR|1|ORD1|S20|GLU^^L",
+        "ORC|NW|ORD2|||||||20261130090000", "OBR|1|ORD2|S21|K^^L",
+        "ORC|NW|ORD3", "OBR|1|ORD3|S22|NA^^L",
+        # a specimen's later group gives the time its first did not
+        "ORC|NW|ORD4", "OBR|1|ORD4|S23|GLU^^L",
+        "ORC|NW|ORD5|||||||20261130100000", "OBR|1|ORD5|S23|K^^L",
+    ])  # fmt: skip
+    read = {c.order.specimen_id: c.order.ordered_at for c in read_order(text).changes}
+    assert read == {
+        "S20": datetime(2026, 11, 30, 8, tzinfo=UTC),
+        "S21": datetime(2026, 11, 30, 9, tzinfo=UTC),
+        "S22": None,
+        "S23": datetime(2026, 11, 30, 10, tzinfo=UTC),
+    }

@@ -376,6 +376,9 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
     # OBRs (routine and STAT among them) orders them all.
     tests: dict[tuple[str, str], list[str]] = {}
     details: dict[tuple[str, str], _Specimen] = {}
+    # ORC-9 belongs to its own order group; a specimen ordered in several takes the first
+    # group's that gives one.
+    ordered: dict[tuple[str, str], datetime] = {}
     urgent: set[tuple[str, str]] = set()
     for position, segment in enumerate(segments):
         name = segment.name
@@ -406,16 +409,19 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
             key = (action, specimen)
             tests.setdefault(key, []).append(test)
             details.setdefault(key, _specimen(own, segment, zone))
+            if ordered_at is not None:
+                ordered.setdefault(key, ordered_at)
             if stat or segment.value(5).upper() == "S" or segment.value(27, 6).upper() == "S":
                 urgent.add(key)
     if not tests:
         raise OrderRefused("OBR: the message orders no test", "100")
     changes = []
-    for (act, specimen), codes in tests.items():
-        priority = "S" if (act, specimen) in urgent else "R"
-        about = details[(act, specimen)]
+    for key, codes in tests.items():
+        act, specimen = key
+        priority = "S" if key in urgent else "R"
+        about = details[key]
         order = Order(
-            specimen, tuple(dict.fromkeys(codes)), priority, ordered_at=ordered_at,
+            specimen, tuple(dict.fromkeys(codes)), priority, ordered_at=ordered.get(key),
             patient_id=patient_id, collected_at=about.collected_at,
             specimen_type=about.specimen_type, container=about.container,
         )  # fmt: skip
