@@ -398,3 +398,21 @@ def test_each_order_keeps_the_time_of_its_own_orc() -> None:
         "S22": None,
         "S23": datetime(2026, 11, 30, 10, tzinfo=UTC),
     }
+
+
+@pytest.mark.parametrize(
+    "obr_and_spm",
+    [
+        ["OBR|1|ORD1|^LABNS|GLU^^L"],  # OBR-3: an assigning authority, no identifier
+        ["OBR|1|ORD1|&X^LABNS|GLU^^L"],
+        ["OBR|1|ORD1||GLU^^L", "SPM|1|&LIS^&LAB"],  # SPM-2: neither placer nor filler
+    ],
+)
+def test_a_namespace_without_its_identifier_is_no_specimen_id(obr_and_spm: list[str]) -> None:
+    """The LABNS of ``^LABNS`` was kept as the specimen."""
+    text = orm("O16", "NW", *obr_and_spm, kind="OML^O21^OML_O21")
+    with pytest.raises(OrderRefused, match=r"^OBR-3 \(segment 4\): no specimen id") as refused:
+        read_order(text)
+    assert (refused.value.condition, refused.value.location) == ("101", ("OBR", 1, 3))
+    named = orm("O17", "NW", "OBR|1|ORD1|S30^LABNS|GLU^^L", kind="OML^O21^OML_O21")
+    assert read_order(named).changes[0].order.specimen_id == "S30"

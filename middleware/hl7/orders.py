@@ -4,15 +4,15 @@ are answered from, and the acknowledgments that answer them.
 The header is checked first, and a message it does not suit is rejected (AR) whole:
 MSH-9 an order, MSH-12 a version 2.x, MSH-11 the daemon's processing id (``P``), MSH-10
 given. One patient per message, PID-3's first identifier given: a second PID is refused.
-Per order group (ORC and its OBR segments): the specimen is SPM-2 when the message has
-one, else OBR-3 (the filler order number, which laboratories give the tube's barcode;
-OBR-2, the LIS's own order number, is not a specimen); the tests are OBR-4's first
-components (the laboratory's codes); STAT when ORC-7 or OBR-27 (priority component) or
-OBR-5 says S; the specimen's collection time, type and container from its SPM (SPM-17,
-SPM-4, SPM-27), else OBR-7 and OBR-15; a time without an offset is the LIS's wall clock,
-read in the laboratory's zone. ORC-1 says what to do: NW new (an order for a specimen
-already known replaces it), XO changed (replaces it), CA / OC / DC cancel the tests
-named. What cannot be read is refused (AE) with the segment and field named.
+Per order group (ORC and its OBR segments): the specimen is SPM-2's entity identifier
+when the message has one, else OBR-3's (the filler order number, which laboratories give
+the tube's barcode; OBR-2, the LIS's own order number, is not a specimen); the tests are
+OBR-4's first components (the laboratory's codes); STAT when ORC-7 or OBR-27 (priority
+component) or OBR-5 says S; the specimen's collection time, type and container from its
+SPM (SPM-17, SPM-4, SPM-27), else OBR-7 and OBR-15; a time without an offset is the
+LIS's wall clock, read in the laboratory's zone. ORC-1 says what to do: NW new (an order
+for a specimen already known replaces it), XO changed (replaces it), CA / OC / DC cancel
+the tests named. What cannot be read is refused (AE) with the segment and field named.
 
 Segments may be separated by CR, LF or CR LF. Fields are split on the message's own
 delimiters (MSH-1, MSH-2), the first repeat of a field read (of PID-3, the first naming
@@ -267,14 +267,12 @@ def check_header(header: Header, processing_id: str = PROCESSING_ID) -> None:
 # --- the orders -------------------------------------------------------------------------
 
 
-def _identifier(segment: _Segment, number: int) -> str:
-    """The first identifier a field gives: a component's first subcomponent (SPM-2 is
-    ``placer&namespace^filler&namespace``)."""
-    for component in range(1, len(segment.components(number)) + 1):
-        found = segment.value(number, component)
-        if found:
-            return found
-    return ""
+def _specimen_id(obr: _Segment, spm: _Segment | None) -> str:
+    """The specimen id: SPM-2's (an EIP, ``placer&namespace^filler&namespace``) placer's
+    entity identifier, else its filler's, else OBR-3's (an EI). Only an EI's first part is
+    an identifier: the namespace after it names who gave it (``^LABNS`` gives none)."""
+    found = (spm.value(2, 1) or spm.value(2, 2)) if spm is not None else ""
+    return found or obr.value(3, 1)
 
 
 def _patient_id(pid: _Segment) -> str:
@@ -398,7 +396,7 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
             if not action:
                 raise OrderRefused(f"{_where(segment)}: no ORC before it", "100", segment.at())
             own = spm.get(position)
-            specimen = (_identifier(own, 2) if own is not None else "") or _identifier(segment, 3)
+            specimen = _specimen_id(segment, own)
             test = segment.value(4)
             if not specimen:
                 raise OrderRefused(
