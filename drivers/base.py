@@ -528,10 +528,15 @@ class Driver(Tables):
             )
 
     def query(self, record: Record) -> HostQuery:
-        """Q.3 holds the specimen ids (2nd component of each repeat), Q.5 the tests."""
-        ids = tuple(rep[1] for rep in record.repeats(3) if len(rep) > 1 and rep[1])
+        """Q.3 holds the specimen ids (2nd component of each repeat), Q.5 the tests.
+
+        An id is compared without the spaces around it, as the LIS's orders keep it: an
+        analyser padding its barcode field (``  000123  ``) asks for 000123, leading zeros
+        and all."""
+        asked = record.repeats(3)
+        ids = tuple(i for i in (rep[1].strip() for rep in asked if len(rep) > 1) if i)
         if not ids:
-            ids = tuple(rep[0] for rep in record.repeats(3) if rep and rep[0])
+            ids = tuple(i for i in (rep[0].strip() for rep in asked if rep) if i)
         tests = tuple(
             self._test_code_of(rep) for rep in record.repeats(5) if self._test_code_of(rep)
         )

@@ -90,7 +90,7 @@ class ErbaXLDriver(Driver):
         )
 
     def query(self, record: Record) -> HostQuery:
-        ids = tuple(rep[1] if len(rep) > 1 else rep[0] for rep in record.repeats(3))
+        ids = tuple((rep[1] if len(rep) > 1 else rep[0]).strip() for rep in record.repeats(3))
         base = super().query(record)
         return HostQuery(
             specimen_ids=tuple(i for i in ids if i),

@@ -18,6 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Connection, select
 
+import drivers
+from middleware.astm.records import decode_message, encode_record
 from middleware.daemon import Daemon
 from middleware.domain import Order
 from middleware.hl7.orders import CANCEL, NEW, REPLACE, OrderRefused, acknowledgment, read_order
@@ -416,3 +418,18 @@ def test_a_namespace_without_its_identifier_is_no_specimen_id(obr_and_spm: list[
     assert (refused.value.condition, refused.value.location) == ("101", ("OBR", 1, 3))
     named = orm("O17", "NW", "OBR|1|ORD1|S30^LABNS|GLU^^L", kind="OML^O21^OML_O21")
     assert read_order(named).changes[0].order.specimen_id == "S30"
+
+
+@pytest.mark.parametrize("driver", ["generic", "erba_xl"])
+def test_a_specimen_id_is_compared_without_the_spaces_around_it(driver: str) -> None:
+    """The LIS's order for ``  000123  `` is kept as 000123: an analyser asking for its tube
+    with the same spaces is answered its tests, leading zeros kept, not 'no order'."""
+    (ordered,) = read_order(orm("O18", "NW", "OBR|1|ORD1|  000123  |GLU^^L")).changes
+    assert ordered.order.specimen_id == "000123"
+    asked = "\r".join(["H|\\^&|||ANALYSER", "Q|1|^  000123  ||ALL||||||||O", "L|1|N"])
+    analyser = drivers.get(driver)
+    (query,) = analyser.read(decode_message(asked).records).queries
+    assert query.specimen_ids == ("000123",)
+    answer = [encode_record(r) for r in analyser.answer_query(query, [ordered.order], AT)]
+    assert [r.split("|")[2:4] for r in answer if r.startswith("O|")] == [["000123", ""]]
+    assert "GLU" in next(r for r in answer if r.startswith("O|")).split("|")[4]
