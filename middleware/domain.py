@@ -64,7 +64,7 @@ class Order:
 
     specimen_id: str
     test_codes: tuple[str, ...]
-    priority: str = "R"  # R routine, S stat (E1394 O.6)
+    priority: str = "R"  # R routine, A as soon as possible, S stat (E1394 O.6)
     action_code: str = ""  # E1394 O.12: N new, Q control, A add...
     ordered_at: datetime | None = None
     patient_id: str = ""

@@ -433,3 +433,37 @@ def test_a_specimen_id_is_compared_without_the_spaces_around_it(driver: str) -> 
     answer = [encode_record(r) for r in analyser.answer_query(query, [ordered.order], AT)]
     assert [r.split("|")[2:4] for r in answer if r.startswith("O|")] == [["000123", ""]]
     assert "GLU" in next(r for r in answer if r.startswith("O|")).split("|")[4]
+
+
+@pytest.mark.parametrize(
+    "asap",
+    [
+        ("ORC|NW|ORD1|||||^^^^^A", "OBR|1|ORD1|S40|GLU^^L"),  # ORC-7.6
+        ("ORC|NW|ORD1", "TQ1|1||||||||A", "OBR|1|ORD1|S40|GLU^^L"),  # TQ1-9
+        ("ORC|NW|ORD1", "OBR|1|ORD1|S40|GLU^^L|||||||||||||||||||||||^^^^^A"),  # OBR-27.6
+        ("ORC|NW|ORD1", "OBR|1|ORD1|S40|GLU^^L|A"),  # OBR-5, v2.3
+    ],
+)
+def test_an_asap_order_stays_asap_to_the_analyser(asap: tuple[str, ...]) -> None:
+    """HL7's A (as soon as possible) became routine; E1394's O.6 has it too, and the early
+    release rules take it."""
+    text = "\r".join([MSH.format(kind="ORM^O01", control="O19"), PID, *asap])
+    (change,) = read_order(text).changes
+    assert change.order.priority == "A"
+    analyser = drivers.get("generic")
+    query = "\r".join(["H|\\^&|||ANALYSER", "Q|1|^S40||ALL||||||||O", "L|1|N"])
+    (asked,) = analyser.read(decode_message(query).records).queries
+    answered = [encode_record(r) for r in analyser.answer_query(asked, [change.order], AT)]
+    downloaded = [encode_record(r) for r in analyser.download(change.order, False, AT)]
+    for records in (answered, downloaded):
+        (o,) = [r for r in records if r.startswith("O|")]
+        assert o.split("|")[5] == "A"
+
+
+def test_the_most_urgent_priority_of_a_specimen_is_its_orders() -> None:
+    both = orm(
+        "O20", "NW", "OBR|1|ORD1|S41|GLU^^L|A", "OBR|2|ORD1|S41|K^^L|S", "OBR|3|ORD1|S42|NA^^L|A",
+        "OBR|4|ORD1|S42|CL^^L|R", "OBR|5|ORD1|S43|CA^^L|P",
+    )  # fmt: skip
+    read = {c.order.specimen_id: c.order.priority for c in read_order(both).changes}
+    assert read == {"S41": "S", "S42": "A", "S43": "R"}

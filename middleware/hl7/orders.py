@@ -7,12 +7,13 @@ given. One patient per message, PID-3's first identifier given: a second PID is 
 Per order group (ORC and its OBR segments): the specimen is SPM-2's entity identifier
 when the message has one, else OBR-3's (the filler order number, which laboratories give
 the tube's barcode; OBR-2, the LIS's own order number, is not a specimen); the tests are
-OBR-4's first components (the laboratory's codes); STAT when ORC-7 or OBR-27 (priority
-component) or OBR-5 says S; the specimen's collection time, type and container from its
-SPM (SPM-17, SPM-4, SPM-27), else OBR-7 and OBR-15; a time without an offset is the
-LIS's wall clock, read in the laboratory's zone. ORC-1 says what to do: NW new (an order
-for a specimen already known replaces it), XO changed (replaces it), CA / OC / DC cancel
-the tests named. What cannot be read is refused (AE) with the segment and field named.
+OBR-4's first components (the laboratory's codes); the priority the most urgent of
+ORC-7, TQ1-9, OBR-27 (priority component) and OBR-5: S stat, A as soon as possible, else
+R; the specimen's collection time, type and container from its SPM (SPM-17, SPM-4,
+SPM-27), else OBR-7 and OBR-15; a time without an offset is the LIS's wall clock, read
+in the laboratory's zone. ORC-1 says what to do: NW new (an order for a specimen already
+known replaces it), XO changed (replaces it), CA / OC / DC cancel the tests named. What
+cannot be read is refused (AE) with the segment and field named.
 
 Segments may be separated by CR, LF or CR LF. Fields are split on the message's own
 delimiters (MSH-1, MSH-2), the first repeat of a field read (of PID-3, the first naming
@@ -309,6 +310,22 @@ def _specimens_of_requests(kind: str, segments: list[_Segment]) -> dict[int, _Se
     return found
 
 
+#: Order priorities as the worklist and the analysers' O.6 (E1394) have them, most urgent
+#: first: HL7's S stat and A as soon as possible (table 0027, TQ1-9's 0485) are kept; the
+#: others (R, P preoperative, C callback, T timing critical...) are routine to an analyser.
+STAT, ASAP, ROUTINE = "S", "A", "R"
+_URGENCY = (STAT, ASAP, ROUTINE)
+
+
+def _priority(code: str) -> str:
+    code = code.upper()
+    return code if code in (STAT, ASAP) else ROUTINE
+
+
+def _most_urgent(*priorities: str) -> str:
+    return min(priorities, key=_URGENCY.index)
+
+
 def _coded(parts: Sequence[str]) -> str:
     """A coded value's text (second part), else its code."""
     return (parts[1] if len(parts) > 1 and parts[1] else parts[0]) if parts else ""
@@ -369,7 +386,7 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
         )  # fmt: skip
     patient_id = _patient_id(patients[0]) if patients else ""
     spm = _specimens_of_requests(kind, segments)
-    action, stat, ordered_at = "", False, None
+    action, group_priority, ordered_at = "", ROUTINE, None
     # One change per action and specimen: a message naming a specimen's tests in several
     # OBRs (routine and STAT among them) orders them all.
     tests: dict[tuple[str, str], list[str]] = {}
@@ -377,7 +394,7 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
     # ORC-9 belongs to its own order group; a specimen ordered in several takes the first
     # group's that gives one.
     ordered: dict[tuple[str, str], datetime] = {}
-    urgent: set[tuple[str, str]] = set()
+    priorities: dict[tuple[str, str], str] = {}
     for position, segment in enumerate(segments):
         name = segment.name
         if name == "ORC":
@@ -388,10 +405,10 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
                     "103" if code else "101", segment.at(1),
                 )  # fmt: skip
             action = _ACTIONS[code]
-            stat = segment.value(7, 6).upper() == "S"
+            group_priority = _priority(segment.value(7, 6))
             ordered_at = _moment(segment, 9, zone)
-        elif name == "TQ1" and segment.value(9).upper() == "S":
-            stat = True  # TQ1-9, where v2.5 puts the priority
+        elif name == "TQ1":  # TQ1-9, where v2.5 puts the priority
+            group_priority = _most_urgent(group_priority, _priority(segment.value(9)))
         elif name == "OBR":
             if not action:
                 raise OrderRefused(f"{_where(segment)}: no ORC before it", "100", segment.at())
@@ -409,14 +426,16 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
             details.setdefault(key, _specimen(own, segment, zone))
             if ordered_at is not None:
                 ordered.setdefault(key, ordered_at)
-            if stat or segment.value(5).upper() == "S" or segment.value(27, 6).upper() == "S":
-                urgent.add(key)
+            own_priority = _priority(segment.value(5)), _priority(segment.value(27, 6))
+            priorities[key] = _most_urgent(
+                priorities.get(key, ROUTINE), group_priority, *own_priority
+            )
     if not tests:
         raise OrderRefused("OBR: the message orders no test", "100")
     changes = []
     for key, codes in tests.items():
         act, specimen = key
-        priority = "S" if key in urgent else "R"
+        priority = priorities[key]
         about = details[key]
         order = Order(
             specimen, tuple(dict.fromkeys(codes)), priority, ordered_at=ordered.get(key),
