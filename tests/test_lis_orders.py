@@ -467,3 +467,22 @@ def test_the_most_urgent_priority_of_a_specimen_is_its_orders() -> None:
     )  # fmt: skip
     read = {c.order.specimen_id: c.order.priority for c in read_order(both).changes}
     assert read == {"S41": "S", "S42": "A", "S43": "R"}
+
+
+def test_a_specimens_details_come_from_whichever_of_its_orders_give_them() -> None:
+    """The SPM after a tube's second OBR was passed over: the specimen's details were its
+    first OBR's, which gave none. Each comes from the first OBR or SPM that gives it."""
+    o21 = "\r".join([
+        MSH.format(kind="OML^O21^OML_O21", control="O21"), PID, "ORC|NW|ORD1",
+        "OBR|1|ORD1|S50|GLU^^L",
+        "OBR|2|ORD1|S50|K^^L",
+        "SPM|1|S50||SER^Serum^HL70487|||||||||||||20261130071500+0000",
+        "OBR|3|ORD1|S50|NA^^L",
+        "SPM|2|S50||PLAS^Plasma^HL70487|||||||||||||20261130060000+0000"
+        "||||||||||SST^Serum separator tube^HL70785",
+    ])  # fmt: skip
+    (change,) = read_order(o21).changes
+    order = change.order
+    assert order.test_codes == ("GLU", "K", "NA")
+    assert order.collected_at == datetime(2026, 11, 30, 7, 15, tzinfo=UTC)  # the first given
+    assert (order.specimen_type, order.container) == ("Serum", "Serum separator tube")

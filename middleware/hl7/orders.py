@@ -10,10 +10,11 @@ the tube's barcode; OBR-2, the LIS's own order number, is not a specimen); the t
 OBR-4's first components (the laboratory's codes); the priority the most urgent of
 ORC-7, TQ1-9, OBR-27 (priority component) and OBR-5: S stat, A as soon as possible, else
 R; the specimen's collection time, type and container from its SPM (SPM-17, SPM-4,
-SPM-27), else OBR-7 and OBR-15; a time without an offset is the LIS's wall clock, read
-in the laboratory's zone. ORC-1 says what to do: NW new (an order for a specimen already
-known replaces it), XO changed (replaces it), CA / OC / DC cancel the tests named. What
-cannot be read is refused (AE) with the segment and field named.
+SPM-27), else OBR-7 and OBR-15, each from the first of its OBRs that gives it; a time
+without an offset is the LIS's wall clock, read in the laboratory's zone. ORC-1 says
+what to do: NW new (an order for a specimen already known replaces it), XO changed
+(replaces it), CA / OC / DC cancel the tests named. What cannot be read is refused (AE)
+with the segment and field named.
 
 Segments may be separated by CR, LF or CR LF. Fields are split on the message's own
 delimiters (MSH-1, MSH-2), the first repeat of a field read (of PID-3, the first naming
@@ -352,6 +353,18 @@ def _specimen(spm: _Segment | None, obr: _Segment, zone: tzinfo) -> _Specimen:
     )
 
 
+def _first_given(known: _Specimen | None, told: _Specimen) -> _Specimen:
+    """What is known of a specimen, with what a later OBR (or its SPM) tells of it where
+    nothing was: a LIS may give the SPM with the second of a tube's OBRs only."""
+    if known is None:
+        return told
+    return _Specimen(
+        known.collected_at or told.collected_at,
+        known.specimen_type or told.specimen_type,
+        known.container or told.container,
+    )
+
+
 def _where(segment: _Segment, n: int = 0) -> str:
     """``OBR-3 (segment 4)``; ``segment 4`` alone when it has no segment's name."""
     if not _NAME.fullmatch(segment.name):
@@ -423,7 +436,7 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
                 raise OrderRefused(f"{_where(segment, 4)}: no test code", "101", segment.at(4))
             key = (action, specimen)
             tests.setdefault(key, []).append(test)
-            details.setdefault(key, _specimen(own, segment, zone))
+            details[key] = _first_given(details.get(key), _specimen(own, segment, zone))
             if ordered_at is not None:
                 ordered.setdefault(key, ordered_at)
             own_priority = _priority(segment.value(5)), _priority(segment.value(27, 6))
