@@ -170,6 +170,10 @@ def test_value_types_say_what_the_value_is() -> None:
     assert value_type(glucose("<15")) == ("SN", "<^15")
     assert value_type(glucose(">=2.5")) == ("SN", ">=^2.5")
     assert value_type(glucose("POS^weak")) == ("ST", "POS\\S\\weak")
+    # Longer than an ST's 199 characters, or on two lines: FT, whose \.br\ is a line.
+    assert value_type(glucose("x" * 199))[0] == "ST"
+    assert value_type(glucose("x" * 200))[0] == "FT"
+    assert value_type(glucose("line 1\nline 2")) == ("FT", "line 1\\.br\\line 2")
 
 
 def test_statuses_and_comments_travel() -> None:

@@ -168,14 +168,22 @@ def by_specimen(
     return built
 
 
+#: The longest ST HL7 v2.5.1 allows (a strict LIS refuses more).
+_ST_LONGEST = 199
+
+
 def value_type(result: Result) -> tuple[str, str]:
-    """OBX-2 and OBX-5: NM for a number, SN for a censored one (``<^15``), ST for text."""
+    """OBX-2 and OBX-5: NM for a number, SN for a censored one (``<^15``), ST for text,
+    FT for text longer than an ST or on several lines (the line break escape is
+    formatting, which only FT has)."""
     value = result.value
     if value.number is not None:
         # Plain digits: HL7's NM has no exponent (Decimal would write 1.2E+3).
         number = format(value.number, "f")
         return ("SN", f"{value.censor}{COMPONENT}{number}") if value.censor else ("NM", number)
-    return "ST", escape(value.text)
+    text = escape(value.text)
+    lines = "\n" in value.text or "\r" in value.text
+    return ("FT" if lines or len(text) > _ST_LONGEST else "ST"), text
 
 
 def _segment(name: str, *fields: str) -> str:
