@@ -58,6 +58,10 @@ from middleware.zones import zone_or_host
 
 log = structlog.get_logger("middleware.pipeline")
 
+#: Seconds of the analyser's wait for our reply left for the work after the commit's wait
+#: for a lock and for the reply's way out (a quarter of the wait when it is short).
+_REPLY_WAY_OUT = 0.5
+
 #: Bytes that carry no data between transfers: what a closing EOT and a refused ENQ leave.
 _CONTROL = frozenset({ACK, ENQ, EOT, NAK})
 
@@ -238,9 +242,8 @@ class ConnectionPipeline:
         tenth of the timer (a second at most) is left for the line and our own clock."""
         if self._last_frame_at is None:
             return True
-        timer = channel.link.settings.reply_timeout
         waited = (channel.wallclock() - self._last_frame_at).total_seconds()
-        return waited < timer - min(timer / 10, 1.0)
+        return waited < channel.link.settings.reply_deadline
 
     # --- messages ---------------------------------------------------------------------------
 
@@ -274,20 +277,29 @@ class ConnectionPipeline:
         # Sent after our ACK of the previous message of the transfer: the analyser had that
         # ACK, unless this is the same message again (it did not, and sends it anew).
         confirm, self._unconfirmed = self._unconfirmed, []
+        # Its commit waits for a lock only as long as the analyser waits for our reply:
+        # refused in time, the message comes again; answered late, the analyser would read
+        # our ACK as the reply to what it sent next.
+        arrived = delivery.span.last_received_at if delivery.span else delivery.received_at
+        waited = (channel.wallclock() - arrived).total_seconds()
+        deadline = channel.link.settings.reply_deadline
+        left = deadline - waited - min(_REPLY_WAY_OUT, deadline / 4)
         try:
-            stored = await self._keep(channel, delivery, end, confirm=confirm)
+            stored = await self._keep(
+                channel, delivery, end, confirm=confirm,
+                deadline=time.monotonic() + max(left, 0.0),
+            )  # fmt: skip
         except Exception:
             self._link_error("not-stored")
             raise
         if self.metrics is not None:
             # The ACK goes out as soon as this returns: its wait is the commit's.
             self.metrics.ack_latency.labels(self.instrument).observe(time.perf_counter() - began)
-        reply_timeout = channel.link.settings.reply_timeout
-        arrived = delivery.span.last_received_at if delivery.span else delivery.received_at
-        late = (channel.wallclock() - arrived).total_seconds() >= reply_timeout
+        late = (channel.wallclock() - arrived).total_seconds() >= deadline
         if stored.message_id is not None and not late:
-            # Past the analyser's reply timer it may have given up before our ACK came:
-            # the message then stays a re-send, never settled by what follows.
+            # Past the analyser's reply timer it may have given up before our ACK came (and
+            # the channel has refused the frame in time): the message then stays a
+            # re-send, never settled by what follows.
             self._unconfirmed.append(stored.message_id)
             self._last_frame_at = arrived
         # A query sent again (our ACK did not reach the analyser) still wants its answer.
@@ -402,10 +414,11 @@ class ConnectionPipeline:
         end: int,
         *,
         confirm: list[int] | None = None,
+        deadline: float | None = None,
     ) -> Stored:
         """Store a delivery with what waits before it (raw rows, settled messages), and
         settle ``confirm`` unless the delivery is one of them again; nothing changes here
-        unless that commits."""
+        unless that commits (by ``deadline``, ``time.monotonic()``, when given)."""
         engine, lis = self.engine, self.lis
         pending = list(self._pending)
         settled = list(self._acknowledged)
@@ -421,7 +434,7 @@ class ConnectionPipeline:
                 assess_message(conn, engine, stored, delivery.reading, now, lis)
             return stored
 
-        future = self.store.write_soon(work)
+        future = self.store.write_soon(work, deadline)
         self._keeping += 1
         try:
             stored = await asyncio.shield(future)

@@ -150,6 +150,40 @@ def test_a_refused_final_frame_keeps_the_whole_message(
     assert query(database_url, "SELECT count(*) FROM quarantine") == [(0,)]
 
 
+def test_a_commit_waiting_for_a_lock_is_refused_before_the_analyser_stops_waiting(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """Another process holds the database longer than the analyser's reply timer (3 s
+    here): each try of the final frame is NAKed in time, never ACKed late (a late ACK is
+    read as the reply to what the analyser sends next), and the message is kept once the
+    database is free."""
+    port = free_port()
+    start_daemon(port, reply_timeout=3, settings={"database_lock_timeout": 10})
+    frames = frames_for(message("S-BUSY", "PAT-BUSY"))
+    replies: list[tuple[bytes, float]] = []
+
+    async def analyser() -> None:
+        peer = StreamPeer(*await connect(port))
+        await send_frames(peer, frames[:-1])
+        with write_lock(database_url):
+            for _ in range(2):
+                began = time.monotonic()
+                await peer.write(frames[-1])
+                replies.append((await peer.read(1, timeout=10), time.monotonic() - began))
+        began = time.monotonic()
+        await peer.write(frames[-1])
+        replies.append((await peer.read(1, timeout=10), time.monotonic() - began))
+        await peer.write(EOT)
+        await peer.close()
+
+    asyncio.run(analyser())
+    assert [reply for reply, _ in replies] == [NAK, NAK, ACK]
+    assert all(seconds < 3 for _, seconds in replies), replies
+    assert query(database_url, "SELECT count(*), max(record_count) FROM messages") == [(1, 5)]
+    assert query(database_url, "SELECT count(*) FROM results") == [(1,)]
+    assert query(database_url, "SELECT count(*) FROM quarantine") == [(0,)]
+
+
 # --- 2. PostgreSQL keeps what SQLite keeps --------------------------------------------------
 
 
@@ -416,11 +450,12 @@ def test_a_resend_after_a_lost_ack_is_stored_once_and_a_rerun_again(
     assert outcomes == ["message", "duplicate", "message", "message", "duplicate"]
 
 
-def test_a_message_acked_after_the_analysers_timer_stays_a_resend(
+def test_an_analyser_giving_up_after_a_nak_in_time_is_kept_once_when_it_sends_again(
     database_url: str, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
-    """The commit took longer than the analyser waits for an ACK: it may have given up
-    (EOT) before our ACK came, so what follows does not settle the message."""
+    """The commit cannot be made before the analyser's reply timer runs out: the frame is
+    NAKed in time (never ACKed late); the analyser ends the transfer and sends the whole
+    message again later, which is kept once."""
     port = free_port()
     start_daemon(port, reply_timeout=0.5, settings={"database_lock_timeout": 5})
     records = message("S-LATE", "PAT-LATE")
@@ -430,18 +465,19 @@ def test_a_message_acked_after_the_analysers_timer_stays_a_resend(
         frames = frames_for(records)
         await send_frames(peer, frames[:-1])
         with write_lock(database_url):
+            began = time.monotonic()
             await peer.write(frames[-1])
-            await asyncio.sleep(1.0)  # past the analyser's 0.5 s reply timer
-        assert await peer.read(1, timeout=10) == ACK  # late: the analyser gave up already
-        await peer.write(EOT)
-        await send_message(peer, records)  # so it sends the message again
+            assert await peer.read(1, timeout=10) == NAK
+            assert time.monotonic() - began < 0.5  # within the analyser's reply timer
+            await peer.write(EOT)
+        await send_message(peer, records)
         await peer.close()
 
     asyncio.run(analyser())
     assert query(database_url, "SELECT count(*) FROM messages") == [(1,)]
     assert query(database_url, "SELECT count(*) FROM results") == [(1,)]
-    outcomes = stored_or_resent(database_url)
-    assert outcomes == ["message", "duplicate"]
+    [(reason,)] = query(database_url, "SELECT reason FROM quarantine")
+    assert "L record" in reason  # the transfer given up, kept apart with why
 
 
 def test_an_eot_after_the_analysers_timer_leaves_the_message_a_resend(

@@ -367,6 +367,40 @@ def test_refused_final_frame_is_naked_and_taken_again() -> None:
     assert link.data_to_send() == B_ACK
 
 
+def test_a_commit_outlasting_the_senders_timer_is_naked_in_time() -> None:
+    """Kept after the NAK: its repeat is ACKed as a duplicate, not delivered again."""
+    link = receiving()
+    frame = build_frame(1, b"L|1|N\r", True)
+    link.receive_data(frame, 1.0)
+    assert events(link) == [TextReceived(b"L|1|N\r")]
+    link.refuse_in_time()
+    link.refuse_in_time()  # said once
+    assert link.data_to_send() == B_NAK
+    assert link.state is State.AWAITING_DECISION
+    link.acknowledge(20.0)  # the commit, late
+    assert link.data_to_send() == b""  # answered already
+    link.receive_data(frame, 20.1)
+    assert link.data_to_send() == B_ACK
+    assert events(link) == [DuplicateFrame(1)]
+    link.receive_data(B_EOT, 20.2)
+    assert events(link) == [TransferEnded()]
+
+
+def test_a_commit_failing_after_its_nak_in_time_takes_the_repeat_again() -> None:
+    link = receiving()
+    first, second = build_frames(b"R|" + b"1" * 300 + b"\r", 1)
+    assert feed_bytewise(link, first, 1.0) == B_ACK
+    link.receive_data(second, 2.0)
+    assert events(link) == [TextReceived(b"R|" + b"1" * 300 + b"\r")]
+    link.refuse_in_time()
+    assert link.data_to_send() == B_NAK
+    link.refuse(12.0)
+    assert link.data_to_send() == b""
+    link.receive_data(second, 12.5)
+    assert commit(link, 12.5) == b"R|" + b"1" * 300 + b"\r"
+    assert link.data_to_send() == B_ACK
+
+
 def test_refuse_keeps_the_text_of_the_etb_frames_before() -> None:
     link = receiving()
     text = b"R|1|^^^WBC|" + b"8" * 300 + b"\r"

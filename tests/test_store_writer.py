@@ -1,5 +1,5 @@
 """The store writer runs again a unit the database ended for another transaction's sake,
-and only such a unit."""
+and only such a unit; work with a deadline waits for a lock only until then."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import Connection, exc, text
 
 from middleware.store import Store
+from middleware.store.writer import StoreBusy
+from tests.test_ingest_integrity import write_lock
 
 
 def _probe_table(store: Store) -> None:
@@ -70,3 +72,30 @@ def test_any_other_failure_is_given_at_once(store: Store) -> None:
     with pytest.raises(exc.IntegrityError):
         asyncio.run(store.write(work))
     assert tries == [1]
+
+
+def test_work_past_its_deadline_is_not_run_and_its_lock_wait_is_bounded(
+    store: Store, database_url: str
+) -> None:
+    ran: list[int] = []
+
+    async def late() -> None:
+        await store.write_soon(lambda conn: ran.append(1), deadline=time.monotonic() - 1)
+
+    with pytest.raises(StoreBusy):
+        asyncio.run(late())
+    assert ran == []  # its turn came after its deadline: not run at all
+
+    async def waits() -> float:
+        began = time.monotonic()
+        with pytest.raises(exc.OperationalError):
+            await store.write_soon(
+                lambda conn: conn.execute(text("INSERT INTO messages (instrument) VALUES ('x')")),
+                deadline=time.monotonic() + 1,
+            )
+        return time.monotonic() - began
+
+    with write_lock(database_url):  # held by another process longer than the deadline
+        waited = asyncio.run(waits())
+    # The lock waited for until the deadline, not the store's lock timeout (10 s).
+    assert 0.5 < waited < 5, waited

@@ -100,6 +100,13 @@ class LinkSettings:
     max_message_bytes: int = 8 << 20
     """A message (the text of ETB frames up to ETX) growing past this is NAKed."""
 
+    @property
+    def reply_deadline(self) -> float:
+        """How long after a frame our reply still reaches the sender before its reply
+        timer runs out: a tenth of the timer (a second at most) is left for the line and
+        the two clocks."""
+        return self.reply_timeout - min(self.reply_timeout / 10, 1.0)
+
 
 # --- events -----------------------------------------------------------------------------
 
@@ -247,6 +254,8 @@ class Link:
         self._text_start: int | None = None  # stream offset of the text's first frame
         self._interrupt_requested = False
         self._before_decision: tuple[int, Frame | None, int] = (1, None, 0)
+        self._answered = False
+        """The frame awaiting a decision was NAKed already (:meth:`refuse_in_time`)."""
         self._closed = False
 
     # --- what the shell reads ------------------------------------------------------------
@@ -326,27 +335,48 @@ class Link:
     def acknowledge(self, now: float) -> None:
         """The text of the last :class:`TextReceived` is durable: answer its final frame
         with ACK (or EOT when an interrupt was asked for)."""
-        self._decided()
+        answered = self._decided()
         self._record.clear()
         self._text_start = None
-        self._reply_to_frame(now)
+        if answered:
+            # Refused in time, kept since: the sender's repeat is ACKed as a duplicate.
+            self._deadline = now + self.settings.frame_timeout
+        else:
+            self._reply_to_frame(now)
         self._parse(now)
 
     def refuse(self, now: float) -> None:
         """The text of the last :class:`TextReceived` could not be kept: NAK its final
         frame. The text of the message's earlier frames stays, so the sender's repeat of
         the final frame delivers the same whole text again."""
-        self._decided()
+        answered = self._decided()
         self._expected, self._last_frame, kept = self._before_decision
         del self._record[kept:]
-        self._out.append(NAK)
+        if not answered:
+            self._out.append(NAK)
         self._deadline = now + self.settings.frame_timeout
         self._parse(now)
 
-    def _decided(self) -> None:
+    def refuse_in_time(self) -> None:
+        """The text of the last :class:`TextReceived` is still being kept when the
+        sender's reply timer is about to run out: NAK its final frame now, so that the
+        sender hears in time and sends it again, rather than read a late reply as the
+        reply to what it sends next. The outcome, given later by :meth:`acknowledge` or
+        :meth:`refuse`, sends nothing more: it decides what the repeat meets (an ACK as
+        a duplicate of a frame kept, or the frame taken again)."""
+        if self.state is not State.AWAITING_DECISION:
+            raise RuntimeError(f"nothing awaits a reply in state {self.state.value}")
+        if not self._answered:
+            self._answered = True
+            self._out.append(NAK)
+
+    def _decided(self) -> bool:
+        """Leave the wait for a decision; whether its frame was answered already."""
         if self.state is not State.AWAITING_DECISION:
             raise RuntimeError(f"nothing awaits a reply in state {self.state.value}")
         self.state = State.RECEIVING
+        answered, self._answered = self._answered, False
+        return answered
 
     def handle_timer(self, now: float) -> None:
         if self._closed:

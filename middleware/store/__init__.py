@@ -23,15 +23,18 @@ class Store:
         self.url = url
         self.engine: Engine = open_engine(url, lock_timeout)
         migrate(self.engine)
-        self.writer = StoreWriter(self.engine)
+        self.writer = StoreWriter(self.engine, lock_timeout=lock_timeout)
         self.writer.start()
 
     async def write(self, work: Callable[[Connection], T]) -> T:
         return await self.writer.submit(work)
 
-    def write_soon(self, work: Callable[[Connection], T]) -> asyncio.Future[T]:
-        """Queue ``work`` at once, in order with later writes, without waiting for it."""
-        return self.writer.enqueue(work)
+    def write_soon(
+        self, work: Callable[[Connection], T], deadline: float | None = None
+    ) -> asyncio.Future[T]:
+        """Queue ``work`` at once, in order with later writes, without waiting for it;
+        ``deadline`` as :meth:`StoreWriter.enqueue` takes it."""
+        return self.writer.enqueue(work, deadline)
 
     def read(self, work: Callable[[Connection], T]) -> T:
         with self.engine.connect() as conn:

@@ -33,6 +33,14 @@ class _Job:
     work: Work
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    deadline: float | None = None
+    """``time.monotonic()`` after which the work is not worth committing (its analyser
+    has stopped waiting for the reply); None for work that waits as long as it takes."""
+
+
+class StoreBusy(Exception):
+    """Work not committed by its deadline: the database was locked by another (a backup,
+    another daemon, a person's query) for longer than the reply could wait."""
 
 
 _STOP = object()
@@ -63,9 +71,11 @@ CommitListener = Callable[[Committed], None]
 
 
 class StoreWriter:
-    def __init__(self, engine: Engine, max_batch: int = 256) -> None:
+    def __init__(self, engine: Engine, max_batch: int = 256, lock_timeout: float = 10.0) -> None:
         self.engine = engine
         self.max_batch = max_batch
+        self.lock_timeout = lock_timeout
+        """How long a transaction waits for a lock (the engine's setting), at most."""
         self._queue: queue.Queue[_Job | object] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self.commits = 0
@@ -83,12 +93,16 @@ class StoreWriter:
         """Run ``work`` in a transaction; returns its value once that has committed."""
         return await self.enqueue(work)
 
-    def enqueue(self, work: Callable[[Connection], T]) -> asyncio.Future[T]:
+    def enqueue(
+        self, work: Callable[[Connection], T], deadline: float | None = None
+    ) -> asyncio.Future[T]:
         """Queue ``work`` now, behind everything queued before it; the future resolves
-        once its transaction has committed (or failed)."""
+        once its transaction has committed (or failed). With a ``deadline``
+        (``time.monotonic()``) its transaction waits for a lock only until then, and it
+        fails with :class:`StoreBusy` if its turn comes after."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(work, future, loop))
+        self._queue.put(_Job(work, future, loop, deadline))
         return future
 
     def close(self, timeout: float = 10.0) -> None:
@@ -134,12 +148,34 @@ class StoreWriter:
 
     def _commit(self, batch: list[_Job], tries: int = TRIES) -> None:
         started = time.perf_counter()
+        now = time.monotonic()
+        late = [job for job in batch if job.deadline is not None and job.deadline <= now]
+        if late:
+            log.warning("store write not started before its deadline: the database is busy",
+                        units=len(late))  # fmt: skip
+            for job in late:
+                error = StoreBusy("the database stayed busy past the time the reply could wait")
+                job.loop.call_soon_threadsafe(_resolve, job.future, None, error)
+            batch = [job for job in batch if job not in late]
+            if not batch:
+                return
+        deadlines = [job.deadline for job in batch if job.deadline is not None]
+        wait = min([self.lock_timeout, *(d - now for d in deadlines)])
         try:
             with self.engine.connect() as conn:
                 conn.execution_options(write=True)
-                with conn.begin():
-                    notices.begin(conn)
-                    values = [job.work(conn) for job in batch]
+                if wait < self.lock_timeout:
+                    # No longer than the most pressed of the batch can wait.
+                    _limit_lock_wait(conn, wait)
+                try:
+                    with conn.begin():
+                        if wait < self.lock_timeout:
+                            _limit_lock_wait(conn, wait)
+                        notices.begin(conn)
+                        values = [job.work(conn) for job in batch]
+                finally:
+                    if wait < self.lock_timeout:
+                        _limit_lock_wait(conn, self.lock_timeout)
                 told = notices.take(conn)
         except Exception as exc:
             if len(batch) == 1 and tries > 1 and _try_again(exc):
@@ -163,6 +199,20 @@ class StoreWriter:
                 batch[0].loop.call_soon_threadsafe(_tell, listener, committed)
         for job, value in zip(batch, values, strict=True):
             job.loop.call_soon_threadsafe(_resolve, job.future, value, None)
+
+
+def _limit_lock_wait(conn: Connection, seconds: float) -> None:
+    """How long this connection's next lock waits: SQLite's busy timeout is set outside
+    its transaction (it applies to the BEGIN IMMEDIATE), PostgreSQL's lock timeout inside
+    it, for it alone; each call does what its database takes at that point."""
+    milliseconds = max(1, int(seconds * 1000))
+    if conn.dialect.name == "sqlite":
+        if not conn.in_transaction():
+            raw = conn.connection.dbapi_connection
+            if raw is not None:
+                raw.execute(f"PRAGMA busy_timeout={milliseconds}")
+    elif conn.in_transaction():
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {milliseconds}")
 
 
 def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

@@ -309,18 +309,37 @@ class LinkChannel:
             elif isinstance(event, SendFailed):
                 self._settle(event.message_id, SendError(f"{self.name}: {event.reason}"))
             if isinstance(event, TextReceived):
-                # The link waits for the commit's outcome: ACK once kept, NAK if not, so
-                # the analyser sends it again.
-                try:
-                    await self.handler(self, event)
-                except Exception:
-                    self.log.exception("text not kept; refused")
-                    self.link.refuse(self.clock())
-                else:
-                    self.link.acknowledge(self.clock())
+                await self._reply_to_text(event)
             else:
                 await self._handle(event)
             self._flush()
+
+    async def _reply_to_text(self, event: TextReceived) -> None:
+        """The link waits for the commit's outcome: ACK once kept, NAK if not, so that the
+        analyser sends it again. A commit still waiting when the analyser's reply timer is
+        about to run out (a lock another process holds) is refused then: a reply sent
+        after it would be read as the reply to what the analyser sends next. The commit
+        goes on, and this connection's next frames wait for it; the repeat then finds the
+        message kept."""
+        began = time.monotonic()
+        handling = asyncio.ensure_future(self.handler(self, event))
+        try:
+            try:
+                await asyncio.wait_for(asyncio.shield(handling), self.link.settings.reply_deadline)
+            except TimeoutError:
+                self.log.warning("text not kept in time; refused",
+                                 waited=round(time.monotonic() - began, 1))  # fmt: skip
+                self.link.refuse_in_time()
+                self._flush()
+                await handling
+        except asyncio.CancelledError:
+            handling.cancel()
+            raise
+        except Exception:
+            self.log.exception("text not kept; refused")
+            self.link.refuse(self.clock())
+        else:
+            self.link.acknowledge(self.clock())
 
     async def _handle(self, event: ChannelEvent) -> None:
         try:
