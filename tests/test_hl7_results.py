@@ -139,8 +139,8 @@ def test_reagent_lots_as_observations_of_their_own() -> None:
     assert [s.split("|")[:6] for s in segments] == [
         ["OBX", "1", "NM", "GLU^^L", "1", "5.2"],
         ["NTE", "1", "L", "lipaemic"],  # the result's note stays with the result
-        ["OBX", "2", "ST", "REAGENT-LOT^reagent lot^L", "1", "GLU R1 lot L42"],
-        ["OBX", "3", "ST", "REAGENT-LOT^reagent lot^L", "1", "GLU R2 lot M7 expiry 2027-03-01"],
+        ["OBX", "2", "ST", "REAGENT-LOT^reagent lot^L", "1.1", "GLU R1 lot L42"],
+        ["OBX", "3", "ST", "REAGENT-LOT^reagent lot^L", "1.2", "GLU R2 lot M7 expiry 2027-03-01"],
         ["OBX", "4", "NM", "K^^L", "", "4.1"],
     ]
     assert segments[2].split("|")[11] == "F"

@@ -225,9 +225,11 @@ def oru_r01(
         if sender.reagent_lots == "observation":
             # The result's notes stay right after it: an NTE belongs to the OBX before it.
             segments += _ntes(_notes(item))
-            for use in lots:
+            # Each lot its own sub-id under its result's (1.1, 1.2): OBX-3 and OBX-4 must
+            # tell apart the observations of one OBR, or a LIS keeps one lot of two.
+            for lot_number, use in enumerate(lots, start=1):
                 number += 1
-                segments.append(_lot_obx(number, sub_id, use, item))
+                segments.append(_lot_obx(number, f"{sub_id}.{lot_number}", use, item))
         else:
             segments += _ntes([*_notes(item), *(_lot_note(use) for use in lots)])
     return _declare_charset("\r".join(segments))
