@@ -34,6 +34,7 @@ from sqlalchemy import Connection
 
 from middleware.hl7.ack import Answer, read_answer
 from middleware.hl7.mllp import Discarded, MllpReader, frame
+from middleware.hl7.segments import encoding_of
 from middleware.settings import LisConfig
 from middleware.store import Store, outbox
 from middleware.store.notices import OutboxChanged
@@ -408,7 +409,9 @@ class LisSender:
     async def _send(self, entry: outbox.Entry) -> tuple[Answer, str]:
         assert self._writer is not None
         self._on_wire = True
-        self._writer.write(frame(entry.message.encode("utf-8")))
+        # In the character set its MSH-18 declares (UTF-8 unless it says 8859/1).
+        header = entry.message.partition("\r")[0].encode("utf-8")
+        self._writer.write(frame(entry.message.encode(encoding_of(header, "utf-8"))))
         await self._writer.drain()
         return await self._answer(entry)
 

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from middleware.hl7.ack import ACCEPTED, read_answer
 from middleware.hl7.mllp import DEFAULT_MAX_MESSAGE_BYTES, Discarded, Event, MllpReader, frame
 from middleware.hl7.results import NULL, escape, timestamp
+from middleware.hl7.segments import encoding_of
 from middleware.store.sql import utcnow
 from middleware.yamlfile import describe
 from simulators.profiles import profile
@@ -102,11 +103,12 @@ class Message:
 
 
 def decode(data: bytes) -> str:
-    """A message's text, segments separated by CR. UTF-8, which the middleware sends;
-    other senders may use Latin-1, which decodes any byte, so nothing is lost."""
+    """A message's text, segments separated by CR, in the character set its MSH-18 says
+    (UTF-8 when it says none); bytes that are not what it says are read as Latin-1, which
+    decodes any byte, so nothing is lost."""
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
+        text = data.decode(encoding_of(data, "utf-8"))
+    except (UnicodeDecodeError, LookupError):
         text = data.decode("latin-1")
     return text.replace("\r\n", "\r").replace("\n", "\r")
 

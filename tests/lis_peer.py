@@ -8,6 +8,8 @@ import re
 import ssl
 from dataclasses import dataclass, field
 
+from middleware.hl7.segments import encoding_of
+
 _BLOCK = re.compile(rb"\x0b(.*?)\x1c\r", re.DOTALL)
 
 
@@ -16,6 +18,7 @@ class Received:
     control_id: str
     specimen_id: str
     text: str
+    raw: bytes = b""
 
 
 @dataclass
@@ -73,11 +76,12 @@ class LisPeer:
                 buffer += data
                 while match := _BLOCK.search(buffer):
                     buffer = buffer[match.end() :]
-                    text = match.group(1).decode("utf-8")
+                    raw = match.group(1)
+                    text = raw.decode(encoding_of(raw, "utf-8"))
                     segments = {s.split("|")[0]: s.split("|") for s in text.split("\r")}
                     control_id = segments["MSH"][9]
                     specimen_id = segments["OBR"][3] if "OBR" in segments else ""
-                    self.received.append(Received(control_id, specimen_id, text))
+                    self.received.append(Received(control_id, specimen_id, text, raw))
                     if len(self.received) in self.hang_up_at:
                         return
                     if self.delay:

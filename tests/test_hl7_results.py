@@ -165,6 +165,18 @@ def test_names_lis_codes_methods_and_the_performing_laboratory() -> None:
     strict(old)
 
 
+def test_text_beyond_ascii_is_declared_in_a_character_set_its_version_knows() -> None:
+    unit = glucose(units="µmol/L")
+    newer = oru_r01("MW4", AT, "S1", None, [Reported(unit)])
+    assert newer.split("\r")[0].endswith("|2.5.1||||||UNICODE UTF-8")
+    # 2.3.1's table 0211 has no UTF-8: 8859/1, which holds µ.
+    older = oru_r01("MW5", AT, "S1", None, [Reported(unit)], Sender(version="2.3.1"))
+    assert older.split("\r")[0].endswith("|2.3.1||||||8859/1")
+    beyond = oru_r01("MW6", AT, "S1", None, [Reported(glucose(units="µg/m³ ≥"))],
+                     Sender(version="2.3.1"))  # fmt: skip
+    assert beyond.split("\r")[0].endswith("|2.3.1||||||UNICODE UTF-8")  # 8859/1 has no ≥
+
+
 def test_value_types_say_what_the_value_is() -> None:
     assert value_type(glucose("5.2")) == ("NM", "5.2")
     assert value_type(glucose("<15")) == ("SN", "<^15")

@@ -204,3 +204,22 @@ async def test_a_lis_configured_for_oul_r22_gets_them_with_its_codes_and_laborat
     )
     assert message.validate()
     assert _outbox(database_url) == [("S1", "delivered", 1)]
+
+
+async def test_a_lis_on_2_3_1_gets_text_in_8859_1_as_msh_18_says(
+    tmp_path: Path, database_url: str
+) -> None:
+    lis = LisPeer()
+    port = await lis.start()
+    daemon = _daemon(tmp_path, database_url, port, version="2.3.1")
+    micro = [line.replace(b"mmol/L", "µmol/L".encode("latin-1")) for line in patient("S1", "5.0")]
+    await asyncio.to_thread(daemon.start)
+    try:
+        await _analyser(daemon, qc("5.2", "15.6"), micro)
+        await lis.wait_for(1)
+    finally:
+        assert await asyncio.to_thread(daemon.stop) == 0
+        await lis.stop()
+    (received,) = lis.received
+    assert received.text.split("\r")[0].endswith("|2.3.1||||||8859/1")
+    assert "|µmol/L|" in received.text and b"|\xb5mol/L|" in received.raw

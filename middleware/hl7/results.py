@@ -232,7 +232,7 @@ def oru_r01(
                 segments.append(_lot_obx(number, f"{sub_id}.{lot_number}", use, item))
         else:
             segments += _ntes([*_notes(item), *(_lot_note(use) for use in lots)])
-    return _declare_charset("\r".join(segments))
+    return _declare_charset("\r".join(segments), sender.version)
 
 
 def oul_r22(
@@ -272,7 +272,7 @@ def oul_r22(
             for use in _lots(item.result)
         ]
         segments += _ntes([*_notes(item), *(_lot_note(u) for u in _lots(item.result) if u.expiry)])
-    return _declare_charset("\r".join(segments))
+    return _declare_charset("\r".join(segments), "2.5.1")
 
 
 def _msh(
@@ -299,15 +299,28 @@ def _msh(
     )
 
 
-def _declare_charset(text: str) -> str:
+def _declare_charset(text: str, version: str) -> str:
+    """MSH-18 for text that is not ASCII, for the LIS to read µmol/L as written: UTF-8,
+    but 8859/1 in 2.3.1, whose table 0211 has no UTF-8 (an older LIS would read the
+    bytes as 8859/1 and show Âµmol/L), unless the text holds a character 8859/1 has not."""
     if text.isascii():
         return text
-    # Sent as UTF-8: MSH-18 says so, for the LIS to read µmol/L as written.
+    charset = "UNICODE UTF-8"
+    if version == "2.3.1" and _in_latin_1(text):
+        charset = "8859/1"
     msh, rest = text.split("\r", 1)
     fields = msh.split(FIELD)
     fields += [""] * (18 - len(fields))
-    fields[17] = "UNICODE UTF-8"
+    fields[17] = charset
     return FIELD.join(fields) + "\r" + rest
+
+
+def _in_latin_1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _obr(specimen_id: str, reported: Sequence[Reported], at: datetime) -> str:
