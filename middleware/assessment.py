@@ -386,6 +386,12 @@ def _enqueue(
     patients: Sequence[Patient],
     now: datetime,
 ) -> list[int]:
+    # Results released after a hold, by a person or a later message: their patient as the
+    # specimen's first message gave it (PID-7, PID-8), not as nobody.
+    known = {p.patient_id for p in patients}
+    others = {r.result.specimen_id for r in reported if r.result.patient_id not in known}
+    if others:
+        patients = [*patients, *release.specimens_patients(conn, others)]
     return [
         outbox.enqueue(conn, b.specimen_id, b.instrument, b.control_id, b.message, now)
         for b in by_specimen(reported, patients, now, lis, new_control_id)

@@ -223,3 +223,24 @@ async def test_a_lis_on_2_3_1_gets_text_in_8859_1_as_msh_18_says(
     (received,) = lis.received
     assert received.text.split("\r")[0].endswith("|2.3.1||||||8859/1")
     assert "|µmol/L|" in received.text and b"|\xb5mol/L|" in received.raw
+
+
+async def test_results_released_after_a_hold_carry_the_patients_birth_date_and_sex(
+    tmp_path: Path, database_url: str
+) -> None:
+    lis = LisPeer()
+    port = await lis.start()
+    daemon = _daemon(tmp_path, database_url, port)
+    held = [b"P|1||PAT9||Doe^Jo||19800101|F" if line.startswith(b"P|") else line
+            for line in patient("S9", "5.0", "PAT9")]  # fmt: skip
+    await asyncio.to_thread(daemon.start)
+    try:
+        await _analyser(daemon, held)  # no QC yet: held
+        await _analyser(daemon, qc("5.2", "15.6"))  # its QC: released, from the store
+        await lis.wait_for(1)
+    finally:
+        assert await asyncio.to_thread(daemon.stop) == 0
+        await lis.stop()
+    (received,) = lis.received
+    pid = next(s for s in received.text.split("\r") if s.startswith("PID|")).split("|")
+    assert (pid[3], pid[7], pid[8]) == ("PAT9^^^^MR", "19800101", "F")

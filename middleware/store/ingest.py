@@ -284,6 +284,7 @@ _NEW_SPECIMENS = Direct(lambda database: new_only(database, specimens, "specimen
 
 
 def _specimens(conn: Connection, reading: InstrumentMessage, message_id: int) -> None:
+    patients = {p.patient_id: p for p in reading.patients}
     rows = {
         s.specimen_id: {
             "specimen_id": s.specimen_id,
@@ -294,6 +295,10 @@ def _specimens(conn: Connection, reading: InstrumentMessage, message_id: int) ->
             "received_at": s.received_at,
             "analysed_at": s.analysed_at,
             "first_message_id": message_id,
+            "patient_sex": patients[s.patient_id].sex if s.patient_id in patients else "",
+            "patient_birth_date": (
+                patients[s.patient_id].birth_date if s.patient_id in patients else None
+            ),
         }
         for s in reading.specimens
         if s.specimen_id

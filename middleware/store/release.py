@@ -21,6 +21,7 @@ from sqlalchemy import Connection, bindparam, func, select, text, tuple_
 from middleware.domain import (
     Comment,
     Measurement,
+    Patient,
     ReagentUse,
     Result,
 )
@@ -33,6 +34,7 @@ from middleware.store.schema import (
     reagent_lots,
     reagent_uses,
     results,
+    specimens,
 )
 from middleware.store.sql import in_padded_rounds, new_only, utc
 
@@ -191,6 +193,25 @@ def specimen_patients(conn: Connection, specimen_ids: Iterable[str]) -> dict[str
             if patient_id:
                 seen[specimen_id].add(patient_id)
     return {s: tuple(sorted(p)) for s, p in seen.items()}
+
+
+_SPECIMEN_DEMOGRAPHICS = Direct(
+    select(specimens.c.patient_id, specimens.c.patient_sex, specimens.c.patient_birth_date)
+    .where(specimens.c.specimen_id.in_(bindparam("ids", expanding=True)))
+    .where(specimens.c.patient_id != "")
+)
+
+
+def specimens_patients(conn: Connection, specimen_ids: Iterable[str]) -> list[Patient]:
+    """The patients of these specimens with the sex and birth date their first message
+    gave, for messages about their results that the analyser's message no longer holds."""
+    wanted = sorted(set(specimen_ids))
+    if not wanted:
+        return []
+    return [
+        Patient(row.patient_id, row.patient_sex, row.patient_birth_date)
+        for row in _SPECIMEN_DEMOGRAPHICS.rows(conn, {"ids": wanted})
+    ]
 
 
 def reported_lots(

@@ -87,6 +87,10 @@ specimens = Table(
     Column("received_at", DateTime(timezone=True)),
     Column("analysed_at", DateTime(timezone=True)),
     Column("first_message_id", Integer, ForeignKey("messages.id"), nullable=False),
+    # The patient's sex and birth date as the specimen's first message gave them: every
+    # later message about its results (released after a hold) carries them to the LIS.
+    Column("patient_sex", Text, nullable=False, default=""),
+    Column("patient_birth_date", Date),
     UniqueConstraint("specimen_id", name="uq_specimens_specimen_id"),
 )
 
