@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime, tzinfo
 
 import structlog
@@ -195,6 +196,14 @@ def _apply(
             orders.cancel_tests(conn, order.specimen_id, order.test_codes)
             worklist.enqueue(conn, order, worklist.CANCEL, downloads, at)
         else:
+            # What the order it replaces asked for and this one no longer does is withdrawn
+            # from the analysers that took a downloaded worklist: they would run it.
+            held = orders.orders_for(conn, [order.specimen_id])
+            before = dict.fromkeys(code for o in held for code in o.test_codes)
+            dropped = tuple(code for code in before if code not in order.test_codes)
+            if dropped:
+                withdrawn = replace(order, test_codes=dropped)
+                worklist.enqueue(conn, withdrawn, worklist.CANCEL, downloads, at)
             orders.put_order(conn, order, at)
             worklist.enqueue(conn, order, worklist.NEW, downloads, at)
 

@@ -96,6 +96,33 @@ def test_orders_reach_the_analyser_that_runs_their_tests_once_it_is_connected(
     )  # haem-1 runs none of these tests: nothing for it
 
 
+def test_a_replacing_order_withdraws_from_the_analyser_what_it_no_longer_asks(
+    tmp_path: Path, database_url: str
+) -> None:
+    daemon, orders = _daemon(tmp_path, database_url)
+
+    async def scenario() -> list[list[bytes]]:
+        tests = ("OBR|1|ORD1|S400|GLU^^L", "OBR|2|ORD1|S400|K^^L")
+        assert await _order(orders, orm("O1", "NW", *tests)) == "AA"
+        peer = StreamPeer(*await connect(daemon.ports[0]))
+        got = [await receive_message(peer)]
+        # The LIS replaces the order: potassium only.
+        assert await _order(orders, orm("O2", "XO", "OBR|1|ORD1|S400|K^^L")) == "AA"
+        got += [await receive_message(peer), await receive_message(peer)]
+        await peer.close()
+        return got
+
+    try:
+        first, withdrawn, replaced = asyncio.run(scenario())
+    finally:
+        daemon.stop()
+    assert first[2].split(b"|")[4] == b"^^^1001\\^^^1002"
+    # Glucose withdrawn (O.12 C), then the order as it now stands (N).
+    cancel, new = withdrawn[2].split(b"|"), replaced[2].split(b"|")
+    assert (cancel[2], cancel[4], cancel[11]) == (b"S400", b"^^^1001", b"C")
+    assert (new[2], new[4], new[11]) == (b"S400", b"^^^1002", b"N")
+
+
 def test_a_download_the_analyser_did_not_take_goes_again_on_its_next_connection(
     tmp_path: Path, database_url: str
 ) -> None:
