@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import OperationalError
 
 import drivers
 from middleware import open_files
@@ -531,6 +532,11 @@ async def _keep_running(
             reason = "ended"
         except asyncio.CancelledError:
             raise
+        except OperationalError as exc:
+            # The database busy (a lock held past the lock timeout) or out of reach: what
+            # the task waits for, not a fault of its code; said without a traceback.
+            log.warning("task stopped by the database", error=str(exc.orig), **about)
+            reason = "database busy or out of reach"
         except Exception as exc:
             log.exception("task failed", **about)
             reason = repr(exc)

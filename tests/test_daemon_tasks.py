@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
 
 import structlog
+from sqlalchemy import create_engine, text
 
 from middleware.daemon import _keep_running
 from middleware.transport.reconnect import Backoff
@@ -58,3 +61,37 @@ async def test_a_task_other_than_an_instruments_is_logged_as_what_it_is() -> Non
         await asyncio.gather(task, return_exceptions=True)
     [failed] = [entry for entry in logs if entry["event"] == "task failed"]
     assert failed["task"] == "lis sender" and "instrument" not in failed
+
+
+async def test_a_task_the_database_stops_is_said_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x INTEGER)")
+    holder.execute("BEGIN IMMEDIATE")  # another process's lock, held
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.05})
+    tries = 0
+    again = asyncio.Event()
+
+    async def run() -> None:
+        nonlocal tries
+        tries += 1
+        if tries > 1:
+            again.set()
+            await asyncio.Event().wait()
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (1)"))
+
+    try:
+        with structlog.testing.capture_logs() as logs:
+            task = asyncio.create_task(
+                _keep_running(run, Backoff(initial=0.01, maximum=0.02, jitter=0), task="lis sender")
+            )
+            await asyncio.wait_for(again.wait(), 5)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        holder.close()
+        engine.dispose()
+    [stopped] = [entry for entry in logs if entry["event"] == "task stopped by the database"]
+    assert stopped["log_level"] == "warning" and "locked" in stopped["error"]
+    assert not [entry for entry in logs if entry["event"] == "task failed"]
