@@ -554,8 +554,12 @@ class Driver(Tables):
         self, query: HostQuery, orders: Iterable[Order], now: datetime
     ) -> list[Record]:
         """Records answering a host query: the orders held for each specimen asked about,
-        or an order marked 'no order' (O.26 = Y) when there are none."""
+        or an order marked 'no order' (O.26 = Y) when there are none; a query naming no
+        specimen we can read is answered at once with L.3 ``Q`` (error in the last request
+        for information), so the analyser knows it was not understood."""
         records = [_host_header(now)]
+        if not query.specimen_ids:
+            return [*records, Record.of("L", "1", "Q")]
         asked = self.requested(query, orders)
         for number, (specimen_id, held, codes) in enumerate(asked, start=1):
             patient = held[0].patient_id if held else ""

@@ -435,6 +435,15 @@ def test_a_specimen_id_is_compared_without_the_spaces_around_it(driver: str) -> 
     assert "GLU" in next(r for r in answer if r.startswith("O|")).split("|")[4]
 
 
+def test_a_query_naming_no_specimen_we_can_read_is_answered_as_an_error() -> None:
+    """Not with an empty answer ending as a normal one: L.3 Q, error in the request."""
+    analyser = drivers.get("generic")
+    asked = "\r".join(["H|\\^&|||ANALYSER", "Q|1|^||ALL||||||||O", "L|1|N"])
+    (query,) = analyser.read(decode_message(asked).records).queries
+    answer = [encode_record(r) for r in analyser.answer_query(query, [], AT)]
+    assert [r[:1] for r in answer] == ["H", "L"] and answer[-1] == "L|1|Q"
+
+
 @pytest.mark.parametrize(
     "asap",
     [
