@@ -394,6 +394,7 @@ class Daemon:
             downloader = WorklistDownloader(
                 name, self._driver(config), store,
                 lambda: list(self.connections.get(name, {})), config.encoding,
+                timezone=config.zone,
             )  # fmt: skip
             self.downloaders[name] = downloader
             self._tasks.append(

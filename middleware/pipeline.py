@@ -644,7 +644,8 @@ class ConnectionPipeline:
                 self.log.warning("order answered without what the analyser's character set "
                                  "cannot carry", encoding=self.encoding,
                                  left_out=left_out)  # fmt: skip
-            records = self.reader.answer_query(query, held, self.clock())
+            # Stamped (H.14) on the analyser's wall clock, as it stamps what it sends.
+            records = self.reader.answer_query(query, held, self.clock().astimezone(self.timezone))
             self._answers.append(
                 [encode_record(r, self.reader.delimiters).encode(self.encoding) for r in records]
             )

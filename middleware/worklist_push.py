@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Callable, Sequence
+from datetime import tzinfo
 
 import structlog
 
@@ -22,6 +23,7 @@ from middleware.astm.records import encode_record
 from middleware.store import Store, worklist
 from middleware.store.sql import utcnow
 from middleware.transport.channel import LinkChannel, SendError
+from middleware.zones import zone_or_host
 
 log = structlog.get_logger("middleware.worklist")
 
@@ -39,6 +41,7 @@ class WorklistDownloader:
         channels: Callable[[], Sequence[LinkChannel]],
         encoding: str = "latin-1",
         poll_seconds: float = POLL_SECONDS,
+        timezone: tzinfo | None = None,
     ) -> None:
         self.instrument = instrument
         self.driver = driver
@@ -46,6 +49,9 @@ class WorklistDownloader:
         self.channels = channels
         """The instrument's open connections, newest last."""
         self.encoding = encoding
+        self.timezone = zone_or_host(timezone)
+        """The analyser's zone (the host's when None): what it is sent is stamped on its
+        wall clock."""
         self.poll_seconds = poll_seconds
         self._wake = asyncio.Event()
         self.log = log.bind(instrument=instrument)
@@ -75,7 +81,9 @@ class WorklistDownloader:
                 return taken
             for download in batch:
                 cancel = download.action == worklist.CANCEL
-                records = self.driver.download(download.order, cancel, utcnow())
+                records = self.driver.download(
+                    download.order, cancel, utcnow().astimezone(self.timezone)
+                )
                 try:
                     encoded = [encode_record(r).encode(self.encoding) for r in records]
                 except UnicodeEncodeError as exc:

@@ -152,7 +152,7 @@ async def test_a_query_is_answered_with_all_the_analysers_character_set_can_carr
     daemon = DaemonProcess(
         tmp_path,
         [{"name": "chem-1", "transport": "tcp-server", "host": "127.0.0.1",
-          "port": analyser_port}],
+          "port": analyser_port, "timezone": "Pacific/Kiritimati"}],
         database_url=database_url, rules_dir=str(ROOT / "rules"),
         lis={"host": "127.0.0.1", "port": lis_port, "orders_host": "127.0.0.1",
              "orders_port": orders_port},
@@ -186,6 +186,10 @@ async def test_a_query_is_answered_with_all_the_analysers_character_set_can_carr
         b"P|1|", b"O|1|S300||^^^GLU|R||||||N||||||||||||||Q",
         b"P|2|PAT7", b"O|1|S301||^^^K|R||||||N||||||||||||||Q",
     ]  # fmt: skip
+    # Stamped (H.14) on the analyser's wall clock, UTC+14 there, as it stamps its own.
+    stamped = datetime.strptime(answer[0].split(b"|")[13].decode(), "%Y%m%d%H%M%S")
+    there = datetime.now(ZoneInfo("Pacific/Kiritimati")).replace(tzinfo=None)
+    assert abs((there - stamped).total_seconds()) < 120
     said = [json.loads(line) for line in daemon.log.read_text().splitlines() if "left_out" in line]
     assert [entry["left_out"] for entry in said] == [
         ["S300: patient id 'PAT€02'", "S300: test 'GL€'"]
