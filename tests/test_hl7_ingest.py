@@ -261,21 +261,31 @@ def _mindray_query(control_id: str, *tubes: str) -> bytes:
     ]).encode() + b"\r"  # fmt: skip
 
 
-def test_a_host_query_over_hl7_is_answered_from_the_lis_orders(
-    database_url: str, start_daemon: Callable[..., DaemonProcess]
-) -> None:
+def _with_orders(start_daemon: Callable[..., DaemonProcess]) -> tuple[int, int]:
+    """A daemon with an HL7 analyser's port and the LIS's orders port: both ports."""
     port, orders_port = free_port(), free_port()
     lis = {"host": "127.0.0.1", "port": free_port(), "orders_host": "127.0.0.1",
            "orders_port": orders_port}  # fmt: skip
     start_daemon(port, settings={"lis": lis})
+    return port, orders_port
+
+
+async def _order(orders_port: int, order: str) -> None:
+    reader, writer = await connect(orders_port, within=10)
+    writer.write(frame(order.encode()))
+    await writer.drain()
+    await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 10)
+    writer.close()
+
+
+def test_a_host_query_over_hl7_is_answered_from_the_lis_orders(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port, orders_port = _with_orders(start_daemon)
 
     async def lis_and_analyser() -> list[str]:
-        reader, writer = await connect(orders_port, within=10)
         stat = orm("O1", "NW", "OBR|1|ORD1|S200|GLU^Glucose^L|S", "OBR|2|ORD1|S200|CREA^^L")
-        writer.write(frame(stat.encode()))
-        await writer.drain()
-        await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 10)
-        writer.close()
+        await _order(orders_port, stat)
         peer = MllpPeer(*await connect(port))
         await peer.write(frame(_mindray_query("Q-1", "S200")))
         got = [await peer.message(), await peer.message()]
@@ -313,18 +323,11 @@ def test_a_host_query_over_hl7_is_answered_from_the_lis_orders(
 def test_a_host_query_answer_leaves_out_what_its_character_set_cannot_carry(
     database_url: str, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
-    port, orders_port = free_port(), free_port()
-    lis = {"host": "127.0.0.1", "port": free_port(), "orders_host": "127.0.0.1",
-           "orders_port": orders_port}  # fmt: skip
-    start_daemon(port, settings={"lis": lis})
+    port, orders_port = _with_orders(start_daemon)
 
     async def lis_and_analyser() -> list[str]:
-        reader, writer = await connect(orders_port, within=10)
         order = orm("O1", "NW", "OBR|1|ORD1|S200|GLU^Glucose^L").replace("PAT7^", "PATÉ7^")
-        writer.write(frame(order.encode()))
-        await writer.drain()
-        await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 10)
-        writer.close()
+        await _order(orders_port, order)
         peer = MllpPeer(*await connect(port))
         await peer.write(frame(_mindray_query("Q-1", "S200")))  # in ASCII
         got = [await peer.message(), await peer.message()]

@@ -107,18 +107,27 @@ def test_orders_replace_and_cancels_remove_tests(tmp_path: Path) -> None:
         store.close()
 
 
-async def test_an_order_from_the_lis_answers_the_analysers_host_query(
-    tmp_path: Path, database_url: str
-) -> None:
-    analyser_port, orders_port, lis_port = free_port(), free_port(), free_port()
+def _with_orders(
+    tmp_path: Path, database_url: str, **instrument: str
+) -> tuple[DaemonProcess, int, int]:
+    """A daemon (not started) with one ASTM analyser and the LIS's orders port, and both
+    ports."""
+    analyser_port, orders_port = free_port(), free_port()
     daemon = DaemonProcess(
         tmp_path,
         [{"name": "chem-1", "transport": "tcp-server", "host": "127.0.0.1",
-          "port": analyser_port}],
+          "port": analyser_port, **instrument}],
         database_url=database_url, rules_dir=str(ROOT / "rules"),
-        lis={"host": "127.0.0.1", "port": lis_port, "orders_host": "127.0.0.1",
+        lis={"host": "127.0.0.1", "port": free_port(), "orders_host": "127.0.0.1",
              "orders_port": orders_port},
     )  # fmt: skip
+    return daemon, analyser_port, orders_port
+
+
+async def test_an_order_from_the_lis_answers_the_analysers_host_query(
+    tmp_path: Path, database_url: str
+) -> None:
+    daemon, analyser_port, orders_port = _with_orders(tmp_path, database_url)
     await asyncio.to_thread(daemon.start)
     try:
         await asyncio.sleep(0.5)  # the order port opens once the instruments are served
@@ -148,15 +157,9 @@ async def test_an_order_from_the_lis_answers_the_analysers_host_query(
 async def test_a_query_is_answered_with_all_the_analysers_character_set_can_carry(
     tmp_path: Path, database_url: str
 ) -> None:
-    analyser_port, orders_port, lis_port = free_port(), free_port(), free_port()
-    daemon = DaemonProcess(
-        tmp_path,
-        [{"name": "chem-1", "transport": "tcp-server", "host": "127.0.0.1",
-          "port": analyser_port, "timezone": "Pacific/Kiritimati"}],
-        database_url=database_url, rules_dir=str(ROOT / "rules"),
-        lis={"host": "127.0.0.1", "port": lis_port, "orders_host": "127.0.0.1",
-             "orders_port": orders_port},
-    )  # fmt: skip
+    daemon, analyser_port, orders_port = _with_orders(
+        tmp_path, database_url, timezone="Pacific/Kiritimati"
+    )
     utf8 = MSH.format(kind="ORM^O01", control="O9") + "||||||UNICODE UTF-8"
     # A patient id and a test code latin-1 (the analyser's) cannot write, beside a tube
     # it can take whole.
