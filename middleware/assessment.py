@@ -550,8 +550,19 @@ def convert_history(conn: Connection, engine: Engine) -> int | None:
     for _, _, act in waiting:
         act()
     for key in book.test_keys():
+        # The replay knows no closing act: the corrective actions are those still open
+        # (below), and a failure reviews from when QC was last in control, as migration
+        # 0019 has it for states kept before.
+        state = book.test(key)
         book.change(
-            key, replace(book.test(key), corrective_action_since=None, corrective_action_reason="")
+            key,
+            replace(
+                state,
+                corrective_action_since=None,
+                corrective_action_reason="",
+                corrective_action_run="",
+                accepted_run_at=state.last_in_control_at,
+            ),
         )
     for action in qc_records.open_corrective_actions(conn):
         key = (action.instrument, action.test_code)

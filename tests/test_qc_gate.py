@@ -141,6 +141,25 @@ def test_closing_a_corrective_action_needs_every_level_from_a_later_run(gate: Ga
     assert codes(gate, "GLU", rerun) == []
 
 
+def test_a_rerun_that_fails_must_itself_be_run_again_whole(gate: Gate) -> None:
+    in_control(gate, "GLU", T0, ("5.2", "15.6"))
+    gate.note_patient("chem-1", "GLU")
+    failed_at = T0 + timedelta(hours=1)
+    gate.record_control(control("GLU", "5.73", LOT_1), failed_at)  # 1-3s
+    gate.record_control(control("GLU", "15.6", LOT_2), failed_at)
+    gate.note_patient("chem-1", "GLU")
+    again = failed_at + timedelta(minutes=20)
+    gate.record_control(control("GLU", "5.73", LOT_1), again)  # the re-run fails too
+    gate.record_control(control("GLU", "15.6", LOT_2), again)
+    later = again + timedelta(minutes=20)
+    gate.record_control(control("GLU", "5.2", LOT_1), later)  # level 1 alone, in control
+    # Level 2's latest is of the re-run that failed: no re-run of it yet.
+    with pytest.raises(ValueError, match="re-run every level first"):
+        gate.close_corrective_action("chem-1", "GLU", later)
+    gate.record_control(control("GLU", "15.6", LOT_2), later)
+    gate.close_corrective_action("chem-1", "GLU", later)
+
+
 def test_the_rerun_counts_in_the_windows_of_the_runs_after_it(gate: Gate) -> None:
     in_control(gate, "ALB", T0, ("32", "44"))  # the default rule set, with 4-1s
     gate.note_patient("chem-1", "ALB")

@@ -113,7 +113,8 @@ class TestQc:
     corrective_action_since: datetime | None = None
     corrective_action_reason: str = ""
     corrective_action_run: str = ""
-    """The run whose failure opened the corrective action: its re-run must be another."""
+    """The latest run that failed while the corrective action is open: the re-run that
+    closes it is a later run."""
     last_in_control_at: datetime | None = None
     accepted_run_at: datetime | None = None
     """Q9: when QC was last in control at the end of a run accepted whole; a failure lists
@@ -409,8 +410,9 @@ class QcGate:
                     state,
                     corrective_action_since=at,
                     corrective_action_reason=",".join(evaluation.violations),
-                    corrective_action_run=run,
                 )
+            # The latest run that failed: a re-run that fails too must itself be re-run.
+            state = replace(state, corrective_action_run=run)
             # Not the last time QC was in control: that may be a level of this very run,
             # measured before the one that failed it, after the patients to review.
             review_since = state.accepted_run_at
@@ -471,9 +473,17 @@ class QcGate:
         if since is None:
             raise ValueError(f"no corrective action is open for {test} on {instrument}")
         problems = self._level_findings(state, instrument, test, at)
-        # A level measured after the failure but in the failed run is no re-run.
-        failed = state.corrective_action_run
-        rerun = all(level.at > since and level.run != failed for level in state.levels.values())
+        # Every level the policy asks for, measured after the failure in a run after the
+        # latest that failed: a level measured after the failure but in a failed run is
+        # no re-run. (Levels outside the policy, of a lot since retired, hold nothing.)
+        policy = self.policy(instrument, test)
+        wanted = policy.levels if policy is not None else tuple(state.levels)
+        after = _run_number(state.corrective_action_run)
+        rerun = all(
+            level.at > since and _run_number(level.run) > after
+            for name in wanted
+            if (level := state.levels.get(name)) is not None
+        )
         if problems or not rerun:
             raise ValueError(
                 f"QC of {test} on {instrument} is not in control again since the failure: "
@@ -586,6 +596,13 @@ class QcGate:
                     )
                 )
         return out
+
+
+def _run_number(run: str) -> int:
+    """The number of a run the gate named (``instrument/test/7``); -1 for none (a state
+    kept before the failed run was)."""
+    number = run.rpartition("/")[2]
+    return int(number) if number.isdigit() else -1
 
 
 def _unique(findings: Iterable[Finding]) -> list[Finding]:
