@@ -290,6 +290,8 @@ class ConnectionPipeline:
                 deadline=time.monotonic() + max(left, 0.0),
             )  # fmt: skip
         except Exception:
+            # Not kept: the messages before it still await what settles them.
+            self._unconfirmed = confirm + self._unconfirmed
             self._link_error("not-stored")
             raise
         if self.metrics is not None:

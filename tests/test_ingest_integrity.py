@@ -184,6 +184,32 @@ def test_a_commit_waiting_for_a_lock_is_refused_before_the_analyser_stops_waitin
     assert query(database_url, "SELECT count(*) FROM quarantine") == [(0,)]
 
 
+def test_a_refused_message_leaves_the_one_before_it_to_be_settled(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """Two messages in one transfer, the second refused once (its commit behind a lock):
+    the first, ACKed, is still settled by what follows the second's repeat."""
+    port = free_port()
+    start_daemon(port, settings={"database_lock_timeout": 0.5})
+    first, second = message("S-ONE", "PAT-ONE"), message("S-TWO", "PAT-TWO")
+    frames = frames_for(first + second)  # numbered through, one transfer
+
+    async def analyser() -> None:
+        peer = StreamPeer(*await connect(port))
+        await send_frames(peer, frames[:-1])
+        with write_lock(database_url):
+            await peer.write(frames[-1])
+            assert await peer.read(1, timeout=10) == NAK
+        await peer.write(frames[-1])
+        assert await peer.read(1, timeout=10) == ACK
+        await peer.write(EOT)
+        await peer.close()
+
+    asyncio.run(analyser())
+    settled = query(database_url, "SELECT settled_at IS NOT NULL FROM messages ORDER BY id")
+    assert settled == [(True,), (True,)]
+
+
 # --- 2. PostgreSQL keeps what SQLite keeps --------------------------------------------------
 
 
