@@ -162,6 +162,10 @@ class Tables:
     #: Test codes are looked up in upper case too, when the analyser writes them in
     #: another case than its printouts and the LIS (``Neu#`` for ``NEU#``).
     codes_any_case: ClassVar[bool] = False
+    #: The priorities (O.6) the analyser takes in an order: E1394's S (stat), A (as soon
+    #: as possible) and R (routine); one whose host interface knows only S and R is sent
+    #: an A as R, as routine as it was before there was an A.
+    priorities: ClassVar[frozenset[str]] = frozenset({"S", "A", "R"})
 
     def __init__(self, options: DriverOptions | None = None, instrument: str = "") -> None:
         options = options or DriverOptions()
@@ -177,6 +181,10 @@ class Tables:
         if self.codes_any_case:
             return self.codes.get(code) or self.codes.get(code.upper(), code)
         return self.codes.get(code, code)
+
+    def analyser_priority(self, priority: str) -> str:
+        """An order's priority as the analyser takes it (R when it takes no such one)."""
+        return priority if priority in self.priorities else "R"
 
     def analyser_code(self, lab_code: str) -> str:
         for analyser, lab in self.codes.items():
@@ -563,7 +571,7 @@ class Driver(Tables):
         asked = self.requested(query, orders)
         for number, (specimen_id, held, codes) in enumerate(asked, start=1):
             patient = held[0].patient_id if held else ""
-            priority = held[0].priority if held else "R"
+            priority = self.analyser_priority(held[0].priority) if held else "R"
             records.append(Record.of("P", str(number), patient))
             action, report = ("N", "Q") if codes else ("", "Y")
             records.append(_order_record(specimen_id, codes, priority, action, report))
@@ -574,10 +582,11 @@ class Driver(Tables):
         """The records that send an analyser taking a downloaded worklist an order (O.12
         ``N``), or cancel its tests (``C``), in the analyser's test codes."""
         codes = list(dict.fromkeys(self.analyser_code(code) for code in order.test_codes))
+        priority = self.analyser_priority(order.priority)
         return [
             _host_header(now),
             Record.of("P", "1", order.patient_id),
-            _order_record(order.specimen_id, codes, order.priority, "C" if cancel else "N", "O"),
+            _order_record(order.specimen_id, codes, priority, "C" if cancel else "N", "O"),
             Record.of("L", "1", "N"),
         ]
 

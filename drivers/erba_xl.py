@@ -28,6 +28,8 @@ from middleware.domain import HostQuery, Order
 
 class ErbaXLDriver(Driver):
     name = "erba_xl"
+    # Its host interface writes stat or routine only (O.6 S or R).
+    priorities = frozenset({"S", "R"})
     description = "Erba Mannheim XL series chemistry (XL-200, XL-640, XL-1000)"
     sender_pattern = re.compile(r"\b(?:ERBA|XL-?(?:180|200|300|600|640|1000))\b", re.I)
     delimiters = Delimiters("|", "`", "^", "&")
@@ -117,7 +119,7 @@ class ErbaXLDriver(Driver):
             fields = [""] * 15  # O.2 to O.16
             fields[0] = "1"
             fields[1] = specimen_id
-            fields[4] = found[0].priority or "R"
+            fields[4] = self.analyser_priority(found[0].priority)
             fields[6] = stamp  # O.8, where Erba's example has it
             fields[10] = "A"
             fields[14] = self.specimen_type

@@ -45,6 +45,8 @@ def _is_one(factor: str) -> bool:
 
 class OrthoVitrosDriver(Driver):
     name = "ortho_vitros"
+    # Its host interface writes stat or routine only (O.6 S or R).
+    priorities = frozenset({"S", "R"})
     description = "Ortho Clinical Diagnostics VITROS (3600, 5600, 4600, 350...)"
     # The name is the operator's choice; by default it is the system number followed by
     # the unit's serial digits, as the captured 3600 (3600796) sends.
@@ -119,7 +121,7 @@ class OrthoVitrosDriver(Driver):
             fields = [""] * 25  # O.2 to O.26
             fields[0] = "1"
             fields[1] = specimen_id
-            fields[4] = found[0].priority or "R"
+            fields[4] = self.analyser_priority(found[0].priority)
             fields[6] = stamp  # O.8, as the captured host's reply has it
             fields[10] = "N"
             fields[14] = self.body_fluid

@@ -57,6 +57,8 @@ _REMEMBERED = 500
 
 class RocheCobasDriver(Driver):
     name = "roche_cobas"
+    # Its host interface writes stat or routine only (O.6 S or R).
+    priorities = frozenset({"S", "R"})
     description = (
         "Roche cobas c 311, c 111, e 411 and the Roche/Hitachi analysers (cobas ASTM host "
         "interface)"
@@ -193,7 +195,7 @@ class RocheCobasDriver(Driver):
             fields = [""] * 25  # O.2 to O.26
             fields[0] = "1"
             fields[1] = specimen_id
-            fields[4] = found[0].priority if found else "R"
+            fields[4] = self.analyser_priority(found[0].priority) if found else "R"
             fields[10] = "A"
             # O.16 as the result upload writes it: 1 for S1 (serum/plasma)...
             fields[14] = sample_type[1:] if sample_type.startswith("S") else "1"

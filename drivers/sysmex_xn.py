@@ -116,6 +116,8 @@ def _is_image(code: str, value: str) -> bool:
 
 class SysmexXNDriver(SysmexDriver):
     name = "sysmex_xn"
+    # Its host interface writes stat or routine only (O.6 S or R).
+    priorities = frozenset({"S", "R"})
     description = (
         "Sysmex XN series haematology (XN-L, XN-1000 to XN-9000) and the XS, XT, XE and XP series"
     )
@@ -232,7 +234,7 @@ class SysmexXNDriver(SysmexDriver):
             records.append(Record.of("P", str(number), *(("", "", patient) if patient else ())))
             fields: list[str] = [""] * 25  # O.2 to O.26
             fields[0] = "1"
-            fields[4] = (found[0].priority if found else "") or "R"
+            fields[4] = self.analyser_priority(found[0].priority) if found else "R"
             fields[10] = "N" if codes else ""
             fields[24] = "Q" if codes else "Y"
             plain = Record.of("O", *fields)

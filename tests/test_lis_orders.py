@@ -199,6 +199,15 @@ async def test_a_query_is_answered_with_all_the_analysers_character_set_can_carr
     ]
 
 
+@pytest.mark.parametrize("driver", ["sysmex_xn", "roche_cobas", "ortho_vitros", "erba_xl"])
+def test_an_asap_order_goes_as_routine_to_an_analyser_that_takes_stat_or_routine(
+    driver: str,
+) -> None:
+    analyser = drivers.get(driver)
+    assert analyser.analyser_priority("A") == "R" and analyser.analyser_priority("S") == "S"
+    assert drivers.get("generic").analyser_priority("A") == "A"
+
+
 @given(
     st.text(max_size=300)
     | st.builds(lambda s: MSH.format(kind="ORM^O01", control="X") + "\r" + s, st.text(max_size=300))
