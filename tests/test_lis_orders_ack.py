@@ -358,6 +358,17 @@ def test_a_second_patient_in_one_order_message_is_refused_naming_it(database_url
     ]
 
 
+def test_the_same_patient_repeated_in_each_order_group_is_taken() -> None:
+    body = [
+        "PID|1||PATA^^^^MR", "ORC|NW|ORD1", "OBR|1|ORD1|SN010|GLU^^L",
+        "PID|1||PATA^^^^MR", "ORC|NW|ORD2", "OBR|1|ORD2|SN011|K^^L",
+    ]  # fmt: skip
+    changes = read_order(order(body=body)).changes
+    assert [(c.order.specimen_id, c.order.patient_id) for c in changes] == [
+        ("SN010", "PATA"), ("SN011", "PATA"),
+    ]  # fmt: skip
+
+
 def test_the_patient_is_the_first_identifier_pid_3_gives() -> None:
     body = ["PID|1||~PATR1^^^H^MR~PATR2^^^H^MR", *BODY[1:]]
     assert read_order(order(body=body)).changes[0].order.patient_id == "PATR1"

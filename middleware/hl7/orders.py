@@ -3,7 +3,8 @@ are answered from, and the acknowledgments that answer them.
 
 The header is checked first, and a message it does not suit is rejected (AR) whole:
 MSH-9 an order, MSH-12 a version 2.x, MSH-11 the daemon's processing id (``P``), MSH-10
-given. One patient per message, PID-3's first identifier given: a second PID is refused.
+given. One patient per message, PID-3's first identifier given: a PID naming another
+patient is refused (the same one repeated in each order group is taken).
 Per order group (ORC and its OBR segments): the specimen is SPM-2's entity identifier
 when the message has one, else OBR-3's (the filler order number, which laboratories give
 the tube's barcode; OBR-2, the LIS's own order number, is not a specimen); the tests are
@@ -388,11 +389,13 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
                 "102", segment.at(holding) if _NAME.fullmatch(segment.name) else None,
             )  # fmt: skip
     patients = [segment for segment in segments if segment.name == "PID"]
-    if len(patients) > 1:
+    other = next((p for p in patients[1:] if _patient_id(p) != _patient_id(patients[0])), None)
+    if other is not None:
         # ORM^O01, OML^O21 and OML^O33 have one PATIENT group, not a repeating one: the
-        # orders after a second PID would be kept under a patient the message does not
-        # give them, whichever of the two were chosen.
-        second = patients[1]
+        # orders after a second patient would be kept under a patient the message does
+        # not give them, whichever of the two were chosen. The same patient repeated (a
+        # LIS writing the PID in each order group) is that one patient.
+        second = other
         raise OrderRefused(
             f"{_where(second)}: a second patient; an order message carries one patient's "
             "orders (send each patient's in a message of their own)", "100", second.at(),
