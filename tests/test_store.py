@@ -19,11 +19,12 @@ from middleware.domain import (
     InstrumentMessage,
     Measurement,
     Order,
+    Patient,
     ReagentUse,
     Result,
     Specimen,
 )
-from middleware.store import Store, audit, ingest, orders, reading, worklist
+from middleware.store import Store, audit, ingest, orders, reading, release, worklist
 from middleware.store.database import HEAD, current_revision, migrate, open_engine
 from middleware.store.schema import control_results, raw_transmissions, reagent_uses, results
 
@@ -275,6 +276,19 @@ def test_orders_kept_as_comma_joined_codes_are_carried_over(empty_database_url: 
             assert [d.order.test_codes for d in worklist.pending(conn, "xn")] == [("WBC", "RBC")]
     finally:
         engine.dispose()
+
+
+def test_a_specimens_patient_is_kept_with_what_its_message_said_of_them(store: Store) -> None:
+    told = Patient("PAT1", "F", date(1980, 1, 1))
+    for specimen, patient in (("S1", Patient("PAT1")), ("S2", told)):
+        d = delivery(
+            text_=f"R|1|^^^GLU|{specimen}", patients=[patient],
+            specimens=[Specimen(specimen, patient_id="PAT1")],
+        )  # fmt: skip
+        write(store, lambda conn, d=d: ingest.store_delivery(conn, d))
+    found = store.read(lambda conn: release.specimens_patients(conn, ["S1", "S2"]))
+    # Both specimens' patient, what is known of them first.
+    assert found == [told, Patient("PAT1")]
 
 
 def test_writer_commits_concurrent_work_in_batches(store: Store) -> None:

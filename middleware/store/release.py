@@ -208,10 +208,11 @@ def specimens_patients(conn: Connection, specimen_ids: Iterable[str]) -> list[Pa
     wanted = sorted(set(specimen_ids))
     if not wanted:
         return []
-    return [
-        Patient(row.patient_id, row.patient_sex, row.patient_birth_date)
-        for row in _SPECIMEN_DEMOGRAPHICS.rows(conn, {"ids": wanted})
-    ]
+    rows = _SPECIMEN_DEMOGRAPHICS.rows(conn, {"ids": wanted})
+    # A patient of two specimens, one whose message said nothing of them: what is known
+    # first, since a message takes the first patient of its id.
+    rows.sort(key=lambda row: not row.patient_sex and row.patient_birth_date is None)
+    return [Patient(row.patient_id, row.patient_sex, row.patient_birth_date) for row in rows]
 
 
 def reported_lots(
