@@ -534,16 +534,35 @@ async def _keep_running(
         except asyncio.CancelledError:
             raise
         except OperationalError as exc:
-            # The database busy (a lock held past the lock timeout) or out of reach: what
-            # the task waits for, not a fault of its code; said without a traceback.
-            log.warning("task stopped by the database", error=str(exc.orig), **about)
-            reason = "database busy or out of reach"
+            if not _database_away(exc):
+                log.exception("task failed", **about)
+                reason = repr(exc)
+            else:
+                # The database busy (a lock held past the lock timeout) or out of reach:
+                # what the task waits for, not a fault of its code; said without a traceback.
+                log.warning("task stopped by the database", error=str(exc.orig), **about)
+                reason = "database busy or out of reach"
         except Exception as exc:
             log.exception("task failed", **about)
             reason = repr(exc)
         delay = next_delay()
         log.error("task restarts", reason=reason, retry_in=delay, **about)
         await asyncio.sleep(delay)
+
+
+#: PostgreSQL's codes for a lock not had in time and a server going or gone.
+_AWAY_CODES = frozenset({"55P03", "57P01", "57P02", "57P03"})
+
+
+def _database_away(exc: OperationalError) -> bool:
+    """A lock held past the lock timeout, or the server out of reach: not a broken table
+    or a disk error, which must show their traceback."""
+    if exc.connection_invalidated:
+        return True
+    code = getattr(exc.orig, "sqlstate", None)
+    if code is not None:
+        return code in _AWAY_CODES or code.startswith("08")
+    return "database is locked" in str(exc.orig) or "database table is locked" in str(exc.orig)
 
 
 def _safe_url(url: str) -> str:

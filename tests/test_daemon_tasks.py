@@ -95,3 +95,30 @@ async def test_a_task_the_database_stops_is_said_without_a_traceback(tmp_path: P
     [stopped] = [entry for entry in logs if entry["event"] == "task stopped by the database"]
     assert stopped["log_level"] == "warning" and "locked" in stopped["error"]
     assert not [entry for entry in logs if entry["event"] == "task failed"]
+
+
+async def test_a_broken_database_still_shows_its_traceback(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'broken.db'}")
+    ran = asyncio.Event()
+
+    async def run() -> None:
+        if ran.is_set():
+            await asyncio.Event().wait()
+        ran.set()
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO no_such_table VALUES (1)"))
+
+    try:
+        with structlog.testing.capture_logs() as logs:
+            task = asyncio.create_task(
+                _keep_running(run, Backoff(initial=0.01, maximum=0.02, jitter=0), task="lis sender")
+            )
+            await asyncio.wait_for(ran.wait(), 2)
+            await asyncio.sleep(0.05)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        engine.dispose()
+    assert [entry["event"] for entry in logs if entry["log_level"] == "error"][:1] == [
+        "task failed"
+    ]
