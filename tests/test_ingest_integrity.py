@@ -206,8 +206,9 @@ def test_a_refused_message_leaves_the_one_before_it_to_be_settled(
         await peer.close()
 
     asyncio.run(analyser())
-    settled = query(database_url, "SELECT settled_at IS NOT NULL FROM messages ORDER BY id")
-    assert settled == [(True,), (True,)]
+    # Settling is written with what follows the EOT, soon after it.
+    settled = "SELECT settled_at IS NOT NULL FROM messages ORDER BY id"
+    assert wait_for(lambda: query(database_url, settled) == [(True,), (True,)])
 
 
 # --- 2. PostgreSQL keeps what SQLite keeps --------------------------------------------------

@@ -321,11 +321,16 @@ class LinkChannel:
         after it would be read as the reply to what the analyser sends next. The commit
         goes on, and this connection's next frames wait for it; the repeat then finds the
         message kept."""
-        began = time.monotonic()
+        # Counted from the frame's arrival, as the analyser counts: a frame read from what
+        # waited behind a slow commit has waited that long already.
+        arrived = self.received.arrived(event.end)
+        waited = (self.wallclock() - arrived).total_seconds() if arrived is not None else 0.0
+        began = time.monotonic() - waited
+        left = max(0.0, self.link.settings.reply_deadline - waited)
         handling = asyncio.ensure_future(self.handler(self, event))
         try:
             try:
-                await asyncio.wait_for(asyncio.shield(handling), self.link.settings.reply_deadline)
+                await asyncio.wait_for(asyncio.shield(handling), left)
             except TimeoutError:
                 self.log.warning("text not kept in time; refused",
                                  waited=round(time.monotonic() - began, 1))  # fmt: skip

@@ -57,6 +57,13 @@ class ReceivedBytes:
         first, last = self._times(upto) if self._reads else (now, now)
         return Span(self._base, bytes(self._data[: upto - self._base]), first, last)
 
+    def arrived(self, upto: int) -> datetime | None:
+        """When the read that brought the bytes just before ``upto`` came; None when no
+        byte is held."""
+        if not self._reads:
+            return None
+        return self._times(max(self._base, min(upto, self.end)))[1]
+
     def release(self, upto: int) -> None:
         """The bytes before ``upto`` are kept in a committed row: forget them."""
         upto = max(self._base, min(upto, self.end))
