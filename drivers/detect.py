@@ -140,8 +140,14 @@ class AutoDriver(Driver):
     def read(self, records: Sequence[Record]) -> InstrumentMessage:
         return self.choose(records).read(records)
 
+    def _last(self) -> Driver:
+        """The driver of the analyser's latest message (the standard's before any)."""
+        return self._made.of(self.detection.driver if self.detection is not None else GenericDriver)
+
+    def writable(self, orders: Iterable[Order], encoding: str) -> tuple[list[Order], list[str]]:
+        return self._last().writable(orders, encoding)
+
     def answer_query(
         self, query: HostQuery, orders: Iterable[Order], now: datetime
     ) -> list[Record]:
-        last = self.detection.driver if self.detection is not None else GenericDriver
-        return self._made.of(last).answer_query(query, orders, now)
+        return self._last().answer_query(query, orders, now)

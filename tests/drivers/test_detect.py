@@ -9,6 +9,7 @@ import pytest
 import drivers
 from drivers.detect import AutoDriver
 from middleware.astm.records import decode_record
+from middleware.domain import Order
 from simulators.profiles import profile
 from simulators.scenarios import plan
 from tests.drivers import header
@@ -79,6 +80,15 @@ def test_auto_keeps_one_driver_per_family_and_reads_a_headerless_message_as_befo
     assert auto.detection.reason == (
         "no H record and no layout recognised: read as the message before by roche_cobas"
     )
+
+
+def test_auto_answers_and_writes_orders_as_the_analysers_latest_driver() -> None:
+    auto = drivers.get("auto", instrument="bench-1")
+    cobas = [decode_record(line) for line in _message("cobas-c")]
+    chosen = auto.choose(cobas)
+    order = Order("S1", ("GLU", "CRPÉ"), patient_id="PATÉ")
+    assert auto.writable([order], "ascii") == chosen.writable([order], "ascii")
+    assert auto.writable([order], "ascii")[0] == [Order("S1", ("GLU",), patient_id="")]
 
 
 def test_a_named_driver_reads_whatever_the_sender_says() -> None:
