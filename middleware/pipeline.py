@@ -289,9 +289,11 @@ class ConnectionPipeline:
                 channel, delivery, end, confirm=confirm,
                 deadline=time.monotonic() + max(left, 0.0),
             )  # fmt: skip
-        except Exception:
-            # Not kept: the messages before it still await what settles them.
+        except Exception as exc:
+            # Not kept: the messages before it still await what settles them, and a
+            # transfer ended now is kept apart saying its L record came but was not kept.
             self._unconfirmed = confirm + self._unconfirmed
+            self._rejections.append(f"not-stored: its last frame could not be kept ({exc})")
             self._link_error("not-stored")
             raise
         if self.metrics is not None:

@@ -504,7 +504,8 @@ def test_an_analyser_giving_up_after_a_nak_in_time_is_kept_once_when_it_sends_ag
     assert query(database_url, "SELECT count(*) FROM messages") == [(1,)]
     assert query(database_url, "SELECT count(*) FROM results") == [(1,)]
     [(reason,)] = query(database_url, "SELECT reason FROM quarantine")
-    assert "L record" in reason  # the transfer given up, kept apart with why
+    # The transfer given up, kept apart with why: its L record came, but was not kept.
+    assert "L record" in reason and "not-stored: its last frame could not be kept" in reason
 
 
 def test_an_eot_after_the_analysers_timer_leaves_the_message_a_resend(
