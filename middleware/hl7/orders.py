@@ -395,10 +395,9 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
         # orders after a second patient would be kept under a patient the message does
         # not give them, whichever of the two were chosen. The same patient repeated (a
         # LIS writing the PID in each order group) is that one patient.
-        second = other
         raise OrderRefused(
-            f"{_where(second)}: a second patient; an order message carries one patient's "
-            "orders (send each patient's in a message of their own)", "100", second.at(),
+            f"{_where(other)}: a second patient; an order message carries one patient's "
+            "orders (send each patient's in a message of their own)", "100", other.at(),
         )  # fmt: skip
     patient_id = _patient_id(patients[0]) if patients else ""
     spm = _specimens_of_requests(kind, segments)
