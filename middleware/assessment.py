@@ -549,31 +549,41 @@ def convert_history(conn: Connection, engine: Engine) -> int | None:
             replayed += 1
     for _, _, act in waiting:
         act()
-    for key in book.test_keys():
-        # The replay knows no closing act: the corrective actions are those still open
-        # (below), and a failure reviews from when QC was last in control, as migration
-        # 0019 has it for states kept before.
+    still_open = {(a.instrument, a.test_code): a for a in qc_records.open_corrective_actions(conn)}
+    replayed_keys = book.test_keys()
+    for key in replayed_keys:
         state = book.test(key)
-        book.change(
-            key,
-            replace(
+        action = still_open.get(key)
+        if action is not None:
+            # Open still: as the replay left it (its failed run and review anchor), with
+            # the record's time and reason.
+            state = replace(
+                state,
+                corrective_action_since=action.opened_at,
+                corrective_action_reason=action.reason.removeprefix("qc-rejected:"),
+            )
+        elif state.corrective_action_since is not None:
+            # Closed by a person, which the replay does not know: its runs went on without
+            # moving the review anchor, which is then when QC was last in control, as
+            # migration 0019 has it for states kept before.
+            state = replace(
                 state,
                 corrective_action_since=None,
                 corrective_action_reason="",
                 corrective_action_run="",
                 accepted_run_at=state.last_in_control_at,
-            ),
-        )
-    for action in qc_records.open_corrective_actions(conn):
-        key = (action.instrument, action.test_code)
-        book.change(
-            key,
-            replace(
-                book.test(key),
-                corrective_action_since=action.opened_at,
-                corrective_action_reason=action.reason.removeprefix("qc-rejected:"),
-            ),
-        )
+            )
+        book.change(key, state)
+    for key, action in still_open.items():
+        if key not in replayed_keys:
+            book.change(
+                key,
+                replace(
+                    book.test(key),
+                    corrective_action_since=action.opened_at,
+                    corrective_action_reason=action.reason.removeprefix("qc-rejected:"),
+                ),
+            )
     book.write(conn, sql.utcnow())
     qc_state.conversion_done(conn, QC_STATE_CONVERSION)
     return replayed
