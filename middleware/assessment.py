@@ -550,8 +550,8 @@ def convert_history(conn: Connection, engine: Engine) -> int | None:
     for _, _, act in waiting:
         act()
     still_open = {(a.instrument, a.test_code): a for a in qc_records.open_corrective_actions(conn)}
-    replayed_keys = book.test_keys()
-    for key in replayed_keys:
+    # Every test replayed, and those with an action open that the replay never met.
+    for key in dict.fromkeys([*book.test_keys(), *still_open]):
         state = book.test(key)
         action = still_open.get(key)
         if action is not None:
@@ -574,16 +574,6 @@ def convert_history(conn: Connection, engine: Engine) -> int | None:
                 accepted_run_at=state.last_in_control_at,
             )
         book.change(key, state)
-    for key, action in still_open.items():
-        if key not in replayed_keys:
-            book.change(
-                key,
-                replace(
-                    book.test(key),
-                    corrective_action_since=action.opened_at,
-                    corrective_action_reason=action.reason.removeprefix("qc-rejected:"),
-                ),
-            )
     book.write(conn, sql.utcnow())
     qc_state.conversion_done(conn, QC_STATE_CONVERSION)
     return replayed
