@@ -29,6 +29,7 @@ from middleware.domain import (
     Result,
     Specimen,
 )
+from middleware.hl7.segments import can_carry
 
 # ASCII digits only: str.isdigit() and int() also take superscripts, which stray bytes
 # decoded as latin-1 become (0xB2 is '²'), and other scripts' digits.
@@ -201,9 +202,9 @@ class Tables:
         kept: list[Order] = []
         left_out: list[str] = []
         for order in orders:
-            patient = order.patient_id if _can_write(order.patient_id, encoding) else ""
+            patient = order.patient_id if can_carry(order.patient_id, encoding) else ""
             codes = tuple(
-                code for code in order.test_codes if _can_write(self.analyser_code(code), encoding)
+                code for code in order.test_codes if can_carry(self.analyser_code(code), encoding)
             )
             if patient != order.patient_id:
                 left_out.append(f"{order.specimen_id}: patient id {order.patient_id!r}")
@@ -589,14 +590,6 @@ class Driver(Tables):
             _order_record(order.specimen_id, codes, priority, "C" if cancel else "N", "O"),
             Record.of("L", "1", "N"),
         ]
-
-
-def _can_write(text: str, encoding: str) -> bool:
-    try:
-        text.encode(encoding)
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _host_header(now: datetime) -> Record:

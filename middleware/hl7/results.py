@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from middleware.domain import Patient, ReagentUse, Result
+from middleware.hl7.segments import can_carry
 
 #: HL7's delimiters as this builder writes them (MSH-1 and MSH-2).
 FIELD, COMPONENT, REPETITION, ESCAPE, SUBCOMPONENT = "|", "^", "~", "\\", "&"
@@ -306,21 +307,13 @@ def _declare_charset(text: str, version: str) -> str:
     if text.isascii():
         return text
     charset = "UNICODE UTF-8"
-    if version == "2.3.1" and _in_latin_1(text):
+    if version == "2.3.1" and can_carry(text, "latin-1"):
         charset = "8859/1"
     msh, rest = text.split("\r", 1)
     fields = msh.split(FIELD)
     fields += [""] * (18 - len(fields))
     fields[17] = charset
     return FIELD.join(fields) + "\r" + rest
-
-
-def _in_latin_1(text: str) -> bool:
-    try:
-        text.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _obr(specimen_id: str, reported: Sequence[Reported], at: datetime) -> str:

@@ -137,6 +137,17 @@ def declared_charset(data: bytes) -> str:
     return fields[17].split("~")[0].strip().upper() if len(fields) > 17 else ""
 
 
+def can_carry(text: str, encoding: str) -> bool:
+    """Whether a character set (by its Python codec) can write every character of
+    ``text``: what a peer's set cannot carry is left out or declared otherwise, never sent
+    with a character replaced."""
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def encoding_of(data: bytes, fallback: str = "latin-1") -> str:
     """The codec of the character set a message's MSH-18 declares; ``fallback`` when it
     declares none, or one we do not know."""
