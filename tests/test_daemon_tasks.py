@@ -4,13 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 from sqlalchemy import create_engine, text
 
 from middleware.daemon import _keep_running
 from middleware.transport.reconnect import Backoff
+
+
+async def _kept_running(
+    run: Callable[[], Awaitable[None]],
+    ready: asyncio.Event,
+    *,
+    within: float = 2,
+    settle: float = 0.0,
+    **about: str,
+) -> tuple[list[dict[str, Any]], asyncio.Task[None]]:
+    """``run`` kept running until ``ready`` is set (within ``within`` s) and ``settle`` s
+    more, then cancelled: what was logged meanwhile, and the task."""
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(
+            _keep_running(run, Backoff(initial=0.01, maximum=0.02, jitter=0), **about)
+        )
+        await asyncio.wait_for(ready.wait(), within)
+        await asyncio.sleep(settle)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return logs, task
 
 
 async def test_a_failing_instrument_task_is_logged_and_restarted_with_backoff() -> None:
@@ -25,13 +48,7 @@ async def test_a_failing_instrument_task_is_logged_and_restarted_with_backoff() 
         third_run.set()
         await asyncio.Event().wait()  # the third run serves until cancelled
 
-    with structlog.testing.capture_logs() as logs:
-        task = asyncio.create_task(
-            _keep_running(run, Backoff(initial=0.01, maximum=0.02, jitter=0), instrument="an1")
-        )
-        await asyncio.wait_for(third_run.wait(), 2)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    logs, task = await _kept_running(run, third_run, instrument="an1")
     assert task.cancelled()
     restarts = [entry for entry in logs if entry["event"] == "task restarts"]
     assert [r["reason"] for r in restarts] == [
@@ -51,14 +68,7 @@ async def test_a_task_other_than_an_instruments_is_logged_as_what_it_is() -> Non
         ran.set()
         raise ConnectionError("store gone")
 
-    with structlog.testing.capture_logs() as logs:
-        task = asyncio.create_task(
-            _keep_running(run, Backoff(initial=0.01, maximum=0.02, jitter=0), task="lis sender")
-        )
-        await asyncio.wait_for(ran.wait(), 2)
-        await asyncio.sleep(0.05)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    logs, _ = await _kept_running(run, ran, settle=0.05, task="lis sender")
     [failed] = [entry for entry in logs if entry["event"] == "task failed"]
     assert failed["task"] == "lis sender" and "instrument" not in failed
 
@@ -82,13 +92,7 @@ async def test_a_task_the_database_stops_is_said_without_a_traceback(tmp_path: P
             conn.execute(text("INSERT INTO t VALUES (1)"))
 
     try:
-        with structlog.testing.capture_logs() as logs:
-            task = asyncio.create_task(
-                _keep_running(run, Backoff(initial=0.01, maximum=0.02, jitter=0), task="lis sender")
-            )
-            await asyncio.wait_for(again.wait(), 5)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        logs, _ = await _kept_running(run, again, within=5, task="lis sender")
     finally:
         holder.close()
         engine.dispose()
@@ -109,14 +113,7 @@ async def test_a_broken_database_still_shows_its_traceback(tmp_path: Path) -> No
             conn.execute(text("INSERT INTO no_such_table VALUES (1)"))
 
     try:
-        with structlog.testing.capture_logs() as logs:
-            task = asyncio.create_task(
-                _keep_running(run, Backoff(initial=0.01, maximum=0.02, jitter=0), task="lis sender")
-            )
-            await asyncio.wait_for(ran.wait(), 2)
-            await asyncio.sleep(0.05)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        logs, _ = await _kept_running(run, ran, settle=0.05, task="lis sender")
     finally:
         engine.dispose()
     assert [entry["event"] for entry in logs if entry["log_level"] == "error"][:1] == [
