@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
@@ -30,6 +30,7 @@ from middleware.engine.rules import load_rules
 from middleware.store import Store
 from middleware.store.ingest import Delivery, store_delivery
 from middleware.web.api import create_app
+from middleware.web.pages import segment
 from middleware.web.roles import Role
 from tests.conftest import ROOT
 from tests.messages import patient, qc
@@ -182,7 +183,7 @@ async def test_every_page_shows_outside_text_as_text_with_links_that_lead_somewh
     # What came with markup is there, as text; a test code and a reagent lot with slashes
     # have pages of their own.
     assert MARKUP in _shown(pages, "/lis")
-    assert f"QC of {TEST} on chem-1" in _shown(pages, "/qc/chem-1/G/")
+    assert f"QC of {TEST} on chem-1" in _shown(pages, f"/qc/chem-1/{segment(TEST)}")
     assert LOT in _shown(pages, "/reagents") and REAGENT in _shown(pages, "/reagents")
     if role is Role.LAB_IT:
         assert not any(address.startswith(("/held", "/quarantine/")) for address in pages)
@@ -288,8 +289,14 @@ def _get_pages(base: str, cookies: httpx.Cookies) -> list[str]:
         @settings(max_examples=FORM_EXAMPLES, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))  # fmt: skip
         @given(address=st.sampled_from(ADDRESSES), named=TYPED)
+        @example(address="/qc/{named}/GLU", named=".")
+        @example(address="/reagents/{named}/lots/{named}", named="..")
         def get(address: str, named: str) -> None:
-            asked = address.format(named=quote(named, safe="/" if "?" not in address else ""))
+            # A path's segment as the pages write their links: ``.`` and ``..`` escaped,
+            # since a client takes those segments out of an address before it asks.
+            asked = address.format(
+                named=segment(named) if "?" not in address else quote(named, safe="")
+            )
             answer = client.get(asked)
             if answer.status_code not in (200, 400, 404, 422):
                 found.append(f"GET {asked}: {answer.status_code} {answer.text[:200]}"[:400])
@@ -305,3 +312,12 @@ async def test_addresses_naming_anything_are_shown_or_refused(site: Site) -> Non
         await log_in(client, site.store, "bea", Role.BIOLOGIST)
         found = await asyncio.to_thread(_get_pages, site.base, client.cookies)
     assert not found, "\n".join(found)
+
+
+def test_a_name_is_one_segment_of_an_address_whatever_it_holds() -> None:
+    assert segment("GLU") == "GLU"
+    assert segment("A/B ?#") == "A%2FB%20%3F%23"
+    # A client removes these segments: left as they are, the link would lead elsewhere.
+    assert segment(".") == "%2E"
+    assert segment("..") == "%2E%2E"
+    assert segment("...") == "..."

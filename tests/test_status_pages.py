@@ -8,6 +8,8 @@ import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from html import escape as html_escape
+from html import unescape
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -353,3 +355,44 @@ async def test_lab_it_sees_the_lis_link_without_the_messages_it_carries(pages: P
     assert "PID|" not in link and "<summary>Message</summary>" not in link
     await _as(pages, "val", Role.VALIDATOR)
     assert "PID|" in (await pages.client.get("/lis")).text
+
+
+async def test_a_lot_is_recalled_and_shown_by_its_own_row_whatever_its_name_holds(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A reagent's or a lot's name may hold ``/lots/`` or ``../``: each row's link and
+    Recall button still name that lot, not another nor one that never was."""
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    store, control = await in_force(tmp_path, database_url, ROOT / "rules", now)
+    hostile = "x/../../../../reagents/DILUENT/lots/D-2411"
+    uses = [
+        ReagentUse("BUFFER", "B7/lots/2", "GLU"),
+        ReagentUse("CLEANER", hostile, "CREA"),
+        ReagentUse("DILUENT", "D-2411", "NA"),
+        ReagentUse("A/lots/B", "..", "K"),
+    ]
+    try:
+        await made_with(store, control, uses, now, now)
+        app = create_app(control, lambda: ["chem-1"], clock=lambda: now)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            csrf = await log_in(client, store, "bea", Role.BIOLOGIST)
+            lots = (await client.get("/reagents")).text
+            for use in uses:
+                row = row_of(lots, use.reagent)
+                link = unescape(row[1].split('href="', 1)[1].split('"', 1)[0])
+                page = await client.get(link)
+                assert f"<h1>Results made with {html_escape(use.reagent)} lot " in page.text
+                assert f" lot {html_escape(use.lot)}</h1>" in page.text, (link, page.text[:300])
+            row = row_of(lots, "CLEANER")
+            action = unescape(row[4].split('action="', 1)[1].split('"', 1)[0])
+            done = await client.post(
+                action, data={"csrf_token": csrf, "reason": "leaking"}, follow_redirects=True
+            )
+            assert f"CLEANER lot {html_escape(hostile)} recalled" in done.text
+            lots = (await client.get("/reagents")).text
+        assert "leaking" in row_of(lots, "CLEANER")[4]
+        for other in ("BUFFER", "DILUENT", "A/lots/B"):
+            assert "Recall</button>" in row_of(lots, other)[4], other
+    finally:
+        store.close()

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from html import escape
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Protocol, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from fastapi import Depends, FastAPI, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -35,6 +35,37 @@ from middleware.zones import zone_or_host
 
 HERE = FilePath(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+
+
+def segment(name: str) -> str:
+    """A name as one segment of an address: every reserved character escaped, and ``.``
+    or ``..`` as ``%2E`` (a browser takes those segments away, so an instrument or a test
+    named so would lead to another page). Jinja's ``urlencode`` keeps ``/``."""
+    quoted = quote(name, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
+templates.env.filters["segment"] = segment
+
+
+def _named(request: Request, shape: str) -> tuple[str, ...] | None:
+    """The names in an address of ``shape`` (``/qc/*/*``, each ``*`` a name as
+    :func:`segment` writes it), read from the address as it came: decoded first, a
+    name's escaped ``/`` would pass for a separator, and a lot named ``A/lots/B`` would
+    name another lot. None when the address has not that shape."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    parts = raw.split(b"?", 1)[0].decode("latin-1").split("/")
+    expected = shape.split("/")
+    if len(parts) != len(expected) or any(
+        want not in ("*", part) for want, part in zip(expected, parts, strict=True)
+    ):
+        return None
+    return tuple(unquote(part) for want, part in zip(expected, parts, strict=True) if want == "*")
+
+
+def _not_found(what: str) -> HTMLResponse:
+    return _guarded(HTMLResponse(escape(what), 404))
+
 
 #: The menu: each page with the action that may see it, so no role is shown a page it
 #: would be refused.
@@ -214,9 +245,13 @@ def add_pages(
 
     @app.post("/qc/{instrument}/{test:path}/release-run", include_in_schema=False)
     async def release_run(
-        instrument: str, test: str, person: Annotated[Person, Depends(require(Action.RELEASE))]
+        request: Request, person: Annotated[Person, Depends(require(Action.RELEASE))]
     ) -> Response:
-        back = f"/qc/{quote(instrument, safe='')}/{quote(test, safe='')}"
+        named = _named(request, "/qc/*/*/release-run")
+        if named is None:
+            return _not_found("no such test")
+        instrument, test = named
+        back = f"/qc/{segment(instrument)}/{segment(test)}"
         try:
             run = await control.release_run(instrument, test, person.name)
         except ControlError as refused:
@@ -243,15 +278,17 @@ def add_pages(
     )
     async def reagent_lot_page(
         request: Request,
-        reagent: str,
-        lot: str,
         person: Annotated[Person, Depends(require(Action.VIEW_PATIENT_RESULTS))],
         after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     ) -> Any:
+        named = _named(request, "/reagents/*/lots/*")
+        if named is None:
+            return _not_found("no such reagent lot")
+        reagent, lot = named
         try:
             found = await control.results_of_lot(reagent, lot, after)
         except ControlError as missing:  # unknown, or a name no analyser could report
-            return _guarded(HTMLResponse(escape(str(missing)), 404))
+            return _not_found(str(missing))
         new = viewed.new(person.name, [r.result_id for r in found])
         if new:
             await control.record_view(person.name, new)
@@ -264,11 +301,14 @@ def add_pages(
 
     @app.post("/reagents/{reagent:path}/lots/{lot:path}/recall", include_in_schema=False)
     async def recall(
-        reagent: str,
-        lot: str,
+        request: Request,
         person: Annotated[Person, Depends(require(Action.RECALL_REAGENT_LOT))],
         reason: Annotated[str, Form()] = "",
     ) -> Response:
+        named = _named(request, "/reagents/*/lots/*/recall")
+        if named is None:
+            return _back(person, "/reagents", error="no such reagent lot")
+        reagent, lot = named
         try:
             recalled = await control.recall_reagent_lot(reagent, lot, person.name, reason)
         except ControlError as refused:
@@ -306,11 +346,13 @@ def add_pages(
 
     @app.get("/qc/{instrument}/{test:path}", response_class=HTMLResponse, include_in_schema=False)
     async def qc_test_page(
-        request: Request,
-        instrument: str,
-        test: str,
-        person: Annotated[Person, Depends(require(Action.VIEW))],
+        request: Request, person: Annotated[Person, Depends(require(Action.VIEW))]
     ) -> Any:
+        named = _named(request, "/qc/*/*")
+        if named is None:
+            return _not_found("no such test")
+        instrument, test = named
+
         def read(conn: Any) -> tuple[Any, ...]:
             found = views.qc_tests_view(conn, recent=0, only=(instrument, test))
             state = judged(found[0]) if found else None
@@ -360,19 +402,20 @@ def add_pages(
             closed = await control.close_corrective_action(action_id, person.name, action_taken)
         except ControlError as refused:
             return _back(person, back, error=str(refused))
-        back = f"/qc/{quote(closed.instrument, safe='')}/{quote(closed.test, safe='')}"
+        back = f"/qc/{segment(closed.instrument)}/{segment(closed.test)}"
         return _back(
             person, back, done=f"corrective action closed; {len(closed.released)} released"
         )
 
     @app.post("/qc/{instrument}/{test:path}/lots/{lot:path}/approve", include_in_schema=False)
     async def approve_limits(
-        instrument: str,
-        test: str,
-        lot: str,
-        person: Annotated[Person, Depends(require(Action.APPROVE_LIMITS))],
+        request: Request, person: Annotated[Person, Depends(require(Action.APPROVE_LIMITS))]
     ) -> Response:
-        back = f"/qc/{quote(instrument, safe='')}/{quote(test, safe='')}"
+        named = _named(request, "/qc/*/*/lots/*/approve")
+        if named is None:
+            return _back(person, "/qc", error="no such control lot")
+        instrument, test, lot = named
+        back = f"/qc/{segment(instrument)}/{segment(test)}"
         try:
             approved = await control.approve_limits(instrument, test, lot, person.name)
         except ControlError as refused:
