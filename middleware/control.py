@@ -59,6 +59,10 @@ T = TypeVar("T")
 QcEventKind = Literal["calibration", "maintenance", "unlock"]
 
 
+#: The most tests one calibration, maintenance or unlock names (an analyser's menu).
+MAX_TESTS = 500
+
+
 class ControlError(Exception):
     """A command refused on purpose; the message says why."""
 
@@ -291,12 +295,25 @@ class Control:
         """A calibration or maintenance voids the QC of these tests; ``unlock`` lifts a
         method lock once the cause is fixed."""
         self._configured(instrument)
-        tests = [_given(clean_key(test, "the test")) for test in tests]
+        if len(tests) > MAX_TESTS:
+            raise Conflict(f"at most {MAX_TESTS} tests at once")
+        tests = list(dict.fromkeys(_given(clean_key(test, "the test")) for test in tests))
         by = _who(by)
         store, engine = self._running()
 
-        def work(conn: Connection) -> None:
+        def work(conn: Connection) -> ControlError | None:
             now = utcnow()
+            # A test without QC has nothing to void or unlock: a mistyped code would be
+            # kept as a test of its own, on the QC page for good. Asked before the state
+            # is read, which on PostgreSQL makes the rows it locks.
+            unpoliced = [t for t in tests if engine.gate.policy(instrument, t) is None]
+            kept = qc_state.kept_tests(conn, instrument, unpoliced)
+            unknown = [test for test in unpoliced if test not in kept]
+            if unknown:
+                return NotFound(
+                    f"no QC policy for {', '.join(unknown[:10])} on {instrument} "
+                    "and no QC kept for it: nothing to void or unlock"
+                )
             book = QcBook.read(conn, [(instrument, test) for test in tests])
             for test in tests:
                 key = (instrument, test)
@@ -310,8 +327,9 @@ class Control:
                     book.change(key, engine.gate.void(book.test(key), kind, now))
             audit(conn, now, by, f"qc.{kind}", instrument, {"tests": tests})
             book.write(conn, now)
+            return None
 
-        await store.write(work)
+        await self._write(store, work)
 
     async def close_corrective_action(
         self, action_id: int, by: str, action_taken: str

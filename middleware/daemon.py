@@ -668,7 +668,7 @@ async def serve_api(
     once it answers."""
     import uvicorn
 
-    from middleware.web.api import create_app
+    from middleware.web.api import create_app, server_config
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -681,15 +681,13 @@ async def serve_api(
             if serving is not None and self.started:
                 serving.set()
 
-    config = uvicorn.Config(
+    config = server_config(
         create_app(
             daemon.control,
             lambda: daemon.connections,
             daemon.monitor,
             live=daemon.instrument_states,
-        ),
-        log_level="warning",
-        lifespan="off",
+        )
     )
     if tls is not None:
         config.load()  # uvicorn makes its context from files; ours is made as the others

@@ -15,11 +15,13 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from middleware.daemon import Daemon
 from middleware.settings import Settings, load_settings
 from middleware.store import Store
-from middleware.web.api import bind_api_socket, create_app
+from middleware.store.schema import audit_log
+from middleware.web.api import bind_api_socket, create_app, server_config
 from middleware.web.roles import Role
 from tests import credentials
 from tests.conftest import ROOT
@@ -80,7 +82,7 @@ def bearer(daemon: Daemon, role: Role, name: str) -> dict[str, str]:
 async def serving(app: FastAPI) -> AsyncIterator[str]:
     """The app behind a real uvicorn on 127.0.0.1, in this event loop (as in the daemon)."""
     sock = bind_api_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(server_config(app))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
@@ -221,6 +223,8 @@ async def test_allowed_hosts_replace_the_defaults(users: Store, token: dict[str,
         (b'{"kind": "unlock", "extra": Infinity}', "Infinity is not a JSON value"),
         (b'{"kind": 1e999}', "1e999 is too large a number"),
         (b'{"kind": ' + b"9" * 5000 + b"}", "Exceeds the limit"),
+        (b'{"instrument": "chem\\ud800-1"}', "a lone surrogate \\ud800 is no character"),
+        (b'{"tests": ["\\udfff"]}', "a lone surrogate \\udfff is no character"),
     ],
 )
 async def test_json_that_is_not_json_is_refused(
@@ -284,3 +288,22 @@ def test_the_environment_can_open_the_api_too(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("MIDDLEWARE_API__HOST", "0.0.0.0")
     settings = load_settings(None)
     assert settings.api is not None and settings.api.host == "0.0.0.0"
+
+
+async def test_the_address_audited_is_the_one_that_connected(running: Daemon) -> None:
+    """A peer's X-Forwarded-For would let it write any address in the audit log and slip
+    past the login limit per address."""
+    assert running.store is not None
+    credentials.user(running.store, "alice", Role.VALIDATOR)
+    forged = {"X-Forwarded-For": "10.66.66.67", "X-Real-IP": "10.66.66.67"}
+    async with (
+        serving(api_of(running)) as url,
+        httpx.AsyncClient(base_url=url, headers=forged) as api,
+    ):
+        form = (await api.get("/login")).text
+        token = form.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+        said = {"username": "alice", "password": "not hers", "csrf_token": token}
+        assert (await api.post("/login", data=said)).status_code == 401
+    failed = audit_log.c.action == "auth.login.failed"
+    query = select(audit_log.c.actor, audit_log.c.subject).where(failed)
+    assert running.store.read(lambda c: c.execute(query).all()) == [("alice", "127.0.0.1")]

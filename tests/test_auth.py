@@ -201,9 +201,6 @@ async def test_every_route_but_the_open_ones_is_refused_without_credentials(api:
     # Probes and metrics show no patient data; /login must be reachable to log in.
     assert unguarded <= {
         "/login",
-        "/docs",
-        "/docs/oauth2-redirect",
-        "/redoc",
         "/openapi.json",
         "/static",
     }
@@ -319,9 +316,15 @@ async def test_a_login_opens_a_session_with_a_cookie_no_script_can_read(api: Api
         assert cookie.startswith("lis_session=")
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
         assert "Secure" not in cookie  # no TLS here
-        assert (await client.get("/api/outbox")).status_code == 200
-        me = (await client.get("/api/session")).json()
+        outbox = await client.get("/api/outbox")
+        assert outbox.status_code == 200
+        session = await client.get("/api/session")
+        me = session.json()
         assert (me["user"], me["role"]) == ("alice", "validator")
+        # The CSRF token, specimen ids: kept by no cache, refusals included.
+        refused = await client.post("/api/qc/events", json={})
+        for answer in (outbox, session, refused):
+            assert answer.headers["cache-control"] == "no-store", answer.request.url
         assert "release" in me["may"] and "approve-limits" not in me["may"]
     assert api.audited("auth.login") == [("alice", "127.0.0.1", '{"role": "validator"}')]
 
@@ -402,9 +405,15 @@ async def test_a_session_ends_when_idle_and_at_the_end_of_its_lifetime(api: Api)
 async def test_a_disabled_users_session_is_refused_at_its_next_request(api: Api) -> None:
     async with logged_in(api, "bob", Role.TECHNICIAN) as (client, _):
         assert (await client.get("/api/health")).status_code == 200
-        await api.store.write(lambda c: stored_users.set_disabled(c, "bob", True, "admin", START))
+        api.clock.advance(seconds=1)
+        off = api.clock.now
+        await api.store.write(lambda c: stored_users.set_disabled(c, "bob", True, "admin", off))
         assert (await client.get("/api/health")).status_code == 401
-        await api.store.write(lambda c: stored_users.set_disabled(c, "bob", False, "admin", START))
+        await api.store.write(lambda c: stored_users.set_disabled(c, "bob", False, "admin", off))
+        # Enabled again, the user logs in again: the session taken away stays ended.
+        assert (await client.get("/api/health")).status_code == 401
+        api.clock.advance(seconds=1)
+        assert (await login(client, "bob")).status_code == 303
         assert (await client.get("/api/health")).status_code == 200
         # A new password ends the sessions opened with the old one.
         api.clock.advance(seconds=1)

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, select
 import drivers
 from middleware.astm.link import LinkSettings
 from middleware.control import (
+    MAX_TESTS,
     Conflict,
     Control,
     EngineNotRunning,
@@ -28,7 +29,13 @@ from middleware.control import (
 from middleware.pipeline import ConnectionPipeline
 from middleware.settings import Settings
 from middleware.store import Store, outbox, qc_state
-from middleware.store.schema import audit_log, control_limits, corrective_actions, qc_events
+from middleware.store.schema import (
+    audit_log,
+    control_limits,
+    corrective_actions,
+    qc_events,
+    qc_tests,
+)
 from middleware.transport.tcp import TcpServer
 from middleware.web.api import create_app
 from middleware.web.roles import Role
@@ -236,6 +243,27 @@ async def test_an_instrument_not_configured_is_not_found_and_nothing_is_recorded
     [event] = store.read(lambda c: c.execute(select(qc_events)).all())
     assert (event.instrument, event.kind, event.recorded_by) == ("chem-1", "calibration", "tech")
     assert audited(store)[-1] == ("tech", "qc.calibration")
+
+
+async def test_a_test_without_qc_is_refused_and_leaves_no_qc_test_behind(
+    control: Control, store: Store, tmp_path: Path
+) -> None:
+    """A mistyped code (GLUC) is not made a QC test of its own; a test whose policy left
+    the rules but whose QC is kept may still be unlocked."""
+    with pytest.raises(NotFound, match="no QC policy for GLUC on chem-1"):
+        await control.record_qc_event("chem-1", ["GLU", "GLUC"], "calibration", "tech")
+    with pytest.raises(Conflict, match=f"at most {MAX_TESTS} tests"):
+        await control.record_qc_event("chem-1", ["GLU"] * (MAX_TESTS + 1), "maintenance", "tech")
+    assert store.read(lambda c: c.execute(select(qc_events)).all()) == []
+    assert store.read(lambda c: c.execute(select(qc_tests)).all()) == []
+    await send(control, qc("5.2", "15.6"))
+    policies = tmp_path / "rules" / "qc.yaml"
+    policies.write_text(policies.read_text().replace("[GLU, CREA, UREA]", "[CREA, UREA]"))
+    await control.reload_rules("GLU's policy withdrawn")
+    assert control.engine is not None and control.engine.gate.policy("chem-1", "GLU") is None
+    await control.record_qc_event("chem-1", ["GLU", "GLU"], "unlock", "tech")
+    [event] = store.read(lambda c: c.execute(select(qc_events)).all())
+    assert (event.test_code, event.kind) == ("GLU", "unlock")
 
 
 async def test_what_a_person_gives_is_checked_before_the_store_sees_it(

@@ -111,6 +111,17 @@ def load_tests(conn: Connection, keys: Iterable[TestKey]) -> dict[TestKey, TestQ
     return found
 
 
+def kept_tests(conn: Connection, instrument: str, tests: Iterable[str]) -> set[str]:
+    """Those of ``tests`` whose QC state is kept for ``instrument``; nothing is made."""
+    wanted = sorted(set(tests))
+    if not wanted:
+        return set()
+    query = select(qc_tests.c.test_code).where(
+        qc_tests.c.instrument == instrument, qc_tests.c.test_code.in_(wanted)
+    )
+    return set(conn.execute(query).scalars())
+
+
 def _read_tests(conn: Connection, wanted: list[TestKey]) -> dict[TestKey, TestQc]:
     found: dict[TestKey, TestQc] = {}
     query = _TESTS_FOR_UPDATE if conn.dialect.name == "postgresql" else _TESTS

@@ -134,9 +134,12 @@ def rehash_password(conn: Connection, name: str, password_hash: str) -> None:
 
 def set_disabled(conn: Connection, name: str, disabled: bool, by: str, at: datetime) -> bool:
     """Disable (or enable again) a user; False for an unknown one. A disabled user's
-    sessions stop working at their next request."""
-    action = "user.disable" if disabled else "user.enable"
-    return _change(conn, name, {"disabled": disabled}, by, at, action)
+    sessions end at their next request, and do not come back with an enabling: the user
+    logs in again."""
+    if not disabled:
+        return _change(conn, name, {"disabled": False}, by, at, "user.enable")
+    values = {"disabled": True, "sessions_revoked_at": at}
+    return _change(conn, name, values, by, at, "user.disable")
 
 
 def set_role(conn: Connection, name: str, role: Role, by: str, at: datetime) -> bool:

@@ -12,12 +12,14 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Annotated, Any
 
+import uvicorn
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from middleware.control import (
+    MAX_TESTS,
     Conflict,
     Control,
     ControlError,
@@ -40,7 +42,13 @@ from middleware.web.auth import (
     install,
     require,
 )
-from middleware.web.guards import BodyLimit, HostCheck, NoNulInAddress, StrictJsonRoute
+from middleware.web.guards import (
+    BodyLimit,
+    HostCheck,
+    NoNulInAddress,
+    NoStoreApi,
+    StrictJsonRoute,
+)
 from middleware.web.pages import add_pages
 from middleware.web.roles import Action, allowed
 
@@ -71,12 +79,19 @@ class Approval(BaseModel):
 
 class QcEvent(BaseModel):
     instrument: str = Field(min_length=1)
-    tests: list[str] = Field(min_length=1)
+    tests: list[str] = Field(min_length=1, max_length=MAX_TESTS)
     kind: QcEventKind
 
 
 #: Row ids are 32-bit in the schema; a larger one would be an error of the database.
 RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+def server_config(app: FastAPI) -> uvicorn.Config:
+    """How uvicorn serves the API: in the daemon's loop (no lifespan), quiet but for
+    warnings, and believing no peer's ``X-Forwarded-For``: the audit log and the login
+    limit per address count the address that connected."""
+    return uvicorn.Config(app, log_level="warning", lifespan="off", proxy_headers=False)
 
 
 def bind_api_socket(host: str, port: int) -> socket.socket:
@@ -133,11 +148,14 @@ def create_app(
     those of ``control``'s store; ``clock`` times sessions and logins. ``live`` gives
     the instruments' connection states for the status page."""
     config = control.settings.api or ApiConfig()
-    app = FastAPI(title="lis-middleware control API", version="1")
+    # No /docs nor /redoc: FastAPI's load their scripts from a CDN, which would then run
+    # with the status page's rights. The description stays at /openapi.json.
+    app = FastAPI(title="lis-middleware control API", version="1", docs_url=None, redoc_url=None)
     app.router.route_class = StrictJsonRoute
     install(app, Auth(lambda: control.store, config, control.settings.state_dir, clock))
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     app.add_middleware(NoNulInAddress)
+    app.add_middleware(NoStoreApi)
     app.add_middleware(HostCheck, allowed=_host_names(config))
     for kind in REFUSALS:
         app.add_exception_handler(kind, _refused)

@@ -316,7 +316,7 @@ def _next(app: FastAPI, wanted: str | None) -> str:
     if wanted and wanted.startswith("/") and not wanted.startswith(("//", "/\\")):
         return wanted
     has_home = any(getattr(route, "path", None) == "/" for route in app.routes)
-    return "/" if has_home else "/docs"
+    return "/" if has_home else "/api/session"
 
 
 def install(app: FastAPI, auth: Auth) -> None:
@@ -403,10 +403,7 @@ def install(app: FastAPI, auth: Auth) -> None:
 
 #: Routes anyone may call: the login page, the probes and metrics (which show no patient
 #: data), and the API's description.
-OPEN_PATHS = frozenset(
-    {"/login", "/metrics", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc"}
-    | {"/openapi.json"}
-)
+OPEN_PATHS = frozenset({"/login", "/metrics", "/healthz", "/readyz", "/openapi.json"})
 
 
 def check_guarded(app: FastAPI) -> None:

@@ -78,6 +78,28 @@ class NoNulInAddress:
         await self.app(scope, receive, send)
 
 
+class NoStoreApi:
+    """Answers of ``/api/`` kept by no cache (``Cache-Control: no-store``), as the pages'
+    are: they carry the session's CSRF token, specimen ids, the LIS's error text."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def marked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0] != b"cache-control"]
+                headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, marked)
+
+
 class BodyTooLarge(HTTPException):
     """Raised while a body is read, past the limit; the app answers it like any HTTP error.
 
@@ -140,8 +162,17 @@ def _finite(text: str) -> float:
 
 def strict_json(data: bytes) -> Any:
     """JSON as RFC 8259 defines it: Python's ``json`` would also take NaN and Infinity
-    (and 1e999 as infinity), which no field here can hold nor any answer echo back."""
-    return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite)
+    (and 1e999 as infinity), and half a surrogate pair (``"\\ud800"``), which no field
+    here can hold nor any answer echo back."""
+    value = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite)
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # ``\ud800`` alone is half of a pair: no character, and no answer could echo it.
+        raise ValueError(
+            f"a lone surrogate \\u{ord(exc.object[exc.start]):04x} is no character"
+        ) from None
+    return value
 
 
 class _StrictJsonRequest(Request):
