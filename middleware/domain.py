@@ -73,6 +73,10 @@ class Order:
     container: str = ""
     """What the LIS says of the specimen (collection, type, container), for sample
     acceptance where the analyser does not say it."""
+    placer_order: str = ""
+    """The LIS's number of the order (HL7 ORC-2, else OBR-2): a specimen may carry
+    several orders (a test added later is an order of its own), each replaced or
+    cancelled on its own. Empty: the specimen's only order."""
 
 
 @dataclass(frozen=True, slots=True)

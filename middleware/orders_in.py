@@ -16,6 +16,7 @@ from datetime import datetime, tzinfo
 import structlog
 from sqlalchemy import Connection
 
+from middleware.domain import Order
 from middleware.hl7.mllp import Discarded, MllpReader, frame
 from middleware.hl7.orders import (
     CANCEL,
@@ -193,19 +194,53 @@ def _apply(
     for change in message.changes:
         order = change.order
         if change.action == CANCEL:
-            orders.cancel_tests(conn, order.specimen_id, order.test_codes)
-            worklist.enqueue(conn, order, worklist.CANCEL, downloads, at)
+            for named in _cancelled(conn, order):
+                held = orders.orders_for(conn, [named.specimen_id])
+                orders.cancel_tests(conn, named.specimen_id, named.test_codes, named.placer_order)
+                _withdraw(conn, named, named.test_codes, held, downloads, at)
         else:
             # What the order it replaces asked for and this one no longer does is withdrawn
             # from the analysers that took a downloaded worklist: they would run it.
             held = orders.orders_for(conn, [order.specimen_id])
-            before = dict.fromkeys(code for o in held for code in o.test_codes)
-            dropped = tuple(code for code in before if code not in order.test_codes)
-            if dropped:
-                withdrawn = replace(order, test_codes=dropped)
-                worklist.enqueue(conn, withdrawn, worklist.CANCEL, downloads, at)
+            _withdraw(conn, order, order.test_codes, held, downloads, at, replacing=True)
             orders.put_order(conn, order, at)
             worklist.enqueue(conn, order, worklist.NEW, downloads, at)
+
+
+def _cancelled(conn: Connection, order: Order) -> list[Order]:
+    """What a cancel names: the tests of a specimen's order, or, named by its number
+    alone, every test of the order (on whichever specimens it is)."""
+    if order.specimen_id:
+        return [order]
+    placed = orders.orders_placed(conn, order.placer_order)
+    if order.test_codes:
+        return [replace(o, test_codes=order.test_codes) for o in placed]
+    return placed
+
+
+def _withdraw(
+    conn: Connection,
+    order: Order,
+    codes: tuple[str, ...],
+    held: list[Order],
+    downloads: Mapping[str, frozenset[str]],
+    at: datetime,
+    *,
+    replacing: bool = False,
+) -> None:
+    """Withdraws from worklist analysers the tests of ``order`` a cancel names (or, when
+    ``replacing``, those of the orders it replaces that it no longer asks for), but for
+    those another order of the specimen still asks for."""
+    same = [o for o in held if not order.placer_order or o.placer_order == order.placer_order]
+    others = {code for o in held if o not in same for code in o.test_codes}
+    if replacing:
+        before = dict.fromkeys(code for o in same for code in o.test_codes)
+        gone = tuple(code for code in before if code not in codes)
+    else:
+        gone = codes
+    dropped = tuple(code for code in gone if code not in others)
+    if dropped:
+        worklist.enqueue(conn, replace(order, test_codes=dropped), worklist.CANCEL, downloads, at)
 
 
 def _answer(

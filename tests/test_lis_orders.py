@@ -49,6 +49,7 @@ def test_an_order_gives_its_specimen_tests_patient_and_priority() -> None:
     assert change.order == Order(
         "S200", ("GLU", "CREA"), "R",
         ordered_at=datetime(2026, 11, 30, 11, 0, tzinfo=UTC), patient_id="PAT7",
+        placer_order="ORD1",
     )  # fmt: skip
     stat = read_order(orm("O2", "XO", "OBR|1|ORD1|S201|K^^L|S")).changes[0]
     assert (stat.action, stat.order.priority, stat.order.specimen_id) == (REPLACE, "S", "S201")
@@ -89,6 +90,55 @@ def test_the_acknowledgment_names_the_message_it_answers() -> None:
         text = acknowledgment("O1", code, at, "why" if code != "AA" else "")
         strict = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
         assert strict.validate()
+
+
+def test_each_order_of_a_specimen_is_its_own_by_its_number() -> None:
+    """A test added later comes as an order of its own (another ORC-2); a cancel's ORC
+    alone names its whole order by its number."""
+    two = "\r".join([
+        MSH.format(kind="ORM^O01", control="O1"), PID,
+        "ORC|NW|ORD1", "OBR|1|ORD1|S200|GLU^^L",
+        "ORC|NW|ORD2", "OBR|1|ORD2|S200|K^^L", "OBR|2|ORD2|S200|NA^^L",
+    ])  # fmt: skip
+    assert [(c.order.placer_order, c.order.test_codes) for c in read_order(two).changes] == [
+        ("ORD1", ("GLU",)), ("ORD2", ("K", "NA")),
+    ]  # fmt: skip
+    # The number may be OBR-2's only; a cancel by number needs no specimen.
+    by_obr = orm("O2", "CA", "OBR|1|ORD2||K^^L").replace("ORC|CA|ORD1|", "ORC|CA||")
+    [cancel] = read_order(by_obr).changes
+    assert (cancel.action, cancel.order.specimen_id, cancel.order.placer_order) == (
+        CANCEL, "", "ORD2",
+    )  # fmt: skip
+    alone = "\r".join([MSH.format(kind="ORM^O01", control="O3"), PID, "ORC|CA|ORD2"])
+    [whole] = read_order(alone).changes
+    assert (whole.action, whole.order.placer_order, whole.order.test_codes) == (
+        CANCEL, "ORD2", (),
+    )  # fmt: skip
+    with pytest.raises(OrderRefused, match=r"^ORC-2 \(segment 3\): a cancel without OBR"):
+        read_order(alone.replace("ORC|CA|ORD2", "ORC|CA|"))
+    with pytest.raises(OrderRefused, match=r"^OBR-3 \(segment 4\): no specimen id"):
+        read_order(by_obr.replace("CA", "NW"))
+
+
+def test_an_order_replaces_and_cancels_only_what_its_number_names(database_url: str) -> None:
+    store = Store(database_url)
+    try:
+        with store.engine.begin() as conn:
+            orders.put_order(conn, Order("S1", ("GLU", "K"), placer_order="P1"), AT)
+            orders.put_order(conn, Order("S1", ("NA",), placer_order="P2"), AT)  # added
+            orders.put_order(conn, Order("S1", ("GLU",), placer_order="P1"), AT)  # replaces P1
+            orders.put_order(conn, Order("S2", ("CRP", "ALB"), placer_order="P3"), AT)
+            orders.cancel_tests(conn, "S2", ["CRP"], "P9")  # another order's number
+            orders.cancel_tests(conn, "S2", ["ALB"], "P3")
+        held = store.read(lambda conn: orders.orders_for(conn, ["S1", "S2"]))
+        assert [(o.specimen_id, o.placer_order, o.test_codes) for o in held] == [
+            ("S1", "P2", ("NA",)), ("S1", "P1", ("GLU",)), ("S2", "P3", ("CRP",)),
+        ]  # fmt: skip
+        assert [o.test_codes for o in store.read(lambda c: orders.orders_placed(c, "P2"))] == [
+            ("NA",)
+        ]
+    finally:
+        store.close()
 
 
 def test_orders_replace_and_cancels_remove_tests(tmp_path: Path) -> None:

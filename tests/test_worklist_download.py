@@ -196,3 +196,37 @@ def test_a_worklist_is_for_an_astm_analyser_and_names_its_tests() -> None:
         InstrumentConfig.model_validate(base | {"protocol": "hl7", "worklist": {"tests": ["X"]}})
     with pytest.raises(ValidationError, match=r"worklist\.tests"):
         InstrumentConfig.model_validate(base | {"worklist": {"tests": []}})
+
+
+def test_a_test_added_as_an_order_of_its_own_leaves_the_first_order_on_the_analyser(
+    tmp_path: Path, database_url: str
+) -> None:
+    """An add-on test comes with another order number: the first order's tests stay on
+    the analyser. Cancelled by its number alone, the add-on goes, and only it."""
+    daemon, orders = _daemon(tmp_path, database_url)
+    msh = "MSH|^~\\&|LIS|LAB|MW|LAB|20261130120000||ORM^O01|{}|P|2.5.1"
+    pid = "PID|1||PAT7^^^^MR"
+
+    async def scenario() -> list[list[bytes]]:
+        assert await _order(orders, orm("O1", "NW", "OBR|1|ORD1|S500|GLU^^L")) == "AA"
+        peer = StreamPeer(*await connect(daemon.ports[0]))
+        got = [await receive_message(peer)]
+        added = "\r".join([msh.format("O2"), pid, "ORC|NW|ORD2", "OBR|1|ORD2|S500|K^^L"])
+        assert await _order(orders, added) == "AA"
+        got.append(await receive_message(peer))
+        cancelled = "\r".join([msh.format("O3"), pid, "ORC|CA|ORD2"])
+        assert await _order(orders, cancelled) == "AA"
+        got.append(await receive_message(peer))
+        await peer.close()
+        return got
+
+    try:
+        first, added, cancelled = asyncio.run(scenario())
+    finally:
+        daemon.stop()
+    fields = [message[2].split(b"|") for message in (first, added, cancelled)]
+    assert [(f[2], f[4], f[11]) for f in fields] == [
+        (b"S500", b"^^^1001", b"N"), (b"S500", b"^^^1002", b"N"), (b"S500", b"^^^1002", b"C"),
+    ]  # fmt: skip
+    held = query(database_url, "SELECT placer_order, test_codes FROM orders ORDER BY id")
+    assert held == [("ORD1", '["GLU"]')]

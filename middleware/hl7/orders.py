@@ -12,10 +12,12 @@ OBR-4's first components (the laboratory's codes); the priority the most urgent 
 ORC-7, TQ1-9, OBR-27 (priority component) and OBR-5: S stat, A as soon as possible, else
 R; the specimen's collection time, type and container from its SPM (SPM-17, SPM-4,
 SPM-27), else OBR-7 and OBR-15, each from the first of its OBRs that gives it; a time
-without an offset is the LIS's wall clock, read in the laboratory's zone. ORC-1 says
-what to do: NW new (an order for a specimen already known replaces it), XO changed
-(replaces it), CA / OC / DC cancel the tests named. What cannot be read is refused (AE)
-with the segment and field named.
+without an offset is the LIS's wall clock, read in the laboratory's zone. Each order is
+the LIS's number for it (ORC-2, else OBR-2): a specimen may carry several. ORC-1 says
+what to do: NW new (an order already known by its number replaces it), XO changed
+(replaces it), CA / OC / DC cancel the tests named, or, an ORC without OBR, the whole
+order its number names. What cannot be read is refused (AE) with the segment and field
+named.
 
 Segments may be separated by CR, LF or CR LF. Fields are split on the message's own
 delimiters (MSH-1, MSH-2), the first repeat of a field read (of PID-3, the first naming
@@ -401,15 +403,19 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
         )  # fmt: skip
     patient_id = _patient_id(patients[0]) if patients else ""
     spm = _specimens_of_requests(kind, segments)
-    action, group_priority, ordered_at = "", ROUTINE, None
-    # One change per action and specimen: a message naming a specimen's tests in several
-    # OBRs (routine and STAT among them) orders them all.
-    tests: dict[tuple[str, str], list[str]] = {}
-    details: dict[tuple[str, str], _Specimen] = {}
+    action, group_priority, ordered_at, placer = "", ROUTINE, None, ""
+    # One change per action, specimen and order number: a message naming a specimen's
+    # tests in several OBRs (routine and STAT among them) orders them all.
+    tests: dict[tuple[str, str, str], list[str]] = {}
+    details: dict[tuple[str, str, str], _Specimen] = {}
     # ORC-9 belongs to its own order group; a specimen ordered in several takes the first
     # group's that gives one.
-    ordered: dict[tuple[str, str], datetime] = {}
-    priorities: dict[tuple[str, str], str] = {}
+    ordered: dict[tuple[str, str, str], datetime] = {}
+    priorities: dict[tuple[str, str, str], str] = {}
+    # A cancel's ORC alone names its whole order by its number (ORM^O01's order detail
+    # is optional): every test of it goes.
+    whole: list[tuple[str, _Segment]] = []
+    requests_after = _next_in_group(segments)
     for position, segment in enumerate(segments):
         name = segment.name
         if name == "ORC":
@@ -422,6 +428,9 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
             action = _ACTIONS[code]
             group_priority = _priority(segment.value(7, 6))
             ordered_at = _moment(segment, 9, zone)
+            placer = segment.value(2)
+            if action == CANCEL and requests_after.get(position) != "OBR":
+                whole.append((placer, segment))
         elif name == "TQ1":  # TQ1-9, where v2.5 puts the priority
             group_priority = _most_urgent(group_priority, _priority(segment.value(9)))
         elif name == "OBR":
@@ -430,13 +439,14 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
             own = spm.get(position)
             specimen = _specimen_id(segment, own)
             test = segment.value(4)
-            if not specimen:
+            number = placer or segment.value(2)
+            if not specimen and not (action == CANCEL and number):
                 raise OrderRefused(
                     f"{_where(segment, 3)}: no specimen id (nor SPM-2)", "101", segment.at(3)
                 )
             if not test:
                 raise OrderRefused(f"{_where(segment, 4)}: no test code", "101", segment.at(4))
-            key = (action, specimen)
+            key = (action, specimen, number)
             tests.setdefault(key, []).append(test)
             details[key] = _first_given(details.get(key), _specimen(own, segment, zone))
             if ordered_at is not None:
@@ -445,20 +455,44 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
             priorities[key] = _most_urgent(
                 priorities.get(key, ROUTINE), group_priority, *own_priority
             )
-    if not tests:
+    for number, orc in whole:
+        if not number:
+            raise OrderRefused(
+                f"{_where(orc, 2)}: a cancel without OBR names its order by its number, and "
+                "none is given", "101", orc.at(2),
+            )  # fmt: skip
+    if not tests and not whole:
         raise OrderRefused("OBR: the message orders no test", "100")
-    changes = []
+    changes = [
+        OrderChange(CANCEL, Order("", (), patient_id=patient_id, placer_order=number))
+        for number, _ in whole
+    ]
     for key, codes in tests.items():
-        act, specimen = key
+        act, specimen, number = key
         priority = priorities[key]
         about = details[key]
         order = Order(
             specimen, tuple(dict.fromkeys(codes)), priority, ordered_at=ordered.get(key),
             patient_id=patient_id, collected_at=about.collected_at,
             specimen_type=about.specimen_type, container=about.container,
+            placer_order=number,
         )  # fmt: skip
         changes.append(OrderChange(act, order))
     return OrderMessage(header.control_id, kind, tuple(changes))
+
+
+def _next_in_group(segments: list[_Segment]) -> dict[int, str]:
+    """For each ORC, by its position, the name of the ORC or OBR that follows it ("" at
+    the end): an ORC followed by another, or by nothing, has no request of its own."""
+    found: dict[int, str] = {}
+    after = ""
+    for position in range(len(segments) - 1, -1, -1):
+        name = segments[position].name
+        if name == "ORC":
+            found[position] = after
+        if name in ("ORC", "OBR"):
+            after = name
+    return found
 
 
 _DTM = re.compile(r"^(\d{8}(?:\d{4}(?:\d{2})?)?)(?:\.\d+)?(?:([+-])(\d{2})(\d{2}))?$")

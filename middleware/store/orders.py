@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
+    and_,
     bindparam,
     select,
 )
@@ -51,6 +54,7 @@ def add_order(conn: Connection, order: Order, at: datetime, source: str = "lis")
                 "collected_at": order.collected_at,
                 "specimen_type": order.specimen_type,
                 "container": order.container,
+                "placer_order": order.placer_order,
             },
         ).scalar_one()
     )
@@ -68,32 +72,50 @@ def orders_for(conn: Connection, specimen_ids: Iterable[str]) -> list[Order]:
     wanted = list(specimen_ids)
     if not wanted:
         return []
-    rows = _ORDERS_FOR.rows(conn, {"specimens": wanted})
-    return [
-        Order(
-            specimen_id=row.specimen_id,
-            test_codes=codes_of(row.test_codes),
-            priority=row.priority,
-            ordered_at=utc(row.ordered_at),
-            patient_id=row.patient_id,
-            collected_at=utc(row.collected_at),
-            specimen_type=row.specimen_type,
-            container=row.container,
-        )
-        for row in rows
-    ]
+    return [_order(row) for row in _ORDERS_FOR.rows(conn, {"specimens": wanted})]
+
+
+def orders_placed(conn: Connection, placer_order: str) -> list[Order]:
+    """The orders the LIS numbered so, whichever specimen they are for."""
+    query = select(orders).where(orders.c.placer_order == placer_order).order_by(orders.c.id)
+    return [_order(row) for row in conn.execute(query)]
+
+
+def _order(row: Any) -> Order:
+    return Order(
+        specimen_id=row.specimen_id,
+        test_codes=codes_of(row.test_codes),
+        priority=row.priority,
+        ordered_at=utc(row.ordered_at),
+        patient_id=row.patient_id,
+        collected_at=utc(row.collected_at),
+        specimen_type=row.specimen_type,
+        container=row.container,
+        placer_order=row.placer_order,
+    )
+
+
+def _of(specimen_id: str, placer_order: str) -> ColumnElement[bool]:
+    """The orders of a specimen an order replaces or a cancel names: those of its
+    number, or every one of the specimen when it has none."""
+    where = orders.c.specimen_id == specimen_id
+    return and_(where, orders.c.placer_order == placer_order) if placer_order else where
 
 
 def put_order(conn: Connection, order: Order, at: datetime) -> int:
-    """The LIS's order for a specimen, replacing what it ordered for it before."""
-    conn.execute(orders.delete().where(orders.c.specimen_id == order.specimen_id))
+    """The LIS's order for a specimen, replacing what it ordered under the same number
+    before (without a number, what it ordered for the specimen)."""
+    conn.execute(orders.delete().where(_of(order.specimen_id, order.placer_order)))
     return add_order(conn, order, at)
 
 
-def cancel_tests(conn: Connection, specimen_id: str, tests: Iterable[str]) -> None:
-    """The LIS cancels these tests of a specimen; an order left with none goes."""
+def cancel_tests(
+    conn: Connection, specimen_id: str, tests: Iterable[str], placer_order: str = ""
+) -> None:
+    """The LIS cancels these tests of a specimen's order (every order of the specimen
+    when it names none); an order left with no test goes."""
     cancelled = set(tests)
-    rows = conn.execute(select(orders).where(orders.c.specimen_id == specimen_id)).all()
+    rows = conn.execute(select(orders).where(_of(specimen_id, placer_order))).all()
     for row in rows:
         kept = [c for c in codes_of(row.test_codes) if c not in cancelled]
         if kept:

@@ -185,8 +185,10 @@ orders = Table(
     Column("collected_at", DateTime(timezone=True)),
     Column("specimen_type", Text, nullable=False, default=""),
     Column("container", Text, nullable=False, default=""),
+    Column("placer_order", Text, nullable=False, default=""),
 )
 Index("ix_orders_specimen", orders.c.specimen_id)
+Index("ix_orders_placer", orders.c.placer_order)
 
 # Orders (and cancellations) waiting to be sent to an analyser that takes a downloaded
 # worklist; written with the orders they come from, marked once the analyser has them.
