@@ -38,7 +38,15 @@ from middleware.person_actions import (
     clean_text,
 )
 from middleware.settings import Settings
-from middleware.store import Store, held_view, outbox, qc_state, recalls, rules_in_force
+from middleware.store import (
+    Store,
+    held_view,
+    leases,
+    outbox,
+    qc_state,
+    recalls,
+    rules_in_force,
+)
 from middleware.store.audit import audit
 from middleware.store.comments import ResultComment
 from middleware.store.held_view import Cursor, HeldPage
@@ -169,7 +177,10 @@ class Control:
 
             def put(conn: Connection) -> rules_in_force.RulesVersion:
                 now = utcnow()
-                if change:
+                in_force = rules_in_force.latest(conn)
+                # Rules already in force (a daemon started again, or another's) are no
+                # change to audit.
+                if change and (in_force is None or in_force.digest != digest):
                     detail = {"sources": rules.sources, "diff": change}
                     audit(conn, now, actor, "rules.load", str(directory), detail)
                 return rules_in_force.put(conn, digest, text, actor, self.node, now)
@@ -230,11 +241,20 @@ class Control:
             raise EngineNotRunning("the rules engine is not running (no rules_dir configured)")
         return self.store, self.engine
 
-    def _configured(self, instrument: str) -> None:
-        """Refuse what names an instrument this daemon does not know, before recording it.
-        One configured but not enabled is still the lab's."""
-        if all(known.name != instrument for known in self.settings.instruments):
-            raise NotFound(f"unknown instrument {instrument!r}: not in the configuration")
+    async def _configured(self, instrument: str) -> None:
+        """Refuse what names an instrument no daemon knows, before recording it: one in
+        this daemon's configuration (enabled or not), or one another daemon on the same
+        database serves (holds the lease of)."""
+        if any(known.name == instrument for known in self.settings.instruments):
+            return
+        if self.store is not None and await self.store.read_async(
+            lambda conn: leases.holder(conn, instrument) is not None
+        ):
+            return
+        raise NotFound(
+            f"unknown instrument {instrument!r}: not in the configuration, nor served by "
+            "another daemon"
+        )
 
     async def _write(self, store: Store, work: Callable[[Connection], T | ControlError]) -> T:
         """Run ``work`` in the writer's thread; a refusal it returns is raised here.
@@ -253,7 +273,7 @@ class Control:
 
     async def approve_limits(self, instrument: str, test: str, lot: str, by: str) -> LimitsProposal:
         """Q3: a biologist approves the lab's own mean and SD for a control lot."""
-        self._configured(instrument)
+        await self._configured(instrument)
         test, lot = _given(clean_key(test, "the test")), _given(clean_key(lot, "the lot"))
         by = _who(by)
         store, _ = self._running()
@@ -294,7 +314,7 @@ class Control:
     ) -> None:
         """A calibration or maintenance voids the QC of these tests; ``unlock`` lifts a
         method lock once the cause is fixed."""
-        self._configured(instrument)
+        await self._configured(instrument)
         if len(tests) > MAX_TESTS:
             raise Conflict(f"at most {MAX_TESTS} tests at once")
         tests = list(dict.fromkeys(_given(clean_key(test, "the test")) for test in tests))
@@ -476,7 +496,7 @@ class Control:
         """Once the QC of a test on an instrument is valid, its held results are decided
         again (and those the engine releases go to the LIS). Refused while its QC is not
         valid; an instrument not configured is NotFound."""
-        self._configured(instrument)
+        await self._configured(instrument)
         code, who = _given(clean_key(test, "the test")), _who(by)
         _, engine = self._running()
         return await self._act(
@@ -515,7 +535,7 @@ class Control:
         """The reagent lots the latest results of an instrument's tests were made with;
         of a lot the rule files name, the earlier of their effective expiry and the
         analyser's, and whether they recall it."""
-        self._configured(instrument)
+        await self._configured(instrument)
         lots = await self._store().read_async(lambda conn: recalls.lots_in_use(conn, instrument))
         registry = self.engine.lots if self.engine is not None else None
         out = []

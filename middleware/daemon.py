@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 import structlog
+from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
 import drivers
@@ -194,9 +195,12 @@ class Daemon:
             )
         self.control.store = self.store
         self._observe(self.store)
-        if self.settings.rules_dir is not None and await self.reload_rules("daemon start"):
-            raise SystemExit(2)
+        # The instruments first: a daemon refused them must not put its rules in force
+        # for the daemons that serve them.
         await self._claim_instruments(self.store)
+        if self.settings.rules_dir is not None and await self.reload_rules("daemon start"):
+            await self.store.write(lambda conn: leases.release(conn, self.owner))
+            raise SystemExit(2)
         for config in self.settings.instruments:
             if config.enabled:
                 await self._start_instrument(config, self.store)
@@ -320,6 +324,11 @@ class Daemon:
             except Exception as exc:
                 log.warning("rules in force not checked", error=repr(exc))
 
+    def _serving(self, conn: Connection, instrument: str) -> None:
+        """In the transaction that keeps a message: refused once another daemon took the
+        instrument (this one was frozen past its lease), before it knows it."""
+        leases.check_serving(conn, self.owner, instrument)
+
     def _driver(self, config: InstrumentConfig) -> drivers.Driver:
         return drivers.get(config.driver, config.driver_options, config.name)
 
@@ -352,6 +361,7 @@ class Daemon:
             timezone=config.zone,
             max_message_bytes=config.max_message_bytes,
             metrics=self.metrics,
+            serving=self._serving,
         )
         channel.handler = self._forget_when_closed(config.name, channel, pipeline)
         live[channel] = pipeline
@@ -380,6 +390,7 @@ class Daemon:
             hl7 = Hl7Instrument(
                 config, store, lambda: self.engine, lambda: self.control.lis, self.metrics,
                 on_status=lambda state, **detail: self.instrument_status(name, state, **detail),
+                serving=self._serving,
             )  # fmt: skip
             self.hl7[config.name] = hl7
         if config.speaks == "hl7":

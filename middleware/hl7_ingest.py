@@ -98,8 +98,11 @@ class Hl7Connection:
         idle_timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
         metrics: Metrics | None = None,
+        serving: Callable[[Connection, str], None] | None = None,
     ) -> None:
         self.instrument = instrument
+        self.serving = serving
+        """As the ASTM pipeline's: raises once another daemon took the instrument."""
         self.driver = driver
         self.metrics = metrics
         self.store = store
@@ -344,10 +347,12 @@ class Hl7Connection:
             return None
 
     async def _keep(self, delivery: Delivery, now: datetime) -> Stored:
-        engine, lis = self.engine, self.lis
+        engine, lis, serving = self.engine, self.lis, self.serving
         pending, confirm = list(self._pending), list(self._unconfirmed)
 
         def work(conn: Connection) -> Stored:
+            if serving is not None:
+                serving(conn, delivery.instrument)
             _write(conn, pending, now)
             stored = store_delivery(conn, delivery, now)
             again = stored.message_id if stored.duplicate else None
@@ -502,8 +507,10 @@ class Hl7Instrument:
         lis: Callable[[], Sender | None],
         metrics: Metrics | None = None,
         on_status: StatusListener | None = None,
+        serving: Callable[[Connection, str], None] | None = None,
     ) -> None:
         self.config = config
+        self.serving = serving
         self.store = store
         self.engine = engine
         self.lis = lis
@@ -530,6 +537,7 @@ class Hl7Instrument:
             max_message_bytes=config.max_message_bytes,
             idle_timeout=config.frame_timeout or 30.0,
             metrics=self.metrics,
+            serving=self.serving,
         )
 
     async def start(self) -> None:

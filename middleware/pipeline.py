@@ -146,8 +146,12 @@ class ConnectionPipeline:
         max_message_bytes: int = 8 << 20,
         lis: Sender | None = None,
         metrics: Metrics | None = None,
+        serving: Callable[[Connection, str], None] | None = None,
     ) -> None:
         self.instrument = instrument
+        self.serving = serving
+        """Raises, in the transaction that would keep a message, once this daemon no
+        longer serves the instrument (another took it): the message is refused."""
         self.driver = driver
         """As configured: a named driver, or ``auto``, which names one per message."""
         self.reader: Driver = driver
@@ -423,13 +427,15 @@ class ConnectionPipeline:
         """Store a delivery with what waits before it (raw rows, settled messages), and
         settle ``confirm`` unless the delivery is one of them again; nothing changes here
         unless that commits (by ``deadline``, ``time.monotonic()``, when given)."""
-        engine, lis = self.engine, self.lis
+        engine, lis, serving = self.engine, self.lis, self.serving
         pending = list(self._pending)
         settled = list(self._acknowledged)
         confirm = confirm or []
         now = self.clock()
 
         def work(conn: Connection) -> Stored:
+            if serving is not None:
+                serving(conn, delivery.instrument)
             _write_pending(conn, pending, settled, now)
             stored = store_delivery(conn, delivery, now)
             again = stored.message_id if stored.duplicate else None

@@ -261,7 +261,9 @@ async def test_qc_for_an_instrument_not_configured_is_refused_unrecorded(
     async with client(api_of(running)) as api:
         refused = await api.post("/api/qc/events", json=event, headers=tech)
         assert refused.status_code == 404
-        assert refused.json()["detail"] == "unknown instrument 'ghost': not in the configuration"
+        assert refused.json()["detail"] == (
+            "unknown instrument 'ghost': not in the configuration, nor served by another daemon"
+        )
         refused = await api.post("/api/qc/proposals/approve", json=approval, headers=dr)
         assert refused.status_code == 404
         assert "unknown instrument 'ghost'" in refused.json()["detail"]

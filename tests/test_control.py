@@ -135,6 +135,10 @@ async def test_refused_rules_leave_the_rules_in_force_and_accepted_ones_are_audi
 
     await control.reload_rules("alice")  # nothing changed: nothing to audit
     assert len(audited(store)) == 2
+    # A daemon started again (or another) on the rules in force puts nothing new.
+    again = Control(control.settings, store)
+    await again.reload_rules("daemon start")
+    assert len(audited(store)) == 2
 
 
 async def test_without_a_rules_directory_reload_is_refused_and_qc_commands_too(

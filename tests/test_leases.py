@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from middleware.store import Store, leases
+from middleware.store.sql import utcnow
 from middleware.web.roles import Role
 from tests import credentials
 from tests.daemon import ROOT, DaemonProcess, connect, free_port, query
 from tests.messages import patient, qc
-from tests.peer import StreamPeer, send_message
+from tests.peer import ACK, StreamPeer, frames_for, send_frames, send_message
 from tests.test_api import wait_until_listening
 
 
@@ -177,6 +181,18 @@ def test_rules_put_in_force_through_one_daemon_apply_on_the_other(
         while "4 delta checks" not in httpx.get(health, headers=alice).json()["rules"]:
             assert time.monotonic() < deadline, "daemon a never applied the new rules"
             time.sleep(0.2)
+        # A daemon refused chem-1 (a serves it) puts none of its older rules in force.
+        (tmp_path / "c").mkdir()
+        refused = DaemonProcess(
+            tmp_path / "c", [instrument("chem-1", free_port())], database_url=database_url,
+            node_name="node-c", lease_seconds=1.5, rules_dir=str(ROOT / "rules"),
+        )  # fmt: skip
+        assert _run_once(refused.config).returncode == 2
+        # A calibration of chem-1, which a serves, recorded through b.
+        tech = credentials.bearer(database_url, Role.TECHNICIAN, "tess")
+        event = {"instrument": "chem-1", "tests": ["GLU"], "kind": "calibration"}
+        events = f"http://127.0.0.1:{ports['b'][1]}/api/qc/events"
+        assert httpx.post(events, json=event, headers=tech, timeout=10).status_code == 200
 
         async def analyser() -> None:
             peer = StreamPeer(*await connect(ports["a"][0]))
@@ -198,3 +214,92 @@ def test_rules_put_in_force_through_one_daemon_apply_on_the_other(
         database_url, "SELECT put_by, node FROM rules_in_force ORDER BY id DESC LIMIT 1"
     )
     assert by == "token:alice" and node.startswith("node-b/")
+    assert query(database_url, "SELECT instrument, kind FROM qc_events") == [
+        ("chem-1", "calibration")
+    ]
+
+
+def _take_over(daemon: DaemonProcess, within: float = 20.0) -> None:
+    """Start ``daemon`` as its supervisor would: again while another holds its lease."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            daemon.start()
+            return
+        except RuntimeError as exc:
+            assert "served by daemon" in str(exc), str(exc)
+            assert time.monotonic() < deadline, "the frozen daemon's lease never ran out"
+            time.sleep(0.2)
+
+
+def test_a_daemon_woken_after_another_took_its_instrument_keeps_nothing_more(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Frozen (SIGSTOP) past its lease while an analyser was sending, the first daemon
+    wakes after the second took the instrument: the message's last frame, already in its
+    socket, is not acknowledged, and nothing of it is kept; the analyser sends it again to
+    the daemon that serves the instrument now."""
+    ports = free_port(), free_port()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = (
+        DaemonProcess(
+            tmp_path / name,
+            [instrument("chem-1", port)],
+            database_url=database_url,
+            node_name=f"node-{name}",
+            lease_seconds=1,
+        )
+        for name, port in zip("ab", ports, strict=True)
+    )
+    first.start()
+    assert first.process is not None
+    frames = frames_for(record("S-LATE"))
+
+    async def scenario() -> bytes:
+        peer = StreamPeer(*await connect(ports[0]))
+        await send_frames(peer, frames[:-1])
+        first.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        try:
+            await asyncio.to_thread(_take_over, second)
+            await peer.write(frames[-1])
+        finally:
+            first.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        try:
+            reply = await peer.read(1, timeout=10)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            reply = b""  # the daemon stopping closed the connection
+        await peer.close()
+        again = StreamPeer(*await connect(ports[1]))
+        await send_message(again, record("S-LATE"))
+        await again.close()
+        return reply
+
+    try:
+        reply = asyncio.run(scenario())
+        assert first.process.wait(20) == 1  # its leases taken: it stops
+    finally:
+        first.stop()
+        assert second.stop() == 0
+    assert reply != ACK
+    assert "instruments taken over by another daemon" in first.log.read_text()
+    rows = query(database_url, "SELECT specimen_id, instrument FROM results")
+    assert rows == [("S-LATE", "chem-1")]
+
+
+def test_on_postgresql_leases_run_out_by_the_databases_clock(database_url: str) -> None:
+    """A node whose clock is 30 s ahead must not take a lease renewed a moment ago, nor
+    one 30 s behind see a dead node's lease live on: PostgreSQL, shared by nodes, judges
+    by its own clock. SQLite is shared by the daemons of one host, on one clock."""
+    store = Store(database_url)
+    try:
+        now = utcnow()
+        with store.engine.begin() as conn:
+            assert leases.claim(conn, "node-a/1/x", ["chem-1"], now, 15) == []
+        ahead = now + timedelta(seconds=30)
+        with store.engine.begin() as conn:
+            held = leases.claim(conn, "node-b/2/y", ["chem-1"], ahead, 15)
+        postgresql = store.engine.dialect.name == "postgresql"
+        assert [h.owner for h in held] == (["node-a/1/x"] if postgresql else [])
+    finally:
+        store.close()

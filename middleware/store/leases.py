@@ -3,6 +3,12 @@
 A daemon holds a lease on each instrument of its configuration and renews it while it
 runs. Another daemon may take an instrument only once its lease has not been renewed for
 ``lease_seconds``: its holder stopped (cleanly, giving it back) or died.
+
+On PostgreSQL every lease time is the database's clock, never a node's: two nodes whose
+clocks differ agree on when a lease ran out. A message is kept only while its daemon
+holds the instrument's lease (:func:`check_serving`, in the transaction that stores it):
+a daemon frozen past its lease, whose instruments another took, keeps nothing more once
+woken.
 """
 
 from __future__ import annotations
@@ -11,10 +17,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from middleware.store.schema import instrument_leases
 from middleware.store.sql import upsert, utc
+
+
+class NotServing(Exception):
+    """This daemon no longer holds the instrument's lease: what it received is not kept,
+    and the analyser, refused, sends it again to the daemon that took the instrument."""
+
+
+def _clock(conn: Connection, now: datetime) -> datetime:
+    """The time leases are written and judged in: the database's on PostgreSQL (shared by
+    every node), else this host's (SQLite is shared by daemons of one host only)."""
+    if conn.dialect.name == "postgresql":
+        found = conn.execute(select(func.now())).scalar_one()
+        return utc(found) or now
+    return now
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +60,7 @@ def claim(
     runs), whose leases need not run out first."""
     if not instruments:
         return []
+    now = _clock(conn, now)
     conn.execute(
         upsert(conn, instrument_leases).on_conflict_do_nothing(index_elements=["instrument"]),
         [
@@ -70,6 +91,7 @@ def claim(
 
 def renew(conn: Connection, owner: str, instruments: Sequence[str], now: datetime) -> list[str]:
     """Renew ``owner``'s leases; returns the instruments whose lease it no longer holds."""
+    now = _clock(conn, now)
     conn.execute(
         instrument_leases.update()
         .where(
@@ -89,7 +111,29 @@ def renew(conn: Connection, owner: str, instruments: Sequence[str], now: datetim
     return [i for i in instruments if i not in kept]
 
 
+def holder(conn: Connection, instrument: str) -> str | None:
+    """The daemon holding the instrument's lease, if any holds it."""
+    query = select(instrument_leases.c.owner).where(instrument_leases.c.instrument == instrument)
+    return conn.execute(query).scalar()
+
+
 def release(conn: Connection, owner: str) -> None:
     """Give back every lease ``owner`` holds (a clean stop): another daemon may take its
     instruments at once."""
     conn.execute(instrument_leases.delete().where(instrument_leases.c.owner == owner))
+
+
+def check_serving(conn: Connection, owner: str, instrument: str) -> None:
+    """Raise :class:`NotServing` unless ``owner`` holds the instrument's lease. A lease
+    that ran out but was not taken is still held: no other daemon serves the instrument.
+    On PostgreSQL the row is read ``FOR SHARE``, so a daemon taking the instrument waits
+    for this transaction to end (on SQLite the write lock orders them): nothing is kept
+    after another daemon took it."""
+    query = select(instrument_leases.c.owner).where(instrument_leases.c.instrument == instrument)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(read=True)
+    if conn.execute(query).scalar() != owner:
+        raise NotServing(
+            f"instrument {instrument} is served by another daemon now (this one's lease "
+            "ran out and was taken): not kept"
+        )
