@@ -6,8 +6,9 @@ The base class is the reading HL7 v2.5.1 chapter 7 gives an observation:
 * the patient from PID (PID-3, else PID-2 or PID-4; PID-7 birth date, PID-8 sex);
 * the specimen id from SPM-2 (its placer id, else its filler id), else SAC-3 (container),
   else OBR-3 (filler order number, the analyser's), else OBR-2 (placer order number, the
-  LIS's); in an ORU^R01 a request's SPM follows its OBX, and the OBX after it describe the
-  specimen (kept as its comments);
+  LIS's); an OBR-3 of a few digits beside another id in OBR-2 is said, as it may be the
+  number of the day's run, which comes round again; in an ORU^R01 a request's SPM follows
+  its OBX, and the OBX after it describe the specimen (kept as its comments);
 * each OBX a result: OBX-3 the test (its identifier, else its text), OBX-5 the value as
   OBX-2 types it (SN ``<^15`` is ``<15``; CE/CWE its text), OBX-6 units, OBX-7 reference
   range, OBX-8 abnormal flags (each repeat), OBX-11 status, OBX-16 operator, OBX-18
@@ -51,6 +52,9 @@ from middleware.hl7.segments import Hl7Message, Segment
 
 _STAMP = re.compile(r"([0-9]{8}(?:[0-9]{2}(?:[0-9]{2}(?:[0-9]{2})?)?)?)(?:\.[0-9]{1,4})?"
                     r"(?:([+-])([0-9]{2})([0-9]{2}))?")  # fmt: skip
+# A filler order number of up to 4 digits: more likely a sample's number in the day's run
+# than an id that stays the tube's.
+_RUN_NUMBER = re.compile(r"[0-9]{1,4}")
 # Up to 9 digits: a sequence number is kept in a 32-bit integer column.
 _SEQUENCE = re.compile(r"[0-9]{1,9}")
 
@@ -191,7 +195,17 @@ class Hl7Driver(Tables):
         obr = request.obr
         if obr is None:
             return ""
-        return obr.value(3) or obr.value(2)
+        filler, placer = obr.value(3), obr.value(2)
+        if _RUN_NUMBER.fullmatch(filler) and placer and placer != filler:
+            # An analyser's number of the day's sample (a Mindray BS writes it there, the
+            # barcode in OBR-2) comes round again: taken for the id, it would put two
+            # tubes' results on one specimen.
+            self._problems.append(
+                f"{obr.where(3)}: the specimen id {filler!r} is a short number, as an "
+                f"analyser numbers its runs, where OBR-2 holds {placer[:40]!r}; check "
+                "which of the two is the tube's id"
+            )
+        return filler or placer
 
     def patient(self, pid: Segment) -> Patient | None:
         patient_id = self.patient_id(pid)

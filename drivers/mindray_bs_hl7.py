@@ -7,8 +7,10 @@ messages; none is copied here):
 
 * MSH-3/MSH-4 name maker and model (``Mindray|BS-480``, ``BIOBASE|BK-200``), or the
   model alone in MSH-3 (``Mindray BS-200E``); some send neither, and are known by their
-  layout. MSH-16, the standard's acknowledgment type, says what the message holds: ``0``
-  patient results, ``1`` a calibration result, ``2`` a QC result.
+  layout: every OBX with the test no. in OBX-3 and a name in OBX-4, or, where the site set
+  the analyser to send the host's test codes (``GLU``) in OBX-3, MSH-16 as below with
+  every OBX named in OBX-4. MSH-16, the standard's acknowledgment type, says what the
+  message holds: ``0`` patient results, ``1`` a calibration result, ``2`` a QC result.
 * Patient results: PID-2 (or PID-3) the patient id, PID-4 the bed (never an id). OBR-2 is
   the sample's barcode, the specimen id; OBR-3 the analyser's sample number, kept as the
   specimen's position and never taken for its id. OBR-7 the time of the measurement,
@@ -28,7 +30,9 @@ analyser, the code the analyser takes back in a host-query answer (``DSP-29`` on
 never changes when someone edits the name printed beside it. The name (OBX-4, OBR-3) is
 free text set on the analyser (``R FAKTOR``, ``NEWTEST``); it stands in for the number only
 when the number is not in the instrument's ``test_map`` (common names are mapped, as the
-ASTM driver maps them) or when the analyser sends no number.
+ASTM driver maps them) or when the analyser sends no number. An analyser set to send the
+host's test codes writes them where the number would be, and they are read the same way: a
+code the table knows (``GLU``) gives the laboratory's, another passes through as it came.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from middleware.hl7.segments import Hl7Message, Segment
 
 #: MSH-16: what a BS-series message holds.
 _PATIENT, _CALIBRATION, _QC = "0", "1", "2"
+_KINDS = (_PATIENT, _CALIBRATION, _QC)
 _TEST_NO = re.compile(r"[0-9]{1,6}")
 _WORD = re.compile(r"[A-Za-z]")
 
@@ -95,8 +100,19 @@ class MindrayBSHl7Driver(Hl7Driver):
         ]  # fmt: skip
         if observations and len(named) == len(observations):
             return 3, f"{len(named)} OBX with the test no. in OBX-3 and its name in OBX-4"
+        # A BS set up with the host's own test codes writes them in OBX-3 (GLU), where the
+        # test no. would be: MSH-16 then tells it, as no standard message writes a digit
+        # there (AL, NE, ER, SU) nor a name in OBX-4 (a sub-id). No OBR field is asked
+        # for: a tube without a barcode is still the BS's, and its reading says so.
+        kind = _kind(message)
+        coded = [s for s in observations if s.value(3) and _WORD.search(s.value(4))]
+        if kind in _KINDS and observations and len(coded) == len(observations):
+            return 3, (
+                f"MSH-16 = {kind} (what a BS-series message holds) and {len(coded)} OBX "
+                "with a code in OBX-3 and its name in OBX-4"
+            )
         qc = [s for s in message.all("OBR") if s.value(13) and s.value(20)]
-        if not observations and qc and _kind(message) == _QC:
+        if not observations and qc and kind == _QC:
             return 3, "MSH-16 = 2 and a control in the OBR (name OBR-13, value OBR-20)"
         return 0, ""
 

@@ -101,6 +101,30 @@ def test_in_an_oru_each_request_has_the_specimen_that_follows_it() -> None:
     assert Hl7Driver().read(parse_message(filler)).results[0].specimen_id == "FILL-A"
 
 
+def test_a_short_number_taken_from_obr3_beside_another_id_in_obr2_is_said() -> None:
+    # OBR-3 is the filler's number: some analysers write there the number of the day's
+    # run, which comes round again, and the tube's barcode in OBR-2.
+    text = "\r".join([
+        "MSH|^~\\&|CHEM-ONE|LAB|||20260105101500||ORU^R01|C-4|P|2.5.1",
+        "OBR|1|B26010544|17|CHEM|||20260105100000",
+        "OBX|1|NM|GLU^Glucose||5.4|mmol/L|||||F",
+    ])  # fmt: skip
+    reading = Hl7Driver().read(parse_message(text))
+    assert [s.specimen_id for s in reading.specimens] == ["17"]
+    assert reading.problems == [
+        "OBR 1, OBR-3: the specimen id '17' is a short number, as an analyser numbers its "
+        "runs, where OBR-2 holds 'B26010544'; check which of the two is the tube's id"
+    ]
+    # Nothing to say when OBR-3 looks like an id, or OBR-2 offers nothing else.
+    for quiet in (
+        text.replace("|B26010544|17|", "|B26010544|2601054417|"),
+        text.replace("|B26010544|17|", "|B26010544|FIL-17|"),
+        text.replace("|B26010544|17|", "||17|"),
+        text.replace("|B26010544|17|", "|17|17|"),
+    ):
+        assert Hl7Driver().read(parse_message(quiet)).problems == []
+
+
 def test_controls_by_specimen_role_processing_id_or_pattern() -> None:
     role_q = GENERIC.replace("|||||||P||||||2026", "|||||||Q||||||2026")
     reading = Hl7Driver().read(parse_message(role_q))

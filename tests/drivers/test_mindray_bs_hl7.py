@@ -33,6 +33,19 @@ PATIENT = "\r".join([
     "OBX|3|NM|31|NEWTEST|2.25|g/L|0~5|N|||F||2.25|||lab1||",
 ])  # fmt: skip
 
+# A BS set up with the host's test codes, and no sender: MSH-16 = 0, OBX-3 the host's code
+# where the test no. would be, OBX-4 the name; OBR-3 the sample no., which starts again
+# at 1 every day.
+HOST_CODES = "\r".join([
+    "MSH|^~\\&|||||20261104081500||ORU^R01|7|P|2.3.1||||0||ASCII|||",
+    "PID|3|||||||O|||",
+    "OBR|3|B26110412|1|^|N|20261104080200|20261104075900|20261104075900||1^12||||"
+    "20261104075900|Serum",
+    "OBX|1|NM|GLU|Glucose oxidase|5.8|mmol/L|-|N|||F||5.8|20261104081200|||0|",
+    "OBX|2|NM|Na|Sodium ISE|141|mmol/L|-|N|||F||141|20261104081210|||0|",
+    "OBX|3|NM|LPA|Lipoprotein a|212|mg/L|-|H|||F||212|20261104081220|||0|",
+])  # fmt: skip
+
 # MSH-16 = 2: no PID, no OBX; the OBR is the result.
 QC = "\r".join([
     _msh("2", control_id="42"),
@@ -192,3 +205,32 @@ def test_a_host_query_answer_names_tests_by_their_number() -> None:
     tests = [line for line in dsr.split("\r") if line.startswith(("DSP|29|", "DSP|30|"))]
     # The site's number where it mapped one; the name otherwise.
     assert tests == ["DSP|29||12^^^|||", "DSP|30||ALT^^^|||"]
+
+
+def test_host_codes_in_obx3_are_known_by_msh16_and_read_by_barcode() -> None:
+    found = drivers.identify_hl7(parse_message(HOST_CODES))
+    assert found.driver is MindrayBSHl7Driver
+    assert "MSH-16 = 0" in found.reason and "name in OBX-4" in found.reason
+    # The same sample no. the next day, another tube: two specimens, never one.
+    next_day = HOST_CODES.replace("B26110412", "B26110598").replace("20261104", "20261105")
+    auto = drivers.get_hl7("auto")
+    first, second = (auto.read(parse_message(text)) for text in (HOST_CODES, next_day))
+    assert first.problems == [] and second.problems == []
+    assert [(s.specimen_id, s.position) for s in first.specimens + second.specimens] == [
+        ("B26110412", "1"), ("B26110598", "1"),
+    ]  # fmt: skip
+    # The host's code is the analyser's code and, where the driver maps it (GLU, Na), the
+    # laboratory's; another passes through as it came.
+    assert [(r.instrument_test_code, r.test_code) for r in first.results] == [
+        ("GLU", "GLU"), ("Na", "NA"), ("LPA", "LPA"),
+    ]  # fmt: skip
+    # The layout with a calibration's MSH-16 is the BS's too, and not read as a patient's.
+    calibration = parse_message(HOST_CODES.replace("||||0||ASCII", "||||1||ASCII"))
+    assert drivers.identify_hl7(calibration).driver is MindrayBSHl7Driver
+    assert not auto.read(calibration).results
+    # A standard message's MSH-16 (AL) is no sign, nor is a digit there with OBX-4 a sub-id.
+    for text in (
+        HOST_CODES.replace("||||0||ASCII", "||||AL||ASCII"),
+        HOST_CODES.replace("|Glucose oxidase|", "|1|"),
+    ):
+        assert drivers.identify_hl7(parse_message(text)).driver is Hl7Driver
