@@ -10,11 +10,15 @@ layout of Mindray's HL7 v2.3.1 host interface:
 * OBX-3 is ``code^parameter name^coding system``: LOINC where one exists (``6690-2^WBC^LN``)
   and Mindray's own codes otherwise (``11003^PCT^99MRC``). The parameter name is the test,
   as the analyser prints it; a leading ``*`` marks a research-use parameter.
-* Besides numeric results (OBX-2 NM), IS observations say how the sample was run
+* Results are OBX-2 NM, or IS from older firmware that types every observation IS: a
+  number, its units, or ``*****`` where the analyser could give no value (kept as that
+  text, never as a number, and said). Other IS observations say how the sample was run
   (``Take Mode``, ``Blood Mode``, ``Test Mode``, ``Ref Group``, ``Remark``) and which
-  suspect flags were raised (``Lymphocytosis``, ``Atypical Lymphs?``, value ``T``). The
-  first are kept as the sample's comments, the flags given to every result of the sample
-  as instrument flags. An attribute left empty (``Age``) is nothing to keep.
+  suspect flags were raised (``Lymphocytosis``, ``Atypical Lymphs?``): a flag is T
+  (raised) or F (not), without units, coded by Mindray or by LOINC (``15199-3^Microcytes``).
+  The attributes are kept as the sample's comments, the raised flags given to every result
+  of the sample as instrument flags. An attribute left empty (``Age``) is nothing to keep;
+  an IS observation that is none of these is a problem of the message.
 * OBX-7 is ``low-high``; OBX-8 the abnormal flag then A/N (``H~A``, ``~N``).
 """
 
@@ -27,18 +31,47 @@ from typing import ClassVar
 
 from drivers.codes import HAEMATOLOGY
 from drivers.hl7 import Hl7Driver, Observation, Request
-from middleware.domain import Comment, Result
+from middleware.domain import Comment, Measurement, Result
 from middleware.hl7.segments import Hl7Message, Segment
 
 #: OBX-3 codes (Mindray's and LOINC) of what describes the sample rather than measures it.
 _ATTRIBUTES = frozenset({"02001", "02002", "02003", "03001", "09001", "30525-0"})
 #: Mindray's coding system for what LOINC has no code for.
 _CODING_SYSTEM = "99MRC"
+#: A suspect flag's value: raised (T) or not (F).
+_RAISED, _NOT_RAISED = "T", "F"
+#: What a BC writes for a parameter it could not give (a count too low to make a
+#: differential of).
+_NO_VALUE = re.compile(r"\*+")
+
+
+def _is_attribute(observation: Observation) -> bool:
+    return observation.obx.value(3) in _ATTRIBUTES
 
 
 def _is_flag(observation: Observation) -> bool:
+    """A suspect flag: IS, T or F, no units. Older firmware types its results IS too (with
+    units, a number or ``*****``), and LOINC codes flags as well as results (15199-3
+    Microcytes), so neither the type nor the code tells them apart."""
     obx = observation.obx
-    return obx.value(2).upper() == "IS" and obx.value(3) not in _ATTRIBUTES
+    return (
+        obx.value(2).upper() == "IS"
+        and not _is_attribute(observation)
+        and not obx.value(6).strip()
+        and obx.text(5).strip().upper() in (_RAISED, _NOT_RAISED)
+    )
+
+
+def _is_measured(observation: Observation) -> bool:
+    """A result: any OBX but IS; an IS one with units, a number or ``*****``."""
+    obx = observation.obx
+    if obx.value(2).upper() != "IS":
+        return True
+    text = obx.text(5).strip()
+    value, refused = Measurement.read(text)
+    return bool(
+        obx.value(6).strip() or value.number is not None or refused or _NO_VALUE.fullmatch(text)
+    )
 
 
 class MindrayHl7Driver(Hl7Driver):
@@ -65,7 +98,30 @@ class MindrayHl7Driver(Hl7Driver):
         return obx.value(3, 2) or obx.value(3)
 
     def is_result(self, observation: Observation) -> bool:
-        return observation.obx.value(3) not in _ATTRIBUTES and not _is_flag(observation)
+        return (
+            not _is_attribute(observation)
+            and not _is_flag(observation)
+            and _is_measured(observation)
+        )
+
+    def _result(
+        self, observation: Observation, request: Request, specimen_id: str, index: int
+    ) -> Result | None:
+        result = super()._result(observation, request, specimen_id, index)
+        obx = observation.obx
+        if result is None or obx.value(2).upper() != "IS":
+            return result
+        # An IS result is a number to the BC as an NM one is, and the base reading says so
+        # of NM only. ``*****`` is none it could give: kept as written, for a person to see,
+        # rather than left out or taken as a number.
+        text = result.value.text.strip()
+        if _NO_VALUE.fullmatch(text):
+            self._problems.append(
+                f"{obx.where(5)}: {text[:40]!r}, no value the analyser could give; kept as text"
+            )
+        elif text and result.value.number is None and not Measurement.read(text)[1]:
+            self._problems.append(f"{obx.where(5)}: {text[:40]!r} is not a number; kept as text")
+        return result
 
     def sample_comments(self, request: Request) -> list[Comment]:
         said = super().sample_comments(request)
@@ -76,10 +132,18 @@ class MindrayHl7Driver(Hl7Driver):
         return said
 
     def finish(self, request: Request, results: list[Result]) -> Iterable[Result]:
+        for o in request.observations:
+            if not (_is_attribute(o) or _is_flag(o) or _is_measured(o)):
+                obx = o.obx
+                self._problems.append(
+                    f"{obx.where(3)}: {obx.value(3, 2) or obx.value(3) or '?'} = "
+                    f"{obx.text(5)[:40]!r} is neither a result (no units, no number), a "
+                    "suspect flag (T or F) nor a known run attribute; not read"
+                )
         flags = tuple(
             o.obx.value(3, 2) or o.obx.value(3)
             for o in request.observations
-            if _is_flag(o) and o.obx.value(5).upper() == "T"
+            if _is_flag(o) and o.obx.text(5).strip().upper() == _RAISED
         )
         if not flags:
             return results

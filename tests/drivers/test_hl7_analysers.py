@@ -1,5 +1,6 @@
 """Analysers that speak HL7: the base reading of ORU^R01/OUL, the Mindray family (read from a
-real Erba ELite 580 capture), detection, and ``decode`` on HL7 captures."""
+real Erba ELite 580 capture, and messages written after its layout), detection, and
+``decode`` on HL7 captures."""
 
 from __future__ import annotations
 
@@ -285,6 +286,46 @@ def test_the_elite_suspect_flags_go_to_every_result_of_the_sample() -> None:
     assert len(reading.results) == 30
     flags = ("Microcytes", "Anemia", "Hypochromia", "Iron Deficiency?", "PLT Abnormal Distribution")
     assert all(r.instrument_flags == flags for r in reading.results)
+
+
+# Older BC firmware types every observation IS, its results too: a number with its units,
+# or ***** where it could not give one; suspect flags are T or F without units, some of
+# them LOINC-coded. Written after the layout of Mindray's BC host interface (HL7 v2.3.1),
+# as the ELite capture and the vendor's examples show it.
+BC_ALL_IS = "\r".join([
+    "MSH|^~\\&|||||20261106093000||ORU^R01|12|P|2.3.1||||||UNICODE",
+    "PID|1||^^^^MR",
+    "PV1|1",
+    "OBR|1||26110604|00001^Automated Count^99MRC|||20261106092800|||||||||||||||||HM||||||||admin",
+    "OBX|1|IS|02001^Take Mode^99MRC||A||||||F",
+    "OBX|2|IS|6690-2^WBC^LN||0.3|10*9/L|4.0-10.0|L~A|||F",
+    "OBX|3|IS|731-0^LYM#^LN||*****|10*9/L|0.8-4.0|~N|||F",
+    "OBX|4|IS|718-7^HGB^LN||132|g/L|110-160|~N|||F",
+    "OBX|5|IS|32207-3^PDW^LN||16.2||15.0-17.0|~N|||F",
+    "OBX|6|IS|15199-3^Microcytes^LN||T||||||F",
+    "OBX|7|IS|13302^Anemia^99MRC||F||||||F",
+    "OBX|8|IS|13610^Sample Check^99MRC||Clotted||||||F",
+])  # fmt: skip
+
+
+def test_results_typed_is_are_results_and_flags_are_t_or_f() -> None:
+    reading = MindrayHl7Driver().read(parse_message(BC_ALL_IS))
+    by_code = {r.instrument_test_code: r for r in reading.results}
+    assert list(by_code) == ["WBC", "LYM#", "HGB", "PDW"]
+    assert (by_code["WBC"].value.number, by_code["WBC"].units) == (Decimal("0.3"), "10*9/L")
+    assert by_code["PDW"].value.number == Decimal("16.2")  # a number, though without units
+    # Kept as the analyser wrote it, never a number, and said.
+    lymph = by_code["LYM#"]
+    assert (lymph.value.text, lymph.value.number, lymph.units) == ("*****", None, "10*9/L")
+    # The flag raised (T) on every result; the one not raised (F) nowhere.
+    assert {r.instrument_flags for r in reading.results} == {("Microcytes",)}
+    assert [c.text for c in reading.comments] == ["Take Mode: A"]
+    # What is neither a result, a flag nor a run attribute does not vanish either.
+    assert reading.problems == [
+        "OBX 3, OBX-5: '*****', no value the analyser could give; kept as text",
+        "OBX 8, OBX-3: Sample Check = 'Clotted' is neither a result (no units, no number), "
+        "a suspect flag (T or F) nor a known run attribute; not read",
+    ]
 
 
 def test_a_renamed_mindray_is_known_by_its_codes() -> None:
