@@ -12,13 +12,16 @@ layout of Mindray's HL7 v2.3.1 host interface:
   as the analyser prints it; a leading ``*`` marks a research-use parameter.
 * Results are OBX-2 NM, or IS from older firmware that types every observation IS: a
   number, its units, or ``*****`` where the analyser could give no value (kept as that
-  text, never as a number, and said). Other IS observations say how the sample was run
-  (``Take Mode``, ``Blood Mode``, ``Test Mode``, ``Ref Group``, ``Remark``) and which
-  suspect flags were raised (``Lymphocytosis``, ``Atypical Lymphs?``): a flag is T
-  (raised) or F (not), without units, coded by Mindray or by LOINC (``15199-3^Microcytes``).
-  The attributes are kept as the sample's comments, the raised flags given to every result
-  of the sample as instrument flags. An attribute left empty (``Age``) is nothing to keep;
-  an IS observation that is none of these is a problem of the message.
+  text, never as a number, and said).
+* Other observations say how the sample was run (``Take Mode``, ``Blood Mode``, ``Test
+  Mode``, ``Ref Group``, ``Remark``), known by their codes, which differ between firmware
+  (Take Mode is ``02001`` on the ELite, ``08001`` on a BC-3000, BC-5000 or BC-5300, whose
+  Remark is ``01001`` typed ST), or else by their names: kept as the sample's comments. An
+  attribute left empty (``Age``) is nothing to keep.
+* Suspect flags (``Lymphocytosis``, ``Atypical Lymphs?``) are IS, T (raised) or F (not),
+  without units, coded by Mindray or by LOINC (``15199-3^Microcytes``): the raised ones are
+  given to every result of the sample as instrument flags. An IS observation that is no
+  result, attribute nor flag is a problem of the message.
 * OBX-7 is ``low-high``; OBX-8 the abnormal flag then A/N (``H~A``, ``~N``).
 """
 
@@ -35,7 +38,14 @@ from middleware.domain import Comment, Measurement, Result
 from middleware.hl7.segments import Hl7Message, Segment
 
 #: OBX-3 codes (Mindray's and LOINC) of what describes the sample rather than measures it.
-_ATTRIBUTES = frozenset({"02001", "02002", "02003", "03001", "09001", "30525-0"})
+#: Mindray's differ between firmware: the ELite's Take Mode is 02001, a BC-5000's 08001.
+_ATTRIBUTES = frozenset({
+    "02001", "02002", "02003", "03001", "09001",  # ELite 580
+    "08001", "08002", "08003", "01002", "01001",  # BC-3000, BC-5000, BC-5300
+    "30525-0",  # LOINC: age
+})  # fmt: skip
+#: Their names (OBX-3.2), the same on every firmware seen, for one whose codes are not above.
+_ATTRIBUTE_NAMES = frozenset({"TAKE MODE", "BLOOD MODE", "TEST MODE", "REF GROUP", "REMARK", "AGE"})
 #: Mindray's coding system for what LOINC has no code for.
 _CODING_SYSTEM = "99MRC"
 #: A suspect flag's value: raised (T) or not (F).
@@ -46,7 +56,9 @@ _NO_VALUE = re.compile(r"\*+")
 
 
 def _is_attribute(observation: Observation) -> bool:
-    return observation.obx.value(3) in _ATTRIBUTES
+    obx = observation.obx
+    name = " ".join(obx.value(3, 2).split()).upper()
+    return obx.value(3) in _ATTRIBUTES or name in _ATTRIBUTE_NAMES
 
 
 def _is_flag(observation: Observation) -> bool:
@@ -127,8 +139,9 @@ class MindrayHl7Driver(Hl7Driver):
         said = super().sample_comments(request)
         for observation in request.observations:
             obx = observation.obx
-            if obx.value(3) in _ATTRIBUTES and obx.text(5):
-                said.append(Comment(f"{obx.value(3, 2)}: {obx.text(5)}", "instrument", "attribute"))
+            if _is_attribute(observation) and obx.text(5):
+                what = obx.value(3, 2) or obx.value(3)
+                said.append(Comment(f"{what}: {obx.text(5)}", "instrument", "attribute"))
         return said
 
     def finish(self, request: Request, results: list[Result]) -> Iterable[Result]:

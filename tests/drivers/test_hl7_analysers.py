@@ -328,6 +328,34 @@ def test_results_typed_is_are_results_and_flags_are_t_or_f() -> None:
     ]
 
 
+def test_run_attributes_of_other_bc_firmware_are_the_sample_comments() -> None:
+    # BC-3000, BC-5000, BC-5300 code them otherwise than the ELite (08001 where it writes
+    # 02001), the remark typed ST; written after the layout of Mindray's BC host interface.
+    text = "\r".join([
+        "MSH|^~\\&|||||20261106094500||ORU^R01|13|P|2.3.1||||||UNICODE",
+        "PID|1||PN-5120^^^^MR||Marin^Ioana||19640917000000|Female",
+        "OBR|1||26110611|00001^Automated Count^99MRC|||20261106094100",
+        "OBX|1|IS|08001^Take Mode^99MRC||O||||||F",
+        "OBX|2|IS|08002^Blood Mode^99MRC||W||||||F",
+        "OBX|3|IS|08003^Test Mode^99MRC||CBC+5DIFF||||||F",
+        "OBX|4|IS|01002^Ref Group^99MRC||Adult Female||||||F",
+        "OBX|5|ST|01001^Remark^99MRC||Repeat after dilution||||||F",
+        "OBX|6|NM|6690-2^WBC^LN||7.42|10*9/L|4.00-10.00|~N|||F",
+    ])  # fmt: skip
+    reading = MindrayHl7Driver().read(parse_message(text))
+    assert reading.problems == []
+    assert [r.instrument_test_code for r in reading.results] == ["WBC"]
+    assert [c.text for c in reading.comments] == [
+        "Take Mode: O", "Blood Mode: W", "Test Mode: CBC+5DIFF", "Ref Group: Adult Female",
+        "Remark: Repeat after dilution",
+    ]  # fmt: skip
+    # By their names on a firmware whose codes are not known.
+    renumbered = text.replace("|0800", "|0470").replace("|0100", "|0430")
+    reading = MindrayHl7Driver().read(parse_message(renumbered))
+    assert reading.problems == [] and [r.instrument_test_code for r in reading.results] == ["WBC"]
+    assert len(reading.comments) == 5
+
+
 def test_a_renamed_mindray_is_known_by_its_codes() -> None:
     text = next(t for t in _elite_messages() if "ac84fae48b0e475996af764673f793fb" in t)
     renamed = parse_message(text.replace("|ELite 580|Erba|", "|HAEM-2|Ward 5|", 1))
