@@ -9,12 +9,15 @@ answer within the timeout, or a lost connection, closes the connection: after a 
 delay (base, multiplier, ceiling, jitter) the same message is sent again, with the same
 control id. Every send, answer and failure is in the outbox log.
 
-The answers of a batch are recorded in the store write that claims the next one: the
-store has one writer for every analyser and the LIS, and a write or three per message
-would make the LIS wait behind the analysers' messages (a few messages a second while
-ten analysers send). Entries are recorded as sent when claimed, before they go out, so
-that a daemon killed mid-batch leaves no transmission unlogged; what the batch did not
-send after all is taken back, attempt and all.
+The answers of a batch are recorded as they come, in store writes the sender does not
+wait for (one at a time and at most one each RECORD_EVERY: the answers that come
+meanwhile go in the next), each sharing a commit with what the analysers send: the store
+has one writer for every analyser and the LIS, and waiting for a write per message would
+make the LIS wait behind the analysers' messages (a few messages a second while ten
+analysers send). A daemon killed mid-batch then sends again only the entries whose
+answers were not yet committed, not the whole batch. Entries are recorded as sent when
+claimed, before they go out, so that a daemon killed mid-batch leaves no transmission
+unlogged; what the batch did not send after all is taken back, attempt and all.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ MAX_BATCH = 500
 #: An entry of a batch goes out only while its claim outlasts the answer's timeout by this
 #: much, so that its answer is recorded before another daemon may take it.
 CLAIM_MARGIN = timedelta(seconds=5)
+#: Answers are recorded while their batch goes on, a write at most this often (seconds): a
+#: daemon killed mid-batch sends again what was answered in its last such span only.
+RECORD_EVERY = 0.1
 #: How long a stopping sender tries to record what its last batch became.
 RECORD_ON_STOP_SECONDS = 5.0
 #: Changes of the outbox that give the sender something to send.
@@ -146,6 +152,10 @@ class LisSender:
         self._recorded_sent = False
         self._on_wire = False
         self._batch = BATCH
+        self._recording: asyncio.Task[None] | None = None
+        """The write recording answers while the batch goes on, if one is under way."""
+        self._recorded_at = -math.inf
+        self._record_later: asyncio.TimerHandle | None = None
 
     def committed(self, committed: Committed) -> None:
         """A commit listener of the store writer: a message queued or sent again wakes the
@@ -251,6 +261,7 @@ class LisSender:
             ):  # fmt: skip
                 answer, text = await self._exchange(entry)
                 self._outcomes.append(_Answered(entry, answer, text, self.clock()))
+                self._record_soon()
                 self._unsettled.pop(0)
                 self._on_wire = False
                 answered += 1
@@ -321,6 +332,34 @@ class LisSender:
                     )  # fmt: skip
         return value
 
+    def _record_soon(self) -> None:
+        """Record the answers come so far without waiting for it: one such write at a
+        time, RECORD_EVERY apart (what failed is back in ``_outcomes`` for the next)."""
+        if not any(isinstance(o, _Answered) for o in self._outcomes):
+            return
+        if self._record_later is not None or (
+            self._recording is not None and not self._recording.done()
+        ):
+            return
+        wait = self._recorded_at + RECORD_EVERY - time.monotonic()
+        if wait > 0:
+            self._record_later = asyncio.get_running_loop().call_later(wait, self._record_due)
+            return
+        self._recorded_at = time.monotonic()
+        self._recording = asyncio.create_task(self._record_answers())
+
+    def _record_due(self) -> None:
+        self._record_later = None
+        self._record_soon()
+
+    async def _record_answers(self) -> None:
+        try:
+            await self._record(lambda _conn: None)
+        except Exception as exc:
+            self.log.warning("answers not recorded yet; kept for the next write", error=repr(exc))
+        # What came meanwhile, once this task has ended.
+        asyncio.get_running_loop().call_soon(self._record_soon)
+
     def _answering(self, outcome: _Answered) -> outbox.Answering:
         answer = outcome.answer
         if answer.accepted:
@@ -337,7 +376,12 @@ class LisSender:
         """Record what the last batch became, so that a restarted daemon sends its
         unanswered entries at once instead of when their claims run out."""
         self._settle("interrupted", "the sender stopped before the LIS answered", self._on_wire)
+        if self._record_later is not None:
+            self._record_later.cancel()
+            self._record_later = None
         try:
+            if self._recording is not None and not self._recording.done():
+                await asyncio.wait([self._recording], timeout=RECORD_ON_STOP_SECONDS)
             if self._outcomes:
                 await asyncio.wait_for(self._record(lambda _conn: None), RECORD_ON_STOP_SECONDS)
         except Exception as exc:  # the claims run out by themselves
