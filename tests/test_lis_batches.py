@@ -24,7 +24,7 @@ from middleware.settings import LisConfig
 from middleware.store import Store, outbox
 from middleware.store.schema import outbox as outbox_table
 from middleware.store.schema import outbox_log
-from middleware.store.sql import utc
+from middleware.store.sql import utc, utcnow
 from tests.lis_peer import LisPeer
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
@@ -485,3 +485,18 @@ async def test_answers_are_recorded_while_their_batch_goes_on(store: Store) -> N
     finally:
         await _stop(task)
         await lis.stop()
+
+
+def test_on_postgresql_a_claim_runs_out_by_the_databases_clock(store: Store) -> None:
+    """A daemon whose clock is a minute ahead does not take, and send again, what another
+    claimed a moment ago: on PostgreSQL, shared by nodes, claims are judged by its clock;
+    SQLite is shared by the daemons of one host, on one clock."""
+    hold = timedelta(seconds=30)
+    now = utcnow()
+    with store.engine.begin() as conn:
+        _fill(conn, 0, 1)
+        assert len(outbox.claim(conn, "node-a", now, hold, sending=True)) == 1
+    with store.engine.begin() as conn:
+        taken = outbox.claim(conn, "node-b", now + timedelta(minutes=1), hold, sending=True)
+    postgresql = store.engine.dialect.name == "postgresql"
+    assert [e.control_id for e in taken] == ([] if postgresql else ["C000"])

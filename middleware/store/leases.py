@@ -17,24 +17,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select
 
 from middleware.store.schema import instrument_leases
-from middleware.store.sql import upsert, utc
+from middleware.store.sql import shared_now, upsert, utc
 
 
 class NotServing(Exception):
     """This daemon no longer holds the instrument's lease: what it received is not kept,
     and the analyser, refused, sends it again to the daemon that took the instrument."""
-
-
-def _clock(conn: Connection, now: datetime) -> datetime:
-    """The time leases are written and judged in: the database's on PostgreSQL (shared by
-    every node), else this host's (SQLite is shared by daemons of one host only)."""
-    if conn.dialect.name == "postgresql":
-        found = conn.execute(select(func.now())).scalar_one()
-        return utc(found) or now
-    return now
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +51,7 @@ def claim(
     runs), whose leases need not run out first."""
     if not instruments:
         return []
-    now = _clock(conn, now)
+    now = shared_now(conn, now)
     conn.execute(
         upsert(conn, instrument_leases).on_conflict_do_nothing(index_elements=["instrument"]),
         [
@@ -91,7 +82,7 @@ def claim(
 
 def renew(conn: Connection, owner: str, instruments: Sequence[str], now: datetime) -> list[str]:
     """Renew ``owner``'s leases; returns the instruments whose lease it no longer holds."""
-    now = _clock(conn, now)
+    now = shared_now(conn, now)
     conn.execute(
         instrument_leases.update()
         .where(

@@ -86,7 +86,9 @@ def claim(
     """The oldest entries ``owner`` may send now, at most ``limit`` and at most one per
     specimen (a specimen's next entry waits for the answer to the one before), claimed
     until ``at + hold``. ``sending``: each is also recorded as :func:`sent` at ``at``, in
-    one update and one insert for them all."""
+    one update and one insert for them all. On PostgreSQL a claim's end is the database's
+    clock, which every daemon sharing it judges claims by."""
+    clock = _clock(conn, at)
     earlier = outbox.alias("earlier")
     query = (
         select(outbox)
@@ -94,7 +96,7 @@ def claim(
             outbox.c.state == PENDING,
             or_(
                 outbox.c.claimed_until.is_(None),
-                outbox.c.claimed_until < at,
+                outbox.c.claimed_until < clock,
                 outbox.c.claimed_by == owner,
             ),
             ~exists().where(
@@ -115,12 +117,12 @@ def claim(
         return []
     claimed = outbox.update().where(outbox.c.id.in_([row.id for row in rows]))
     if not sending:
-        conn.execute(claimed.values(claimed_by=owner, claimed_until=at + hold))
+        conn.execute(claimed.values(claimed_by=owner, claimed_until=clock + hold))
         return [_entry(row) for row in rows]
     conn.execute(
         claimed.values(
             claimed_by=owner,
-            claimed_until=at + hold,
+            claimed_until=clock + hold,
             attempts=outbox.c.attempts + 1,
             last_sent_at=at,
         )
@@ -133,6 +135,13 @@ def claim(
         ],
     )
     return [replace(_entry(row), attempts=row.attempts + 1) for row in rows]
+
+
+def _clock(conn: Connection, at: datetime) -> Any:
+    """What claims are judged by: PostgreSQL's ``now()``, the one clock of every daemon
+    sharing it, in the statement itself; else ``at`` (SQLite is shared by the daemons of
+    one host only)."""
+    return func.now() if conn.dialect.name == "postgresql" else at
 
 
 def _held_by(entry_id: Any, owner: Any) -> Any:
@@ -150,7 +159,11 @@ def sent(
     done = conn.execute(
         outbox.update()
         .where(_held_by(entry_id, owner))
-        .values(attempts=outbox.c.attempts + 1, last_sent_at=at, claimed_until=at + hold)
+        .values(
+            attempts=outbox.c.attempts + 1,
+            last_sent_at=at,
+            claimed_until=_clock(conn, at) + hold,
+        )
     )
     if done.rowcount:
         log(conn, entry_id, "sent", data, "", at)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 
@@ -42,6 +42,16 @@ def utcnow() -> datetime:
 
 
 T = TypeVar("T")
+
+
+def shared_now(conn: Connection, now: datetime) -> datetime:
+    """The time claims shared between daemons (instrument leases, outbox claims) are
+    written and judged in: the database's on PostgreSQL, the one clock of every node that
+    shares it, else ``now`` (SQLite is shared by the daemons of one host only)."""
+    if conn.dialect.name == "postgresql":
+        found = conn.execute(select(func.now())).scalar_one()
+        return utc(found) or now
+    return now
 
 
 def padded(length: int) -> int:
