@@ -23,6 +23,10 @@ from middleware.store.notices import (
 from middleware.store.writer import Committed
 
 PREFIX = "lis_middleware"
+#: The most tests counted apart in the QC evaluations: every label value is a series kept
+#: for the life of the process, and the test codes come from the analysers.
+MAX_TESTS = 500
+OTHER = "other"
 
 #: Seconds: an ACK that waits for a commit takes milliseconds; a lock held elsewhere
 #: takes up to the lock timeout (10 s by default).
@@ -33,6 +37,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._tests: set[tuple[str, str]] = set()
         self.messages = Counter(
             f"{PREFIX}_messages", "Analyser messages stored, by outcome (message, duplicate, "
             "quarantined)", ["instrument", "outcome"], registry=r,
@@ -115,13 +120,25 @@ class Metrics:
                 self.decisions.labels(notice.action).inc()
                 if notice.action == "hold":
                     for reason in notice.reasons or ("unspecified",):
-                        self.holds.labels(reason).inc()
+                        # The kind only: after it come a lot, a flag's text, as analysers
+                        # sent them, each of which would be a series of its own.
+                        self.holds.labels(reason.split(":", 1)[0]).inc()
             elif isinstance(notice, QcEvaluated):
-                self.qc_evaluations.labels(notice.instrument, notice.test_code, notice.status).inc()
+                test = self._test(notice.instrument, notice.test_code)
+                self.qc_evaluations.labels(notice.instrument, test, notice.status).inc()
             elif isinstance(notice, CorrectiveActionChanged):
                 self.corrective_actions.labels(notice.change).inc()
             elif isinstance(notice, OutboxChanged) and notice.change == "answered":
                 self.lis_answers.labels(notice.state).inc()
+
+    def _test(self, instrument: str, test: str) -> str:
+        """The test's code as a label, ``other`` once MAX_TESTS tests are counted apart."""
+        key = (instrument, test)
+        if key not in self._tests:
+            if len(self._tests) >= MAX_TESTS:
+                return OTHER
+            self._tests.add(key)
+        return test
 
     def figures(self, figures: Figures, now: datetime) -> None:
         """The store's figures as gauges."""

@@ -15,10 +15,12 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Connection
 
-from middleware.metrics import Metrics
+from middleware.metrics import MAX_TESTS, Metrics
 from middleware.monitor import Monitor
 from middleware.store import Store, outbox
+from middleware.store.notices import QcEvaluated, ResultDecided
 from middleware.store.schema import outbox as outbox_table
+from middleware.store.writer import Committed
 from tests.conftest import ROOT
 from tests.daemon import DaemonProcess, connect, free_port
 from tests.messages import patient, qc
@@ -166,3 +168,33 @@ async def test_not_live_while_the_store_writer_is_stuck_in_one_batch(database_ur
     finally:
         release.set()
         await asyncio.to_thread(store.close)
+
+
+def test_what_analysers_send_makes_no_series_without_bound() -> None:
+    """Each label value is a series kept for the life of the process: a flag's text or a
+    lot in a hold reason, and test codes past MAX_TESTS, do not each make one."""
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    metrics = Metrics()
+    holds = [
+        ResultDecided(n, "chem-1", f"S{n}", "GLU", "hold", (f"instrument-flag:text {n}",),
+                      False, "engine", at)
+        for n in range(1000)
+    ]  # fmt: skip
+    controls = [
+        QcEvaluated("chem-1", f"T{n}", "1", "1", "accept", (), (), "0.1", at)
+        for n in range(MAX_TESTS + 100)
+    ]
+    metrics.committed(Committed([*holds, *controls], 0.01, 1))
+    series = _samples(metrics.exposition().decode())
+    reasons = {labels for (name, labels) in series if name == "lis_middleware_holds_total"}
+    assert reasons == {(("reason", "instrument-flag"),)}
+    tests = {
+        dict(labels)["test"]
+        for (name, labels) in series
+        if name == "lis_middleware_qc_evaluations_total"
+    }
+    assert len(tests) == MAX_TESTS + 1 and "other" in tests
+    assert series[
+        ("lis_middleware_qc_evaluations_total",
+         (("instrument", "chem-1"), ("status", "accept"), ("test", "other")))
+    ] == 100  # fmt: skip
