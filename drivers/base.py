@@ -28,6 +28,7 @@ from middleware.domain import (
     ReagentUse,
     Result,
     Specimen,
+    most_urgent,
 )
 from middleware.hl7.segments import can_carry
 
@@ -572,7 +573,7 @@ class Driver(Tables):
         asked = self.requested(query, orders)
         for number, (specimen_id, held, codes) in enumerate(asked, start=1):
             patient = held[0].patient_id if held else ""
-            priority = self.analyser_priority(held[0].priority) if held else "R"
+            priority = self.analyser_priority(most_urgent(held)) if held else "R"
             records.append(Record.of("P", str(number), patient))
             action, report = ("N", "Q") if codes else ("", "Y")
             records.append(_order_record(specimen_id, codes, priority, action, report))

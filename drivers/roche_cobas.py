@@ -45,7 +45,14 @@ from drivers.base import (
     range_of,
 )
 from middleware.astm.records import Record
-from middleware.domain import Comment, HostQuery, InstrumentMessage, Order, Specimen
+from middleware.domain import (
+    Comment,
+    HostQuery,
+    InstrumentMessage,
+    Order,
+    Specimen,
+    most_urgent,
+)
 
 # e 411 qualitative results: the interpretation before the cut-off index.
 _INTERPRETATIONS = {"-1": "non-reactive", "0": "indeterminate", "1": "reactive"}
@@ -195,7 +202,7 @@ class RocheCobasDriver(Driver):
             fields = [""] * 25  # O.2 to O.26
             fields[0] = "1"
             fields[1] = specimen_id
-            fields[4] = self.analyser_priority(found[0].priority) if found else "R"
+            fields[4] = self.analyser_priority(most_urgent(found)) if found else "R"
             fields[10] = "A"
             # O.16 as the result upload writes it: 1 for S1 (serum/plasma)...
             fields[14] = sample_type[1:] if sample_type.startswith("S") else "1"

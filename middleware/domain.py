@@ -7,7 +7,7 @@ about them. They know nothing of ASTM, HL7 or databases.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
@@ -77,6 +77,13 @@ class Order:
     """The LIS's number of the order (HL7 ORC-2, else OBR-2): a specimen may carry
     several orders (a test added later is an order of its own), each replaced or
     cancelled on its own. Empty: the specimen's only order."""
+
+
+def most_urgent(orders: Iterable[Order]) -> str:
+    """The priority a specimen is run at: the most urgent of its orders' (S stat, then A
+    as soon as possible, else R), a test added STAT in an order of its own included."""
+    found = {order.priority for order in orders}
+    return next((p for p in ("S", "A") if p in found), "R")
 
 
 @dataclass(frozen=True, slots=True)

@@ -544,6 +544,22 @@ def test_the_most_urgent_priority_of_a_specimen_is_its_orders() -> None:
     assert read == {"S41": "S", "S42": "A", "S43": "R"}
 
 
+@pytest.mark.parametrize("driver", ["generic", "sysmex_xn", "ortho_vitros", "erba_xl"])
+def test_a_tube_is_asked_for_at_its_most_urgent_orders_priority(driver: str) -> None:
+    """A test added STAT in an order of its own makes the whole tube STAT to the analyser,
+    whichever of its orders came first."""
+    held = [
+        Order("S44", ("GLU",), "R", patient_id="PAT7", placer_order="ORD1"),
+        Order("S44", ("K",), "S", patient_id="PAT7", placer_order="ORD2"),
+    ]
+    analyser = drivers.get(driver)
+    query = "\r".join(["H|\\^&|||ANALYSER", "Q|1|^S44||ALL||||||||O", "L|1|N"])
+    (asked,) = analyser.read(decode_message(query).records).queries
+    records = [encode_record(r) for r in analyser.answer_query(asked, held, AT)]
+    orders = [r for r in records if r.startswith("O|")]
+    assert orders and all(o.split("|")[5] == "S" for o in orders), records
+
+
 def test_a_specimens_details_come_from_whichever_of_its_orders_give_them() -> None:
     """The SPM after a tube's second OBR was passed over: the specimen's details were its
     first OBR's, which gave none. Each comes from the first OBR or SPM that gives it."""

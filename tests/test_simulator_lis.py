@@ -385,10 +385,12 @@ def test_order_messages_are_read_by_the_middleware_as_sent() -> None:
     routine = OrderToSend(specimen_id="S201", tests=("K",))
     read = [read_order(order_message(order, "LIS1", AT)) for order in (stat, routine)]
     assert [(r.control_id, r.message_type) for r in read] == [("LIS1", "OML^O21")] * 2
-    assert [c.action for r in read for c in r.changes] == [NEW, NEW]
+    # Each test an order of its own (ORC-2 the specimen and the test's number).
+    assert [c.action for r in read for c in r.changes] == [NEW, NEW, NEW]
     assert [c.order for r in read for c in r.changes] == [
-        Order("S200", ("GLU", "CREA"), "S", ordered_at=AT, patient_id="PAT7"),
-        Order("S201", ("K",), "R", ordered_at=AT),
+        Order("S200", ("GLU",), "S", ordered_at=AT, patient_id="PAT7", placer_order="S200-1"),
+        Order("S200", ("CREA",), "S", ordered_at=AT, patient_id="PAT7", placer_order="S200-2"),
+        Order("S201", ("K",), "R", ordered_at=AT, placer_order="S201-1"),
     ]
     assert '\rPID|1||PAT7^^^^MR||""||19800102|F\r' in order_message(stat, "LIS1", AT)
     # hl7apy's parser takes a second ORC for a prior result's, so one test per message here.
@@ -423,7 +425,10 @@ async def test_orders_reach_the_middlewares_worklist(database_url: str) -> None:
         codes = await send_orders("127.0.0.1", port, orders)
         held = store.read(
             lambda conn: conn.execute(
-                text("SELECT specimen_id, test_codes, priority, patient_id FROM orders ORDER BY id")
+                text(
+                    "SELECT specimen_id, test_codes, priority, patient_id, placer_order "
+                    "FROM orders ORDER BY id"
+                )
             ).all()
         )
     finally:
@@ -431,7 +436,8 @@ async def test_orders_reach_the_middlewares_worklist(database_url: str) -> None:
         store.close()
     assert codes == ["AA", "AA"]
     assert [tuple(row) for row in held] == [
-        ("S200", '["GLU", "CREA"]', "R", "PAT7"), ("S201", '["K"]', "S", ""),
+        ("S200", '["GLU"]', "R", "PAT7", "S200-1"), ("S200", '["CREA"]', "R", "PAT7", "S200-2"),
+        ("S201", '["K"]', "S", "", "S201-1"),
     ]  # fmt: skip
 
 
