@@ -218,7 +218,7 @@ def _post_forms(
         @given(form=st.sampled_from(FORMS), typed=TYPED, named=TYPED)
         def post(form: tuple[str, str], typed: str, named: str) -> None:
             path, field_ = form
-            address = path.format(held=held, named=quote(named, safe="/") or "x")
+            address = path.format(held=held, named=segment(named) or "x")
             answer = client.post(address, data={"csrf_token": csrf, field_: typed})
             asked = f"POST {address} {field_}={typed!r}"[:300]
             if {404: "\n" in named, 400: "\x00" in named}.get(answer.status_code):

@@ -249,7 +249,7 @@ def add_pages(
     ) -> Response:
         named = _named(request, "/qc/*/*/release-run")
         if named is None:
-            return _not_found("no such test")
+            return _back(person, "/qc", error="no such test")
         instrument, test = named
         back = f"/qc/{segment(instrument)}/{segment(test)}"
         try:
