@@ -79,7 +79,11 @@ class _Lookups:
         # LIS says of the specimen: one indexed lookup for the batch, when they are on.
         if engine.rules.early_release or engine.rules.acceptance:
             from_lis = orders.orders_for(conn, {r.specimen_id for _, r in items})
-            ordered = {order.specimen_id: order for order in from_lis}
+            # A specimen's orders, oldest first, each adding what the ones before it did
+            # not say (a test added later may come without the collection time).
+            for order in from_lis:
+                known = ordered.get(order.specimen_id)
+                ordered[order.specimen_id] = order if known is None else _told_more(known, order)
             for order in [*(reading.orders if reading else ()), *from_lis]:
                 if order.priority in ("S", "A") and priorities.get(order.specimen_id) != "S":
                     priorities[order.specimen_id] = order.priority
@@ -141,6 +145,16 @@ class _Lookups:
             recalled_lots=self.recalled,
             priority=self.priorities.get(result.specimen_id, "R"),
         )
+
+
+def _told_more(first: Order, later: Order) -> Order:
+    """What a specimen's first order says of it, with what a later one adds."""
+    return replace(
+        first,
+        specimen_type=first.specimen_type or later.specimen_type,
+        container=first.container or later.container,
+        collected_at=first.collected_at or later.collected_at,
+    )
 
 
 def _with_order(specimen: Specimen, order: Order) -> Specimen:

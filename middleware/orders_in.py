@@ -231,7 +231,7 @@ def _withdraw(
     """Withdraws from worklist analysers the tests of ``order`` a cancel names (or, when
     ``replacing``, those of the orders it replaces that it no longer asks for), but for
     those another order of the specimen still asks for."""
-    same = [o for o in held if not order.placer_order or o.placer_order == order.placer_order]
+    same = [o for o in held if orders.same_order(order, o)]
     others = {code for o in held if o not in same for code in o.test_codes}
     if replacing:
         before = dict.fromkeys(code for o in same for code in o.test_codes)

@@ -118,6 +118,13 @@ def test_each_order_of_a_specimen_is_its_own_by_its_number() -> None:
         read_order(alone.replace("ORC|CA|ORD2", "ORC|CA|"))
     with pytest.raises(OrderRefused, match=r"^OBR-3 \(segment 4\): no specimen id"):
         read_order(by_obr.replace("CA", "NW"))
+    # A tube's OBR without a number beside one with a number: one order, not an order
+    # without a number that would replace the numbered one.
+    mixed = orm("O4", "NW", "OBR|1|A1|S1|GLU^^L", "OBR|2||S1|NA^^L|S").replace("ORD1", "")
+    [change] = read_order(mixed).changes
+    assert (change.order.placer_order, change.order.test_codes, change.order.priority) == (
+        "A1", ("GLU", "NA"), "S",
+    )  # fmt: skip
 
 
 def test_an_order_replaces_and_cancels_only_what_its_number_names(database_url: str) -> None:
@@ -137,6 +144,17 @@ def test_an_order_replaces_and_cancels_only_what_its_number_names(database_url: 
         assert [o.test_codes for o in store.read(lambda c: orders.orders_placed(c, "P2"))] == [
             ("NA",)
         ]
+        # Orders kept without a number (before orders had them) are the specimen's order:
+        # a numbered cancel or replacement names them too.
+        with store.engine.begin() as conn:
+            orders.put_order(conn, Order("S3", ("GLU", "NA", "K")), AT)
+            orders.put_order(conn, Order("S4", ("GLU", "NA", "K")), AT)
+            orders.cancel_tests(conn, "S3", ["NA"], "ORD1")
+            orders.put_order(conn, Order("S4", ("GLU",), placer_order="ORD2"), AT)
+        held = store.read(lambda conn: orders.orders_for(conn, ["S3", "S4"]))
+        assert [(o.specimen_id, o.placer_order, o.test_codes) for o in held] == [
+            ("S3", "", ("GLU", "K")), ("S4", "ORD2", ("GLU",)),
+        ]  # fmt: skip
     finally:
         store.close()
 
@@ -335,7 +353,9 @@ def test_sample_acceptance_reads_what_the_lis_says_of_the_specimen(database_url:
     collected = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
     lis_orders = [
         Order("S500", ("WBC",), collected_at=collected, specimen_type="Serum", container="SST"),
-        Order("S501", ("K",), collected_at=collected),
+        Order("S501", ("K",), collected_at=collected, placer_order="ORD1"),
+        # A test added later, in an order that says nothing of the tube: the first's stand.
+        Order("S501", ("NA",), placer_order="ORD2"),
     ]
     analysed = b"20261130110000"  # 5 h after collection, in UTC as the message is read
     messages = [

@@ -455,6 +455,17 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
             priorities[key] = _most_urgent(
                 priorities.get(key, ROUTINE), group_priority, *own_priority
             )
+    # A specimen's OBRs without a number, in a message that numbers its others, belong
+    # to its (first) numbered order: kept apart, the order without a number would replace
+    # the numbered one it came with.
+    for key in [k for k in tests if not k[2]]:
+        into = next((k for k in tests if k[:2] == key[:2] and k[2]), None)
+        if into is not None:
+            tests[into] += tests.pop(key)
+            details[into] = _first_given(details[into], details.pop(key))
+            if key in ordered:
+                ordered.setdefault(into, ordered.pop(key))
+            priorities[into] = _most_urgent(priorities[into], priorities.pop(key))
     for number, orc in whole:
         if not number:
             raise OrderRefused(

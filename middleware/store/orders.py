@@ -97,9 +97,17 @@ def _order(row: Any) -> Order:
 
 def _of(specimen_id: str, placer_order: str) -> ColumnElement[bool]:
     """The orders of a specimen an order replaces or a cancel names: those of its
-    number, or every one of the specimen when it has none."""
+    number and the specimen's order without one (kept before orders had numbers, or
+    from a LIS that gave none), or every one of the specimen when it has none."""
     where = orders.c.specimen_id == specimen_id
-    return and_(where, orders.c.placer_order == placer_order) if placer_order else where
+    if not placer_order:
+        return where
+    return and_(where, orders.c.placer_order.in_([placer_order, ""]))
+
+
+def same_order(order: Order, held: Order) -> bool:
+    """Whether ``order`` (a change the LIS sent) names ``held``: as :func:`_of` has it."""
+    return not order.placer_order or held.placer_order in (order.placer_order, "")
 
 
 def put_order(conn: Connection, order: Order, at: datetime) -> int:
