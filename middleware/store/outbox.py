@@ -138,10 +138,11 @@ def claim(
 
 
 def _clock(conn: Connection, at: datetime) -> Any:
-    """What claims are judged by: PostgreSQL's ``now()``, the one clock of every daemon
-    sharing it, in the statement itself; else ``at`` (SQLite is shared by the daemons of
-    one host only)."""
-    return func.now() if conn.dialect.name == "postgresql" else at
+    """What claims are judged by: PostgreSQL's clock, the one clock of every daemon
+    sharing it, at the statement (``now()`` is the transaction's start, which a unit
+    sharing a group commit may run well after); else ``at`` (SQLite is shared by the
+    daemons of one host only)."""
+    return func.clock_timestamp() if conn.dialect.name == "postgresql" else at
 
 
 def _held_by(entry_id: Any, owner: Any) -> Any:

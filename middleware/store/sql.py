@@ -49,7 +49,9 @@ def shared_now(conn: Connection, now: datetime) -> datetime:
     written and judged in: the database's on PostgreSQL, the one clock of every node that
     shares it, else ``now`` (SQLite is shared by the daemons of one host only)."""
     if conn.dialect.name == "postgresql":
-        found = conn.execute(select(func.now())).scalar_one()
+        # The time of the statement: now() is the transaction's start, which a unit
+        # sharing a group commit may run well after.
+        found = conn.execute(select(func.clock_timestamp())).scalar_one()
         return utc(found) or now
     return now
 
