@@ -350,6 +350,12 @@ async def test_a_page_without_a_session_sends_to_the_login_page(api: Api) -> Non
         answer = await login(client, "alice", nxt="/page?x=1")
         assert answer.headers["location"] == "/page?x=1"
         assert (await client.get("/page")).json() == {"user": "alice"}
+        # A name in the address, its "/" escaped, comes back escaped after the login.
+        client.cookies.clear()
+        sent = await client.get("/qc/chem-1/A%2FG")
+        assert sent.headers["location"] == "/login?next=%2Fqc%2Fchem-1%2FA%252FG"
+        answer = await login(client, "alice", nxt="/qc/chem-1/A%2FG")
+        assert answer.headers["location"] == "/qc/chem-1/A%2FG"
 
 
 async def test_the_login_form_must_come_from_this_site(api: Api) -> None:

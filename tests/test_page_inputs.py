@@ -292,7 +292,7 @@ def _get_pages(base: str, cookies: httpx.Cookies) -> list[str]:
         @example(address="/qc/{named}/GLU", named=".")
         @example(address="/reagents/{named}/lots/{named}", named="..")
         def get(address: str, named: str) -> None:
-            # A path's segment as the pages write their links: ``.`` and ``..`` escaped,
+            # A path's segment as the pages write their links: ``.`` and ``..`` marked,
             # since a client takes those segments out of an address before it asks.
             asked = address.format(
                 named=segment(named) if "?" not in address else quote(named, safe="")
@@ -317,7 +317,6 @@ async def test_addresses_naming_anything_are_shown_or_refused(site: Site) -> Non
 def test_a_name_is_one_segment_of_an_address_whatever_it_holds() -> None:
     assert segment("GLU") == "GLU"
     assert segment("A/B ?#") == "A%2FB%20%3F%23"
-    # A client removes these segments: left as they are, the link would lead elsewhere.
-    assert segment(".") == "%2E"
-    assert segment("..") == "%2E%2E"
-    assert segment("...") == "..."
+    # A browser removes these segments, escaped (%2E) or not: the link would lead elsewhere.
+    assert segment(".") == "~." and segment("..") == "~.."
+    assert segment("~x") == "~~x" and segment("...") == "..."

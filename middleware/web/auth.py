@@ -307,7 +307,11 @@ async def _not_authenticated(request: Request, _exc: Exception) -> Response:
             401,
             headers={"WWW-Authenticate": "Bearer"},
         )
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    # The address as it came: decoded, a name's escaped "/" would come back as a separator
+    # (the pages read names from the address as sent).
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    path = raw.split(b"?", 1)[0].decode("latin-1")
+    target = path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/login?next={quote(target, safe='')}", 303)
 
 

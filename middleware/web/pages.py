@@ -37,12 +37,22 @@ HERE = FilePath(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 
 
+#: Before a name written so that no browser takes it for ``.`` or ``..`` (which it takes
+#: out of an address, escaped as ``%2E`` or not); a name beginning with it gets it too.
+_MARK = "~"
+
+
 def segment(name: str) -> str:
-    """A name as one segment of an address: every reserved character escaped, and ``.``
-    or ``..`` as ``%2E`` (a browser takes those segments away, so an instrument or a test
-    named so would lead to another page). Jinja's ``urlencode`` keeps ``/``."""
+    """A name as one segment of an address (:func:`_named` reads it back): every reserved
+    character escaped (Jinja's ``urlencode`` keeps ``/``), and ``.``, ``..`` or a name
+    beginning with ``~`` after a ``~``."""
     quoted = quote(name, safe="")
-    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+    return _MARK + quoted if name in (".", "..") or name.startswith(_MARK) else quoted
+
+
+def _name_of(part: str) -> str:
+    name = unquote(part)
+    return name[len(_MARK) :] if name.startswith(_MARK) else name
 
 
 templates.env.filters["segment"] = segment
@@ -60,7 +70,7 @@ def _named(request: Request, shape: str) -> tuple[str, ...] | None:
         want not in ("*", part) for want, part in zip(expected, parts, strict=True)
     ):
         return None
-    return tuple(unquote(part) for want, part in zip(expected, parts, strict=True) if want == "*")
+    return tuple(_name_of(part) for want, part in zip(expected, parts, strict=True) if want == "*")
 
 
 def _not_found(what: str) -> HTMLResponse:
