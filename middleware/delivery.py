@@ -156,6 +156,7 @@ class LisSender:
         """The write recording answers while the batch goes on, if one is under way."""
         self._recorded_at = -math.inf
         self._record_later: asyncio.TimerHandle | None = None
+        self._stopping = False
 
     def committed(self, committed: Committed) -> None:
         """A commit listener of the store writer: a message queued or sent again wakes the
@@ -172,6 +173,9 @@ class LisSender:
                 self._queued.clear()
                 connected = self._connected()
                 asked = time.monotonic()
+                # The answers a write under way did not record are back for this one: the
+                # claim must not take again, as still this daemon's, what the LIS took.
+                await self._recording_done()
                 batch, at = await self._record(partial(self._claim, connected=connected))
                 claim_wait = time.monotonic() - asked
                 if not batch:
@@ -335,7 +339,7 @@ class LisSender:
     def _record_soon(self) -> None:
         """Record the answers come so far without waiting for it: one such write at a
         time, RECORD_EVERY apart (what failed is back in ``_outcomes`` for the next)."""
-        if not any(isinstance(o, _Answered) for o in self._outcomes):
+        if self._stopping or not any(isinstance(o, _Answered) for o in self._outcomes):
             return
         if self._record_later is not None or (
             self._recording is not None and not self._recording.done()
@@ -347,6 +351,15 @@ class LisSender:
             return
         self._recorded_at = time.monotonic()
         self._recording = asyncio.create_task(self._record_answers())
+
+    async def _recording_done(self) -> None:
+        """Wait for the write recording answers, if one is under way; none is left for
+        later (what the next write records, it records with it)."""
+        if self._record_later is not None:
+            self._record_later.cancel()
+            self._record_later = None
+        if self._recording is not None and not self._recording.done():
+            await asyncio.wait([self._recording])
 
     def _record_due(self) -> None:
         self._record_later = None
@@ -375,13 +388,10 @@ class LisSender:
     async def _stop(self) -> None:
         """Record what the last batch became, so that a restarted daemon sends its
         unanswered entries at once instead of when their claims run out."""
+        self._stopping = True
         self._settle("interrupted", "the sender stopped before the LIS answered", self._on_wire)
-        if self._record_later is not None:
-            self._record_later.cancel()
-            self._record_later = None
         try:
-            if self._recording is not None and not self._recording.done():
-                await asyncio.wait([self._recording], timeout=RECORD_ON_STOP_SECONDS)
+            await asyncio.wait_for(self._recording_done(), RECORD_ON_STOP_SECONDS)
             if self._outcomes:
                 await asyncio.wait_for(self._record(lambda _conn: None), RECORD_ON_STOP_SECONDS)
         except Exception as exc:  # the claims run out by themselves
