@@ -12,7 +12,9 @@ astm/yumizen-h550_records_qc-run.astm):
 * The sample's flags come in a C record right after the O, not after a result: C.4
   repeats category^parameter^flag (``NON_COMPLIANT_DATA^WBC^LL_OR_LL1_INTERFERE``); the
   parameter is empty when the flag is about the whole sample
-  (``SUSPECTED_PATHOLOGY^^ANEMIA``).
+  (``SUSPECTED_PATHOLOGY^^ANEMIA``). A flag about a parameter the run has no result of
+  (``WBC`` on a run of the differential alone) goes to every result of the sample, as a
+  whole sample's does, rather than be dropped.
 * M records after the O: HISTOGRAM and MATRIX (curves, compressed) and REAGENT, whose M.4
   repeats the reagent names and M.5 repeats lot^opened on^expiry in the same order.
 * R.3 = ``^^^<parameter>^<LOINC code>``; R.7 is already N, L, H, LL or HH; R.9 is ``W``
@@ -87,6 +89,11 @@ def _reagent_rows(record: Record) -> list[tuple[str, str, str, str]]:
     return [(name, lot[0], lot[2] if len(lot) > 2 else "", where) for name, lot in pairs]
 
 
+def _of(result: Result, notes: list[_SampleNotes]) -> _SampleNotes | None:
+    """The notes of the sample (the O record) a result comes after."""
+    return next((n for n in reversed(notes) if n.order_index < result.record_index), None)
+
+
 class HoribaYumizenDriver(Driver):
     name = "horiba_yumizen"
     description = "Horiba Yumizen H500/H550 and ABX Pentra haematology (ASTM mode)"
@@ -102,19 +109,32 @@ class HoribaYumizenDriver(Driver):
         notes = _sample_notes(records)
         if not any(n.flags or n.reagents for n in notes):
             return message
-        message.results = [self._annotated(r, notes) for r in message.results]
+        everything = [*message.results, *(c.result for c in message.controls)]
+        measured = {
+            id(sample): {r.instrument_test_code for r in everything if _of(r, notes) is sample}
+            for sample in notes
+        }
+        message.results = [self._annotated(r, notes, measured) for r in message.results]
         message.controls = [
-            replace(c, result=self._annotated(c.result, notes)) for c in message.controls
+            replace(c, result=self._annotated(c.result, notes, measured)) for c in message.controls
         ]
         return message
 
-    def _annotated(self, result: Result, notes: list[_SampleNotes]) -> Result:
-        """The result with the flags and reagents its sample's O-level records give."""
-        sample = next((n for n in reversed(notes) if n.order_index < result.record_index), None)
+    def _annotated(
+        self, result: Result, notes: list[_SampleNotes], measured: Mapping[int, set[str]]
+    ) -> Result:
+        """The result with the flags and reagents its sample's O-level records give. A
+        flag about a parameter the sample has no result of (``WBC`` on a run of the
+        differential only) goes to every result of the sample: never dropped."""
+        sample = _of(result, notes)
         if sample is None:
             return result
-        code = result.instrument_test_code
-        flags = tuple(text for parameter, text in sample.flags if parameter in ("", code))
+        code, present = result.instrument_test_code, measured[id(sample)]
+        flags = tuple(
+            text
+            for parameter, text in sample.flags
+            if parameter in ("", code) or parameter not in present
+        )
         reagents = tuple(
             ReagentUse(name, lot, result.test_code, self.read_date(expiry, where))
             for name, lot, expiry, where in sample.reagents

@@ -116,6 +116,31 @@ def test_sample_flags_go_to_their_parameter_and_whole_sample_ones_to_all(
     assert all(r.instrument_flags[-3:] == whole for r in patient.results)
 
 
+def test_a_flag_about_a_parameter_the_run_did_not_report_goes_to_all_its_results() -> None:
+    """A run of the differential alone reports no WBC: the WBC flag is not dropped, it
+    goes to every result of the sample (written after the H550's layout, not copied)."""
+    lines = [
+        "H|\\^&|||H550^000TEST^1.2|||||||P|LIS2-A2|20261130090000",
+        "P|1",
+        "O|1|S-DIF||^^^DIF|R|20261130085900|||||||||BLOOD||||||||||F",
+        "C|1|I|NON_COMPLIANT_message^WBC^ABNORMAL_DIFF\\SUSPECTED_PATHOLOGY^^ANEMIA\\"
+        "NON_COMPLIANT_message^NEU%^LOW_COUNT|I",
+        "R|1|^^^NEU#^751-8|0.90|10E3/uL|1.60 - 7.00^REFERENCE_RANGE|L||W||LAB^^USER|20261130085900",
+        "R|2|^^^NEU%^770-8|12.5|%|40.0 - 73.0^REFERENCE_RANGE|L||W||LAB^^USER|20261130085900",
+        "L|1|N",
+    ]
+    decoded = decode_message(lines)
+    assert not decoded.errors
+    rows = by_code(HoribaYumizenDriver().read(decoded.records).results)
+    assert rows["NEU#"].instrument_flags == (
+        "NON_COMPLIANT_message^WBC^ABNORMAL_DIFF", "SUSPECTED_PATHOLOGY^^ANEMIA",
+    )  # fmt: skip
+    assert rows["NEU%"].instrument_flags == (
+        "NON_COMPLIANT_message^WBC^ABNORMAL_DIFF", "SUSPECTED_PATHOLOGY^^ANEMIA",
+        "NON_COMPLIANT_message^NEU%^LOW_COUNT",
+    )  # fmt: skip
+
+
 def test_reagent_lots_from_the_m_record_after_the_order(patient: InstrumentMessage) -> None:
     rows = by_code(patient.results)
     assert rows["WBC"].reagents == (
