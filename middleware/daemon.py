@@ -15,6 +15,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -132,11 +134,28 @@ class LeaseLost(Exception):
     """Another daemon took this one's instruments (its lease was not renewed in time)."""
 
 
-def _process_gone(owner: str) -> bool:
-    """A holder on this host whose process no longer runs: its leases are free at once."""
-    node, _, rest = owner.partition("/")
-    pid = rest.split("/", 1)[0]
-    if node != socket.gethostname() or not pid.isdecimal():
+def _boot_id() -> str:
+    """This host's boot, as the kernel names it (8 hex digits; "" where it says none):
+    two machines given one host name (a cloned VM) are told apart by it."""
+    try:
+        text = Path("/proc/sys/kernel/random/boot_id").read_text()
+    except OSError:
+        return ""
+    digits = text.strip().replace("-", "")[:8]
+    return digits if len(digits) == 8 else ""
+
+
+#: Named in each daemon's owner, after its process id: ``node/pid/<boot><random>``.
+BOOT = _boot_id()
+
+
+def _process_gone(owner: str, node: str) -> bool:
+    """A holder of this node, in this host's present boot, whose process no longer runs:
+    its leases are free at once. A holder of the same name on another machine (or from
+    before a reboot) is not judged by the processes here: its leases run out."""
+    holder, _, rest = owner.partition("/")
+    pid, _, mark = rest.partition("/")
+    if holder != node or not pid.isdecimal() or not BOOT or not mark.startswith(BOOT):
         return False
     try:
         os.kill(int(pid), 0)
@@ -150,9 +169,8 @@ def _process_gone(owner: str) -> bool:
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.owner = (
-            f"{settings.node_name or socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
-        )
+        self.node = settings.node_name or socket.gethostname()
+        self.owner = f"{self.node}/{os.getpid()}/{BOOT}{secrets.token_hex(4)}"
         """Names this daemon in the instrument leases of a shared database."""
         self.lease_lost = asyncio.Event()
         self.control = Control(settings, node=self.owner)
@@ -295,7 +313,9 @@ class Daemon:
         """No instrument is served by two daemons: take their leases, or refuse to start."""
         names, lease = self._served, self.settings.lease_seconds
         held = await store.write(
-            lambda conn: leases.claim(conn, self.owner, names, utcnow(), lease, _process_gone)
+            lambda conn: leases.claim(
+                conn, self.owner, names, utcnow(), lease, partial(_process_gone, node=self.node)
+            )
         )
         if held:
             raise InstrumentsHeld(held)

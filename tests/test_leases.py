@@ -4,6 +4,7 @@ instrument is served by two, and one that dies has its instruments taken over.""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import subprocess
@@ -303,3 +304,17 @@ def test_on_postgresql_leases_run_out_by_the_databases_clock(database_url: str) 
         assert [h.owner for h in held] == (["node-a/1/x"] if postgresql else [])
     finally:
         store.close()
+
+
+def test_a_holder_is_known_dead_only_by_its_own_node_in_this_boot() -> None:
+    """Two machines given one host name (a cloned VM) must not take each other's leases
+    at once: a holder's process is looked for here only when its boot is this one's."""
+    from middleware.daemon import BOOT, _process_gone
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    assert BOOT and _process_gone(f"lab-pc/{ended.pid}/{BOOT}abcd1234", node="lab-pc")
+    assert not _process_gone(f"lab-pc/{os.getpid()}/{BOOT}abcd1234", node="lab-pc")
+    other = "0" * 8 if BOOT != "0" * 8 else "1" * 8
+    assert not _process_gone(f"lab-pc/{ended.pid}/{other}abcd1234", node="lab-pc")
+    assert not _process_gone(f"lab-pc-2/{ended.pid}/{BOOT}abcd1234", node="lab-pc")
