@@ -312,6 +312,10 @@ async def _not_authenticated(request: Request, _exc: Exception) -> Response:
     raw = request.scope.get("raw_path") or request.url.path.encode()
     path = raw.split(b"?", 1)[0].decode("latin-1")
     target = path + (f"?{request.url.query}" if request.url.query else "")
+    if request.method not in ("GET", "HEAD"):
+        # A form posted once the session had ended: the login leads home, not to an
+        # address that only takes a POST (and would answer 405).
+        return RedirectResponse("/login", 303)
     return RedirectResponse(f"/login?next={quote(target, safe='')}", 303)
 
 
