@@ -369,7 +369,10 @@ class LisSender:
         try:
             await self._record(lambda _conn: None)
         except Exception as exc:
+            # Tried again with the next answer or the next claim, not in a loop of its own
+            # while the database is away.
             self.log.warning("answers not recorded yet; kept for the next write", error=repr(exc))
+            return
         # What came meanwhile, once this task has ended.
         asyncio.get_running_loop().call_soon(self._record_soon)
 
