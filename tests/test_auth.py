@@ -581,7 +581,11 @@ async def test_over_tls_the_cookies_are_for_https_only(tmp_path: Path) -> None:
             assert answer.status_code == 303
             cookie = answer.headers["set-cookie"]
             assert cookie.startswith("__Host-lis_session=") and "; Secure" in cookie
-            assert (await c.get("/api/session")).json()["user"] == "alice"
+            session = await c.get("/api/session")
+            assert session.json()["user"] == "alice"
+            # The browser comes back over TLS only, whatever page it asks for.
+            for answer in (session, await c.get("/login")):
+                assert answer.headers["strict-transport-security"] == "max-age=31536000"
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as plain:
             with pytest.raises(httpx.TransportError):
                 await plain.get("/login")

@@ -46,7 +46,7 @@ from middleware.web.guards import (
     BodyLimit,
     HostCheck,
     NoNulInAddress,
-    NoStoreApi,
+    ResponseHeaders,
     StrictJsonRoute,
 )
 from middleware.web.pages import add_pages
@@ -155,7 +155,7 @@ def create_app(
     install(app, Auth(lambda: control.store, config, control.settings.state_dir, clock))
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     app.add_middleware(NoNulInAddress)
-    app.add_middleware(NoStoreApi)
+    app.add_middleware(ResponseHeaders)
     app.add_middleware(HostCheck, allowed=_host_names(config))
     for kind in REFUSALS:
         app.add_exception_handler(kind, _refused)

@@ -78,23 +78,32 @@ class NoNulInAddress:
         await self.app(scope, receive, send)
 
 
-class NoStoreApi:
+class ResponseHeaders:
     """Answers of ``/api/`` kept by no cache (``Cache-Control: no-store``), as the pages'
-    are: they carry the session's CSRF token, specimen ids, the LIS's error text."""
+    are: they carry the session's CSRF token, specimen ids, the LIS's error text. Over
+    TLS, every answer tells the browser to come back over TLS only (HSTS, a year)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        added: list[tuple[bytes, bytes]] = []
+        if scope["path"].startswith("/api/"):
+            added.append((b"cache-control", b"no-store"))
+        if scope.get("scheme") == "https":
+            added.append((b"strict-transport-security", b"max-age=31536000"))
+        if not added:
+            await self.app(scope, receive, send)
+            return
+        names = {name for name, _ in added}
 
         async def marked(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [h for h in message.get("headers", []) if h[0] != b"cache-control"]
-                headers.append((b"cache-control", b"no-store"))
-                message = {**message, "headers": headers}
+                headers = [h for h in message.get("headers", []) if h[0] not in names]
+                message = {**message, "headers": [*headers, *added]}
             await send(message)
 
         await self.app(scope, receive, marked)
