@@ -13,6 +13,16 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 MIN_PASSWORD = 10
+#: Different characters a password needs: "aaaaaaaaaa" and "ababababab" are guessed first.
+MIN_DIFFERENT = 5
+#: Long enough, and among the first a guesser tries (NIST SP 800-63B asks that such be
+#: refused rather than passwords be given rules of composition).
+COMMON_PASSWORDS = frozenset({
+    "0123456789", "1234567890", "0987654321", "9876543210", "12345678910", "123456789a",
+    "1q2w3e4r5t", "1qaz2wsx3edc", "abcdefghij", "administrator", "changeme123",
+    "iloveyou12", "laboratory", "letmein123", "passw0rd12", "password1!", "password12",
+    "password123", "password1234", "qwerty1234", "qwertyuiop", "welcome123",
+})  # fmt: skip
 #: Longer passwords are refused rather than hashed: a login form cannot make the
 #: daemon hash megabytes.
 MAX_PASSWORD = 1024
@@ -49,6 +59,12 @@ def check_password(password: str, name: str = "") -> None:
         raise PasswordRefused(f"a password has at most {MAX_PASSWORD} characters")
     if name and password.strip().lower() == name.lower():
         raise PasswordRefused("a password cannot be the user name")
+    if len(set(password.lower())) < MIN_DIFFERENT:
+        raise PasswordRefused(
+            f"a password needs at least {MIN_DIFFERENT} different characters (not aaaaaaaaaa)"
+        )
+    if password.strip().lower() in COMMON_PASSWORDS:
+        raise PasswordRefused("this password is one of the first any guesser tries")
 
 
 def hash_password(password: str) -> str:

@@ -59,6 +59,10 @@ def test_passwords_are_kept_as_argon2_hashes_and_checked() -> None:
         ("123456789", "a password needs at least 10 characters"),
         ("x" * 1025, "a password has at most 1024 characters"),
         ("Alice.Martin", "a password cannot be the user name"),
+        ("aaaaaaaaaa", "at least 5 different characters"),
+        ("abababababab", "at least 5 different characters"),
+        ("Password12", "one of the first any guesser tries"),
+        (" qwertyuiop ", "one of the first any guesser tries"),
     ],
 )
 def test_the_password_policy(password: str, problem: str) -> None:
