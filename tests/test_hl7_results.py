@@ -260,8 +260,8 @@ def test_every_capture_renders_to_messages_hl7apy_finds_valid(
     messages = render_capture(capture.read_bytes(), AT, sender=sender)
     for number, text in enumerate(messages):
         # hl7apy takes a second a message: the ASTM captures are checked whole, the long
-        # HL7 logs (hundreds of alike messages) on their first ones.
-        if capture.parent.name == "astm" or number < 8:
+        # HL7 logs (hundreds of alike messages, from one analyser) on their first three.
+        if capture.parent.name == "astm" or number < 3:
             strict(text)
         parsed = hl7.parse(text)
         assert str(parsed.segment("MSH")[12]) == sender.version
