@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -206,6 +207,35 @@ def test_bracketed_results_wait_for_the_closing_qc(gate: Gate) -> None:
     gate.note_patient("chem-1", "NA")
     gate.record_control(control("NA", "142", LOT_1), closing)  # z = +3.3
     assert "qc-rejected:1-3s" in codes(gate, "NA", closing, measured)
+
+
+def test_a_bracketed_result_is_closed_by_a_qc_measured_after_it_on_the_same_clock(
+    gate: Gate,
+) -> None:
+    """The analyser's clock an hour behind (never put to summer time): the opening QC,
+    received at 10:00, was measured at 9:00 by that clock and the patient at 9:30. Its
+    receipt (10:00) is after 9:30; the closing QC is the one measured after 9:30."""
+    behind = timedelta(hours=1)
+
+    def measured(test: str, value: str, lot: str, at: datetime) -> ControlResult:
+        found = control(test, value, lot)
+        return replace(found, result=replace(found.result, completed_at=at - behind))
+
+    gate.note_patient("chem-1", "K")
+    for value, lot in (("4.0", LOT_1), ("6.2", LOT_2)):
+        gate.record_control(measured("K", value, lot, T0), T0)
+    patient_at = T0 - behind + timedelta(minutes=30)
+    received = T0 + timedelta(minutes=31)
+    assert codes(gate, "K", received, patient_at) == ["awaiting-closing-qc"]
+    # A QC measured in the same second as the patient may have been run just before it.
+    closing = T0 + timedelta(minutes=30)
+    gate.record_control(measured("K", "4.02", LOT_1, closing), received)
+    gate.record_control(measured("K", "6.18", LOT_2, closing), received)
+    assert codes(gate, "K", received, patient_at) == ["awaiting-closing-qc"]
+    later = T0 + timedelta(hours=1)
+    gate.record_control(measured("K", "4.01", LOT_1, later), later)
+    gate.record_control(measured("K", "6.19", LOT_2, later), later)
+    assert codes(gate, "K", later, patient_at) == []
 
 
 def test_missing_target_is_reported_not_guessed(gate: Gate) -> None:

@@ -50,6 +50,9 @@ class LevelState:
     run: str
     status: westgard.Status
     violations: tuple[str, ...]
+    measured_at: datetime | None = None
+    """The control's own time, on its analyser's clock (R.13): a bracketed patient result
+    is closed by a control measured after it, the two times read off one clock."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,7 +400,9 @@ class QcGate:
             mine, material=material.name, statistics=mine.statistics.add(value), runs=runs
         )
         levels = dict(state.levels)
-        levels[level] = LevelState(at, run, evaluation.status, evaluation.violations)
+        levels[level] = LevelState(
+            at, run, evaluation.status, evaluation.violations, result.completed_at
+        )
         state = replace(state, levels=levels, stream=step.stream)
         state, mine = self._cycle(policy, state, mine, value, target)
         changed[lot.lot] = mine
@@ -587,15 +592,27 @@ class QcGate:
         out += self._level_findings(state, instrument, test, at)
         policy = self.policy(instrument, test)
         if policy is not None and policy.mode == "bracketed" and not out:
-            measured = measured_at or at
             closing = [state.levels.get(level) for level in policy.levels]
-            if not all(level is not None and level.at >= measured for level in closing):
+            if not all(_closes(level, measured_at, at) for level in closing):
                 out.append(
                     Finding(
                         "awaiting-closing-qc", "bracketed QC: waits for the QC that closes its run"
                     )
                 )
         return out
+
+
+def _closes(level: LevelState | None, measured_at: datetime | None, at: datetime) -> bool:
+    """Whether a control closes the run of a patient result measured at ``measured_at``:
+    measured after it, both times on the analyser's clock (one behind or ahead by an hour
+    moves both alike; the middleware's time of receipt against the analyser's would
+    release a result before its closing QC). Without both times, received after it."""
+    if level is None:
+        return False
+    if measured_at is not None and level.measured_at is not None:
+        # A control of the same second may have been run just before: not taken.
+        return level.measured_at > measured_at
+    return level.at >= (measured_at or at)
 
 
 def _run_number(run: str) -> int:

@@ -370,6 +370,7 @@ def _test_qc(row: Any) -> TestQc:
             level["run"],
             level["status"],
             tuple(level["violations"]),
+            datetime.fromisoformat(level["measured"]) if level.get("measured") else None,
         )
         for name, level in json.loads(row.levels).items()
     }
@@ -400,6 +401,7 @@ def _test_row(key: TestKey, state: TestQc, at: datetime) -> dict[str, Any]:
             "run": level.run,
             "status": level.status,
             "violations": list(level.violations),
+            "measured": level.measured_at.isoformat() if level.measured_at else None,
         }
         for name, level in state.levels.items()
     }
