@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import ClassVar
 
 from middleware.astm.frames import FrameTolerances
@@ -34,7 +34,9 @@ from middleware.hl7.segments import can_carry
 
 # ASCII digits only: str.isdigit() and int() also take superscripts, which stray bytes
 # decoded as latin-1 become (0xB2 is '²'), and other scripts' digits.
-_STAMP_DIGITS = re.compile(r"[0-9]{8,14}")
+# E1394's YYYYMMDD[HH[MM[SS]]], whole pairs only, and what some analysers add: a fraction
+# of a second (dropped) and an offset from UTC (honoured).
+_STAMP = re.compile(r"([0-9]{8}(?:[0-9]{2}){0,3})(?:\.[0-9]{1,6})?(?:([+-])([0-9]{2})([0-9]{2}))?")
 # Up to 9 digits: a sequence number is kept in a 32-bit integer column.
 _SEQUENCE = re.compile(r"[0-9]{1,9}")
 _LIMIT = re.compile(r"(?:[+-]?[0-9]+(?:[.,][0-9]*)?)?")
@@ -54,16 +56,24 @@ _RECORD_NAMES = {
 
 
 def parse_timestamp(text: str) -> datetime | None:
-    """E1394 date and time (YYYYMMDD[HH[MM[SS]]]); None when absent or not a date."""
-    digits = text.strip()[:14]
-    if not _STAMP_DIGITS.fullmatch(digits):
+    """E1394 date and time (YYYYMMDD[HH[MM[SS]]]): the analyser's wall clock, without a
+    zone; with an offset after it (``+0100``), that moment in UTC. None when absent or not
+    a date: an odd digit, or more than the seconds, is refused rather than cut short (a
+    ``+0000`` cut off would read the time in the wrong zone)."""
+    found = _STAMP.fullmatch(text.strip())
+    if found is None:
         return None
+    digits, sign, hours, minutes = found.groups()
     hour, minute, second = (
         int(digits[i : i + 2]) if len(digits) >= i + 2 else 0 for i in (8, 10, 12)
     )
     try:
-        return datetime(int(digits[0:4]), int(digits[4:6]), int(digits[6:8]), hour, minute, second)
-    except ValueError:
+        stamp = datetime(int(digits[0:4]), int(digits[4:6]), int(digits[6:8]), hour, minute, second)
+        if not sign:
+            return stamp
+        offset = timedelta(hours=int(hours), minutes=int(minutes))
+        return stamp.replace(tzinfo=timezone(offset if sign == "+" else -offset)).astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
 
 
