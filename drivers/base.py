@@ -37,6 +37,16 @@ from middleware.hl7.segments import can_carry
 # E1394's YYYYMMDD[HH[MM[SS]]], whole pairs only, and what some analysers add: a fraction
 # of a second (dropped) and an offset from UTC (honoured).
 _STAMP = re.compile(r"([0-9]{8}(?:[0-9]{2}){0,3})(?:\.[0-9]{1,6})?(?:([+-])([0-9]{2})([0-9]{2}))?")
+_LEADING_DIGITS = re.compile(r"[0-9]*")
+
+
+def to_the_minute(text: str) -> bool:
+    """Whether a time gives its minute (YYYYMMDDHHMM at least, before a fraction or an
+    offset)."""
+    found = _LEADING_DIGITS.match(text.strip())
+    return found is not None and len(found.group()) >= 12
+
+
 # Up to 9 digits: a sequence number is kept in a 32-bit integer column.
 _SEQUENCE = re.compile(r"[0-9]{1,9}")
 _LIMIT = re.compile(r"(?:[+-]?[0-9]+(?:[.,][0-9]*)?)?")
@@ -302,7 +312,7 @@ class Driver(Tables):
             specimen_id=context.specimen_id,
             patient_id=self.patient_id(patient) if patient else "",
             specimen_type=order.value(16),
-            collected_at=self.timestamp_at(order, 8),
+            collected_at=self.collection_time(order, 8),
             received_at=self.timestamp_at(order, 18),
         )
 
@@ -415,6 +425,19 @@ class Driver(Tables):
         stamp = parse_timestamp(text)
         if stamp is None and text.strip():
             return self.read_timestamp(text, field_name(record, n))  # says it is refused
+        return stamp
+
+    def collection_time(self, record: Record, n: int) -> datetime | None:
+        """A specimen's collection time, to the minute at least: a time to the day or the
+        hour (read as its first minute) would judge the delay to analysis by a moment
+        nobody noted, and reject a sample analysed within it. Left out, and said."""
+        stamp = self.timestamp_at(record, n)
+        if stamp is not None and not to_the_minute(record.value(n)):
+            self._refuse(
+                field_name(record, n), record.value(n),
+                "gives the collection to the day or hour only; its delay is not judged",
+            )  # fmt: skip
+            return None
         return stamp
 
     def read_timestamp(self, text: str, where: str) -> datetime | None:

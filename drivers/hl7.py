@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import ClassVar
 
-from drivers.base import ControlInfo, DriverOptions, Tables
+from drivers.base import ControlInfo, DriverOptions, Tables, to_the_minute
 from drivers.detect import Detection, Instances, by_sender_then_layout, or_before
 from drivers.hl7_query import QUERY_MESSAGES, answers, read_query
 from middleware.domain import (
@@ -225,11 +225,19 @@ class Hl7Driver(Tables):
         if not collected and obr is not None:
             collected = obr.value(7)
         where = spm.where(17) if spm is not None and spm.value(17) else "OBR-7"
+        collected_at = self.read_time(collected, where)
+        if collected_at is not None and not to_the_minute(collected):
+            # A collection to the day or hour would judge the delay by a moment nobody noted.
+            self._problems.append(
+                f"{where}: {collected.strip()[:40]!r} gives the collection to the day or "
+                "hour only; its delay is not judged"
+            )
+            collected_at = None
         return Specimen(
             specimen_id=specimen_id,
             patient_id=self.patient_id(request.patient) if request.patient else "",
             specimen_type=(spm.value(4, 2) or spm.value(4)) if spm is not None else "",
-            collected_at=self.read_time(collected, where),
+            collected_at=collected_at,
         )
 
     def is_result(self, observation: Observation) -> bool:

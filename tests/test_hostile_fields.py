@@ -163,6 +163,18 @@ def test_other_scripts_digits_are_not_a_date() -> None:
     assert parse_timestamp(" 20230101 ") == datetime(2023, 1, 1)
 
 
+def test_a_collection_time_not_to_the_minute_is_left_out_and_said() -> None:
+    """Read as midnight, a collection on the day only would have a potassium analysed at
+    17:05 rejected as 17 hours late."""
+    day_only = read(message_bytes(o8=b"20261203"))
+    [specimen] = day_only.specimens
+    assert specimen.collected_at is None
+    assert any("O.8: '20261203' gives the collection to the day or hour only" in p
+               for p in day_only.problems), day_only.problems  # fmt: skip
+    [specimen] = read(message_bytes(o8=b"202612031450")).specimens
+    assert specimen.collected_at == datetime(2026, 12, 3, 14, 50)
+
+
 def test_a_time_is_read_whole_or_refused_never_cut_short() -> None:
     """A +0000 cut off read the time as the analyser's wall clock, an hour or two wrong
     in Europe; an odd digit was dropped. An offset is honoured, a fraction of a second

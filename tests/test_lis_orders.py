@@ -597,3 +597,24 @@ def test_a_specimens_details_come_from_whichever_of_its_orders_give_them() -> No
     assert order.test_codes == ("GLU", "K", "NA")
     assert order.collected_at == datetime(2026, 11, 30, 7, 15, tzinfo=UTC)  # the first given
     assert (order.specimen_type, order.container) == ("Serum", "Serum separator tube")
+
+
+def test_a_time_to_the_hour_is_taken_and_a_collection_not_to_the_minute_is_none() -> None:
+    """HL7's DTM may stop at the year, month, day or hour. An order's time so given is its
+    first moment; a collection time so given is none: judged from its first minute, a
+    potassium collected at 14:50 and analysed at 15:10 would be rejected as delayed."""
+    text = orm("O30", "NW", "OBR|1|ORD1|S60|K^^L").replace("20261130110000", "2026113011")
+    for collected in ("20261130", "2026113014", "2026113014+0100"):
+        with_spm = (
+            orm("O31", "NW", "OBR|1|ORD1|S61|K^^L").replace("ORM^O01", "OML^O21^OML_O21")
+            + f"\rSPM|1|S61||SER^Serum|||||||||||||{collected}"
+        )
+        [change] = read_order(with_spm).changes
+        assert change.order.collected_at is None, collected
+    [order] = read_order(text).changes
+    assert order.order.ordered_at == datetime(2026, 11, 30, 11, 0, tzinfo=UTC)
+    minute = orm("O32", "NW", "OBR|1|ORD1|S62|K^^L|||202611301450")
+    [change] = read_order(minute).changes
+    assert change.order.collected_at == datetime(2026, 11, 30, 14, 50, tzinfo=UTC)
+    with pytest.raises(OrderRefused, match=r"OBR-7 \(segment 4\): '20261330' is not a date"):
+        read_order(minute.replace("202611301450", "20261330"))

@@ -346,7 +346,9 @@ def _specimen(spm: _Segment | None, obr: _Segment, zone: tzinfo) -> _Specimen:
     """What the LIS says of a specimen: SPM-17 (else OBR-7) collected, SPM-4 (else OBR-15,
     v2.3's specimen source) its type, SPM-27 its container."""
     collected = (
-        _moment(spm, 17, zone) if spm is not None and spm.value(17) else _moment(obr, 7, zone)
+        _moment(spm, 17, zone, to_the_minute=True)
+        if spm is not None and spm.value(17)
+        else _moment(obr, 7, zone, to_the_minute=True)
     )
     kind = _coded([spm.value(4, 1), spm.value(4, 2)]) if spm is not None else ""
     return _Specimen(
@@ -506,12 +508,18 @@ def _next_in_group(segments: list[_Segment]) -> dict[int, str]:
     return found
 
 
-_DTM = re.compile(r"^(\d{8}(?:\d{4}(?:\d{2})?)?)(?:\.\d+)?(?:([+-])(\d{2})(\d{2}))?$")
+# HL7's DTM: YYYY[MM[DD[HH[MM[SS[.S...]]]]]][+/-ZZZZ].
+_DTM = re.compile(r"^(\d{4}(?:\d{2}){0,5})(?:\.\d+)?(?:([+-])(\d{2})(\d{2}))?$")
+_FORMS = {4: "%Y", 6: "%Y%m", 8: "%Y%m%d", 10: "%Y%m%d%H", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
 
 
-def _moment(segment: _Segment, n: int, zone: tzinfo) -> datetime | None:
-    """A DTM, to the day, minute or second, in UTC: read in its offset, else in ``zone``
-    (HL7's DTM without an offset is the sender's local time).
+def _moment(
+    segment: _Segment, n: int, zone: tzinfo, *, to_the_minute: bool = False
+) -> datetime | None:
+    """A DTM, to the year, month, day, hour, minute or second (read as its first moment),
+    in UTC: read in its offset, else in ``zone`` (HL7's DTM without an offset is the
+    sender's local time). ``to_the_minute``: a time less precise is none (a collection to
+    the day would judge the delay to analysis by a moment nobody noted).
 
     An hour that comes twice when the clocks go back is read as the first: a collection
     then looks an hour older, and a sample is rather refused as delayed than a delayed one
@@ -522,14 +530,16 @@ def _moment(segment: _Segment, n: int, zone: tzinfo) -> datetime | None:
     match = _DTM.match(text)
     if match:
         digits, sign, hours, minutes = match.groups()
-        form = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}[len(digits)]
         if sign:
             offset = timedelta(hours=int(hours), minutes=int(minutes))
             zone = timezone(offset if sign == "+" else -offset)
         try:
-            return datetime.strptime(digits, form).replace(tzinfo=zone).astimezone(UTC)
+            moment = datetime.strptime(digits, _FORMS[len(digits)]).replace(tzinfo=zone)
+            found = moment.astimezone(UTC)
         except (ValueError, OverflowError):
             pass
+        else:
+            return None if to_the_minute and len(digits) < 12 else found
     raise OrderRefused(
         f"{_where(segment, n)}: {text[:40]!r} is not a date and time", "102", segment.at(n)
     )

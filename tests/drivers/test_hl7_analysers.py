@@ -41,6 +41,14 @@ GENERIC = "\r".join([
 ])  # fmt: skip
 
 
+def test_a_collection_to_the_day_only_is_left_out_and_said() -> None:
+    text = GENERIC.replace("20260105091000+0100", "20260105")
+    reading = Hl7Driver(instrument="chem").read(parse_message(text))
+    assert [s.collected_at for s in reading.specimens] == [None]
+    assert any("'20260105' gives the collection to the day or hour only" in p
+               for p in reading.problems), reading.problems  # fmt: skip
+
+
 def test_the_base_reading_of_an_oru() -> None:
     reading = Hl7Driver(instrument="chem").read(parse_message(GENERIC))
     assert reading.sender == "CHEM-ONE LAB" and reading.driver == "hl7"
