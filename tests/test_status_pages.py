@@ -312,6 +312,13 @@ async def test_a_reagent_lot_expires_at_midnight_in_the_laboratory(
         assert today.startswith("0<" if expired else "1<")
         # Only today's messages are counted: one that came yesterday is not "never".
         assert ("none today" in last) is expired and "never" not in last
+        # Times shown on the laboratory's clock, its zone named: the result made at
+        # 10:30 UTC was made at 23:30 in Auckland (held there, its lot expired).
+        if expired:
+            held = await viewed(store, control, now, "/held", Role.BIOLOGIST)
+            assert ">2026-03-01 23:30:00 NZDT</time>" in held
+        else:
+            assert ">2026-03-01 10:30:00 UTC</time>" in listing
     finally:
         store.close()
 

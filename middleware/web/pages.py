@@ -142,6 +142,7 @@ def add_pages(
                 "user": person,
                 # Empty for a request made with a token: it posts no form.
                 "csrf_token": person.csrf_token or "",
+                "zone": zone,
                 **_notice(request.query_params, person.csrf_token),
                 **context,
             },
