@@ -227,15 +227,16 @@ def test_a_bracketed_result_is_closed_by_a_qc_measured_after_it_on_the_same_cloc
     patient_at = T0 - behind + timedelta(minutes=30)
     received = T0 + timedelta(minutes=31)
     assert codes(gate, "K", received, patient_at) == ["awaiting-closing-qc"]
-    # A QC measured in the same second as the patient may have been run just before it.
-    closing = T0 + timedelta(minutes=30)
-    gate.record_control(measured("K", "4.02", LOT_1, closing), received)
-    gate.record_control(measured("K", "6.18", LOT_2, closing), received)
+    # Measured by that clock before the patient, though received after it: not closing.
+    early = T0 + timedelta(minutes=29, seconds=59)
+    gate.record_control(measured("K", "4.02", LOT_1, early), received)
+    gate.record_control(measured("K", "6.18", LOT_2, early), received)
     assert codes(gate, "K", received, patient_at) == ["awaiting-closing-qc"]
-    later = T0 + timedelta(hours=1)
-    gate.record_control(measured("K", "4.01", LOT_1, later), later)
-    gate.record_control(measured("K", "6.19", LOT_2, later), later)
-    assert codes(gate, "K", later, patient_at) == []
+    # Both times are to the second: a control of the patient's second closes its run.
+    closing = T0 + timedelta(minutes=30)
+    gate.record_control(measured("K", "4.01", LOT_1, closing), received)
+    gate.record_control(measured("K", "6.19", LOT_2, closing), received)
+    assert codes(gate, "K", received, patient_at) == []
 
 
 def test_missing_target_is_reported_not_guessed(gate: Gate) -> None:

@@ -604,14 +604,14 @@ class QcGate:
 
 def _closes(level: LevelState | None, measured_at: datetime | None, at: datetime) -> bool:
     """Whether a control closes the run of a patient result measured at ``measured_at``:
-    measured after it, both times on the analyser's clock (one behind or ahead by an hour
+    measured after it (or in the same second), both times on the analyser's clock (one behind or ahead by an hour
     moves both alike; the middleware's time of receipt against the analyser's would
     release a result before its closing QC). Without both times, received after it."""
     if level is None:
         return False
     if measured_at is not None and level.measured_at is not None:
-        # A control of the same second may have been run just before: not taken.
-        return level.measured_at > measured_at
+        # Both to the second: a control of the same second is taken as after it.
+        return level.measured_at >= measured_at
     return level.at >= (measured_at or at)
 
 
