@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Connection, exc, text
 
 from middleware.store import Store
-from middleware.store.writer import StoreBusy
+from middleware.store.writer import TRIES, StoreBusy
 from tests.test_ingest_integrity import write_lock
 
 
@@ -58,7 +58,9 @@ def test_a_deadlocks_victim_is_run_again(store: Store, database_url: str) -> Non
         assert asyncio.run(asyncio.wait_for(store.write(work), 60)) == "kept"
     finally:
         thread.join(30)
-    assert len(tries) == 2
+    # Run again, once or, when its first retry took row 2 before the other transaction
+    # was woken to take it (a loaded machine), twice: never given up within TRIES.
+    assert 2 <= len(tries) <= TRIES
 
 
 def test_any_other_failure_is_given_at_once(store: Store) -> None:
