@@ -23,10 +23,9 @@ browser:
 	@test -x $(CHROMIUM) || $(SUDO) apt-get install -y -q chromium >/dev/null \
 		|| { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }
 
-# Two workers (the suite keeps both cores busy); the tests of one group (xdist_group) go
-# to one worker, so that what their module sets up once is set up once.
+# Two workers: most tests wait on a daemon process or a socket, not on the CPU.
 test: install browser
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2
 
 # Coverage-guided fuzzing (atheris) of every reader of outside input, a million inputs per
 # target, two at a time, then the control API from its OpenAPI schema (schemathesis); what crashes is kept in fuzz/crashes (see fuzz/run.py). Long:

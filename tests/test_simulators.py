@@ -48,10 +48,6 @@ from tests import credentials
 from tests.conftest import ROOT, fresh_postgres_database
 from tests.daemon import DaemonProcess, free_port, query
 
-# One worker runs them all: the campaigns are set up once per database, not once per
-# worker that happens to take one of these tests.
-pytestmark = pytest.mark.xdist_group("simulators")
-
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
