@@ -604,9 +604,10 @@ class QcGate:
 
 def _closes(level: LevelState | None, measured_at: datetime | None, at: datetime) -> bool:
     """Whether a control closes the run of a patient result measured at ``measured_at``:
-    measured after it (or in the same second), both times on the analyser's clock (one behind or ahead by an hour
-    moves both alike; the middleware's time of receipt against the analyser's would
-    release a result before its closing QC). Without both times, received after it."""
+    measured after it (or in the same second), both times on the analyser's clock (one
+    behind or ahead by an hour moves both alike; the middleware's time of receipt against
+    the analyser's would release a result before its closing QC). Without both times,
+    received after it."""
     if level is None:
         return False
     if measured_at is not None and level.measured_at is not None:
