@@ -606,7 +606,7 @@ class Driver(Tables):
         asked = self.requested(query, orders)
         for number, (specimen_id, held, codes) in enumerate(asked, start=1):
             patient = held[0].patient_id if held else ""
-            priority = self.analyser_priority(most_urgent(held)) if held else "R"
+            priority = self.analyser_priority(most_urgent(o.priority for o in held))
             records.append(Record.of("P", str(number), patient))
             action, report = ("N", "Q") if codes else ("", "Y")
             records.append(_order_record(specimen_id, codes, priority, action, report))

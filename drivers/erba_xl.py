@@ -119,7 +119,7 @@ class ErbaXLDriver(Driver):
             fields = [""] * 15  # O.2 to O.16
             fields[0] = "1"
             fields[1] = specimen_id
-            fields[4] = self.analyser_priority(most_urgent(found))
+            fields[4] = self.analyser_priority(most_urgent(o.priority for o in found))
             fields[6] = stamp  # O.8, where Erba's example has it
             fields[10] = "A"
             fields[14] = self.specimen_type

@@ -121,7 +121,7 @@ class OrthoVitrosDriver(Driver):
             fields = [""] * 25  # O.2 to O.26
             fields[0] = "1"
             fields[1] = specimen_id
-            fields[4] = self.analyser_priority(most_urgent(found))
+            fields[4] = self.analyser_priority(most_urgent(o.priority for o in found))
             fields[6] = stamp  # O.8, as the captured host's reply has it
             fields[10] = "N"
             fields[14] = self.body_fluid

@@ -202,7 +202,7 @@ class RocheCobasDriver(Driver):
             fields = [""] * 25  # O.2 to O.26
             fields[0] = "1"
             fields[1] = specimen_id
-            fields[4] = self.analyser_priority(most_urgent(found)) if found else "R"
+            fields[4] = self.analyser_priority(most_urgent(o.priority for o in found))
             fields[10] = "A"
             # O.16 as the result upload writes it: 1 for S1 (serum/plasma)...
             fields[14] = sample_type[1:] if sample_type.startswith("S") else "1"

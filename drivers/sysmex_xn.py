@@ -235,7 +235,7 @@ class SysmexXNDriver(SysmexDriver):
             records.append(Record.of("P", str(number), *(("", "", patient) if patient else ())))
             fields: list[str] = [""] * 25  # O.2 to O.26
             fields[0] = "1"
-            fields[4] = self.analyser_priority(most_urgent(found)) if found else "R"
+            fields[4] = self.analyser_priority(most_urgent(o.priority for o in found))
             fields[10] = "N" if codes else ""
             fields[24] = "Q" if codes else "Y"
             plain = Record.of("O", *fields)

@@ -14,10 +14,19 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import partial
+from typing import TypeVar
 
 from sqlalchemy import Connection
 
-from middleware.domain import ControlResult, InstrumentMessage, Order, Patient, Result, Specimen
+from middleware.domain import (
+    ControlResult,
+    InstrumentMessage,
+    Order,
+    Patient,
+    Result,
+    Specimen,
+    most_urgent,
+)
 from middleware.engine.context import PreviousResult, ResultContext, SampleCondition
 from middleware.engine.decision import EARLY_RELEASE, Action, Decision, Finding
 from middleware.engine.early_release import qc_waits
@@ -83,10 +92,10 @@ class _Lookups:
             # not say (a test added later may come without the collection time).
             for order in from_lis:
                 known = ordered.get(order.specimen_id)
-                ordered[order.specimen_id] = order if known is None else _told_more(known, order)
+                ordered[order.specimen_id] = order if known is None else _with_order(known, order)
             for order in [*(reading.orders if reading else ()), *from_lis]:
-                if order.priority in ("S", "A") and priorities.get(order.specimen_id) != "S":
-                    priorities[order.specimen_id] = order.priority
+                before = priorities.get(order.specimen_id, "R")
+                priorities[order.specimen_id] = most_urgent((before, order.priority))
         lots = [(u.reagent, u.lot) for _, r in items for u in r.reagents]
         return cls(
             release.previous_results(
@@ -147,19 +156,12 @@ class _Lookups:
         )
 
 
-def _told_more(first: Order, later: Order) -> Order:
-    """What a specimen's first order says of it, with what a later one adds."""
-    return replace(
-        first,
-        specimen_type=first.specimen_type or later.specimen_type,
-        container=first.container or later.container,
-        collected_at=first.collected_at or later.collected_at,
-    )
+_Told = TypeVar("_Told", Specimen, Order)
 
 
-def _with_order(specimen: Specimen, order: Order) -> Specimen:
-    """The specimen as the analyser saw it, with what the LIS's order says of it where the
-    analyser said nothing (its type, container, collection time)."""
+def _with_order(specimen: _Told, order: Order) -> _Told:
+    """The specimen as the analyser (or a first order) saw it, with what the LIS's order
+    says of it where that said nothing (its type, container, collection time)."""
     return replace(
         specimen,
         specimen_type=specimen.specimen_type or order.specimen_type,

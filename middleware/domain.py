@@ -79,10 +79,11 @@ class Order:
     cancelled on its own. Empty: the specimen's only order."""
 
 
-def most_urgent(orders: Iterable[Order]) -> str:
-    """The priority a specimen is run at: the most urgent of its orders' (S stat, then A
-    as soon as possible, else R), a test added STAT in an order of its own included."""
-    found = {order.priority for order in orders}
+def most_urgent(priorities: Iterable[str]) -> str:
+    """The most urgent of these priorities: S stat, then A as soon as possible, else R
+    (a specimen's orders' give the priority it is run at, a test added STAT in an order
+    of its own included)."""
+    found = set(priorities)
     return next((p for p in ("S", "A") if p in found), "R")
 
 

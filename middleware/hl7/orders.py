@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
-from middleware.domain import Order
+from middleware.domain import Order, most_urgent
 from middleware.hl7.results import escape, new_control_id, timestamp
 from middleware.hl7.segments import Encoding, split_segments, unescape
 
@@ -318,16 +318,11 @@ def _specimens_of_requests(kind: str, segments: list[_Segment]) -> dict[int, _Se
 #: first: HL7's S stat and A as soon as possible (table 0027, TQ1-9's 0485) are kept; the
 #: others (R, P preoperative, C callback, T timing critical...) are routine to an analyser.
 STAT, ASAP, ROUTINE = "S", "A", "R"
-_URGENCY = (STAT, ASAP, ROUTINE)
 
 
 def _priority(code: str) -> str:
     code = code.upper()
     return code if code in (STAT, ASAP) else ROUTINE
-
-
-def _most_urgent(*priorities: str) -> str:
-    return min(priorities, key=_URGENCY.index)
 
 
 def _coded(parts: Sequence[str]) -> str:
@@ -434,7 +429,7 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
             if action == CANCEL and requests_after.get(position) != "OBR":
                 whole.append((placer, segment))
         elif name == "TQ1":  # TQ1-9, where v2.5 puts the priority
-            group_priority = _most_urgent(group_priority, _priority(segment.value(9)))
+            group_priority = most_urgent((group_priority, _priority(segment.value(9))))
         elif name == "OBR":
             if not action:
                 raise OrderRefused(f"{_where(segment)}: no ORC before it", "100", segment.at())
@@ -454,8 +449,8 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
             if ordered_at is not None:
                 ordered.setdefault(key, ordered_at)
             own_priority = _priority(segment.value(5)), _priority(segment.value(27, 6))
-            priorities[key] = _most_urgent(
-                priorities.get(key, ROUTINE), group_priority, *own_priority
+            priorities[key] = most_urgent(
+                (priorities.get(key, ROUTINE), group_priority, *own_priority)
             )
     # A specimen's OBRs without a number, in a message that numbers its others, belong
     # to its (first) numbered order: kept apart, the order without a number would replace
@@ -467,7 +462,7 @@ def read_order(text: str, processing_id: str = PROCESSING_ID, zone: tzinfo = UTC
             details[into] = _first_given(details[into], details.pop(key))
             if key in ordered:
                 ordered.setdefault(into, ordered.pop(key))
-            priorities[into] = _most_urgent(priorities[into], priorities.pop(key))
+            priorities[into] = most_urgent((priorities[into], priorities.pop(key)))
     for number, orc in whole:
         if not number:
             raise OrderRefused(
