@@ -102,9 +102,12 @@ def renew(conn: Connection, owner: str, instruments: Sequence[str], now: datetim
     return [i for i in instruments if i not in kept]
 
 
-def holder(conn: Connection, instrument: str) -> str | None:
-    """The daemon holding the instrument's lease, if any holds it."""
+def holder(conn: Connection, instrument: str, *, share: bool = False) -> str | None:
+    """The daemon holding the instrument's lease, if any holds it; ``share``: the row read
+    ``FOR SHARE`` on PostgreSQL, so that no daemon takes it before this transaction ends."""
     query = select(instrument_leases.c.owner).where(instrument_leases.c.instrument == instrument)
+    if share and conn.dialect.name == "postgresql":
+        query = query.with_for_update(read=True)
     return conn.execute(query).scalar()
 
 
@@ -120,10 +123,7 @@ def check_serving(conn: Connection, owner: str, instrument: str) -> None:
     On PostgreSQL the row is read ``FOR SHARE``, so a daemon taking the instrument waits
     for this transaction to end (on SQLite the write lock orders them): nothing is kept
     after another daemon took it."""
-    query = select(instrument_leases.c.owner).where(instrument_leases.c.instrument == instrument)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(read=True)
-    if conn.execute(query).scalar() != owner:
+    if holder(conn, instrument, share=True) != owner:
         raise NotServing(
             f"instrument {instrument} is served by another daemon now (this one's lease "
             "ran out and was taken): not kept"

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, and_, bindparam, exists, func, or_, select, t
 
 from middleware.store import notices
 from middleware.store.schema import outbox, outbox_log
-from middleware.store.sql import utc
+from middleware.store.sql import shared_clock, utc
 
 PENDING, DELIVERED, STOPPED, DEAD = "pending", "delivered", "stopped", "dead"
 
@@ -88,7 +88,7 @@ def claim(
     until ``at + hold``. ``sending``: each is also recorded as :func:`sent` at ``at``, in
     one update and one insert for them all. On PostgreSQL a claim's end is the database's
     clock, which every daemon sharing it judges claims by."""
-    clock = _clock(conn, at)
+    clock = shared_clock(conn, at)
     earlier = outbox.alias("earlier")
     query = (
         select(outbox)
@@ -137,14 +137,6 @@ def claim(
     return [replace(_entry(row), attempts=row.attempts + 1) for row in rows]
 
 
-def _clock(conn: Connection, at: datetime) -> Any:
-    """What claims are judged by: PostgreSQL's clock, the one clock of every daemon
-    sharing it, at the statement (``now()`` is the transaction's start, which a unit
-    sharing a group commit may run well after); else ``at`` (SQLite is shared by the
-    daemons of one host only)."""
-    return func.clock_timestamp() if conn.dialect.name == "postgresql" else at
-
-
 def _held_by(entry_id: Any, owner: Any) -> Any:
     """The entry, while still pending and claimed by ``owner`` (values, or the parameters
     of a statement built once)."""
@@ -163,7 +155,7 @@ def sent(
         .values(
             attempts=outbox.c.attempts + 1,
             last_sent_at=at,
-            claimed_until=_clock(conn, at) + hold,
+            claimed_until=shared_clock(conn, at) + hold,
         )
     )
     if done.rowcount:

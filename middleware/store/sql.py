@@ -44,16 +44,20 @@ def utcnow() -> datetime:
 T = TypeVar("T")
 
 
-def shared_now(conn: Connection, now: datetime) -> datetime:
+def shared_clock(conn: Connection, now: datetime) -> Any:
     """The time claims shared between daemons (instrument leases, outbox claims) are
-    written and judged in: the database's on PostgreSQL, the one clock of every node that
-    shares it, else ``now`` (SQLite is shared by the daemons of one host only)."""
-    if conn.dialect.name == "postgresql":
-        # The time of the statement: now() is the transaction's start, which a unit
-        # sharing a group commit may run well after.
-        found = conn.execute(select(func.clock_timestamp())).scalar_one()
-        return utc(found) or now
-    return now
+    written and judged in, for a statement to use: PostgreSQL's ``clock_timestamp()``, the
+    one clock of every node that shares it, at the statement (``now()`` is the
+    transaction's start, which a unit sharing a group commit may run well after); else
+    ``now`` (SQLite is shared by the daemons of one host only)."""
+    return func.clock_timestamp() if conn.dialect.name == "postgresql" else now
+
+
+def shared_now(conn: Connection, now: datetime) -> datetime:
+    """:func:`shared_clock` as a value, for what is judged here rather than in SQL."""
+    if conn.dialect.name != "postgresql":
+        return now
+    return utc(conn.execute(select(shared_clock(conn, now))).scalar_one()) or now
 
 
 def padded(length: int) -> int:
