@@ -40,6 +40,7 @@ from middleware.store import Store
 from middleware.store import users as stored_users
 from middleware.store.audit import audit
 from middleware.store.sql import utcnow
+from middleware.web.guards import path_as_sent
 from middleware.web.roles import Action, Role, allowed
 from middleware.web.sessions import LoginThrottle, Session, SessionCodec, load_key, same
 
@@ -307,15 +308,13 @@ async def _not_authenticated(request: Request, _exc: Exception) -> Response:
             401,
             headers={"WWW-Authenticate": "Bearer"},
         )
-    # The address as it came: decoded, a name's escaped "/" would come back as a separator
-    # (the pages read names from the address as sent).
-    raw = request.scope.get("raw_path") or request.url.path.encode()
-    path = raw.split(b"?", 1)[0].decode("latin-1")
-    target = path + (f"?{request.url.query}" if request.url.query else "")
     if request.method not in ("GET", "HEAD"):
         # A form posted once the session had ended: the login leads home, not to an
         # address that only takes a POST (and would answer 405).
         return RedirectResponse("/login", 303)
+    # The address as it came: the pages read names from it as sent.
+    query = request.url.query
+    target = path_as_sent(request) + (f"?{query}" if query else "")
     return RedirectResponse(f"/login?next={quote(target, safe='')}", 303)
 
 

@@ -78,6 +78,13 @@ class NoNulInAddress:
         await self.app(scope, receive, send)
 
 
+def path_as_sent(request: Request) -> str:
+    """The request's path as it came, its escapes kept (without the query): decoded, an
+    escaped ``/`` in a name would read as a separator."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    return str(raw.split(b"?", 1)[0].decode("latin-1"))
+
+
 class ResponseHeaders:
     """Answers of ``/api/`` kept by no cache (``Cache-Control: no-store``), as the pages'
     are: they carry the session's CSRF token, specimen ids, the LIS's error text. Over

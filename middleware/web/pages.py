@@ -28,6 +28,7 @@ from middleware.monitor import InstrumentState
 from middleware.store import qc_records, views
 from middleware.store.sql import utcnow
 from middleware.web.charts import ChartPoint, levey_jennings
+from middleware.web.guards import path_as_sent
 from middleware.web.rawbytes import caret, hexdump
 from middleware.web.roles import Action, Role, allowed
 from middleware.web.sessions import mac, same
@@ -63,14 +64,17 @@ def _named(request: Request, shape: str) -> tuple[str, ...] | None:
     :func:`segment` writes it), read from the address as it came: decoded first, a
     name's escaped ``/`` would pass for a separator, and a lot named ``A/lots/B`` would
     name another lot. None when the address has not that shape."""
-    raw = request.scope.get("raw_path") or request.url.path.encode()
-    parts = raw.split(b"?", 1)[0].decode("latin-1").split("/")
+    parts = path_as_sent(request).split("/")
     expected = shape.split("/")
     if len(parts) != len(expected) or any(
         want not in ("*", part) for want, part in zip(expected, parts, strict=True)
     ):
         return None
     return tuple(_name_of(part) for want, part in zip(expected, parts, strict=True) if want == "*")
+
+
+def _qc_page(instrument: str, test: str) -> str:
+    return f"/qc/{segment(instrument)}/{segment(test)}"
 
 
 def _not_found(what: str) -> HTMLResponse:
@@ -262,7 +266,7 @@ def add_pages(
         if named is None:
             return _back(person, "/qc", error="no such test")
         instrument, test = named
-        back = f"/qc/{segment(instrument)}/{segment(test)}"
+        back = _qc_page(instrument, test)
         try:
             run = await control.release_run(instrument, test, person.name)
         except ControlError as refused:
@@ -413,7 +417,7 @@ def add_pages(
             closed = await control.close_corrective_action(action_id, person.name, action_taken)
         except ControlError as refused:
             return _back(person, back, error=str(refused))
-        back = f"/qc/{segment(closed.instrument)}/{segment(closed.test)}"
+        back = _qc_page(closed.instrument, closed.test)
         return _back(
             person, back, done=f"corrective action closed; {len(closed.released)} released"
         )
@@ -426,7 +430,7 @@ def add_pages(
         if named is None:
             return _back(person, "/qc", error="no such control lot")
         instrument, test, lot = named
-        back = f"/qc/{segment(instrument)}/{segment(test)}"
+        back = _qc_page(instrument, test)
         try:
             approved = await control.approve_limits(instrument, test, lot, person.name)
         except ControlError as refused:
