@@ -109,11 +109,12 @@ class HoribaYumizenDriver(Driver):
         notes = _sample_notes(records)
         if not any(n.flags or n.reagents for n in notes):
             return message
-        everything = [*message.results, *(c.result for c in message.controls)]
-        measured = {
-            id(sample): {r.instrument_test_code for r in everything if _of(r, notes) is sample}
-            for sample in notes
-        }
+        # What each sample (by its notes) has results of, found in one pass.
+        measured: dict[int, set[str]] = {}
+        for result in [*message.results, *(c.result for c in message.controls)]:
+            sample = _of(result, notes)
+            if sample is not None:
+                measured.setdefault(id(sample), set()).add(result.instrument_test_code)
         message.results = [self._annotated(r, notes, measured) for r in message.results]
         message.controls = [
             replace(c, result=self._annotated(c.result, notes, measured)) for c in message.controls
