@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test lint typecheck check demo bench bench-setup bench-e2e soak fuzz faults clean
+.PHONY: install browser bytecode test lint typecheck check demo bench bench-setup bench-e2e soak fuzz faults clean
 
 install: $(STAMP)
 
@@ -23,8 +23,15 @@ browser:
 	@test -x $(CHROMIUM) || $(SUDO) apt-get install -y -q chromium >/dev/null \
 		|| { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }
 
+# Our modules compiled to bytecode first: with PYTHONDONTWRITEBYTECODE set (as it is on
+# the machines this project is built on) Python keeps no cache of its own, and each of the
+# suite's two hundred daemon processes compiled every module again, half a second each. A
+# module changed since is compiled in memory as before, never read stale.
+bytecode: install
+	$(BIN)/python -m compileall -q middleware drivers simulators
+
 # Two workers: most tests wait on a daemon process or a socket, not on the CPU.
-test: install browser
+test: install browser bytecode
 	$(BIN)/python -m pytest -q -n 2
 
 # Coverage-guided fuzzing (atheris) of every reader of outside input, a million inputs per
@@ -39,7 +46,7 @@ fuzz: install
 # a daemon's instruments taken over, the broker restarted; a table of what became of every
 # result. Needs the local PostgreSQL (restarted by one case) and root for the loop mount.
 # About 35 minutes on two cores.
-faults: install
+faults: install bytecode
 	$(BIN)/python faults/run.py
 
 lint: install
@@ -51,7 +58,7 @@ typecheck: install
 
 check: lint typecheck test
 
-demo: install
+demo: install bytecode
 	$(BIN)/python -m simulators demo
 
 # The reference codec for bench/codec.py (python-astm 0.5.0) needs a compatibility shim on 3.11.
@@ -68,14 +75,14 @@ bench: bench-setup
 # End to end (docs/performance.md): 1, 10, 50 and 200 analysers through the daemon to the
 # LIS simulator, SQLite then PostgreSQL (MIDDLEWARE_TEST_POSTGRES_URL, skipped without it);
 # then the latency at 100 results/s. About 15 minutes on two cores.
-bench-e2e: install
+bench-e2e: install bytecode
 	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/e2e.py --rate 100 --analysers 1,10,50 --samples 200
 
 # Soak (docs/performance.md): 10 analysers at 100 results/s for 30 minutes through the
 # daemon to the LIS simulator on SQLite; fails unless memory and latency stay flat and
 # every result is accounted for. SOAK_OPTIONS=--both adds PostgreSQL (another 30 minutes).
-soak: install
+soak: install bytecode
 	$(BIN)/python bench/soak.py $(SOAK_OPTIONS)
 
 clean:
