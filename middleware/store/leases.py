@@ -13,12 +13,14 @@ woken.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Select, bindparam, select
 
+from middleware.store.direct import Direct
 from middleware.store.schema import instrument_leases
 from middleware.store.sql import shared_now, upsert, utc
 
@@ -102,13 +104,24 @@ def renew(conn: Connection, owner: str, instruments: Sequence[str], now: datetim
     return [i for i in instruments if i not in kept]
 
 
+def _holder_query(database: str, share: bool) -> Select[tuple[str]]:
+    query = select(instrument_leases.c.owner).where(
+        instrument_leases.c.instrument == bindparam("instrument")
+    )
+    if share and database == "postgresql":
+        query = query.with_for_update(read=True)
+    return query
+
+
+# Every message's commit reads it: compiled once per database (store/direct.py).
+_HOLDERS = {share: Direct(functools.partial(_holder_query, share=share)) for share in (False, True)}
+
+
 def holder(conn: Connection, instrument: str, *, share: bool = False) -> str | None:
     """The daemon holding the instrument's lease, if any holds it; ``share``: the row read
     ``FOR SHARE`` on PostgreSQL, so that no daemon takes it before this transaction ends."""
-    query = select(instrument_leases.c.owner).where(instrument_leases.c.instrument == instrument)
-    if share and conn.dialect.name == "postgresql":
-        query = query.with_for_update(read=True)
-    return conn.execute(query).scalar()
+    row = _HOLDERS[share].execute(conn, {"instrument": instrument}).fetchone()
+    return None if row is None else str(row[0])
 
 
 def release(conn: Connection, owner: str) -> None:
