@@ -616,13 +616,11 @@ def set_aside_what_start_up_made() -> None:
 
 
 async def serve(settings: Settings) -> None:
-    from middleware.web.api import bind_api_socket
-
     notifier = Notifier()
     # Bound before any analyser connection opens: a port in use stops the start cleanly,
     # and so does a certificate that cannot be used.
     api_tls = api_context(settings.api)
-    api_socket = bind_api_socket(settings.api.host, settings.api.port) if settings.api else None
+    api_socket = _api_socket(settings.api) if settings.api else None
     open_files.raise_limit(len(settings.instruments))
     daemon = Daemon(settings)
     stopping = asyncio.Event()
@@ -663,6 +661,14 @@ async def serve(settings: Settings) -> None:
         await notifier.close("stopped")
     if daemon.lease_lost.is_set():
         raise LeaseLost("another daemon took over this daemon's instruments")
+
+
+def _api_socket(config: ApiConfig) -> socket.socket:
+    # The web framework is imported only by a daemon that serves the API: it is a third of
+    # a start's work, and an instrument's daemon needs none of it.
+    from middleware.web.api import bind_api_socket
+
+    return bind_api_socket(config.host, config.port)
 
 
 async def _until_serving(api: asyncio.Task[None], serving: asyncio.Event) -> None:
