@@ -58,7 +58,7 @@ from middleware.store.qc_records import (
 from middleware.store.recalls import LotInUse, LotResult
 from middleware.store.schema import corrective_actions
 from middleware.store.sql import utcnow
-from middleware.yamlfile import FileError
+from middleware.yamlfile import SETTLE_SECONDS, FileError
 
 log = structlog.get_logger("middleware.control")
 
@@ -162,7 +162,7 @@ class Control:
             raise EngineNotRunning("the daemon is still starting: its store is not open")
         async with self._reloading:
             try:
-                rules = await asyncio.to_thread(load_rules, directory)
+                rules = await asyncio.to_thread(load_rules, directory, SETTLE_SECONDS)
             except FileError as exc:
                 log.error(
                     "rules refused; the rules in force stay",

@@ -9,6 +9,8 @@ not names or are given twice, dates that do not exist, numbers no setting could 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +233,58 @@ def line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     if line is None and node is not None:
         line = node.start_mark.line + 1
     return line
+
+
+#: A file changed less than this long ago may still be being written (an editor or a tool
+#: that writes in place rather than renaming a finished file over it): a daemon putting
+#: files in force reads it once it has been left alone this long.
+SETTLE_SECONDS = 0.5
+#: The longest wait for that; then the file is read as it is.
+SETTLE_LIMIT = 5.0
+
+
+def read_settled(path: Path, settle: float = 0.0) -> tuple[dict[str, Any], yaml.Node | None]:
+    """:func:`read_mapping` of a file once it has not changed for ``settle`` seconds, and
+    refused if it changed while it was read: half a file is never taken for the whole."""
+    deadline = time.monotonic() + SETTLE_LIMIT
+    before = _written(path)
+    while before is not None:
+        young = settle - (time.time() - before.st_mtime)
+        left = deadline - time.monotonic()
+        if young <= 0 or left <= 0:
+            break
+        time.sleep(min(young, left))
+        before = _written(path)
+    found = read_mapping(path)
+    if before is not None and _written(path) != before:
+        raise FileError(
+            [
+                f"{path}: changed while it was read: written in place by someone? Reload "
+                "once it is written (write a new file and rename it over the old one)"
+            ]
+        )
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """What changes when a file is written (not when it is read)."""
+
+    inode: int
+    size: int
+    st_mtime: float
+    modified_ns: int
+    changed_ns: int
+
+
+def _written(path: Path) -> _Written | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None  # read_mapping says why
+    return _Written(
+        found.st_ino, found.st_size, found.st_mtime, found.st_mtime_ns, found.st_ctime_ns
+    )
 
 
 def read_mapping(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import signal
 import sqlite3
+import threading
 import time
 from datetime import date
 from decimal import Decimal
@@ -40,8 +41,106 @@ def test_shipped_rules_are_valid(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.startswith("rules ok: 6 files: 3 control materials")
 
 
-def test_shipped_schema_is_the_generated_one() -> None:
+def test_shipped_schema_is_the_generated_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert (RULES / "schema.json").read_text() == schema_text()
+    assert main(["rules", "schema", "--output", str(tmp_path / "none" / "schema.json")]) == 2
+    assert capsys.readouterr().err.endswith("schema.json: cannot write: No such file or directory\n")
+
+
+def test_a_test_has_one_qc_policy_per_instrument_and_a_control_lot_one_material(
+    rules_dir: Path,
+) -> None:
+    qc = rules_dir / "qc.yaml"
+    more = rules_dir / "more.yaml"
+    more.write_text(
+        "qc_policies:\n"
+        "  - {tests: [MG, GLU], levels: ['1'], rule_set: default}\n"
+        "  - {instruments: [c1, c2], tests: [PHOS], levels: ['1'], rule_set: default}\n"
+        "  - {instruments: [c3], tests: [PHOS], levels: ['1'], rule_set: default}\n"
+        "  - {instruments: [c2], tests: [PHOS], levels: ['1'], rule_set: default}\n"
+        "control_materials:\n"
+        "  - name: Another chemistry control\n"
+        "    lots:\n"
+        "      - {lot: CC-45781, level: '1', targets: {MG: {mean: 1, sd: 0.1}}}\n"
+    )
+    found = problems(rules_dir)
+    # Files are read in name order: the second place is named, the first in brackets.
+    glu = [p for p in found if "GLU on every instrument" in p]
+    assert glu == [
+        f"{qc}:120: qc_policies.1.tests.0: GLU on every instrument has a policy already "
+        f"({more}:2: qc_policies.0.tests): give it one policy per instrument"
+    ]
+    assert [p.split(": ", 2)[1:] for p in found if "PHOS" in p] == [
+        ["qc_policies.3.tests.0", "PHOS on c2 has a policy already "
+         f"({more}:3: qc_policies.1.tests): give it one policy per instrument"],
+    ]  # fmt: skip
+    assert f"{qc}:67: control_materials.1.lots.0.lot: control lot CC-45781 is listed twice " \
+        f"(also {more}:9: control_materials.0.lots.0.lot)" in found  # fmt: skip
+    assert len(found) == 3
+
+
+def test_an_empty_rule_file_is_refused(rules_dir: Path) -> None:
+    """Most often a file caught while it is written: taken, the rules in force would lose
+    its ranges without a word."""
+    (rules_dir / "ranges.yaml").write_text("# yaml-language-server: $schema=schema.json\n")
+    assert problems(rules_dir) == [
+        f"{rules_dir / 'ranges.yaml'}:1: holds no section: an empty rule file is refused "
+        "(remove it, or give its section as an empty list)"
+    ]
+    (rules_dir / "ranges.yaml").write_text("ranges: []\ndelta_checks: []\n")
+    assert load_rules(rules_dir).ranges == []
+
+
+def test_a_file_being_written_is_read_once_left_alone(rules_dir: Path) -> None:
+    """A tool writing a rule file in place, paused halfway, when the daemon reloads: the
+    reload waits for the file to be left alone, and takes all of it."""
+    ranges = rules_dir / "ranges.yaml"
+    whole = ranges.read_text()
+    lines = whole.splitlines(keepends=True)
+    ranges.write_text("".join(lines[:6]))
+
+    def finish() -> None:
+        time.sleep(0.3)
+        ranges.write_text(whole)
+
+    writer = threading.Thread(target=finish)
+    writer.start()
+    try:
+        taken = load_rules(rules_dir, settle=0.5)
+    finally:
+        writer.join()
+    assert taken.ranges == load_rules(RULES).ranges and len(taken.ranges) > 2
+
+
+def test_a_file_changing_while_it_is_read_is_refused(
+    rules_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written all the time (past the longest wait for it), read as it is: a change seen
+    while it was read refuses it, rather than take what was read of it."""
+    monkeypatch.setattr("middleware.yamlfile.SETTLE_LIMIT", 0.2)
+    ranges = rules_dir / "ranges.yaml"
+    ranges.write_text(ranges.read_text() + "# a long comment line\n" * 20_000)
+    writing = threading.Event()
+    writing.set()
+
+    def keep_writing() -> None:
+        with ranges.open("a") as stream:
+            while writing.is_set():
+                stream.write("# more\n")
+                stream.flush()
+                time.sleep(0.005)
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        found = problems(rules_dir)
+    finally:
+        writing.clear()
+        writer.join()
+    assert f"{ranges}: changed while it was read: written in place by someone? Reload once " \
+        "it is written (write a new file and rename it over the old one)" in found  # fmt: skip
 
 
 def test_sigma_chooses_the_rule_set() -> None:

@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from middleware.engine import westgard
 from middleware.engine.westgard import RuleName
-from middleware.yamlfile import FileError, describe, field_name, line_of, read_mapping
+from middleware.yamlfile import FileError, describe, field_name, line_of, read_settled
 
 #: The range of a rule's numbers, as powers of ten, and their significant digits: far
 #: beyond any laboratory figure, and exact arithmetic stays quick (on 1E+999999999 it
@@ -329,6 +329,15 @@ class Rules(_Model):
         )
 
 
+def _overlap(one: list[str], other: list[str]) -> str:
+    """The instruments two policies' lists both cover, named; empty when none."""
+    if "*" in one and "*" in other:
+        return "every instrument"
+    if "*" in one or "*" in other:
+        return ", ".join(sorted(set(other if "*" in one else one)))
+    return ", ".join(sorted(set(one) & set(other)))
+
+
 def _cross_check(
     rules: Rules, origin: dict[str, tuple[Path, Any, tuple[int | str, ...]]]
 ) -> list[str]:
@@ -370,6 +379,29 @@ def _cross_check(
                 f"{at(f'reagent_lots.{i}')}: lot {lot.lot} of {lot.reagent} is listed twice"
             )
         seen_lots.add((lot.reagent, lot.lot))
+    # A test on an instrument has one policy, a lot number one material and level: the
+    # first found would win without a word, and an edit to the other change nothing.
+    policies: dict[str, list[int]] = {}
+    for i, policy in enumerate(rules.qc_policies):
+        for j, test in enumerate(policy.tests):
+            for k in policies.get(test, []):
+                both = _overlap(policy.instruments, rules.qc_policies[k].instruments)
+                if both:
+                    problems.append(
+                        f"{at(f'qc_policies.{i}', 'tests', j)}: {test} on {both} has a policy "
+                        f"already ({at(f'qc_policies.{k}', 'tests')}): give it one policy "
+                        "per instrument"
+                    )
+            policies.setdefault(test, []).append(i)
+    lots: dict[str, str] = {}
+    for i, material in enumerate(rules.control_materials):
+        for j, control in enumerate(material.lots):
+            here = at(f"control_materials.{i}", "lots", j, "lot")
+            if control.lot in lots:
+                problems.append(
+                    f"{here}: control lot {control.lot} is listed twice (also {lots[control.lot]})"
+                )
+            lots.setdefault(control.lot, here)
     # The bias in percent (max_bias_percent) is divided by the target's mean.
     bias_limits: dict[str, int] = {}
     for k, policy in enumerate(rules.qc_policies):
@@ -389,9 +421,11 @@ def _cross_check(
     return problems
 
 
-def load_rules(directory: Path) -> Rules:
+def load_rules(directory: Path, settle: float = 0.0) -> Rules:
     """Read every ``*.yaml``/``*.yml`` file of ``directory``; raise FileError listing every
-    problem (file:line: field: message) if there is any."""
+    problem (file:line: field: message) if there is any. A file changed less than
+    ``settle`` seconds ago is read once it has not changed for that long (it may still be
+    being written); one that changes while it is read is refused."""
     files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
     if not directory.is_dir():
         raise FileError([f"{directory}: not a directory"])
@@ -405,7 +439,15 @@ def load_rules(directory: Path) -> Rules:
     autoverification: Autoverification | None = None
     for path in files:
         try:
-            data, root = read_mapping(path)
+            data, root = read_settled(path, settle)
+            if not data:
+                # Most often a file caught while it is being written: taken, it would put
+                # in force rules without its ranges, criteria or policies.
+                problems.append(
+                    f"{path}:1: holds no section: an empty rule file is refused (remove it, "
+                    "or give its section as an empty list)"
+                )
+                continue
             parsed = RuleFile.model_validate(data)
         except FileError as exc:
             problems.extend(exc.problems)
