@@ -62,10 +62,16 @@ def _password(args: argparse.Namespace, name: str) -> str:
 
     if args.password_stdin:
         password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    elif not sys.stdin.isatty():
+        # getpass would read it from a pipe, echoed, or fail at its end.
+        raise PasswordRefused("no terminal to type the password at: give --password-stdin")
     else:
-        password = getpass.getpass(f"password for {name}: ")
-        if getpass.getpass("again: ") != password:
-            raise PasswordRefused("the two passwords differ")
+        try:
+            password = getpass.getpass(f"password for {name}: ")
+            if getpass.getpass("again: ") != password:
+                raise PasswordRefused("the two passwords differ")
+        except EOFError:
+            raise PasswordRefused("no password typed") from None
     check_password(password, name)
     return password
 
@@ -111,7 +117,7 @@ def _users(args: argparse.Namespace) -> int:
                 engine, lambda conn: users.add_user(conn, name, role, password_hash, by, now)
             )
             if done is None:
-                return _fail(command, f"{name}: a user of that name exists")
+                return _fail(command, f"{name}: a user of that name exists (letters' case aside)")
             print(f"user {name} added ({role.value})")
             return 0
         if args.users_command == "passwd":

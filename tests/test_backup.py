@@ -111,6 +111,9 @@ def test_restore_refuses_a_target_holding_records_unless_forced(
         assert done.set_aside is not None and done.set_aside.exists()  # the one replaced
     with pytest.raises(BackupError, match="already holds a backup"):
         backup(database_url, tmp_path / "backup", NOW)
+    (tmp_path / "a file").write_text("")
+    with pytest.raises(BackupError, match="a file: cannot make the directory: File exists"):
+        backup(database_url, tmp_path / "a file", NOW)
 
 
 def test_restore_refuses_while_a_daemon_runs_on_the_target(

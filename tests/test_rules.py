@@ -46,7 +46,8 @@ def test_shipped_schema_is_the_generated_one(
 ) -> None:
     assert (RULES / "schema.json").read_text() == schema_text()
     assert main(["rules", "schema", "--output", str(tmp_path / "none" / "schema.json")]) == 2
-    assert capsys.readouterr().err.endswith("schema.json: cannot write: No such file or directory\n")
+    said = capsys.readouterr().err
+    assert said.endswith("schema.json: cannot write: No such file or directory\n")
 
 
 def test_a_test_has_one_qc_policy_per_instrument_and_a_control_lot_one_material(

@@ -37,6 +37,11 @@ def stdin(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO(text))
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 def audited(store: Store) -> list[tuple[str, str, str, str]]:
     rows = store.read(lambda c: c.execute(select(audit_log).order_by(audit_log.c.id)).all())
     return [(r.actor, r.action, r.subject, r.detail) for r in rows]
@@ -132,7 +137,21 @@ def test_users_from_the_command_line(
     status, _, err = run(capsys, "users", "add", "b b", "--role", "viewer", "--config", config)
     assert status == 2 and "user name 'b b'" in err
 
+    # The same name in other letters' case is the same person's.
+    stdin(monkeypatch, PASSWORD + "\n")
+    status, _, err = run(capsys, "users", "add", "ALICE", "--role", "viewer", "--password-stdin",
+                         "--config", config)  # fmt: skip
+    assert status == 1 and "ALICE: a user of that name exists (letters' case aside)" in err
+    # Without a terminal (cron, ssh without one) and without --password-stdin: said so.
+    stdin(monkeypatch, "")
+    status, _, err = run(capsys, "users", "passwd", "alice", "--config", config)
+    assert (status, err) == (
+        1, "lis-middleware users passwd: no terminal to type the password at: give "
+        "--password-stdin\n",
+    )  # fmt: skip
+
     # At a terminal: typed twice, not echoed.
+    monkeypatch.setattr("sys.stdin", Terminal())
     typed = iter(["another long one", "another long one"])
     monkeypatch.setattr("getpass.getpass", lambda prompt="": next(typed))
     assert run(capsys, "users", "passwd", "alice", "--config", config)[0] == 0

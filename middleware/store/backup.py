@@ -143,7 +143,10 @@ def backup(url: str, destination: Path, now: datetime) -> Manifest:
         raise BackupError(f"{destination} already holds a backup; give a new directory")
     if url.startswith("sqlite") and not sqlite_path(url).exists():
         raise BackupError(f"{sqlite_path(url)}: no such database")
-    destination.mkdir(parents=True, exist_ok=True)
+    try:
+        destination.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackupError(f"{destination}: cannot make the directory: {exc.strerror}") from None
     engine = open_engine(url)
     try:
         if engine.dialect.name == "sqlite":

@@ -86,8 +86,9 @@ def all_users(conn: Connection) -> list[UserRecord]:
 def add_user(
     conn: Connection, name: str, role: Role, password_hash: str, by: str, at: datetime
 ) -> UserRecord | None:
-    """The user added; None when the name is taken (nothing changed)."""
-    if user(conn, name) is not None:
+    """The user added; None when the name is taken, in any case of its letters (nothing
+    changed): ``bob`` and ``BOB`` would be two people nobody tells apart in the audit log."""
+    if any(u.name.casefold() == name.casefold() for u in all_users(conn)):
         return None
     conn.execute(
         users.insert(),
