@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
 
 import structlog
@@ -160,13 +161,28 @@ class OrderReceiver:
             log.exception("order unreadable")
             unreadable = OrderRefused("MSH: the message is unreadable", "207")
             return _answer(self.sender, header, charset, "AE", now, unreadable)
+        sent = _Sent(_sender(header), message.control_id, _content(text))
         try:
-            await self.store.write(lambda conn: _apply(conn, message, now, self.downloads))
+            before = await self.store.write(
+                lambda conn: _apply(conn, message, now, self.downloads, sent)
+            )
         except Exception as exc:
             log.error("order not kept", control_id=message.control_id, error=repr(exc))
             unkept = OrderRefused("not kept; send it again", "207", code="AR")
             return _answer(self.sender, header, charset, "AR", now, unkept)
-        if self.on_taken is not None:
+        if before == sent.digest:
+            # Our answer to it was lost: applied again, a cancel sent since would be undone.
+            log.info("order message sent again; answered, not applied again",
+                     control_id=message.control_id)  # fmt: skip
+        elif before is not None:
+            reused = OrderRefused(
+                f"MSH-10: control id {message.control_id[:40]} was taken before for another "
+                "message; not taken (each message needs a control id of its own)",
+                "205", ("MSH", 1, 10),
+            )  # fmt: skip
+            log.warning("order refused", control_id=message.control_id, reason=str(reused))
+            return _answer(self.sender, header, charset, "AE", now, reused)
+        elif self.on_taken is not None:
             self.on_taken()
         return _answer(self.sender, header, charset, "AA", now)
 
@@ -185,12 +201,39 @@ class OrderReceiver:
         return _answer(self.sender, header, charset, "AR", self.clock(), refusal)
 
 
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """Which order message this is: its sender's and control id, and its content."""
+
+    sender: str
+    control_id: str
+    digest: str
+
+
+def _sender(header: Header) -> str:
+    """MSH-3 and MSH-4 as one text: control ids are unique per sending application."""
+    return "|".join("^".join(part) for part in header.sender or ())
+
+
+def _content(text: str) -> str:
+    """The digest of a message's segments after its MSH, whatever separates them: a copy
+    sent again may differ in its header's time (MSH-7), never in what it orders."""
+    segments = [s for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s]
+    return hashlib.sha256("\r".join(segments[1:]).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _apply(
     conn: Connection,
     message: OrderMessage,
     at: datetime,
     downloads: Mapping[str, frozenset[str]],
-) -> None:
+    sent: _Sent,
+) -> str | None:
+    """Put the message's orders in force, unless it was taken before: then the digest of
+    what was taken under its control id, and nothing is changed."""
+    before = orders.taken_before(conn, sent.sender, sent.control_id, sent.digest, at)
+    if before is not None:
+        return before
     for change in message.changes:
         order = change.order
         if change.action == CANCEL:
@@ -205,6 +248,7 @@ def _apply(
             _withdraw(conn, order, order.test_codes, held, downloads, at, replacing=True)
             orders.put_order(conn, order, at)
             worklist.enqueue(conn, order, worklist.NEW, downloads, at)
+    return None
 
 
 def _cancelled(conn: Connection, order: Order) -> list[Order]:

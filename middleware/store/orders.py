@@ -24,6 +24,7 @@ from middleware.domain import (
 )
 from middleware.store.direct import Direct
 from middleware.store.schema import (
+    order_messages,
     orders,
 )
 from middleware.store.sql import utc
@@ -37,6 +38,30 @@ def codes_text(codes: Sequence[str]) -> str:
 
 def codes_of(text: str) -> tuple[str, ...]:
     return tuple(json.loads(text))
+
+
+_TAKEN = Direct(
+    select(order_messages.c.content_sha256).where(
+        order_messages.c.sender == bindparam("sender"),
+        order_messages.c.control_id == bindparam("control_id"),
+    )
+)
+
+
+def taken_before(
+    conn: Connection, sender: str, control_id: str, digest: str, at: datetime
+) -> str | None:
+    """The digest of the message ``sender`` sent under ``control_id`` before, if it did;
+    else None, and this one is recorded as taken (its unique key refuses a second copy
+    taken at the same moment)."""
+    row = _TAKEN.execute(conn, {"sender": sender, "control_id": control_id}).fetchone()
+    if row is not None:
+        return str(row[0])
+    conn.execute(
+        order_messages.insert(),
+        {"sender": sender, "control_id": control_id, "content_sha256": digest, "received_at": at},
+    )
+    return None
 
 
 def add_order(conn: Connection, order: Order, at: datetime, source: str = "lis") -> int:

@@ -190,6 +190,19 @@ orders = Table(
 Index("ix_orders_specimen", orders.c.specimen_id)
 Index("ix_orders_placer", orders.c.placer_order)
 
+# The LIS's order messages taken, by sender (MSH-3 and MSH-4) and control id (MSH-10): one
+# sent again because our answer was lost is answered, not applied a second time.
+order_messages = Table(
+    "order_messages",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sender", Text, nullable=False),
+    Column("control_id", Text, nullable=False),
+    Column("content_sha256", Text, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("sender", "control_id", name="uq_order_messages_control_id"),
+)
+
 # Orders (and cancellations) waiting to be sent to an analyser that takes a downloaded
 # worklist; written with the orders they come from, marked once the analyser has them.
 worklist_downloads = Table(
