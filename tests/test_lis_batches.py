@@ -500,3 +500,36 @@ def test_on_postgresql_a_claim_runs_out_by_the_databases_clock(store: Store) -> 
         taken = outbox.claim(conn, "node-b", now + timedelta(minutes=1), hold, sending=True)
     postgresql = store.engine.dialect.name == "postgresql"
     assert [e.control_id for e in taken] == ([] if postgresql else ["C000"])
+
+
+def test_what_a_dead_daemon_claimed_is_logged_lapsed_before_it_goes_again(
+    store: Store,
+) -> None:
+    """A daemon killed mid-batch had logged its whole batch sent (one attempt each) before
+    the first went out: the daemon taking the entries after its claim ran out logs that
+    those sends may or may not have happened, rather than leave them standing as made."""
+    with store.engine.begin() as conn:
+        _fill(conn, 0, 3)
+        taken = outbox.claim(conn, "node-a/1", utcnow(), timedelta(milliseconds=10), 3, True)
+        assert len(taken) == 3
+    time.sleep(0.2)  # node-a died: its claim runs out (on PostgreSQL by the server's clock)
+    with store.engine.begin() as conn:
+        again = outbox.claim(conn, "node-b/2", utcnow(), timedelta(seconds=30), 3, True)
+        # The one owner's own claims taken again are no lapse.
+        mine = outbox.claim(conn, "node-b/2", utcnow(), timedelta(seconds=30), 3, True)
+    assert [e.attempts for e in again] == [2, 2, 2] and len(mine) == 3
+    rows = store.read(
+        lambda c: c.execute(
+            select(outbox_table.c.control_id, outbox_log.c.event, outbox_log.c.detail)
+            .join(outbox_table, outbox_table.c.id == outbox_log.c.outbox_id)
+            .order_by(outbox_log.c.id)
+        ).all()
+    )
+    c000 = [(event, detail) for control_id, event, detail in rows if control_id == "C000"]
+    assert c000 == [
+        ("sent", ""),
+        ("lapsed", "claimed by node-a/1, which left no answer nor release: its last send may "
+                   "have gone out or not"),
+        ("sent", ""),
+        ("sent", ""),
+    ]  # fmt: skip

@@ -115,6 +115,19 @@ def claim(
     rows = conn.execute(query).all()
     if not rows:
         return []
+    lapsed = [row for row in rows if row.claimed_by is not None and row.claimed_by != owner]
+    if lapsed:
+        # Claimed (and logged sent, one attempt counted) by a daemon that died or froze
+        # before it answered for them: each may have gone out then, or not.
+        conn.execute(
+            outbox_log.insert(),
+            [
+                {"outbox_id": row.id, "at": at, "event": "lapsed", "data": "",
+                 "detail": f"claimed by {row.claimed_by}, which left no answer nor release: "
+                           "its last send may have gone out or not"}
+                for row in lapsed
+            ],
+        )  # fmt: skip
     claimed = outbox.update().where(outbox.c.id.in_([row.id for row in rows]))
     if not sending:
         conn.execute(claimed.values(claimed_by=owner, claimed_until=clock + hold))
