@@ -64,7 +64,8 @@ def test_a_test_has_one_qc_policy_per_instrument_and_a_control_lot_one_material(
         "control_materials:\n"
         "  - name: Another chemistry control\n"
         "    lots:\n"
-        "      - {lot: CC-45781, level: '1', targets: {MG: {mean: 1, sd: 0.1}}}\n"
+        "      - {lot: CC-45781, level: '1',\n"
+        "         targets: {MG: {mean: 1, sd: 0.1}, PHOS: {mean: 1, sd: 0.1}}}\n"
     )
     found = problems(rules_dir)
     # Files are read in name order: the second place is named, the first in brackets.
@@ -80,6 +81,22 @@ def test_a_test_has_one_qc_policy_per_instrument_and_a_control_lot_one_material(
     assert f"{qc}:67: control_materials.1.lots.0.lot: control lot CC-45781 is listed twice " \
         f"(also {more}:9: control_materials.0.lots.0.lot)" in found  # fmt: skip
     assert len(found) == 3
+
+
+def test_a_policy_level_no_control_lot_measures_its_test_at_is_refused(rules_dir: Path) -> None:
+    """Its results would be held for a QC that cannot come."""
+    (rules_dir / "more.yaml").write_text(
+        "qc_policies:\n  - {instruments: [c9], tests: [MG, GLU], levels: ['1', '3']}\n"
+    )
+    more = rules_dir / "more.yaml"
+    assert problems(rules_dir) == [
+        f"{rules_dir}/qc.yaml:120: qc_policies.1.tests.0: GLU on c9 has a policy already "
+        f"({more}:2: qc_policies.0.tests): give it one policy per instrument",
+        f"{more}:2: qc_policies.0.levels.0: no control lot of level 1 has a target for MG: "
+        "its results would wait for a QC that cannot come",
+        f"{more}:2: qc_policies.0.levels.1: no control lot of level 3 has a target for MG, "
+        "GLU: its results would wait for a QC that cannot come",
+    ]
 
 
 def test_an_empty_rule_file_is_refused(rules_dir: Path) -> None:

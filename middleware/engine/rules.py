@@ -393,6 +393,23 @@ def _cross_check(
                         "per instrument"
                     )
             policies.setdefault(test, []).append(i)
+    # A level no control lot measures the test at: its results would wait for a QC that
+    # can never come, held until someone reads the rules.
+    measured = {
+        (control.level, test)
+        for material in rules.control_materials
+        for control in material.lots
+        for test in control.targets
+    }
+    for i, policy in enumerate(rules.qc_policies):
+        for k, level in enumerate(policy.levels):
+            missing = [test for test in policy.tests if (level, test) not in measured]
+            if missing:
+                problems.append(
+                    f"{at(f'qc_policies.{i}', 'levels', k)}: no control lot of level {level} "
+                    f"has a target for {', '.join(missing)}: its results would wait for a QC "
+                    "that cannot come"
+                )
     lots: dict[str, str] = {}
     for i, material in enumerate(rules.control_materials):
         for j, control in enumerate(material.lots):
