@@ -247,10 +247,12 @@ class Control:
         database serves (holds the lease of)."""
         if any(known.name == instrument for known in self.settings.instruments):
             return
-        if self.store is not None and await self.store.read_async(
-            lambda conn: leases.holder(conn, instrument) is not None
-        ):
-            return
+        # A NUL is in no instrument's name, and PostgreSQL refuses it in any text it reads.
+        store = self.store
+        if store is not None and "\x00" not in instrument:
+            held = await store.read_async(lambda conn: leases.holder(conn, instrument) is not None)
+            if held:
+                return
         raise NotFound(
             f"unknown instrument {instrument!r}: not in the configuration, nor served by "
             "another daemon"

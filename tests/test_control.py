@@ -242,6 +242,9 @@ async def test_an_instrument_not_configured_is_not_found_and_nothing_is_recorded
         await control.record_qc_event("ghost", ["GLU"], "calibration", "tech")
     with pytest.raises(NotFound, match=unknown):
         await control.approve_limits("ghost", "GLU", "CC-45781", "dr-lab")
+    # A NUL, which PostgreSQL refuses in any text: no instrument's name, not a fault.
+    with pytest.raises(NotFound, match="unknown instrument 'gh\\\\x00ost'"):
+        await control.record_qc_event("gh\x00ost", ["GLU"], "calibration", "tech")
     assert store.read(lambda c: c.execute(select(qc_events)).all()) == []
     await control.record_qc_event("chem-1", ["GLU"], "calibration", "tech")  # configured
     [event] = store.read(lambda c: c.execute(select(qc_events)).all())
