@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from middleware.hl7.ack import read_answer
 from tests.conftest import ROOT
 from tests.daemon import DaemonProcess, connect, free_port, query
 from tests.lis_peer import LisPeer
@@ -244,3 +245,10 @@ async def test_results_released_after_a_hold_carry_the_patients_birth_date_and_s
     (received,) = lis.received
     pid = next(s for s in received.text.split("\r") if s.startswith("PID|")).split("|")
     assert (pid[3], pid[7], pid[8]) == ("PAT9^^^^MR", "19800101", "F")
+
+
+def test_an_answer_after_a_byte_order_mark_is_read() -> None:
+    """Some LISes write a UTF-8 byte order mark before the MSH: passed over, every answer
+    of theirs would leave its message to be sent again for ever."""
+    answer = read_answer("\ufeffMSH|^~\\&|LIS|LAB|MW|LAB|20261130120000||ACK|A1|P|2.5.1\rMSA|AA|C7")
+    assert (answer.code, answer.control_id, answer.accepted) == ("AA", "C7", True)

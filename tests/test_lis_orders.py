@@ -413,6 +413,25 @@ async def test_orders_in_other_character_sets_are_read_or_refused(tmp_path: Path
     assert [o.test_codes for o in held] == [("GLU",)]
 
 
+async def test_an_order_after_a_byte_order_mark_is_taken(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'orders.db'}")
+    receiver = OrderReceiver(store)
+    port = await receiver.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\x0b\xef\xbb\xbf" + orm("B1").encode() + b"\x1c\r")
+        await writer.drain()
+        block = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 10)
+        writer.close()
+        held = store.read(lambda conn: orders.orders_for(conn, ["S200"]))
+    finally:
+        await receiver.close()
+        store.close()
+    msa = hl7.parse(block[1:-2].decode()).segment("MSA")
+    assert (str(msa[1]), str(msa[2])) == ("AA", "B1")
+    assert [o.test_codes for o in held] == [("GLU", "CREA")]
+
+
 PARIS = ZoneInfo("Europe/Paris")
 
 

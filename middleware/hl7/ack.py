@@ -31,6 +31,9 @@ class Answer:
 
 def read_answer(message: str) -> Answer:
     """The answer a message holds; ValueError, saying why, when it is not an answer."""
+    # A byte order mark some LISes put before the MSH would hide it: every answer of such
+    # a LIS would be passed over and its message sent again for ever.
+    message = message.removeprefix("\ufeff")
     try:
         # CR LF between segments (as many LISes write) or LF alone, no empty segment.
         parsed = hl7.parse("\r".join(split_segments(message)))
