@@ -9,8 +9,8 @@ not names or are given twice, dates that do not exist, numbers no setting could 
 from __future__ import annotations
 
 import math
+import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -239,65 +239,69 @@ def line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
 #: that writes in place rather than renaming a finished file over it): a daemon putting
 #: files in force reads it once it has been left alone this long.
 SETTLE_SECONDS = 0.5
-#: The longest wait for that; then the file is read as it is.
+#: The longest wait for that, for all the files of one reading; then they are read as
+#: they are.
 SETTLE_LIMIT = 5.0
 
 
-def read_settled(path: Path, settle: float = 0.0) -> tuple[dict[str, Any], yaml.Node | None]:
-    """:func:`read_mapping` of a file once it has not changed for ``settle`` seconds, and
-    refused if it changed while it was read: half a file is never taken for the whole."""
-    deadline = time.monotonic() + SETTLE_LIMIT
-    before = _written(path)
-    while before is not None:
-        young = settle - (time.time() - before.st_mtime)
-        left = deadline - time.monotonic()
-        if young <= 0 or left <= 0:
+def read_settled(
+    path: Path, settle: float = 0.0, deadline: float | None = None
+) -> tuple[dict[str, Any], yaml.Node | None]:
+    """:func:`read_mapping` of a file once it has not changed for ``settle`` seconds (or
+    ``time.monotonic()`` has reached ``deadline``), refused if it changed while it was
+    read: half a file is never taken for the whole. A file renamed over it meanwhile
+    changes nothing: what was read is one whole file."""
+    if deadline is None:
+        deadline = time.monotonic() + SETTLE_LIMIT
+    while True:
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            break  # reading it says why
+        # A time ahead of the clock (copied with its times from a host ahead) says
+        # nothing of when it was written: no wait for it.
+        wait = min(settle - age, deadline - time.monotonic())
+        if age < 0 or wait <= 0:
             break
-        time.sleep(min(young, left))
-        before = _written(path)
-    found = read_mapping(path)
-    if before is not None and _written(path) != before:
-        raise FileError(
-            [
-                f"{path}: changed while it was read: written in place by someone? Reload "
-                "once it is written (write a new file and rename it over the old one)"
-            ]
-        )
-    return found
-
-
-@dataclass(frozen=True, slots=True)
-class _Written:
-    """What changes when a file is written (not when it is read)."""
-
-    inode: int
-    size: int
-    st_mtime: float
-    modified_ns: int
-    changed_ns: int
-
-
-def _written(path: Path) -> _Written | None:
-    try:
-        found = path.stat()
-    except OSError:
-        return None  # read_mapping says why
-    return _Written(
-        found.st_ino, found.st_size, found.st_mtime, found.st_mtime_ns, found.st_ctime_ns
-    )
+        time.sleep(wait)
+    return _parse(path, _read(path, check_unchanged=True))
 
 
 def read_mapping(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
     """The file's top-level mapping and its node tree (for line numbers)."""
+    return _parse(path, _read(path))
+
+
+def _read(path: Path, *, check_unchanged: bool = False) -> str:
     try:
         with path.open(encoding="utf-8") as stream:
+            before = _written(stream.fileno())
             text = stream.read(MAX_CHARACTERS + 1)
+            if check_unchanged and _written(stream.fileno()) != before:
+                raise FileError(
+                    [
+                        f"{path}: changed while it was read: written in place by someone? "
+                        "Reload once it is written (write a new file and rename it over "
+                        "the old one)"
+                    ]
+                )
     except OSError as exc:
         raise FileError([f"{path}: cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError as exc:
         raise FileError([f"{path}: not UTF-8 text: {exc.reason}"]) from None
     if len(text) > MAX_CHARACTERS:
         raise FileError([f"{path}: longer than {MAX_CHARACTERS} characters: split it"])
+    return text
+
+
+def _written(descriptor: int) -> tuple[int, int, int]:
+    """What changes when a file is written (not when it is read): size, modification and
+    change times."""
+    found = os.fstat(descriptor)
+    return found.st_size, found.st_mtime_ns, found.st_ctime_ns
+
+
+def _parse(path: Path, text: str) -> tuple[dict[str, Any], yaml.Node | None]:
     try:
         loader = _Loader(text)
     except yaml.YAMLError as exc:

@@ -3,9 +3,12 @@ and the daemon keeps the last good rules and audits every accepted change."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from datetime import date
@@ -72,15 +75,25 @@ def test_a_test_has_one_qc_policy_per_instrument_and_a_control_lot_one_material(
     glu = [p for p in found if "GLU on every instrument" in p]
     assert glu == [
         f"{qc}:120: qc_policies.1.tests.0: GLU on every instrument has a policy already "
-        f"({more}:2: qc_policies.0.tests): give it one policy per instrument"
+        f"({more}:2: qc_policies.0.tests), read before this one: this one would never apply "
+        "there"
     ]
     assert [p.split(": ", 2)[1:] for p in found if "PHOS" in p] == [
         ["qc_policies.3.tests.0", "PHOS on c2 has a policy already "
-         f"({more}:3: qc_policies.1.tests): give it one policy per instrument"],
+         f"({more}:3: qc_policies.1.tests), read before this one: this one would never apply "
+         "there"],
     ]  # fmt: skip
     assert f"{qc}:67: control_materials.1.lots.0.lot: control lot CC-45781 is listed twice " \
         f"(also {more}:9: control_materials.0.lots.0.lot)" in found  # fmt: skip
     assert len(found) == 3
+    # A policy for some instruments read before the one for every instrument overrides it
+    # there; a test named twice in one policy is no second policy.
+    more.write_text(
+        "qc_policies:\n"
+        "  - {instruments: [c3], tests: [GLU, GLU], levels: ['1'], rule_set: default}\n"
+    )
+    rules = load_rules(rules_dir)
+    assert [p.instruments for p in rules.qc_policies if "GLU" in p.tests] == [["c3"], ["*"]]
 
 
 def test_a_policy_level_no_control_lot_measures_its_test_at_is_refused(rules_dir: Path) -> None:
@@ -90,8 +103,6 @@ def test_a_policy_level_no_control_lot_measures_its_test_at_is_refused(rules_dir
     )
     more = rules_dir / "more.yaml"
     assert problems(rules_dir) == [
-        f"{rules_dir}/qc.yaml:120: qc_policies.1.tests.0: GLU on c9 has a policy already "
-        f"({more}:2: qc_policies.0.tests): give it one policy per instrument",
         f"{more}:2: qc_policies.0.levels.0: no control lot of level 1 has a target for MG: "
         "its results would wait for a QC that cannot come",
         f"{more}:2: qc_policies.0.levels.1: no control lot of level 3 has a target for MG, "
@@ -135,30 +146,41 @@ def test_a_file_being_written_is_read_once_left_alone(rules_dir: Path) -> None:
 def test_a_file_changing_while_it_is_read_is_refused(
     rules_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Written all the time (past the longest wait for it), read as it is: a change seen
-    while it was read refuses it, rather than take what was read of it."""
-    monkeypatch.setattr("middleware.yamlfile.SETTLE_LIMIT", 0.2)
+    """A file written in place all the time (another process rewriting it): a reload waits
+    for it no longer than allowed, and a change seen while it was read refuses it rather
+    than take what was read of it."""
+    monkeypatch.setattr("middleware.engine.rules.SETTLE_LIMIT", 0.5)
     ranges = rules_dir / "ranges.yaml"
     ranges.write_text(ranges.read_text() + "# a long comment line\n" * 20_000)
-    writing = threading.Event()
-    writing.set()
-
-    def keep_writing() -> None:
-        with ranges.open("a") as stream:
-            while writing.is_set():
-                stream.write("# more\n")
-                stream.flush()
-                time.sleep(0.005)
-
-    writer = threading.Thread(target=keep_writing)
-    writer.start()
+    rewriting = (
+        "import os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "while True:\n"
+        "    os.pwrite(fd, data, 0)\n"
+    )  # the same bytes each time: whatever is read is the whole file, only newer
+    writer = subprocess.Popen([sys.executable, "-c", rewriting, str(ranges)])
     try:
-        found = problems(rules_dir)
+        time.sleep(0.2)
+        began = time.monotonic()
+        with contextlib.suppress(FileError):
+            load_rules(rules_dir, settle=1.0)
+        waited = time.monotonic() - began
+        refusals = []
+        for _ in range(50):
+            try:
+                load_rules(rules_dir)
+            except FileError as exc:
+                refusals = exc.problems
+                break
     finally:
-        writing.clear()
-        writer.join()
-    assert f"{ranges}: changed while it was read: written in place by someone? Reload once " \
-        "it is written (write a new file and rename it over the old one)" in found  # fmt: skip
+        writer.kill()
+        writer.wait()
+    assert 0.5 <= waited < 3  # as long as allowed for all the files, once
+    assert refusals == [
+        f"{ranges}: changed while it was read: written in place by someone? Reload once it "
+        "is written (write a new file and rename it over the old one)"
+    ]
 
 
 def test_sigma_chooses_the_rule_set() -> None:

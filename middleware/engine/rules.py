@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import time
 from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +21,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from middleware.engine import westgard
 from middleware.engine.westgard import RuleName
-from middleware.yamlfile import FileError, describe, field_name, line_of, read_settled
+from middleware.yamlfile import (
+    SETTLE_LIMIT,
+    FileError,
+    describe,
+    field_name,
+    line_of,
+    read_settled,
+)
 
 #: The range of a rule's numbers, as powers of ten, and their significant digits: far
 #: beyond any laboratory figure, and exact arithmetic stays quick (on 1E+999999999 it
@@ -329,13 +337,15 @@ class Rules(_Model):
         )
 
 
-def _overlap(one: list[str], other: list[str]) -> str:
-    """The instruments two policies' lists both cover, named; empty when none."""
-    if "*" in one and "*" in other:
-        return "every instrument"
-    if "*" in one or "*" in other:
-        return ", ".join(sorted(set(other if "*" in one else one)))
-    return ", ".join(sorted(set(one) & set(other)))
+def _shadowed(earlier: list[str], later: list[str]) -> str:
+    """The instruments on which a policy read earlier decides for one read later (the
+    first that covers an instrument and test is its policy), named; empty when none. A
+    policy for some instruments read before one for every instrument is an override."""
+    if "*" in earlier:
+        return "every instrument" if "*" in later else ", ".join(sorted(set(later)))
+    if "*" in later:
+        return ""
+    return ", ".join(sorted(set(earlier) & set(later)))
 
 
 def _cross_check(
@@ -379,18 +389,21 @@ def _cross_check(
                 f"{at(f'reagent_lots.{i}')}: lot {lot.lot} of {lot.reagent} is listed twice"
             )
         seen_lots.add((lot.reagent, lot.lot))
-    # A test on an instrument has one policy, a lot number one material and level: the
-    # first found would win without a word, and an edit to the other change nothing.
+    # A policy that never decides for an instrument it names (one read before it covers the
+    # test there), and a lot number of two materials or levels: the first found would win
+    # without a word, and an edit to the other would change nothing.
     policies: dict[str, list[int]] = {}
     for i, policy in enumerate(rules.qc_policies):
         for j, test in enumerate(policy.tests):
+            if i in policies.get(test, []):
+                continue  # the same test twice in one policy
             for k in policies.get(test, []):
-                both = _overlap(policy.instruments, rules.qc_policies[k].instruments)
-                if both:
+                hidden = _shadowed(rules.qc_policies[k].instruments, policy.instruments)
+                if hidden:
                     problems.append(
-                        f"{at(f'qc_policies.{i}', 'tests', j)}: {test} on {both} has a policy "
-                        f"already ({at(f'qc_policies.{k}', 'tests')}): give it one policy "
-                        "per instrument"
+                        f"{at(f'qc_policies.{i}', 'tests', j)}: {test} on {hidden} has a "
+                        f"policy already ({at(f'qc_policies.{k}', 'tests')}), read before "
+                        "this one: this one would never apply there"
                     )
             policies.setdefault(test, []).append(i)
     # A level no control lot measures the test at: its results would wait for a QC that
@@ -454,9 +467,10 @@ def load_rules(directory: Path, settle: float = 0.0) -> Rules:
     }  # fmt: skip
     origin: dict[str, tuple[Path, Any, tuple[int | str, ...]]] = {}
     autoverification: Autoverification | None = None
+    deadline = time.monotonic() + SETTLE_LIMIT  # one wait for all the files, at most
     for path in files:
         try:
-            data, root = read_settled(path, settle)
+            data, root = read_settled(path, settle, deadline)
             if not data:
                 # Most often a file caught while it is being written: taken, it would put
                 # in force rules without its ranges, criteria or policies.
