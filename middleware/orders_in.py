@@ -30,7 +30,7 @@ from middleware.hl7.orders import (
     read_header,
     read_order,
 )
-from middleware.hl7.segments import declared_charset
+from middleware.hl7.segments import declared_charset, split_segments
 from middleware.store import Store, orders, worklist
 from middleware.store.sql import utcnow
 from middleware.transport.mllp import next_events
@@ -216,10 +216,11 @@ def _sender(header: Header) -> str:
 
 
 def _content(text: str) -> str:
-    """The digest of a message's segments after its MSH, whatever separates them: a copy
-    sent again may differ in its header's time (MSH-7), never in what it orders."""
-    segments = [s for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s]
-    return hashlib.sha256("\r".join(segments[1:]).encode("utf-8", "surrogatepass")).hexdigest()
+    """The digest of a message's segments after its MSH, as the message is read (whatever
+    separates them, spaces at their ends aside): a copy sent again may differ in its
+    header (the time it was sent, MSH-7), never in what it orders."""
+    segments = [segment.rstrip() for segment in split_segments(text)[1:]]
+    return hashlib.sha256("\r".join(segments).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _apply(

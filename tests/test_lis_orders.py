@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -642,36 +642,53 @@ def test_a_time_to_the_hour_is_taken_and_a_collection_not_to_the_minute_is_none(
 async def test_an_order_sent_again_is_answered_and_not_applied_again(database_url: str) -> None:
     """A LIS whose answer was lost sends the message again, same control id (MSH-10): a
     cancel sent in between stays in force and no analyser gets the order twice. Another
-    message under a control id taken before is refused, naming MSH-10."""
+    message under a control id taken before is refused, naming MSH-10; three days later the
+    id is free again (a LIS's counter that began again)."""
+    now = [AT]
     store = Store(database_url)
-    receiver = OrderReceiver(store, downloads={"chem-1": frozenset({"GLU", "K"})})
+    receiver = OrderReceiver(
+        store, clock=lambda: now[0], downloads={"chem-1": frozenset({"GLU", "K"})}
+    )
     port = await receiver.start("127.0.0.1", 0)
     new = orm("N1", "NW", "OBR|1|P1|SPC|GLU^^L")
     cancel = orm("N2", "CA", "OBR|1|P1|SPC|GLU^^L")
-    again = new.replace("20261130120000", "20261130120500", 1)  # its header's time only
+    # The same message as another LIS writes it again: its header's time, CR LF, spaces.
+    again = new.replace("20261130120000", "20261130120500", 1).replace("\r", "  \r\n")
     reused = orm("N2", "NW", "OBR|1|P2|SPC2|K^^L")
     elsewhere = reused.replace("|LIS|LAB|", "|LIS2|LAB|", 1)  # another sender's own N2
+    long_id = orm("L" * 5000, "NW", "OBR|1|P3|SPC3|K^^L")  # longer than an index entry
     answers = []
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        for text in (new, cancel, again, new, reused, elsewhere):
+
+        async def send(text: str) -> None:
             writer.write(b"\x0b" + text.encode() + b"\x1c\r")
             await writer.drain()
             block = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 10)
             answers.append(hl7.parse(block[1:-2].decode()))
+
+        for text in (new, cancel, again, new, reused, elsewhere, long_id, long_id):
+            await send(text)
+        held = store.read(lambda conn: orders.orders_for(conn, ["SPC", "SPC2", "SPC3"]))
+        now[0] = AT + timedelta(hours=73)
+        await send(reused)
+        later = store.read(lambda conn: orders.orders_for(conn, ["SPC2"]))
         writer.close()
-        held = store.read(lambda conn: orders.orders_for(conn, ["SPC", "SPC2"]))
     finally:
         await receiver.close()
         store.close()
-    assert [(str(a.segment("MSA")[1]), str(a.segment("MSA")[2])) for a in answers] == [
+    assert [(str(a.segment("MSA")[1]), str(a.segment("MSA")[2])[:5]) for a in answers] == [
         ("AA", "N1"), ("AA", "N2"), ("AA", "N1"), ("AA", "N1"), ("AE", "N2"), ("AA", "N2"),
+        ("AA", "LLLLL"), ("AA", "LLLLL"), ("AA", "N2"),
     ]  # fmt: skip
     refused = answers[4]
     assert str(refused.segment("MSA")[3]).startswith("MSH-10: control id N2 was taken before")
     assert str(refused.segment("ERR")[2]) == "MSH^1^10" and "205" in str(refused.segment("ERR"))
-    assert [(o.specimen_id, o.test_codes) for o in held] == [("SPC2", ("K",))]
+    assert [(o.specimen_id, o.test_codes) for o in held] == [("SPC2", ("K",)), ("SPC3", ("K",))]
+    assert [(o.placer_order, o.test_codes) for o in later] == [("ORD1", ("K",))]
     downloads = query(
         database_url, "SELECT specimen_id, action FROM worklist_downloads ORDER BY id"
     )
-    assert downloads == [("SPC", "new"), ("SPC", "cancel"), ("SPC2", "new")]
+    assert downloads == [
+        ("SPC", "new"), ("SPC", "cancel"), ("SPC2", "new"), ("SPC3", "new"), ("SPC2", "new")
+    ]  # fmt: skip

@@ -6,9 +6,10 @@ several writes can share one commit.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -27,7 +28,7 @@ from middleware.store.schema import (
     order_messages,
     orders,
 )
-from middleware.store.sql import utc
+from middleware.store.sql import new_only, utc
 
 
 def codes_text(codes: Sequence[str]) -> str:
@@ -40,28 +41,42 @@ def codes_of(text: str) -> tuple[str, ...]:
     return tuple(json.loads(text))
 
 
+#: How long a control id names the message first taken under it: a copy sent again (our
+#: answer lost) comes within minutes or, after an outage, days; past this, the same id is
+#: a new message (a LIS's counter that wrapped round or began again).
+SENT_AGAIN_WITHIN = timedelta(hours=72)
+
 _TAKEN = Direct(
-    select(order_messages.c.content_sha256).where(
-        order_messages.c.sender == bindparam("sender"),
-        order_messages.c.control_id == bindparam("control_id"),
+    select(order_messages.c.content_sha256, order_messages.c.received_at).where(
+        order_messages.c.key_sha256 == bindparam("key")
     )
+)
+_TAKE = Direct(lambda database: new_only(database, order_messages, "key_sha256"))
+_RETAKE = Direct(
+    order_messages.update()
+    .where(order_messages.c.key_sha256 == bindparam("key"))
+    .values(content_sha256=bindparam("digest"), received_at=bindparam("at"))
 )
 
 
 def taken_before(
     conn: Connection, sender: str, control_id: str, digest: str, at: datetime
 ) -> str | None:
-    """The digest of the message ``sender`` sent under ``control_id`` before, if it did;
-    else None, and this one is recorded as taken (its unique key refuses a second copy
-    taken at the same moment)."""
-    row = _TAKEN.execute(conn, {"sender": sender, "control_id": control_id}).fetchone()
-    if row is not None:
-        return str(row[0])
-    conn.execute(
-        order_messages.insert(),
-        {"sender": sender, "control_id": control_id, "content_sha256": digest, "received_at": at},
-    )
-    return None
+    """The digest of the message ``sender`` sent under ``control_id`` in the last
+    :data:`SENT_AGAIN_WITHIN`, if it did; else None, and this one is recorded as taken. A
+    copy taken at the same moment by another connection or daemon waits for it, and is
+    then the one sent again."""
+    key = hashlib.sha256(f"{sender}\x00{control_id}".encode("utf-8", "surrogatepass")).hexdigest()
+    taken = {"key_sha256": key, "sender": sender, "control_id": control_id,
+             "content_sha256": digest, "received_at": at}  # fmt: skip
+    if _TAKE.execute(conn, taken).rowcount:
+        return None
+    [before] = _TAKEN.rows(conn, {"key": key})
+    received = utc(before.received_at)
+    if received is None or at - received > SENT_AGAIN_WITHIN:
+        _RETAKE.execute(conn, {"key": key, "digest": digest, "at": at})
+        return None
+    return str(before.content_sha256)
 
 
 def add_order(conn: Connection, order: Order, at: datetime, source: str = "lis") -> int:

@@ -191,16 +191,18 @@ Index("ix_orders_specimen", orders.c.specimen_id)
 Index("ix_orders_placer", orders.c.placer_order)
 
 # The LIS's order messages taken, by sender (MSH-3 and MSH-4) and control id (MSH-10): one
-# sent again because our answer was lost is answered, not applied a second time.
+# sent again because our answer was lost is answered, not applied a second time. Keyed by
+# the SHA-256 of both: a control id may be longer than an index entry can be.
 order_messages = Table(
     "order_messages",
     metadata,
     Column("id", Integer, primary_key=True),
+    Column("key_sha256", Text, nullable=False),
     Column("sender", Text, nullable=False),
     Column("control_id", Text, nullable=False),
     Column("content_sha256", Text, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("sender", "control_id", name="uq_order_messages_control_id"),
+    UniqueConstraint("key_sha256", name="uq_order_messages_key"),
 )
 
 # Orders (and cancellations) waiting to be sent to an analyser that takes a downloaded

@@ -22,11 +22,12 @@ def upgrade() -> None:
     op.create_table(
         "order_messages",
         sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("key_sha256", sa.Text(), nullable=False),
         sa.Column("sender", sa.Text(), nullable=False),
         sa.Column("control_id", sa.Text(), nullable=False),
         sa.Column("content_sha256", sa.Text(), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
-        sa.UniqueConstraint("sender", "control_id", name="uq_order_messages_control_id"),
+        sa.UniqueConstraint("key_sha256", name="uq_order_messages_key"),
     )
 
 
