@@ -509,15 +509,17 @@ def test_what_a_dead_daemon_claimed_is_logged_lapsed_before_it_goes_again(
     the first went out: the daemon taking the entries after its claim ran out logs that
     those sends may or may not have happened, rather than leave them standing as made."""
     with store.engine.begin() as conn:
-        _fill(conn, 0, 3)
+        _fill(conn, 0, 4)
         taken = outbox.claim(conn, "node-a/1", utcnow(), timedelta(milliseconds=10), 3, True)
         assert len(taken) == 3
+        # Claimed while the LIS was down, nothing logged sent: no send to doubt.
+        assert len(outbox.claim(conn, "node-a/1", utcnow(), timedelta(milliseconds=10), 4)) == 4
     time.sleep(0.2)  # node-a died: its claim runs out (on PostgreSQL by the server's clock)
     with store.engine.begin() as conn:
-        again = outbox.claim(conn, "node-b/2", utcnow(), timedelta(seconds=30), 3, True)
+        again = outbox.claim(conn, "node-b/2", utcnow(), timedelta(seconds=30), 4, True)
         # The one owner's own claims taken again are no lapse.
-        mine = outbox.claim(conn, "node-b/2", utcnow(), timedelta(seconds=30), 3, True)
-    assert [e.attempts for e in again] == [2, 2, 2] and len(mine) == 3
+        mine = outbox.claim(conn, "node-b/2", utcnow(), timedelta(seconds=30), 4, True)
+    assert [e.attempts for e in again] == [2, 2, 2, 1] and len(mine) == 4
     rows = store.read(
         lambda c: c.execute(
             select(outbox_table.c.control_id, outbox_log.c.event, outbox_log.c.detail)
@@ -533,3 +535,5 @@ def test_what_a_dead_daemon_claimed_is_logged_lapsed_before_it_goes_again(
         ("sent", ""),
         ("sent", ""),
     ]  # fmt: skip
+    c003 = [event for control_id, event, _ in rows if control_id == "C003"]
+    assert c003 == ["sent", "sent"]

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, and_, bindparam, exists, func, or_, select, text
 
 from middleware.store import notices
+from middleware.store.direct import Direct
 from middleware.store.schema import outbox, outbox_log
 from middleware.store.sql import shared_clock, utc
 
@@ -75,6 +76,19 @@ def enqueue(
     return entry_id
 
 
+_LAST_EVENT = Direct(
+    select(outbox_log.c.event)
+    .where(outbox_log.c.outbox_id == bindparam("entry_id"))
+    .order_by(outbox_log.c.id.desc())
+    .limit(1)
+)
+
+
+def _last_event(conn: Connection, entry_id: int) -> str | None:
+    row = _LAST_EVENT.execute(conn, {"entry_id": entry_id}).fetchone()
+    return None if row is None else str(row[0])
+
+
 def claim(
     conn: Connection,
     owner: str,
@@ -115,10 +129,17 @@ def claim(
     rows = conn.execute(query).all()
     if not rows:
         return []
-    lapsed = [row for row in rows if row.claimed_by is not None and row.claimed_by != owner]
+    # Claimed (and logged sent, one attempt counted) by a daemon that died or froze before
+    # it answered for them: each may have gone out then, or not. Rare: only then is the
+    # log read, one entry's last event each.
+    lapsed = [
+        row
+        for row in rows
+        if row.claimed_by is not None
+        and row.claimed_by != owner
+        and _last_event(conn, row.id) == "sent"
+    ]
     if lapsed:
-        # Claimed (and logged sent, one attempt counted) by a daemon that died or froze
-        # before it answered for them: each may have gone out then, or not.
         conn.execute(
             outbox_log.insert(),
             [
