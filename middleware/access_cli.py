@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
@@ -62,16 +63,19 @@ def _password(args: argparse.Namespace, name: str) -> str:
 
     if args.password_stdin:
         password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
-    elif not sys.stdin.isatty():
-        # getpass would read it from a pipe, echoed, or fail at its end.
-        raise PasswordRefused("no terminal to type the password at: give --password-stdin")
     else:
-        try:
-            password = getpass.getpass(f"password for {name}: ")
-            if getpass.getpass("again: ") != password:
-                raise PasswordRefused("the two passwords differ")
-        except EOFError:
-            raise PasswordRefused("no password typed") from None
+        # Without a terminal getpass warns and reads standard input, echoed, or fails at
+        # its end: said in a line instead.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", getpass.GetPassWarning)
+            try:
+                password = getpass.getpass(f"password for {name}: ")
+                if getpass.getpass("again: ") != password:
+                    raise PasswordRefused("the two passwords differ")
+            except (getpass.GetPassWarning, EOFError):
+                raise PasswordRefused(
+                    "no terminal to type the password at: give --password-stdin"
+                ) from None
     check_password(password, name)
     return password
 

@@ -195,7 +195,9 @@ def _rules_schema(args: argparse.Namespace) -> int:
         try:
             Path(args.output).write_text(text, encoding="utf-8")
         except OSError as exc:
-            print(f"rules schema: {args.output}: cannot write: {exc.strerror}", file=sys.stderr)
+            why = exc.strerror or str(exc)
+            said = f"lis-middleware rules schema: {args.output}: cannot write: {why}"
+            print(said, file=sys.stderr)
             return 2
     else:
         sys.stdout.write(text)

@@ -247,9 +247,9 @@ class Control:
         database serves (holds the lease of)."""
         if any(known.name == instrument for known in self.settings.instruments):
             return
-        # A NUL is in no instrument's name, and PostgreSQL refuses it in any text it reads.
+        # Text no database takes (a NUL, a lone surrogate) is in no instrument's name.
         store = self.store
-        if store is not None and "\x00" not in instrument:
+        if store is not None and _storable(instrument):
             held = await store.read_async(lambda conn: leases.holder(conn, instrument) is not None)
             if held:
                 return
@@ -618,3 +618,15 @@ def _given(value: T | Refusal) -> T:
 
 def _who(by: str) -> str:
     return _given(clean_text(by, "who acts", True, MAX_NAME))
+
+
+def _storable(text: str) -> bool:
+    """Whether a database can read ``text``: PostgreSQL refuses a NUL, every driver a
+    lone surrogate (it is no UTF-8)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -245,6 +245,8 @@ async def test_an_instrument_not_configured_is_not_found_and_nothing_is_recorded
     # A NUL, which PostgreSQL refuses in any text: no instrument's name, not a fault.
     with pytest.raises(NotFound, match="unknown instrument 'gh\\\\x00ost'"):
         await control.record_qc_event("gh\x00ost", ["GLU"], "calibration", "tech")
+    with pytest.raises(NotFound, match="unknown instrument 'gh\\\\ud800ost'"):
+        await control.record_qc_event("gh\ud800ost", ["GLU"], "calibration", "tech")
     assert store.read(lambda c: c.execute(select(qc_events)).all()) == []
     await control.record_qc_event("chem-1", ["GLU"], "calibration", "tech")  # configured
     [event] = store.read(lambda c: c.execute(select(qc_events)).all())
