@@ -31,11 +31,9 @@ class Answer:
 
 def read_answer(message: str) -> Answer:
     """The answer a message holds; ValueError, saying why, when it is not an answer."""
-    # A byte order mark some LISes put before the MSH would hide it: every answer of such
-    # a LIS would be passed over and its message sent again for ever.
-    message = message.removeprefix("\ufeff")
     try:
-        # CR LF between segments (as many LISes write) or LF alone, no empty segment.
+        # CR LF between segments (as many LISes write) or LF alone, no empty segment, and
+        # no byte order mark before the MSH (passed over, its message went again for ever).
         parsed = hl7.parse("\r".join(split_segments(message)))
         msa = parsed.segment("MSA")
     # python-hl7 asserts as well as raising on some malformed text.

@@ -197,7 +197,7 @@ def _msh(first: str, enc: Encoding) -> _Segment:
 
 
 def _segments(text: str) -> list[_Segment]:
-    lines = split_segments(text.lstrip("\ufeff"))
+    lines = split_segments(text)
     first = lines[0] if lines else ""
     enc = _encoding(first)
     segments = [_msh(first, enc)]
@@ -226,7 +226,7 @@ def _header(msh: _Segment) -> Header:
 def read_header(text: str) -> Header:
     """The header of a message, or of the first bytes of one, as far as it can be read:
     never refused (an empty header when there is no MSH)."""
-    lines = split_segments(text.lstrip("\ufeff"))
+    lines = split_segments(text)
     first = lines[0] if lines else ""
     try:
         return _header(_msh(first, _encoding(first)))

@@ -126,7 +126,7 @@ def header_fields(text: str) -> list[str]:
     separator: MSH-n is at index n - 1 (from MSH-2 on). Read so, a message that cannot be
     parsed (or only its head) still gives its control id and character set. Empty when
     the text does not begin with an MSH."""
-    lines = split_segments(text.lstrip("\ufeff"))
+    lines = split_segments(text)
     first = lines[0] if lines else ""
     return first.split(first[3]) if first.startswith("MSH") and len(first) > 3 else []
 
@@ -168,7 +168,9 @@ def decode_text(data: bytes, fallback: str = "latin-1") -> tuple[str, str]:
 
 
 def split_segments(text: str) -> list[str]:
-    return [line for line in _SEPARATORS.split(text) if line.strip()]
+    """A message's segments, whatever separates them (CR, LF, CR LF), without empty ones
+    and past a byte order mark some senders put before the MSH, which would hide it."""
+    return [line for line in _SEPARATORS.split(text.lstrip("\ufeff")) if line.strip()]
 
 
 def read_encoding(msh: str) -> Encoding:
@@ -187,7 +189,7 @@ def read_encoding(msh: str) -> Encoding:
 
 def parse_message(text: str) -> Hl7Message:
     """Read a message; :class:`Hl7Error` when it does not begin with a usable MSH."""
-    lines = split_segments(text.lstrip("\ufeff"))
+    lines = split_segments(text)
     if not lines:
         raise Hl7Error("no segments")
     encoding = read_encoding(lines[0])
