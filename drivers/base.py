@@ -40,6 +40,10 @@ _STAMP = re.compile(r"([0-9]{8}(?:[0-9]{2}){0,3})(?:\.[0-9]{1,6})?(?:([+-])([0-9
 _LEADING_DIGITS = re.compile(r"[0-9]*")
 
 
+#: Said of a collection time to the day or the hour only, left out by every driver.
+NOT_TO_THE_MINUTE = "gives the collection to the day or hour only; its delay is not judged"
+
+
 def to_the_minute(text: str) -> bool:
     """Whether a time gives its minute (YYYYMMDDHHMM at least, before a fraction or an
     offset)."""
@@ -433,10 +437,7 @@ class Driver(Tables):
         nobody noted, and reject a sample analysed within it. Left out, and said."""
         stamp = self.timestamp_at(record, n)
         if stamp is not None and not to_the_minute(record.value(n)):
-            self._refuse(
-                field_name(record, n), record.value(n),
-                "gives the collection to the day or hour only; its delay is not judged",
-            )  # fmt: skip
+            self._refuse(field_name(record, n), record.value(n), NOT_TO_THE_MINUTE)
             return None
         return stamp
 

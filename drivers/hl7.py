@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import ClassVar
 
-from drivers.base import ControlInfo, DriverOptions, Tables, to_the_minute
+from drivers.base import NOT_TO_THE_MINUTE, ControlInfo, DriverOptions, Tables, to_the_minute
 from drivers.detect import Detection, Instances, by_sender_then_layout, or_before
 from drivers.hl7_query import QUERY_MESSAGES, answers, read_query
 from middleware.domain import (
@@ -228,10 +228,7 @@ class Hl7Driver(Tables):
         collected_at = self.read_time(collected, where)
         if collected_at is not None and not to_the_minute(collected):
             # A collection to the day or hour would judge the delay by a moment nobody noted.
-            self._problems.append(
-                f"{where}: {collected.strip()[:40]!r} gives the collection to the day or "
-                "hour only; its delay is not judged"
-            )
+            self._problems.append(f"{where}: {collected.strip()[:40]!r} {NOT_TO_THE_MINUTE}")
             collected_at = None
         return Specimen(
             specimen_id=specimen_id,
