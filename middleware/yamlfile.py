@@ -245,14 +245,12 @@ SETTLE_LIMIT = 5.0
 
 
 def read_settled(
-    path: Path, settle: float = 0.0, deadline: float | None = None
+    path: Path, settle: float, deadline: float
 ) -> tuple[dict[str, Any], yaml.Node | None]:
     """:func:`read_mapping` of a file once it has not changed for ``settle`` seconds (or
     ``time.monotonic()`` has reached ``deadline``), refused if it changed while it was
     read: half a file is never taken for the whole. A file renamed over it meanwhile
     changes nothing: what was read is one whole file."""
-    if deadline is None:
-        deadline = time.monotonic() + SETTLE_LIMIT
     while True:
         try:
             age = time.time() - path.stat().st_mtime
