@@ -280,8 +280,7 @@ class Hl7Connection:
             specimens=reading.specimen_ids() if reading else None,
         )
         if stored.quarantined:
-            why = "; ".join(delivery.problems or (reading.problems if reading else [])) or "unread"
-            return [answer("AE", f"kept in quarantine: {why}")]
+            return [answer("AE", f"kept in quarantine: {stored.reason}")]
         if message is not None and is_acknowledgment(message):
             self._acknowledged(message)
             return []
@@ -357,8 +356,8 @@ class Hl7Connection:
             stored = store_delivery(conn, delivery, now)
             again = stored.message_id if stored.duplicate else None
             settle(conn, [m for m in confirm if m != again], now)
-            if engine is not None and delivery.reading is not None and not stored.duplicate:
-                assess_message(conn, engine, stored, delivery.reading, now, lis)
+            if engine is not None and stored.reading is not None:
+                assess_message(conn, engine, stored, stored.reading, now, lis)
             return stored
 
         stored = await self._committed(work, pending)

@@ -440,8 +440,8 @@ class ConnectionPipeline:
             stored = store_delivery(conn, delivery, now)
             again = stored.message_id if stored.duplicate else None
             settle(conn, [m for m in confirm if m != again], now)
-            if engine is not None and delivery.reading is not None and not stored.duplicate:
-                assess_message(conn, engine, stored, delivery.reading, now, lis)
+            if engine is not None and stored.reading is not None:
+                assess_message(conn, engine, stored, stored.reading, now, lis)
             return stored
 
         future = self.store.write_soon(work, deadline)

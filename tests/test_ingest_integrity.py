@@ -249,6 +249,38 @@ def test_long_fields_are_kept_and_oversize_keys_quarantined(
     assert "NUL characters" in reasons[1]
 
 
+def test_oversize_keys_are_quarantined_with_rules_in_force_over_astm_and_hl7(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """The rules decide only what was stored: a message kept raw for an identifier too
+    long to index is quarantined and answered, not refused for ever."""
+    from tests.conftest import ROOT
+    from tests.test_hl7_ingest import MllpPeer, oru
+
+    port = free_port()
+    start_daemon(port, settings={"rules_dir": str(ROOT / "rules")})
+    long_sample = "X" * 1200
+
+    async def analysers() -> None:
+        astm = StreamPeer(*await connect(port))
+        await send_message(astm, message(long_sample, "PAT-LONG"))
+        await send_message(astm, message("S-AFTER", "PAT-AFTER"))
+        await astm.close()
+        hl7 = MllpPeer(*await connect(port))
+        answer = await hl7.send(oru("LONG-1", long_sample))
+        assert (answer.code, answer.control_id) == ("AE", "LONG-1")
+        assert "specimen id longer than 1000 bytes" in answer.text
+        assert (await hl7.send(oru("AFTER-1", "S-HL7-AFTER"))).code == "AA"
+        await hl7.close()
+
+    asyncio.run(analysers())
+    reasons = [r for (r,) in query(database_url, "SELECT reason FROM quarantine ORDER BY id")]
+    assert len(reasons) == 2
+    assert all("specimen id longer than 1000 bytes" in r for r in reasons)
+    stored = query(database_url, "SELECT DISTINCT specimen_id FROM results ORDER BY 1")
+    assert stored == [("S-AFTER",), ("S-HL7-AFTER",)]
+
+
 # --- 3. two connections to one instrument -------------------------------------------------
 
 

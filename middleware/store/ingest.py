@@ -92,6 +92,11 @@ class Stored:
     controls: int = 0
     result_ids: tuple[int, ...] = ()
     control_ids: tuple[int, ...] = ()
+    reason: str = ""
+    """Why it is in quarantine, when it is."""
+    reading: InstrumentMessage | None = None
+    """What was stored of a new message, for the rules to decide: not a copy of one stored
+    before, nor one kept raw only (unreadable, or with identifiers too long to index)."""
 
 
 def content_hash(instrument: str, text: str) -> str:
@@ -189,7 +194,7 @@ def oversize_keys(reading: InstrumentMessage) -> list[str]:
 
 def _quarantine(
     conn: Connection, d: Delivery, raw_id: int, message_id: int | None, reason: str
-) -> None:
+) -> str:
     reason = reason or "unreadable"
     conn.execute(
         quarantine.insert(),
@@ -203,6 +208,7 @@ def _quarantine(
             "received_at": d.received_at,
         },
     )
+    return reason
 
 
 def store_delivery(conn: Connection, d: Delivery, at: datetime | None = None) -> Stored:
@@ -214,19 +220,20 @@ def store_delivery(conn: Connection, d: Delivery, at: datetime | None = None) ->
         reading = None
     if reading is None:
         raw_id = _raw(conn, d, None, "quarantine")
-        _quarantine(conn, d, raw_id, None, "; ".join(d.problems))
-        return Stored(raw_id, None, quarantined=True)
+        reason = _quarantine(conn, d, raw_id, None, "; ".join(d.problems))
+        return Stored(raw_id, None, quarantined=True, reason=reason)
 
     digest = content_hash(d.instrument, d.text)
     nothing = not (reading.results or reading.controls or reading.queries or reading.orders)
     quarantined = bool(d.problems) or (nothing and bool(reading.problems))
+    reason = "; ".join(d.problems or reading.problems) if quarantined else ""
     # The same content again is a re-send only while the analyser has not shown that it
     # had our ACK of the earlier copy; after that it is a new measurement (a re-run).
     earlier = _EARLIER_COPY.execute(conn, {"instrument": d.instrument, "digest": digest}).fetchone()
     if earlier is not None and earlier[1] is None:  # (id, settled_at)
         raw_id = _raw(conn, d, earlier[0], "duplicate", duplicate=True)
         # The same content was read the same way: what became of the first copy.
-        return Stored(raw_id, earlier[0], duplicate=True, quarantined=quarantined)
+        return Stored(raw_id, earlier[0], duplicate=True, quarantined=quarantined, reason=reason)
 
     row = {
         "instrument": d.instrument,
@@ -268,16 +275,17 @@ def store_delivery(conn: Connection, d: Delivery, at: datetime | None = None) ->
         d.received_at,
     )
     if quarantined:
-        reasons = d.problems or reading.problems
-        _quarantine(conn, d, raw_id, message_id, "; ".join(reasons))
+        reason = _quarantine(conn, d, raw_id, message_id, reason)
     return Stored(
         raw_id,
         message_id,
         quarantined=quarantined,
+        reason=reason,
         results=len(reading.results),
         controls=len(reading.controls),
         result_ids=tuple(patient_ids),
         control_ids=tuple(control_ids),
+        reading=reading,
     )
 
 
