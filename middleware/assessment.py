@@ -1,7 +1,10 @@
 """Applying the engine to a stored message, in the transaction that stored it.
 
-Results and controls are taken in the order the analyser sent them; a control that brings
-QC back in control makes the test's held results be looked at again. Decisions are
+Results and controls are taken in the order the analyser sent them (the controls between
+patient results are a run), and a patient result sent before a control of its test is
+confirmed once that control is evaluated: the controls of a message are judged before
+any of its patient results leaves (Q2). A control that brings QC back in control makes
+the test's held results be looked at again. Decisions are
 appended, never overwritten. The QC state of the tests a message touches is read from
 the store at the start and written back at the end, in the same transaction: if it rolls
 back, so does the state.
@@ -115,7 +118,12 @@ class _Lookups:
         )
 
     def context(
-        self, result_id: int, result: Result, reading: InstrumentMessage | None, now: datetime
+        self,
+        result_id: int,
+        result: Result,
+        reading: InstrumentMessage | None,
+        now: datetime,
+        received_at: datetime | None = None,
     ) -> ResultContext:
         earlier = [
             (value, moment)
@@ -153,6 +161,7 @@ class _Lookups:
             reported_lots=self.reported_lots,
             recalled_lots=self.recalled,
             priority=self.priorities.get(result.specimen_id, "R"),
+            received_at=received_at,
         )
 
 
@@ -281,20 +290,31 @@ def assess_message(
     decided: list[tuple[int, Result, Decision]] = []
     evaluated: list[tuple[int, ControlResult, QcOutcome]] = []
     touched: dict[str, set[str]] = {}
-    for result, control in reading.measurements():
+    # Where each test's last control came, and each patient result: one sent before a
+    # control of its test is confirmed once that control is evaluated.
+    last_control: dict[TestKey, int] = {}
+    decided_at: list[tuple[int, ResultContext]] = []
+    for position, (result, control) in enumerate(reading.measurements()):
         key = (result.instrument, result.test_code)
         if control is not None:
             qc = _record_control(conn, engine, book, control, now, out)
             evaluated.append((control_ids[id(control)], control, qc))
             touched.setdefault(result.instrument, set()).add(result.test_code)
+            last_control[key] = position
             continue
         result_id = patient_ids[id(result)]
-        state, decision = engine.decide(
-            book.test(key), lookups.context(result_id, result, reading, now)
-        )
+        ctx = lookups.context(result_id, result, reading, now)
+        state, decision = engine.decide(book.test(key), ctx)
         book.change(key, state)
         decided.append((result_id, result, decision))
-        out.decisions.append((result_id, decision))
+        decided_at.append((position, ctx))
+    decided = [
+        (result_id, result, engine.confirm(decision, book.test(key), ctx))
+        if last_control.get(key := (result.instrument, result.test_code), -1) > position
+        else (result_id, result, decision)
+        for (result_id, result, decision), (position, ctx) in zip(decided, decided_at, strict=True)
+    ]
+    out.decisions = [(result_id, decision) for result_id, _, decision in decided]
     qc_records.record_evaluations(conn, evaluated, now)
     release.record_decisions(conn, decided, now)
     # Before any result is looked at again: one replaced by its re-run must not be.
@@ -434,10 +454,11 @@ def redecide_held(
     preliminary = []
     doubted = []
     reasoned = []
-    for result_id, result, sent_early, early_by, _ in held:
+    for h in held:
+        result_id, result, early_by = h.result_id, h.result, h.early_by
         state = states[result.test_code]
         last = before.get(result_id)
-        decision = _decide_held(engine, state, lookups, result_id, result, last, now)
+        decision = _decide_held(engine, state, lookups, h, last, now)
         decided = (result_id, result, decision)
         # Sent early by a biologist, it stands while it only waits for QC, whichever wait.
         stands = decision.preliminary or (
@@ -445,9 +466,9 @@ def redecide_held(
         )
         if decision.action is not Action.HOLD:
             changed.append(decided)
-        elif lis is not None and decision.preliminary and not sent_early:
+        elif lis is not None and decision.preliminary and not h.sent_early:
             preliminary.append(decided)
-        elif lis is not None and sent_early and not stands:
+        elif lis is not None and h.sent_early and not stands:
             doubted.append(decided)
         elif _holds_for_other_reasons(decision, last):
             # Still held, but no longer for what the latest decision says (its QC came,
@@ -467,15 +488,15 @@ def _decide_held(
     engine: Engine,
     state: TestQc,
     lookups: _Lookups,
-    result_id: int,
-    result: Result,
+    held: release.Held,
     last: release.StoredDecision | None,
     now: datetime,
 ) -> Decision:
     """A held result decided again, without the message it came in: what its latest
     decision (``last``) found of the result itself stands."""
     standing = standing_findings(last.findings) if last is not None else None
-    return engine.redecide(state, lookups.context(result_id, result, None, now), standing)
+    ctx = lookups.context(held.result_id, held.result, None, now, held.received_at)
+    return engine.redecide(state, ctx, standing)
 
 
 def _holds_for_other_reasons(decision: Decision, before: release.StoredDecision | None) -> bool:
@@ -516,9 +537,9 @@ def decide_again(
         result = h.result
         state = book.test((result.instrument, result.test_code))
         last = before.get(h.result_id)
-        decision = _decide_held(engine, state, lookups, h.result_id, result, last, now)
+        decision = _decide_held(engine, state, lookups, h, last, now)
         qc = engine.gate.findings(
-            state, result.instrument, result.test_code, now, result.completed_at
+            state, result.instrument, result.test_code, now, result.completed_at, h.received_at
         )
         out.append(Redecided(h, decision, tuple(qc)))
     return out

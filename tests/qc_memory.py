@@ -36,9 +36,15 @@ class InMemoryGate:
         return step.outcome
 
     def findings(
-        self, instrument: str, test: str, at: datetime, measured: datetime | None = None
+        self,
+        instrument: str,
+        test: str,
+        at: datetime,
+        measured: datetime | None = None,
+        received: datetime | None = None,
     ) -> list[Finding]:
-        return self.gate.findings(self.state(instrument, test), instrument, test, at, measured)
+        state = self.state(instrument, test)
+        return self.gate.findings(state, instrument, test, at, measured, received)
 
     def close_corrective_action(self, instrument: str, test: str, at: datetime) -> None:
         state = self.state(instrument, test)

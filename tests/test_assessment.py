@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,13 @@ from middleware.engine.engine import Engine
 from middleware.engine.rules import load_rules
 from middleware.pipeline import ConnectionPipeline
 from middleware.store import Store, reading
-from middleware.store.schema import corrective_actions, decisions, qc_evaluations, qc_reviews
+from middleware.store.schema import (
+    corrective_actions,
+    decisions,
+    qc_evaluations,
+    qc_reviews,
+    results,
+)
 from middleware.transport.tcp import TcpServer
 from tests.conftest import ROOT
 from tests.messages import patient, qc
@@ -270,3 +277,89 @@ async def test_a_held_result_decided_again_is_judged_with_its_patient_and_its_sa
     assert current(store)["W1"] == ("hold", "critical-low")
     [row] = [r for r in store.read(reading.latest_decisions) if r["specimen_id"] == "W1"]
     assert row["urgent"]
+
+
+def _with_control(records: list[bytes], lot: bytes, value: bytes) -> list[bytes]:
+    """A patient message with a glucose control of ``lot`` after its patient (O.12 Q)."""
+    return [
+        *records[:-1],
+        b"P|2",
+        b"O|1|" + lot + b"||^^^GLU|R||||||Q",
+        b"R|1|^^^GLU|" + value + b"|mmol/L||N||F",
+        records[-1],
+    ]
+
+
+async def test_a_patient_sent_before_a_failing_control_of_its_message_is_held(
+    line: tuple[Store, StreamPeer, ConnectionPipeline, Clock],
+) -> None:
+    """Q2: the controls of a message are judged before any of its patient results
+    leaves, wherever the analyser put them in it."""
+    store, peer, _, clock = line
+    await send_message(peer, qc("5.2", "15.6"))
+    clock.now += timedelta(minutes=5)
+    await send_message(peer, _with_control(patient("S1", "5.0"), b"CC-45781", b"5.25"))
+    assert current(store)["S1"] == ("release", "")  # a control in control lets it go
+    clock.now += timedelta(minutes=5)
+    await send_message(peer, _with_control(patient("S2", "5.0"), b"CC-45781", b"5.7"))
+    assert current(store)["S2"] == ("hold", "corrective-action-open,qc-rejected:1-3s")
+    # Held, not released and listed for review: only the result released before is.
+    reviewed = select(results.c.specimen_id).join(
+        qc_reviews, qc_reviews.c.result_id == results.c.id
+    )
+    assert store.read(lambda c: c.execute(reviewed).scalars().all()) == ["S1"]
+
+
+async def test_a_control_that_cannot_be_evaluated_holds_its_level_until_one_can(
+    line: tuple[Store, StreamPeer, ConnectionPipeline, Clock],
+) -> None:
+    store, peer, _, clock = line
+    await send_message(peer, qc("5.2", "15.6"))
+    await send_message(peer, patient("S1", "5.0"))
+    for n, value in enumerate((">20", "****"), start=2):
+        clock.now += timedelta(minutes=5)
+        await send_message(peer, qc(value, "15.6"))  # the earlier level 1 no longer counts
+        await send_message(peer, patient(f"S{n}", "5.0"))
+        assert current(store)[f"S{n}"] == ("hold", "qc-unevaluated:1")
+    latest = select(decisions.c.findings).order_by(decisions.c.id.desc()).limit(1)
+    [finding] = json.loads(store.read(lambda c: c.execute(latest).scalar_one()))
+    assert finding["message"] == (
+        "QC level 1 could not be evaluated: control value '****' is not a number"
+    )
+    clock.now += timedelta(minutes=5)
+    await send_message(peer, qc("5.2", "15.6"))
+    decided = current(store)
+    assert decided["S2"] == decided["S3"] == ("release", "")
+
+
+async def test_a_control_of_an_expired_lot_is_no_valid_qc(
+    line: tuple[Store, StreamPeer, ConnectionPipeline, Clock], tmp_path: Path
+) -> None:
+    store, peer, pipeline, _ = line
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    qc_file = rules / "qc.yaml"
+    text = qc_file.read_text()
+    lot_1 = '      - lot: CC-45781\n        level: "1"\n        expiry: 2029-06-30\n'
+    assert lot_1 in text
+    # The lot's last day is the day before the clock's (2026-03-01).
+    qc_file.write_text(text.replace(lot_1, lot_1.replace("2029-06-30", "2026-02-28")))
+    pipeline.engine = Engine(load_rules(rules), UTC)
+    await send_message(peer, qc("5.2", "15.6"))
+    await send_message(peer, patient("S1", "5.0"))
+    assert current(store)["S1"] == ("hold", "qc-unevaluated:1")
+    evaluations = store.read(lambda c: c.execute(select(qc_evaluations)).all())
+    assert [(e.level, e.status) for e in evaluations][-1] == ("2", "accept")
+
+
+async def test_qc_sent_late_is_as_old_as_the_analyser_says(
+    line: tuple[Store, StreamPeer, ConnectionPipeline, Clock],
+) -> None:
+    """Controls measured more than the validity window ago (the analyser emptying what it
+    kept while its link was down) do not validate a patient result received now."""
+    store, peer, _, _ = line
+    measured = b"||||20260227120000"  # 32 h or more before the clock, in any zone
+    late = [r + measured if r.startswith(b"R|") else r for r in qc("5.2", "15.6")]
+    await send_message(peer, late)
+    await send_message(peer, patient("S1", "5.0"))
+    assert current(store)["S1"] == ("hold", "qc-expired")

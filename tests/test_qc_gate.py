@@ -33,8 +33,14 @@ def control(test: str, value: str, lot: str, instrument: str = "chem-1") -> Cont
     return ControlResult(result, "Chemistry control", lot)
 
 
-def codes(gate: Gate, test: str, at: datetime, measured: datetime | None = None) -> list[str]:
-    return [f.code for f in gate.findings("chem-1", test, at, measured)]
+def codes(
+    gate: Gate,
+    test: str,
+    at: datetime,
+    measured: datetime | None = None,
+    received: datetime | None = None,
+) -> list[str]:
+    return [f.code for f in gate.findings("chem-1", test, at, measured, received)]
 
 
 def in_control(gate: Gate, test: str, at: datetime, values: tuple[str, str]) -> None:
@@ -201,12 +207,26 @@ def test_bracketed_results_wait_for_the_closing_qc(gate: Gate) -> None:
     assert codes(gate, "K", measured, measured) == ["awaiting-closing-qc"]
     closing = T0 + timedelta(hours=1)
     in_control(gate, "K", closing, ("4.02", "6.18"))
-    assert codes(gate, "K", closing, measured) == []
+    # The controls carry no time of their own: received after the patient, they close it.
+    assert codes(gate, "K", closing, measured, received=measured) == []
     # ...but a closing QC that fails keeps it held
     in_control(gate, "NA", T0, ("138", "155"))
     gate.note_patient("chem-1", "NA")
     gate.record_control(control("NA", "142", LOT_1), closing)  # z = +3.3
-    assert "qc-rejected:1-3s" in codes(gate, "NA", closing, measured)
+    assert "qc-rejected:1-3s" in codes(gate, "NA", closing, measured, received=measured)
+
+
+def test_a_bracketed_result_is_not_closed_by_the_qc_received_before_it(gate: Gate) -> None:
+    """Without the controls' own times, their receipt against the patient's own: a
+    patient measured (by its analyser's clock) before controls received earlier is not
+    closed by them."""
+    in_control(gate, "K", T0, ("4.0", "6.2"))
+    received = T0 + timedelta(seconds=2)
+    an_hour_behind = T0 - timedelta(hours=1)
+    assert codes(gate, "K", received, an_hour_behind) == ["awaiting-closing-qc"]
+    assert codes(gate, "K", received, None) == ["awaiting-closing-qc"]
+    # Received with it (the same message): not after it either.
+    assert codes(gate, "K", T0, None, received=T0) == ["awaiting-closing-qc"]
 
 
 def test_a_bracketed_result_is_closed_by_a_qc_measured_after_it_on_the_same_clock(
@@ -232,11 +252,16 @@ def test_a_bracketed_result_is_closed_by_a_qc_measured_after_it_on_the_same_cloc
     gate.record_control(measured("K", "4.02", LOT_1, early), received)
     gate.record_control(measured("K", "6.18", LOT_2, early), received)
     assert codes(gate, "K", received, patient_at) == ["awaiting-closing-qc"]
-    # Both times are to the second: a control of the patient's second closes its run.
-    closing = T0 + timedelta(minutes=30)
-    gate.record_control(measured("K", "4.01", LOT_1, closing), received)
-    gate.record_control(measured("K", "6.19", LOT_2, closing), received)
-    assert codes(gate, "K", received, patient_at) == []
+    # Both times are to the second: a control of the patient's second may be its run's
+    # opening QC, sent with it; it closes the run only when received after the patient.
+    same_second = T0 + timedelta(minutes=30)
+    gate.record_control(measured("K", "4.01", LOT_1, same_second), received)
+    gate.record_control(measured("K", "6.19", LOT_2, same_second), received)
+    assert codes(gate, "K", received, patient_at, received) == ["awaiting-closing-qc"]
+    later = received + timedelta(seconds=5)
+    gate.record_control(measured("K", "4.01", LOT_1, same_second), later)
+    gate.record_control(measured("K", "6.19", LOT_2, same_second), later)
+    assert codes(gate, "K", later, patient_at, received) == []
 
 
 def test_missing_target_is_reported_not_guessed(gate: Gate) -> None:

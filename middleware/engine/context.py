@@ -63,6 +63,8 @@ class ResultContext:
     files are not the only place a recall is known."""
     priority: str = "R"
     """The specimen's order priority: S stat, A as soon as possible, R routine."""
+    received_at: datetime | None = None
+    """When the result was received, for one decided again later; ``now`` for a new one."""
 
 
 __all__ = ["Patient", "PreviousResult", "ResultContext", "SampleCondition"]

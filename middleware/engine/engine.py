@@ -19,7 +19,14 @@ from middleware.engine.autoverify import autoverify
 from middleware.engine.context import ResultContext
 from middleware.engine.decision import EARLY_RELEASE, Decision, Finding, decide
 from middleware.engine.early_release import early_release
-from middleware.engine.qc import QC_FINDING_CODES, ControlStep, LotQc, QcGate, TestQc
+from middleware.engine.qc import (
+    QC_FAILURE_CODES,
+    QC_FINDING_CODES,
+    ControlStep,
+    LotQc,
+    QcGate,
+    TestQc,
+)
 from middleware.engine.reagents import REAGENT_RECALLED, LotRegistry, lots_changed
 from middleware.engine.rules import Rules
 from middleware.zones import zone_or_host
@@ -72,7 +79,11 @@ class Engine:
     ) -> ControlStep:
         """``lots`` holds the states of the lots ``gate.lots_needed`` names."""
         return self.gate.record_control(
-            self._lot_change(state, control.result, at), lots, control, at
+            self._lot_change(state, control.result, at),
+            lots,
+            control,
+            at,
+            at.astimezone(self.zone).date(),
         )
 
     def observe_patient(self, state: TestQc, result: Result, at: datetime) -> TestQc:
@@ -84,6 +95,25 @@ class Engine:
         """A new patient result: its decision, and its test's QC state after it."""
         state = self.observe_patient(state, ctx.result, ctx.now)
         return state, self.redecide(state, ctx)
+
+    def confirm(self, decision: Decision, state: TestQc, ctx: ResultContext) -> Decision:
+        """Q2: a patient result decided before controls of its test sent after it in the
+        same message, confirmed once they are evaluated (``state``): a QC they failed, or
+        could not judge, holds it too, before anything of it leaves."""
+        result = ctx.result
+        failed = [
+            f
+            for f in self.gate.findings(
+                state, result.instrument, result.test_code, ctx.now, result.completed_at
+            )
+            if f.code.split(":", 1)[0] in QC_FAILURE_CODES
+            and f.code not in {known.code for known in decision.findings}
+        ]
+        if not failed:
+            return decision
+        # Nothing held for a QC failure goes early: the early release it had is undone.
+        kept = [f for f in decision.findings if f.code != EARLY_RELEASE]
+        return decide([*kept, *failed])
 
     def redecide(
         self, state: TestQc, ctx: ResultContext, standing: Sequence[Finding] | None = None
@@ -98,7 +128,12 @@ class Engine:
         result = ctx.result
         rules = self.rules
         qc = self.gate.findings(
-            state, result.instrument, result.test_code, ctx.now, result.completed_at
+            state,
+            result.instrument,
+            result.test_code,
+            ctx.now,
+            result.completed_at,
+            ctx.received_at,
         )
         # Judged on the day the result came, which is never before the day it was made:
         # an analyser's clock cannot make an expired lot look valid.

@@ -17,7 +17,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
@@ -53,6 +53,10 @@ class LevelState:
     measured_at: datetime | None = None
     """The control's own time, on its analyser's clock (R.13): a bracketed patient result
     is closed by a control measured after it, the two times read off one clock."""
+    unusable: str = ""
+    """Why this control could not be evaluated (no number, an expired control lot): the
+    level has no valid QC until one that can be comes. Its status and violations are
+    then none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,12 @@ class TestQc:
 NO_QC = TestQc()
 NO_LOT_QC = LotQc()
 
+#: Of those, the findings of a QC that failed or could not be judged: what a control sent
+#: after a patient result in the same message holds it for (Q2).
+QC_FAILURE_CODES = frozenset(
+    {"method-locked", "corrective-action-open", "qc-rejected", "qc-unevaluated"}
+)
+
 #: The codes (before any ``:``) of the findings :meth:`QcGate.findings` gives: a result
 #: held for one of them waits for the QC of its test (Q1), not for a look at itself. The
 #: void reasons are the events that void QC (:meth:`QcGate.void`).
@@ -146,6 +156,7 @@ QC_FINDING_CODES = frozenset(
         "qc-missing",
         "qc-expired",
         "qc-rejected",
+        "qc-unevaluated",
         "awaiting-closing-qc",
         "reagent-lot-changed",
         "calibration",
@@ -314,7 +325,7 @@ class QcGate:
             closing
             and state.corrective_action_since is None
             and state.last_in_control_at is not None
-            and all(seen.status != "reject" for seen in closing)
+            and all(seen.status != "reject" and not seen.unusable for seen in closing)
         ):
             accepted = state.last_in_control_at
         return replace(
@@ -328,9 +339,15 @@ class QcGate:
         return replace(state, void_reason=reason, void_at=at)
 
     def record_control(
-        self, state: TestQc, lots: Mapping[str, LotQc], control: ControlResult, at: datetime
+        self,
+        state: TestQc,
+        lots: Mapping[str, LotQc],
+        control: ControlResult,
+        at: datetime,
+        today: date | None = None,
     ) -> ControlStep:
-        """``lots`` holds the states of the lots :meth:`lots_needed` names."""
+        """``lots`` holds the states of the lots :meth:`lots_needed` names; ``today`` is
+        the laboratory's date at ``at``, against which a control lot's expiry is read."""
         result = control.result
         instrument, test = result.instrument, result.test_code
         found = self.control_lot(control)
@@ -350,9 +367,21 @@ class QcGate:
             )
             return ControlStep(state, {}, QcOutcome(None, run, level, None, True, problem))
         material, lot = found
-        if result.value.number is None or result.value.censor:
-            problem = f"control value {result.value.text!r} is not a number"
-            return ControlStep(state, {}, QcOutcome(None, run, level, None, True, problem))
+        unusable = ""
+        number = result.value.number
+        if lot.expiry is not None and today is not None and today > lot.expiry:
+            unusable = f"control lot {lot.lot} expired on {lot.expiry:%Y-%m-%d}"
+        elif number is None or result.value.censor:
+            # A censored value (">500") may well be out of control: it cannot say by how
+            # much, so the level waits for a control that can be judged.
+            unusable = f"control value {result.value.text!r} is not a number"
+        if unusable or number is None:
+            levels = dict(state.levels)
+            levels[level] = LevelState(
+                at, run, "accept", (), result.completed_at, unusable=unusable
+            )
+            state = replace(state, levels=levels)
+            return ControlStep(state, {}, QcOutcome(None, run, level, None, True, unusable))
         mine = lots.get(lot.lot, NO_LOT_QC)
         target = mine.approved or lot.targets[test]
         rule_set = self.rule_set(instrument, test)
@@ -375,7 +404,7 @@ class QcGate:
                 run=run,
                 material=material.name,
                 lot=lot.lot,
-                value=result.value.number,
+                value=number,
                 mean=target.mean,
                 sd=target.sd,
                 instrument=instrument,
@@ -389,7 +418,7 @@ class QcGate:
             for (key_material, name), closed in step.windows.items()
         }
         evaluation = step.evaluation
-        value = Fraction(result.value.number)
+        value = Fraction(number)
         mine = changed.get(lot.lot, mine)
         if mine.epoch != epoch:
             mine = replace(mine, window=westgard.NO_WINDOW, epoch=epoch)
@@ -543,12 +572,19 @@ class QcGate:
             seen = state.levels.get(level)
             if seen is None:
                 findings.append(Finding(f"qc-missing:{level}", f"no QC result for level {level}"))
-            elif at - seen.at > validity:
+            elif at - (taken := _taken(seen)) > validity:
                 findings.append(
                     Finding(
                         "qc-expired",
                         f"QC level {level} is older than "
-                        f"{policy.validity_hours} h ({seen.at:%Y-%m-%d %H:%M})",
+                        f"{policy.validity_hours} h ({taken:%Y-%m-%d %H:%M})",
+                    )
+                )
+            elif seen.unusable:
+                findings.append(
+                    Finding(
+                        f"qc-unevaluated:{level}",
+                        f"QC level {level} could not be evaluated: {seen.unusable}",
                     )
                 )
             elif seen.status == "reject":
@@ -573,9 +609,11 @@ class QcGate:
         test: str,
         at: datetime,
         measured_at: datetime | None = None,
+        received_at: datetime | None = None,
     ) -> list[Finding]:
-        """Why a patient result of ``test`` measured at ``measured_at`` may not be released
-        at ``at``; none when QC is in control."""
+        """Why a patient result of ``test`` measured at ``measured_at`` (on its analyser's
+        clock) and received at ``received_at`` (on ours; ``at`` for a result just come)
+        may not be released at ``at``; none when QC is in control."""
         out: list[Finding] = []
         if state.locked:
             out.append(
@@ -593,7 +631,8 @@ class QcGate:
         policy = self.policy(instrument, test)
         if policy is not None and policy.mode == "bracketed" and not out:
             closing = [state.levels.get(level) for level in policy.levels]
-            if not all(_closes(level, measured_at, at) for level in closing):
+            received = received_at or at
+            if not all(_closes(level, measured_at, received) for level in closing):
                 out.append(
                     Finding(
                         "awaiting-closing-qc", "bracketed QC: waits for the QC that closes its run"
@@ -602,18 +641,26 @@ class QcGate:
         return out
 
 
-def _closes(level: LevelState | None, measured_at: datetime | None, at: datetime) -> bool:
-    """Whether a control closes the run of a patient result measured at ``measured_at``:
-    measured after it (or in the same second), both times on the analyser's clock (one
-    behind or ahead by an hour moves both alike; the middleware's time of receipt against
-    the analyser's would release a result before its closing QC). Without both times,
-    received after it."""
+def _closes(level: LevelState | None, measured_at: datetime | None, received: datetime) -> bool:
+    """Whether a control closes the run of a patient result measured at ``measured_at``
+    and received at ``received``: measured after it, both times on the analyser's clock
+    (one behind or ahead by an hour moves both alike; our time of receipt against the
+    analyser's would release a result before its closing QC). Without both times, or
+    measured in the same second (the opening QC may be), received in a later message."""
     if level is None:
         return False
-    if measured_at is not None and level.measured_at is not None:
-        # Both to the second: a control of the same second is taken as after it.
-        return level.measured_at >= measured_at
-    return level.at >= (measured_at or at)
+    mine = level.measured_at
+    if measured_at is not None and mine is not None and mine != measured_at:
+        return mine > measured_at
+    return level.at > received
+
+
+def _taken(level: LevelState) -> datetime:
+    """When a control was measured, for its validity: the analyser's time when it is the
+    earlier (QC sent late, after a link was down, is as old as it is), else ours."""
+    if level.measured_at is not None and level.measured_at < level.at:
+        return level.measured_at
+    return level.at
 
 
 def _run_number(run: str) -> int:

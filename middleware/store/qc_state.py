@@ -371,6 +371,7 @@ def _test_qc(row: Any) -> TestQc:
             level["status"],
             tuple(level["violations"]),
             datetime.fromisoformat(level["measured"]) if level.get("measured") else None,
+            level.get("unusable", ""),
         )
         for name, level in json.loads(row.levels).items()
     }
@@ -402,6 +403,7 @@ def _test_row(key: TestKey, state: TestQc, at: datetime) -> dict[str, Any]:
             "status": level.status,
             "violations": list(level.violations),
             "measured": level.measured_at.isoformat() if level.measured_at else None,
+            **({"unusable": level.unusable} if level.unusable else {}),
         }
         for name, level in state.levels.items()
     }

@@ -320,6 +320,8 @@ class Held(NamedTuple):
     """Who sent it early, when a person did; None when the rules did, or nobody."""
     rerun_requested: bool = False
     """A person asked for a re-run: the re-run result replaces it."""
+    received_at: datetime | None = None
+    """When it was received (stored)."""
 
 
 def _held(conn: Connection, rows: list[Any]) -> list[Held]:
@@ -332,6 +334,7 @@ def _held(conn: Connection, rows: list[Any]) -> list[Held]:
             marks[result_id].preliminary_at is not None,
             marks[result_id].preliminary_by,
             marks[result_id].rerun_requested_at is not None,
+            utc(marks[result_id].stored_at),
         )
         for result_id, result in found
     ]
