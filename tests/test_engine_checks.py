@@ -111,6 +111,24 @@ def test_measurable_range_and_censored_values(value: str, expected: list[str]) -
     assert codes(ctx_of(result("GLU", value))) == expected
 
 
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        *((s, []) for s in ("F", "C", "P", "V", "R", "N", "U", "")),
+        ("W", ["result-status:W"]),  # E1394: validity questionable; HL7: wrong
+        ("D", ["result-status:D"]),  # HL7: delete the observation
+        ("I", ["result-status:I"]),  # pending in the instrument
+        ("S", ["result-status:S"]),  # partial
+        ("O", ["result-status:O"]),  # HL7: an order's detail, no result
+        ("Z", ["result-status:Z"]),  # neither standard's
+    ],
+)
+def test_a_result_the_analyser_did_not_give_as_final_is_held(
+    status: str, expected: list[str]
+) -> None:
+    assert codes(ctx_of(result("GLU", "5", status=status))) == expected
+
+
 def test_instrument_flags_and_status() -> None:
     flagged = result("GLU", "5", instrument_flags=("ORL",), abnormal_flags=("HH",))
     assert codes(ctx_of(flagged)) == ["instrument-flag", "flag:HH"]

@@ -15,6 +15,18 @@ from middleware.engine.rules import Autoverification, DeltaCheck, Range
 # E1394 R.9 result status: X = the test could not be done.
 _NOT_DONE = {"X"}
 
+# The statuses (R.9 in E1394, OBX-11 in HL7 table 0085) of a value that is a result to
+# report: final, corrected, preliminary (sent as such), operator verified, previously
+# transmitted, with new information, changed to final, a MIC level, an answer to a query.
+_REPORTABLE = frozenset({"", "F", "C", "P", "V", "R", "N", "U", "M", "Q"})
+_NOT_REPORTABLE = {
+    "I": "pending in the instrument",
+    "S": "partial",
+    "W": "of questionable validity, or wrong",
+    "D": "to be deleted",
+    "O": "an order's detail, not a result",
+}
+
 
 def matching_range(
     ranges: Sequence[Range], result: Result, patient: Patient | None
@@ -43,6 +55,13 @@ def matching_range(
 def flag_findings(result: Result, options: Autoverification) -> Iterator[Finding]:
     if result.status in _NOT_DONE:
         yield Finding("test-not-done", f"the analyser could not do {result.test_code}")
+    elif result.status not in _REPORTABLE:
+        # Never to the LIS as final: a person looks at what the analyser said of it.
+        meaning = _NOT_REPORTABLE.get(result.status, "neither final nor corrected")
+        yield Finding(
+            f"result-status:{result.status}",
+            f"the analyser marked the result of {result.test_code} {result.status}: {meaning}",
+        )
     elif not result.value.text.strip():
         # An analyser that could not measure may still call the result final (a Dimension
         # with an error comment, an AU with data flags): an empty value must not reach the
