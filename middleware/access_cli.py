@@ -29,16 +29,13 @@ def _fail(command: str, message: str, status: int = 1) -> int:
 
 def _engine(args: argparse.Namespace, command: str) -> Engine | None:
     """The configured database at the newest schema; None, said, when the configuration
-    is refused."""
-    from middleware.cli import _settings
+    is refused or its database is not there."""
+    from middleware.cli import _store_settings
     from middleware.store.database import migrate, open_engine
 
-    settings = _settings(args, command)
+    settings = _store_settings(args, command)
     if settings is None:
         return None
-    if settings.database_url is None:
-        # Users may be added before the daemon first ran, which makes the directory.
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
     engine = open_engine(settings.database, settings.database_lock_timeout)
     migrate(engine)
     return engine

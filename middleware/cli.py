@@ -83,7 +83,7 @@ def _outbox(args: argparse.Namespace) -> int:
     from middleware.store import Store
 
     command = f"outbox {args.outbox_command}"
-    settings = _settings(args, command)
+    settings = _store_settings(args, command)
     if settings is None:
         return 2
     store = Store(settings.database)
@@ -113,10 +113,10 @@ def _read_store(
     args: argparse.Namespace, command: str, work: Callable[[Connection], list[dict[str, Any]]]
 ) -> list[dict[str, Any]] | None:
     """Rows ``work`` reads from the database the configuration names; None, said on
-    stderr, when the configuration is refused."""
+    stderr, when the configuration is refused or its database is not there."""
     from middleware.store import Store
 
-    settings = _settings(args, command)
+    settings = _store_settings(args, command)
     if settings is None:
         return None
     store = Store(settings.database)
@@ -136,6 +136,29 @@ def _settings(args: argparse.Namespace, command: str) -> Settings | None:
     except ConfigError as exc:
         print(f"lis-middleware {command}: configuration refused:\n{exc}", file=sys.stderr)
         return None
+
+
+def _store_settings(args: argparse.Namespace, command: str) -> Settings | None:
+    """The configuration of a command that works on the daemon's database; None, said on
+    stderr, when it is refused or names a SQLite file that is not there. Opened, such a
+    file would be made: a new, empty database beside the daemon's, which the command
+    would read or write without a word."""
+    from sqlalchemy import make_url
+
+    settings = _settings(args, command)
+    if settings is None:
+        return None
+    url = settings.database
+    if url.startswith("sqlite"):
+        path = Path(make_url(url).database or "")
+        if not path.is_file():
+            print(
+                f"lis-middleware {command}: no database at {path}: is state_dir right? "
+                "(the daemon creates it at its first start)",
+                file=sys.stderr,
+            )
+            return None
+    return settings
 
 
 def _run(args: argparse.Namespace) -> int:

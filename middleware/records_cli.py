@@ -24,10 +24,11 @@ def _fail(command: str, message: str, status: int = 1) -> int:
     return status
 
 
-def _load(args: argparse.Namespace, command: str) -> Settings | None:
-    from middleware.cli import _settings
+def _load(args: argparse.Namespace, command: str, existing: bool = True) -> Settings | None:
+    """The configuration; with ``existing``, only when its database is there."""
+    from middleware.cli import _settings, _store_settings
 
-    return _settings(args, command)
+    return _store_settings(args, command) if existing else _settings(args, command)
 
 
 def _engine(settings: Settings) -> Engine:
@@ -81,10 +82,12 @@ def _backup(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
+    from sqlalchemy import make_url
+
     from middleware.store.audit import audit
     from middleware.store.backup import BackupError, restore
 
-    settings = _load(args, "restore")
+    settings = _load(args, "restore", existing=False)
     if settings is None:
         return 2
     now = datetime.now(UTC)
@@ -102,9 +105,14 @@ def _restore(args: argparse.Namespace) -> int:
                 audit(conn, now, args.by, "backup.restore", str(Path(args.source).resolve()))
     finally:
         engine.dispose()
+    target = make_url(settings.database)
+    sqlite = target.get_backend_name() == "sqlite"
+    where = target.database if sqlite else target.render_as_string(hide_password=True)
     if done.set_aside is not None:
         print(f"the database replaced is kept as {done.set_aside}")
-    print(f"restored {sum(done.rows.values())} rows from {args.source}; start the daemon")
+    print(
+        f"restored {sum(done.rows.values())} rows from {args.source} into {where}; start the daemon"
+    )
     return 0
 
 
@@ -129,7 +137,7 @@ def _archive_verify(args: argparse.Namespace, directory: Path) -> int:
         if args.key is not None:
             key = load_key(Path(args.key), Path())
         else:
-            settings = _load(args, "archive verify")
+            settings = _load(args, "archive verify", existing=False)
             if settings is None:
                 return 2
             key = _key(settings)

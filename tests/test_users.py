@@ -203,16 +203,3 @@ def test_tokens_from_the_command_line(
     assert run(capsys, "tokens", "disable", "nothing", "--config", config)[0] == 1
     assert [a for _, a, _, _ in audited(store)] == ["token.add", "token.disable"]
     assert secret not in str(audited(store))
-
-
-def test_users_may_be_added_before_the_daemon_ever_ran(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config = tmp_path / "middleware.yaml"
-    config.write_text(f"state_dir: {tmp_path / 'new-state'}\n")
-    stdin(monkeypatch, PASSWORD + "\n")
-    add = ("users", "add", "alice", "--role", "biologist", "--password-stdin")
-    assert run(capsys, *add, "--config", str(config))[0] == 0
-    assert (tmp_path / "new-state" / "middleware.db").exists()
-    status, out, _ = run(capsys, "audit", "verify", "--config", str(config))
-    assert status == 0 and out.startswith("audit log intact: 1 entries")
