@@ -100,9 +100,31 @@ def test_the_unit_agrees_with_the_daemon() -> None:
     assert service["CapabilityBoundingSet"] == [""]
     assert service["StateDirectory"] == ["lis-middleware"]
     assert service["ConfigurationDirectory"] == ["lis-middleware"]
-    assert "Environment" in service
-    assert "MIDDLEWARE_STATE_DIR=%S/lis-middleware" in service["Environment"]
+    # Where the database is, the configuration file alone says (as the docs' install
+    # writes it): the commands run from a shell read the same file as the daemon.
+    assert not any("MIDDLEWARE_" in value for value in service.get("Environment", []))
+    assert service["WorkingDirectory"] == ["%S/lis-middleware"]
     assert service["ExecStart"][0].endswith(" run --config /etc/lis-middleware/middleware.yaml")
+
+
+def test_the_installed_configuration_names_the_units_directories(tmp_path: Path) -> None:
+    """docs/operations.md installs config/example.yaml and edits it with one sed: the file
+    then names the unit's state directory and the rules the install copies, whatever
+    directory the command that reads it runs from."""
+    from middleware.settings import load_settings
+
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    install = re.search(r"^(sed -i .*?) /etc/lis-middleware/middleware.yaml$", docs, re.M | re.S)
+    assert install is not None
+    config = tmp_path / "middleware.yaml"
+    shutil.copyfile(ROOT / "config" / "example.yaml", config)
+    subprocess.run(["sh", "-c", f"{install[1]} {config}"], check=True)
+    settings = load_settings(config)
+    service = service_section(UNIT.read_text())
+    assert service["StateDirectory"] == ["lis-middleware"]
+    assert settings.state_dir == Path("/var/lib/lis-middleware")  # %S/lis-middleware
+    assert settings.rules_dir == Path("/etc/lis-middleware/rules")
+    assert "cp -r rules /etc/lis-middleware/rules" in docs
 
 
 # --- MemoryDenyWriteExecute= -------------------------------------------------------------------
