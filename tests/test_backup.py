@@ -156,3 +156,72 @@ def test_an_altered_backup_fails_verify_naming_the_file_and_is_not_restored(
 def _mkdir(path: Path) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     return True
+
+
+def test_restore_into_a_database_not_there_yet_says_where_and_leaves_no_lease(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine = open_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            instrument_leases.insert().values(
+                instrument="an1", owner="node-a/4711", acquired_at=NOW, renewed_at=NOW
+            )
+        )
+    engine.dispose()
+    assert (
+        main(
+            [
+                "backup",
+                str(tmp_path / "backup"),
+                "--config",
+                str(write_config(tmp_path, database_url)),
+            ]
+        )
+        == 0
+    )
+    with empty_target(database_url, tmp_path) as target:
+        config = write_config(tmp_path / "other", target) if _mkdir(tmp_path / "other") else None
+        assert config is not None
+        capsys.readouterr()
+        assert main(["restore", str(tmp_path / "backup"), "--config", str(config)]) == 0
+        where = target.removeprefix("sqlite:///")
+        assert (
+            f"from {tmp_path / 'backup'} into {where}; start the daemon" in capsys.readouterr().out
+        )
+        # The lease of the daemon that ran when the backup was taken would refuse the
+        # first start for lease_seconds, in the name of a daemon that is not there.
+        assert query(target, "SELECT count(*) FROM instrument_leases") == [(0,)]
+
+
+def test_a_postgresql_database_not_there_or_not_reachable_is_said_in_a_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with fresh_postgres_database() as url:
+        Store(url).close()
+        assert (
+            main(["backup", str(tmp_path / "backup"), "--config", str(write_config(tmp_path, url))])
+            == 0
+        )
+    base = url.rpartition("/")[0]
+    absent = write_config(_at(tmp_path / "absent"), f"{base}/mw_absent")
+    capsys.readouterr()
+    for command in (["backup", str(tmp_path / "new")], ["restore", str(tmp_path / "backup")]):
+        assert main([*command, "--config", str(absent)]) == 1
+        assert capsys.readouterr().err == (
+            f'lis-middleware {command[0]}: database "mw_absent" does not exist: '
+            f"create it (createdb mw_absent) and run {command[0]} again\n"
+        )
+    away = write_config(_at(tmp_path / "away"), "postgresql://postgres:secret@127.0.0.1:1/mw")
+    assert main(["restore", str(tmp_path / "backup"), "--config", str(away)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "lis-middleware restore: cannot reach the database "
+        "postgresql://postgres:***@127.0.0.1:1/mw: "
+    )
+    assert err.count("\n") == 1 and "Connection refused" in err
+
+
+def _at(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path

@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, inspect, literal, make_url, select, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
 
 from middleware.store.database import HEAD, open_engine
 from middleware.store.records import RECORD_TABLES
@@ -149,10 +150,11 @@ def backup(url: str, destination: Path, now: datetime) -> Manifest:
         raise BackupError(f"{destination}: cannot make the directory: {exc.strerror}") from None
     engine = open_engine(url)
     try:
-        if engine.dialect.name == "sqlite":
-            name, revision, rows = _backup_sqlite(url, destination)
-        else:
-            name, revision, rows = _backup_postgres(engine, url, destination)
+        with _reaching(url, "backup"):
+            if engine.dialect.name == "sqlite":
+                name, revision, rows = _backup_sqlite(url, destination)
+            else:
+                name, revision, rows = _backup_postgres(engine, url, destination)
     finally:
         engine.dispose()
     path = destination / name
@@ -292,6 +294,13 @@ def restore(url: str, source: Path, force: bool, now: datetime, lease_seconds: f
         raise BackupError(
             f"the backup is at schema {manifest.revision}, newer than this version's {HEAD}"
         )
+    with _reaching(url, "restore"):
+        return _restore(url, source, manifest, force, now, lease_seconds)
+
+
+def _restore(
+    url: str, source: Path, manifest: Manifest, force: bool, now: datetime, lease_seconds: float
+) -> Restored:
     engine = open_engine(url)
     try:
         if engine.dialect.name != manifest.database:
@@ -320,15 +329,40 @@ def restore(url: str, source: Path, force: bool, now: datetime, lease_seconds: f
     try:
         with engine.connect() as conn:
             rows = row_counts(conn)
+        differ = [t for t, n in manifest.rows.items() if rows.get(t) != n]
+        if differ:
+            table = differ[0]
+            raise BackupError(
+                f"restored {rows.get(table)} rows of {table}, "
+                f"the manifest says {manifest.rows[table]}"
+            )
+        # The backup's leases are those of daemons that ran when it was taken: kept, they
+        # would refuse the next start for up to lease_seconds in the name of a daemon
+        # that is not there (none runs on the target: checked above).
+        with engine.begin() as conn:
+            conn.execute(instrument_leases.delete())
     finally:
         engine.dispose()
-    differ = [t for t, n in manifest.rows.items() if rows.get(t) != n]
-    if differ:
-        table = differ[0]
-        raise BackupError(
-            f"restored {rows.get(table)} rows of {table}, the manifest says {manifest.rows[table]}"
-        )
     return Restored(manifest.database, rows, set_aside)
+
+
+@contextmanager
+def _reaching(url: str, command: str) -> Iterator[None]:
+    """A database that cannot be reached or is not there, said in one line rather than
+    with the driver's traceback."""
+    try:
+        yield
+    except OperationalError as exc:
+        # psycopg: 'connection failed: connection to server at ... failed: FATAL:  why'
+        first = str(exc.orig).splitlines()[0] if str(exc.orig) else str(exc)
+        why = first.rpartition("failed: ")[2].removeprefix("FATAL:").strip()
+        name = make_url(url).database
+        if why == f'database "{name}" does not exist':
+            raise BackupError(
+                f"{why}: create it (createdb {name}) and run {command} again"
+            ) from None
+        where = make_url(url).render_as_string(hide_password=True)
+        raise BackupError(f"cannot reach the database {where}: {why}") from None
 
 
 @contextmanager
