@@ -164,28 +164,31 @@ class Control:
             try:
                 rules = await asyncio.to_thread(load_rules, directory, SETTLE_SECONDS)
             except FileError as exc:
-                log.error(
-                    "rules refused; the rules in force stay",
-                    directory=str(directory),
-                    problems=exc.problems,
-                    kept=self.rules is not None,
-                    by=actor,
-                )
+                # Refused before any were in force (at start), the caller says what follows.
+                if self.rules is not None:
+                    log.error(
+                        "rules refused; the rules in force stay",
+                        directory=str(directory),
+                        problems=exc.problems,
+                        by=actor,
+                    )
                 raise RulesRefused(exc.problems) from None
             change = rules_diff(self.rules, rules)
             text, digest = as_json(rules)
 
-            def put(conn: Connection) -> rules_in_force.RulesVersion:
+            def put(conn: Connection) -> tuple[rules_in_force.RulesVersion, bool]:
                 now = utcnow()
                 in_force = rules_in_force.latest(conn)
                 # Rules already in force (a daemon started again, or another's) are no
                 # change to audit.
-                if change and (in_force is None or in_force.digest != digest):
+                changed = in_force is None or in_force.digest != digest
+                if change and changed:
                     detail = {"sources": rules.sources, "diff": change}
                     audit(conn, now, actor, "rules.load", str(directory), detail)
-                return rules_in_force.put(conn, digest, text, actor, self.node, now)
+                return rules_in_force.put(conn, digest, text, actor, self.node, now), changed
 
-            self.rules_version = (await store.write(put)).id
+            version, changed = await store.write(put)
+            self.rules_version = version.id
             self.rules = rules
             if self.engine is None:
                 engine = self.engine = Engine(rules, self.settings.zone)
@@ -196,7 +199,9 @@ class Control:
                 # Swapped in the writer's thread, between two messages, never during one.
                 engine = self.engine
                 await store.write(lambda _conn: engine.replace_rules(rules))
-        log.info("rules in force", summary=rules.summary(), changed=bool(change), by=actor)
+        # changed: against the rules in force in the database, not this process's: a
+        # restart on the same files changes nothing.
+        log.info("rules in force", summary=rules.summary(), changed=changed, by=actor)
         return rules
 
     async def follow_rules(self) -> bool:

@@ -216,9 +216,17 @@ class Daemon:
         # The instruments first: a daemon refused them must not put its rules in force
         # for the daemons that serve them.
         await self._claim_instruments(self.store)
-        if self.settings.rules_dir is not None and await self.reload_rules("daemon start"):
-            await self.store.write(lambda conn: leases.release(conn, self.owner))
-            raise SystemExit(2)
+        rules_dir = self.settings.rules_dir
+        if rules_dir is not None:
+            if not rules_dir.is_dir():
+                refused = [f"rules_dir {rules_dir} is not a directory"]
+            else:
+                refused = await self.reload_rules("daemon start")
+            if refused:
+                # No rules are in force yet, and without them the daemon does not serve.
+                log.error(f"not started: {refused[0]}", problems=refused)
+                await self.store.write(lambda conn: leases.release(conn, self.owner))
+                raise SystemExit(2)
         for config in self.settings.instruments:
             if config.enabled:
                 await self._start_instrument(config, self.store)

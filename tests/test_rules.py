@@ -4,6 +4,7 @@ and the daemon keeps the last good rules and audits every accepted change."""
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import signal
 import sqlite3
@@ -311,4 +312,28 @@ def test_daemon_refuses_to_start_on_bad_rules(tmp_path: Path, rules_dir: Path) -
     with pytest.raises(RuntimeError, match="daemon exited"):
         daemon.start()
     assert daemon.stop() == 2
-    assert "low (9) must be below high (1)" in daemon.log.read_text()
+    log = daemon.log.read_text()
+    assert "not started: " in log and "low (9) must be below high (1)" in log
+    assert "in force stay" not in log  # none were in force
+
+
+def test_daemon_refuses_to_start_on_a_rules_dir_not_there(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path, [], rules_dir=str(tmp_path / "rules"))
+    with pytest.raises(RuntimeError, match="daemon exited"):
+        daemon.start()
+    assert daemon.stop() == 2
+    log = daemon.log.read_text()
+    assert f'"event": "not started: rules_dir {tmp_path / "rules"} is not a directory"' in log
+    assert "in force stay" not in log
+
+
+def test_the_same_rules_at_a_restart_are_no_change(tmp_path: Path, rules_dir: Path) -> None:
+    daemon = DaemonProcess(tmp_path, [], rules_dir=str(rules_dir))
+    in_force = []
+    for _ in range(2):
+        daemon.start()
+        assert daemon.stop() == 0
+        lines = daemon.log.read_text().splitlines()
+        in_force += [json.loads(line) for line in lines if "rules in force" in line]
+        daemon.log.unlink()  # the next start waits for its own "daemon running"
+    assert [line["changed"] for line in in_force] == [True, False]
