@@ -629,6 +629,26 @@ class Settings(BaseSettings):
         return self.database_url or default_url(self.state_dir)
 
 
+#: Keys naming a file or directory, wherever they are in the file: relative to the file.
+_PATHS = {"state_dir", "rules_dir", "key_file", "session_key_file", "ca_file", "cert_file"}
+
+
+def _beside(value: Any, directory: Path) -> Any:
+    """``value`` read from a file in ``directory``, each relative path of a ``_PATHS``
+    key made relative to that directory: the file means the same from any working
+    directory (a shell's, the service's)."""
+    if isinstance(value, list):
+        return [_beside(item, directory) for item in value]
+    if not isinstance(value, dict):
+        return value
+    return {
+        key: str(directory / item)
+        if key in _PATHS and isinstance(item, str) and not Path(item).is_absolute()
+        else _beside(item, directory)
+        for key, item in value.items()
+    }
+
+
 def load_settings(path: Path | None) -> Settings:
     """Settings from the YAML file at ``path`` (if any) and the environment."""
     data: dict[str, Any] = {}
@@ -638,20 +658,7 @@ def load_settings(path: Path | None) -> Settings:
             data, root = read_mapping(path)
         except FileError as exc:
             raise ConfigError(str(exc)) from None
-        for key in ("state_dir", "rules_dir"):
-            value = data.get(key)
-            if isinstance(value, str) and not Path(value).is_absolute():
-                data[key] = str(path.parent / value)
-        archive = data.get("archive")
-        if isinstance(archive, dict):
-            key_file = archive.get("key_file")
-            if isinstance(key_file, str) and not Path(key_file).is_absolute():
-                data["archive"] = {**archive, "key_file": str(path.parent / key_file)}
-        api = data.get("api")
-        if isinstance(api, dict):
-            key_file = api.get("session_key_file")
-            if isinstance(key_file, str) and not Path(key_file).is_absolute():
-                data["api"] = {**api, "session_key_file": str(path.parent / key_file)}
+        data = _beside(data, path.parent)
     # BaseSettings would take _env_prefix, _secrets_dir... as options of its own: from the
     # file they are unknown keys like any other.
     problems = [

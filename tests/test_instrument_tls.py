@@ -167,19 +167,28 @@ def test_only_the_addresses_allowed_may_connect(
 
 
 def test_a_certificate_that_cannot_be_read_stops_the_start_naming_it(tmp_path: Path) -> None:
+    # Relative to the configuration file, not to the directory the daemon runs in.
+    files = issue_certificates(tmp_path, ["chem"])
     config = tmp_path / "config.yaml"
-    missing = tmp_path / "nowhere.pem"
-    config.write_text(
-        f"state_dir: {tmp_path / 'state'}\ninstruments:\n  - name: chem-1\n"
-        f"    transport: tcp-server\n    host: 127.0.0.1\n    port: {free_port()}\n"
-        f"    tls: {{cert_file: {missing}, key_file: {missing}}}\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "middleware", "run", "--config", str(config)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == 2, done.stderr
-    assert "TLS on instrument chem-1" in done.stderr and "No such file" in done.stderr
+    for cert, key, named in (
+        ("nowhere.pem", "chem.key", tmp_path / "nowhere.pem"),
+        ("chem.pem", "nowhere.key", tmp_path / "nowhere.key"),
+    ):
+        config.write_text(
+            f"state_dir: {tmp_path / 'state'}\ninstruments:\n  - name: chem-1\n"
+            f"    transport: tcp-server\n    host: 127.0.0.1\n    port: {free_port()}\n"
+            f"    tls: {{cert_file: {cert}, key_file: {key}}}\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "middleware", "run", "--config", str(config)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines()[-1] == (
+            f"lis-middleware run: not started: TLS on instrument chem-1: {named}: "
+            "No such file or directory"
+        )
+    assert files["chem_cert"] == tmp_path / "chem.pem"
 
 
 @pytest.mark.parametrize(

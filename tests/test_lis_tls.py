@@ -105,7 +105,13 @@ async def test_orders_come_over_tls_and_only_from_the_addresses_allowed(
 
 def test_unusable_certificates_are_refused_naming_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "missing.pem"
-    with pytest.raises(TlsError, match="TLS to the LIS"):
+    with pytest.raises(TlsError, match=f"^TLS to the LIS: {missing}: No such file"):
         client_context(TlsConfig(ca_file=missing))
-    with pytest.raises(TlsError, match="orders port"):
+    with pytest.raises(TlsError, match=f"^TLS on the orders port: {missing}: No such file"):
         server_context(TlsConfig(cert_file=missing, key_file=missing))
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(TlsError, match=f"^TLS to the LIS: {garbage}: "):
+        client_context(TlsConfig(ca_file=garbage))
+    with pytest.raises(TlsError, match=f"^TLS on the orders port: {garbage} with {garbage}: "):
+        server_context(TlsConfig(cert_file=garbage, key_file=garbage))

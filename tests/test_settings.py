@@ -154,3 +154,31 @@ def test_the_lis_section_says_how_results_are_built(tmp_path: Path) -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "nope.yaml")
+
+
+def test_every_file_named_is_relative_to_the_configuration_file(tmp_path: Path) -> None:
+    tls = "{ca_file: ca.pem, cert_file: certs/mw.pem, key_file: /abs/mw.key}"
+    settings = load_settings(
+        write(
+            tmp_path,
+            f"rules_dir: rules\narchive: {{key_file: archive.key}}\n"
+            f"api: {{tls: {tls}}}\nlis: {{host: lis, port: 2575, tls: {tls}, orders_port: 2576,"
+            f" orders_tls: {tls}}}\nevents: {{url: 'mqtts://broker', tls: {tls}}}\n"
+            "instruments:\n"
+            f"  - {{name: a, transport: tcp-server, port: 5001, tls: {tls}}}\n",
+        )
+    )
+    assert settings.rules_dir == tmp_path / "rules"
+    assert settings.archive.key_file == tmp_path / "archive.key"
+    assert settings.api is not None and settings.lis is not None and settings.events is not None
+    for each in (
+        settings.api.tls,
+        settings.lis.tls,
+        settings.lis.orders_tls,
+        settings.events.tls,
+        settings.instruments[0].tls,
+    ):
+        assert each is not None
+        assert each.ca_file == tmp_path / "ca.pem"
+        assert each.cert_file == tmp_path / "certs" / "mw.pem"
+        assert each.key_file == Path("/abs/mw.key")

@@ -8,6 +8,7 @@ import asyncio
 import ipaddress
 import ssl
 from collections.abc import Sequence
+from pathlib import Path
 
 from middleware.settings import InstrumentConfig, TlsConfig
 
@@ -19,12 +20,9 @@ class TlsError(Exception):
 def client_context(config: TlsConfig, what: str = "TLS to the LIS") -> ssl.SSLContext:
     """Checks the server's certificate and name; shows ours when configured. ``what``
     names the link in errors."""
-    try:
-        context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
-        if config.cert_file is not None and config.key_file is not None:
-            context.load_cert_chain(config.cert_file, config.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"{what}: {exc}") from None
+    context = _with_authorities(ssl.Purpose.SERVER_AUTH, config, what)
+    if config.cert_file is not None and config.key_file is not None:
+        _load_ours(context, config.cert_file, config.key_file, what)
     return context
 
 
@@ -33,16 +31,39 @@ def server_context(config: TlsConfig, what: str = "TLS on the orders port") -> s
     link in errors."""
     if config.cert_file is None or config.key_file is None:
         raise TlsError(f"{what} needs cert_file and key_file")
-    try:
-        context = ssl.create_default_context(
-            ssl.Purpose.CLIENT_AUTH, cafile=str(config.ca_file) if config.ca_file else None
-        )
-        context.load_cert_chain(config.cert_file, config.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"{what}: {exc}") from None
+    context = _with_authorities(ssl.Purpose.CLIENT_AUTH, config, what)
+    _load_ours(context, config.cert_file, config.key_file, what)
     if config.require_client_certificate:
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def _readable(path: Path, what: str) -> None:
+    # ssl's own errors name no file, and OpenSSL's say only "PEM lib".
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise TlsError(f"{what}: {path}: {exc.strerror or exc}") from None
+
+
+def _with_authorities(purpose: ssl.Purpose, config: TlsConfig, what: str) -> ssl.SSLContext:
+    """A context checking the peer against ``ca_file``, or the system's authorities."""
+    if config.ca_file is None:
+        return ssl.create_default_context(purpose)
+    _readable(config.ca_file, what)
+    try:
+        return ssl.create_default_context(purpose, cafile=str(config.ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"{what}: {config.ca_file}: {exc}") from None
+
+
+def _load_ours(context: ssl.SSLContext, cert_file: Path, key_file: Path, what: str) -> None:
+    _readable(cert_file, what)
+    _readable(key_file, what)
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"{what}: {cert_file} with {key_file}: {exc}") from None
 
 
 def instrument_context(config: InstrumentConfig) -> ssl.SSLContext | None:
