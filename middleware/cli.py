@@ -245,13 +245,15 @@ def _reagents_trace(args: argparse.Namespace) -> int:
         return 2
     for row in rows:
         if args.format == "json":
-            print(json.dumps({k: row[k] for k in _TRACE_FIELDS}, default=str))
+            line = json.dumps({k: row[k] for k in _TRACE_FIELDS}, default=_json_value)
         else:
-            print(
+            line = (
                 f"{row['kind']:<8} {row['instrument']:<12} {row['specimen_id']:<16} "
                 f"{row['test_code']:<10} {row['value_text']:>10} {row['units']:<8} "
                 f"{row['completed_at'] or ''}  {row['reagent']}"
             )
+        if not _print_out(line):
+            return 141
     print(f"{len(rows)} result(s) produced with lot {args.lot}", file=sys.stderr)
     return 0
 
@@ -266,15 +268,30 @@ def _held(args: argparse.Namespace) -> int:
         return 2
     for row in rows:
         if args.format == "json":
-            print(json.dumps({**row, "findings": json.loads(row["findings"])}, default=str))
+            findings = json.loads(row["findings"])
+            line = json.dumps({**row, "findings": findings}, default=_json_value)
         else:
-            print(
+            line = (
                 f"{row['instrument']:<12} {row['specimen_id']:<16} {row['test_code']:<10} "
                 f"{row['value_text']:>10} {row['units']:<8} {row['held_since']:%Y-%m-%d %H:%M}  "
                 f"{row['reasons']}"
             )
+        if not _print_out(line):
+            return 141
     print(f"{len(rows)} result(s) held", file=sys.stderr)
     return 0
+
+
+def _json_value(value: object) -> str:
+    """A stored value JSON has no type for: a time as ISO 8601 in UTC with its offset
+    (SQLite gives times back without their zone), anything else as text."""
+    from datetime import UTC, datetime
+
+    from middleware.store.sql import utc
+
+    if isinstance(value, datetime):
+        return (utc(value) or value).astimezone(UTC).isoformat()
+    return str(value)
 
 
 _TRACE_FIELDS = (

@@ -226,8 +226,7 @@ def _purge(args: argparse.Namespace) -> int:
             with engine.connect() as conn:
                 months = [a.period for a in archives.recorded(conn)]
                 found = overdue(conn, limits, months)
-            _print_overdue(found, limits, args.format)
-            return 0
+            return 0 if _print_overdue(found, limits, args.format) else 141
         try:
             done = purge(engine, _key(settings), limits, now, args.by)
         except (PurgeRefused, ArchiveError) as exc:
@@ -241,10 +240,13 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_overdue(found: list[Overdue], limits: dict[str, datetime], form: str) -> None:
+def _print_overdue(found: list[Overdue], limits: dict[str, datetime], form: str) -> bool:
+    """False when whoever reads the list has gone (``| head``)."""
+    from middleware.cli import _print_out
+
     if form == "json":
         for item in found:
-            print(
+            said = _print_out(
                 json.dumps(
                     {
                         "kind": item.kind,
@@ -257,19 +259,25 @@ def _print_overdue(found: list[Overdue], limits: dict[str, datetime], form: str)
                     }
                 )
             )
-        return
+            if not said:
+                return False
+        return True
+    lines = []
     for kind, limit in limits.items():
-        print(f"{kind}: kept until {limit:%Y-%m-%d %H:%M} UTC")
+        lines.append(f"{kind}: kept until {limit:%Y-%m-%d %H:%M} UTC")
         past = [item for item in found if item.kind == kind and item.rows]
         if not past:
-            print("  nothing past retention")
+            lines.append("  nothing past retention")
         for item in past:
             span = f"{item.oldest:%Y-%m-%d} .. {item.newest:%Y-%m-%d}" if item.oldest else ""
-            print(
+            lines.append(
                 f"  {item.name:<22} {item.rows:>10} past retention  {span}  "
                 f"{item.archived} in archived months"
             )
+    if not _print_out("\n".join(lines)):
+        return False
     print("purge deletes only rows past retention that a verified archive holds", file=sys.stderr)
+    return True
 
 
 # ---------------------------------------------------------------------------- parser
