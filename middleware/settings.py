@@ -1,8 +1,8 @@
 """Daemon configuration: a YAML file, overridden by ``MIDDLEWARE_*`` environment variables.
 
-``MIDDLEWARE_DATABASE_URL``, ``MIDDLEWARE_STATE_DIR`` and ``MIDDLEWARE_LOG_LEVEL`` override
-their keys; nested keys use a double underscore (``MIDDLEWARE_LOG__FORMAT``) and lists are
-given as JSON (``MIDDLEWARE_INSTRUMENTS='[...]'``).
+``MIDDLEWARE_DATABASE_URL`` and ``MIDDLEWARE_STATE_DIR`` override their keys; nested keys
+use a double underscore (``MIDDLEWARE_LOG__LEVEL``, ``MIDDLEWARE_LOG__FORMAT``) and lists
+are given as JSON (``MIDDLEWARE_INSTRUMENTS='[...]'``). Paths in the file are relative to it.
 """
 
 from __future__ import annotations

@@ -155,3 +155,11 @@ def test_a_key_is_made_once_readable_by_its_owner_only(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(key) == 64 and load_key(None, tmp_path / "state", create=True) == key
     assert load_key(None, tmp_path / "state") == key
+
+
+def test_the_operations_guide_names_every_file_of_an_archive() -> None:
+    from middleware.store.records import RECORD_TABLES
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    [row] = [line for line in guide.splitlines() if line.startswith("| `<table>.jsonl` |")]
+    assert ", ".join(f"`{record.name}`" for record in RECORD_TABLES) in row
