@@ -84,6 +84,31 @@ def configure_logging(level: str = "info", form: str = "auto") -> None:
         logger_factory=lambda *_: _LogLines(sys.stderr),
         cache_logger_on_first_use=False,
     )
+    # Libraries log through the standard library (the MQTT client's "pending publish
+    # calls", uvicorn's, asyncio's): their lines take the same form, not plain text between
+    # JSON objects. From warning up, as Python's last-resort handler gave them before.
+    handler = _LibraryLines(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(logging.WARNING, getattr(logging, level.upper(), logging.INFO)))
+
+
+class _LibraryLines(logging.StreamHandler):  # type: ignore[type-arg]
+    """The standard library's lines, lost rather than raised when the stream is gone (as
+    :class:`_LogLines`)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
 
 
 class _LogLines(structlog.PrintLogger):

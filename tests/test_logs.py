@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -120,3 +121,26 @@ def test_a_log_stream_gone_never_fails_the_thread_that_logs(
     thread.start()
     thread.join(5)
     assert failures == []
+
+
+def test_the_libraries_lines_are_json_too() -> None:
+    """The MQTT client, uvicorn and asyncio log through the standard library: in a process
+    logging JSON, their lines are JSON objects as well, below warning left out."""
+    program = (
+        "import logging\n"
+        "from middleware.daemon import configure_logging\n"
+        "configure_logging('info', 'json')\n"
+        "logging.getLogger('mqtt').warning('There are %d pending publish calls.', 17)\n"
+        "logging.getLogger('mqtt').info('Connected')\n"
+        "logging.getLogger('uvicorn.error').error('boom')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(line["logger"], line["level"], line["event"]) for line in lines] == [
+        ("mqtt", "warning", "There are 17 pending publish calls."),
+        ("uvicorn.error", "error", "boom"),
+    ]
+    assert all(line["timestamp"].endswith("Z") for line in lines)

@@ -91,7 +91,10 @@ def server_config(app: FastAPI) -> uvicorn.Config:
     """How uvicorn serves the API: in the daemon's loop (no lifespan), quiet but for
     warnings, and believing no peer's ``X-Forwarded-For``: the audit log and the login
     limit per address count the address that connected."""
-    return uvicorn.Config(app, log_level="warning", lifespan="off", proxy_headers=False)
+    # log_config None: uvicorn's lines go through the daemon's log handler, in its form.
+    return uvicorn.Config(
+        app, log_level="warning", log_config=None, lifespan="off", proxy_headers=False
+    )
 
 
 def bind_api_socket(host: str, port: int) -> socket.socket:
