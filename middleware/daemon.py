@@ -291,8 +291,11 @@ class Daemon:
         config = self.settings.events
         if config is not None:
             tls = client_context(config.tls, "TLS to the event broker") if config.tls else None
+            # Named by its node, the same at every start; each run its own client id,
+            # so that two daemons of one node do not push each other off the broker.
             self.events = EventPublisher(
                 broker_of(config.url, tls), config.prefix, config.client_id or self.owner,
+                name=config.client_id or self.node,
                 qos=config.qos, queue_limit=config.queue_limit,
                 on_count=lambda outcome: self.metrics.events.labels(outcome).inc(),
             )  # fmt: skip

@@ -192,6 +192,7 @@ class EventPublisher:
         prefix: str,
         client_id: str,
         *,
+        name: str | None = None,
         qos: int = 1,
         queue_limit: int = 1000,
         on_count: Callable[[str], None] | None = None,
@@ -200,6 +201,9 @@ class EventPublisher:
         self.broker = broker
         self.prefix = prefix
         self.client_id = client_id
+        self.name = name or client_id
+        """The daemon's name in its status topic: the same across its restarts, which
+        the broker's client id of each run need not be."""
         self.qos = qos
         self._queue: asyncio.Queue[Event] = asyncio.Queue(queue_limit)
         self._retained: dict[str, Event] = {}
@@ -213,7 +217,7 @@ class EventPublisher:
 
     @property
     def status_topic(self) -> str:
-        return f"{self.prefix}/daemons/{topic_level(self.client_id)}/status"
+        return f"{self.prefix}/daemons/{topic_level(self.name)}/status"
 
     def publish(self, event: Event) -> None:
         """Queue ``event``; never waits. Dropped (and counted) when the queue is full."""

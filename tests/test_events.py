@@ -275,3 +275,25 @@ async def test_an_hl7_analysers_connection_state_is_published(
         finally:
             assert daemon.stop() == 0
         await sub.wait_for("instruments/elite/status", state="stopped")
+
+
+async def test_the_daemons_status_topic_is_its_node_name_across_restarts(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """Without a client_id, a dashboard watching ``daemons/<node>/status`` sees the daemon
+    come and go, restart after restart, and no new retained topic is left at each."""
+    prefix = _prefix()
+    daemon = DaemonProcess(
+        tmp_path,
+        [{"name": "chem-1", "transport": "tcp-server", "host": "127.0.0.1",
+          "port": free_port()}],
+        node_name="lab-node-7", events={"url": broker.url, "prefix": prefix},
+    )  # fmt: skip
+    async with Subscriber("127.0.0.1", broker.port, prefix).listening() as sub:
+        for _ in range(2):
+            daemon.start()
+            await sub.wait_for("daemons/lab-node-7/status", state="online")
+            assert daemon.stop() == 0
+            await sub.wait_for("daemons/lab-node-7/status", state="stopped")
+        topics = {topic for topic, _, _ in sub.received if topic.startswith("daemons/")}
+    assert topics == {"daemons/lab-node-7/status"}
