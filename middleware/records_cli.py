@@ -91,6 +91,7 @@ def _restore(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     now = datetime.now(UTC)
+    replaced = _audit_head(settings.database)
     try:
         done = restore(
             settings.database, Path(args.source), args.force, now, settings.lease_seconds
@@ -102,7 +103,14 @@ def _restore(args: argparse.Namespace) -> int:
         with engine.connect() as conn:
             conn.execution_options(write=True)
             with conn.begin():
-                audit(conn, now, args.by, "backup.restore", str(Path(args.source).resolve()))
+                audit(
+                    conn,
+                    now,
+                    args.by,
+                    "backup.restore",
+                    str(Path(args.source).resolve()),
+                    replaced or "",
+                )
     finally:
         engine.dispose()
     target = make_url(settings.database)
@@ -114,6 +122,34 @@ def _restore(args: argparse.Namespace) -> int:
         f"restored {sum(done.rows.values())} rows from {args.source} into {where}; start the daemon"
     )
     return 0
+
+
+def _audit_head(url: str) -> dict[str, object] | None:
+    """The audit log's last entry in the database a restore replaces, if it holds one: a
+    restore takes the chain back to the backup's, and a head written down since is then
+    found in the restore's own entry, not in the chain."""
+    from sqlalchemy import inspect, make_url, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from middleware.store.database import open_engine
+    from middleware.store.schema import audit_log
+
+    target = make_url(url)
+    if target.get_backend_name() == "sqlite" and not Path(target.database or "").is_file():
+        return None  # opened, it would be made
+    engine = open_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table(audit_log.name):
+                return None
+            last = conn.execute(
+                select(audit_log.c.id, audit_log.c.hash).order_by(audit_log.c.id.desc()).limit(1)
+            ).first()
+    except SQLAlchemyError:
+        return None  # not reachable: the restore says so
+    finally:
+        engine.dispose()
+    return None if last is None else {"replaced_head": last.hash, "replaced_entry": last.id}
 
 
 # --------------------------------------------------------------------------- archive

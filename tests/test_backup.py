@@ -14,12 +14,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from middleware.cli import main
 from middleware.store import Store
+from middleware.store.audit import audit
 from middleware.store.backup import BackupError, backup, restore, verify_backup
 from middleware.store.database import HEAD, open_engine
-from middleware.store.schema import instrument_leases
+from middleware.store.schema import audit_log, instrument_leases
 from tests.conftest import fresh_postgres_database
 from tests.daemon import DaemonProcess, connect, free_port, query
 from tests.messages import three_tests
@@ -225,3 +227,31 @@ def test_a_postgresql_database_not_there_or_not_reachable_is_said_in_a_line(
 def _at(path: Path) -> Path:
     path.mkdir(parents=True)
     return path
+
+
+def test_a_restore_records_the_audit_head_it_replaced(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Entries written after the backup leave the chain with the restore: a head written
+    down since is found in the restore's entry, not taken for a rewrite."""
+    config = str(write_config(tmp_path, database_url))
+    store = Store(database_url)
+    store_month(store, datetime(2026, 3, 2, 8, 0, tzinfo=UTC), "MAR")
+    store.close()
+    assert main(["backup", str(tmp_path / "backup"), "--config", config]) == 0
+    engine = open_engine(database_url)
+    with engine.begin() as conn:
+        audit(conn, NOW, "ana", "rules.load", "/etc/lis-middleware/rules")
+        head, entry = conn.execute(
+            select(audit_log.c.hash, audit_log.c.id).order_by(audit_log.c.id.desc()).limit(1)
+        ).one()
+    engine.dispose()
+    capsys.readouterr()
+    assert main(["restore", str(tmp_path / "backup"), "--force", "--config", config]) == 0
+    [(action, detail)] = query(
+        database_url,
+        "SELECT action, detail FROM audit_log ORDER BY id DESC LIMIT 1",
+    )
+    assert action == "backup.restore"
+    assert json.loads(detail) == {"replaced_head": head, "replaced_entry": entry}
+    assert query(database_url, "SELECT count(*) FROM audit_log WHERE hash = :h", h=head) == [(0,)]
