@@ -41,6 +41,7 @@ from middleware.store import Store, leases
 from middleware.store.database import risky_settings
 from middleware.store.leases import Held
 from middleware.store.sql import utcnow
+from middleware.store.writer import StoreBusy
 from middleware.transport.channel import (
     ChannelEvent,
     ConnectionClosed,
@@ -609,6 +610,9 @@ async def _keep_running(
                 # what the task waits for, not a fault of its code; said without a traceback.
                 log.warning("task stopped by the database", error=str(exc.orig), **about)
                 reason = "database busy or out of reach"
+        except StoreBusy as exc:
+            log.warning("task stopped by the database", error=str(exc), **about)
+            reason = "database busy or out of reach"
         except Exception as exc:
             log.exception("task failed", **about)
             reason = repr(exc)

@@ -4,19 +4,24 @@ the users whose tokens the store holds."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import psycopg
 
 from middleware.web.roles import Role
 from tests import credentials
 from tests.conftest import ROOT
-from tests.daemon import DaemonProcess, connect, free_port
+from tests.daemon import DaemonProcess, connect, free_port, query
 from tests.messages import patient, qc
 from tests.peer import StreamPeer, send_message
+from tests.test_ingest_integrity import write_lock
 
 PATIENT = patient("S1", "5.0")
 
@@ -168,3 +173,80 @@ def test_own_limits_approval_and_calibration_survive_a_restart(tmp_path: Path) -
     assert history["AFTER-RESTART"] == ["hold:calibration", "release:"]
     assert history["AFTER-QC"] == ["release:"]
     assert sorted(evaluations) == [("1", 0), ("2", 1)]  # level 1 now on the lab's own limits
+
+
+@contextlib.contextmanager
+def locked(url: str) -> Iterator[None]:
+    """The tables a person's act writes locked by another process's transaction (all of
+    the database on SQLite), until the block ends."""
+    if url.startswith("sqlite"):
+        with write_lock(url):
+            yield
+        return
+    with psycopg.connect(url) as pg:
+        pg.execute("LOCK TABLE result_comments, qc_events, audit_log IN EXCLUSIVE MODE")
+        yield
+        pg.rollback()
+
+
+def session(base: str, name: str) -> tuple[httpx.Client, str]:
+    """A client logged in as ``name``, and its session's CSRF token."""
+    client = httpx.Client(base_url=base)
+    form = client.get("/login").text
+    token = form.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    login = {"username": name, "password": credentials.PASSWORD, "csrf_token": token}
+    assert client.post("/login", data=login).status_code == 303
+    return client, client.get("/api/session").json()["csrf_token"]
+
+
+def test_a_person_acting_on_a_locked_database_is_told_nothing_was_done(
+    tmp_path: Path, database_url: str
+) -> None:
+    analyser_port, api_port = free_port(), free_port()
+    daemon = DaemonProcess(
+        tmp_path,
+        [{"name": "chem-1", "transport": "tcp-server", "host": "127.0.0.1", "port": analyser_port}],
+        rules_dir=str(ROOT / "rules"),
+        api={"host": "127.0.0.1", "port": api_port},
+        database_url=database_url,
+        database_lock_timeout=0.5,
+    )
+    daemon.start()
+    try:
+        wait_until_listening(api_port)
+        credentials.user(database_url, "tess", Role.TECHNICIAN)
+        client, csrf = session(f"http://127.0.0.1:{api_port}", "tess")
+
+        async def analyser() -> None:
+            peer = StreamPeer(*await connect(analyser_port))
+            await send_message(peer, PATIENT)
+            await peer.close()
+
+        asyncio.run(analyser())
+        [(result_id,)] = query(database_url, "SELECT id FROM results")
+        comment = {"csrf_token": csrf, "text": "haemolysed"}
+        event = {"instrument": "chem-1", "tests": ["GLU"], "kind": "maintenance"}
+        with locked(database_url):
+            began = time.monotonic()
+            form = client.post(f"/held/{result_id}/comment", data=comment)
+            refused = client.post("/api/qc/events", json=event, headers={"X-CSRF-Token": csrf})
+            took = time.monotonic() - began
+        assert form.status_code == 303
+        said = parse_qs(urlsplit(form.headers["location"]).query)
+        assert said["error"] == ["the database is busy: nothing was done; try again"]
+        assert client.get(form.headers["location"]).text.count("the database is busy") == 1
+        assert refused.status_code == 503, refused.text
+        assert refused.json() == {"detail": "the database is busy: nothing was done; try again"}
+        assert int(refused.headers["retry-after"]) >= 1
+        assert took < 8, took  # each waited the lock timeout, not the one of each job again
+        assert query(database_url, "SELECT count(*) FROM result_comments") == [(0,)]
+        assert query(database_url, "SELECT count(*) FROM qc_events") == [(0,)]
+        # The same acts, the lock gone, are done.
+        again = client.post(f"/held/{result_id}/comment", data=comment)
+        assert parse_qs(urlsplit(again.headers["location"]).query)["done"] == [
+            f"comment added to result {result_id}"
+        ]
+        done = client.post("/api/qc/events", json=event, headers={"X-CSRF-Token": csrf})
+        assert done.status_code == 200, done.text
+    finally:
+        assert daemon.stop() == 0

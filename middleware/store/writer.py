@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,8 +40,19 @@ class _Job:
 
 
 class StoreBusy(Exception):
-    """Work not committed by its deadline: the database was locked by another (a backup,
-    another daemon, a person's query) for longer than the reply could wait."""
+    """Work not committed: the database was locked by another (a backup, another daemon, a
+    person's query) for longer than the work could wait, its deadline or the lock timeout.
+    Nothing of it was written; the same work may be tried again."""
+
+
+def lock_not_had(exc: BaseException) -> bool:
+    """Whether ``exc`` says a lock was not had in time: PostgreSQL's lock_not_available
+    (the engine's ``lock_timeout``), SQLite's SQLITE_BUSY (its busy timeout)."""
+    orig = getattr(exc, "orig", exc)
+    if getattr(orig, "sqlstate", None) == "55P03":
+        return True
+    code = getattr(orig, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
 _STOP = object()
@@ -161,6 +173,7 @@ class StoreWriter:
                 return
         deadlines = [job.deadline for job in batch if job.deadline is not None]
         wait = min([self.lock_timeout, *(d - now for d in deadlines)])
+        running = False
         try:
             with self.engine.connect() as conn:
                 conn.execution_options(write=True)
@@ -172,6 +185,7 @@ class StoreWriter:
                         if wait < self.lock_timeout:
                             _limit_lock_wait(conn, wait)
                         notices.begin(conn)
+                        running = True
                         values = [job.work(conn) for job in batch]
                 finally:
                     if wait < self.lock_timeout:
@@ -183,6 +197,17 @@ class StoreWriter:
                 log.warning("store write ended by the database for another; again",
                             error=repr(exc))  # fmt: skip
                 self._commit(batch, tries - 1)
+                return
+            busy = lock_not_had(exc)
+            if busy and (len(batch) == 1 or (not running and wait >= self.lock_timeout)):
+                # Before any unit ran, the lock was waited for as long as any of them may
+                # (no deadline cut it short): taken one by one, each would wait as long again.
+                log.warning("store write not done: the database is busy", units=len(batch),
+                            error=repr(exc))  # fmt: skip
+                for job in batch:
+                    error = StoreBusy(f"the database stayed locked past {wait:.1f} s")
+                    error.__cause__ = exc
+                    job.loop.call_soon_threadsafe(_resolve, job.future, None, error)
                 return
             if len(batch) == 1:
                 log.error("store write failed", error=repr(exc))

@@ -7,6 +7,7 @@ the probes, the metrics (neither shows patient data) and the API's description a
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -14,7 +15,7 @@ from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, Path, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
@@ -31,6 +32,7 @@ from middleware.control import (
 from middleware.monitor import InstrumentState, Monitor
 from middleware.settings import ApiConfig
 from middleware.store.sql import utcnow
+from middleware.store.writer import StoreBusy
 from middleware.transport.tcp import ListenError
 from middleware.web.auth import (
     SAFE_METHODS,
@@ -49,7 +51,7 @@ from middleware.web.guards import (
     ResponseHeaders,
     StrictJsonRoute,
 )
-from middleware.web.pages import add_pages
+from middleware.web.pages import BUSY, add_pages
 from middleware.web.roles import Action, allowed
 
 #: How the API answers each refusal of a command. Any other exception is a fault of the
@@ -126,6 +128,20 @@ async def _refused(request: Request, refusal: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(refusal)}, status)
 
 
+def _busy(retry_after: float) -> Callable[[Request, Exception], Any]:
+    """How a request is answered whose write found the database locked past the lock
+    timeout (a backup, another daemon): nothing was done, and the same request may be
+    sent again. Not audited: the audit log is behind the same lock."""
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after))), "Cache-Control": "no-store"}
+
+    async def busy(request: Request, _exc: Exception) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": BUSY}, 503, headers)
+        return PlainTextResponse(BUSY, 503, headers)
+
+    return busy
+
+
 def _host_names(config: ApiConfig) -> list[str]:
     """The names a Host header may give: an address listening on every interface
     (0.0.0.0, ::) is no name a client uses."""
@@ -162,6 +178,7 @@ def create_app(
     app.add_middleware(HostCheck, allowed=_host_names(config))
     for kind in REFUSALS:
         app.add_exception_handler(kind, _refused)
+    app.add_exception_handler(StoreBusy, _busy(control.settings.database_lock_timeout))
 
     @app.get("/api/health")
     async def health(_user: Annotated[User, Depends(require(Action.VIEW))]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from middleware.control import Control, ControlError, NotFound
 from middleware.monitor import InstrumentState
 from middleware.store import qc_records, views
 from middleware.store.sql import utcnow
+from middleware.store.writer import StoreBusy
 from middleware.web.charts import ChartPoint, levey_jennings
 from middleware.web.guards import path_as_sent
 from middleware.web.rawbytes import caret, hexdump
@@ -100,6 +101,9 @@ class Person(Protocol):
     csrf_token: str | None
     """The session's secret; None for a request made with a token."""
 
+
+#: What a person is told when the database stayed locked past the lock timeout.
+BUSY = "the database is busy: nothing was done; try again"
 
 #: Row ids are 32-bit in the schema: a larger one is refused (422), never a fault.
 MAX_ID = 2**31 - 1
@@ -215,8 +219,8 @@ def add_pages(
     async def act(person: Person, back: str, done: str, work: Awaitable[Any]) -> Response:
         try:
             await work
-        except ControlError as refused:
-            return _back(person, back, error=str(refused))
+        except (ControlError, StoreBusy) as refused:
+            return _back(person, back, error=_why(refused))
         return _back(person, back, done=done)
 
     @app.post("/held/{result_id}/release", include_in_schema=False)
@@ -269,8 +273,8 @@ def add_pages(
         back = _qc_page(instrument, test)
         try:
             run = await control.release_run(instrument, test, person.name)
-        except ControlError as refused:
-            return _back(person, back, error=str(refused))
+        except (ControlError, StoreBusy) as refused:
+            return _back(person, back, error=_why(refused))
         return _back(person, back, done=f"{len(run.released)} held result(s) released")
 
     @app.get("/reagents", response_class=HTMLResponse, include_in_schema=False)
@@ -326,8 +330,8 @@ def add_pages(
         reagent, lot = named
         try:
             recalled = await control.recall_reagent_lot(reagent, lot, person.name, reason)
-        except ControlError as refused:
-            return _back(person, "/reagents", error=str(refused))
+        except (ControlError, StoreBusy) as refused:
+            return _back(person, "/reagents", error=_why(refused))
         held, released = len(recalled.held), len(recalled.released)
         done = f"{reagent} lot {lot} recalled: {held} result(s) held, {released} to review"
         return _back(person, "/reagents", done=done)
@@ -415,8 +419,8 @@ def add_pages(
             return _back(person, back, error="say what was done to correct the failure")
         try:
             closed = await control.close_corrective_action(action_id, person.name, action_taken)
-        except ControlError as refused:
-            return _back(person, back, error=str(refused))
+        except (ControlError, StoreBusy) as refused:
+            return _back(person, back, error=_why(refused))
         back = _qc_page(closed.instrument, closed.test)
         return _back(
             person, back, done=f"corrective action closed; {len(closed.released)} released"
@@ -433,8 +437,8 @@ def add_pages(
         back = _qc_page(instrument, test)
         try:
             approved = await control.approve_limits(instrument, test, lot, person.name)
-        except ControlError as refused:
-            return _back(person, back, error=str(refused))
+        except (ControlError, StoreBusy) as refused:
+            return _back(person, back, error=_why(refused))
         return _back(
             person, back, done=f"limits of {lot} approved: mean {approved.mean}, SD {approved.sd}"
         )
@@ -497,8 +501,8 @@ def add_pages(
     ) -> Response:
         try:
             await control.retry_outbox(entry_id, person.name)
-        except ControlError as refused:
-            return _back(person, "/lis", error=str(refused))
+        except (ControlError, StoreBusy) as refused:
+            return _back(person, "/lis", error=_why(refused))
         return _back(person, "/lis", done=f"message {entry_id} will be sent again")
 
     @app.post("/lis/outbox/{entry_id}/dismiss", include_in_schema=False)
@@ -507,8 +511,8 @@ def add_pages(
     ) -> Response:
         try:
             await control.dismiss_outbox(entry_id, person.name)
-        except ControlError as refused:
-            return _back(person, "/lis", error=str(refused))
+        except (ControlError, StoreBusy) as refused:
+            return _back(person, "/lis", error=_why(refused))
         return _back(person, "/lis", done=f"message {entry_id} set aside")
 
 
@@ -547,6 +551,11 @@ def _back(person: Person, path: str, **message: str) -> RedirectResponse:
     [(kind, text)] = message.items()
     query = urlencode({kind: text, "seal": _seal(person.csrf_token, kind, text)})
     return RedirectResponse(f"{path}?{query}", 303)
+
+
+def _why(refusal: Exception) -> str:
+    """What a person is told of a command not done."""
+    return BUSY if isinstance(refusal, StoreBusy) else str(refusal)
 
 
 def _notice(query: Mapping[str, str], secret: str | None) -> dict[str, str]:
