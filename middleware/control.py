@@ -597,6 +597,14 @@ class Control:
             lambda conn: audit(conn, at, who, "quarantine.view", f"quarantine {quarantine_id}")
         )
 
+    async def record_refusal(self, by: str, asked: str, reason: str) -> None:
+        """D7: a command ``by`` asked for (``asked``: the method and address) was refused,
+        for ``reason``; recorded as the API records its refusals."""
+        who, at = _who(by), self.clock()
+        await self._store().write(
+            lambda conn: audit(conn, at, who, "api.refused", asked, {"reason": reason})
+        )
+
     async def record_view(self, by: str, result_ids: Iterable[int]) -> None:
         """D8: ``by`` was shown these patient results."""
         shown = sorted(set(result_ids))

@@ -205,6 +205,22 @@ async def test_forms_act_as_the_person_and_say_what_they_refused(pages: Pages) -
     assert "No result held." in note
 
 
+async def test_a_form_refused_is_audited_as_the_apis_refusals_are(pages: Pages) -> None:
+    token = await _as(pages, "val", Role.VALIDATOR)
+    for path, fields in (
+        ("/held/99999999/release", {}),
+        ("/lis/outbox/99999999/retry", {}),
+        ("/qc/corrective-actions/99999999/close", {"action_taken": "recalibrated"}),
+    ):
+        refused = await pages.client.post(path, data={"csrf_token": token, **fields})
+        assert "error=" in refused.headers["location"], path
+    assert pages.audited("api.refused") == [
+        ("val", "POST /held/99999999/release"),
+        ("val", "POST /lis/outbox/99999999/retry"),
+        ("val", "POST /qc/corrective-actions/99999999/close"),
+    ]
+
+
 async def test_a_page_shows_only_the_notice_its_form_wrote_for_that_session(
     pages: Pages,
 ) -> None:

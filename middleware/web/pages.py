@@ -216,51 +216,72 @@ def add_pages(
             instrument_names=sorted(i.name for i in instruments()),
         )  # fmt: skip
 
-    async def act(person: Person, back: str, done: str, work: Awaitable[Any]) -> Response:
+    async def refused(
+        request: Request, person: Person, back: str, refusal: ControlError | StoreBusy
+    ) -> Response:
+        """Back to the form's page saying why nothing was done. A command's refusal is
+        audited as the API's are; a busy database is not: the audit log waits behind the
+        same lock."""
+        if isinstance(refusal, ControlError):
+            asked = f"{request.method} {request.url.path}"
+            await control.record_refusal(person.name, asked, str(refusal))
+        return _back(person, back, error=_why(refusal))
+
+    async def act(
+        request: Request, person: Person, back: str, done: str, work: Awaitable[Any]
+    ) -> Response:
         try:
             await work
-        except (ControlError, StoreBusy) as refused:
-            return _back(person, back, error=_why(refused))
+        except (ControlError, StoreBusy) as refusal:
+            return await refused(request, person, back, refusal)
         return _back(person, back, done=done)
 
     @app.post("/held/{result_id}/release", include_in_schema=False)
     async def release(
-        result_id: RowId, person: Annotated[Person, Depends(require(Action.RELEASE))]
+        request: Request,
+        result_id: RowId,
+        person: Annotated[Person, Depends(require(Action.RELEASE))],
     ) -> Response:
         work = control.release_results([result_id], person.name)
-        return await act(person, "/held", f"result {result_id} released", work)
+        return await act(request, person, "/held", f"result {result_id} released", work)
 
     @app.post("/held/{result_id}/reject", include_in_schema=False)
     async def reject(
+        request: Request,
         result_id: RowId,
         person: Annotated[Person, Depends(require(Action.REJECT))],
         reason: Annotated[str, Form()] = "",
     ) -> Response:
         work = control.reject_results([result_id], reason, person.name)
-        return await act(person, "/held", f"result {result_id} rejected", work)
+        return await act(request, person, "/held", f"result {result_id} rejected", work)
 
     @app.post("/held/{result_id}/send-early", include_in_schema=False)
     async def send_early(
-        result_id: RowId, person: Annotated[Person, Depends(require(Action.EARLY_RELEASE))]
+        request: Request,
+        result_id: RowId,
+        person: Annotated[Person, Depends(require(Action.EARLY_RELEASE))],
     ) -> Response:
         work = control.send_early([result_id], person.name)
-        return await act(person, "/held", f"result {result_id} sent as preliminary", work)
+        return await act(request, person, "/held", f"result {result_id} sent as preliminary", work)
 
     @app.post("/held/{result_id}/rerun", include_in_schema=False)
     async def rerun(
-        result_id: RowId, person: Annotated[Person, Depends(require(Action.REQUEST_RERUN))]
+        request: Request,
+        result_id: RowId,
+        person: Annotated[Person, Depends(require(Action.REQUEST_RERUN))],
     ) -> Response:
         work = control.request_rerun([result_id], person.name)
-        return await act(person, "/held", f"re-run of result {result_id} asked for", work)
+        return await act(request, person, "/held", f"re-run of result {result_id} asked for", work)
 
     @app.post("/held/{result_id}/comment", include_in_schema=False)
     async def comment(
+        request: Request,
         result_id: RowId,
         person: Annotated[Person, Depends(require(Action.COMMENT))],
         text: Annotated[str, Form()] = "",
     ) -> Response:
         work = control.comment_result(result_id, text, person.name)
-        return await act(person, "/held", f"comment added to result {result_id}", work)
+        return await act(request, person, "/held", f"comment added to result {result_id}", work)
 
     @app.post("/qc/{instrument}/{test:path}/release-run", include_in_schema=False)
     async def release_run(
@@ -273,8 +294,8 @@ def add_pages(
         back = _qc_page(instrument, test)
         try:
             run = await control.release_run(instrument, test, person.name)
-        except (ControlError, StoreBusy) as refused:
-            return _back(person, back, error=_why(refused))
+        except (ControlError, StoreBusy) as refusal:
+            return await refused(request, person, back, refusal)
         return _back(person, back, done=f"{len(run.released)} held result(s) released")
 
     @app.get("/reagents", response_class=HTMLResponse, include_in_schema=False)
@@ -330,8 +351,8 @@ def add_pages(
         reagent, lot = named
         try:
             recalled = await control.recall_reagent_lot(reagent, lot, person.name, reason)
-        except (ControlError, StoreBusy) as refused:
-            return _back(person, "/reagents", error=_why(refused))
+        except (ControlError, StoreBusy) as refusal:
+            return await refused(request, person, "/reagents", refusal)
         held, released = len(recalled.held), len(recalled.released)
         done = f"{reagent} lot {lot} recalled: {held} result(s) held, {released} to review"
         return _back(person, "/reagents", done=done)
@@ -410,6 +431,7 @@ def add_pages(
 
     @app.post("/qc/corrective-actions/{action_id}/close", include_in_schema=False)
     async def close_corrective_action(
+        request: Request,
         action_id: RowId,
         person: Annotated[Person, Depends(require(Action.RECORD_CORRECTIVE_ACTION))],
         action_taken: Annotated[str, Form()] = "",
@@ -419,8 +441,8 @@ def add_pages(
             return _back(person, back, error="say what was done to correct the failure")
         try:
             closed = await control.close_corrective_action(action_id, person.name, action_taken)
-        except (ControlError, StoreBusy) as refused:
-            return _back(person, back, error=_why(refused))
+        except (ControlError, StoreBusy) as refusal:
+            return await refused(request, person, back, refusal)
         back = _qc_page(closed.instrument, closed.test)
         return _back(
             person, back, done=f"corrective action closed; {len(closed.released)} released"
@@ -437,8 +459,8 @@ def add_pages(
         back = _qc_page(instrument, test)
         try:
             approved = await control.approve_limits(instrument, test, lot, person.name)
-        except (ControlError, StoreBusy) as refused:
-            return _back(person, back, error=_why(refused))
+        except (ControlError, StoreBusy) as refusal:
+            return await refused(request, person, back, refusal)
         return _back(
             person, back, done=f"limits of {lot} approved: mean {approved.mean}, SD {approved.sd}"
         )
@@ -497,22 +519,26 @@ def add_pages(
 
     @app.post("/lis/outbox/{entry_id}/retry", include_in_schema=False)
     async def retry(
-        entry_id: RowId, person: Annotated[Person, Depends(require(Action.OUTBOX_RETRY))]
+        request: Request,
+        entry_id: RowId,
+        person: Annotated[Person, Depends(require(Action.OUTBOX_RETRY))],
     ) -> Response:
         try:
             await control.retry_outbox(entry_id, person.name)
-        except (ControlError, StoreBusy) as refused:
-            return _back(person, "/lis", error=_why(refused))
+        except (ControlError, StoreBusy) as refusal:
+            return await refused(request, person, "/lis", refusal)
         return _back(person, "/lis", done=f"message {entry_id} will be sent again")
 
     @app.post("/lis/outbox/{entry_id}/dismiss", include_in_schema=False)
     async def dismiss(
-        entry_id: RowId, person: Annotated[Person, Depends(require(Action.OUTBOX_DISMISS))]
+        request: Request,
+        entry_id: RowId,
+        person: Annotated[Person, Depends(require(Action.OUTBOX_DISMISS))],
     ) -> Response:
         try:
             await control.dismiss_outbox(entry_id, person.name)
-        except (ControlError, StoreBusy) as refused:
-            return _back(person, "/lis", error=_why(refused))
+        except (ControlError, StoreBusy) as refusal:
+            return await refused(request, person, "/lis", refusal)
         return _back(person, "/lis", done=f"message {entry_id} set aside")
 
 
