@@ -266,17 +266,22 @@ async def test_each_role_may_take_exactly_the_actions_of_the_matrix(api: Api, ro
                 continue
             body = BODIES.get(path)
             answer = await client.request(method, _path(path), json=body, headers=headers)
-            if served is None or served in PERMISSIONS[role]:
+            if method == "POST" and not path.startswith("/api/"):
+                # A page's form is for people: a token is never told what it did.
+                assert answer.status_code == 403, (role, path, answer.text)
+                assert "/api/" in answer.json()["detail"]
+            elif served is None or served in PERMISSIONS[role]:
                 # Done, or refused by the command itself (nothing numbered 999 exists).
                 assert answer.status_code in (200, 303, 404, 409, 422), (role, path, answer.text)
             else:
                 assert answer.status_code == 403, (role, path, answer.text)
     denied = api.audited("auth.denied")
-    assert len(denied) == sum(
-        1
-        for a in [*Action, *(a for a in ROUTE_ACTIONS.values() if a)]
-        if a not in PERMISSIONS[role]
-    )
+    posted = [r for r in ROUTE_ACTIONS if r[0] == "POST" and r[1] != "/logout"]  # not posted
+    forms = [r for r in posted if not r[1].startswith("/api/")]
+    refused = [a for a in Action if a not in PERMISSIONS[role]] + [
+        a for r, a in ROUTE_ACTIONS.items() if a and r not in forms and a not in PERMISSIONS[role]
+    ]
+    assert len(denied) == len(forms) + len(refused)
     assert all(actor == f"token:as-{role.value}" for actor, _, _ in denied)
 
 
@@ -295,6 +300,17 @@ async def test_what_a_token_does_is_audited_under_its_name(api: Api) -> None:
     [(actor, subject, detail)] = api.audited("api.refused")
     assert (actor, subject) == ("token:bench-pc", "POST /api/corrective-actions/999/close")
     assert '"status": 404' in detail
+
+
+async def test_a_token_may_not_post_the_pages_forms(api: Api) -> None:
+    headers = credentials.bearer(api.store, Role.VALIDATOR, "script")
+    async with api.client() as client:
+        answer = await client.post("/held/99999999/release", headers=headers)
+        assert answer.status_code == 403
+        assert "use the calls under /api/" in answer.json()["detail"]
+        assert (await client.get("/held", headers=headers)).status_code == 200  # a page is shown
+    [(actor, subject, _)] = api.audited("auth.denied")
+    assert (actor, subject) == ("token:script", "POST /held/99999999/release")
 
 
 def _close() -> str:

@@ -10,7 +10,8 @@ sends ``Authorization: Bearer <token>`` (``lis-middleware tokens add``). No cred
 401 for ``/api/*``, a redirect to the login page for pages; a role without the action:
 403. A state-changing request made with a session cookie must carry the session's CSRF
 token (form field ``csrf_token`` or header ``X-CSRF-Token``); one made with a token needs
-none, as no browser sends that header of itself.
+none, as no browser sends that header of itself. A token may not post the status page's
+forms (403): they answer people, with a redirect whose message only a session can read.
 """
 
 from __future__ import annotations
@@ -244,6 +245,21 @@ class Require:
             if not sent or not same(sent, user.csrf_token):
                 log.warning("request refused: no CSRF token", path=request.url.path, user=user.name)
                 raise HTTPException(403, "missing or wrong CSRF token")
+        form = not request.url.path.startswith("/api/")  # the status page's
+        if request.method not in SAFE_METHODS and user.csrf_token is None and form:
+            # A form answers with a redirect whose message is sealed with a session's
+            # secret: a token would never be told whether anything was done.
+            await auth.record(
+                user.name,
+                "auth.denied",
+                f"{request.method} {request.url.path}",
+                {"action": self.action.value if self.action else None, "form": True},
+            )
+            raise HTTPException(
+                403,
+                "a token may not post the status page's forms, which are for people logged "
+                "in: use the calls under /api/",
+            )
         if self.action is not None and not allowed(user.role, self.action):
             await auth.record(
                 user.name,
