@@ -246,7 +246,7 @@ class Control:
             raise EngineNotRunning("the rules engine is not running (no rules_dir configured)")
         return self.store, self.engine
 
-    async def _configured(self, instrument: str) -> None:
+    async def known_instrument(self, instrument: str) -> None:
         """Refuse what names an instrument no daemon knows, before recording it: one in
         this daemon's configuration (enabled or not), or one another daemon on the same
         database serves (holds the lease of)."""
@@ -280,7 +280,7 @@ class Control:
 
     async def approve_limits(self, instrument: str, test: str, lot: str, by: str) -> LimitsProposal:
         """Q3: a biologist approves the lab's own mean and SD for a control lot."""
-        await self._configured(instrument)
+        await self.known_instrument(instrument)
         test, lot = _given(clean_key(test, "the test")), _given(clean_key(lot, "the lot"))
         by = _who(by)
         store, _ = self._running()
@@ -321,7 +321,7 @@ class Control:
     ) -> None:
         """A calibration or maintenance voids the QC of these tests; ``unlock`` lifts a
         method lock once the cause is fixed."""
-        await self._configured(instrument)
+        await self.known_instrument(instrument)
         if len(tests) > MAX_TESTS:
             raise Conflict(f"at most {MAX_TESTS} tests at once")
         tests = list(dict.fromkeys(_given(clean_key(test, "the test")) for test in tests))
@@ -503,7 +503,7 @@ class Control:
         """Once the QC of a test on an instrument is valid, its held results are decided
         again (and those the engine releases go to the LIS). Refused while its QC is not
         valid; an instrument not configured is NotFound."""
-        await self._configured(instrument)
+        await self.known_instrument(instrument)
         code, who = _given(clean_key(test, "the test")), _who(by)
         _, engine = self._running()
         return await self._act(
@@ -542,7 +542,7 @@ class Control:
         """The reagent lots the latest results of an instrument's tests were made with;
         of a lot the rule files name, the earlier of their effective expiry and the
         analyser's, and whether they recall it."""
-        await self._configured(instrument)
+        await self.known_instrument(instrument)
         lots = await self._store().read_async(lambda conn: recalls.lots_in_use(conn, instrument))
         registry = self.engine.lots if self.engine is not None else None
         out = []

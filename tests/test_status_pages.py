@@ -185,6 +185,8 @@ async def test_pages_escape_what_the_address_holds_and_are_not_cached_or_framed(
     assert page.headers["cache-control"] == "no-store"
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert "script-src 'self'" in page.headers["content-security-policy"]
+    unknown = await pages.client.get("/instruments/nope/quarantine")
+    assert unknown.status_code == 404 and "unknown instrument" in unknown.text
     for path in ("/quarantine/99999999999999999999", "/held?after_instrument=a&"
                  "after_specimen=b&after_id=99999999999999999999"):  # fmt: skip
         assert (await pages.client.get(path)).status_code == 422, path

@@ -481,6 +481,13 @@ def add_pages(
         request: Request, name: str, person: Annotated[Person, Depends(require(Action.VIEW))]
     ) -> Any:
         entries = await store().read_async(lambda c: views.quarantined(c, name))
+        if not entries:
+            # What the API answers for it too; one no longer configured keeps its page
+            # while anything of it is kept.
+            try:
+                await control.known_instrument(name)
+            except NotFound as missing:
+                return _not_found(str(missing))
         return render(
             request, "quarantine.html", person, f"Quarantined messages of {name}",
             "/instruments", entries=entries,
