@@ -25,7 +25,7 @@ from middleware.engine.decision import Decision
 from middleware.settings import Settings
 from middleware.store import Store
 from middleware.store.ingest import Delivery, store_delivery
-from middleware.store.schema import audit_log
+from middleware.store.schema import audit_log, result_comments
 from middleware.web.api import create_app
 from middleware.web.roles import Role
 from tests import credentials
@@ -205,6 +205,36 @@ async def test_forms_act_as_the_person_and_say_what_they_refused(pages: Pages) -
     assert again is None  # nothing held any more
     note = (await pages.client.get("/held")).text
     assert "No result held." in note
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"lone%ED%A0%80surrogate", b"raw \xff\xfe bytes", b"overlong %C0%AF"],
+    ids=["surrogate", "not-utf8", "overlong"],
+)
+async def test_a_form_whose_text_is_not_utf8_is_refused_and_nothing_done(
+    pages: Pages, text: bytes
+) -> None:
+    token = await _as(pages, "tess", Role.TECHNICIAN)
+    page = (await pages.client.get("/held")).text
+    found = int(page.split('data-result="', 1)[1].split('"', 1)[0])
+    refused = await pages.client.post(
+        f"/held/{found}/comment",
+        content=b"csrf_token=" + token.encode() + b"&text=" + text,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert refused.status_code == 400 and "not UTF-8: nothing was done" in refused.text
+    assert pages.store.read(lambda c: c.execute(select(result_comments)).all()) == []
+    multipart = await pages.client.post(
+        f"/held/{found}/comment", data={"csrf_token": token}, files={"text": b"haemolysed"}
+    )
+    assert multipart.status_code == 415
+    taken = await pages.client.post(
+        f"/held/{found}/comment", data={"csrf_token": token, "text": "hémolysé µ"}
+    )
+    assert taken.status_code == 303 and "done=" in taken.headers["location"]
+    [(said,)] = pages.store.read(lambda c: c.execute(select(result_comments.c.text)).all())
+    assert said == "hémolysé µ"
 
 
 async def test_a_form_refused_is_audited_as_the_apis_refusals_are(pages: Pages) -> None:

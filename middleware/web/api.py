@@ -46,6 +46,7 @@ from middleware.web.auth import (
 )
 from middleware.web.guards import (
     BodyLimit,
+    FormText,
     HostCheck,
     NoNulInAddress,
     ResponseHeaders,
@@ -172,6 +173,8 @@ def create_app(
     app = FastAPI(title="lis-middleware control API", version="1", docs_url=None, redoc_url=None)
     app.router.route_class = StrictJsonRoute
     install(app, Auth(lambda: control.store, config, control.settings.state_dir, clock))
+    # Inside the size limit: the form it reads whole is no larger than that.
+    app.add_middleware(FormText)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     app.add_middleware(NoNulInAddress)
     app.add_middleware(ResponseHeaders)

@@ -1,5 +1,6 @@
 """What the control API refuses before any endpoint runs: foreign Host headers, bodies
-over the size limit, addresses holding a NUL, and JSON that is not JSON (NaN, Infinity).
+over the size limit, addresses holding a NUL, JSON that is not JSON (NaN, Infinity), and
+forms whose text is not UTF-8.
 
 The API shares its event loop with the analyser connections, whose frames must be
 acknowledged within seconds: nothing a client sends may make that loop wait long.
@@ -18,7 +19,7 @@ from urllib.parse import unquote_to_bytes
 from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # A name or a bracketed IPv6 address, then an optional port (RFC 9110 section 7.2).
@@ -125,6 +126,68 @@ class BodyTooLarge(HTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body over {limit} bytes")
+
+
+class FormText:
+    """Refuses (400) a form whose text is not UTF-8, and (415) a form sent as
+    multipart/form-data, which no page sends.
+
+    Left to the framework, bytes that are not UTF-8 (a lone surrogate, an overlong form)
+    become replacement characters, or latin-1 in a multipart part: a comment would reach
+    the LIS other than as typed, and the page say it was added.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        kind = Headers(scope=scope).get("content-type", "").split(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            response = PlainTextResponse("the pages' forms are sent url-encoded", 415)
+            await response(scope, receive, send)
+            return
+        if kind != "application/x-www-form-urlencoded":
+            await self.app(scope, receive, send)
+            return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if not _utf8_form(body):
+            response = PlainTextResponse(
+                "the form's text is not UTF-8: nothing was done; send the form again from the page",
+                400,
+            )
+            await response(scope, receive, send)
+            return
+        sent = False
+
+        async def again() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, again, send)
+
+
+def _utf8_form(body: bytes) -> bool:
+    """Whether every name and value of a url-encoded body is UTF-8 once unescaped."""
+    try:
+        for field in body.split(b"&"):
+            for part in field.split(b"=", 1):
+                unquote_to_bytes(part.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class BodyLimit:
