@@ -39,7 +39,7 @@ from middleware.hl7.mllp import (
     MllpReader,
     frame,
 )
-from middleware.hl7.orders import acknowledgment
+from middleware.hl7.orders import OrderRefused, acknowledgment
 from middleware.hl7.results import Sender
 from middleware.hl7.segments import (
     Hl7Error,
@@ -78,6 +78,8 @@ _CUT_SHORT = {
     "cut-by-end-of-stream": "message cut short: {ending} before its FS",
     "too-long": "message longer than {bound} bytes; only its first bytes kept",
 }
+#: Processing ids (MSH-11, HL7 table 0103) of messages that are no patient's.
+_NOT_PATIENTS = {"T": "training", "D": "debugging"}
 
 
 class Hl7Connection:
@@ -223,11 +225,15 @@ class Hl7Connection:
             notes.append("the message ended with FS without its CR (taken)")
         message: Hl7Message | None = None
         reading: InstrumentMessage | None = None
+        refusal: OrderRefused | None = None
         try:
             message = parse_message(text)
         except Hl7Error as exc:
             problems.append(f"not an HL7 message: {exc}")
-        if message is not None and "\x00" in text:
+        if message is not None and (refusal := refused(message)) is not None:
+            # Not read at all: nothing of it may reach a patient's record or the LIS.
+            problems.append(str(refusal))
+        elif message is not None and "\x00" in text:
             # Kept raw; no text column (on PostgreSQL) can hold a NUL.
             problems.append("NUL characters in the message text")
         elif message is not None:
@@ -279,6 +285,8 @@ class Hl7Connection:
             quarantined=stored.quarantined,
             specimens=reading.specimen_ids() if reading else None,
         )
+        if refusal is not None:
+            return [answer("AR", str(refusal), refusal)]
         if stored.quarantined:
             return [answer("AE", f"kept in quarantine: {stored.reason}")]
         if message is not None and is_acknowledgment(message):
@@ -464,9 +472,27 @@ def _msa_id(message: Hl7Message) -> str | None:
     return msa[0].value(2) if msa else None
 
 
-def _answer(text: str, at: datetime, code: str, why: str = "") -> str:
+def refused(message: Hl7Message) -> OrderRefused | None:
+    """Why a message's header keeps it out of the records (answered AR, as the LIS's
+    orders port answers such a header): training and debugging (MSH-11 ``T``, ``D``) are
+    no patient's. None for a message taken, and for an acknowledgment, never answered."""
+    if is_acknowledgment(message):
+        return None
+    processing = message.header.value(11).strip().upper()
+    if processing in _NOT_PATIENTS:
+        return OrderRefused(
+            f"{_NOT_PATIENTS[processing]} message (MSH-11 {processing}): not for patient "
+            "records", "202", ("MSH", 1, 11), code="AR",
+        )  # fmt: skip
+    return None
+
+
+def _answer(
+    text: str, at: datetime, code: str, why: str = "", error: OrderRefused | None = None
+) -> str:
     """The ACK of a message (or of the head of one too long to keep): MSA-2 its MSH-10 as
-    written, escapes and all; MSH-5/6 its sender; its trigger, processing id and version."""
+    written, escapes and all; MSH-5/6 its sender; its trigger, processing id and version;
+    a refusal's ``error`` as an ERR segment."""
     msh = header_fields(text)
 
     def components(n: int) -> list[str]:
@@ -491,6 +517,7 @@ def _answer(text: str, at: datetime, code: str, why: str = "") -> str:
         receiver=(named(3), named(4)),
         version=field(12) or "2.5.1",
         processing=field(11) or "P",
+        error=error,
     )
 
 

@@ -252,6 +252,42 @@ def test_what_cannot_be_read_is_kept_and_answered_ae(
     assert raw_stream(database_url, _connection_id(database_url)) == peer.sent
 
 
+def test_a_training_or_debugging_message_is_refused_ar_and_kept_apart(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    start_daemon(port)
+    training = oru("T-1", "S-20").replace(b"|T-1|P|2.3.1|", b"|T-1|T|2.3.1|")
+    debugging = oru("D-1", "S-20").replace(b"|D-1|P|2.3.1|", b"|D-1|D|2.3.1|")
+
+    async def analyser() -> list[str]:
+        peer = MllpPeer(*await connect(port))
+        answers = []
+        for message in (training, debugging):
+            await peer.write(frame(message))
+            answers.append(await peer.message())
+        # The same tube in production: taken.
+        assert (await peer.send(oru("P-20", "S-20"))).code == "AA"
+        await peer.close()
+        return answers
+
+    training_ack, debugging_ack = (read_answer(a) for a in asyncio.run(analyser()))
+    assert (training_ack.code, training_ack.control_id) == ("AR", "T-1")
+    assert "training message (MSH-11 T): not for patient records" in training_ack.text
+    assert "ERR|MSH^1^11^202&Unsupported processing id&HL70357" in training_ack.text
+    assert (debugging_ack.code, debugging_ack.control_id) == ("AR", "D-1")
+    reasons = [r for (r,) in query(database_url, "SELECT reason FROM quarantine ORDER BY id")]
+    assert reasons == [
+        "training message (MSH-11 T): not for patient records",
+        "debugging message (MSH-11 D): not for patient records",
+    ]
+    # Kept raw only: no message read, no result that could reach the LIS.
+    outcomes = query(database_url, "SELECT outcome FROM raw_transmissions ORDER BY stream_offset")
+    assert outcomes == [("quarantine",), ("quarantine",), ("message",)]
+    assert query(database_url, "SELECT count(*) FROM messages") == [(1,)]
+    assert query(database_url, "SELECT count(*) FROM results") == [(14,)]
+
+
 def _mindray_query(control_id: str, *tubes: str) -> bytes:
     """A QRY^Q02 as the Mindray BS host interface manual lays it out: the tube in QRD-8."""
     return "\r".join([
