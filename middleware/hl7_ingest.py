@@ -48,6 +48,7 @@ from middleware.hl7.segments import (
     encoding_of,
     header_fields,
     parse_message,
+    split_segments,
     unescape,
 )
 from middleware.metrics import Metrics
@@ -253,6 +254,7 @@ class Hl7Connection:
             problems=problems,
             notes=notes,
             span=span,
+            identity=_identity(text) if message is not None else "",
         )
         answer = functools.partial(_answer, text, now)
         control_id = message.control_id if message else ""
@@ -464,6 +466,16 @@ def _write(conn: Connection, pending: list[Pending], now: datetime) -> None:
             store_delivery(conn, item, now)
         else:
             keep_raw(conn, *item)
+
+
+def _identity(text: str) -> str:
+    """A message as a copy sent again repeats it: its sender (MSH-3, MSH-4) and control
+    id (MSH-10) as written, and its segments after the MSH (spaces at their ends aside),
+    as the orders port knows the LIS's; the rest of the MSH, its time first, may be new."""
+    msh = header_fields(text)
+    named = [msh[n - 1] if len(msh) > n - 1 else "" for n in (3, 4, 10)]
+    segments = [segment.rstrip() for segment in split_segments(text)[1:]]
+    return "\x00".join([*named, "\r".join(segments)])
 
 
 def _msa_id(message: Hl7Message) -> str | None:

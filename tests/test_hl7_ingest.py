@@ -483,6 +483,48 @@ def test_a_message_sent_again_before_the_next_is_a_duplicate_after_it_a_new_one(
     assert query(database_url, "SELECT count(*) FROM results") == [(42,)]
 
 
+def test_a_message_sent_again_with_its_header_built_anew_is_taken_once(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    lis = LisPeer()
+    first = oru("P-30", "S-30")
+    header, rest = first.split(b"\r", 1)
+    fields = header.split(b"|")
+    fields[6] = b"20260101000000"  # MSH-7: the time the copy was sent
+    again = b"|".join(fields) + b"\r" + rest
+    # The same control id on other content: another message.
+    other = oru("P-30", "S-30", {"WBC": "7.00"})
+
+    async def analyser() -> None:
+        lis_port = await lis.start()
+        lis_settings = {"host": "127.0.0.1", "port": lis_port, "ack_timeout": 2.0}
+        await asyncio.to_thread(
+            start_daemon,
+            port,
+            settings={"rules_dir": str(ROOT / "rules"), "lis": lis_settings},
+            control_pattern=r"^QC-(?P<lot>HC-2411-[LNH])$",
+        )
+        peer = MllpPeer(*await connect(port))
+        for level, values in TARGETS.items():
+            assert (await peer.send(oru(f"Q-{level}", f"QC-HC-2411-{level}", values))).code == "AA"
+        for message in (first, again, other):
+            answer = await peer.send(message)
+            assert (answer.code, answer.control_id) == ("AA", "P-30")
+        await peer.close()
+        # Queued with the decisions, before the answers: all there is for the LIS.
+        assert query(database_url, "SELECT count(*) FROM outbox") == [(2,)]
+        await lis.wait_for(2)
+        await lis.stop()
+
+    asyncio.run(analyser())
+    assert [r.specimen_id for r in lis.received] == ["S-30", "S-30"]
+    assert "|6.75|" in lis.received[0].text and "|7.00|" in lis.received[1].text
+    outcomes = query(database_url, "SELECT outcome FROM raw_transmissions ORDER BY stream_offset")
+    assert outcomes[3:] == [("message",), ("duplicate",), ("message",)]
+    assert query(database_url, "SELECT count(*) FROM results WHERE specimen_id = 'S-30'") == [(28,)]
+
+
 def test_two_connections_at_once_never_mix(
     database_url: str, start_daemon: Callable[..., DaemonProcess]
 ) -> None:

@@ -80,6 +80,10 @@ class Delivery:
     """What is worth knowing about it but does not stop it (a tolerated departure)."""
     span: RawSpan | None = None
     """Where its bytes sit in the connection's stream (None for bytes from elsewhere)."""
+    identity: str = ""
+    """What makes a copy sent again the same message, when not its whole text: of an HL7
+    message its sender, control id and segments after the MSH, since a sender may build
+    the header anew (its time, MSH-7) to send it again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +227,7 @@ def store_delivery(conn: Connection, d: Delivery, at: datetime | None = None) ->
         reason = _quarantine(conn, d, raw_id, None, "; ".join(d.problems))
         return Stored(raw_id, None, quarantined=True, reason=reason)
 
-    digest = content_hash(d.instrument, d.text)
+    digest = content_hash(d.instrument, d.identity or d.text)
     nothing = not (reading.results or reading.controls or reading.queries or reading.orders)
     quarantined = bool(d.problems) or (nothing and bool(reading.problems))
     reason = "; ".join(d.problems or reading.problems) if quarantined else ""
