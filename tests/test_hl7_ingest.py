@@ -288,6 +288,27 @@ def test_a_training_or_debugging_message_is_refused_ar_and_kept_apart(
     assert query(database_url, "SELECT count(*) FROM results") == [(14,)]
 
 
+def test_text_without_a_character_set_is_read_as_utf_8_when_it_is_utf_8(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    start_daemon(port)  # the instrument's encoding: latin-1, the default
+
+    def undeclared(control_id: str, patient: str, encoding: str) -> bytes:
+        message = oru(control_id, control_id).replace(b"||||||UNICODE", b"")
+        return message.replace(f"PAT-{control_id}".encode(), patient.encode(encoding))
+
+    async def analyser() -> None:
+        peer = MllpPeer(*await connect(port))
+        assert (await peer.send(undeclared("U-1", "PATÉ1", "utf-8"))).code == "AA"
+        assert (await peer.send(undeclared("L-1", "PATÉ2", "latin-1"))).code == "AA"
+        await peer.close()
+
+    asyncio.run(analyser())
+    patients = query(database_url, "SELECT DISTINCT specimen_id, patient_id FROM results")
+    assert sorted(patients) == [("L-1", "PATÉ2"), ("U-1", "PATÉ1")]
+
+
 def _mindray_query(control_id: str, *tubes: str) -> bytes:
     """A QRY^Q02 as the Mindray BS host interface manual lays it out: the tube in QRD-8."""
     return "\r".join([

@@ -99,6 +99,10 @@ def test_the_declared_character_set_reads_the_bytes() -> None:
     assert "D\xe9" in text and problem.startswith("MSH-18: not UNICODE UTF-8 text")
     # Nothing declared: the configured fallback.
     assert decode_text("MSH|^~\\&|Ö".encode("latin-1"), "latin-1") == ("MSH|^~\\&|Ö", "")
+    # Unless the bytes are UTF-8 throughout, as latin-1 text practically never is.
+    assert decode_text("MSH|^~\\&|PATÉ1".encode(), "latin-1") == ("MSH|^~\\&|PATÉ1", "")
+    bom = "\ufeffMSH|^~\\&|x"
+    assert decode_text(bom.encode(), "latin-1") == (bom, "")
 
 
 _TEXT = st.text(

@@ -150,14 +150,24 @@ def can_carry(text: str, encoding: str) -> bool:
 
 def encoding_of(data: bytes, fallback: str = "latin-1") -> str:
     """The codec of the character set a message's MSH-18 declares; ``fallback`` when it
-    declares none, or one we do not know."""
+    declares one we do not know. When it declares none, UTF-8 for bytes beyond ASCII that
+    are UTF-8 throughout (a byte order mark among them), as latin-1 text practically never
+    is; else ``fallback``."""
     charset = declared_charset(data)
-    return CHARSETS.get(charset, fallback) if charset else fallback
+    if charset:
+        return CHARSETS.get(charset, fallback)
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return fallback
+        return "utf-8"
+    return fallback
 
 
 def decode_text(data: bytes, fallback: str = "latin-1") -> tuple[str, str]:
-    """A message's bytes as text, in the character set its MSH-18 declares (``fallback``
-    when it declares none we know), and what was wrong with them ("" when nothing)."""
+    """A message's bytes as text, in the character set :func:`encoding_of` finds, and what
+    was wrong with them ("" when nothing)."""
     charset = declared_charset(data)
     encoding = encoding_of(data, fallback)
     try:
