@@ -9,8 +9,9 @@ says what they are and what to configure, once per connection, so that a lab see
 nothing arrives instead of an analyser reporting a host error.
 
 On a port that takes either (an instrument with ``driver: auto`` and no ``protocol``),
-the first bytes an analyser sends choose: an MLLP block opens with VT and its MSH, an
-ASTM transfer with ENQ. A VT alone is not enough: line noise before an ENQ may hold one.
+the first bytes an analyser sends choose: an MLLP block opens with VT and its MSH (a
+UTF-8 byte order mark between them passed over), an ASTM transfer with ENQ. A VT alone
+is not enough: line noise before an ENQ may hold one.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ class Spoken:
     """What to configure, for a person."""
 
 
-#: What opens an MLLP block: VT and the message's MSH.
-_OPENING = b"\x0bMSH"
-_MLLP = re.compile(re.escape(_OPENING) + rb".")
+#: What opens an MLLP block: VT and the message's MSH, or a UTF-8 byte order mark and
+#: the MSH, as some senders write them.
+_OPENINGS = (b"\x0bMSH", b"\x0b\xef\xbb\xbfMSH")
+_OPENING = re.compile(rb"\x0b(?:\xef\xbb\xbf)?MSH")
+_MLLP = re.compile(_OPENING.pattern + rb".")
 # A Dimension block: STX, the message's letter, FS (no frame number, unlike E1381).
 _DIMENSION = re.compile(rb"\x02[A-Z]\x1c")
 
@@ -53,16 +56,17 @@ DIMENSION = Spoken(
 def opens_mllp(first: bytes) -> bool:
     """Whether the first bytes of a connection open an MLLP block (VT and MSH, before any
     ENQ): HL7; otherwise the connection is read as ASTM, which keeps any noise as such."""
-    block, enquiry = first.find(_OPENING), first.find(b"\x05")
-    return block >= 0 and (enquiry < 0 or block < enquiry)
+    found, enquiry = _OPENING.search(first), first.find(b"\x05")
+    return found is not None and (enquiry < 0 or found.start() < enquiry)
 
 
 def undecided(first: bytes) -> bool:
     """Whether the first bytes end in what may be the start of an MLLP block, with no
     ENQ or block before it: the next bytes tell."""
-    if b"\x05" in first or _OPENING in first:
+    if b"\x05" in first or _OPENING.search(first):
         return False
-    return any(first.endswith(_OPENING[:n]) for n in range(1, len(_OPENING)))
+    return any(first.endswith(opening[:n]) for opening in _OPENINGS
+               for n in range(1, len(opening)))  # fmt: skip
 
 
 def spoken_on_astm_line(data: bytes) -> tuple[Spoken, int] | None:

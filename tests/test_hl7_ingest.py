@@ -302,11 +302,15 @@ def test_text_without_a_character_set_is_read_as_utf_8_when_it_is_utf_8(
         peer = MllpPeer(*await connect(port))
         assert (await peer.send(undeclared("U-1", "PATÉ1", "utf-8"))).code == "AA"
         assert (await peer.send(undeclared("L-1", "PATÉ2", "latin-1"))).code == "AA"
+        # A byte order mark before the MSH, as some senders write it.
+        bom = b"\xef\xbb\xbf" + undeclared("B-1", "PATÉ3", "utf-8")
+        assert (await peer.send(bom)).code == "AA"
         await peer.close()
 
     asyncio.run(analyser())
     patients = query(database_url, "SELECT DISTINCT specimen_id, patient_id FROM results")
-    assert sorted(patients) == [("L-1", "PATÉ2"), ("U-1", "PATÉ1")]
+    assert sorted(patients) == [("B-1", "PATÉ3"), ("L-1", "PATÉ2"), ("U-1", "PATÉ1")]
+    assert query(database_url, "SELECT count(*) FROM quarantine") == [(0,)]
 
 
 def _mindray_query(control_id: str, *tubes: str) -> bytes:

@@ -70,6 +70,10 @@ def test_a_block_opens_with_vt_and_msh_before_any_enq_a_vt_alone_is_noise() -> N
     assert undecided(b"\x0b") and undecided(b"\x00\x0bM") and undecided(b"\x0bMS")
     assert not undecided(b"") and not undecided(b"\x0b\xff") and not undecided(b"\x0bMSH")
     assert not undecided(b"\x05\x0b")
+    # A UTF-8 byte order mark before the MSH, as some senders write it.
+    assert opens_mllp(b"\x0b\xef\xbb\xbfMSH|^~\\&|") and not opens_mllp(b"\x0b\xef\xbb\xbf\x05")
+    assert undecided(b"\x0b\xef") and undecided(b"\x0b\xef\xbb\xbfMS")
+    assert not undecided(b"\x0b\xef\xbb\xbfMSH") and not undecided(b"\x0b\xef\xbf")
 
 
 def test_decode_names_the_dimension_protocol() -> None:
@@ -173,6 +177,25 @@ def test_one_port_takes_either_protocol_by_the_first_bytes_of_each_connection(
     for connection_id in connection_ids(database_url):
         stream = raw_stream(database_url, connection_id)
         assert stream.startswith((b"\x05", b"\x0b")), stream[:20]
+    assert query(database_url, "SELECT count(*) FROM quarantine") == [(0,)]
+
+
+def test_a_byte_order_mark_before_the_msh_still_says_hl7(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    start_daemon(port)  # driver: auto, no protocol: the first bytes choose
+
+    async def analyser() -> None:
+        hl7 = MllpPeer(*await connect(port))
+        taken = await hl7.send(b"\xef\xbb\xbf" + oru("B-1", "S-BOM"))
+        assert (taken.code, taken.control_id) == ("AA", "B-1")
+        await hl7.close()
+
+    asyncio.run(analyser())
+    assert query(database_url, "SELECT count(*) FROM results WHERE specimen_id = 'S-BOM'") == [
+        (14,)
+    ]
     assert query(database_url, "SELECT count(*) FROM quarantine") == [(0,)]
 
 

@@ -131,9 +131,12 @@ def header_fields(text: str) -> list[str]:
     return first.split(first[3]) if first.startswith("MSH") and len(first) > 3 else []
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def declared_charset(data: bytes) -> str:
     """MSH-18 as far as the first segment's bytes give it ("" when absent)."""
-    fields = header_fields(data.removeprefix(b"\xef\xbb\xbf").decode("ascii", errors="replace"))
+    fields = header_fields(data.removeprefix(_BOM).decode("ascii", errors="replace"))
     return fields[17].split("~")[0].strip().upper() if len(fields) > 17 else ""
 
 
@@ -170,6 +173,8 @@ def decode_text(data: bytes, fallback: str = "latin-1") -> tuple[str, str]:
     was wrong with them ("" when nothing)."""
     charset = declared_charset(data)
     encoding = encoding_of(data, fallback)
+    # A byte order mark before the MSH is no part of the text, whatever MSH-18 says.
+    data = data.removeprefix(_BOM)
     try:
         return data.decode(encoding), ""
     except UnicodeDecodeError as exc:
