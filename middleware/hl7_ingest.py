@@ -39,7 +39,7 @@ from middleware.hl7.mllp import (
     MllpReader,
     frame,
 )
-from middleware.hl7.orders import OrderRefused, acknowledgment
+from middleware.hl7.orders import VERSIONS, OrderRefused, acknowledgment
 from middleware.hl7.results import Sender
 from middleware.hl7.segments import (
     Hl7Error,
@@ -486,16 +486,26 @@ def _msa_id(message: Hl7Message) -> str | None:
 
 def refused(message: Hl7Message) -> OrderRefused | None:
     """Why a message's header keeps it out of the records (answered AR, as the LIS's
-    orders port answers such a header): training and debugging (MSH-11 ``T``, ``D``) are
-    no patient's. None for a message taken, and for an acknowledgment, never answered."""
+    orders port answers such a header): a version not read here (MSH-12 other than 2.x;
+    left empty, taken); training and debugging (MSH-11 ``T``, ``D``), no patient's; no
+    control id (MSH-10), which no answer could name. None for a message taken, and for an
+    acknowledgment, never answered."""
     if is_acknowledgment(message):
         return None
+    version = message.header.value(12).strip()
+    if version and not VERSIONS.fullmatch(version):
+        return OrderRefused(
+            f"MSH-12: HL7 version {version[:20]}; results are taken in 2.x", "203",
+            ("MSH", 1, 12), code="AR",
+        )  # fmt: skip
     processing = message.header.value(11).strip().upper()
     if processing in _NOT_PATIENTS:
         return OrderRefused(
             f"{_NOT_PATIENTS[processing]} message (MSH-11 {processing}): not for patient "
             "records", "202", ("MSH", 1, 11), code="AR",
         )  # fmt: skip
+    if not message.control_id.strip():
+        return OrderRefused("MSH-10: no message control id", "101", ("MSH", 1, 10), code="AR")
     return None
 
 

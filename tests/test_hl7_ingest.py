@@ -313,6 +313,39 @@ def test_text_without_a_character_set_is_read_as_utf_8_when_it_is_utf_8(
     assert query(database_url, "SELECT count(*) FROM quarantine") == [(0,)]
 
 
+def test_a_message_without_control_id_or_in_another_version_is_refused_ar(
+    database_url: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    start_daemon(port)
+    anonymous = oru("", "S-21")
+    version_3 = oru("V-1", "S-21").replace(b"|V-1|P|2.3.1|", b"|V-1|P|3.0|")
+    # Left empty, MSH-12 refuses nothing.
+    unversioned = oru("V-2", "S-21").replace(b"|V-2|P|2.3.1|", b"|V-2|P||")
+
+    async def analyser() -> list[str]:
+        peer = MllpPeer(*await connect(port))
+        answers = []
+        for message in (anonymous, version_3):
+            await peer.write(frame(message))
+            answers.append(await peer.message())
+        assert (await peer.send(unversioned)).code == "AA"
+        await peer.close()
+        return answers
+
+    no_id, other_version = (read_answer(a) for a in asyncio.run(analyser()))
+    assert (no_id.code, no_id.control_id) == ("AR", "")
+    assert "MSH-10: no message control id" in no_id.text
+    assert (other_version.code, other_version.control_id) == ("AR", "V-1")
+    assert "MSH-12: HL7 version 3.0; results are taken in 2.x" in other_version.text
+    reasons = [r for (r,) in query(database_url, "SELECT reason FROM quarantine ORDER BY id")]
+    assert reasons == [
+        "MSH-10: no message control id",
+        "MSH-12: HL7 version 3.0; results are taken in 2.x",
+    ]
+    assert query(database_url, "SELECT count(*) FROM results") == [(14,)]
+
+
 def _mindray_query(control_id: str, *tubes: str) -> bytes:
     """A QRY^Q02 as the Mindray BS host interface manual lays it out: the tube in QRD-8."""
     return "\r".join([

@@ -47,7 +47,7 @@ _ACTIONS = {"NW": NEW, "XO": REPLACE, "CA": CANCEL, "OC": CANCEL, "DC": CANCEL}
 PROCESSING_ID = "P"
 _PROCESSING = {"P": "production", "T": "training", "D": "debugging"}  # HL7 table 0103
 #: Versions taken (MSH-12's first component): any 2.x.
-_VERSION = re.compile(r"2\.[0-9]{1,2}(?:\.[0-9]{1,2})?")
+VERSIONS = re.compile(r"2\.[0-9]{1,2}(?:\.[0-9]{1,2})?")
 _NAME = re.compile(r"[A-Z][A-Z0-9]{2}")
 
 #: HL7 table 0357, message error condition codes: ERR-3 of a refusal.
@@ -255,7 +255,7 @@ def check_header(header: Header, processing_id: str = PROCESSING_ID) -> None:
         )  # fmt: skip
     # Left empty (a LIS that writes a bare header), MSH-12 and MSH-11 refuse nothing: a
     # training or test order says so, and that is what is refused.
-    if header.version and not _VERSION.fullmatch(header.version):
+    if header.version and not VERSIONS.fullmatch(header.version):
         raise OrderRefused(
             f"MSH-12: HL7 version {header.version[:20] or 'not given'}; orders are taken in 2.x",
             "203", ("MSH", 1, 12), code="AR",
@@ -570,7 +570,7 @@ def acknowledgment(
     moment = timestamp(at if at.tzinfo else at.replace(tzinfo=UTC))
     answered = re.sub(r"[\x00-\x1f|]", "", control_id)  # a control character would cut it
     application, facility = (_hd(part) for part in receiver)
-    version = version if _VERSION.fullmatch(version) else "2.5.1"
+    version = version if VERSIONS.fullmatch(version) else "2.5.1"
     processing = processing if processing in _PROCESSING else "P"
     header = (
         f"MSH|^~\\&|{escape(sender[0])}|{escape(sender[1])}|{application}|{facility}|{moment}||"
