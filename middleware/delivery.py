@@ -473,8 +473,9 @@ class LisSender:
         return await self._answer(entry)
 
     async def _answer(self, entry: outbox.Entry) -> tuple[Answer, str]:
-        """The first answer naming this entry's control id; any other is logged and
-        passed over (D4: an ACK must name the message it answers)."""
+        """The first answer naming this entry's control id, or a refusal naming none;
+        any other is logged and passed over (D4: an ACK must name the message it
+        answers)."""
         assert self._reader is not None
         while True:
             events = await next_events(self._reader, self._mllp)
@@ -497,6 +498,13 @@ class LisSender:
         except ValueError as exc:
             self.log.warning("message from the LIS is not an answer", problem=str(exc))
             return None
+        if not answer.control_id and not answer.accepted:
+            # One message is on the wire at a time: a refusal naming none is its answer
+            # (a LIS that could not read the message may not find its control id), not
+            # one to wait past while the message goes again for ever.
+            self.log.warning("error answer without MSA-2; taken as the message's",
+                             control_id=entry.control_id, code=answer.code)  # fmt: skip
+            return answer
         if answer.control_id != entry.control_id:
             self.log.warning(
                 "answer names another message; passed over",

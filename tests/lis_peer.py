@@ -39,6 +39,9 @@ class LisPeer:
     """What ends an answer's block (some LISes send FS without its CR)."""
     segment_end: str = "\r"
     """What separates an answer's segments (some LISes send CR LF)."""
+    names_message: bool = True
+    """Whether an answer's MSA-2 names the message it answers (a LIS that could not read
+    a message may refuse it with MSA-2 empty)."""
     received: list[Received] = field(default_factory=list)
     port: int = 0
     _server: asyncio.Server | None = None
@@ -87,9 +90,8 @@ class LisPeer:
                     if self.delay:
                         await asyncio.sleep(self.delay)
                     if self.answer and len(self.received) not in self.unanswered:
-                        ack = _ack(control_id, self.answer).replace(
-                            b"\r", self.segment_end.encode()
-                        )
+                        named = control_id if self.names_message else ""
+                        ack = _ack(named, self.answer).replace(b"\r", self.segment_end.encode())
                         writer.write(b"\x0b" + ack + self.trailer)
                         await writer.drain()
                         if self.hang_up_after_answer is not None:

@@ -140,6 +140,26 @@ async def test_a_refused_message_stops_its_specimens_queue_and_not_the_others(
     assert detail == "AE: unknown test code"
 
 
+async def test_a_refusal_naming_no_message_is_the_answer_to_the_one_sent(
+    tmp_path: Path, database_url: str
+) -> None:
+    lis = LisPeer(answer="AR", names_message=False)
+    port = await lis.start()
+    daemon = _daemon(tmp_path, database_url, port)
+    await asyncio.to_thread(daemon.start)
+    try:
+        await _analyser(daemon, qc("5.2", "15.6"), patient("S1", "5.0"))
+        await lis.wait_for(1)
+        await asyncio.sleep(2.5)  # more than the ACK timeout and the backoff together
+    finally:
+        assert await asyncio.to_thread(daemon.stop) == 0
+        await lis.stop()
+    # Refused once, not sent again and again.
+    assert [r.specimen_id for r in lis.received] == ["S1"]
+    assert _outbox(database_url) == [("S1", "stopped", 1)]
+    assert "answer without MSA-2" in (tmp_path / "daemon.log").read_text()
+
+
 @pytest.mark.parametrize("kill", [False, True], ids=["timeout", "killed"])
 async def test_no_answer_sends_the_same_message_again_with_the_same_control_id(
     tmp_path: Path, database_url: str, kill: bool
