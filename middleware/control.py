@@ -85,6 +85,11 @@ class Conflict(ControlError):
     action already closed, limits that cannot be used)."""
 
 
+class Invalid(ControlError):
+    """What the command was given cannot be taken as it is: a text required, too long or
+    holding a control character, ids out of range, too many at once."""
+
+
 class EngineNotRunning(ControlError):
     """The daemon runs without rules (no ``rules_dir``): there is no QC to act on."""
 
@@ -323,7 +328,7 @@ class Control:
         method lock once the cause is fixed."""
         await self.known_instrument(instrument)
         if len(tests) > MAX_TESTS:
-            raise Conflict(f"at most {MAX_TESTS} tests at once")
+            raise Invalid(f"at most {MAX_TESTS} tests at once")
         tests = list(dict.fromkeys(_given(clean_key(test, "the test")) for test in tests))
         by = _who(by)
         store, engine = self._running()
@@ -619,6 +624,8 @@ class Control:
 def _refused(refusal: Refusal) -> ControlError:
     if refusal.kind == "not-found":
         return NotFound(refusal.message)
+    if refusal.kind == "invalid":
+        return Invalid(refusal.message)
     return Conflict(refusal.message)
 
 

@@ -71,7 +71,8 @@ _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\
 class Refusal:
     """What an act refuses, and why, in words for the person."""
 
-    kind: Literal["not-found", "conflict"]
+    kind: Literal["not-found", "conflict", "invalid"]
+    """``invalid``: what the person gave cannot be taken as it is, whatever the state."""
     message: str
 
 
@@ -114,12 +115,12 @@ def clean_text(value: str, what: str, required: bool, limit: int = MAX_TEXT) -> 
     log lines)."""
     text = value.strip()
     if required and not text:
-        return Refusal("conflict", f"{what} is required")
+        return Refusal("invalid", f"{what} is required")
     if len(text) > limit:
-        return Refusal("conflict", f"{what} is {len(text)} characters long; at most {limit}")
+        return Refusal("invalid", f"{what} is {len(text)} characters long; at most {limit}")
     for ch in text:
         if unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in _BIDI:
-            return Refusal("conflict", f"{what} holds a control character (U+{ord(ch):04X})")
+            return Refusal("invalid", f"{what} holds a control character (U+{ord(ch):04X})")
     return text
 
 
@@ -127,7 +128,7 @@ def clean_key(value: str, what: str) -> str | Refusal:
     """A reagent or lot as analysers report them: required, and short enough to index."""
     text = clean_text(value, what, True)
     if isinstance(text, str) and len(text.encode("utf-8")) > MAX_KEY_BYTES:
-        return Refusal("conflict", f"{what} is longer than {MAX_KEY_BYTES} bytes")
+        return Refusal("invalid", f"{what} is longer than {MAX_KEY_BYTES} bytes")
     return text
 
 
@@ -135,12 +136,12 @@ def clean_ids(ids: Iterable[int]) -> tuple[int, ...] | Refusal:
     """Result ids, each once, in order."""
     found = list(ids)
     if not found:
-        return Refusal("conflict", "no result named")
+        return Refusal("invalid", "no result named")
     if any(isinstance(i, bool) or not isinstance(i, int) or not 0 < i <= _MAX_ID for i in found):
-        return Refusal("conflict", f"result ids are whole numbers from 1 to {_MAX_ID}")
+        return Refusal("invalid", f"result ids are whole numbers from 1 to {_MAX_ID}")
     wanted = tuple(sorted(set(found)))
     if len(wanted) > MAX_RESULTS:
-        return Refusal("conflict", f"{len(wanted)} results named; at most {MAX_RESULTS} at once")
+        return Refusal("invalid", f"{len(wanted)} results named; at most {MAX_RESULTS} at once")
     return wanted
 
 

@@ -251,6 +251,19 @@ async def test_ids_beyond_the_database_range_are_refused(running: Daemon) -> Non
         assert largest.status_code == 404
 
 
+async def test_text_that_cannot_be_taken_is_refused_422_not_409(running: Daemon) -> None:
+    """Malformed input is no state the request could succeed in later: 422, where 409
+    says "not possible now"."""
+    bob = bearer(running, Role.TECHNICIAN, "bob")
+    async with client(api_of(running)) as api:
+        for body in ({"action_taken": "nul\x00here"}, {"action_taken": "x" * 2001}):
+            answer = await api.post("/api/corrective-actions/1/close", json=body, headers=bob)
+            assert answer.status_code == 422, answer.text
+        event = {"instrument": "chem-1", "tests": [""], "kind": "calibration"}
+        answer = await api.post("/api/qc/events", json=event, headers=bob)
+        assert answer.status_code == 422 and "the test is required" in answer.json()["detail"]
+
+
 async def test_qc_for_an_instrument_not_configured_is_refused_unrecorded(
     running: Daemon, tmp_path: Path
 ) -> None:

@@ -23,6 +23,7 @@ from middleware.control import (
     Conflict,
     Control,
     EngineNotRunning,
+    Invalid,
     NotFound,
     RulesRefused,
 )
@@ -261,7 +262,7 @@ async def test_a_test_without_qc_is_refused_and_leaves_no_qc_test_behind(
     the rules but whose QC is kept may still be unlocked."""
     with pytest.raises(NotFound, match="no QC policy for GLUC on chem-1"):
         await control.record_qc_event("chem-1", ["GLU", "GLUC"], "calibration", "tech")
-    with pytest.raises(Conflict, match=f"at most {MAX_TESTS} tests"):
+    with pytest.raises(Invalid, match=f"at most {MAX_TESTS} tests"):
         await control.record_qc_event("chem-1", ["GLU"] * (MAX_TESTS + 1), "maintenance", "tech")
     assert store.read(lambda c: c.execute(select(qc_events)).all()) == []
     assert store.read(lambda c: c.execute(select(qc_tests)).all()) == []
@@ -282,17 +283,17 @@ async def test_what_a_person_gives_is_checked_before_the_store_sees_it(
     # any transaction, and nothing is recorded.
     await send(control, qc("5.2", "15.6"), qc("5.7", "15.6"))
     [action_id] = store.read(lambda c: c.execute(select(corrective_actions.c.id)).scalars().all())
-    with pytest.raises(Conflict, match=r"the test holds a control character \(U\+0000\)"):
+    with pytest.raises(Invalid, match=r"the test holds a control character \(U\+0000\)"):
         await control.approve_limits("chem-1", "GL\x00U", "CC-45781", "dr-lab")
-    with pytest.raises(Conflict, match=r"the lot holds a control character \(U\+0000\)"):
+    with pytest.raises(Invalid, match=r"the lot holds a control character \(U\+0000\)"):
         await control.approve_limits("chem-1", "GLU", "CC\x00", "dr-lab")
-    with pytest.raises(Conflict, match="who acts is required"):
+    with pytest.raises(Invalid, match="who acts is required"):
         await control.approve_limits("chem-1", "GLU", "CC-45781", " ")
-    with pytest.raises(Conflict, match=r"the test holds a control character \(U\+0000\)"):
+    with pytest.raises(Invalid, match=r"the test holds a control character \(U\+0000\)"):
         await control.record_qc_event("chem-1", ["GLU", "\x00"], "calibration", "tech")
-    with pytest.raises(Conflict, match="what was done is required"):
+    with pytest.raises(Invalid, match="what was done is required"):
         await control.close_corrective_action(action_id, "bob", "  ")
-    with pytest.raises(Conflict, match=r"what was done holds a control character \(U\+0000\)"):
+    with pytest.raises(Invalid, match=r"what was done holds a control character \(U\+0000\)"):
         await control.close_corrective_action(action_id, "bob", "re\x00calibrated")
     assert store.read(lambda c: c.execute(select(qc_events)).all()) == []
     assert store.read(lambda c: c.execute(select(control_limits)).all()) == []

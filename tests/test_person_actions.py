@@ -17,7 +17,7 @@ import drivers
 from middleware import person_actions
 from middleware.assessment import assess_message
 from middleware.astm.records import decode_message
-from middleware.control import Conflict, Control, NotFound
+from middleware.control import Conflict, Control, Invalid, NotFound
 from middleware.engine.decision import EARLY_RELEASE
 from middleware.settings import Settings
 from middleware.store import Store, outbox, release
@@ -291,7 +291,7 @@ async def test_a_comment_is_bounded_and_plain_text(
     control: Control, store: Store, text: str, message: str
 ) -> None:
     (result_id,) = await send(control, patient("S1", "5.0"), T0)
-    with pytest.raises(Conflict, match=message):
+    with pytest.raises(Invalid, match=message):
         await control.comment_result(result_id, text, "bob")
     with pytest.raises(NotFound, match="no result 999"):
         await control.comment_result(999, "fine", "bob")
@@ -306,7 +306,7 @@ async def test_a_validator_rejects_with_the_reason_sent_to_the_lis(
 ) -> None:
     await send(control, qc("5.2", "15.6"), T0)
     (result_id,) = await send(control, patient("S1", "30.0"), T0)
-    with pytest.raises(Conflict, match="the reason is required"):
+    with pytest.raises(Invalid, match="the reason is required"):
         await control.reject_results([result_id], " ", "bob")
     clock.now = T0 + timedelta(minutes=3)
     await control.reject_results([result_id], "clotted sample: collect again", "bob")
@@ -478,7 +478,7 @@ async def test_a_recalled_lot_holds_new_results_and_lists_the_earlier_ones(
     )
 
     clock.now = T0 + timedelta(hours=1)
-    with pytest.raises(Conflict, match="the reason is required"):
+    with pytest.raises(Invalid, match="the reason is required"):
         await control.recall_reagent_lot(reagent, "L42", "dr-bio", "")
     recalled = await control.recall_reagent_lot(reagent, "L42", "dr-bio", "manufacturer notice")
     assert [r.result_id for r in recalled.released] == [out]
@@ -544,15 +544,15 @@ async def test_the_held_view_pages_by_instrument_and_specimen_with_everything_ab
 
 
 async def test_what_a_person_gives_is_checked(control: Control) -> None:
-    with pytest.raises(Conflict, match="no result named"):
+    with pytest.raises(Invalid, match="no result named"):
         await control.release_results([], "bob")
-    with pytest.raises(Conflict, match="whole numbers from 1"):
+    with pytest.raises(Invalid, match="whole numbers from 1"):
         await control.release_results([0], "bob")
-    with pytest.raises(Conflict, match="whole numbers from 1"):
+    with pytest.raises(Invalid, match="whole numbers from 1"):
         await control.comment_result(2**31, "fine", "bob")
-    with pytest.raises(Conflict, match="who acts is required"):
+    with pytest.raises(Invalid, match="who acts is required"):
         await control.release_results([1], "")
-    with pytest.raises(Conflict, match="at most 500"):
+    with pytest.raises(Invalid, match="at most 500"):
         await control.release_results(range(1, 502), "bob")
 
 

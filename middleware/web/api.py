@@ -25,6 +25,7 @@ from middleware.control import (
     Control,
     ControlError,
     EngineNotRunning,
+    Invalid,
     NotFound,
     QcEventKind,
     RulesRefused,
@@ -60,6 +61,7 @@ from middleware.web.roles import Action, allowed
 REFUSALS: dict[type[ControlError], int] = {
     NotFound: 404,
     Conflict: 409,
+    Invalid: 422,
     # A daemon run without rules is configured so, not failing: a 5xx would say try later.
     EngineNotRunning: 409,
     RulesRefused: 422,
