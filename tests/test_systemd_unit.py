@@ -100,9 +100,9 @@ def test_the_unit_agrees_with_the_daemon() -> None:
     assert service["CapabilityBoundingSet"] == [""]
     assert service["StateDirectory"] == ["lis-middleware"]
     assert service["ConfigurationDirectory"] == ["lis-middleware"]
-    # Where the database is, the configuration file alone says (as the docs' install
-    # writes it): the commands run from a shell read the same file as the daemon.
-    assert not any("MIDDLEWARE_" in value for value in service.get("Environment", []))
+    # The unit names the database's place as the installed file does (the commands run
+    # from a shell read only the file); installs of earlier versions had it from here.
+    assert "MIDDLEWARE_STATE_DIR=%S/lis-middleware" in service["Environment"]
     assert service["WorkingDirectory"] == ["%S/lis-middleware"]
     assert service["ExecStart"][0].endswith(" run --config /etc/lis-middleware/middleware.yaml")
 
