@@ -308,12 +308,13 @@ def assess_message(
         book.change(key, state)
         decided.append((result_id, result, decision))
         decided_at.append((position, ctx))
-    decided = [
-        (result_id, result, engine.confirm(decision, book.test(key), ctx))
-        if last_control.get(key := (result.instrument, result.test_code), -1) > position
-        else (result_id, result, decision)
-        for (result_id, result, decision), (position, ctx) in zip(decided, decided_at, strict=True)
-    ]
+    confirmed = []
+    for (result_id, result, decision), (position, ctx) in zip(decided, decided_at, strict=True):
+        key = (result.instrument, result.test_code)
+        if last_control.get(key, -1) > position:
+            decision = engine.confirm(decision, book.test(key), ctx)
+        confirmed.append((result_id, result, decision))
+    decided = confirmed
     out.decisions = [(result_id, decision) for result_id, _, decision in decided]
     qc_records.record_evaluations(conn, evaluated, now)
     release.record_decisions(conn, decided, now)

@@ -30,7 +30,7 @@ class InMemoryGate:
     def record_control(self, control: ControlResult, at: datetime) -> QcOutcome:
         key = (control.result.instrument, control.result.test_code)
         lots = self.lots.setdefault(key, {})
-        step = self.gate.record_control(self.state(*key), lots, control, at)
+        step = self.gate.record_control(self.state(*key), lots, control, at, at.date())
         self.tests[key] = step.state
         lots.update(step.lots)
         return step.outcome

@@ -310,6 +310,16 @@ async def test_a_patient_sent_before_a_failing_control_of_its_message_is_held(
     assert store.read(lambda c: c.execute(reviewed).scalars().all()) == ["S1"]
 
 
+async def test_a_patient_sent_before_a_control_that_cannot_be_evaluated_is_held(
+    line: tuple[Store, StreamPeer, ConnectionPipeline, Clock],
+) -> None:
+    store, peer, _, clock = line
+    await send_message(peer, qc("5.2", "15.6"))
+    clock.now += timedelta(minutes=5)
+    await send_message(peer, _with_control(patient("S1", "5.0"), b"CC-45781", b"****"))
+    assert current(store)["S1"] == ("hold", "qc-unevaluated:1")
+
+
 async def test_a_control_that_cannot_be_evaluated_holds_its_level_until_one_can(
     line: tuple[Store, StreamPeer, ConnectionPipeline, Clock],
 ) -> None:
@@ -349,7 +359,10 @@ async def test_a_control_of_an_expired_lot_is_no_valid_qc(
     await send_message(peer, patient("S1", "5.0"))
     assert current(store)["S1"] == ("hold", "qc-unevaluated:1")
     evaluations = store.read(lambda c: c.execute(select(qc_evaluations)).all())
-    assert [(e.level, e.status) for e in evaluations][-1] == ("2", "accept")
+    assert [(e.level, e.status, e.warnings) for e in evaluations] == [
+        ("1", "unevaluated", "control lot CC-45781 expired on 2026-02-28"),
+        ("2", "accept", ""),
+    ]
 
 
 async def test_qc_sent_late_is_as_old_as_the_analyser_says(
@@ -357,9 +370,17 @@ async def test_qc_sent_late_is_as_old_as_the_analyser_says(
 ) -> None:
     """Controls measured more than the validity window ago (the analyser emptying what it
     kept while its link was down) do not validate a patient result received now."""
-    store, peer, _, _ = line
-    measured = b"||||20260227120000"  # 32 h or more before the clock, in any zone
-    late = [r + measured if r.startswith(b"R|") else r for r in qc("5.2", "15.6")]
-    await send_message(peer, late)
-    await send_message(peer, patient("S1", "5.0"))
+    store, peer, _, clock = line
+
+    def measured(records: list[bytes], at: bytes) -> list[bytes]:
+        return [r + b"||||" + at if r.startswith(b"R|") else r for r in records]
+
+    # Two days before the patients, by the analyser's clock, whatever its error.
+    await send_message(peer, measured(qc("5.2", "15.6"), b"20260227120000"))
+    await send_message(peer, measured(patient("S1", "5.0"), b"20260301080000"))
     assert current(store)["S1"] == ("hold", "qc-expired")
+    # An analyser clock a day behind ours is no reason to hold: QC an hour before it.
+    clock.now += timedelta(minutes=10)
+    await send_message(peer, measured(qc("5.2", "15.6"), b"20260228070000"))
+    await send_message(peer, measured(patient("S2", "5.0"), b"20260228080000"))
+    assert current(store)["S2"] == ("release", "")

@@ -55,8 +55,8 @@ class LevelState:
     is closed by a control measured after it, the two times read off one clock."""
     unusable: str = ""
     """Why this control could not be evaluated (no number, an expired control lot): the
-    level has no valid QC until one that can be comes. Its status and violations are
-    then none."""
+    level has no valid QC until one that can be comes. Its status is then ``reject``
+    with no violation: a version that does not know this reads it as no valid QC."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +344,7 @@ class QcGate:
         lots: Mapping[str, LotQc],
         control: ControlResult,
         at: datetime,
-        today: date | None = None,
+        today: date,
     ) -> ControlStep:
         """``lots`` holds the states of the lots :meth:`lots_needed` names; ``today`` is
         the laboratory's date at ``at``, against which a control lot's expiry is read."""
@@ -369,7 +369,7 @@ class QcGate:
         material, lot = found
         unusable = ""
         number = result.value.number
-        if lot.expiry is not None and today is not None and today > lot.expiry:
+        if lot.expiry is not None and today > lot.expiry:
             unusable = f"control lot {lot.lot} expired on {lot.expiry:%Y-%m-%d}"
         elif number is None or result.value.censor:
             # A censored value (">500") may well be out of control: it cannot say by how
@@ -378,7 +378,7 @@ class QcGate:
         if unusable or number is None:
             levels = dict(state.levels)
             levels[level] = LevelState(
-                at, run, "accept", (), result.completed_at, unusable=unusable
+                at, run, "reject", (), result.completed_at, unusable=unusable
             )
             state = replace(state, levels=levels)
             return ControlStep(state, {}, QcOutcome(None, run, level, None, True, unusable))
@@ -561,8 +561,15 @@ class QcGate:
     # --- the release question ----------------------------------------------------------------
 
     def _level_findings(
-        self, state: TestQc, instrument: str, test: str, at: datetime
+        self,
+        state: TestQc,
+        instrument: str,
+        test: str,
+        at: datetime,
+        measured_at: datetime | None = None,
     ) -> list[Finding]:
+        """Why the levels' QC is not valid at ``at``, for a result measured at
+        ``measured_at`` by its analyser's clock when that is given."""
         policy = self.policy(instrument, test)
         if policy is None:
             return [Finding("qc-policy-missing", f"no QC policy covers {test} on {instrument}")]
@@ -572,12 +579,12 @@ class QcGate:
             seen = state.levels.get(level)
             if seen is None:
                 findings.append(Finding(f"qc-missing:{level}", f"no QC result for level {level}"))
-            elif at - (taken := _taken(seen)) > validity:
+            elif at - seen.at > validity or _measured_apart(seen, measured_at) > validity:
                 findings.append(
                     Finding(
                         "qc-expired",
                         f"QC level {level} is older than "
-                        f"{policy.validity_hours} h ({taken:%Y-%m-%d %H:%M})",
+                        f"{policy.validity_hours} h ({seen.measured_at or seen.at:%Y-%m-%d %H:%M})",
                     )
                 )
             elif seen.unusable:
@@ -627,7 +634,7 @@ class QcGate:
                     "corrective action",
                 )
             )
-        out += self._level_findings(state, instrument, test, at)
+        out += self._level_findings(state, instrument, test, at, measured_at)
         policy = self.policy(instrument, test)
         if policy is not None and policy.mode == "bracketed" and not out:
             closing = [state.levels.get(level) for level in policy.levels]
@@ -655,12 +662,13 @@ def _closes(level: LevelState | None, measured_at: datetime | None, received: da
     return level.at > received
 
 
-def _taken(level: LevelState) -> datetime:
-    """When a control was measured, for its validity: the analyser's time when it is the
-    earlier (QC sent late, after a link was down, is as old as it is), else ours."""
-    if level.measured_at is not None and level.measured_at < level.at:
-        return level.measured_at
-    return level.at
+def _measured_apart(level: LevelState, measured_at: datetime | None) -> timedelta:
+    """How long before a result its control was measured, both times read off the
+    analyser's clock (QC sent late, after the link was down, is as old as it is, whatever
+    that clock's error); none when either time is unknown."""
+    if measured_at is None or level.measured_at is None:
+        return timedelta(0)
+    return measured_at - level.measured_at
 
 
 def _run_number(run: str) -> int:
