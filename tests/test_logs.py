@@ -133,6 +133,10 @@ def test_the_libraries_lines_are_json_too() -> None:
         "logging.getLogger('mqtt').warning('There are %d pending publish calls.', 17)\n"
         "logging.getLogger('mqtt').info('Connected')\n"
         "logging.getLogger('uvicorn.error').error('boom')\n"
+        "try:\n"
+        "    1 / 0\n"
+        "except ZeroDivisionError:\n"
+        "    logging.getLogger('uvicorn.error').exception('Exception in ASGI application')\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60
@@ -142,5 +146,8 @@ def test_the_libraries_lines_are_json_too() -> None:
     assert [(line["logger"], line["level"], line["event"]) for line in lines] == [
         ("mqtt", "warning", "There are 17 pending publish calls."),
         ("uvicorn.error", "error", "boom"),
+        ("uvicorn.error", "error", "Exception in ASGI application"),
     ]
     assert all(line["timestamp"].endswith("Z") for line in lines)
+    # The traceback as text, not a tuple naming a traceback object.
+    assert "ZeroDivisionError: division by zero" in lines[-1]["exception"]
