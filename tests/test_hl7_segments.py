@@ -101,6 +101,9 @@ def test_the_declared_character_set_reads_the_bytes() -> None:
     assert decode_text("MSH|^~\\&|Ö".encode("latin-1"), "latin-1") == ("MSH|^~\\&|Ö", "")
     # Unless the bytes are UTF-8 throughout, as latin-1 text practically never is.
     assert decode_text("MSH|^~\\&|PATÉ1".encode(), "latin-1") == ("MSH|^~\\&|PATÉ1", "")
+    # A character set configured otherwise is believed: short GB 18030 text may pass
+    # for UTF-8 (前 is C7 B0, which UTF-8 reads as ǰ).
+    assert decode_text("MSH|^~\\&|前".encode("gb18030"), "gb18030") == ("MSH|^~\\&|前", "")
     # A byte order mark is no part of the text, whatever the character set.
     assert decode_text(b"\xef\xbb\xbfMSH|^~\\&|x", "latin-1") == ("MSH|^~\\&|x", "")
     declared = b"\xef\xbb\xbfMSH|^~\\&|\xc9" + b"|" * 14 + b"8859/1"

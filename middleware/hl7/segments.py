@@ -11,6 +11,7 @@ segment it cannot read: the segment is left out and the message says why, by num
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass
 
@@ -153,13 +154,14 @@ def can_carry(text: str, encoding: str) -> bool:
 
 def encoding_of(data: bytes, fallback: str = "latin-1") -> str:
     """The codec of the character set a message's MSH-18 declares; ``fallback`` when it
-    declares one we do not know. When it declares none, UTF-8 for bytes beyond ASCII that
-    are UTF-8 throughout (a byte order mark among them), as latin-1 text practically never
-    is; else ``fallback``."""
+    declares one we do not know. When it declares none and ``fallback`` is latin-1 (the
+    default), UTF-8 for bytes beyond ASCII that are UTF-8 throughout (a byte order mark
+    among them), as latin-1 text practically never is; else ``fallback``: a character set
+    configured otherwise (GB 18030, whose short names may pass for UTF-8) is believed."""
     charset = declared_charset(data)
     if charset:
         return CHARSETS.get(charset, fallback)
-    if not data.isascii():
+    if codecs.lookup(fallback).name == "iso8859-1" and not data.isascii():
         try:
             data.decode("utf-8")
         except UnicodeDecodeError:
