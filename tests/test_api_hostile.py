@@ -149,6 +149,19 @@ async def test_a_large_body_is_refused_at_once_and_the_loop_keeps_turning(
         assert "unknown instrument" in answered.text
 
 
+async def test_a_chunked_form_over_the_limit_is_refused_413_not_500(
+    users: Store, token: dict[str, str]
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(100):
+            yield b"text=" + b"x" * (64 * 1024)
+
+    async with client(api_of(with_users(idle(api={"max_body_bytes": MiB}), users))) as api:
+        headers = {"content-type": "application/x-www-form-urlencoded"}
+        refused = await api.post("/held/1/comment", content=chunks(), headers=headers)
+        assert refused.status_code == 413, refused.text
+
+
 async def test_a_chunked_body_is_read_no_further_than_the_limit(
     users: Store, token: dict[str, str]
 ) -> None:

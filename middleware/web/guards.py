@@ -154,12 +154,18 @@ class FormText:
             return
         body = b""
         more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        try:
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client went away
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+        except BodyTooLarge as refusal:
+            # Read here, outside the framework's handlers: answered here too.
+            too_large = JSONResponse({"detail": refusal.detail}, refusal.status_code)
+            await too_large(scope, receive, send)
+            return
         if not _utf8_form(body):
             response = PlainTextResponse(
                 "the form's text is not UTF-8: nothing was done; send the form again from the page",
