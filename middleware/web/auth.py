@@ -381,9 +381,6 @@ def install(app: FastAPI, auth: Auth) -> None:
         now = auth.clock().timestamp()
         wait = auth.throttle.wait(keys, now)
         if wait > 0:
-            # Not checked, but tried: the audit log says who was guessed at, and from where.
-            detail = {"reason": "too many failed logins", "retry_after": math.ceil(wait)}
-            await auth.record(name[:100], "auth.login.failed", address, detail)
             minutes = max(1, round(wait / 60))
             page = form(
                 request,
