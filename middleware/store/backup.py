@@ -340,7 +340,9 @@ def _restore(
         # would refuse the next start for up to lease_seconds in the name of a daemon
         # that is not there (none runs on the target: checked above).
         with engine.begin() as conn:
-            conn.execute(instrument_leases.delete())
+            # A backup from before leases existed has none (the daemon makes the table).
+            if inspect(conn).has_table(instrument_leases.name):
+                conn.execute(instrument_leases.delete())
     finally:
         engine.dispose()
     return Restored(manifest.database, rows, set_aside)
