@@ -96,6 +96,19 @@ def test_duplicate_delivery_is_recognised_and_not_stored_twice(store: Store) -> 
     assert counts["raw_transmissions"] == 2  # every transmission is evidence
 
 
+def test_an_hl7_message_stored_by_its_whole_text_is_known_when_sent_again(
+    store: Store,
+) -> None:
+    """Stored by a version that knew HL7 messages by their whole text (its ACK lost at an
+    upgrade), a message sent again is the same one, not stored twice."""
+    text = "MSH|^~\\&|ELite 580|Erba|||20260301080000||ORU^R01|P-1|P|2.3.1\rOBX|1|NM|GLU||5.4"
+    before = delivery(text, results=[result("GLU", "5.4")])
+    first = write(store, lambda conn: ingest.store_delivery(conn, before))
+    again = replace(delivery(text, results=[result("GLU", "5.4")]), identity="P-1 as read now")
+    second = write(store, lambda conn: ingest.store_delivery(conn, again))
+    assert second.duplicate and second.message_id == first.message_id
+
+
 def test_other_instrument_same_text_is_another_message(store: Store) -> None:
     write(store, lambda conn: ingest.store_delivery(conn, delivery(results=[result("GLU", "5.4")])))
     other = delivery(results=[result("GLU", "5.4")])

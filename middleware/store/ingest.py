@@ -122,7 +122,7 @@ _EARLIER_COPY = Direct(
     select(messages.c.id, messages.c.settled_at)
     .where(
         messages.c.instrument == bindparam("instrument"),
-        messages.c.content_sha256 == bindparam("digest"),
+        messages.c.content_sha256.in_([bindparam("digest"), bindparam("as_text")]),
     )
     .order_by(messages.c.id.desc())
     .limit(1)
@@ -233,7 +233,12 @@ def store_delivery(conn: Connection, d: Delivery, at: datetime | None = None) ->
     reason = "; ".join(d.problems or reading.problems) if quarantined else ""
     # The same content again is a re-send only while the analyser has not shown that it
     # had our ACK of the earlier copy; after that it is a new measurement (a re-run).
-    earlier = _EARLIER_COPY.execute(conn, {"instrument": d.instrument, "digest": digest}).fetchone()
+    # An HL7 message stored by a version that knew it by its whole text (unsettled, its
+    # ACK lost at an upgrade) is found by that digest too.
+    as_text = content_hash(d.instrument, d.text) if d.identity else digest
+    earlier = _EARLIER_COPY.execute(
+        conn, {"instrument": d.instrument, "digest": digest, "as_text": as_text}
+    ).fetchone()
     if earlier is not None and earlier[1] is None:  # (id, settled_at)
         raw_id = _raw(conn, d, earlier[0], "duplicate", duplicate=True)
         # The same content was read the same way: what became of the first copy.
