@@ -551,7 +551,7 @@ class Driver(Tables):
             reference_range=self.reference_range(record),
             abnormal_flags=self.flags(record),
             instrument_flags=self.instrument_flags(group),
-            status=record.value(9),
+            status=record.value(9).strip().upper(),
             operator=self.operator(record),
             completed_at=self.completed_at(record),
             instrument=self.instrument,

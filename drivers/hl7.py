@@ -418,7 +418,7 @@ class Hl7Driver(Tables):
         if not code:
             self._problems.append(f"{obx.where(3)}: no test code; result left out")
             return None
-        status = obx.value(11).upper()
+        status = obx.value(11).strip().upper()
         text = self.value_text(obx)
         if not text.strip() and status not in ("X", "D"):
             self._problems.append(f"{obx.where(5)}: {code} has no value; left out")
@@ -440,6 +440,7 @@ class Hl7Driver(Tables):
             units=obx.value(6) or obx.value(6, 2),
             reference_range=obx.value(7),
             abnormal_flags=self.flags(obx),
+            instrument_flags=_NOT_FINAL_IN_HL7.get(status, ()),
             status=status,
             operator=obx.value(16),
             completed_at=self.completed_at(obx, request),
@@ -455,6 +456,15 @@ class Hl7Driver(Tables):
             reagents=self.reagents(observation, self.lab_code(code)),
             record_index=index,
         )
+
+
+#: OBX-11 statuses that HL7 (table 0085) gives a meaning other than E1394's R.9 does, and
+#: that are no result to report: the engine knows them as E1394 has them (previously
+#: transmitted, with new information), so the driver flags them, which holds the result.
+_NOT_FINAL_IN_HL7 = {
+    "R": ("OBX-11 R: results entered, not verified",),
+    "N": ("OBX-11 N: not asked for",),
+}
 
 
 def detect_hl7(message: Hl7Message, candidates: Sequence[type[Hl7Driver]]) -> Detection[Hl7Driver]:

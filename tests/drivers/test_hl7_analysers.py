@@ -86,6 +86,23 @@ def test_the_base_reading_of_an_oru() -> None:
     ]
 
 
+def test_statuses_hl7_reads_otherwise_than_e1394_are_flagged() -> None:
+    """OBX-11 R (not verified) and N (not asked) are no results to report in HL7, where
+    E1394's R.9 R and N are: flagged, they are held (hold_instrument_flags)."""
+    text = GENERIC.replace("|||F|||20260105100500", "|||r |||20260105100500")
+    text = text.replace("CRP^C-reactive protein^L||<^5|mg/L|0-5||||F", "CRP^C-reactive "
+                        "protein^L||<^5|mg/L|0-5||||N")  # fmt: skip
+    by_code = {
+        r.test_code: r for r in Hl7Driver(instrument="chem").read(parse_message(text)).results
+    }
+    assert (by_code["GLU"].status, by_code["GLU"].instrument_flags) == (
+        "R",
+        ("OBX-11 R: results entered, not verified",),
+    )
+    assert by_code["CRP"].instrument_flags == ("OBX-11 N: not asked for",)
+    assert by_code["HBSAG"].instrument_flags == ()
+
+
 def test_in_an_oru_each_request_has_the_specimen_that_follows_it() -> None:
     # ORU^R01 v2.5.1: OBR, its OBX, then its SPM (and the OBX that describe the specimen).
     text = "\r".join([
