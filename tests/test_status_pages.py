@@ -303,6 +303,20 @@ async def test_qc_past_its_validity_is_shown_expired(pages: Pages) -> None:
     assert 'class="state expired"' in glu and "valid 24 h after its QC" in glu
 
 
+async def test_a_level_whose_control_could_not_be_evaluated_is_shown_so(pages: Pages) -> None:
+    """The page says what the gate holds results for: QC in control ten minutes ago, then
+    a level 1 control with no number."""
+    now = datetime.now(UTC)
+    with pages.store.engine.begin() as conn:
+        _store(conn, qc("5.21", "15.61"), now - timedelta(minutes=10))
+        _store(conn, qc("****", "15.60"), now - timedelta(minutes=5))
+    await _as(pages, "vic", Role.VIEWER)
+    qc_page = (await pages.client.get("/qc")).text
+    glu = qc_page.split(">GLU</a>", 1)[1].split("</tr>", 1)[0]
+    assert 'class="state unevaluated"' in glu
+    assert "level 1: control value &#39;****&#39; is not a number" in glu
+
+
 async def made_with(
     store: Store, control: Control, uses: list[ReagentUse], now: datetime, came: datetime
 ) -> list[Decision]:

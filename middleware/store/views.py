@@ -48,12 +48,15 @@ class QcTest:
     instrument: str
     test_code: str
     state: str
-    """corrective-action, method-locked, voided or in-control (store/figures.py)."""
+    """corrective-action, method-locked, voided or in-control (store/figures.py); the
+    page adds what the rules in force say (expired, unevaluated...)."""
     detail: str
     """Why it blocks results, in the words stored with the state."""
     last_in_control_at: datetime | None
     lots: tuple[str, ...]
     recent: tuple[Evaluation, ...] = ()
+    unusable: tuple[tuple[str, str], ...] = ()
+    """Levels whose latest control could not be evaluated, and why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,7 @@ def qc_tests_view(
             qc_tests.c.void_reason,
             qc_tests.c.last_in_control_at,
             qc_tests.c.lots_in_use,
+            qc_tests.c.levels,
         )
         .where(kept(qc_tests))
         .order_by(qc_tests.c.instrument, qc_tests.c.test_code)
@@ -175,6 +179,11 @@ def qc_tests_view(
                 last_in_control_at=utc(row.last_in_control_at),
                 lots=tuple(str(lot) for lot in lots),
                 recent=tuple(evaluations(conn, row.instrument, row.test_code, limit=recent)),
+                unusable=tuple(
+                    (name, level["unusable"])
+                    for name, level in sorted(json.loads(row.levels or "{}").items())
+                    if level.get("unusable")
+                ),
             )
         )
     return tests

@@ -373,6 +373,11 @@ def add_pages(
             return replace(
                 test, state="expired", detail=f"valid {policy.validity_hours} h after its QC"
             )
+        # As the gate reads them (qc-unevaluated): a required level whose latest control
+        # could not be evaluated has no valid QC.
+        unusable = [f"level {name}: {why}" for name, why in test.unusable if name in policy.levels]
+        if unusable:
+            return replace(test, state="unevaluated", detail="; ".join(unusable))
         if test.recent and test.recent[-1].provisional:
             return replace(test, detail="on the manufacturer's limits until the lab's own")
         return test
