@@ -12,6 +12,7 @@ No event carries a patient's name, identifier or a result's value.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 from collections.abc import Callable
@@ -197,6 +198,7 @@ class EventPublisher:
         queue_limit: int = 1000,
         on_count: Callable[[str], None] | None = None,
         backoff: Backoff | None = None,
+        status_every: float = 60.0,
     ) -> None:
         self.broker = broker
         self.prefix = prefix
@@ -210,6 +212,10 @@ class EventPublisher:
         """The latest of each retained topic: one per instrument and the daemon's own."""
         self._on_count = on_count
         self._backoff = backoff or Backoff(initial=1.0, maximum=30.0)
+        self._status_every = status_every
+        """Seconds between two publications of the daemon's status while connected: the
+        will of a run that died (the broker fires it a keepalive and a half after) may
+        have said "offline" over this run's "online"; it does not stand longer."""
         self.connected = asyncio.Event()
         self.published = 0
         self.dropped = 0
@@ -276,10 +282,20 @@ class EventPublisher:
             for event in list(self._retained.values()):
                 await self._send(client, event)
             self.connected.set()
+            loop = asyncio.get_running_loop()
+            said = loop.time()
             while True:
-                batch = [await self._queue.get()]
+                batch = []
+                with contextlib.suppress(TimeoutError):
+                    wait = max(0.0, said + self._status_every - loop.time())
+                    batch.append(await asyncio.wait_for(self._queue.get(), wait))
                 while not self._queue.empty() and len(batch) < 100:
                     batch.append(self._queue.get_nowait())
+                if any(e.topic == self._daemon_topic for e in batch):
+                    said = loop.time()  # its own status goes (its "stopped"): not raced
+                elif loop.time() - said >= self._status_every:
+                    batch.insert(0, Event(self._daemon_topic, online, retain=True))
+                    said = loop.time()
                 # Sent together: QoS 1 waits for each PUBACK, one round trip apiece.
                 self._in_flight = len(batch)
                 try:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiomqtt
 import jsonschema
 import pytest
 from sqlalchemy import Connection, text
@@ -297,3 +298,36 @@ async def test_the_daemons_status_topic_is_its_node_name_across_restarts(
             await sub.wait_for("daemons/lab-node-7/status", state="stopped")
         topics = {topic for topic, _, _ in sub.received if topic.startswith("daemons/")}
     assert topics == {"daemons/lab-node-7/status"}
+
+
+async def test_an_offline_said_over_a_running_daemon_does_not_stand(broker: Broker) -> None:
+    """The will of a run that died comes a keepalive and a half after it, over the new
+    run's "online": the daemon says its status again, every status_every seconds."""
+    prefix = _prefix()
+    publisher = EventPublisher(
+        broker_of(broker.url), prefix, "node-a/2/x", name="node-a", status_every=0.5
+    )
+    async with Subscriber("127.0.0.1", broker.port, prefix).listening() as sub:
+        task = asyncio.create_task(publisher.run())
+        try:
+            await sub.wait_for("daemons/node-a/status", state="online")
+            stale = {"event": "daemon-status", "state": "offline"}
+            async with aiomqtt.Client("127.0.0.1", broker.port) as other:
+                await other.publish(
+                    f"{prefix}/daemons/node-a/status", json.dumps(stale), qos=1, retain=True
+                )
+            await sub.wait_for("daemons/node-a/status", state="offline")
+            said_before = len(sub.received)
+
+            async def said_again() -> None:
+                while not any(
+                    topic == "daemons/node-a/status" and payload["state"] == "online"
+                    for topic, payload, _ in sub.received[said_before:]
+                ):
+                    await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(said_again(), 5)
+            await publisher.stop()
+            await sub.wait_for("daemons/node-a/status", state="stopped")
+        finally:
+            await _cancel(task)
